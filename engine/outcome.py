@@ -1,0 +1,84 @@
+"""What a handler returns (:class:`Outcome`) and what a run returns (:class:`RunResult`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+__all__ = ["EMPTY", "NodeRecord", "Outcome", "RunResult", "RunStatus", "Status"]
+
+Status = Literal["success", "fail", "retry", "partial", "skipped"]
+"""A node's outcome.  ``retry`` is a failure the handler marks as worth retrying."""
+
+RunStatus = Literal["success", "fail", "cancelled"]
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A handler's answer: a status, the context keys it changes, and routing hints.
+
+    ``updates`` holds only what changed; the runner applies it.  ``preferred_label``
+    picks among unconditional edges by label; ``suggested_next`` names a target node.
+    ``reason`` says why a node failed (shown in errors and traces).
+    A handler may instead return a plain mapping, which means ``Outcome("success", it)``.
+    """
+
+    status: Status = "success"
+    updates: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    preferred_label: str | None = None
+    suggested_next: str | None = None
+    reason: str | None = None
+
+
+SUCCESS = Outcome()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One visit of one node: the unit of a trace."""
+
+    node_id: str
+    handler: str
+    status: Status
+    attempts: int
+    duration: float
+    """Seconds, all attempts and backoff included."""
+    reason: str | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        """``duration`` in milliseconds."""
+        return self.duration * 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``id``, ``handler``, ``status``, ``attempts``, ``duration_ms``)."""
+        d: dict[str, Any] = {
+            "id": self.node_id,
+            "handler": self.handler,
+            "status": self.status,
+            "attempts": self.attempts,
+            "duration_ms": round(self.duration * 1000.0, 4),
+        }
+        if self.reason is not None:
+            d["reason"] = self.reason
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The end of a run: its status, final context, trace, and error if it failed."""
+
+    status: RunStatus
+    context: dict[str, Any]
+    trace: tuple[NodeRecord, ...]
+    run_id: str
+    error: BaseException | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run reached an exit node."""
+        return self.status == "success"

@@ -1,0 +1,410 @@
+"""``Engine.run``: walk a compiled graph from start to an exit, node by node.
+
+The first run of a graph on an engine compiles it into a *plan*: per node, the handler
+already resolved, its policies, and its outgoing edges pre-sorted into plain tuples
+(conditions as callables).  After that a step is: call the handler, apply its updates,
+pick the next edge from the tuples.  No pydot, no networkx, no graph queries, no
+per-node allocation beyond the trace record.
+
+Pay only for what a node asks for: a cancel scope exists only for nodes with a
+``timeout``, the retry loop only runs again after a retryable failure, and events are
+built only when someone observes them.
+
+Edge selection after a node (DESIGN.md §4), first match wins:
+
+1. conditional edges whose condition holds (highest ``weight``, then target id);
+2. on failure: ``retry_target``, then ``fallback_retry_target``, else the run fails;
+3. the unconditional edge whose label is the handler's ``preferred_label``;
+4. the handler's ``suggested_next``, if an unconditional edge leads there;
+5. the best unconditional edge (highest ``weight``, then target id).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+
+from engine.errors import (
+    GraphValidationError,
+    HandlerError,
+    HandlerTimeout,
+    Issue,
+    MaxStepsExceeded,
+    NoRouteError,
+    RunError,
+    TransientAdapterError,
+)
+from engine.events import (
+    NodeCompleted,
+    NodeFailed,
+    NodeRetrying,
+    NodeStarted,
+    Observer,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    notify,
+)
+from engine.graph import Graph, Node
+from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
+from engine.registry import HandlerRegistry, HandlerSpec
+
+__all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnStep"]
+
+DEFAULT_MAX_STEPS = 1000
+
+OnStep = Callable[[NodeRecord, "str | None", Mapping[str, Any]], Awaitable[None]]
+"""Awaited after each node with its record, the chosen next node (None at an exit) and
+the context: the hook for checkpoints and streaming."""
+
+_perf = time.perf_counter
+_FAILED: frozenset[str] = frozenset({"fail", "retry"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One node, compiled for running."""
+
+    node: Node
+    spec: HandlerSpec
+    in_thread: bool
+    is_exit: bool
+    status_key: str
+    conds: tuple[tuple[Callable[[Mapping[str, Any]], bool], str], ...]
+    by_label: Mapping[str, str]
+    targets: frozenset[str]
+    default: str | None
+    on_fail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    graph: Graph
+    start: str
+    steps: Mapping[str, _Step]
+    max_steps: int
+
+
+def _norm_label(label: str) -> str:
+    return label.strip().lower()
+
+
+def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
+    out = [e for e in graph.edges if e.src == node.id]
+    # Highest weight first, then target id, so selection is deterministic.
+    out.sort(key=lambda e: (-e.weight, e.dst, e.index))
+    conds = tuple((e.condition.test, e.dst) for e in out if e.condition is not None)
+    plain = [e for e in out if e.condition is None]
+    by_label: dict[str, str] = {}
+    for e in plain:
+        if e.label:
+            by_label.setdefault(_norm_label(e.label), e.dst)
+    return _Step(
+        node=node,
+        spec=spec,
+        in_thread=not spec.is_async and (spec.blocking or node.blocking),
+        is_exit=node.id in graph.exits,
+        status_key=f"node.{node.id}.status",
+        conds=conds,
+        by_label=MappingProxyType(by_label),
+        targets=frozenset(e.dst for e in plain),
+        default=plain[0].dst if plain else None,
+        on_fail=node.retry_target or node.fallback_retry_target,
+    )
+
+
+def _as_outcome(value: object, node: Node) -> Outcome:
+    if type(value) is Outcome:
+        return value
+    if value is None:
+        return SUCCESS
+    if isinstance(value, Outcome):
+        return value
+    if isinstance(value, Mapping):
+        return Outcome("success", value)
+    raise TypeError(
+        f"handler {node.handler!r} of node {node.id!r} returned {type(value).__name__}; "
+        "expected Outcome, a mapping of context updates, or None"
+    )
+
+
+class Engine:
+    """Runs graphs with the handlers of one registry.
+
+    ``observers`` receive every event of every run; ``run(observers=...)`` adds more for
+    one run.  ``max_steps`` bounds cycles (a graph's own ``max_steps`` attribute wins).
+    ``rng`` drives retry jitter (pass a seeded ``random.Random`` for reproducible
+    tests); ``sleep`` is the backoff sleep (anyio's by default).
+    """
+
+    __slots__ = (
+        "_ids",
+        "_plans",
+        "_prefix",
+        "_rng",
+        "_sleep",
+        "max_steps",
+        "observers",
+        "registry",
+    )
+
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        *,
+        observers: Sequence[Observer] = (),
+        max_steps: int = DEFAULT_MAX_STEPS,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, not {max_steps}")
+        self.registry = registry
+        self.observers: tuple[Observer, ...] = tuple(observers)
+        self.max_steps = max_steps
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._plans: dict[Graph, _Plan] = {}
+        self._prefix = f"{os.getpid():x}{random.getrandbits(24):06x}"
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ compile
+
+    def check(self, graph: Graph) -> None:
+        """Raise ``GraphValidationError`` unless every node's handler is registered."""
+        self._plan(graph)
+
+    def _plan(self, graph: Graph) -> _Plan:
+        plan = self._plans.get(graph)
+        if plan is None:
+            plan = self._compile(graph)
+            if len(self._plans) >= 256:  # graphs are few; a bound keeps reloads from leaking
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[graph] = plan
+        return plan
+
+    def _compile(self, graph: Graph) -> _Plan:
+        issues: list[Issue] = []
+        steps: dict[str, _Step] = {}
+        for node in graph.nodes.values():
+            if node.handler not in self.registry:
+                issues.append(
+                    Issue(
+                        "error",
+                        f"node {node.id!r}: unknown handler {node.handler!r}",
+                        graph.path,
+                        node.line,
+                        node.col,
+                        node=node.id,
+                    )
+                )
+                continue
+            steps[node.id] = _compile_step(graph, node, self.registry.get(node.handler))
+        if issues:
+            raise GraphValidationError(graph.path, tuple(issues))
+        return _Plan(graph, graph.start, MappingProxyType(steps), graph.max_steps or self.max_steps)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(
+        self,
+        graph: Graph,
+        context: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        observers: Sequence[Observer] = (),
+        start_at: str | None = None,
+        on_step: OnStep | None = None,
+    ) -> RunResult:
+        """Run ``graph`` from its start (or ``start_at``) to an exit.
+
+        ``context`` is copied once into the run's mapping; handlers see a read-only
+        live view of it.  Node failures end in ``RunResult(status="fail", error=...)``;
+        cancellation is re-raised after observers hear of it.
+        """
+        plan = self._plan(graph)
+        if start_at is not None and start_at not in plan.steps:
+            raise ValueError(f"start_at: graph {graph.path} has no node {start_at!r}")
+        obs = self.observers + tuple(observers) if observers else self.observers
+        rid = run_id or f"{self._prefix}-{next(self._ids)}"
+        ctx: dict[str, Any] = dict(context) if context else {}
+        trace: list[NodeRecord] = []
+        t0 = _perf()
+        if obs:
+            notify(obs, RunStarted(rid, graph.name, start_at or plan.start))
+        try:
+            exit_id = await self._walk(plan, start_at or plan.start, ctx, trace, rid, obs, on_step)
+        except RunError as exc:
+            if obs:
+                failed_at = getattr(exc, "node_id", None)
+                notify(
+                    obs,
+                    RunFailed(
+                        rid, graph.name, "fail", failed_at, str(exc), len(trace), _perf() - t0
+                    ),
+                )
+            return RunResult("fail", ctx, tuple(trace), rid, exc)
+        except anyio.get_cancelled_exc_class():
+            if obs:
+                notify(
+                    obs,
+                    RunFailed(
+                        rid, graph.name, "cancelled", None, "cancelled", len(trace), _perf() - t0
+                    ),
+                )
+            raise
+        if obs:
+            notify(obs, RunCompleted(rid, graph.name, exit_id, len(trace), _perf() - t0))
+        return RunResult("success", ctx, tuple(trace), rid)
+
+    async def _walk(
+        self,
+        plan: _Plan,
+        node_id: str,
+        ctx: dict[str, Any],
+        trace: list[NodeRecord],
+        rid: str,
+        obs: tuple[Observer, ...],
+        on_step: OnStep | None,
+    ) -> str:
+        """The loop: run a node, apply its outcome, choose the next; returns the exit id."""
+        view = MappingProxyType(ctx)
+        steps = plan.steps
+        max_steps = plan.max_steps
+        while True:
+            if len(trace) >= max_steps:
+                raise MaxStepsExceeded(max_steps, node_id)
+            step = steps[node_id]
+            outcome, record, error = await self._visit(step, view, rid, obs)
+            trace.append(record)
+            if outcome.updates:
+                ctx.update(outcome.updates)
+            status = record.status
+            ctx["outcome"] = status
+            ctx["preferred_label"] = outcome.preferred_label or ""
+            ctx[step.status_key] = status
+            nxt = self._choose(step, outcome, status, view, error, record)
+            if on_step is not None:
+                await on_step(record, nxt, view)
+            if nxt is None:
+                return node_id
+            node_id = nxt
+
+    @staticmethod
+    def _choose(
+        step: _Step,
+        outcome: Outcome,
+        status: Status,
+        ctx: Mapping[str, Any],
+        error: HandlerError | None,
+        record: NodeRecord,
+    ) -> str | None:
+        """The next node id, or None when ``step`` is an exit that succeeded."""
+        for test, dst in step.conds:
+            if test(ctx):
+                return dst
+        if status in _FAILED:
+            if step.on_fail is not None:
+                return step.on_fail
+            node = step.node
+            raise error or HandlerError(
+                node.id, node.handler, record.attempts, outcome.reason or f"returned {status}"
+            )
+        if step.is_exit:
+            return None
+        label = outcome.preferred_label
+        if label:
+            labelled = step.by_label.get(_norm_label(label))
+            if labelled is not None:
+                return labelled
+        hint = outcome.suggested_next
+        if hint is not None and hint in step.targets:
+            return hint
+        if step.default is None:
+            raise NoRouteError(step.node.id, status)
+        return step.default
+
+    # ------------------------------------------------------------------ one node
+
+    async def _visit(
+        self, step: _Step, view: Mapping[str, Any], rid: str, obs: tuple[Observer, ...]
+    ) -> tuple[Outcome, NodeRecord, HandlerError | None]:
+        """Run one node under its retry policy; never raises a node failure."""
+        node = step.node
+        if obs:
+            notify(obs, NodeStarted(rid, node.id, node.handler))
+        t0 = _perf()
+        attempt = 1
+        while True:
+            outcome, error, retryable = await self._attempt(step, view, attempt)
+            if not retryable or attempt > node.retry.max_retries:
+                break
+            delay = node.retry.delay(attempt + 1, self._rng)
+            if obs:
+                why = outcome.reason or str(error)
+                notify(obs, NodeRetrying(rid, node.id, node.handler, attempt, delay, why))
+            await self._sleep(delay)
+            attempt += 1
+        status: Status = "fail" if outcome.status == "retry" else outcome.status
+        record = NodeRecord(node.id, node.handler, status, attempt, _perf() - t0, outcome.reason)
+        if obs:
+            if status == "fail":
+                reason = outcome.reason or "failed"
+                notify(
+                    obs, NodeFailed(rid, node.id, node.handler, attempt, record.duration, reason)
+                )
+            else:
+                notify(
+                    obs, NodeCompleted(rid, node.id, node.handler, status, attempt, record.duration)
+                )
+        return outcome, record, error
+
+    async def _attempt(
+        self, step: _Step, view: Mapping[str, Any], attempt: int
+    ) -> tuple[Outcome, HandlerError | None, bool]:
+        """One call of the handler: (outcome, error if it raised, whether to retry)."""
+        node = step.node
+        try:
+            if node.timeout is None:
+                result = await self._call(step, view)
+            else:
+                with anyio.fail_after(node.timeout):
+                    result = await self._call(step, view)
+            outcome = _as_outcome(result, node)
+            return outcome, None, outcome.status == "retry"
+        except TimeoutError as exc:
+            if node.timeout is None:
+                return self._failure(node, attempt, exc, retryable=False)
+            err: HandlerError = HandlerTimeout(node.id, node.handler, attempt, node.timeout)
+            err.__cause__ = exc
+            return Outcome("fail", reason=err.reason), err, True
+        except TransientAdapterError as exc:
+            return self._failure(node, attempt, exc, retryable=True)
+        except Exception as exc:  # a handler's bug or a permanent adapter error
+            return self._failure(node, attempt, exc, retryable=False)
+
+    @staticmethod
+    def _failure(
+        node: Node, attempt: int, exc: Exception, *, retryable: bool
+    ) -> tuple[Outcome, HandlerError, bool]:
+        reason = f"{type(exc).__name__}: {exc}"
+        err = HandlerError(node.id, node.handler, attempt, reason, exc)
+        err.__cause__ = exc
+        return Outcome("fail", reason=reason), err, retryable
+
+    @staticmethod
+    async def _call(step: _Step, view: Mapping[str, Any]) -> object:
+        spec = step.spec
+        if spec.is_async:
+            return await spec.fn(step.node, view)  # type: ignore[misc]
+        if step.in_thread:
+            return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
+        return spec.fn(step.node, view)

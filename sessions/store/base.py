@@ -1,0 +1,224 @@
+"""The store contract: what a Session asks of durable storage, and the records it passes.
+
+Every backend (``memory:``, ``sqlite:///path.db``, ``postgresql://...``) implements
+:class:`Store` and passes the same test suite.  The rules every backend keeps:
+
+* **Append-only history.**  A turn is one transaction that appends its messages and its
+  node trace and updates the session's counters; a message or trace once written is
+  never rewritten.  Compaction appends a summary record; the originals stay.
+* **Fencing.**  :meth:`Store.acquire` gives the caller a lease and a fencing *token*
+  (the session's ``version``, bumped on every change of owner).  Every write passes the
+  token and checks it in the same transaction; a stale token raises
+  :class:`~engine.errors.Fenced` and writes nothing.  A live lease held by another owner
+  makes ``acquire`` raise :class:`~engine.errors.SessionBusy`; an expired one is taken
+  over.
+* **Tamper evidence** (durable backends).  Each appended record carries
+  HMAC-SHA256(key, previous record's MAC || canonical content); reads verify what they
+  read, :meth:`Store.verify` verifies everything, and a mismatch raises
+  :class:`~engine.errors.SessionTampered` naming the session and record.
+* **Bounded reads.**  :meth:`Store.load` reads metadata and the most recent messages;
+  older history pages in through :meth:`Store.messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "EMPTY_META",
+    "Checkpoint",
+    "LoadedSession",
+    "Message",
+    "Role",
+    "SessionMeta",
+    "SessionType",
+    "Store",
+    "TurnCommit",
+    "TurnRecord",
+]
+
+Role = Literal["user", "assistant", "tool", "system", "summary"]
+SessionType = Literal["primary", "background", "delegation", "consultation"]
+
+EMPTY_META: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation.
+
+    ``seq`` is the message's 0-based position in its session's log, dense and assigned
+    by the session; ``turn`` is the 1-based turn that produced it (0 for messages added
+    outside a turn).  ``ts`` is Unix time in seconds.
+    """
+
+    seq: int
+    role: Role
+    content: str
+    turn: int
+    ts: float
+    meta: Mapping[str, Any] = field(default_factory=lambda: EMPTY_META)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One committed turn: its node trace and how it ended.
+
+    ``trace`` holds :meth:`engine.NodeRecord.to_dict` dicts (``id``, ``handler``,
+    ``status``, ``attempts``, ``duration_ms``).
+    """
+
+    turn: int
+    status: str
+    trace_id: str
+    graph_hash: str
+    trace: tuple[Mapping[str, Any], ...]
+    ts: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCommit:
+    """Everything one turn appends, committed in a single transaction.
+
+    ``record.turn`` is the session's new ``turn_count``.  ``messages`` continue the
+    session's ``seq``.  ``working_memory``, ``goals`` and ``cognitive_mode`` are the
+    session's new values when the turn changed them, else ``None``.
+    """
+
+    record: TurnRecord
+    messages: tuple[Message, ...]
+    working_memory: Mapping[str, Any] | None = None
+    goals: tuple[str, ...] | None = None
+    cognitive_mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMeta:
+    """A session's metadata and counters: small, read on every load.
+
+    ``version`` is the fencing token of the current owner.  ``summary_upto`` is the
+    ``seq`` of the last message covered by the latest summary (-1: none).
+    """
+
+    id: str
+    agent_id: str = "default"
+    type: SessionType = "primary"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    turn_count: int = 0
+    message_count: int = 0
+    version: int = 0
+    config: Mapping[str, Any] = field(default_factory=lambda: EMPTY_META)
+    working_memory: Mapping[str, Any] = field(default_factory=lambda: EMPTY_META)
+    goals: tuple[str, ...] = ()
+    cognitive_mode: str = "default"
+    summary_upto: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """An in-flight turn's progress, saved after each completed node (opt-in).
+
+    On load, a checkpoint means a process died mid-turn.  If ``graph_hash`` still
+    matches the session's turn graph, the turn can resume at ``next_node`` with
+    ``context``; otherwise it is reported and not replayed.  ``append_turn`` deletes the
+    checkpoint in the same transaction that commits the turn.
+    """
+
+    turn: int
+    graph_hash: str
+    trace_id: str
+    input: str
+    last_node: str
+    next_node: str
+    context: Mapping[str, Any]
+    trace: tuple[Mapping[str, Any], ...]
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSession:
+    """What :meth:`Store.load` returns: metadata, recent messages, summary, checkpoint."""
+
+    meta: SessionMeta
+    recent: tuple[Message, ...]
+    summary: Message | None = None
+    checkpoint: Checkpoint | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable storage for sessions.  All methods are async and safe to call concurrently
+    for *different* sessions; calls for one session are serialised by its owner.
+    """
+
+    url: str
+    """The store's URL with any password removed (safe to print)."""
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema; refuse a newer schema."""
+
+    async def close(self) -> None:
+        """Release connections.  Idempotent."""
+
+    async def create(self, meta: SessionMeta) -> SessionMeta:
+        """Create a session (``SessionExists`` if the id is taken); returns it as stored."""
+
+    async def load(self, session_id: str, *, recent: int = 50) -> LoadedSession:
+        """Metadata plus the last ``recent`` messages (``SessionNotFound``)."""
+
+    async def exists(self, session_id: str) -> bool:
+        """Whether the session exists."""
+
+    async def acquire(self, session_id: str, owner: str, ttl: float) -> int:
+        """Take (or renew) the lease for ``owner``; returns the fencing token."""
+
+    async def renew(self, session_id: str, owner: str, token: int, ttl: float) -> None:
+        """Extend a held lease; ``Fenced`` if the token is stale."""
+
+    async def release(self, session_id: str, owner: str, token: int) -> None:
+        """Give the lease up (no error if already lost)."""
+
+    async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
+        """Append one turn atomically; ``Fenced`` (nothing written) on a stale token."""
+
+    async def append_summary(
+        self, session_id: str, summary: Message, upto_seq: int, *, token: int
+    ) -> None:
+        """Record a compaction summary covering messages ``<= upto_seq``."""
+
+    async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
+        """Save (replace) the in-flight turn's checkpoint."""
+
+    async def clear_checkpoint(self, session_id: str, *, token: int) -> None:
+        """Drop the checkpoint without committing a turn (turn abandoned)."""
+
+    async def messages(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> tuple[Message, ...]:
+        """Messages with ``offset <= seq < offset + limit``, in order, verified."""
+
+    async def turns(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> tuple[TurnRecord, ...]:
+        """Turn records (node traces) in turn order: turns ``offset+1 ...``."""
+
+    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+        """Sessions by id."""
+
+    async def delete(self, session_id: str) -> bool:
+        """Delete a session and all its records; False if it did not exist."""
+
+    async def verify(self, session_id: str) -> int:
+        """Verify the whole HMAC chain; returns the number of records checked."""
+
+    async def export(self, session_id: str) -> dict[str, Any]:
+        """A signed, portable JSON-ready document of the whole session."""
+
+    async def import_(self, doc: Mapping[str, Any], *, replace: bool = False) -> SessionMeta:
+        """Verify and store an exported document (``ImportRejected`` on any problem)."""
