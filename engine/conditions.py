@@ -1,0 +1,307 @@
+"""The edge-condition language, compiled to Python closures at load time.
+
+::
+
+    condition="outcome=success"
+    condition="context.intent=question && turn<10"
+    condition="!context.done || (outcome!=fail && preferred_label=\\"retry\\")"
+
+Grammar (``&&`` binds tighter than ``||``; ``!`` negates what follows it)::
+
+    expr    := and ( "||" and )*
+    and     := unary ( "&&" unary )*
+    unary   := "!" unary | "(" expr ")" | clause
+    clause  := key [ op value ]
+    op      := "=" | "==" | "!=" | "<" | "<=" | ">" | ">="
+
+**Keys** are names made of letters, digits, ``_``, ``.`` and ``-``:
+
+* ``outcome`` (the last node's status) and ``preferred_label`` are read from the
+  context, where the runner puts them before edges are chosen;
+* ``context.X`` reads ``context["X"]``, falling back to ``context["context.X"]``;
+* any other key is read as written: ``session.turn_count`` reads
+  ``context["session.turn_count"]``, ``node.recall.status`` the status the runner
+  recorded for node ``recall``.
+
+**Values** are bare words (``success``, ``10``, ``-1.5``) or quoted with ``"`` or
+``'`` (inside, a backslash escapes the next character).
+
+**Semantics.** When both sides read as numbers the comparison is numeric
+(``turn<10`` with ``turn`` = ``"9"`` is true); otherwise ``=``/``==``/``!=`` compare
+text (``True``/``False`` read as ``true``/``false``) and ``<``, ``<=``, ``>``, ``>=``
+are false.  A missing key (or ``None``) makes every comparison false except ``!=``,
+which is true.  A bare key tests truthiness: missing, ``None``, ``False``, ``0``,
+empty, and the strings ``false``, ``0``, ``no`` (any case) are false.  An empty
+condition means "no condition".  Evaluating a compiled condition never raises.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from engine.errors import GraphError
+from engine.graph import Condition
+
+__all__ = ["ConditionSyntaxError", "compile_condition"]
+
+Test = Callable[[Mapping[str, Any]], bool]
+_MISSING: Any = object()
+
+
+class ConditionSyntaxError(GraphError):
+    """A condition that does not parse; ``pos`` is the 0-based offset in ``text``."""
+
+    def __init__(self, text: str, pos: int, reason: str) -> None:
+        super().__init__(f"condition {text!r}: {reason} at column {pos + 1}")
+        self.text = text
+        self.pos = pos
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- lexing
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<op>&&|\|\||==|!=|<=|>=|=|<|>|!|\(|\))
+      | (?P<quoted>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<word>[^\s&|()!=<>"']+)
+    )""",
+    re.VERBOSE | re.DOTALL,
+)
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\Z")
+_MAX_DEPTH = 32
+"""Nested ``!`` and parentheses allowed; keeps parsing and evaluation far from the
+recursion limit."""
+_FALSY = frozenset({"", "false", "0", "no"})
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+_Token = tuple[str, str, int]  # (kind, text, offset)
+
+
+def _lex(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None or match.lastgroup is None:
+            if text[pos:].strip():
+                bad = len(text) - len(text[pos:].lstrip())
+                raise ConditionSyntaxError(text, bad, f"unexpected {text[bad]!r}")
+            break
+        kind = match.lastgroup
+        tokens.append((kind, match.group(kind), match.start(kind)))
+        pos = match.end()
+    return tokens
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _as_text(value: Any) -> str:
+    if value is True or value is False:
+        return "true" if value else "false"
+    return str(value)
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return None
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSY
+    return bool(value)
+
+
+# --------------------------------------------------------------------------- clauses
+#
+# A clause is a lookup and a predicate on the value found.  Each clause catches its
+# own exceptions (odd values whose __str__ raises, a context that is not a mapping),
+# so the and/or/not combinators above them need no wrapper and evaluation never raises.
+
+Predicate = Callable[[Any], bool]
+
+
+def _leaf(key: str, pred: Predicate) -> Test:
+    """``pred`` applied to the value of ``key`` in the context (see module doc)."""
+    if key.startswith("context.") and len(key) > len("context."):
+        short = key[len("context.") :]
+
+        def test_context(ctx: Mapping[str, Any]) -> bool:
+            try:
+                value = ctx.get(short, _MISSING)
+                return pred(ctx.get(key) if value is _MISSING else value)
+            except Exception:
+                return False
+
+        return test_context
+
+    def test(ctx: Mapping[str, Any]) -> bool:
+        try:
+            return pred(ctx.get(key))
+        except Exception:
+            return False
+
+    return test
+
+
+def _text_predicate(op: str, literal: str) -> Predicate:
+    """Comparison with a value that is not a number: text equality only."""
+    if op in ("=", "=="):
+        return lambda v: (
+            v == literal if v.__class__ is str else (v is not None and _as_text(v) == literal)
+        )
+    if op == "!=":
+        return lambda v: (
+            v != literal if v.__class__ is str else (v is None or _as_text(v) != literal)
+        )
+    return lambda v: False
+
+
+def _number_predicate(op: str, literal: str) -> Predicate:
+    """Comparison with a number: numeric if the value is one too, else as text."""
+    compare, number = _COMPARE[op], float(literal)
+    as_text = _text_predicate(op, literal)
+
+    def pred(value: Any) -> bool:
+        found = _as_number(value)
+        return as_text(value) if found is None else compare(found, number)
+
+    return pred
+
+
+def _clause(key: str, op: str, literal: str) -> Test:
+    if _NUMBER.match(literal.strip()):
+        return _leaf(key, _number_predicate(op, literal))
+    return _leaf(key, _text_predicate(op, literal))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Parser:
+    """Recursive descent over the token list, building closures as it goes."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = _lex(text)
+        self.i = 0
+        self.depth = 0
+
+    def peek(self) -> _Token | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def fail(self, reason: str) -> ConditionSyntaxError:
+        token = self.peek()
+        pos = token[2] if token else len(self.text)
+        found = f"{token[1]!r}" if token else "end of condition"
+        return ConditionSyntaxError(self.text, pos, f"{reason}, found {found}")
+
+    def accept(self, *texts: str) -> str | None:
+        token = self.peek()
+        if token is not None and token[0] == "op" and token[1] in texts:
+            self.i += 1
+            return token[1]
+        return None
+
+    def parse(self) -> Test:
+        test = self.expr()
+        if self.peek() is not None:
+            raise self.fail("expected '&&' or '||'")
+        return test
+
+    def expr(self) -> Test:
+        parts = [self.conj()]
+        while self.accept("||"):
+            parts.append(self.conj())
+        return parts[0] if len(parts) == 1 else _any(tuple(parts))
+
+    def conj(self) -> Test:
+        parts = [self.unary()]
+        while self.accept("&&"):
+            parts.append(self.unary())
+        return parts[0] if len(parts) == 1 else _all(tuple(parts))
+
+    def unary(self) -> Test:
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise self.fail("nesting too deep")
+        try:
+            return self._unary()
+        finally:
+            self.depth -= 1
+
+    def _unary(self) -> Test:
+        if self.accept("!"):
+            inner = self.unary()
+            return lambda ctx: not inner(ctx)
+        if self.accept("("):
+            inner = self.expr()
+            if not self.accept(")"):
+                raise self.fail("expected ')'")
+            return inner
+        return self.clause()
+
+    def clause(self) -> Test:
+        token = self.peek()
+        if token is None or token[0] != "word" or not _KEY.match(token[1]):
+            raise self.fail("expected a key")
+        self.i += 1
+        op = self.accept(*_COMPARE)
+        if op is None:
+            return _leaf(token[1], _truthy)
+        value = self.peek()
+        if value is None or value[0] == "op":
+            raise self.fail(f"expected a value after {op!r}")
+        self.i += 1
+        return _clause(token[1], op, _unquote(value))
+
+
+def _unquote(token: _Token) -> str:
+    kind, text, _ = token
+    if kind == "quoted":
+        return re.sub(r"\\(.)", r"\1", text[1:-1], flags=re.DOTALL)
+    return text
+
+
+def _all(parts: tuple[Test, ...]) -> Test:
+    if len(parts) == 2:
+        first, second = parts
+        return lambda ctx: first(ctx) and second(ctx)
+    return lambda ctx: all(part(ctx) for part in parts)
+
+
+def _any(parts: tuple[Test, ...]) -> Test:
+    if len(parts) == 2:
+        first, second = parts
+        return lambda ctx: first(ctx) or second(ctx)
+    return lambda ctx: any(part(ctx) for part in parts)
+
+
+def compile_condition(text: str) -> Condition | None:
+    """Compile ``text`` into a :class:`~engine.graph.Condition`; ``None`` if it is blank.
+
+    Raises :class:`ConditionSyntaxError` (a :class:`~engine.errors.GraphError`) with
+    the offending offset; the loader turns it into an issue naming the edge.
+    """
+    if not text.strip():
+        return None
+    return Condition(text, _Parser(text).parse())

@@ -1,0 +1,350 @@
+"""``load_graph``: DOT file or text in, frozen validated :class:`~engine.graph.Graph` out.
+
+::
+
+    graph = load_graph("graphs/turn.dot", registry=registry)
+    graph = load_graph('digraph { start -> work -> done }')
+
+A ``str`` containing ``{`` is DOT text (shown as ``<string>`` in messages); anything
+else is a path.  Loading is a chain of small steps: read (:mod:`engine.dot`) → type
+attributes → resolve handlers → compile conditions (:mod:`engine.conditions`) →
+validate (:mod:`engine.validate`).  Every problem is reported at once in one
+:class:`~engine.errors.GraphValidationError`; warnings land in ``Graph.warnings``.
+
+**Handlers.** A node's handler is its ``handler=`` attribute, else its ``type=``,
+else its shape (``Mdiamond`` → ``start``, ``Msquare`` → ``exit``, ``diamond`` →
+``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``; shape names
+in any case), else its id.  With a ``registry`` every handler must be registered
+(an unknown handler is an error naming the node and its line); without one, any
+name is accepted and the engine checks later.
+
+**Start and exits.** The start node is the one with ``shape=Mdiamond`` or whose
+handler is ``start`` (so a plain node named ``start`` is it); there must be exactly
+one, and no edge may enter it.  An exit is a node with ``shape=Msquare`` or whose
+handler is ``exit`` or ``done`` (so plain nodes named ``exit`` or ``done`` are
+exits); there must be at least one, and no edge may leave one.
+
+**Node attributes** (typed; see :mod:`engine.validate` for the kinds):
+``max_retries`` (count), ``retry.initial_delay`` (alias ``retry.delay``),
+``retry.factor``, ``retry.max_delay`` (durations / number), ``retry.jitter``
+(bool) → ``Node.retry``; ``timeout`` (duration) → ``Node.timeout`` in seconds;
+(``0`` means none); ``retry_target`` / ``fallback_retry_target`` (existing node
+ids); ``blocking``
+(bool).  A node's unset retry settings come from the graph's
+``default_max_retries`` and ``retry.*`` attributes, then :class:`RetryPolicy`'s
+defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles.
+
+**Edge attributes:** ``label`` (text), ``weight`` (integer, default 0),
+``condition`` (see :mod:`engine.conditions`; empty means none).
+
+**Caching.** A file is cached by path and checked on every call by its
+modification time, size, inode and change time (one ``stat``: a hit costs a few
+microseconds), then by content hash; text is cached by content hash.  At most
+:data:`CACHE_SIZE` graphs of each kind are kept (least recently used go first).  A
+hit returns the very same ``Graph`` object.  Handlers are checked against the
+registry on every call, so one cached graph serves every registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Generic, TypeVar
+
+import networkx as nx
+
+from engine.conditions import ConditionSyntaxError, compile_condition
+from engine.dot import RawEdge, RawGraph, RawNode, parse_dot
+from engine.errors import GraphFileError, GraphValidationError, Issue
+from engine.graph import NO_RETRY, Edge, Graph, Node, RetryPolicy, Value
+from engine.validate import (
+    EDGE_KINDS,
+    GRAPH_KINDS,
+    NODE_KINDS,
+    handler_issues,
+    structure_issues,
+    type_attrs,
+)
+
+__all__ = ["CACHE_SIZE", "clear_cache", "load_graph"]
+
+CACHE_SIZE = 128
+"""Graphs kept per cache (files by path, graphs by content hash)."""
+
+SHAPE_HANDLERS: Mapping[str, str] = {
+    "mdiamond": "start",
+    "msquare": "exit",
+    "diamond": "conditional",
+    "parallelogram": "tool",
+    "hexagon": "human",
+}
+EXIT_HANDLERS = frozenset({"exit", "done"})
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+_Stamp = tuple[int, int, int, int]
+_FILES: _LRU[tuple[str, str], tuple[_Stamp, Graph]] = _LRU(CACHE_SIZE)
+_GRAPHS: _LRU[tuple[str, str], Graph] = _LRU(CACHE_SIZE)
+
+
+def clear_cache() -> None:
+    """Forget every cached graph (the next load parses again)."""
+    _FILES.clear()
+    _GRAPHS.clear()
+
+
+def load_graph(source: str | os.PathLike[str], *, registry: Collection[str] | None = None) -> Graph:
+    """Load, validate and freeze a turn graph from a DOT file or DOT text.
+
+    ``registry`` (a :class:`~engine.registry.HandlerRegistry`, or any collection of
+    handler names) makes an unregistered handler a load-time error.  Raises
+    :class:`~engine.errors.GraphFileError`, :class:`~engine.errors.DotSyntaxError` or
+    :class:`~engine.errors.GraphValidationError` (all :class:`GraphError`).
+    """
+    if isinstance(source, str) and "{" in source:
+        graph = _from_text(source, source.encode("utf-8", "surrogatepass"), "<string>", registry)
+    else:
+        graph = _from_file(os.fspath(source), registry)
+    if registry is not None:
+        missing = handler_issues(graph.path, graph.nodes, registry)
+        if missing:
+            raise GraphValidationError(graph.path, tuple(missing))
+    return graph
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _stamp(shown: str) -> _Stamp:
+    try:
+        st = os.stat(shown)
+    except FileNotFoundError:
+        raise GraphFileError(shown, "no such file") from None
+    except OSError as exc:
+        raise GraphFileError(shown, exc.strerror or type(exc).__name__) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise GraphFileError(shown, "is a directory")
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+def _read(shown: str) -> tuple[bytes, str]:
+    try:
+        with open(shown, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise GraphFileError(shown, exc.strerror or type(exc).__name__) from None
+    if not data.strip():
+        raise GraphFileError(shown, "empty file")
+    if b"\0" in data:
+        raise GraphFileError(shown, "binary file (contains NUL bytes)")
+    try:
+        return data, data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GraphFileError(shown, f"not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def _from_file(shown: str, registry: Collection[str] | None) -> Graph:
+    # The cwd is part of a relative path's key; abspath() would cost more than the stat.
+    key = (shown, "") if os.path.isabs(shown) else (shown, os.getcwd())
+    stamp = _stamp(shown)
+    hit = _FILES.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    data, text = _read(shown)
+    graph = _from_text(text, data, shown, registry)
+    _FILES.put(key, (stamp, graph))
+    return graph
+
+
+def _from_text(text: str, data: bytes, path: str, registry: Collection[str] | None) -> Graph:
+    digest = hashlib.sha256(data).hexdigest()
+    graph = _GRAPHS.get((digest, path))
+    if graph is None:
+        graph = _build(text, path, digest, registry)
+        _GRAPHS.put((digest, path), graph)
+    return graph
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _build(text: str, path: str, digest: str, registry: Collection[str] | None) -> Graph:
+    """Parse and compile ``text``; raise every problem at once, or return the Graph."""
+    raw = parse_dot(text, path)
+    issues: list[Issue] = []
+    attrs = _graph_attrs(raw, path, issues)
+    default_retry = _retry(attrs, RetryPolicy(), "default_max_retries")
+    nodes = {n.id: _node(n, path, default_retry, issues) for n in raw.nodes.values()}
+    edges = tuple(_edge(e, i, path, issues) for i, e in enumerate(raw.edges))
+    nxg = _networkx(attrs, nodes, edges)
+    starts = [i for i, n in nodes.items() if n.shape.lower() == "mdiamond" or n.handler == "start"]
+    exits = frozenset(
+        i for i, n in nodes.items() if n.shape.lower() == "msquare" or n.handler in EXIT_HANDLERS
+    )
+    cols = [e.col for e in raw.edges]
+    issues += structure_issues(path, nxg, nodes, edges, starts, exits, cols)
+    if any(i.severity == "error" for i in issues):
+        if registry is not None:
+            issues += handler_issues(path, nodes, registry)
+        raise GraphValidationError(path, _sorted(issues))
+    max_steps = attrs.get("max_steps")
+    return Graph(
+        name=raw.name,
+        path=path,
+        source_hash=digest,
+        attrs=MappingProxyType(attrs),
+        nodes=MappingProxyType(nodes),
+        edges=edges,
+        start=starts[0],
+        exits=exits,
+        warnings=_sorted(issues),
+        default_retry=default_retry,
+        _nx=nx.freeze(nxg),
+        max_steps=max_steps if isinstance(max_steps, int) else None,
+    )
+
+
+def _sorted(issues: list[Issue]) -> tuple[Issue, ...]:
+    return tuple(sorted(issues, key=lambda i: (i.line, i.col)))
+
+
+def _graph_attrs(raw: RawGraph, path: str, issues: list[Issue]) -> dict[str, Value]:
+    attrs, problems = type_attrs(raw.attrs, GRAPH_KINDS)
+    where = (path, raw.line, raw.col)
+    issues.extend(Issue("error", f"graph: {p}", *where) for p in problems)
+    if not raw.directed:
+        issues.append(Issue("error", "an undirected 'graph': turn graphs are 'digraph'", *where))
+    if raw.strict:
+        issues.append(Issue("warning", "'strict' is ignored: parallel edges are kept", *where))
+    return attrs
+
+
+def _node(raw: RawNode, path: str, default_retry: RetryPolicy, issues: list[Issue]) -> Node:
+    attrs, problems = type_attrs(raw.attrs, NODE_KINDS)
+    where = (path, raw.line, raw.col)
+    issues.extend(Issue("error", f"node {raw.id!r}: {p}", *where, node=raw.id) for p in problems)
+    timeout = attrs.get("timeout")
+    return Node(
+        id=raw.id,
+        handler=_handler(raw.id, attrs),
+        attrs=MappingProxyType(attrs),
+        line=raw.line,
+        col=raw.col,
+        label=_text(attrs, "label") or raw.id,
+        shape=_text(attrs, "shape") or "box",
+        retry=_retry(attrs, default_retry, "max_retries"),
+        timeout=timeout.total_seconds() or None if isinstance(timeout, timedelta) else None,
+        retry_target=_text(attrs, "retry_target"),
+        fallback_retry_target=_text(attrs, "fallback_retry_target"),
+        blocking=attrs.get("blocking") is True,
+    )
+
+
+def _edge(raw: RawEdge, index: int, path: str, issues: list[Issue]) -> Edge:
+    attrs, problems = type_attrs(raw.attrs, EDGE_KINDS)
+    name = f"edge {raw.src} -> {raw.dst}"
+    where = (path, raw.line, raw.col)
+    if raw.op == "--":
+        problems.append("undirected '--' edge (turn graphs use '->')")
+    condition = None
+    try:
+        condition = compile_condition(_text(attrs, "condition") or "")
+    except ConditionSyntaxError as exc:
+        problems.append(f"condition {exc.text!r}: {exc.reason} at column {exc.pos + 1}")
+    issues.extend(Issue("error", f"{name}: {p}", *where, edge=(raw.src, raw.dst)) for p in problems)
+    weight = attrs.get("weight", 0)
+    return Edge(
+        src=raw.src,
+        dst=raw.dst,
+        index=index,
+        attrs=MappingProxyType(attrs),
+        line=raw.line,
+        label=_text(attrs, "label") or "",
+        condition=condition,
+        weight=weight if isinstance(weight, int) else 0,
+    )
+
+
+def _handler(node_id: str, attrs: Mapping[str, Value]) -> str:
+    for key in ("handler", "type"):
+        name = _text(attrs, key)
+        if name and name.strip():
+            return name.strip()
+    shape = (_text(attrs, "shape") or "").lower()
+    return SHAPE_HANDLERS.get(shape, node_id)
+
+
+def _text(attrs: Mapping[str, Value], key: str) -> str | None:
+    value = attrs.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _seconds(attrs: Mapping[str, Value], *keys: str) -> float | None:
+    for key in keys:
+        value = attrs.get(key)
+        if isinstance(value, timedelta):
+            return value.total_seconds()
+    return None
+
+
+def _retry(attrs: Mapping[str, Value], base: RetryPolicy, count_key: str) -> RetryPolicy:
+    """A retry policy from ``attrs`` (node or graph), unset fields taken from ``base``."""
+    count = attrs.get(count_key)
+    factor = attrs.get("retry.factor")
+    jitter = attrs.get("retry.jitter")
+    initial = _seconds(attrs, "retry.initial_delay", "retry.delay")
+    max_delay = _seconds(attrs, "retry.max_delay")
+    policy = RetryPolicy(
+        max_retries=count if isinstance(count, int) else base.max_retries,
+        initial_delay=base.initial_delay if initial is None else initial,
+        factor=float(factor) if isinstance(factor, float) else base.factor,
+        max_delay=base.max_delay if max_delay is None else max_delay,
+        jitter=jitter if isinstance(jitter, bool) else base.jitter,
+    )
+    return NO_RETRY if policy == NO_RETRY else policy
+
+
+def _networkx(
+    attrs: Mapping[str, Value], nodes: Mapping[str, Node], edges: tuple[Edge, ...]
+) -> nx.MultiDiGraph:
+    """The normalised MultiDiGraph: typed attributes, one keyed edge per DOT edge."""
+    graph = nx.MultiDiGraph()
+    graph.graph.update(attrs)
+    graph.add_nodes_from((node.id, dict(node.attrs)) for node in nodes.values())
+    graph.add_edges_from((e.src, e.dst, e.index, dict(e.attrs)) for e in edges)
+    return graph
