@@ -57,9 +57,13 @@ from engine.graph import Graph, Node
 from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
 from engine.registry import HandlerRegistry, HandlerSpec
 
-__all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnStep"]
+__all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnEnter", "OnStep"]
 
 DEFAULT_MAX_STEPS = 1000
+
+OnEnter = Callable[[Node], None]
+"""Called with each node just before its handler runs: cheap (no event object is built),
+for state that must follow the walk live, such as a session's phase."""
 
 OnStep = Callable[[NodeRecord, "str | None", Mapping[str, Any]], Awaitable[None]]
 """Awaited after each node with its record, the chosen next node (None at an exit) and
@@ -223,12 +227,14 @@ class Engine:
         observers: Sequence[Observer] = (),
         start_at: str | None = None,
         on_step: OnStep | None = None,
+        on_enter: OnEnter | None = None,
     ) -> RunResult:
         """Run ``graph`` from its start (or ``start_at``) to an exit.
 
         ``context`` is copied once into the run's mapping; handlers see a read-only
         live view of it.  Node failures end in ``RunResult(status="fail", error=...)``;
-        cancellation is re-raised after observers hear of it.
+        cancellation is re-raised after observers hear of it.  ``on_enter`` is called
+        with each node before it runs; ``on_step`` is awaited after it ran.
         """
         plan = self._plan(graph)
         if start_at is not None and start_at not in plan.steps:
@@ -241,7 +247,8 @@ class Engine:
         if obs:
             notify(obs, RunStarted(rid, graph.name, start_at or plan.start))
         try:
-            exit_id = await self._walk(plan, start_at or plan.start, ctx, trace, rid, obs, on_step)
+            first = start_at or plan.start
+            exit_id = await self._walk(plan, first, ctx, trace, rid, obs, on_step, on_enter)
         except RunError as exc:
             if obs:
                 failed_at = getattr(exc, "node_id", None)
@@ -274,6 +281,7 @@ class Engine:
         rid: str,
         obs: tuple[Observer, ...],
         on_step: OnStep | None,
+        on_enter: OnEnter | None,
     ) -> str:
         """The loop: run a node, apply its outcome, choose the next; returns the exit id."""
         view = MappingProxyType(ctx)
@@ -283,6 +291,8 @@ class Engine:
             if len(trace) >= max_steps:
                 raise MaxStepsExceeded(max_steps, node_id)
             step = steps[node_id]
+            if on_enter is not None:
+                on_enter(step.node)
             outcome, record, error = await self._visit(step, view, rid, obs)
             trace.append(record)
             if outcome.updates:

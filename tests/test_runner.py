@@ -522,6 +522,18 @@ async def test_on_step_sees_each_node_and_its_successor() -> None:
     assert steps == [("start", "a"), ("a", "done"), ("done", None)]
 
 
+async def test_on_enter_sees_each_node_before_its_handler_runs() -> None:
+    order: list[str] = []
+
+    def a(node: Node, ctx: Ctx) -> None:
+        order.append("handler a")
+
+    await Engine(registry(a=a)).run(
+        build_graph(["start", "a", "done"]), on_enter=lambda node: order.append(f"enter {node.id}")
+    )
+    assert order == ["enter start", "enter a", "handler a", "enter done"]
+
+
 async def test_start_at_resumes_from_a_node() -> None:
     a = ScriptedHandler()
     result = await Engine(registry(a=a)).run(build_graph(["start", "a", "b", "done"]), start_at="b")

@@ -1,0 +1,122 @@
+"""Built-in handlers for turn and heartbeat graphs, and :func:`build_registry`.
+
+::
+
+    from handlers import build_registry
+    registry = build_registry()                    # offline defaults: EchoModel,
+    registry = build_registry(llm=my_model)        # KeywordMemory, ToolBox
+
+Each handler is a small object built with the adapters it needs (no module globals),
+called as ``handler(node, context)``; a node's settings come from its DOT attributes
+(``prompt``, ``system``, ``max_tokens``, ``template``...).
+
+Context keys
+------------
+What a session puts in (read-only for handlers):
+
+===========================  ===============================================================
+``session.input``            the user's text for this turn (``str``)
+``session.history``          read-only sequence of earlier messages: objects with ``.role``
+                             and ``.content`` (``sessions.store.base.Message``) or dicts
+``session.id``               the session id (memory is partitioned by it)
+``session.turn_count``       turns completed before this one
+``session.goals``            the session's goals (sequence of ``str``)
+``session.working_memory``   the session's working memory (mapping)
+===========================  ===============================================================
+
+What a session takes out after the run:
+
+===========================  ===============================================================
+``reply``                    the answer (``str``), set by ``format``
+``memory.working``           optional dict of working-memory *updates* (merged by the session)
+``turn.messages``            optional list of extra ``{role, content[, meta]}`` dicts (tool
+                             calls and results) appended to the history before the reply
+===========================  ===============================================================
+
+Keys the built-ins exchange among themselves: ``input.text``, ``input.empty``,
+``input.blocked``, ``input.reason``, ``intent`` (classify); ``recall.items`` (recall);
+``llm.text``, ``llm.tool_calls``, ``llm.model``, ``llm.usage``, ``llm.calls``,
+``llm.wants_tools`` (llm_call); ``tools.results``, ``tools.rounds`` (dispatch_tools);
+``memory.stored`` (update_memory); ``heartbeat.goals``, ``heartbeat.has_goals``,
+``heartbeat.mode``, ``heartbeat.reflection`` (heartbeat).  Conditions read them as
+``context.input.blocked=true``, ``context.heartbeat.mode=plan``.
+"""
+
+from __future__ import annotations
+
+from engine.registry import HandlerRegistry
+from handlers.adapters import LLM, EchoModel, KeywordMemory, Memory, ToolBox, Tools
+from handlers.basic import Passthrough
+from handlers.classify import Classify
+from handlers.heartbeat import CheckGoals, ChooseMode, Reflect, UpdateWorkingMemory
+from handlers.llm import DispatchTools, LLMCall, ToolNode
+from handlers.memory import Recall, UpdateMemory
+from handlers.reply import Format
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "CheckGoals",
+    "ChooseMode",
+    "Classify",
+    "DispatchTools",
+    "Format",
+    "LLMCall",
+    "Passthrough",
+    "Recall",
+    "Reflect",
+    "ToolNode",
+    "UpdateMemory",
+    "UpdateWorkingMemory",
+    "build_registry",
+]
+
+BUILTIN_NAMES = frozenset(
+    {
+        "start",
+        "exit",
+        "done",
+        "conditional",
+        "classify",
+        "recall",
+        "llm_call",
+        "dispatch_tools",
+        "tool",
+        "format",
+        "update_memory",
+        "check_goals",
+        "choose_mode",
+        "reflect",
+        "update_working_memory",
+    }
+)
+"""Every handler name :func:`build_registry` registers."""
+
+
+def build_registry(
+    *, llm: LLM | None = None, memory: Memory | None = None, tools: Tools | None = None
+) -> HandlerRegistry:
+    """A fresh registry of every built-in handler (:data:`BUILTIN_NAMES`).
+
+    Adapters left ``None`` get offline defaults: :class:`EchoModel`,
+    :class:`KeywordMemory` and :class:`ToolBox`.  The registry is the caller's to
+    extend (``@registry.handler("mine")``) or to override (``replace=True``).
+    """
+    llm = llm if llm is not None else EchoModel()
+    memory = memory if memory is not None else KeywordMemory()
+    tools = tools if tools is not None else ToolBox()
+    nothing = Passthrough()
+    registry = HandlerRegistry()
+    for name in ("start", "exit", "done", "conditional"):
+        registry.register(name, nothing)
+    registry.register("classify", Classify())
+    registry.register("recall", Recall(memory))
+    registry.register("llm_call", LLMCall(llm, tools))
+    registry.register("dispatch_tools", DispatchTools(tools))
+    registry.register("tool", ToolNode(tools))
+    registry.register("format", Format())
+    registry.register("update_memory", UpdateMemory(memory))
+    registry.register("check_goals", CheckGoals())
+    registry.register("choose_mode", ChooseMode())
+    registry.register("reflect", Reflect(llm))
+    registry.register("update_working_memory", UpdateWorkingMemory())
+    return registry

@@ -1,0 +1,118 @@
+"""Small helpers the built-in handlers share: typed node settings, history access,
+placeholder substitution.  Private: the public face is :mod:`handlers`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from engine.graph import Node
+
+__all__ = [
+    "attr_bool",
+    "attr_int",
+    "attr_str",
+    "fill",
+    "input_text",
+    "recent_messages",
+    "role_content",
+]
+
+
+def attr_str(node: Node, key: str, default: str) -> str:
+    """Node setting ``key`` as text (``default`` when absent)."""
+    value = node.attrs.get(key)
+    return default if value is None else str(value)
+
+
+def attr_int(node: Node, key: str, default: int) -> int:
+    """Node setting ``key`` as a non-negative integer; a bad value fails the node clearly."""
+    value = node.attrs.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"node {node.id!r}: {key} must be an integer, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"node {node.id!r}: {key} must be an integer, not {value!r}") from None
+    if number < 0:
+        raise ValueError(f"node {node.id!r}: {key} must be >= 0, not {number}")
+    return number
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0", ""})
+
+
+def attr_bool(node: Node, key: str, default: bool) -> bool:
+    """Node setting ``key`` as a boolean (``true``/``false``, ``yes``/``no``, ``1``/``0``)."""
+    value = node.attrs.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"node {node.id!r}: {key} must be true or false, not {value!r}")
+
+
+def input_text(context: Mapping[str, Any]) -> str:
+    """The turn's input: ``input.text`` once classified, else ``session.input``."""
+    text = context.get("input.text")
+    if text is None:
+        text = context.get("session.input")
+    return "" if text is None else str(text)
+
+
+def role_content(message: Any) -> tuple[str, str]:
+    """``(role, content)`` of a history entry: a mapping or an object with those attributes."""
+    # Attribute access first: history entries are usually Message records, and an
+    # isinstance check against the Mapping ABC costs more than the whole lookup.
+    role = getattr(message, "role", None)
+    if role is not None:
+        return str(role), str(getattr(message, "content", ""))
+    if isinstance(message, Mapping):
+        return str(message.get("role", "user")), str(message.get("content", ""))
+    return "user", ""
+
+
+def recent_messages(context: Mapping[str, Any], limit: int) -> list[dict[str, str]]:
+    """The last ``limit`` messages of ``session.history`` as ``{role, content}`` dicts.
+
+    Indexes only the tail, so the cost does not grow with the history's length (the
+    history is a read-only view; it is never copied whole).  A ``summary`` entry becomes
+    a ``system`` message, the role models understand.
+    """
+    history: Sequence[Any] = context.get("session.history") or ()
+    n = len(history)
+    out: list[dict[str, str]] = []
+    for message in history[max(0, n - limit) : n]:
+        role, content = role_content(message)
+        if role == "summary":
+            role, content = "system", f"Summary of the earlier conversation: {content}"
+        out.append({"role": role, "content": content})
+    return out
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+
+
+def fill(template: str, context: Mapping[str, Any], aliases: Mapping[str, str]) -> str:
+    """Replace ``{name}`` with a context value: an alias (``{text}`` → ``llm.text``) or a
+    context key (``{session.id}``).  Unknown names stay as written, so literal braces in
+    a template never raise."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        key = aliases.get(name, name)
+        if key not in context:
+            return match.group(0)
+        value = context[key]
+        return "" if value is None else str(value)
+
+    return _PLACEHOLDER.sub(sub, template)

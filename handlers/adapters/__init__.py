@@ -1,0 +1,53 @@
+"""Adapters: how handlers reach a model, a memory and tools.
+
+Each is a :class:`typing.Protocol` (runtime-checkable) with an offline default that
+needs no network, no key and no randomness:
+
+==========  ==================================  ==========================================
+protocol    default                             notes
+==========  ==================================  ==========================================
+``LLM``     :class:`EchoModel`                  echoes the user; ``/tool NAME ARGS`` asks
+                                                for a tool; optional simulated latency
+``Memory``  :class:`KeywordMemory`              keyword-overlap recall, bounded per session
+``Tools``   :class:`ToolBox`                    Python callables; ``calculator``, ``clock``
+==========  ==================================  ==========================================
+
+:class:`ScriptedModel` plays back fixed answers for tests.  Adapter failures raise
+:class:`engine.errors.AdapterError`, or :class:`engine.errors.TransientAdapterError`
+when trying again may help (the engine retries those per node policy).
+"""
+
+from handlers.adapters.llm import LLM, EchoModel, ScriptedModel, count_tokens
+from handlers.adapters.memory import KeywordMemory, Memory, keywords
+from handlers.adapters.tools import ToolBox, Tools, calculate, calculator, clock
+from handlers.adapters.types import (
+    LLMResponse,
+    MemoryItem,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+    Usage,
+    estimate_tokens,
+)
+
+__all__ = [
+    "LLM",
+    "EchoModel",
+    "KeywordMemory",
+    "LLMResponse",
+    "Memory",
+    "MemoryItem",
+    "ScriptedModel",
+    "ToolBox",
+    "ToolCall",
+    "ToolResult",
+    "ToolSpec",
+    "Tools",
+    "Usage",
+    "calculate",
+    "calculator",
+    "clock",
+    "count_tokens",
+    "estimate_tokens",
+    "keywords",
+]

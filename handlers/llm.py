@@ -1,0 +1,188 @@
+"""``llm_call``, ``dispatch_tools`` and ``tool``: the model and the tools it may use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from engine.errors import AdapterError, TransientAdapterError
+from engine.graph import Node
+from engine.outcome import Outcome
+from handlers._common import attr_bool, attr_int, attr_str, fill, input_text, recent_messages
+from handlers.adapters.llm import LLM
+from handlers.adapters.tools import Tools
+from handlers.adapters.types import LLMResponse, MemoryItem, ToolCall, ToolResult
+
+__all__ = ["DEFAULT_SYSTEM", "DispatchTools", "LLMCall", "ToolNode", "add_usage"]
+
+DEFAULT_SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
+
+
+def add_usage(context: Mapping[str, Any], response: LLMResponse) -> dict[str, int]:
+    """``llm.usage`` plus this response's tokens (a run's total over all its calls)."""
+    prior = context.get("llm.usage") or {}
+    return {
+        "input_tokens": int(prior.get("input_tokens", 0)) + response.usage.input_tokens,
+        "output_tokens": int(prior.get("output_tokens", 0)) + response.usage.output_tokens,
+    }
+
+
+def _system(node: Node, items: Sequence[MemoryItem]) -> str:
+    system = attr_str(node, "system", DEFAULT_SYSTEM)
+    if items:
+        system += "\n\nRelevant memory:\n" + "\n".join(f"- {i.text}" for i in items)
+    return system
+
+
+class LLMCall:
+    """Asks the model for the reply.
+
+    Messages: the last ``history`` (default 20) messages of ``session.history``, then the
+    user's input (through the ``prompt`` template when set: ``{input}`` is replaced),
+    then this turn's ``turn.messages`` (tool calls and results).  ``recall.items`` are
+    added to the system prompt (``system`` setting, else :data:`DEFAULT_SYSTEM`).
+
+    Sets ``llm.text``, ``llm.tool_calls``, ``llm.model``, ``llm.usage`` (tokens summed
+    over the run's calls), ``llm.calls`` and ``llm.wants_tools``; the preferred label is
+    ``tools`` or ``reply``.  Tools are offered only with ``tools=true``, and only while
+    ``tools.rounds`` is below ``max_tool_rounds`` (default 3), which bounds a tool loop.
+    ``max_tokens`` is passed on.  Adapter errors propagate (transient ones are retried).
+    """
+
+    __slots__ = ("llm", "tools")
+
+    def __init__(self, llm: LLM, tools: Tools) -> None:
+        self.llm = llm
+        self.tools = tools
+
+    async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
+        items: Sequence[MemoryItem] = context.get("recall.items") or ()
+        rounds = int(context.get("tools.rounds") or 0)
+        offer = attr_bool(node, "tools", False) and rounds < attr_int(node, "max_tool_rounds", 3)
+        max_tokens = attr_int(node, "max_tokens", 0) or None
+        response = await self.llm.complete(
+            self._messages(node, context),
+            system=_system(node, items),
+            tools=self.tools.specs() if offer else None,
+            max_tokens=max_tokens,
+        )
+        wants = offer and bool(response.tool_calls)
+        updates = {
+            "llm.text": response.text,
+            "llm.tool_calls": response.tool_calls,
+            "llm.model": response.model,
+            "llm.usage": add_usage(context, response),
+            "llm.calls": int(context.get("llm.calls") or 0) + 1,
+            "llm.wants_tools": wants,
+        }
+        return Outcome("success", updates, preferred_label="tools" if wants else "reply")
+
+    @staticmethod
+    def _messages(node: Node, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = list(
+            recent_messages(context, attr_int(node, "history", 20))
+        )
+        text = input_text(context)
+        prompt = node.attrs.get("prompt")
+        if prompt is not None:
+            # {input} first is wrong: the user's own braces would then be expanded.
+            text = fill(str(prompt), context, {}).replace("{input}", text)
+        messages.append({"role": "user", "content": text})
+        messages.extend(context.get("turn.messages") or ())
+        return messages
+
+
+def _call_message(calls: Sequence[ToolCall]) -> dict[str, Any]:
+    """The assistant's tool request, readable as text and exact in ``meta``."""
+    shown = ", ".join(f"{c.name}({json.dumps(dict(c.arguments), default=str)})" for c in calls)
+    meta = {
+        "tool_calls": [{"id": c.id, "name": c.name, "arguments": dict(c.arguments)} for c in calls]
+    }
+    return {"role": "assistant", "content": f"[calling {shown}]", "meta": meta}
+
+
+def _result_message(result: ToolResult) -> dict[str, Any]:
+    meta = {"name": result.name, "call_id": result.call_id, "is_error": result.is_error}
+    return {"role": "tool", "content": result.content, "meta": meta}
+
+
+async def _run_tool(tools: Tools, call: ToolCall) -> ToolResult:
+    """One call; a permanent tool error becomes an error result the model can read."""
+    try:
+        result = await tools.call(call.name, call.arguments)
+    except TransientAdapterError:
+        raise
+    except AdapterError as exc:
+        return ToolResult(call.name, f"error: {exc.reason}", is_error=True, call_id=call.id)
+    return ToolResult(result.name, result.content, result.is_error, call.id)
+
+
+class DispatchTools:
+    """Runs the tool calls in ``llm.tool_calls``, in order.
+
+    Appends their :class:`ToolResult` to ``tools.results``, adds one to ``tools.rounds``
+    and appends the request and the results to ``turn.messages`` (the next ``llm_call``
+    sees them; the session stores them before the reply).  An unknown tool or bad
+    arguments become an error result for the model to read; a transient failure
+    propagates so the node is retried.  At most ``max_calls`` (default 8) calls a round.
+    """
+
+    __slots__ = ("tools",)
+
+    def __init__(self, tools: Tools) -> None:
+        self.tools = tools
+
+    async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
+        calls: Sequence[ToolCall] = context.get("llm.tool_calls") or ()
+        calls = tuple(calls)[: attr_int(node, "max_calls", 8)]
+        results = [await _run_tool(self.tools, c) for c in calls]
+        messages = list(context.get("turn.messages") or ())
+        if calls:
+            messages.append(_call_message(calls))
+            messages.extend(_result_message(r) for r in results)
+        updates = {
+            "tools.results": (*(context.get("tools.results") or ()), *results),
+            "tools.rounds": int(context.get("tools.rounds") or 0) + 1,
+            "turn.messages": messages,
+            "llm.wants_tools": False,
+        }
+        return Outcome("success" if calls else "skipped", updates)
+
+
+class ToolNode:
+    """A node that calls one tool itself (``shape=parallelogram`` or ``handler=tool``).
+
+    Settings: ``tool`` (its name) and ``arg.NAME=VALUE`` arguments.  Sets ``tool.result``
+    (the content) and appends to ``tools.results``; a tool error fails the node.
+    """
+
+    __slots__ = ("tools",)
+
+    def __init__(self, tools: Tools) -> None:
+        self.tools = tools
+
+    async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
+        name = attr_str(node, "tool", "")
+        if not name:
+            return Outcome("fail", reason=f"node {node.id!r} names no tool (set tool=NAME)")
+        args = self._arguments(node, name)
+        result = await self.tools.call(name, args)
+        updates = {
+            "tool.result": result.content,
+            "tools.results": (*(context.get("tools.results") or ()), result),
+        }
+        if result.is_error:
+            return Outcome("fail", updates, reason=result.content)
+        return Outcome("success", updates)
+
+    def _arguments(self, node: Node, tool: str) -> dict[str, Any]:
+        """``arg.*`` settings; a string parameter gets text even when DOT typed it
+        (``arg.expression=2`` arrives as the integer 2)."""
+        args: dict[str, Any] = {k[4:]: v for k, v in node.attrs.items() if k.startswith("arg.")}
+        spec = next((s for s in self.tools.specs() if s.name == tool), None)
+        props: Mapping[str, Any] = spec.parameters.get("properties", {}) if spec else {}
+        for key, value in args.items():
+            if props.get(key, {}).get("type") == "string" and not isinstance(value, str):
+                args[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        return args

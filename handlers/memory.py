@@ -1,0 +1,63 @@
+"""``recall`` and ``update_memory``: the memory adapter on either side of the model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.graph import Node
+from engine.outcome import Outcome
+from handlers._common import attr_int, input_text
+from handlers.adapters.memory import Memory, keywords
+from handlers.adapters.types import MemoryItem
+
+__all__ = ["Recall", "UpdateMemory"]
+
+
+def _session_id(context: Mapping[str, Any]) -> str:
+    return str(context.get("session.id") or "default")
+
+
+class Recall:
+    """Sets ``recall.items``: up to ``limit`` (default 5) memory items relevant to the
+    input, best first (empty for an empty input)."""
+
+    __slots__ = ("memory",)
+
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+
+    async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
+        query = input_text(context)
+        limit = attr_int(node, "limit", 5)
+        if not query or not limit:
+            return Outcome("success", {"recall.items": ()})
+        items = await self.memory.recall(query, session_id=_session_id(context), limit=limit)
+        return Outcome("success", {"recall.items": tuple(items)})
+
+
+class UpdateMemory:
+    """Remembers the exchange (input and ``reply``) as one ``exchange`` item, and sets
+    ``memory.working`` to ``{"last_intent": ..., "topic": ...}`` (the topic is the
+    input's first ``topic_words`` keywords, default 3).
+
+    Blocked or empty input is not remembered (status ``skipped``).
+    """
+
+    __slots__ = ("memory",)
+
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+
+    async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
+        text = input_text(context)
+        if not text or context.get("input.blocked"):
+            return Outcome("skipped", {"memory.stored": 0})
+        reply = str(context.get("reply") or "")
+        turn = int(context.get("session.turn_count") or 0)
+        item = MemoryItem(f"user: {text}\nassistant: {reply}", "exchange", meta={"turn": turn})
+        await self.memory.remember([item], session_id=_session_id(context))
+        words = list(dict.fromkeys(keywords(text)))[: attr_int(node, "topic_words", 3)]
+        topic = " ".join(words)
+        working = {"last_intent": str(context.get("intent") or "chat"), "topic": topic}
+        return Outcome("success", {"memory.working": working, "memory.stored": 1})
