@@ -1,0 +1,134 @@
+"""Durable session storage: ``open_store(url)`` gives a :class:`Store` for a URL.
+
+::
+
+    from sessions.store import open_store
+
+    async with open_store("sqlite:///turngraph.db") as store:
+        meta = await store.create(SessionMeta(id="alice"))
+
+URLs: ``memory:``, ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``
+(``?synchronous=NORMAL`` to skip the per-commit fsync), ``postgresql://user@host/db``.
+With no URL: ``$TURNGRAPH_STORE``, else ``sqlite:///<data dir>/turngraph.db`` (data
+dir: ``$TURNGRAPH_HOME`` or ``~/.local/share/turngraph``).  The HMAC key: ``secret=``,
+else ``$TURNGRAPH_SECRET``, else ``<data dir>/secret.key`` (created with mode 0600).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from engine.errors import StoreError
+from sessions.store.base import (
+    Checkpoint,
+    LoadedSession,
+    Message,
+    SessionMeta,
+    Store,
+    TurnCommit,
+    TurnRecord,
+)
+from sessions.store.codec import validate_session_id
+from sessions.store.export import ImportLimits, read_export, write_export
+from sessions.store.memory import MemoryStore
+from sessions.store.signing import data_dir, load_key
+from sessions.store.sqlite import SQLiteStore
+
+__all__ = [
+    "Checkpoint",
+    "ImportLimits",
+    "LoadedSession",
+    "MemoryStore",
+    "Message",
+    "OpenStore",
+    "SQLiteStore",
+    "SessionMeta",
+    "Store",
+    "TurnCommit",
+    "TurnRecord",
+    "data_dir",
+    "default_store_url",
+    "load_key",
+    "open_store",
+    "read_export",
+    "redact_url",
+    "validate_session_id",
+    "write_export",
+]
+
+
+class OpenStore(Store, Protocol):
+    """A :class:`Store` that is also an async context manager (``open`` / ``close``)."""
+
+    async def __aenter__(self) -> OpenStore:
+        """Open the store and return it."""
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the store."""
+
+
+def default_store_url() -> str:
+    """``$TURNGRAPH_STORE``, else the SQLite file ``<data dir>/turngraph.db``."""
+    return os.environ.get("TURNGRAPH_STORE") or f"sqlite:///{data_dir() / 'turngraph.db'}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print or log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///`` URL (``sqlite:////abs`` is absolute)."""
+    rest = url.partition("?")[0]
+    rest = rest[len("sqlite:///") :] if rest.startswith("sqlite:///") else ""
+    if not rest or rest.endswith("/"):
+        raise StoreError(url, "a SQLite URL needs a file: sqlite:///rel.db or sqlite:////abs.db")
+    return Path(rest)
+
+
+def _sqlite(url: str, secret: bytes | str | None, limits: ImportLimits | None) -> SQLiteStore:
+    """A SQLite store; ``?synchronous=NORMAL`` trades power-loss durability for speed."""
+    params = dict(parse_qsl(url.partition("?")[2]))
+    sync = params.pop("synchronous", "FULL").upper()
+    if params or sync not in ("FULL", "NORMAL", "EXTRA"):
+        raise StoreError(url, "SQLite URL options: synchronous=FULL|NORMAL|EXTRA only")
+    return SQLiteStore(url, sqlite_path(url), secret=secret, limits=limits, synchronous=sync)
+
+
+def open_store(
+    url: str | None = None,
+    *,
+    secret: bytes | str | None = None,
+    limits: ImportLimits | None = None,
+) -> OpenStore:
+    """The store for ``url``, not yet opened: ``await store.open()`` or ``async with``.
+
+    ``secret`` overrides the configured HMAC key (tests); ``limits`` bound imports.
+    An unknown scheme raises :class:`~engine.errors.StoreError`.
+    """
+    url = url or default_store_url()
+    if url == "memory:" or url.startswith("memory:"):
+        return MemoryStore(url, secret=secret, limits=limits)
+    if url.startswith("sqlite:"):
+        return _sqlite(url, secret, limits)
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        from sessions.store.postgres import PostgresStore  # psycopg is an optional extra
+
+        return PostgresStore(url, secret=secret, limits=limits)
+    raise StoreError(
+        redact_url(url),
+        f"unknown store URL scheme {scheme or url!r}; "
+        "use memory:, sqlite:///path.db or postgresql://...",
+    )

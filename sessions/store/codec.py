@@ -1,0 +1,301 @@
+"""Canonical JSON of store records, and the session-id rule every layer shares.
+
+A record's *canonical JSON* (sorted keys, no spaces, UTF-8, no NaN) is what the HMAC
+chain signs and what the durable backends store verbatim, so verifying a record never
+re-serialises it.  The ``*_to_dict`` / ``*_from_dict`` pairs are the one mapping between
+the frozen records of :mod:`sessions.store.base` and JSON; the ``from`` side checks
+shape strictly and raises :class:`ShapeError`, which callers translate into the error
+that fits (``ImportRejected`` for an export, ``SessionTampered`` for a stored record).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final, get_args
+
+from engine.errors import InvalidSessionId
+from sessions.store.base import (
+    Checkpoint,
+    Message,
+    Role,
+    SessionMeta,
+    SessionType,
+    TurnRecord,
+)
+
+__all__ = [
+    "KIND_MESSAGE",
+    "KIND_SUMMARY",
+    "KIND_TURN",
+    "ShapeError",
+    "canonical_json",
+    "checkpoint_from_dict",
+    "checkpoint_to_dict",
+    "message_from_dict",
+    "message_to_dict",
+    "meta_from_dict",
+    "meta_to_dict",
+    "record_body",
+    "record_data",
+    "record_suffix",
+    "turn_from_dict",
+    "turn_to_dict",
+    "validate_session_id",
+]
+
+KIND_MESSAGE: Final = "message"
+KIND_TURN: Final = "turn"
+KIND_SUMMARY: Final = "summary"
+_ROLES: Final = frozenset(get_args(Role))
+_TYPES: Final = frozenset(get_args(SessionType))
+_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class ShapeError(ValueError):
+    """A JSON value does not have the shape of the record it claims to be."""
+
+
+def validate_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it is safe as a key and a file name, else raise.
+
+    Safe means 1..128 characters from ``[A-Za-z0-9._-]``, not starting with ``.``
+    (so never ``..``, a hidden file, or a path), raising
+    :class:`~engine.errors.InvalidSessionId` otherwise.
+    """
+    if not isinstance(session_id, str):
+        raise InvalidSessionId(repr(session_id), "a session id must be a string")
+    if not _ID_RE.fullmatch(session_id) or session_id.startswith("."):
+        raise InvalidSessionId(
+            session_id, "must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
+        )
+    return session_id
+
+
+class _Encoder(json.JSONEncoder):
+    """Canonical JSON that also accepts read-only mappings (``MappingProxyType`` views)."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, Mapping):
+            return dict(o)
+        return super().default(o)
+
+
+# One encoder, built once: json.dumps() with options builds a new one per call.
+_ENCODER: Final = _Encoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of ``value`` that is signed: sorted keys, compact, no NaN."""
+    return _ENCODER.encode(value)
+
+
+def record_suffix(session_id: str, rseq: int, kind: str) -> str:
+    """How the body of record ``rseq`` of ``kind`` in ``session_id`` must end.
+
+    Checking this suffix of a MAC-verified body proves the record sits where it was
+    written (session, position, kind) without parsing it.
+    """
+    return f',"kind":"{kind}","rseq":{rseq},"session":"{session_id}"}}'
+
+
+def record_body(session_id: str, rseq: int, kind: str, data: Mapping[str, Any]) -> str:
+    """The signed body of chain record ``rseq``: binds it to its session and position.
+
+    It equals ``canonical_json({"data": data, "kind": kind, "rseq": rseq, "session":
+    session_id})`` (keys sort in that order; a valid id needs no escaping).
+    """
+    return '{"data":' + canonical_json(data) + record_suffix(session_id, rseq, kind)
+
+
+def record_data(body: str) -> dict[str, Any]:
+    """The ``data`` object of a stored record body (:class:`ShapeError`)."""
+    try:
+        obj = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"record body is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ShapeError("record body is not an object")
+    return _dict(obj.get("data"), "data")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _dict(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ShapeError(f"{name} must be an object")
+    return value
+
+
+def _int(d: Mapping[str, Any], key: str, minimum: int = 0) -> int:
+    v = d.get(key)
+    if type(v) is not int or v < minimum:
+        raise ShapeError(f"{key!r} must be an integer >= {minimum}")
+    return v
+
+
+def _num(d: Mapping[str, Any], key: str) -> float:
+    v = d.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise ShapeError(f"{key!r} must be a number")
+    return float(v)
+
+
+def _str(d: Mapping[str, Any], key: str, *, optional: bool = False) -> Any:
+    v = d.get(key)
+    if v is None and optional:
+        return None
+    if not isinstance(v, str):
+        raise ShapeError(f"{key!r} must be a string")
+    return v
+
+
+def _frozen(value: Any, name: str) -> Mapping[str, Any]:
+    return MappingProxyType(_dict(value, name))
+
+
+def _trace(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, list):
+        raise ShapeError("'trace' must be a list")
+    return tuple(_frozen(step, "trace step") for step in value)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def message_to_dict(m: Message) -> dict[str, Any]:
+    """A JSON-ready dict of a message."""
+    return {
+        "seq": m.seq,
+        "role": m.role,
+        "content": m.content,
+        "turn": m.turn,
+        "ts": m.ts,
+        "meta": dict(m.meta),
+    }
+
+
+def message_from_dict(d: Any) -> Message:
+    """The message a :func:`message_to_dict` dict describes (:class:`ShapeError`)."""
+    d = _dict(d, "message")
+    role = d.get("role")
+    if role not in _ROLES:
+        raise ShapeError(f"'role' must be one of {sorted(_ROLES)}")
+    return Message(
+        seq=_int(d, "seq"),
+        role=role,
+        content=_str(d, "content"),
+        turn=_int(d, "turn"),
+        ts=_num(d, "ts"),
+        meta=_frozen(d.get("meta", {}), "meta"),
+    )
+
+
+def turn_to_dict(t: TurnRecord) -> dict[str, Any]:
+    """A JSON-ready dict of a turn record."""
+    return {
+        "turn": t.turn,
+        "status": t.status,
+        "trace_id": t.trace_id,
+        "graph_hash": t.graph_hash,
+        "trace": [dict(step) for step in t.trace],
+        "ts": t.ts,
+        "error": t.error,
+    }
+
+
+def turn_from_dict(d: Any) -> TurnRecord:
+    """The turn record a :func:`turn_to_dict` dict describes (:class:`ShapeError`)."""
+    d = _dict(d, "turn")
+    return TurnRecord(
+        turn=_int(d, "turn", 1),
+        status=_str(d, "status"),
+        trace_id=_str(d, "trace_id"),
+        graph_hash=_str(d, "graph_hash"),
+        trace=_trace(d.get("trace")),
+        ts=_num(d, "ts"),
+        error=_str(d, "error", optional=True),
+    )
+
+
+def checkpoint_to_dict(cp: Checkpoint) -> dict[str, Any]:
+    """A JSON-ready dict of a checkpoint."""
+    return {
+        "turn": cp.turn,
+        "graph_hash": cp.graph_hash,
+        "trace_id": cp.trace_id,
+        "input": cp.input,
+        "last_node": cp.last_node,
+        "next_node": cp.next_node,
+        "context": dict(cp.context),
+        "trace": [dict(step) for step in cp.trace],
+        "ts": cp.ts,
+    }
+
+
+def checkpoint_from_dict(d: Any) -> Checkpoint:
+    """The checkpoint a :func:`checkpoint_to_dict` dict describes (:class:`ShapeError`)."""
+    d = _dict(d, "checkpoint")
+    return Checkpoint(
+        turn=_int(d, "turn"),
+        graph_hash=_str(d, "graph_hash"),
+        trace_id=_str(d, "trace_id"),
+        input=_str(d, "input"),
+        last_node=_str(d, "last_node"),
+        next_node=_str(d, "next_node"),
+        context=_frozen(d.get("context"), "context"),
+        trace=_trace(d.get("trace")),
+        ts=_num(d, "ts"),
+    )
+
+
+def meta_to_dict(m: SessionMeta) -> dict[str, Any]:
+    """A JSON-ready dict of session metadata (the lease ``version`` included)."""
+    return {
+        "id": m.id,
+        "agent_id": m.agent_id,
+        "type": m.type,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+        "turn_count": m.turn_count,
+        "message_count": m.message_count,
+        "version": m.version,
+        "config": dict(m.config),
+        "working_memory": dict(m.working_memory),
+        "goals": list(m.goals),
+        "cognitive_mode": m.cognitive_mode,
+        "summary_upto": m.summary_upto,
+    }
+
+
+def meta_from_dict(d: Any) -> SessionMeta:
+    """The metadata a :func:`meta_to_dict` dict describes (:class:`ShapeError`).
+
+    The id is checked with :func:`validate_session_id` (``InvalidSessionId``).
+    """
+    d = _dict(d, "meta")
+    stype, goals = d.get("type"), d.get("goals")
+    if stype not in _TYPES:
+        raise ShapeError(f"'type' must be one of {sorted(_TYPES)}")
+    if not isinstance(goals, list) or not all(isinstance(g, str) for g in goals):
+        raise ShapeError("'goals' must be a list of strings")
+    return SessionMeta(
+        id=validate_session_id(d.get("id")),
+        agent_id=_str(d, "agent_id"),
+        type=stype,
+        created_at=_num(d, "created_at"),
+        updated_at=_num(d, "updated_at"),
+        turn_count=_int(d, "turn_count"),
+        message_count=_int(d, "message_count"),
+        version=_int(d, "version"),
+        config=_frozen(d.get("config"), "config"),
+        working_memory=_frozen(d.get("working_memory"), "working_memory"),
+        goals=tuple(goals),
+        cognitive_mode=_str(d, "cognitive_mode"),
+        summary_upto=_int(d, "summary_upto", -1),
+    )

@@ -1,0 +1,372 @@
+"""The pure half of the SQL backends: session state, commit plans, window decoding.
+
+SQLite and PostgreSQL differ in how they talk to the database, not in what they
+write.  This module holds what they share and touches no database: the session row
+(:class:`StateRow`) and its MAC, the chain rows a turn appends (:func:`plan_turn`),
+and turning verified chain data back into records (:func:`messages_of`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+from engine.errors import Fenced, SessionTampered, StoreError
+from sessions.store.base import Checkpoint, Message, SessionMeta, TurnCommit, TurnRecord
+from sessions.store.codec import (
+    KIND_MESSAGE,
+    KIND_SUMMARY,
+    KIND_TURN,
+    ShapeError,
+    canonical_json,
+    checkpoint_from_dict,
+    checkpoint_to_dict,
+    message_from_dict,
+    message_to_dict,
+    record_body,
+    record_data,
+    turn_from_dict,
+    turn_to_dict,
+)
+from sessions.store.export import ImportPlan, Parts, chain_items
+from sessions.store.signing import GENESIS, Chain, Row, Signer
+
+__all__ = [
+    "STATE_COLUMNS",
+    "StateRow",
+    "checkpoint_body",
+    "messages_of",
+    "open_checkpoint",
+    "plan_import",
+    "plan_records",
+    "plan_summary",
+    "plan_turn",
+    "split_chain",
+    "summary_of",
+    "turns_of",
+]
+
+STATE_COLUMNS: Final = (
+    "id, agent_id, type, created_at, updated_at, turn_count, message_count, record_count, "
+    "head_mac, config, working_memory, goals, cognitive_mode, summary_upto, state_mac, "
+    "version, owner, lease_expires"
+)
+"""The ``sessions`` columns, in :class:`StateRow` field order."""
+
+_SIGNED: Final = STATE_COLUMNS.split(", ")[:14]
+
+
+@dataclass(slots=True)
+class StateRow:
+    """One ``sessions`` row.  JSON columns stay text: the MAC covers them verbatim."""
+
+    id: str
+    agent_id: str
+    type: str
+    created_at: float
+    updated_at: float
+    turn_count: int
+    message_count: int
+    record_count: int
+    head_mac: bytes
+    config: str
+    working_memory: str
+    goals: str
+    cognitive_mode: str
+    summary_upto: int
+    state_mac: bytes
+    version: int = 0
+    owner: str | None = None
+    lease_expires: float = 0.0
+
+    @classmethod
+    def new(
+        cls, meta: SessionMeta, signer: Signer, url: str, *, now: float | None = None
+    ) -> StateRow:
+        """The row of a freshly created session (no records yet), sealed.
+
+        Raises :class:`~engine.errors.StoreError` if its config, memory or goals are not
+        JSON-serialisable.
+        """
+        try:
+            return cls._new(meta, signer, time.time() if now is None else now)
+        except (TypeError, ValueError) as exc:
+            raise _not_json(url, meta.id, "session metadata", exc) from exc
+
+    @classmethod
+    def _new(cls, meta: SessionMeta, signer: Signer, now: float) -> StateRow:
+        row = cls(
+            id=meta.id,
+            agent_id=meta.agent_id,
+            type=meta.type,
+            created_at=meta.created_at or now,
+            updated_at=now,
+            turn_count=0,
+            message_count=0,
+            record_count=0,
+            head_mac=GENESIS,
+            config=_json(meta.config),
+            working_memory=_json(meta.working_memory),
+            goals=_json(list(meta.goals)),
+            cognitive_mode=meta.cognitive_mode,
+            summary_upto=-1,
+            state_mac=b"",
+        )
+        return row.sealed(signer)
+
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> StateRow:
+        """A row fetched with ``SELECT {STATE_COLUMNS}``."""
+        row = cls(*values)
+        row.head_mac, row.state_mac = bytes(row.head_mac), bytes(row.state_mac)
+        return row
+
+    def text(self) -> str:
+        """The canonical JSON the state MAC signs."""
+        d = {name: getattr(self, name) for name in _SIGNED}
+        d["head_mac"] = self.head_mac.hex()
+        return canonical_json(d)
+
+    def sealed(self, signer: Signer) -> StateRow:
+        """This row with its ``state_mac`` recomputed."""
+        self.state_mac = signer.tagged(b"state", self.text())
+        return self
+
+    def check(self, signer: Signer, url: str) -> StateRow:
+        """Raise :class:`~engine.errors.SessionTampered` unless the state MAC verifies."""
+        if not self.state_mac or not hmac.compare_digest(
+            signer.tagged(b"state", self.text()), self.state_mac
+        ):
+            raise SessionTampered(
+                url,
+                self.id,
+                self.record_count,
+                "session state MAC mismatch (metadata or head edited, or signed with another key)",
+            )
+        return self
+
+    def fence(self, url: str, token: int) -> StateRow:
+        """Raise :class:`~engine.errors.Fenced` unless ``token`` is the current version."""
+        if self.version != token:
+            raise Fenced(url, self.id, token, self.version)
+        return self
+
+    def to_meta(self, url: str) -> SessionMeta:
+        """The public :class:`SessionMeta` of this row."""
+        try:
+            config, wm, goals = (
+                json.loads(x) for x in (self.config, self.working_memory, self.goals)
+            )
+        except ValueError as exc:
+            raise SessionTampered(url, self.id, -1, f"bad JSON in session row: {exc}") from None
+        return SessionMeta(
+            id=self.id,
+            agent_id=self.agent_id,
+            type=self.type,  # type: ignore[arg-type]  # the MAC vouches for it
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            turn_count=self.turn_count,
+            message_count=self.message_count,
+            version=self.version,
+            config=MappingProxyType(config),
+            working_memory=MappingProxyType(wm),
+            goals=tuple(goals),
+            cognitive_mode=self.cognitive_mode,
+            summary_upto=self.summary_upto,
+        )
+
+
+def _not_json(url: str, sid: str, what: str, exc: Exception) -> StoreError:
+    return StoreError(url, f"session {sid!r}: {what} is not JSON-serialisable: {exc}")
+
+
+def _json(value: Any) -> str:
+    return canonical_json(value)
+
+
+def plan_records(
+    state: StateRow, signer: Signer, items: Iterable[tuple[str, int, dict[str, Any]]]
+) -> list[Row]:
+    """Chain rows for ``(kind, key, data)`` items appended after ``state``'s head.
+
+    Advances ``state.record_count`` and ``state.head_mac`` (the caller reseals).
+    A summary's key is its own ``rseq``; pass ``-1`` for it.
+    """
+    rows: list[Row] = []
+    prev, r = state.head_mac, state.record_count
+    for kind, key, data in items:
+        body = record_body(state.id, r, kind, data)
+        mac = signer.mac(prev, body)
+        rows.append((r, kind, r if key < 0 else key, body, prev, mac))
+        prev, r = mac, r + 1
+    state.head_mac, state.record_count = prev, r
+    return rows
+
+
+def plan_turn(
+    state: StateRow, commit: TurnCommit, signer: Signer, url: str, *, now: float
+) -> list[Row]:
+    """Check ``commit`` continues ``state``, advance ``state``, return the rows to insert.
+
+    The turn must be ``turn_count + 1`` and the messages must continue ``seq`` densely;
+    anything else is a caller bug and raises :class:`~engine.errors.StoreError`.
+    """
+    if commit.record.turn != state.turn_count + 1:
+        raise StoreError(
+            url,
+            f"session {state.id!r}: turn {commit.record.turn} does not "
+            f"follow turn_count {state.turn_count}",
+        )
+    for i, m in enumerate(commit.messages):
+        if m.seq != state.message_count + i:
+            raise StoreError(
+                url,
+                f"session {state.id!r}: message seq {m.seq} does not "
+                f"follow message_count {state.message_count + i}",
+            )
+    try:
+        items = [(KIND_MESSAGE, m.seq, message_to_dict(m)) for m in commit.messages]
+        items.append((KIND_TURN, commit.record.turn, turn_to_dict(commit.record)))
+        rows = plan_records(state, signer, items)
+        if commit.working_memory is not None:
+            state.working_memory = _json(commit.working_memory)
+        if commit.goals is not None:
+            state.goals = _json(list(commit.goals))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            url, f"session {state.id!r}: turn is not JSON-serialisable: {exc}"
+        ) from exc
+    if commit.cognitive_mode is not None:
+        state.cognitive_mode = commit.cognitive_mode
+    state.turn_count = commit.record.turn
+    state.message_count += len(commit.messages)
+    state.updated_at = now
+    state.sealed(signer)
+    return rows
+
+
+def plan_summary(
+    state: StateRow, summary: Message, upto_seq: int, signer: Signer, url: str, *, now: float
+) -> list[Row]:
+    """Rows appending a compaction summary covering messages ``<= upto_seq``."""
+    if not -1 <= upto_seq < state.message_count:
+        raise StoreError(
+            url,
+            f"session {state.id!r}: summary upto_seq {upto_seq} is outside "
+            f"the {state.message_count} messages",
+        )
+    try:
+        data = {"upto": upto_seq, "message": message_to_dict(summary)}
+        rows = plan_records(state, signer, [(KIND_SUMMARY, -1, data)])
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            url, f"session {state.id!r}: summary is not JSON-serialisable: {exc}"
+        ) from exc
+    state.summary_upto = upto_seq
+    state.updated_at = now
+    state.sealed(signer)
+    return rows
+
+
+def _bad(url: str, sid: str, exc: ShapeError) -> SessionTampered:
+    return SessionTampered(url, sid, -1, f"record does not decode: {exc}")
+
+
+def messages_of(chain: Chain, url: str, sid: str, first_seq: int) -> tuple[Message, ...]:
+    """The messages among verified chain data, checked to be ``first_seq...`` densely."""
+    try:
+        out = tuple(message_from_dict(record_data(b)) for k, b in chain if k == KIND_MESSAGE)
+    except ShapeError as exc:
+        raise _bad(url, sid, exc) from None
+    for i, m in enumerate(out):
+        if m.seq != first_seq + i:
+            raise SessionTampered(url, sid, -1, f"message {first_seq + i} is missing")
+    return out
+
+
+def turns_of(chain: Chain, url: str, sid: str, first_turn: int) -> tuple[TurnRecord, ...]:
+    """The turn records among verified chain data, checked to be ``first_turn...``."""
+    try:
+        out = tuple(turn_from_dict(record_data(b)) for k, b in chain if k == KIND_TURN)
+    except ShapeError as exc:
+        raise _bad(url, sid, exc) from None
+    for i, t in enumerate(out):
+        if t.turn != first_turn + i:
+            raise SessionTampered(url, sid, -1, f"turn {first_turn + i} is missing")
+    return out
+
+
+def summary_of(body: str, url: str, sid: str) -> tuple[int, Message]:
+    """``(upto_seq, message)`` of a verified summary record's body."""
+    try:
+        data = record_data(body)
+        upto = data["upto"]
+        if type(upto) is not int:
+            raise ShapeError("'upto' must be an integer")
+        return upto, message_from_dict(data.get("message"))
+    except (KeyError, ShapeError) as exc:
+        raise _bad(url, sid, ShapeError(str(exc))) from None
+
+
+def checkpoint_body(sid: str, cp: Checkpoint, signer: Signer, url: str) -> tuple[str, bytes]:
+    """The stored text of a checkpoint and its MAC (bound to the session)."""
+    try:
+        body = canonical_json({"session": sid, "checkpoint": checkpoint_to_dict(cp)})
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            url, f"session {sid!r}: checkpoint is not JSON-serialisable: {exc}"
+        ) from exc
+    return body, signer.tagged(b"checkpoint", body)
+
+
+def open_checkpoint(sid: str, body: str, mac: bytes, signer: Signer, url: str) -> Checkpoint:
+    """Verify and decode a stored checkpoint (:class:`~engine.errors.SessionTampered`)."""
+    if not mac or not hmac.compare_digest(signer.tagged(b"checkpoint", body), bytes(mac)):
+        raise SessionTampered(url, sid, -1, "checkpoint MAC mismatch")
+    try:
+        obj = json.loads(body)
+        if not isinstance(obj, dict) or obj.get("session") != sid:
+            raise ShapeError("checkpoint belongs to another session")
+        return checkpoint_from_dict(obj.get("checkpoint"))
+    except (ValueError, ShapeError) as exc:
+        raise SessionTampered(url, sid, -1, f"checkpoint does not decode: {exc}") from None
+
+
+def plan_import(plan: ImportPlan, signer: Signer, version: int) -> tuple[StateRow, list[Row]]:
+    """The session row and re-chained records of a verified import."""
+    meta = plan.meta
+    state = StateRow._new(meta, signer, meta.updated_at)
+    state.created_at = meta.created_at
+    rows = plan_records(state, signer, chain_items(plan))
+    state.turn_count = meta.turn_count
+    state.message_count = meta.message_count
+    state.summary_upto = meta.summary_upto
+    state.version = version
+    return state.sealed(signer), rows
+
+
+def split_chain(chain: Chain, url: str, sid: str) -> Parts:
+    """A whole verified chain as export-ready dicts, checked to have no gaps.
+
+    The bodies are MAC-verified, so their data goes to the export as decoded, without a
+    round trip through the record classes (the importer checks every shape anyway).
+    """
+    parts = Parts([], [], [])
+    by_kind = {KIND_MESSAGE: parts.messages, KIND_TURN: parts.turns, KIND_SUMMARY: parts.summaries}
+    try:
+        for kind, body in chain:
+            by_kind[kind].append(record_data(body))
+    except ShapeError as exc:
+        raise _bad(url, sid, exc) from None
+    for i, m in enumerate(parts.messages):
+        if m.get("seq") != i:
+            raise SessionTampered(url, sid, -1, f"message {i} is missing")
+    for i, t in enumerate(parts.turns, 1):
+        if t.get("turn") != i:
+            raise SessionTampered(url, sid, -1, f"turn {i} is missing")
+    return parts

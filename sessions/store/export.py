@@ -1,0 +1,294 @@
+"""The signed, portable export document of a session, and its atomic file form.
+
+::
+
+    {"format": "turngraph.session", "schema": 1, "exported_at": 1763700000.0,
+     "meta": {...}, "messages": [...], "turns": [...],
+     "summaries": [{"upto": 41, "message": {...}}], "checkpoint": {...},   # optional
+     "signature": "<hex HMAC-SHA256 over the canonical JSON of everything else>"}
+
+:func:`parse_doc` checks size, signature, schema and shape *before* anything is written,
+so an import either stores a whole verified session or nothing.  The store re-chains
+the records with its own key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from engine.errors import ImportRejected, InvalidSessionId
+from sessions.store.base import Checkpoint, Message, SessionMeta, TurnRecord
+from sessions.store.codec import (
+    KIND_MESSAGE,
+    KIND_SUMMARY,
+    KIND_TURN,
+    ShapeError,
+    canonical_json,
+    checkpoint_from_dict,
+    checkpoint_to_dict,
+    message_from_dict,
+    message_to_dict,
+    meta_from_dict,
+    meta_to_dict,
+    turn_from_dict,
+    turn_to_dict,
+)
+from sessions.store.signing import Signer
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA",
+    "ImportLimits",
+    "ImportPlan",
+    "Parts",
+    "build_doc",
+    "chain_items",
+    "parse_doc",
+    "read_export",
+    "sign_doc",
+    "write_export",
+]
+
+FORMAT: Final = "turngraph.session"
+SCHEMA: Final = 1
+_TAG: Final = b"export"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportLimits:
+    """What an import accepts at most (a hostile or runaway document is refused)."""
+
+    max_messages: int = 200_000
+    max_turns: int = 200_000
+    max_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ImportPlan:
+    """A verified export, decoded into records, ready to be written."""
+
+    meta: SessionMeta
+    messages: tuple[Message, ...]
+    turns: tuple[TurnRecord, ...]
+    summaries: tuple[tuple[int, Message], ...]
+    checkpoint: Checkpoint | None
+
+
+def build_doc(
+    meta: SessionMeta,
+    messages: Sequence[Message],
+    turns: Sequence[TurnRecord],
+    summaries: Sequence[tuple[int, Message]],
+    checkpoint: Checkpoint | None,
+    signer: Signer,
+) -> dict[str, Any]:
+    """The signed export document of a session's records."""
+    return sign_doc(
+        meta,
+        Parts(
+            [message_to_dict(m) for m in messages],
+            [turn_to_dict(t) for t in turns],
+            [{"upto": u, "message": message_to_dict(m)} for u, m in summaries],
+        ),
+        checkpoint,
+        signer,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """A session's records as the JSON-ready dicts an export holds."""
+
+    messages: list[dict[str, Any]]
+    turns: list[dict[str, Any]]
+    summaries: list[dict[str, Any]]
+
+
+def sign_doc(
+    meta: SessionMeta, parts: Parts, checkpoint: Checkpoint | None, signer: Signer
+) -> dict[str, Any]:
+    """The signed export document of records already in dict form."""
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "exported_at": time.time(),
+        "meta": meta_to_dict(meta),
+        "messages": parts.messages,
+        "turns": parts.turns,
+        "summaries": parts.summaries,
+    }
+    if checkpoint is not None:
+        doc["checkpoint"] = checkpoint_to_dict(checkpoint)
+    doc["signature"] = signer.tagged(_TAG, canonical_json(doc)).hex()
+    return doc
+
+
+def parse_doc(doc: Any, signer: Signer, limits: ImportLimits, url: str) -> ImportPlan:
+    """Check an export document completely; :class:`~engine.errors.ImportRejected`."""
+
+    def reject(reason: str) -> ImportRejected:
+        return ImportRejected(url, f"import rejected: {reason}")
+
+    if not isinstance(doc, Mapping):
+        raise reject("the document is not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise reject(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("schema") != SCHEMA:
+        raise reject(f"schema {doc.get('schema')!r} is not supported (this code reads {SCHEMA})")
+    _check_sizes(doc, limits, reject)
+    _check_signature(doc, signer, limits, reject)
+    try:
+        return _decode(doc)
+    except InvalidSessionId as exc:
+        raise reject(f"bad session id: {exc.reason}") from None
+    except ShapeError as exc:
+        raise reject(str(exc)) from None
+
+
+def _check_sizes(doc: Mapping[str, Any], limits: ImportLimits, reject: Any) -> None:
+    for key, limit in (
+        ("messages", limits.max_messages),
+        ("turns", limits.max_turns),
+        ("summaries", limits.max_messages),
+    ):
+        items = doc.get(key)
+        if not isinstance(items, list):
+            raise reject(f"{key!r} must be a list")
+        if len(items) > limit:
+            raise reject(f"{len(items)} {key} exceed the limit of {limit}")
+
+
+def _check_signature(
+    doc: Mapping[str, Any], signer: Signer, limits: ImportLimits, reject: Any
+) -> None:
+    sig = doc.get("signature")
+    if not isinstance(sig, str):
+        raise reject("the document is not signed")
+    rest = {k: v for k, v in doc.items() if k != "signature"}
+    try:
+        text = canonical_json(rest)
+    except (TypeError, ValueError) as exc:
+        raise reject(f"the document is not plain JSON: {exc}") from None
+    if len(text.encode()) > limits.max_bytes:
+        raise reject(f"the document exceeds the limit of {limits.max_bytes} bytes")
+    if not hmac.compare_digest(signer.tagged(_TAG, text).hex(), sig):
+        raise reject("bad signature (document edited, or signed with another key)")
+
+
+def _decode(doc: Mapping[str, Any]) -> ImportPlan:
+    meta = meta_from_dict(doc.get("meta"))
+    messages = tuple(message_from_dict(m) for m in doc["messages"])
+    turns = tuple(turn_from_dict(t) for t in doc["turns"])
+    summaries = tuple(_summary(s) for s in doc["summaries"])
+    cp = doc.get("checkpoint")
+    checkpoint = None if cp is None else checkpoint_from_dict(cp)
+    if [m.seq for m in messages] != list(range(len(messages))):
+        raise ShapeError("message seq must run 0, 1, 2... without gaps")
+    if [t.turn for t in turns] != list(range(1, len(turns) + 1)):
+        raise ShapeError("turns must run 1, 2, 3... without gaps")
+    if meta.message_count != len(messages) or meta.turn_count != len(turns):
+        raise ShapeError("meta counters do not match the records")
+    if any(not -1 <= u < len(messages) for u, _ in summaries):
+        raise ShapeError("a summary covers messages that do not exist")
+    if meta.summary_upto != (summaries[-1][0] if summaries else -1):
+        raise ShapeError("meta summary_upto does not match the last summary")
+    return ImportPlan(meta, messages, turns, summaries, checkpoint)
+
+
+def _summary(value: Any) -> tuple[int, Message]:
+    if not isinstance(value, dict) or type(value.get("upto")) is not int:
+        raise ShapeError("a summary must be {'upto': int, 'message': {...}}")
+    return value["upto"], message_from_dict(value.get("message"))
+
+
+def chain_items(plan: ImportPlan) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """The plan's records as ``(kind, key, data)`` in chain order.
+
+    Messages keep ``seq`` order (loads rely on it); a turn record follows the messages
+    of its turn, a summary follows the last message it covers.
+    """
+    turns, sums = list(plan.turns), list(plan.summaries)
+    ti = si = 0
+    for m in plan.messages:
+        while ti < len(turns) and 0 < turns[ti].turn < m.turn:
+            yield KIND_TURN, turns[ti].turn, turn_to_dict(turns[ti])
+            ti += 1
+        while si < len(sums) and sums[si][0] < m.seq:
+            yield KIND_SUMMARY, -1, {"upto": sums[si][0], "message": message_to_dict(sums[si][1])}
+            si += 1
+        yield KIND_MESSAGE, m.seq, message_to_dict(m)
+    for t in turns[ti:]:
+        yield KIND_TURN, t.turn, turn_to_dict(t)
+    for upto, s in sums[si:]:
+        yield KIND_SUMMARY, -1, {"upto": upto, "message": message_to_dict(s)}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_export(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
+    """Write ``doc`` to ``path`` atomically; returns the path.
+
+    Unique temp file in the same directory, write, flush, fsync, ``os.replace``, then
+    fsync the directory: a crash leaves the old file or the new one, never half of one.
+    """
+    target = Path(path)
+    data = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+_MAX_FILE: Final = ImportLimits().max_bytes
+
+
+def read_export(path: str | os.PathLike[str], *, max_bytes: int = _MAX_FILE) -> dict[str, Any]:
+    """Read an export file; :class:`~engine.errors.ImportRejected` if it is not one.
+
+    Refuses a missing, oversized, binary, truncated or non-JSON file with a one-line
+    reason naming the path.  The signature is checked later, by ``import_``.
+    """
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImportRejected(where, f"cannot read export file: {exc.strerror}") from None
+    if len(raw) > max_bytes:
+        raise ImportRejected(where, f"export file exceeds {max_bytes} bytes")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ImportRejected(where, "export file is binary, not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise ImportRejected(
+            where,
+            f"export file is not valid JSON (truncated?): {exc.msg} at "
+            f"line {exc.lineno} column {exc.colno}",
+        ) from None
+    if not isinstance(doc, dict):
+        raise ImportRejected(where, "export file does not hold a JSON object")
+    return doc

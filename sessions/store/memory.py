@@ -1,0 +1,270 @@
+"""The ``memory:`` store: the Store contract in one process's dicts, for tests and demos.
+
+It keeps every rule the durable stores keep (append-only, continuity of turns and
+``seq``, leases and fencing) except the HMAC chain: nothing outside the process can
+edit it.  Its exports are still signed, with the configured key, loaded only when an
+export or import first needs it (so ``memory:`` never creates a key file otherwise).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from engine.errors import (
+    Fenced,
+    ImportRejected,
+    SessionBusy,
+    SessionExists,
+    SessionNotFound,
+    StoreError,
+)
+from sessions.store.base import (
+    Checkpoint,
+    LoadedSession,
+    Message,
+    SessionMeta,
+    TurnCommit,
+    TurnRecord,
+)
+from sessions.store.codec import validate_session_id
+from sessions.store.export import ImportLimits, build_doc, parse_doc
+from sessions.store.signing import Signer, load_key
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass(slots=True)
+class _Session:
+    meta: SessionMeta
+    messages: list[Message] = field(default_factory=list)
+    turns: list[TurnRecord] = field(default_factory=list)
+    summaries: list[tuple[int, Message]] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+    owner: str | None = None
+    expires: float = 0.0
+
+
+class MemoryStore:
+    """A :class:`~sessions.store.base.Store` held in memory (lost when the process ends)."""
+
+    def __init__(
+        self,
+        url: str = "memory:",
+        *,
+        secret: bytes | str | None = None,
+        limits: ImportLimits | None = None,
+    ) -> None:
+        self.url = url
+        self._secret = secret
+        self._limits = limits or ImportLimits()
+        self._signer: Signer | None = None
+        self._sessions: dict[str, _Session] = {}
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release; the data stays until the object is dropped."""
+
+    async def __aenter__(self) -> MemoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _get(self, session_id: str) -> _Session:
+        s = self._sessions.get(validate_session_id(session_id))
+        if s is None:
+            raise SessionNotFound(session_id, "no such session")
+        return s
+
+    def _fenced(self, session_id: str, token: int) -> _Session:
+        s = self._get(session_id)
+        if s.meta.version != token:
+            raise Fenced(self.url, session_id, token, s.meta.version)
+        return s
+
+    @property
+    def _sign(self) -> Signer:
+        if self._signer is None:
+            self._signer = Signer(load_key(self._secret))
+        return self._signer
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create(self, meta: SessionMeta) -> SessionMeta:
+        """Create a session; ``SessionExists`` if the id is taken."""
+        if validate_session_id(meta.id) in self._sessions:
+            raise SessionExists(meta.id, "a session with this id already exists")
+        now = time.time()
+        stored = replace(
+            meta,
+            created_at=meta.created_at or now,
+            updated_at=now,
+            turn_count=0,
+            message_count=0,
+            version=0,
+            summary_upto=-1,
+            config=MappingProxyType(dict(meta.config)),
+            working_memory=MappingProxyType(dict(meta.working_memory)),
+        )
+        self._sessions[meta.id] = _Session(stored)
+        return stored
+
+    async def exists(self, session_id: str) -> bool:
+        """Whether the session exists."""
+        return validate_session_id(session_id) in self._sessions
+
+    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+        """Sessions by id."""
+        ids = sorted(self._sessions)[max(0, offset) : max(0, offset) + max(0, limit)]
+        return tuple(self._sessions[i].meta for i in ids)
+
+    async def delete(self, session_id: str) -> bool:
+        """Delete a session; False if it did not exist."""
+        return self._sessions.pop(validate_session_id(session_id), None) is not None
+
+    # ------------------------------------------------------------------ leases
+
+    async def acquire(self, session_id: str, owner: str, ttl: float) -> int:
+        """Take or renew the lease; ``SessionBusy`` if another owner's lease is live."""
+        s = self._get(session_id)
+        now = time.time()
+        live = s.owner is not None and s.expires > now
+        if live and s.owner != owner:
+            raise SessionBusy(session_id, f"leased by {s.owner!r} for {s.expires - now:.1f}s more")
+        if not live or s.owner != owner:
+            s.meta = replace(s.meta, version=s.meta.version + 1)
+        s.owner, s.expires = owner, now + ttl
+        return s.meta.version
+
+    async def renew(self, session_id: str, owner: str, token: int, ttl: float) -> None:
+        """Extend the lease; ``Fenced`` if ``token`` is stale."""
+        s = self._fenced(session_id, token)
+        if s.owner != owner:
+            raise Fenced(self.url, session_id, token, s.meta.version)
+        s.expires = time.time() + ttl
+
+    async def release(self, session_id: str, owner: str, token: int) -> None:
+        """Give the lease up; its token goes stale.  No error if already lost."""
+        s = self._sessions.get(validate_session_id(session_id))
+        if s is not None and s.meta.version == token and s.owner == owner:
+            s.owner, s.expires = None, 0.0
+            s.meta = replace(s.meta, version=token + 1)
+
+    # ------------------------------------------------------------------ writes
+
+    async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
+        """Append one turn; ``Fenced`` (nothing written) on a stale token."""
+        s = self._fenced(session_id, token)
+        m = s.meta
+        if commit.record.turn != m.turn_count + 1:
+            raise StoreError(
+                self.url,
+                f"session {session_id!r}: turn {commit.record.turn} "
+                f"does not follow turn_count {m.turn_count}",
+            )
+        for i, msg in enumerate(commit.messages):
+            if msg.seq != m.message_count + i:
+                raise StoreError(
+                    self.url,
+                    f"session {session_id!r}: message seq {msg.seq} "
+                    f"does not follow message_count {m.message_count + i}",
+                )
+        s.messages.extend(commit.messages)
+        s.turns.append(commit.record)
+        s.checkpoint = None
+        s.meta = replace(
+            m,
+            turn_count=commit.record.turn,
+            message_count=m.message_count + len(commit.messages),
+            updated_at=time.time(),
+            working_memory=m.working_memory
+            if commit.working_memory is None
+            else MappingProxyType(dict(commit.working_memory)),
+            goals=m.goals if commit.goals is None else tuple(commit.goals),
+            cognitive_mode=commit.cognitive_mode or m.cognitive_mode,
+        )
+
+    async def append_summary(
+        self, session_id: str, summary: Message, upto_seq: int, *, token: int
+    ) -> None:
+        """Record a compaction summary covering messages ``<= upto_seq``."""
+        s = self._fenced(session_id, token)
+        if not -1 <= upto_seq < s.meta.message_count:
+            raise StoreError(
+                self.url,
+                f"session {session_id!r}: summary upto_seq {upto_seq} "
+                f"is outside the {s.meta.message_count} messages",
+            )
+        s.summaries.append((upto_seq, summary))
+        s.meta = replace(s.meta, summary_upto=upto_seq, updated_at=time.time())
+
+    async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
+        """Save (replace) the in-flight turn's checkpoint."""
+        self._fenced(session_id, token).checkpoint = cp
+
+    async def clear_checkpoint(self, session_id: str, *, token: int) -> None:
+        """Drop the checkpoint."""
+        self._fenced(session_id, token).checkpoint = None
+
+    # ------------------------------------------------------------------ reads
+
+    async def load(self, session_id: str, *, recent: int = 50) -> LoadedSession:
+        """Metadata, the last ``recent`` messages, latest summary and checkpoint."""
+        s = self._get(session_id)
+        tail = tuple(s.messages[max(0, len(s.messages) - recent) :]) if recent > 0 else ()
+        summary = s.summaries[-1][1] if s.summaries else None
+        return LoadedSession(s.meta, tail, summary, s.checkpoint)
+
+    async def messages(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> tuple[Message, ...]:
+        """Messages ``offset <= seq < offset + limit``."""
+        offset, limit = max(0, offset), max(0, limit)
+        return tuple(self._get(session_id).messages[offset : offset + limit])
+
+    async def turns(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> tuple[TurnRecord, ...]:
+        """Turn records ``offset+1 ... offset+limit``."""
+        offset, limit = max(0, offset), max(0, limit)
+        return tuple(self._get(session_id).turns[offset : offset + limit])
+
+    async def verify(self, session_id: str) -> int:
+        """Count the records (memory is not signed: nothing outside can edit it)."""
+        s = self._get(session_id)
+        return len(s.messages) + len(s.turns) + len(s.summaries)
+
+    async def export(self, session_id: str) -> dict[str, Any]:
+        """The signed export document of the whole session."""
+        s = self._get(session_id)
+        return build_doc(s.meta, s.messages, s.turns, s.summaries, s.checkpoint, self._sign)
+
+    async def import_(self, doc: Mapping[str, Any], *, replace: bool = False) -> SessionMeta:
+        """Verify ``doc`` completely, then store it (``ImportRejected``)."""
+        plan = parse_doc(doc, self._sign, self._limits, self.url)
+        old = self._sessions.get(plan.meta.id)
+        if old is not None and not replace:
+            raise ImportRejected(
+                self.url,
+                f"session {plan.meta.id!r} already exists "
+                "(import with replace=True to overwrite it)",
+            )
+        version = 0 if old is None else old.meta.version + 1
+        meta = _replace(plan.meta, version)
+        self._sessions[meta.id] = _Session(
+            meta, list(plan.messages), list(plan.turns), list(plan.summaries), plan.checkpoint
+        )
+        return meta
+
+
+def _replace(meta: SessionMeta, version: int) -> SessionMeta:
+    return replace(meta, version=version)

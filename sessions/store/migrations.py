@@ -1,0 +1,105 @@
+"""Versioned schemas of the SQL stores, applied automatically when a store opens.
+
+``SQLITE[n]`` / ``POSTGRES[n]`` are the statements taking a store from version ``n-1``
+to ``n``.  SQLite keeps its version in ``PRAGMA user_version``; PostgreSQL in the
+one-row table ``turngraph_schema``.  A store whose version is newer than
+:data:`SCHEMA_VERSION` was written by newer code and is refused, never downgraded.
+
+Tables (both backends):
+
+``sessions``      one row per session: metadata, counters, chain head, state MAC, lease.
+``records``       the append-only HMAC chain: messages, turn records and summaries,
+                  keyed ``(session_id, rseq)``; ``(session_id, kind, key)`` finds a
+                  message by ``seq`` or a turn by number.
+``checkpoints``   at most one in-flight turn per session (replaced, then deleted).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["POSTGRES", "SCHEMA_VERSION", "SQLITE"]
+
+SCHEMA_VERSION: Final = 1
+
+SQLITE: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            turn_count INTEGER NOT NULL,
+            message_count INTEGER NOT NULL,
+            record_count INTEGER NOT NULL,
+            head_mac BLOB NOT NULL,
+            config TEXT NOT NULL,
+            working_memory TEXT NOT NULL,
+            goals TEXT NOT NULL,
+            cognitive_mode TEXT NOT NULL,
+            summary_upto INTEGER NOT NULL,
+            state_mac BLOB NOT NULL,
+            version INTEGER NOT NULL DEFAULT 0,
+            owner TEXT,
+            lease_expires REAL NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+        """CREATE TABLE records (
+            session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            rseq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            key INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            prev_mac BLOB NOT NULL,
+            mac BLOB NOT NULL,
+            PRIMARY KEY (session_id, rseq)
+        ) WITHOUT ROWID""",
+        "CREATE UNIQUE INDEX records_by_key ON records (session_id, kind, key)",
+        """CREATE TABLE checkpoints (
+            session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+            body TEXT NOT NULL,
+            mac BLOB NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+}
+
+POSTGRES: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            turn_count INTEGER NOT NULL,
+            message_count INTEGER NOT NULL,
+            record_count INTEGER NOT NULL,
+            head_mac BYTEA NOT NULL,
+            config TEXT NOT NULL,
+            working_memory TEXT NOT NULL,
+            goals TEXT NOT NULL,
+            cognitive_mode TEXT NOT NULL,
+            summary_upto INTEGER NOT NULL,
+            state_mac BYTEA NOT NULL,
+            version BIGINT NOT NULL DEFAULT 0,
+            owner TEXT,
+            lease_expires DOUBLE PRECISION NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE records (
+            session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            rseq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            key INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            prev_mac BYTEA NOT NULL,
+            mac BYTEA NOT NULL,
+            PRIMARY KEY (session_id, rseq)
+        )""",
+        "CREATE UNIQUE INDEX records_by_key ON records (session_id, kind, key)",
+        """CREATE TABLE checkpoints (
+            session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+            body TEXT NOT NULL,
+            mac BYTEA NOT NULL
+        )""",
+    ),
+}

@@ -1,0 +1,546 @@
+"""The shared store: PostgreSQL through psycopg 3 (async) and a connection pool.
+
+Many workers on many machines may share one database: a session is plain rows, hosted
+by whichever process holds its lease.  Writes lock the session row
+(``SELECT ... FOR UPDATE``), check the fencing token, append and update in one
+transaction; multi-statement reads run ``REPEATABLE READ`` so a concurrent append can
+never make a consistent chain look truncated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Final
+
+import anyio.to_thread
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from engine.errors import (
+    Fenced,
+    ImportRejected,
+    SessionBusy,
+    SessionExists,
+    SessionNotFound,
+    SessionTampered,
+    StoreError,
+    StoreVersionUnsupported,
+)
+from sessions.store.base import (
+    Checkpoint,
+    LoadedSession,
+    Message,
+    SessionMeta,
+    TurnCommit,
+    TurnRecord,
+)
+from sessions.store.codec import KIND_MESSAGE, KIND_SUMMARY, KIND_TURN, validate_session_id
+from sessions.store.durable import (
+    STATE_COLUMNS,
+    StateRow,
+    checkpoint_body,
+    messages_of,
+    open_checkpoint,
+    plan_import,
+    plan_summary,
+    plan_turn,
+    split_chain,
+    summary_of,
+    turns_of,
+)
+from sessions.store.export import ImportLimits, Parts, parse_doc, sign_doc
+from sessions.store.migrations import POSTGRES, SCHEMA_VERSION
+from sessions.store.signing import GENESIS, Chain, Row, Signer, load_key, verify_span
+
+__all__ = ["PostgresStore"]
+
+Conn = psycopg.AsyncConnection[Any]
+_ROW: Final = "rseq, kind, key, body, prev_mac, mac"
+_MIGRATION_LOCK: Final = 0x7475726E  # "turn": serialises schema creation across processes
+
+
+def _redact(url: str) -> str:
+    from sessions.store import redact_url
+
+    return redact_url(url)
+
+
+class PostgresStore:
+    """A :class:`~sessions.store.base.Store` in PostgreSQL (``postgresql://...``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: bytes | str | None = None,
+        limits: ImportLimits | None = None,
+        max_connections: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = _redact(url)
+        self._conninfo = url
+        self._secret = secret
+        self._limits = limits or ImportLimits()
+        self._max = max_connections
+        self._timeout = connect_timeout
+        self._pool: AsyncConnectionPool | None = None
+        self._signer: Signer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open the pool, create or migrate the schema; refuse a newer schema."""
+        if self._pool is not None:
+            return
+        self._signer = Signer(load_key(self._secret))
+        pool = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=self._max,
+            open=False,
+            kwargs={"autocommit": True},
+            timeout=self._timeout,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except Exception as exc:
+            await pool.close()
+            raise StoreError(self.url, f"cannot connect to PostgreSQL: {exc}") from exc
+        self._pool = pool
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the pool.  Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        async with self._tx() as c:
+            await c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await c.execute("CREATE TABLE IF NOT EXISTS turngraph_schema (version INTEGER)")
+            row = await _one(c, "SELECT max(version) FROM turngraph_schema", ())
+            version = int(row[0] or 0) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreVersionUnsupported(
+                    self.url,
+                    f"schema version {version} is newer than this code supports "
+                    f"({SCHEMA_VERSION}); upgrade turngraph to open it",
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in POSTGRES[step]:
+                    await c.execute(statement)
+            if version != SCHEMA_VERSION:
+                await c.execute("DELETE FROM turngraph_schema")
+                await c.execute("INSERT INTO turngraph_schema VALUES (%s)", (SCHEMA_VERSION,))
+
+    # ------------------------------------------------------------------ plumbing
+
+    @asynccontextmanager
+    async def _tx(self, *, read: bool = False) -> AsyncIterator[Conn]:
+        """One transaction on a pooled connection; psycopg errors become StoreError."""
+        if self._pool is None:
+            raise StoreError(self.url, "store is not open (call open() or use 'async with')")
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                if read:
+                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                yield conn
+        except psycopg.Error as exc:
+            raise StoreError(self.url, f"{type(exc).__name__}: {exc}") from exc
+
+    @property
+    def _s(self) -> Signer:
+        if self._signer is None:
+            raise StoreError(self.url, "store is not open (call open() or use 'async with')")
+        return self._signer
+
+    async def _state(self, c: Conn, sid: str, *, lock: bool = False) -> StateRow:
+        sql = f"SELECT {STATE_COLUMNS} FROM sessions WHERE id=%s" + (" FOR UPDATE" if lock else "")
+        row = await _one(c, sql, (sid,))
+        if row is None:
+            raise SessionNotFound(sid, "no such session")
+        return StateRow.of(row).check(self._s, self.url)
+
+    async def _fence(self, c: Conn, sid: str, token: int) -> None:
+        row = await _one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
+        if row is None:
+            raise SessionNotFound(sid, "no such session")
+        if row[0] != token:
+            raise Fenced(self.url, sid, token, int(row[0]))
+
+    async def _save_state(self, c: Conn, st: StateRow, token: int) -> None:
+        cur = await c.execute(
+            "UPDATE sessions SET updated_at=%s, turn_count=%s, message_count=%s, "
+            "record_count=%s, head_mac=%s, working_memory=%s, goals=%s, cognitive_mode=%s, "
+            "summary_upto=%s, state_mac=%s WHERE id=%s AND version=%s",
+            (
+                st.updated_at,
+                st.turn_count,
+                st.message_count,
+                st.record_count,
+                st.head_mac,
+                st.working_memory,
+                st.goals,
+                st.cognitive_mode,
+                st.summary_upto,
+                st.state_mac,
+                st.id,
+                token,
+            ),
+        )
+        if cur.rowcount != 1:
+            raise Fenced(self.url, st.id, token, st.version)
+
+    async def _insert(self, c: Conn, sid: str, rows: list[Row]) -> None:
+        async with c.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO records VALUES (%s,%s,%s,%s,%s,%s,%s)", [(sid, *r) for r in rows]
+            )
+
+    async def _insert_state(self, c: Conn, st: StateRow) -> None:
+        await c.execute(
+            f"INSERT INTO sessions ({STATE_COLUMNS}) VALUES ({','.join(['%s'] * 18)})",
+            (
+                st.id,
+                st.agent_id,
+                st.type,
+                st.created_at,
+                st.updated_at,
+                st.turn_count,
+                st.message_count,
+                st.record_count,
+                st.head_mac,
+                st.config,
+                st.working_memory,
+                st.goals,
+                st.cognitive_mode,
+                st.summary_upto,
+                st.state_mac,
+                st.version,
+                st.owner,
+                st.lease_expires,
+            ),
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create(self, meta: SessionMeta) -> SessionMeta:
+        """Create a session; ``SessionExists`` if the id is taken."""
+        validate_session_id(meta.id)
+        state = StateRow.new(meta, self._s, self.url)
+        async with self._tx() as c:
+            if await _one(c, "SELECT 1 FROM sessions WHERE id=%s", (meta.id,)):
+                raise SessionExists(meta.id, "a session with this id already exists")
+            await self._insert_state(c, state)
+        return state.to_meta(self.url)
+
+    async def exists(self, session_id: str) -> bool:
+        """Whether the session exists."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            return await _one(c, "SELECT 1 FROM sessions WHERE id=%s", (session_id,)) is not None
+
+    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+        """Sessions by id, each state MAC verified."""
+        async with self._tx() as c:
+            cur = await c.execute(
+                f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT %s OFFSET %s",
+                (max(0, limit), max(0, offset)),
+            )
+            rows = await cur.fetchall()
+        return tuple(StateRow.of(r).check(self._s, self.url).to_meta(self.url) for r in rows)
+
+    async def delete(self, session_id: str) -> bool:
+        """Delete a session and all its records; False if it did not exist."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            return await _wipe(c, session_id)
+
+    # ------------------------------------------------------------------ leases
+
+    async def acquire(self, session_id: str, owner: str, ttl: float) -> int:
+        """Take or renew the lease; ``SessionBusy`` if another owner's lease is live."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            row = await _one(
+                c,
+                "SELECT version, owner, lease_expires FROM sessions WHERE id=%s FOR UPDATE",
+                (session_id,),
+            )
+            if row is None:
+                raise SessionNotFound(session_id, "no such session")
+            version, holder, expires = int(row[0]), row[1], float(row[2])
+            now = time.time()
+            live = holder is not None and expires > now
+            if live and holder != owner:
+                raise SessionBusy(session_id, f"leased by {holder!r} for {expires - now:.1f}s more")
+            if not live or holder != owner:
+                version += 1  # a new ownership: older tokens are now stale
+            await c.execute(
+                "UPDATE sessions SET version=%s, owner=%s, lease_expires=%s WHERE id=%s",
+                (version, owner, now + ttl, session_id),
+            )
+            return version
+
+    async def renew(self, session_id: str, owner: str, token: int, ttl: float) -> None:
+        """Extend the lease; ``Fenced`` if ``token`` is stale."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            cur = await c.execute(
+                "UPDATE sessions SET lease_expires=%s WHERE id=%s AND version=%s AND owner=%s",
+                (time.time() + ttl, session_id, token, owner),
+            )
+            if cur.rowcount == 0:
+                await self._fence(c, session_id, token)
+                raise Fenced(self.url, session_id, token, token)
+
+    async def release(self, session_id: str, owner: str, token: int) -> None:
+        """Give the lease up; its token goes stale.  No error if already lost."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            await c.execute(
+                "UPDATE sessions SET owner=NULL, lease_expires=0, version=version+1 "
+                "WHERE id=%s AND version=%s AND owner=%s",
+                (session_id, token, owner),
+            )
+
+    # ------------------------------------------------------------------ writes
+
+    async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
+        """Append one turn in one transaction; ``Fenced`` (nothing written) if stale."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            st = (await self._state(c, session_id, lock=True)).fence(self.url, token)
+            rows = plan_turn(st, commit, self._s, self.url, now=time.time())
+            await self._insert(c, session_id, rows)
+            await self._save_state(c, st, token)
+            await c.execute("DELETE FROM checkpoints WHERE session_id=%s", (session_id,))
+
+    async def append_summary(
+        self, session_id: str, summary: Message, upto_seq: int, *, token: int
+    ) -> None:
+        """Append a compaction summary covering messages ``<= upto_seq``."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            st = (await self._state(c, session_id, lock=True)).fence(self.url, token)
+            rows = plan_summary(st, summary, upto_seq, self._s, self.url, now=time.time())
+            await self._insert(c, session_id, rows)
+            await self._save_state(c, st, token)
+
+    async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
+        """Save (replace) the in-flight turn's checkpoint."""
+        validate_session_id(session_id)
+        body, mac = checkpoint_body(session_id, cp, self._s, self.url)
+        async with self._tx() as c:
+            await self._fence(c, session_id, token)
+            await c.execute(
+                "INSERT INTO checkpoints VALUES (%s,%s,%s) ON CONFLICT (session_id) "
+                "DO UPDATE SET body=EXCLUDED.body, mac=EXCLUDED.mac",
+                (session_id, body, mac),
+            )
+
+    async def clear_checkpoint(self, session_id: str, *, token: int) -> None:
+        """Drop the checkpoint (the turn was abandoned)."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            await self._fence(c, session_id, token)
+            await c.execute("DELETE FROM checkpoints WHERE session_id=%s", (session_id,))
+
+    # ------------------------------------------------------------------ reads
+
+    async def load(self, session_id: str, *, recent: int = 50) -> LoadedSession:
+        """Metadata, the last ``recent`` messages, latest summary and checkpoint, verified."""
+        validate_session_id(session_id)
+        async with self._tx(read=True) as c:
+            st = await self._state(c, session_id)
+            msgs = await self._tail(c, st, max(0, min(recent, st.message_count)))
+            summary = await self._summary(c, st)
+            cp = await self._checkpoint(c, session_id)
+        return LoadedSession(st.to_meta(self.url), msgs, summary, cp)
+
+    async def _checkpoint(self, c: Conn, sid: str) -> Checkpoint | None:
+        row = await _one(c, "SELECT body, mac FROM checkpoints WHERE session_id=%s", (sid,))
+        return None if row is None else open_checkpoint(sid, row[0], row[1], self._s, self.url)
+
+    async def _rseq_of(self, c: Conn, st: StateRow, kind: str, key: int) -> int:
+        row = await _one(
+            c,
+            "SELECT rseq FROM records WHERE session_id=%s AND kind=%s AND key=%s",
+            (st.id, kind, key),
+        )
+        if row is None:
+            raise SessionTampered(self.url, st.id, -1, f"{kind} {key} is missing")
+        return int(row[0])
+
+    async def _rows(self, c: Conn, sid: str, first: int, last: int | None) -> list[Row]:
+        if last is None:
+            sql = f"SELECT {_ROW} FROM records WHERE session_id=%s AND rseq>=%s ORDER BY rseq"
+            cur = await c.execute(sql, (sid, first))
+        else:
+            sql = (
+                f"SELECT {_ROW} FROM records WHERE session_id=%s AND rseq BETWEEN %s AND %s "
+                "ORDER BY rseq"
+            )
+            cur = await c.execute(sql, (sid, first, last))
+        return await cur.fetchall()
+
+    async def _tail(self, c: Conn, st: StateRow, count: int) -> tuple[Message, ...]:
+        """The last ``count`` messages, verified from the first of them to the head."""
+        start = st.message_count - count
+        if count:
+            first = await self._rseq_of(c, st, KIND_MESSAGE, start)
+        else:  # still check the head record
+            first = max(0, st.record_count - 1)
+        rows = await self._rows(c, st.id, first, None)
+        data = verify_span(
+            self._s,
+            self.url,
+            st.id,
+            rows,
+            first=first,
+            prev=None if first else GENESIS,
+            head=(st.record_count, st.head_mac),
+        )
+        msgs = messages_of(data, self.url, st.id, start) if count else ()
+        if len(msgs) != count:
+            raise SessionTampered(self.url, st.id, -1, "messages are missing before the head")
+        return msgs
+
+    async def _summary(self, c: Conn, st: StateRow) -> Message | None:
+        row = await _one(
+            c,
+            f"SELECT {_ROW} FROM records WHERE session_id=%s AND kind=%s ORDER BY key DESC LIMIT 1",
+            (st.id, KIND_SUMMARY),
+        )
+        if row is None:
+            if st.summary_upto != -1:
+                raise SessionTampered(self.url, st.id, -1, "the latest summary is missing")
+            return None
+        [(_, body)] = verify_span(self._s, self.url, st.id, [row], first=row[0])
+        upto, message = summary_of(body, self.url, st.id)
+        if upto != st.summary_upto:
+            raise SessionTampered(self.url, st.id, row[0], "summary is not the latest")
+        return message
+
+    async def _span(self, c: Conn, st: StateRow, kind: str, lo: int, hi: int) -> Chain:
+        first = await self._rseq_of(c, st, kind, lo)
+        last = await self._rseq_of(c, st, kind, hi)
+        rows = await self._rows(c, st.id, first, last)
+        head = (st.record_count, st.head_mac) if last == st.record_count - 1 else None
+        return verify_span(
+            self._s, self.url, st.id, rows, first=first, prev=None if first else GENESIS, head=head
+        )
+
+    async def messages(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> tuple[Message, ...]:
+        """Messages ``offset <= seq < offset + limit``, verified."""
+        validate_session_id(session_id)
+        offset, limit = max(0, offset), max(0, limit)
+        async with self._tx(read=True) as c:
+            st = await self._state(c, session_id)
+            end = min(offset + limit, st.message_count)
+            if offset >= end:
+                return ()
+            data = await self._span(c, st, KIND_MESSAGE, offset, end - 1)
+        return messages_of(data, self.url, session_id, offset)
+
+    async def turns(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> tuple[TurnRecord, ...]:
+        """Turn records ``offset+1 ... offset+limit``, verified."""
+        validate_session_id(session_id)
+        offset, limit = max(0, offset), max(0, limit)
+        async with self._tx(read=True) as c:
+            st = await self._state(c, session_id)
+            end = min(offset + limit, st.turn_count)
+            if offset >= end:
+                return ()
+            data = await self._span(c, st, KIND_TURN, offset + 1, end)
+        return turns_of(data, self.url, session_id, offset + 1)
+
+    async def _whole(self, sid: str) -> tuple[StateRow, Parts, Checkpoint | None]:
+        """The whole session, verified in a worker thread (long chains are CPU work)."""
+        async with self._tx(read=True) as c:
+            st = await self._state(c, sid)
+            rows = await self._rows(c, sid, 0, None)
+            cp = await self._checkpoint(c, sid)
+        return st, await anyio.to_thread.run_sync(self._check_whole, st, rows), cp
+
+    def _check_whole(self, st: StateRow, rows: list[Row]) -> Parts:
+        chain = verify_span(
+            self._s,
+            self.url,
+            st.id,
+            rows,
+            first=0,
+            prev=GENESIS,
+            head=(st.record_count, st.head_mac),
+        )
+        return split_chain(chain, self.url, st.id)
+
+    async def verify(self, session_id: str) -> int:
+        """Verify the whole chain, the session state and the checkpoint."""
+        validate_session_id(session_id)
+        st, _, _ = await self._whole(session_id)
+        return st.record_count
+
+    # ------------------------------------------------------------------ export
+
+    async def export(self, session_id: str) -> dict[str, Any]:
+        """The signed export document of the whole session (verified as it is read)."""
+        validate_session_id(session_id)
+        st, parts, cp = await self._whole(session_id)
+        return await anyio.to_thread.run_sync(sign_doc, st.to_meta(self.url), parts, cp, self._s)
+
+    async def import_(self, doc: Mapping[str, Any], *, replace: bool = False) -> SessionMeta:
+        """Verify ``doc`` completely, then store it in one transaction, re-chained."""
+        # Checking a large document is CPU work: keep it off the event loop.
+        plan = await anyio.to_thread.run_sync(parse_doc, doc, self._s, self._limits, self.url)
+        sid = plan.meta.id
+        async with self._tx() as c:
+            row = await _one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
+            if row is not None and not replace:
+                raise ImportRejected(
+                    self.url,
+                    f"session {sid!r} already exists (import with replace=True to overwrite it)",
+                )
+            if row is not None:
+                await _wipe(c, sid)
+            # Replacing bumps the version past the old one: its owner is fenced out.
+            state, rows = plan_import(plan, self._s, 0 if row is None else int(row[0]) + 1)
+            await self._insert_state(c, state)
+            await self._insert(c, sid, rows)
+            if plan.checkpoint is not None:
+                body, mac = checkpoint_body(sid, plan.checkpoint, self._s, self.url)
+                await c.execute("INSERT INTO checkpoints VALUES (%s,%s,%s)", (sid, body, mac))
+        return state.to_meta(self.url)
+
+
+async def _one(c: Conn, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    cur = await c.execute(sql, params)
+    return await cur.fetchone()
+
+
+async def _wipe(c: Conn, sid: str) -> bool:
+    await c.execute("DELETE FROM records WHERE session_id=%s", (sid,))
+    await c.execute("DELETE FROM checkpoints WHERE session_id=%s", (sid,))
+    cur = await c.execute("DELETE FROM sessions WHERE id=%s", (sid,))
+    return cur.rowcount > 0
