@@ -1,0 +1,113 @@
+"""Compaction: fold a session's older messages into one summary message.
+
+When a session's estimated tokens (characters / 4) pass ``Limits.compaction_threshold_tokens``,
+or on :meth:`Session.compact`, the messages older than the last ``keep_recent_turns``
+turns are summarised through the LLM adapter into a ``role="summary"`` message.  The
+originals are never deleted: the store archives the summary beside them
+(:meth:`Store.append_summary`) and they stay readable through ``messages(offset)``; only
+the in-memory window lets them go.
+
+Nothing that arrives during a compaction is lost: the summary is computed outside the
+session lock over a snapshot, then applied under the lock and covers only messages whose
+``seq`` existed when it started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sessions.store.base import Message
+
+if TYPE_CHECKING:
+    from handlers.adapters.llm import LLM
+    from sessions.session import Session
+
+__all__ = ["CompactionResult", "Summarizer", "compact_session", "llm_summarizer", "plan_cut"]
+
+Summarizer = Callable[[Sequence[Message], "Message | None"], Awaitable[str]]
+"""``(messages, previous_summary) -> summary text``."""
+
+PROMPT = (
+    "Summarise the conversation below for your own later reference. Keep facts, "
+    "decisions, names, open questions and commitments; drop pleasantries.\n\n"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionResult:
+    """What one compaction did.  ``messages_compacted`` is 0 for a no-op."""
+
+    messages_compacted: int
+    tokens_before: int
+    tokens_after: int
+    upto_seq: int = -1
+    summary: Message | None = None
+
+    @property
+    def tokens_reclaimed(self) -> int:
+        """``tokens_before - tokens_after`` (never negative)."""
+        return max(0, self.tokens_before - self.tokens_after)
+
+    def to_dict(self) -> dict[str, int]:
+        """The metrics as a JSON-ready dict."""
+        return {
+            "messages_compacted": self.messages_compacted,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+            "tokens_reclaimed": self.tokens_reclaimed,
+        }
+
+
+def transcript(messages: Sequence[Message], previous: Message | None) -> str:
+    """The text a summariser reads: the previous summary, then ``role: content`` lines."""
+    lines = [f"(earlier summary) {previous.content}"] if previous is not None else []
+    lines.extend(f"{m.role}: {m.content}" for m in messages)
+    return "\n".join(lines)
+
+
+def llm_summarizer(llm: LLM, *, max_tokens: int = 512) -> Summarizer:
+    """A :data:`Summarizer` that asks ``llm`` (an ``LLM`` adapter) for the summary."""
+
+    async def summarize(messages: Sequence[Message], previous: Message | None) -> str:
+        prompt = PROMPT + transcript(messages, previous)
+        response = await llm.complete([{"role": "user", "content": prompt}], max_tokens=max_tokens)
+        return response.text.strip()
+
+    return summarize
+
+
+def plan_cut(messages: Sequence[Message], keep_recent_turns: int) -> int | None:
+    """The ``seq`` of the last message to compact, keeping the newest turns verbatim.
+
+    ``messages`` are oldest first.  Returns ``None`` when there is nothing older than
+    the last ``keep_recent_turns`` turns.
+    """
+    kept: set[int] = set()
+    for m in reversed(messages):
+        if m.turn not in kept:
+            if len(kept) >= keep_recent_turns:
+                return m.seq
+            kept.add(m.turn)
+    return None
+
+
+async def compact_session(session: Session, summarize: Summarizer, keep: int) -> CompactionResult:
+    """Compact ``session`` once (callers serialise: see :meth:`Session.compact`)."""
+    window = session.window
+    tokens_before = window.estimated_tokens()
+    snapshot = tuple(window.messages)
+    upto = plan_cut(snapshot, keep)
+    if upto is None:
+        return CompactionResult(0, tokens_before, tokens_before)
+    covered = [m for m in snapshot if m.seq <= upto]
+    # The slow part runs outside the session lock: turns go on meanwhile.
+    text = await summarize(covered, window.summary)
+    summary = Message(
+        upto, "summary", text, session.turn_count, time.time(), {"covers": len(covered)}
+    )
+    if not await session.apply_summary(summary, upto):
+        return CompactionResult(0, tokens_before, window.estimated_tokens())
+    return CompactionResult(len(covered), tokens_before, window.estimated_tokens(), upto, summary)

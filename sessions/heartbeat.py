@@ -1,0 +1,133 @@
+"""A session's heartbeat: the heartbeat graph run on a timer, beside the turns.
+
+The heartbeat never blocks a turn: it runs on a snapshot of the session (outside the
+session lock), and its result is applied *between* turns — at once if the session is
+idle, else by the running turn just before it releases the lock.  One session never has
+two heartbeats in flight.  Failures never reach the session's callers: they are counted,
+kept in :attr:`Heartbeat.last_error`, logged through structlog, and the next beat waits
+exponentially longer (capped by ``Limits.heartbeat_max_backoff``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
+
+import anyio
+import structlog
+
+__all__ = ["Heartbeat", "HeartbeatRun", "Spawn"]
+
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+"""Starts a background task (the manager's task group ``start_soon``)."""
+
+HeartbeatRun = Callable[[], Awaitable[Mapping[str, Any]]]
+"""Runs the heartbeat graph once; returns the run's context, raises on failure."""
+
+HeartbeatApply = Callable[[Mapping[str, Any]], None]
+"""Offers a successful heartbeat's context to the session (applied between turns)."""
+
+
+class Heartbeat:
+    """Timer, in-flight flag and failure accounting for one session's heartbeat.
+
+    ``failures`` counts consecutive failures (it drives the backoff and resets on
+    success); ``error_count`` and ``runs`` are totals.
+    """
+
+    __slots__ = (
+        "_apply",
+        "_run",
+        "_scope",
+        "error_count",
+        "failures",
+        "in_flight",
+        "interval",
+        "last_error",
+        "max_backoff",
+        "runs",
+        "session_id",
+    )
+
+    def __init__(
+        self, session_id: str, run: HeartbeatRun, apply: HeartbeatApply, max_backoff: float
+    ) -> None:
+        self.session_id = session_id
+        self._run = run
+        self._apply = apply
+        self.max_backoff = max_backoff
+        self.interval: float | None = None
+        self.in_flight = False
+        self.failures = 0
+        self.error_count = 0
+        self.runs = 0
+        self.last_error: BaseException | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the timer is started."""
+        return self._scope is not None
+
+    def start(self, interval: float, spawn: Spawn) -> None:
+        """(Re)start the timer: one beat every ``interval`` seconds, in a task ``spawn`` owns."""
+        if not interval > 0:
+            raise ValueError(f"heartbeat interval must be > 0, not {interval!r}")
+        self.stop()
+        self.interval = float(interval)
+        scope = self._scope = anyio.CancelScope()
+        spawn(lambda: self._loop(scope))
+
+    def stop(self) -> None:
+        """Stop the timer (a beat in flight is cancelled; nothing of it is applied)."""
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+        self.interval = None
+
+    def next_delay(self) -> float:
+        """Seconds until the next beat: the interval, doubled per consecutive failure."""
+        base = self.interval or 0.0
+        if not self.failures:
+            return base
+        return min(max(base, self.max_backoff), base * 2.0 ** min(self.failures, 30))
+
+    async def _loop(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await anyio.sleep(self.next_delay())
+                if scope.cancel_called:
+                    # The sleep may have finished just as stop() ran: asyncio delivers
+                    # the cancellation at the next suspension, which would be too late.
+                    return
+                await self.beat()
+
+    async def beat(self) -> bool:
+        """Run one heartbeat now unless one is in flight; True if it succeeded."""
+        if self.in_flight:
+            return False
+        self.in_flight = True
+        try:
+            context = await self._run()
+        except Exception as exc:  # reported and backed off, never raised to the session
+            self._failed(exc)
+            return False
+        finally:
+            self.in_flight = False
+        self.runs += 1
+        self.failures = 0
+        self._apply(context)
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self.runs += 1
+        self.failures += 1
+        self.error_count += 1
+        self.last_error = exc
+        structlog.get_logger("turngraph").warning(
+            "heartbeat.failed",
+            session_id=self.session_id,
+            failures=self.failures,
+            error=f"{type(exc).__name__}: {exc}",
+            retry_in_s=round(self.next_delay(), 3),
+        )

@@ -1,0 +1,49 @@
+"""Per-manager limits and the session-id rule.
+
+:class:`Limits` is one frozen value handed to a :class:`~sessions.SessionManager`; every
+session of that manager shares it.  :func:`validate_session_id` (re-exported from the store
+codec, so stores and sessions share one rule) is the single gate a session id passes
+before it reaches a store, a log line or a file name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sessions.store.codec import validate_session_id
+
+__all__ = ["Limits", "validate_session_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one manager and each of its sessions may hold and do.
+
+    ``max_messages`` bounds each session's in-memory window (older messages leave memory
+    but stay in the store).  ``queue_size`` bounds the turns *waiting* on one session;
+    one more raises :class:`~engine.errors.SessionBusy`.  ``compaction_threshold_tokens``
+    (estimated as characters / 4; ``None`` turns automatic compaction off) starts a
+    background compaction that keeps the last ``keep_recent_turns`` turns verbatim.
+    ``checkpoint`` saves the in-flight turn after every node so a crashed process can
+    resume it.  Heartbeat failures back off exponentially up to ``heartbeat_max_backoff``
+    seconds.  ``max_reasoning_steps`` caps the nodes one turn may visit;
+    ``max_tool_calls`` is exposed to handlers as ``limits.max_tool_calls``.
+    """
+
+    max_messages: int = 1000
+    max_reasoning_steps: int = 100
+    max_tool_calls: int = 500
+    max_active_sessions: int = 10
+    queue_size: int = 64
+    compaction_threshold_tokens: int | None = 32_000
+    keep_recent_turns: int = 4
+    checkpoint: bool = False
+    trace_window: int = 100
+    heartbeat_max_backoff: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_messages", "max_reasoning_steps", "max_active_sessions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Limits.{name} must be >= 1")
+        if self.queue_size < 0 or self.keep_recent_turns < 0 or self.trace_window < 1:
+            raise ValueError("Limits.queue_size/keep_recent_turns must be >= 0, trace_window >= 1")

@@ -1,0 +1,384 @@
+"""The registry of live sessions: get-or-create, switch, close, delete, compact, resume.
+
+::
+
+    async with SessionManager("sqlite:///chat.db") as manager:
+        session = await manager.get_or_create("alice")
+        result = await session.send("hello")
+
+One manager owns one anyio task group (heartbeats, lease renewal, background
+compaction), one :class:`~engine.Engine` and the compiled graphs every session shares.
+A session is plain data in the store; the manager holds a lease on each live session
+(renewed every ``lease_ttl / 3``) so two processes never both write one session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import structlog
+
+from engine.errors import (
+    Fenced,
+    GraphValidationError,
+    SessionClosed,
+    SessionExists,
+    SessionLimitReached,
+    SessionNotFound,
+)
+from engine.graph import Graph
+from engine.loader import load_graph
+from engine.registry import HandlerRegistry
+from engine.runner import Engine
+from sessions.compaction import CompactionResult, Summarizer, llm_summarizer
+from sessions.limits import Limits, validate_session_id
+from sessions.session import Session, SessionRuntime
+from sessions.store.base import SessionMeta, SessionType, Store
+
+__all__ = ["GRAPHS_DIR", "SessionManager"]
+
+GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
+"""Where the default ``turn.dot`` and ``heartbeat.dot`` live."""
+
+GraphSource = Graph | str | os.PathLike[str]
+
+
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _load(source: GraphSource | None, default: str, registry: HandlerRegistry) -> Graph | None:
+    """A compiled graph from a Graph, a path or DOT text; ``None`` if a default is absent."""
+    if isinstance(source, Graph):
+        return source
+    if source is None:
+        path = GRAPHS_DIR / default
+        if not path.is_file():
+            return None
+        source = str(path)
+    return load_graph(source, registry=registry)
+
+
+def _open_store(spec: Store | str | None, secret: bytes | str | None) -> tuple[Store, bool]:
+    """The store to use and whether this manager opened it (and so must close it)."""
+    if spec is not None and not isinstance(spec, str):
+        return spec, False
+    from sessions.store import open_store
+
+    return open_store(spec or "memory:", secret=secret), True
+
+
+class SessionManager:
+    """Creates, loads, hosts and closes sessions; an async context manager.
+
+    ``store`` is a :class:`~sessions.store.base.Store` (already open) or a store URL
+    (``memory:``, ``sqlite:///path.db``, ``postgresql://...``; the manager opens and
+    closes it); default ``memory:``.  ``llm``/``memory``/``tools`` are the adapters the
+    default registry is built with (offline defaults); ``registry`` replaces it.
+    ``turn_graph``/``heartbeat_graph`` are graphs, paths or DOT text (defaults:
+    ``graphs/turn.dot`` and ``graphs/heartbeat.dot``).  ``owner`` names this process in
+    leases.  ``auto_resume`` continues an interrupted turn as soon as its session loads.
+    ``summarizer`` replaces the LLM-backed compaction summariser; ``store_secret`` is
+    the HMAC key for a store opened from a URL (default: the configured key).
+    """
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        *,
+        llm: Any = None,
+        memory: Any = None,
+        tools: Any = None,
+        registry: HandlerRegistry | None = None,
+        turn_graph: GraphSource | None = None,
+        heartbeat_graph: GraphSource | None = None,
+        limits: Limits | None = None,
+        owner: str | None = None,
+        lease_ttl: float = 30.0,
+        log_nodes: bool | None = None,
+        auto_resume: bool = False,
+        summarizer: Summarizer | None = None,
+        store_secret: bytes | str | None = None,
+    ) -> None:
+        if registry is None:
+            from handlers import build_registry
+
+            registry = build_registry(llm=llm, memory=memory, tools=tools)
+        self.limits = limits or Limits()
+        self.registry = registry
+        self.engine = Engine(registry, max_steps=self.limits.max_reasoning_steps)
+        turn = _load(turn_graph, "turn.dot", registry)
+        if turn is None:
+            raise FileNotFoundError(GRAPHS_DIR / "turn.dot")
+        self.turn_graph = turn
+        self.engine.check(turn)
+        self.heartbeat_graph = self._heartbeat(heartbeat_graph, registry)
+        self.store, self._owns_store = _open_store(store, store_secret)
+        self.owner = owner or _default_owner()
+        self.lease_ttl = lease_ttl
+        self.auto_resume = auto_resume
+        self._summarizer = summarizer or llm_summarizer(llm if llm is not None else _echo())
+        self._log_nodes = log_nodes
+        self._live: dict[str, Session] = {}
+        self._pending: dict[str, anyio.Event] = {}
+        self._active: str | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._runtime: SessionRuntime | None = None
+
+    def _heartbeat(self, source: GraphSource | None, registry: HandlerRegistry) -> Graph | None:
+        """The heartbeat graph; the default one is skipped if ``registry`` cannot run it."""
+        try:
+            graph = _load(source, "heartbeat.dot", registry)
+            if graph is not None:
+                self.engine.check(graph)
+        except GraphValidationError:
+            if source is not None:
+                raise
+            return None  # a custom registry without heartbeat handlers: no heartbeat
+        return graph
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> SessionManager:
+        if self._owns_store:
+            await self.store.open()
+        stack = contextlib.AsyncExitStack()
+        self._tg = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
+        self._runtime = SessionRuntime(
+            self.engine,
+            self.store,
+            self.turn_graph,
+            self.heartbeat_graph,
+            self.limits,
+            self._spawn,
+            self._summarizer,
+            self._log_nodes,
+        )
+        self._tg.start_soon(self._renew_leases)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            # Not shielded: a turn that never ends must not make exit hang forever.
+            for session_id in tuple(self._live):
+                await self.close(session_id)
+        finally:
+            stack, self._stack, tg = self._stack, None, self._tg
+            self._runtime = None
+            if tg is not None:
+                tg.cancel_scope.cancel()
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+            if self._owns_store:
+                await self.store.close()
+        return None
+
+    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._tg is None:
+            raise SessionClosed("*", "the session manager is not running")
+        self._tg.start_soon(fn)
+
+    def _rt(self) -> SessionRuntime:
+        if self._runtime is None:
+            raise SessionClosed("*", "use the manager as `async with SessionManager(...)`")
+        return self._runtime
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create(
+        self,
+        session_id: str | None = None,
+        *,
+        agent_id: str = "default",
+        type: SessionType = "primary",
+        config: dict[str, Any] | None = None,
+    ) -> Session:
+        """A new session (``SessionExists`` if the id is taken; a random id if ``None``)."""
+        sid = validate_session_id(session_id if session_id is not None else uuid.uuid4().hex)
+        while sid in self._pending:
+            await self._pending[sid].wait()
+        if sid in self._live:
+            raise SessionExists(sid, "already exists")
+        return await self._single_flight(sid, True, agent_id, type, config)
+
+    async def get(self, session_id: str) -> Session:
+        """The live session, or load it from the store (``SessionNotFound``)."""
+        live = self._live.get(session_id)
+        if live is not None:
+            return live
+        sid = validate_session_id(session_id)
+        return await self._single_flight(sid, False, "default", "primary", None)
+
+    async def get_or_create(
+        self,
+        session_id: str,
+        *,
+        agent_id: str = "default",
+        type: SessionType = "primary",
+        config: dict[str, Any] | None = None,
+    ) -> Session:
+        """The session, loaded or created; concurrent calls for one id share one load."""
+        live = self._live.get(session_id)
+        if live is not None:
+            return live
+        sid = validate_session_id(session_id)
+        return await self._single_flight(sid, None, agent_id, type, config)
+
+    async def _single_flight(
+        self,
+        sid: str,
+        create: bool | None,
+        agent_id: str,
+        type: SessionType,
+        config: dict[str, Any] | None,
+    ) -> Session:
+        """Open ``sid`` once however many callers ask at the same time."""
+        while True:
+            live = self._live.get(sid)
+            if live is not None:
+                return live
+            pending = self._pending.get(sid)
+            if pending is None:
+                break
+            await pending.wait()
+        self._check_capacity(sid)
+        event = self._pending[sid] = anyio.Event()
+        try:
+            return await self._open(sid, create, agent_id, type, config)
+        finally:
+            del self._pending[sid]
+            event.set()
+
+    def _check_capacity(self, sid: str) -> None:
+        self._rt()
+        cap = self.limits.max_active_sessions
+        if len(self._live) + len(self._pending) >= cap:
+            raise SessionLimitReached(sid, f"{cap} sessions are already active")
+
+    async def _open(
+        self,
+        sid: str,
+        create: bool | None,
+        agent_id: str,
+        type: SessionType,
+        config: dict[str, Any] | None,
+    ) -> Session:
+        """Create (if asked) and load ``sid``, take its lease, adopt any checkpoint."""
+        store = self.store
+        if create is not False:
+            now = time.time()
+            meta = SessionMeta(sid, agent_id, type, now, now, config=dict(config or {}))
+            try:
+                await store.create(meta)
+            except SessionExists:
+                if create:
+                    raise
+        elif not await store.exists(sid):
+            raise SessionNotFound(sid, "no such session")
+        token = await store.acquire(sid, self.owner, self.lease_ttl)
+        try:
+            loaded = await store.load(sid, recent=self.limits.max_messages)
+            session = Session(self._rt(), loaded, token=token)
+            await session.adopt_checkpoint(loaded.checkpoint)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.release(sid, self.owner, token)
+            raise
+        self._live[sid] = session
+        if self.auto_resume and session.resumable is not None:
+            await session.resume()
+        return session
+
+    async def close(self, session_id: str) -> None:
+        """Stop the session's heartbeat, wait for its running turn, release its lease."""
+        session = self._live.get(session_id)
+        if session is None:
+            return
+        try:
+            await session.close()
+        finally:
+            self._live.pop(session_id, None)
+            if self._active == session_id:
+                self._active = None
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.store.release(session_id, self.owner, session.token)
+
+    async def delete(self, session_id: str) -> bool:
+        """Close the session if live and delete it with all its records from the store."""
+        sid = validate_session_id(session_id)
+        await self.close(sid)
+        return await self.store.delete(sid)
+
+    async def compact(self, session_id: str) -> CompactionResult:
+        """Compact the session now (see :meth:`Session.compact`)."""
+        return await (await self.get(session_id)).compact()
+
+    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+        """Every session in the store (live or not), by id."""
+        return await self.store.list_sessions(offset, limit)
+
+    list = list_sessions
+
+    @property
+    def live(self) -> tuple[Session, ...]:
+        """The sessions this manager hosts now."""
+        return tuple(self._live.values())
+
+    # ------------------------------------------------------------------ active session
+
+    async def switch(self, session_id: str) -> Session:
+        """Make ``session_id`` the active session (loading it if needed)."""
+        session = await self.get(session_id)
+        self._active = session.id
+        return session
+
+    @property
+    def active(self) -> Session | None:
+        """The session last chosen by :meth:`switch`, while it is live."""
+        return self._live.get(self._active) if self._active is not None else None
+
+    # ------------------------------------------------------------------ leases
+
+    async def _renew_leases(self) -> None:
+        """Every ``lease_ttl / 3``: renew each live session's lease; drop fenced ones."""
+        log = structlog.get_logger("turngraph")
+        while True:
+            await anyio.sleep(self.lease_ttl / 3)
+            for session in tuple(self._live.values()):
+                try:
+                    await self.store.renew(session.id, self.owner, session.token, self.lease_ttl)
+                except Fenced as exc:
+                    self._lost(session, exc)
+                except Exception as exc:  # a store hiccup: try again next round
+                    log.warning("lease.renew_failed", session_id=session.id, error=str(exc))
+
+    def _lost(self, session: Session, exc: Fenced) -> None:
+        """Another process owns ``session`` now: stop hosting it here."""
+        session.closed = True
+        session.stop_heartbeat()
+        self._live.pop(session.id, None)
+        structlog.get_logger("turngraph").error(
+            "session.fenced", session_id=session.id, error=str(exc)
+        )
+
+
+def _echo() -> Any:
+    from handlers.adapters import EchoModel
+
+    return EchoModel()

@@ -1,0 +1,735 @@
+"""One conversation: its state, its FIFO of turns, its phase, heartbeat and traversal log.
+
+A :class:`Session` is made by a :class:`~sessions.SessionManager`, which shares one
+:class:`SessionRuntime` (engine, store, compiled graphs, limits, task group) among all
+its sessions.  ``await session.send(text)`` runs one turn::
+
+    lock (FIFO) -> build turn values -> Engine.run(turn_graph) -> one store commit
+                -> apply messages / memory / counters -> phase idle -> TurnResult
+
+The turn's result is applied only after the store commit succeeds, so memory and store
+never disagree; a failed turn appends no message; a cancelled turn re-raises after the
+session is idle again.  Per-turn cost does not grow with history: handlers see a live
+read-only :class:`~sessions.history.HistoryView`, never a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import anyio
+import structlog
+
+from engine.errors import Fenced, SessionBusy, SessionClosed, SessionError
+from engine.events import Observer, StructlogObserver
+from engine.graph import Graph, Node
+from engine.outcome import NodeRecord, RunResult, RunStatus
+from sessions.compaction import CompactionResult, Summarizer, compact_session
+from sessions.heartbeat import Heartbeat, Spawn
+from sessions.history import HistoryView, MessagePage, MessageWindow
+from sessions.limits import Limits
+from sessions.store.base import (
+    EMPTY_META,
+    Checkpoint,
+    LoadedSession,
+    Message,
+    Role,
+    SessionType,
+    Store,
+    TurnCommit,
+    TurnRecord,
+)
+
+if TYPE_CHECKING:
+    from engine.runner import Engine, OnStep
+
+__all__ = ["Phase", "Session", "SessionRuntime", "TurnResult"]
+
+Phase = Literal["idle", "processing", "awaiting_llm", "awaiting_tools"]
+
+_PHASE_OF: Mapping[str, Phase] = MappingProxyType(
+    {"llm_call": "awaiting_llm", "reflect": "awaiting_llm", "dispatch_tools": "awaiting_tools"}
+)
+_ROLES = frozenset({"user", "assistant", "tool", "system", "summary"})
+_cancelled = anyio.get_cancelled_exc_class
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """How one turn ended: the reply, ``status`` (success/fail), its number and node trace.
+
+    ``error`` is the run's error when it failed (a :class:`~engine.errors.RunError`).
+    """
+
+    reply: str
+    status: RunStatus
+    turn: int
+    trace: tuple[NodeRecord, ...]
+    error: BaseException | None = field(default=None, compare=False)
+    trace_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the turn reached an exit node and was committed."""
+        return self.status == "success"
+
+
+_UNFILTERED = structlog.make_filtering_bound_logger(logging.NOTSET)
+
+
+def _info_enabled() -> bool:
+    """Whether structlog was set up with a level filter that lets ``info`` through.
+
+    structlog's out-of-the-box logger (and the one ``structlog.testing.capture_logs``
+    leaves behind) filters nothing and prints to stdout: that is not a request for
+    per-node logs, so it does not count.  Pass ``log_nodes=True`` to log regardless.
+    """
+    if not structlog.is_configured():
+        return False
+    wrapper = structlog.get_config()["wrapper_class"]
+    if wrapper is _UNFILTERED:
+        return False
+    check = getattr(wrapper, "is_enabled_for", None)
+    return check is not None and bool(check(None, logging.INFO))
+
+
+@dataclass(slots=True, eq=False)
+class SessionRuntime:
+    """What every session of one manager shares: one engine, one store, compiled graphs.
+
+    ``spawn`` starts a background task in the manager's task group.  ``log_nodes``:
+    ``True``/``False`` forces per-node structlog logging on/off; ``None`` logs only when
+    structlog was configured with a level filter enabling ``info`` (checked per turn).
+    """
+
+    engine: Engine
+    store: Store
+    turn_graph: Graph
+    heartbeat_graph: Graph | None
+    limits: Limits
+    spawn: Spawn
+    summarize: Summarizer
+    log_nodes: bool | None = None
+
+    def logging(self) -> bool:
+        """Whether this turn should log its nodes."""
+        return _info_enabled() if self.log_nodes is None else self.log_nodes
+
+
+def _jsonable(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` survives a JSON round trip (checkpoint contexts keep only those)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, list | tuple):
+        return all(_jsonable(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _jsonable(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _durable_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a run's context a checkpoint keeps: JSON-safe, not rebuilt per turn."""
+    return {k: v for k, v in context.items() if not k.startswith("session.") and _jsonable(v)}
+
+
+class Session:
+    """One conversation.  Create it through :class:`~sessions.SessionManager`.
+
+    Public state: ``id``, ``agent_id``, ``type``, ``config``, ``phase`` (``idle``,
+    ``processing``, ``awaiting_llm`` while an ``llm_call``/``reflect`` node runs,
+    ``awaiting_tools`` during ``dispatch_tools``), ``trace_id`` (of the latest turn),
+    ``turn_count`` (finished turns, failed ones included), ``working_memory``, ``goals``,
+    ``cognitive_mode``, ``turn_graph``/``heartbeat_graph`` (shared, compiled),
+    ``heartbeat`` (interval, in-flight flag, failures), ``created_at``/``updated_at``,
+    ``interrupted_turn`` (a checkpoint that could not be resumed), ``closed``.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_compact_gen",
+        "_compact_lock",
+        "_compacting",
+        "_history",
+        "_lock",
+        "_next_seq",
+        "_pending_state",
+        "_resume_cp",
+        "_rt",
+        "_state_dirty",
+        "_token",
+        "_traces",
+        "_waiting",
+        "_wm_view",
+        "agent_id",
+        "closed",
+        "cognitive_mode",
+        "config",
+        "created_at",
+        "goals",
+        "heartbeat",
+        "heartbeat_graph",
+        "id",
+        "interrupted_turn",
+        "phase",
+        "trace_id",
+        "turn_count",
+        "turn_graph",
+        "type",
+        "updated_at",
+        "window",
+        "working_memory",
+    )
+
+    def __init__(self, runtime: SessionRuntime, loaded: LoadedSession, *, token: int) -> None:
+        meta = loaded.meta
+        self._rt = runtime
+        self._token = token
+        self.id = meta.id
+        self.agent_id = meta.agent_id
+        self.type: SessionType = meta.type
+        self.config: Mapping[str, Any] = meta.config
+        self.created_at, self.updated_at = meta.created_at, meta.updated_at
+        self.turn_count = meta.turn_count
+        self.working_memory: dict[str, Any] = dict(meta.working_memory)
+        self._wm_view = MappingProxyType(self.working_memory)
+        self.goals: tuple[str, ...] = tuple(meta.goals)
+        self.cognitive_mode = meta.cognitive_mode
+        self.phase: Phase = "idle"
+        self.trace_id = ""
+        self.turn_graph = runtime.turn_graph
+        self.heartbeat_graph = runtime.heartbeat_graph
+        self.closed = False
+        self.interrupted_turn: Checkpoint | None = None
+        self._resume_cp: Checkpoint | None = None
+        self._init_window(loaded, meta.message_count)
+        self._init_machinery(runtime.limits)
+
+    def _init_window(self, loaded: LoadedSession, message_count: int) -> None:
+        self.window = MessageWindow(self._rt.limits.max_messages)
+        upto = loaded.meta.summary_upto
+        if loaded.summary is not None:
+            self.window.set_summary(loaded.summary)
+            upto = max(upto, loaded.summary.seq)
+        self.window.extend(m for m in loaded.recent if m.seq > upto)
+        self._history = HistoryView(self.window)
+        self._next_seq = message_count
+
+    def _init_machinery(self, limits: Limits) -> None:
+        self._lock = anyio.Lock(fast_acquire=True)  # FIFO hand-off: turns keep arrival order
+        self._waiting = 0
+        self._traces: deque[TurnRecord] = deque(maxlen=limits.trace_window)
+        self._state_dirty = False
+        self._pending_state: dict[str, Any] | None = None
+        self._compact_lock = anyio.Lock()
+        self._compact_gen = 0
+        self._compacting = False
+        self.heartbeat = Heartbeat(
+            self.id, self._run_heartbeat, self._offer_state, limits.heartbeat_max_backoff
+        )
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id!r} turns={self.turn_count} phase={self.phase}>"
+
+    # ------------------------------------------------------------------ read side
+
+    @property
+    def history(self) -> HistoryView:
+        """The live, read-only view of the in-memory messages (summary first, if any)."""
+        return self._history
+
+    @property
+    def message_count(self) -> int:
+        """Every message the session ever had, in memory or only in the store."""
+        return self._next_seq
+
+    @property
+    def busy(self) -> bool:
+        """True while a turn runs (or a compaction applies)."""
+        return self._lock.locked()
+
+    @property
+    def queued(self) -> int:
+        """Turns waiting behind the running one."""
+        return self._waiting
+
+    @property
+    def heartbeat_interval(self) -> float | None:
+        """Seconds between heartbeats, or ``None`` when stopped."""
+        return self.heartbeat.interval
+
+    @property
+    def heartbeat_in_flight(self) -> bool:
+        """Whether a heartbeat run is in progress."""
+        return self.heartbeat.in_flight
+
+    @property
+    def resumable(self) -> Checkpoint | None:
+        """The interrupted turn :meth:`resume` would continue, if any."""
+        return self._resume_cp
+
+    def recent(self, n: int) -> tuple[Message, ...]:
+        """The last ``n`` messages in memory, oldest first."""
+        return self._history.recent(n)
+
+    async def messages(self, offset: int = 0, limit: int = 100) -> MessagePage:
+        """Messages ``offset <= seq < offset + limit``: from memory, older ones from the store."""
+        if offset < 0 or limit < 0:
+            raise ValueError("offset and limit must be >= 0")
+        total = self._next_seq
+        stop = min(offset + limit, total)
+        items = self.window.slice_by_seq(offset, stop)
+        if items is None:
+            items = await self._rt.store.messages(self.id, offset, stop - offset)
+        return MessagePage(tuple(items), offset, total, stop < total)
+
+    async def all(self, page_size: int = 500) -> tuple[Message, ...]:
+        """Every message of the session, oldest first (pages older ones in from the store)."""
+        out: list[Message] = []
+        offset = 0
+        while True:
+            page = await self.messages(offset, page_size)
+            out.extend(page.items)
+            offset += len(page.items)
+            if not page.has_more or not page.items:
+                return tuple(out)
+
+    async def traces(self, offset: int = 0, limit: int = 100) -> tuple[TurnRecord, ...]:
+        """Turn records (node traces) of turns ``offset+1 ...``: recent from memory, older
+        from the store."""
+        if offset < 0 or limit < 0:
+            raise ValueError("offset and limit must be >= 0")
+        mem = self._traces
+        if mem and offset + 1 >= mem[0].turn:
+            start = offset + 1 - mem[0].turn
+            return tuple(islice(mem, start, start + limit))
+        return await self._rt.store.turns(self.id, offset, limit)
+
+    # ------------------------------------------------------------------ turns
+
+    async def send(self, text: str) -> TurnResult:
+        """Run one turn with user input ``text``; turns on one session run in arrival order.
+
+        Raises :class:`SessionBusy` when ``Limits.queue_size`` turns already wait,
+        :class:`SessionClosed` once the session is closed.  A failing graph returns a
+        failed :class:`TurnResult` (history unchanged); store errors propagate.
+        """
+        await self._enter()
+        try:
+            return await self._turn(text, self.turn_count + 1)
+        finally:
+            self._leave()
+
+    async def _enter(self) -> None:
+        """Take the session lock in FIFO order, bounded by the queue size."""
+        if self.closed:
+            raise SessionClosed(self.id, "closed")
+        if self._lock.locked() and self._waiting >= self._rt.limits.queue_size:
+            raise SessionBusy(self.id, f"{self._waiting} turns already queued")
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        if self.closed:
+            self._lock.release()
+            raise SessionClosed(self.id, "closed while the turn was queued")
+
+    def _leave(self) -> None:
+        """Apply a heartbeat result that arrived during the turn, then release the lock."""
+        self.phase = "idle"
+        self._flush_pending()
+        self._lock.release()
+
+    def _flush_pending(self) -> None:
+        """Apply the heartbeat result that waited for the lock holder (who calls this)."""
+        if self._pending_state is not None:
+            pending, self._pending_state = self._pending_state, None
+            self._apply_state(pending)
+            self._state_dirty = True
+
+    async def _turn(
+        self,
+        text: str,
+        turn: int,
+        *,
+        start_at: str | None = None,
+        carried: Mapping[str, Any] | None = None,
+        prior: tuple[Mapping[str, Any], ...] = (),
+    ) -> TurnResult:
+        """Run the graph for ``turn`` and commit it (caller holds the lock)."""
+        trace_id = self.trace_id = f"{self.id}:{turn}"
+        self.phase = "processing"
+        context = self._turn_context(text, turn, trace_id)
+        if carried:
+            context = {**carried, **context}
+        on_step = (
+            self._checkpointer(text, turn, trace_id, prior) if self._rt.limits.checkpoint else None
+        )
+        try:
+            result = await self._rt.engine.run(
+                self.turn_graph,
+                context,
+                run_id=trace_id,
+                observers=self._observers(turn, trace_id),
+                on_enter=self._on_enter,
+                start_at=start_at,
+                on_step=on_step,
+            )
+        except _cancelled():
+            if on_step is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._rt.store.clear_checkpoint(self.id, token=self._token)
+            raise
+        with anyio.CancelScope(shield=True):  # commit and apply are one step or none
+            committed = await self._commit(text, turn, trace_id, result, prior)
+        return committed
+
+    def _turn_context(self, text: str, turn: int, trace_id: str) -> dict[str, Any]:
+        return {
+            "session.id": self.id,
+            "session.agent_id": self.agent_id,
+            "session.type": self.type,
+            "session.input": text,
+            "session.turn": turn,
+            "session.turn_count": self.turn_count,
+            "session.phase": "processing",
+            "session.trace_id": trace_id,
+            "session.goals": self.goals,
+            "session.working_memory": self._wm_view,
+            "session.cognitive_mode": self.cognitive_mode,
+            "session.history": self._history,
+            "session.config": self.config,
+            "limits.max_tool_calls": self._rt.limits.max_tool_calls,
+        }
+
+    def _observers(self, turn: int, trace_id: str) -> tuple[Observer, ...]:
+        # No observer at all when logging is off: the engine then builds no events.
+        if not self._rt.logging():
+            return ()
+        return (StructlogObserver(session_id=self.id, trace_id=trace_id, turn=turn),)
+
+    def _on_enter(self, node: Node) -> None:
+        """Track the phase as nodes start (called by the engine, allocation-free)."""
+        self.phase = _PHASE_OF.get(node.handler, "processing")
+
+    async def _commit(
+        self,
+        text: str,
+        turn: int,
+        trace_id: str,
+        result: RunResult,
+        prior: tuple[Mapping[str, Any], ...],
+    ) -> TurnResult:
+        """Append the turn to the store, then to memory; one transaction per turn."""
+        now = time.time()
+        trace = prior + tuple(r.to_dict() for r in result.trace)
+        if not result.ok:
+            record = TurnRecord(
+                turn,
+                result.status,
+                trace_id,
+                self.turn_graph.source_hash,
+                trace,
+                now,
+                error=str(result.error),
+            )
+            await self._store_turn(TurnCommit(record, ()), now)
+            return TurnResult("", "fail", turn, result.trace, result.error, trace_id)
+        ctx = result.context
+        reply = ctx.get("reply")
+        reply = "" if reply is None else str(reply)
+        messages = self._new_messages(text, ctx.get("turn.messages"), reply, turn, now)
+        record = TurnRecord(turn, "success", trace_id, self.turn_graph.source_hash, trace, now)
+        state = self._state_changes(ctx)
+        commit = self._make_commit(record, messages, state)
+        await self._store_turn(commit, now)
+        self.window.extend(messages)
+        self._next_seq += len(messages)
+        if state:
+            self._apply_state(state)
+        if commit.working_memory is not None:
+            self._state_dirty = False  # everything applied so far is stored now
+        self._maybe_compact()
+        return TurnResult(reply, "success", turn, result.trace, None, trace_id)
+
+    async def _store_turn(self, commit: TurnCommit, now: float) -> None:
+        try:
+            await self._rt.store.append_turn(self.id, commit, token=self._token)
+        except Fenced:
+            # Another process owns the session now; anything more we wrote would be lost.
+            self.closed = True
+            self.heartbeat.stop()
+            raise
+        self.turn_count = commit.record.turn
+        self.updated_at = now
+        self._traces.append(commit.record)
+
+    def _new_messages(
+        self, text: str, extra: object, reply: str, turn: int, now: float
+    ) -> tuple[Message, ...]:
+        seq = self._next_seq
+        out = [Message(seq, "user", text, turn, now)]
+        if isinstance(extra, Sequence) and not isinstance(extra, str):
+            for item in extra:
+                if not isinstance(item, Mapping):
+                    continue
+                role = str(item.get("role", "tool"))
+                meta = item.get("meta")
+                out.append(
+                    Message(
+                        seq + len(out),
+                        cast(Role, role if role in _ROLES else "tool"),
+                        str(item.get("content", "")),
+                        turn,
+                        now,
+                        MappingProxyType(dict(meta)) if isinstance(meta, Mapping) else EMPTY_META,
+                    )
+                )
+        out.append(Message(seq + len(out), "assistant", reply, turn, now))
+        return tuple(out)
+
+    # ------------------------------------------------------------------ state
+
+    @staticmethod
+    def _state_changes(ctx: Mapping[str, Any]) -> dict[str, Any]:
+        """The session-state keys a run's context sets (working memory, goals, mode)."""
+        out: dict[str, Any] = {}
+        wm = ctx.get("memory.working")
+        if isinstance(wm, Mapping) and wm:
+            out["memory.working"] = wm
+        goals = ctx.get("goals")
+        if isinstance(goals, Sequence) and not isinstance(goals, str):
+            out["goals"] = tuple(str(g) for g in goals)
+        mode = ctx.get("heartbeat.mode", ctx.get("cognitive_mode"))
+        if isinstance(mode, str) and mode:
+            out["cognitive_mode"] = mode
+        return out
+
+    def _make_commit(
+        self, record: TurnRecord, messages: tuple[Message, ...], state: Mapping[str, Any]
+    ) -> TurnCommit:
+        if not state and not self._state_dirty:
+            return TurnCommit(record, messages)
+        wm: dict[str, Any] = dict(self.working_memory)
+        _merge_memory(wm, state.get("memory.working"))
+        return TurnCommit(
+            record,
+            messages,
+            working_memory=wm,
+            goals=state.get("goals", self.goals),
+            cognitive_mode=state.get("cognitive_mode", self.cognitive_mode),
+        )
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        _merge_memory(self.working_memory, state.get("memory.working"))
+        if "goals" in state:
+            self.goals = state["goals"]
+        if "cognitive_mode" in state:
+            self.cognitive_mode = state["cognitive_mode"]
+
+    def _offer_state(self, ctx: Mapping[str, Any]) -> None:
+        """Apply a heartbeat's result now if no turn runs, else when the turn ends.
+
+        Either way it is persisted with the next turn's commit.
+        """
+        state = self._state_changes(ctx)
+        if not state:
+            return
+        if self._lock.locked():
+            pending = self._pending_state or {}
+            if "memory.working" in pending and "memory.working" in state:
+                state["memory.working"] = {**pending["memory.working"], **state["memory.working"]}
+            self._pending_state = {**pending, **state}
+        else:
+            self._apply_state(state)
+            self._state_dirty = True
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def start_heartbeat(self, interval: float) -> None:
+        """Run the heartbeat graph every ``interval`` seconds in the background."""
+        if self.closed:
+            raise SessionClosed(self.id, "closed")
+        if self.heartbeat_graph is None:
+            raise SessionError(self.id, "the manager has no heartbeat graph")
+        self.heartbeat.start(interval, self._rt.spawn)
+
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat timer (idempotent)."""
+        self.heartbeat.stop()
+
+    async def _run_heartbeat(self) -> Mapping[str, Any]:
+        """One heartbeat run on a snapshot of the session, outside the session lock."""
+        graph = self.heartbeat_graph
+        assert graph is not None
+        n = self.heartbeat.runs + 1
+        context = {
+            "session.id": self.id,
+            "session.agent_id": self.agent_id,
+            "session.type": self.type,
+            "session.turn_count": self.turn_count,
+            "session.phase": self.phase,
+            "session.goals": self.goals,
+            "session.working_memory": MappingProxyType(dict(self.working_memory)),
+            "session.cognitive_mode": self.cognitive_mode,
+            "session.history": tuple(self._history),
+            "session.config": self.config,
+            "session.trace_id": f"{self.id}:hb:{n}",
+        }
+        result = await self._rt.engine.run(graph, context, run_id=f"{self.id}:hb:{n}")
+        if not result.ok:
+            raise result.error or RuntimeError(f"heartbeat {result.status}")
+        return result.context
+
+    # ------------------------------------------------------------------ compaction
+
+    async def compact(self) -> CompactionResult:
+        """Summarise messages older than the last ``keep_recent_turns`` turns.
+
+        A call that arrives while another compaction runs waits for it and returns a
+        no-op result instead of compacting twice.
+        """
+        gen = self._compact_gen
+        async with self._compact_lock:
+            if gen != self._compact_gen:
+                tokens = self.window.estimated_tokens()
+                return CompactionResult(0, tokens, tokens)
+            try:
+                return await compact_session(
+                    self, self._rt.summarize, self._rt.limits.keep_recent_turns
+                )
+            finally:
+                self._compact_gen += 1
+
+    async def apply_summary(self, summary: Message, upto_seq: int) -> bool:
+        """Archive ``summary`` in the store and drop what it covers from memory (locked)."""
+        async with self._lock:
+            if self.closed:
+                return False
+            with anyio.CancelScope(shield=True):
+                await self._rt.store.append_summary(self.id, summary, upto_seq, token=self._token)
+            self.window.drop_upto(upto_seq)
+            self.window.set_summary(summary)
+            self._flush_pending()
+            return True
+
+    def _maybe_compact(self) -> None:
+        threshold = self._rt.limits.compaction_threshold_tokens
+        if threshold is None or self._compacting or self.window.estimated_tokens() <= threshold:
+            return
+        self._compacting = True
+        self._rt.spawn(self._auto_compact)
+
+    async def _auto_compact(self) -> None:
+        try:
+            await self.compact()
+        except Exception as exc:  # a background compaction must never take the session down
+            structlog.get_logger("turngraph").warning(
+                "compaction.failed", session_id=self.id, error=f"{type(exc).__name__}: {exc}"
+            )
+        finally:
+            self._compacting = False
+
+    # ------------------------------------------------------------------ durability
+
+    def _checkpointer(
+        self, text: str, turn: int, trace_id: str, prior: tuple[Mapping[str, Any], ...]
+    ) -> OnStep:
+        """An ``on_step`` hook saving the in-flight turn after every node."""
+        done: list[Mapping[str, Any]] = list(prior)
+        graph_hash = self.turn_graph.source_hash
+
+        async def on_step(
+            record: NodeRecord, next_node: str | None, ctx: Mapping[str, Any]
+        ) -> None:
+            done.append(record.to_dict())
+            if next_node is None:
+                return  # the commit that follows deletes the checkpoint
+            cp = Checkpoint(
+                turn,
+                graph_hash,
+                trace_id,
+                text,
+                record.node_id,
+                next_node,
+                _durable_context(ctx),
+                tuple(done),
+                time.time(),
+            )
+            await self._rt.store.save_checkpoint(self.id, cp, token=self._token)
+
+        return on_step
+
+    async def adopt_checkpoint(self, cp: Checkpoint | None) -> None:
+        """Decide what to do with a checkpoint found on load (called by the manager).
+
+        Same graph and the next turn: keep it for :meth:`resume`.  Otherwise report it
+        (``interrupted_turn`` and a structlog warning) and clear it: never replayed.
+        """
+        if cp is None:
+            return
+        if cp.graph_hash == self.turn_graph.source_hash and cp.turn == self.turn_count + 1:
+            self._resume_cp = cp
+            return
+        self.interrupted_turn = cp
+        structlog.get_logger("turngraph").warning(
+            "turn.interrupted",
+            session_id=self.id,
+            turn=cp.turn,
+            node=cp.next_node,
+            reason="turn graph changed"
+            if cp.graph_hash != self.turn_graph.source_hash
+            else "stale",
+        )
+        await self._rt.store.clear_checkpoint(self.id, token=self._token)
+
+    async def resume(self) -> TurnResult | None:
+        """Continue the turn a crashed process left at its checkpoint; ``None`` if none."""
+        if self._resume_cp is None:
+            return None
+        await self._enter()
+        try:
+            cp, self._resume_cp = self._resume_cp, None
+            if cp is None or cp.turn != self.turn_count + 1:
+                return None
+            return await self._turn(
+                cp.input, cp.turn, start_at=cp.next_node, carried=cp.context, prior=cp.trace
+            )
+        finally:
+            self._leave()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def token(self) -> int:
+        """The fencing token of this process's lease on the session."""
+        return self._token
+
+    async def close(self) -> None:
+        """Stop the heartbeat, refuse new turns, wait for the running (and queued) turn."""
+        if self.closed:
+            return
+        self.closed = True
+        self.heartbeat.stop()
+        async with self._lock:
+            pass
+
+
+def _merge_memory(target: dict[str, Any], updates: Mapping[str, Any] | None) -> None:
+    """Merge working-memory ``updates`` into ``target``; a ``None`` value deletes the key."""
+    if not updates:
+        return
+    for k, v in updates.items():
+        if v is None:
+            target.pop(k, None)
+        else:
+            target[k] = v

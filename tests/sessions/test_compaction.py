@@ -1,0 +1,138 @@
+"""Compaction: older turns become one summary; nothing is lost; concurrent calls run once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+from session_kit import running, wait_until
+
+from handlers.adapters import EchoModel
+from sessions import Limits
+from sessions.compaction import llm_summarizer, plan_cut
+from sessions.store.base import Message, Store
+
+
+def _msgs(turns: Sequence[int]) -> list[Message]:
+    return [Message(i, "user", f"m{i}", t, 0.0) for i, t in enumerate(turns)]
+
+
+def test_plan_cut_keeps_the_newest_turns() -> None:
+    """The cut is the last message older than the kept turns; None when nothing is older."""
+    msgs = _msgs([1, 1, 2, 2, 3, 3, 3])
+    assert plan_cut(msgs, 1) == 3
+    assert plan_cut(msgs, 2) == 1
+    assert plan_cut(msgs, 3) is None
+    assert plan_cut(msgs, 0) == 6
+    assert plan_cut([], 2) is None
+
+
+class ShortSummary:
+    """A summariser returning a short text; counts calls; may block until released."""
+
+    def __init__(self, *, block: bool = False) -> None:
+        self.calls = 0
+        self.started = anyio.Event()
+        self.release = anyio.Event()
+        if not block:
+            self.release.set()
+        self.seen: list[tuple[int, ...]] = []
+
+    async def __call__(self, messages: Sequence[Message], previous: Message | None) -> str:
+        self.calls += 1
+        self.seen.append(tuple(m.seq for m in messages))
+        self.started.set()
+        await self.release.wait()
+        return f"summary of {len(messages)}"
+
+
+async def test_compact_summarises_old_turns_and_keeps_originals(store: Store) -> None:
+    """Old messages leave memory for one summary; the store still has every original."""
+    summarize = ShortSummary()
+    limits = Limits(keep_recent_turns=2, compaction_threshold_tokens=None)
+    async with running(store, limits=limits, summarizer=summarize) as m:
+        session = await m.create("c")
+        for i in range(10):
+            await session.send(f"a fairly long message number {i} " * 4)
+        before = session.window.estimated_tokens()
+        metrics = await session.compact()
+        assert metrics.messages_compacted == 16
+        assert metrics.tokens_before == before
+        assert metrics.tokens_after == session.window.estimated_tokens() < before
+        assert metrics.tokens_reclaimed == before - metrics.tokens_after
+        assert metrics.to_dict()["messages_compacted"] == 16
+        history = list(session.history)
+        assert history[0].role == "summary" and history[0].content == "summary of 16"
+        assert [x.turn for x in history[1:]] == [9, 9, 10, 10]
+        everything = await session.all()
+        assert [x.seq for x in everything] == list(range(20))
+        assert (await session.messages(0, 4)).items[0].content.startswith("a fairly long")
+        assert (await session.compact()).messages_compacted == 0  # nothing new to fold
+        await m.close("c")
+        reloaded = await m.get("c")
+        assert [x.role for x in reloaded.history][:2] == ["summary", "user"]
+        assert len(reloaded.history) == 5
+
+
+async def test_compaction_during_sends_loses_nothing(store: Store) -> None:
+    """Turns sent while the summary is computed are kept verbatim after it is applied."""
+    summarize = ShortSummary(block=True)
+    limits = Limits(keep_recent_turns=1, compaction_threshold_tokens=None)
+    async with running(store, limits=limits, summarizer=summarize) as m:
+        session = await m.create("busy")
+        for i in range(4):
+            await session.send(f"before {i}")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.compact)
+            await summarize.started.wait()
+            for i in range(5):
+                assert (await session.send(f"during {i}")).ok
+            summarize.release.set()
+        assert summarize.seen == [(0, 1, 2, 3, 4, 5)]
+        contents = [x.content for x in session.history]
+        assert contents[0] == "summary of 6"
+        assert contents[1:3] == ["before 3", "re: before 3"]
+        assert [c for c in contents if c.startswith("during")] == [f"during {i}" for i in range(5)]
+        assert len(await session.all()) == 18
+
+
+async def test_concurrent_compact_calls_run_once(store: Store) -> None:
+    """A second compact() waits for the first and returns a no-op."""
+    summarize = ShortSummary(block=True)
+    limits = Limits(keep_recent_turns=1, compaction_threshold_tokens=None)
+    async with running(store, limits=limits, summarizer=summarize) as m:
+        session = await m.create("twice")
+        for i in range(4):
+            await session.send(f"x{i}")
+        results = []
+
+        async def compact() -> None:
+            results.append(await session.compact())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(compact)
+            tg.start_soon(compact)
+            await summarize.started.wait()
+            summarize.release.set()
+        assert summarize.calls == 1
+        assert sorted(r.messages_compacted for r in results) == [0, 6]
+
+
+async def test_threshold_triggers_background_compaction(store: Store) -> None:
+    """Passing the token threshold compacts in the background without blocking turns."""
+    limits = Limits(keep_recent_turns=1, compaction_threshold_tokens=40)
+    async with running(store, limits=limits, summarizer=ShortSummary()) as m:
+        session = await m.create("auto")
+        for i in range(6):
+            await session.send(f"message with some words {i}")
+        await wait_until(lambda: session.window.summary is not None)
+        assert session.history[0].role == "summary"
+        assert len(await session.all()) == 12
+
+
+async def test_llm_summarizer_uses_the_adapter() -> None:
+    """The default summariser asks the LLM adapter with the transcript."""
+    summarize = llm_summarizer(EchoModel())
+    previous = Message(1, "summary", "they said hi", 1, 0.0)
+    text = await summarize(_msgs([2, 2]), previous)
+    assert "they said hi" in text and "user: m1" in text

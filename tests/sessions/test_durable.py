@@ -1,0 +1,156 @@
+"""Durable sessions on a real SQLite file: restarts, per-node checkpoints, resume."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from session_kit import SECRET, chain_graph, reply_registry, running
+from structlog.testing import capture_logs
+
+from engine.graph import Graph, Node
+from engine.registry import HandlerRegistry
+from sessions import Limits, SessionManager
+from sessions.store.sqlite import SQLiteStore
+
+
+class Crash(BaseException):
+    """Stands in for the process dying mid-turn (not an Exception: nothing catches it)."""
+
+
+def _classify(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+    return {"intent": f"intent-of-{ctx['session.input']}"}
+
+
+def _format(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+    return {"reply": f"{ctx['session.input']} / {ctx.get('intent')}"}
+
+
+def _registry(*, crash: bool = False, **extra: Any) -> HandlerRegistry:
+    def llm(node: Node, ctx: Mapping[str, Any]) -> None:
+        if crash:
+            raise Crash
+
+    return reply_registry(classify=_classify, format=_format, llm_call=llm, **extra)
+
+
+@asynccontextmanager
+async def sqlite_manager(
+    path: Path, registry: HandlerRegistry, graph: Graph, **kw: Any
+) -> AsyncIterator[SessionManager]:
+    """A manager over a fresh SQLiteStore on ``path`` (like a new process would open)."""
+    store = SQLiteStore(f"sqlite:///{path}", path, secret=SECRET, synchronous="NORMAL")
+    async with store, running(store, registry, graph=graph, **kw) as m:
+        yield m
+
+
+async def test_sessions_survive_a_restart(tmp_path: Path) -> None:
+    """Turn counts, messages, working memory and traces continue after a restart."""
+    db, graph = tmp_path / "s.db", chain_graph()
+
+    def remember(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"memory.working": {"last": ctx["session.input"]}}
+
+    registry = _registry(recall=remember)
+    async with sqlite_manager(db, registry, graph) as m:
+        session = await m.create("durable", agent_id="bot")
+        for i in range(3):
+            await session.send(f"m{i}")
+    async with sqlite_manager(db, registry, graph) as m:
+        session = await m.get("durable")
+        assert (session.turn_count, session.message_count, session.agent_id) == (3, 6, "bot")
+        assert session.working_memory == {"last": "m2"}
+        assert [x.content for x in session.history][:2] == ["m0", "m0 / intent-of-m0"]
+        assert [t.turn for t in await session.traces()] == [1, 2, 3]
+        result = await session.send("m3")
+        assert (result.turn, result.reply) == (4, "m3 / intent-of-m3")
+        page = await session.messages(6, 10)
+        assert [x.seq for x in page.items] == [6, 7]
+
+
+async def test_interrupted_turn_resumes_at_its_checkpoint(tmp_path: Path) -> None:
+    """A turn that died after some nodes continues at the next node, context intact."""
+    db, graph = tmp_path / "cp.db", chain_graph()
+    limits = Limits(checkpoint=True)
+    async with sqlite_manager(db, _registry(crash=True), graph, limits=limits) as m:
+        session = await m.create("crashy")
+        with pytest.raises(Crash):
+            await session.send("hello")
+        cp = (await m.store.load("crashy")).checkpoint
+        assert cp is not None
+        assert (cp.turn, cp.last_node, cp.next_node, cp.input) == (1, "recall", "llm_call", "hello")
+        assert cp.context["intent"] == "intent-of-hello"
+    async with sqlite_manager(db, _registry(), graph, limits=limits) as m:
+        session = await m.get("crashy")
+        assert session.resumable is not None
+        result = await session.resume()
+        assert result is not None and result.ok
+        assert (result.turn, result.reply) == (1, "hello / intent-of-hello")
+        assert [n.node_id for n in result.trace] == ["llm_call", "format", "done"]
+        (record,) = await session.traces()
+        assert [n["id"] for n in record.trace] == list(
+            ("start", "classify", "recall", "llm_call", "format", "done")
+        )
+        assert [x.content for x in session.history] == ["hello", "hello / intent-of-hello"]
+        assert (await m.store.load("crashy")).checkpoint is None
+        assert await session.resume() is None
+        assert (await session.send("next")).turn == 2
+
+
+async def test_auto_resume_on_get(tmp_path: Path) -> None:
+    """With ``auto_resume``, loading the session finishes the interrupted turn."""
+    db, graph = tmp_path / "auto.db", chain_graph()
+    limits = Limits(checkpoint=True)
+    async with sqlite_manager(db, _registry(crash=True), graph, limits=limits) as m:
+        with pytest.raises(Crash):
+            await (await m.create("auto")).send("hi")
+    async with sqlite_manager(db, _registry(), graph, limits=limits, auto_resume=True) as m:
+        session = await m.get("auto")
+        assert session.turn_count == 1 and session.resumable is None
+        assert [x.content for x in session.history] == ["hi", "hi / intent-of-hi"]
+
+
+async def test_changed_graph_reports_and_does_not_replay(tmp_path: Path) -> None:
+    """A checkpoint from another graph is reported, cleared and never replayed."""
+    db = tmp_path / "changed.db"
+    limits = Limits(checkpoint=True)
+    async with sqlite_manager(db, _registry(crash=True), chain_graph(), limits=limits) as m:
+        with pytest.raises(Crash):
+            await (await m.create("moved")).send("lost")
+    with capture_logs() as logs:
+        async with sqlite_manager(db, _registry(), chain_graph(), limits=limits) as m:
+            session = await m.get("moved")
+            assert session.resumable is None
+            assert session.interrupted_turn is not None
+            assert session.interrupted_turn.next_node == "llm_call"
+            assert (await m.store.load("moved")).checkpoint is None
+            assert list(session.history) == []
+            assert (await session.send("fresh")).turn == 1
+    warned = [e for e in logs if e["event"] == "turn.interrupted"]
+    assert warned and warned[0]["reason"] == "turn graph changed"
+
+
+async def test_cancelled_turn_clears_its_checkpoint(tmp_path: Path) -> None:
+    """A turn cancelled by its caller is abandoned: no checkpoint is left to resume."""
+    import anyio
+
+    started = anyio.Event()
+
+    async def llm(node: Node, ctx: Mapping[str, Any]) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    db = tmp_path / "cancel.db"
+    registry = reply_registry(llm_call=llm)
+    async with sqlite_manager(db, registry, chain_graph(), limits=Limits(checkpoint=True)) as m:
+        session = await m.create("abandon")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.send, "bye")
+            await started.wait()
+            assert (await m.store.load("abandon")).checkpoint is not None
+            tg.cancel_scope.cancel()
+        assert (await m.store.load("abandon")).checkpoint is None
+        assert session.phase == "idle" and session.turn_count == 0

@@ -1,0 +1,154 @@
+"""Heartbeats: run beside turns, never block them, applied between turns, back off on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+from session_kit import reply_registry, running, wait_until
+from structlog.testing import capture_logs
+
+from engine.errors import SessionClosed
+from engine.graph import Node
+from sessions import Limits
+from sessions.heartbeat import Heartbeat
+from sessions.store.base import Store
+
+
+class SlowBeat:
+    """A heartbeat handler that blocks until released, then sets working memory."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+        self.calls = 0
+
+    async def __call__(self, node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        self.entered.set()
+        await self.release.wait()
+        return {"memory.working": {"beat": self.calls}, "heartbeat.mode": "reflect"}
+
+
+async def test_a_slow_heartbeat_does_not_delay_a_turn(store: Store) -> None:
+    """While a heartbeat is stuck in flight, turns run and complete."""
+    beat = SlowBeat()
+    async with running(store, reply_registry(beat=beat)) as m:
+        session = await m.create("hb")
+        session.start_heartbeat(0.001)
+        await beat.entered.wait()
+        assert session.heartbeat_in_flight
+        for i in range(3):
+            assert (await session.send(f"while beating {i}")).ok
+        assert session.heartbeat_in_flight and session.working_memory == {}
+        beat.release.set()
+        await wait_until(lambda: session.working_memory.get("beat") == 1)
+        assert session.cognitive_mode == "reflect"
+        session.stop_heartbeat()
+
+
+async def test_heartbeat_result_waits_for_the_running_turn(store: Store) -> None:
+    """A heartbeat finishing mid-turn is applied when the turn ends, then persisted."""
+    entered, release = anyio.Event(), anyio.Event()
+    seen: list[Any] = []
+
+    async def llm(node: Node, ctx: Mapping[str, Any]) -> None:
+        entered.set()
+        await release.wait()
+        seen.append(dict(ctx["session.working_memory"]))
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"memory.working": {"mood": "calm"}}
+
+    async with running(store, reply_registry(llm_call=llm, beat=beat)) as m:
+        session = await m.create("between")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.send, "hello")
+            await entered.wait()
+            assert await session.heartbeat.beat() is True
+            assert session.working_memory == {}  # not applied while the turn runs
+            release.set()
+        assert seen == [{}]
+        assert session.working_memory == {"mood": "calm"}
+        await session.send("persist it")
+        await m.close("between")
+        assert (await m.get("between")).working_memory == {"mood": "calm"}
+
+
+async def test_never_two_heartbeats_at_once(store: Store) -> None:
+    """A beat requested while one is in flight is skipped."""
+    beat = SlowBeat()
+    async with running(store, reply_registry(beat=beat)) as m:
+        session = await m.create("single")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.heartbeat.beat)
+            await beat.entered.wait()
+            assert await session.heartbeat.beat() is False
+            beat.release.set()
+        assert beat.calls == 1 and session.heartbeat.runs == 1
+
+
+async def test_failures_back_off_and_are_reported(store: Store) -> None:
+    """A failing heartbeat is counted, logged, backs off, and never breaks the session."""
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> None:
+        raise RuntimeError("no pulse")
+
+    limits = Limits(heartbeat_max_backoff=0.02)
+    async with running(store, reply_registry(beat=beat), limits=limits) as m:
+        session = await m.create("sick")
+        with capture_logs() as logs:
+            session.start_heartbeat(0.001)
+            await wait_until(lambda: session.heartbeat.failures >= 4)
+            session.stop_heartbeat()
+        hb = session.heartbeat
+        assert hb.error_count >= 4 and "no pulse" in str(hb.last_error)
+        failed = [e for e in logs if e["event"] == "heartbeat.failed"]
+        assert len(failed) >= 4 and failed[0]["session_id"] == "sick"
+        assert [e["failures"] for e in failed[:4]] == [1, 2, 3, 4]
+        assert (await session.send("still alive")).ok
+
+
+def test_backoff_doubles_per_failure_up_to_the_cap() -> None:
+    """next_delay is interval * 2**failures, capped at max_backoff (never below interval)."""
+
+    async def run() -> Mapping[str, Any]:
+        return {}
+
+    hb = Heartbeat("x", run, lambda ctx: None, max_backoff=10.0)
+    hb.interval = 1.0
+    delays = []
+    for failures in range(6):
+        hb.failures = failures
+        delays.append(hb.next_delay())
+    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+async def test_stop_and_close_end_the_heartbeat(store: Store) -> None:
+    """stop_heartbeat and closing the session stop the timer; a closed session refuses one."""
+    calls = 0
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+
+    async with running(store, reply_registry(beat=beat)) as m:
+        session = await m.create("stopper")
+        session.start_heartbeat(0.001)
+        await wait_until(lambda: calls >= 2)
+        assert session.heartbeat_interval == 0.001
+        session.stop_heartbeat()
+        assert session.heartbeat_interval is None and not session.heartbeat.running
+        session.start_heartbeat(0.001)
+        await m.close("stopper")
+        assert not session.heartbeat.running
+        stopped_at = calls
+        for _ in range(20):
+            await anyio.sleep(0.001)
+        assert calls == stopped_at
+        with pytest.raises(SessionClosed):
+            session.start_heartbeat(1.0)
+        with pytest.raises(ValueError, match="interval"):
+            session.heartbeat.start(0, lambda fn: None)
