@@ -28,12 +28,26 @@ in the commands that use them.  Only this module configures structlog.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from engine.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_RUN_FAILED,
+    PROG,
+    Parser,
+    UsageError,
+    check_output,
+    configure_logging,
+    err,
+    one_line,
+    print_json,
+    store_url,
+)
 from engine.errors import GraphValidationError, TurngraphError
 
 if TYPE_CHECKING:
@@ -43,39 +57,6 @@ if TYPE_CHECKING:
     from engine.runner import Engine
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_RUN_FAILED", "main", "one_line"]
-
-EXIT_RUN_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-PROG = "python -m engine.run"
-
-
-class UsageError(Exception):
-    """Bad command-line arguments (argparse's complaint, as one line)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing a usage block and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: error: {message} (see --help)")
-
-
-def _err(line: str) -> None:
-    print(line.replace("\n", " "), file=sys.stderr)
-
-
-def one_line(exc: BaseException) -> str:
-    """A turngraph error as the single line the CLI prints."""
-    if isinstance(exc, GraphValidationError):
-        errors = exc.errors or exc.issues
-        if errors:
-            more = len(errors) - 1
-            suffix = f" (and {more} more: run `{PROG} validate {exc.path}`)" if more else ""
-            return f"{errors[0]}{suffix}"
-    text = " ".join(str(exc).split())
-    return text if ": error: " in text else f"error: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,13 +85,13 @@ def _exit_code(exc: BaseException, verbose: bool) -> int:
     if isinstance(exc, BrokenPipeError):
         raise exc  # the process wrapper ends quietly
     if isinstance(exc, UsageError):
-        _err(str(exc))
+        err(str(exc))
     elif isinstance(exc, TurngraphError):
-        _err(one_line(exc))
+        err(one_line(exc))
     elif isinstance(exc, OSError | UnicodeError):
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
     elif isinstance(exc, Exception):  # a bug of ours: say so in one line, no traceback
-        _err(f"error: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)")
+        err(f"error: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)")
         if verbose:
             import traceback
 
@@ -122,33 +103,6 @@ def _exit_code(exc: BaseException, verbose: bool) -> int:
 
 
 # --------------------------------------------------------------------------- shared
-
-
-def _configure_logging(verbose: bool) -> None:
-    """Quiet by default; ``-v``: node logs on stderr.  Only the CLI configures structlog.
-
-    structlog is imported only when asked for or already loaded by someone else (so a
-    plain run does not pay for it), and it always writes to stderr so ``--json`` output
-    on stdout stays clean.
-    """
-    if not verbose and "structlog" not in sys.modules:
-        return
-    import logging
-
-    import structlog
-
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.INFO if verbose else logging.WARNING
-        ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
 
 
 def _load(path: str, registry: HandlerRegistry) -> Graph:
@@ -191,12 +145,6 @@ def turn_context(
     }
 
 
-def _print_json(doc: Any) -> None:
-    """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON)."""
-    utf = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    print(json.dumps(doc, ensure_ascii=not utf, default=str))
-
-
 def _failure_line(graph: Graph, error: BaseException | None, status: str) -> str:
     """``path:line:col: error: ...`` for the node a run failed at."""
     node = graph.nodes.get(str(getattr(error, "node_id", "")))
@@ -224,13 +172,13 @@ def report_turn(
         doc["nodes"] = trace_rows(trace)
         if error is not None:
             doc["error"] = " ".join(str(error).split())
-        _print_json(doc)
+        print_json(doc)
     else:
         if ok:
             print(reply if reply is not None else "")
         print_renderable(nodes_table(trace, title=f"{graph.path} · {status}"))
     if not ok:
-        _err(_failure_line(graph, error, status))
+        err(_failure_line(graph, error, status))
         return EXIT_RUN_FAILED
     return 0
 
@@ -251,8 +199,8 @@ def _report_run(graph: Graph, result: RunResult, as_json: bool) -> int:
 # --------------------------------------------------------------------------- run / chat
 
 
-def _run_parser() -> _Parser:
-    p = _Parser(
+def _run_parser() -> Parser:
+    p = Parser(
         prog=PROG,
         description="Run a turn graph (one turn with -m, else a chat).",
         epilog=f"other commands: {PROG} validate|render|sessions --help",
@@ -281,7 +229,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
     registry = build_registry()
     graph = _load(args.graph, registry)
     engine = _engine(registry, args.verbose)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     return _one_turn(graph, engine, args.message, args.json)
 
 
@@ -306,7 +254,7 @@ def read_line(prompt: str) -> str | None:
 
 
 def _cmd_validate(argv: Sequence[str]) -> int:
-    p = _Parser(prog=f"{PROG} validate", description="Check graphs; print every problem.")
+    p = Parser(prog=f"{PROG} validate", description="Check graphs; print every problem.")
     p.add_argument("graphs", nargs="+", metavar="GRAPH", help=".dot files")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -339,7 +287,7 @@ _FORMATS = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png", ".pdf": "
 
 
 def _cmd_render(argv: Sequence[str]) -> int:
-    p = _Parser(prog=f"{PROG} render", description="Write a graph as normalised DOT or an image.")
+    p = Parser(prog=f"{PROG} render", description="Write a graph as normalised DOT or an image.")
     p.add_argument("graph", help="the .dot graph")
     p.add_argument(
         "-o", "--output", metavar="FILE", help=".dot/.gv/.svg/.png/.pdf (default: stdout)"
@@ -358,7 +306,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
     if out is None:
         sys.stdout.write(text)
         return 0
-    _check_output(out)
+    check_output(out)
     data = text.encode() if fmt == "dot" else _graphviz(text, fmt, out)
     _write_atomic(out, data)
     print(f"wrote {out}")
@@ -385,15 +333,6 @@ def _graphviz(dot_text: str, fmt: str, out: str) -> bytes:
     return proc.stdout
 
 
-def _check_output(path: str) -> None:
-    """Refuse an output path whose folder is missing, or that names a folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{path}: error: folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: error: is a directory")
-
-
 def _write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a unique temp file, fsync and ``os.replace``."""
     import tempfile
@@ -414,13 +353,6 @@ def _write_atomic(path: str, data: bytes) -> None:
 # --------------------------------------------------------------------------- sessions
 
 
-def _store_url(arg: str | None) -> str:
-    """``--store``, else ``$TURNGRAPH_STORE``, else SQLite in the data dir."""
-    from sessions.store import default_store_url
-
-    return arg or default_store_url()
-
-
 def _run_session(args: argparse.Namespace) -> int:
     """One turn (``-m``) or a chat on a stored session; history comes from the store."""
     if args.session is None:
@@ -434,14 +366,14 @@ def _run_session(args: argparse.Namespace) -> int:
         from engine.errors import GraphFileError
 
         raise GraphFileError(args.graph, "no such file")
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     return anyio.run(_session_main, args)
 
 
 async def _session_main(args: argparse.Namespace) -> int:
     from sessions import SessionManager
 
-    manager = SessionManager(_store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose)
+    manager = SessionManager(store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose)
     async with manager:
         session = await manager.get_or_create(args.session)
         if args.message is not None:
@@ -464,7 +396,7 @@ async def _session_turn(
         if result.ok:
             print(f"bot> {result.reply}")
         else:
-            _err(_failure_line(graph, result.error, result.status))
+            err(_failure_line(graph, result.error, result.status))
         return 0 if result.ok else EXIT_RUN_FAILED
     return report_turn(
         graph,
@@ -479,175 +411,11 @@ async def _session_turn(
     )
 
 
-def _sessions_parser() -> _Parser:
-    p = _Parser(prog=f"{PROG} sessions", description="Inspect and manage stored sessions.")
-    p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
-    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
-    ls = sub.add_parser("list", help="every session")
-    ls.add_argument("--json", action="store_true")
-    ls.add_argument("--limit", type=int, default=100)
-    show = sub.add_parser("show", help="a session's metadata, messages and turns (verified)")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
-    show.add_argument("-n", "--last", type=int, default=20, help="messages/turns to show")
-    exp = sub.add_parser("export", help="write a signed JSON export")
-    exp.add_argument("id")
-    exp.add_argument("-o", "--output", metavar="FILE", required=True, help="- for stdout")
-    imp = sub.add_parser("import", help="verify and store an export file")
-    imp.add_argument("file")
-    imp.add_argument("--replace", action="store_true", help="overwrite an existing session")
-    for name, text in (("delete", "delete a session"), ("compact", "summarise old messages")):
-        sub.add_parser(name, help=text).add_argument("id")
-    for action in sub.choices.values():  # the shared options work after the action too
-        action.add_argument("--store", metavar="URL", default=argparse.SUPPRESS)
-        action.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
-    return p
-
-
 def _cmd_sessions(argv: Sequence[str]) -> int:
-    args = _sessions_parser().parse_args(argv)
-    import anyio
+    from engine.cli_sessions import cmd_sessions
 
-    if getattr(args, "id", None) is not None:
-        from sessions.store import validate_session_id
+    return cmd_sessions(argv)
 
-        validate_session_id(args.id)
-    _configure_logging(args.verbose)
-    return anyio.run(_SESSION_ACTIONS[args.action], args)
-
-
-async def _sessions_list(args: argparse.Namespace) -> int:
-    from engine.cli_views import print_renderable, sessions_table
-    from sessions.store import open_store
-
-    async with open_store(_store_url(args.store)) as store:
-        metas = await store.list_sessions(0, max(1, args.limit))
-        url = store.url
-    if args.json:
-        _print_json([_meta_dict(m) for m in metas])
-    else:
-        print_renderable(sessions_table(metas, title=f"sessions in {url}"))
-    return 0
-
-
-def _meta_dict(meta: Any) -> dict[str, Any]:
-    return {
-        "id": meta.id,
-        "agent_id": meta.agent_id,
-        "type": meta.type,
-        "turns": meta.turn_count,
-        "messages": meta.message_count,
-        "cognitive_mode": meta.cognitive_mode,
-        "goals": list(meta.goals),
-        "working_memory": dict(meta.working_memory),
-        "created_at": meta.created_at,
-        "updated_at": meta.updated_at,
-    }
-
-
-async def _sessions_show(args: argparse.Namespace) -> int:
-    from sessions.store import open_store
-
-    last = max(1, args.last)
-    async with open_store(_store_url(args.store)) as store:
-        checked = await store.verify(args.id)  # tampering is an error, not a display
-        loaded = await store.load(args.id, recent=last)
-        meta = loaded.meta
-        turns = await store.turns(args.id, max(0, meta.turn_count - last), last)
-    if args.json:
-        doc = _meta_dict(meta)
-        doc["verified_records"] = checked
-        doc["messages_shown"] = [
-            {"seq": m.seq, "role": m.role, "content": m.content, "turn": m.turn}
-            for m in loaded.recent
-        ]
-        doc["turns_shown"] = [
-            {"turn": t.turn, "status": t.status, "nodes": list(t.trace), "error": t.error}
-            for t in turns
-        ]
-        _print_json(doc)
-        return 0
-    _print_session(meta, loaded.recent, turns, checked)
-    return 0
-
-
-def _print_session(meta: Any, messages: Sequence[Any], turns: Sequence[Any], checked: int) -> None:
-    from rich.table import Table
-
-    from engine.cli_views import print_renderable, sessions_table, turns_table
-
-    print_renderable(
-        sessions_table([meta], title=f"session {meta.id} · {checked} records verified")
-    )
-    table = Table(title="messages", title_justify="left")
-    for name in ("seq", "turn", "role", "content"):
-        table.add_column(name, justify="right" if name in ("seq", "turn") else "left")
-    for m in messages:
-        table.add_row(str(m.seq), str(m.turn), m.role, m.content.replace("[", r"\["))
-    print_renderable(table)
-    print_renderable(turns_table(turns))
-
-
-async def _sessions_export(args: argparse.Namespace) -> int:
-    from sessions.store import open_store, write_export
-
-    async with open_store(_store_url(args.store)) as store:
-        doc = await store.export(args.id)
-    if args.output == "-":
-        _print_json(doc)
-        return 0
-    _check_output(args.output)
-    path = write_export(args.output, doc)
-    print(f"exported session {args.id} to {path}")
-    return 0
-
-
-async def _sessions_import(args: argparse.Namespace) -> int:
-    from sessions.store import open_store, read_export
-
-    doc = read_export(args.file)
-    async with open_store(_store_url(args.store)) as store:
-        meta = await store.import_(doc, replace=args.replace)
-    print(f"imported session {meta.id} ({meta.turn_count} turns, {meta.message_count} messages)")
-    return 0
-
-
-async def _sessions_delete(args: argparse.Namespace) -> int:
-    from engine.errors import SessionNotFound
-    from sessions.store import open_store
-
-    async with open_store(_store_url(args.store)) as store:
-        if not await store.delete(args.id):
-            raise SessionNotFound(args.id, "no such session")
-    print(f"deleted session {args.id}")
-    return 0
-
-
-async def _sessions_compact(args: argparse.Namespace) -> int:
-    from sessions import SessionManager
-
-    async with SessionManager(_store_url(args.store)) as manager:
-        result = await manager.compact(args.id)
-    if result.messages_compacted == 0:
-        print(f"session {args.id}: nothing to compact")
-    else:
-        m = result.to_dict()
-        print(
-            f"session {args.id}: compacted {m['messages_compacted']} messages, "
-            f"{m['tokens_before']} → {m['tokens_after']} tokens"
-        )
-    return 0
-
-
-_SESSION_ACTIONS: Mapping[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
-    "list": _sessions_list,
-    "show": _sessions_show,
-    "export": _sessions_export,
-    "import": _sessions_import,
-    "delete": _sessions_delete,
-    "compact": _sessions_compact,
-}
 
 _COMMANDS: Mapping[str, Callable[[Sequence[str]], int]] = {
     "validate": _cmd_validate,

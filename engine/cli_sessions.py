@@ -1,0 +1,185 @@
+"""``python -m engine.run sessions ...``: list, show, export, import, delete, compact
+stored sessions, with rich tables.  Every action opens the store named by ``--store``
+(default ``$TURNGRAPH_STORE``, else SQLite in the data directory) and closes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from engine.cli_common import PROG, Parser, check_output, configure_logging, print_json, store_url
+
+__all__ = ["ACTIONS", "cmd_sessions"]
+
+
+def _sessions_parser() -> Parser:
+    p = Parser(prog=f"{PROG} sessions", description="Inspect and manage stored sessions.")
+    p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
+    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
+    ls = sub.add_parser("list", help="every session")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--limit", type=int, default=100)
+    show = sub.add_parser("show", help="a session's metadata, messages and turns (verified)")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("-n", "--last", type=int, default=20, help="messages/turns to show")
+    exp = sub.add_parser("export", help="write a signed JSON export")
+    exp.add_argument("id")
+    exp.add_argument("-o", "--output", metavar="FILE", required=True, help="- for stdout")
+    imp = sub.add_parser("import", help="verify and store an export file")
+    imp.add_argument("file")
+    imp.add_argument("--replace", action="store_true", help="overwrite an existing session")
+    for name, text in (("delete", "delete a session"), ("compact", "summarise old messages")):
+        sub.add_parser(name, help=text).add_argument("id")
+    for action in sub.choices.values():  # the shared options work after the action too
+        action.add_argument("--store", metavar="URL", default=argparse.SUPPRESS)
+        action.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    return p
+
+
+def cmd_sessions(argv: Sequence[str]) -> int:
+    args = _sessions_parser().parse_args(argv)
+    import anyio
+
+    if getattr(args, "id", None) is not None:
+        from sessions.store import validate_session_id
+
+        validate_session_id(args.id)
+    configure_logging(args.verbose)
+    return anyio.run(ACTIONS[args.action], args)
+
+
+async def _sessions_list(args: argparse.Namespace) -> int:
+    from engine.cli_views import print_renderable, sessions_table
+    from sessions.store import open_store
+
+    async with open_store(store_url(args.store)) as store:
+        metas = await store.list_sessions(0, max(1, args.limit))
+        url = store.url
+    if args.json:
+        print_json([_meta_dict(m) for m in metas])
+    else:
+        print_renderable(sessions_table(metas, title=f"sessions in {url}"))
+    return 0
+
+
+def _meta_dict(meta: Any) -> dict[str, Any]:
+    return {
+        "id": meta.id,
+        "agent_id": meta.agent_id,
+        "type": meta.type,
+        "turns": meta.turn_count,
+        "messages": meta.message_count,
+        "cognitive_mode": meta.cognitive_mode,
+        "goals": list(meta.goals),
+        "working_memory": dict(meta.working_memory),
+        "created_at": meta.created_at,
+        "updated_at": meta.updated_at,
+    }
+
+
+async def _sessions_show(args: argparse.Namespace) -> int:
+    from sessions.store import open_store
+
+    last = max(1, args.last)
+    async with open_store(store_url(args.store)) as store:
+        checked = await store.verify(args.id)  # tampering is an error, not a display
+        loaded = await store.load(args.id, recent=last)
+        meta = loaded.meta
+        turns = await store.turns(args.id, max(0, meta.turn_count - last), last)
+    if args.json:
+        doc = _meta_dict(meta)
+        doc["verified_records"] = checked
+        doc["messages_shown"] = [
+            {"seq": m.seq, "role": m.role, "content": m.content, "turn": m.turn}
+            for m in loaded.recent
+        ]
+        doc["turns_shown"] = [
+            {"turn": t.turn, "status": t.status, "nodes": list(t.trace), "error": t.error}
+            for t in turns
+        ]
+        print_json(doc)
+        return 0
+    _print_session(meta, loaded.recent, turns, checked)
+    return 0
+
+
+def _print_session(meta: Any, messages: Sequence[Any], turns: Sequence[Any], checked: int) -> None:
+    from rich.table import Table
+
+    from engine.cli_views import print_renderable, sessions_table, turns_table
+
+    print_renderable(
+        sessions_table([meta], title=f"session {meta.id} · {checked} records verified")
+    )
+    table = Table(title="messages", title_justify="left")
+    for name in ("seq", "turn", "role", "content"):
+        table.add_column(name, justify="right" if name in ("seq", "turn") else "left")
+    for m in messages:
+        table.add_row(str(m.seq), str(m.turn), m.role, m.content.replace("[", r"\["))
+    print_renderable(table)
+    print_renderable(turns_table(turns))
+
+
+async def _sessions_export(args: argparse.Namespace) -> int:
+    from sessions.store import open_store, write_export
+
+    async with open_store(store_url(args.store)) as store:
+        doc = await store.export(args.id)
+    if args.output == "-":
+        print_json(doc)
+        return 0
+    check_output(args.output)
+    path = write_export(args.output, doc)
+    print(f"exported session {args.id} to {path}")
+    return 0
+
+
+async def _sessions_import(args: argparse.Namespace) -> int:
+    from sessions.store import open_store, read_export
+
+    doc = read_export(args.file)
+    async with open_store(store_url(args.store)) as store:
+        meta = await store.import_(doc, replace=args.replace)
+    print(f"imported session {meta.id} ({meta.turn_count} turns, {meta.message_count} messages)")
+    return 0
+
+
+async def _sessions_delete(args: argparse.Namespace) -> int:
+    from engine.errors import SessionNotFound
+    from sessions.store import open_store
+
+    async with open_store(store_url(args.store)) as store:
+        if not await store.delete(args.id):
+            raise SessionNotFound(args.id, "no such session")
+    print(f"deleted session {args.id}")
+    return 0
+
+
+async def _sessions_compact(args: argparse.Namespace) -> int:
+    from sessions import SessionManager
+
+    async with SessionManager(store_url(args.store)) as manager:
+        result = await manager.compact(args.id)
+    if result.messages_compacted == 0:
+        print(f"session {args.id}: nothing to compact")
+    else:
+        m = result.to_dict()
+        print(
+            f"session {args.id}: compacted {m['messages_compacted']} messages, "
+            f"{m['tokens_before']} → {m['tokens_after']} tokens"
+        )
+    return 0
+
+
+ACTIONS: Mapping[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "list": _sessions_list,
+    "show": _sessions_show,
+    "export": _sessions_export,
+    "import": _sessions_import,
+    "delete": _sessions_delete,
+    "compact": _sessions_compact,
+}
