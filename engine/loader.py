@@ -53,6 +53,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Generic, TypeVar
@@ -206,6 +207,13 @@ def _from_text(text: str, data: bytes, path: str, registry: Collection[str] | No
 def _build(text: str, path: str, digest: str, registry: Collection[str] | None) -> Graph:
     """Parse and compile ``text``; raise every problem at once, or return the Graph."""
     raw = parse_dot(text, path)
+    if not raw.directed:
+        # The wrong kind of file, like a syntax error: every rule below would only add
+        # noise (no start, unknown handlers...), so this error stands alone.
+        kind = Issue(
+            "error", "an undirected 'graph': turn graphs are 'digraph'", path, raw.line, raw.col
+        )
+        raise GraphValidationError(path, (kind,))
     issues: list[Issue] = []
     attrs = _graph_attrs(raw, path, issues)
     default_retry = _retry(attrs, RetryPolicy(), "default_max_retries")
@@ -217,7 +225,11 @@ def _build(text: str, path: str, digest: str, registry: Collection[str] | None) 
         i for i, n in nodes.items() if n.shape.lower() == "msquare" or n.handler in EXIT_HANDLERS
     )
     cols = [e.col for e in raw.edges]
-    issues += structure_issues(path, nxg, nodes, edges, starts, exits, cols)
+    issues += [
+        # Whole-graph problems (no start, no exit) point at the graph's own line.
+        i if i.line else replace(i, line=raw.line, col=raw.col)
+        for i in structure_issues(path, nxg, nodes, edges, starts, exits, cols)
+    ]
     if any(i.severity == "error" for i in issues):
         if registry is not None:
             issues += handler_issues(path, nodes, registry)
@@ -247,8 +259,6 @@ def _graph_attrs(raw: RawGraph, path: str, issues: list[Issue]) -> dict[str, Val
     attrs, problems = type_attrs(raw.attrs, GRAPH_KINDS)
     where = (path, raw.line, raw.col)
     issues.extend(Issue("error", f"graph: {p}", *where) for p in problems)
-    if not raw.directed:
-        issues.append(Issue("error", "an undirected 'graph': turn graphs are 'digraph'", *where))
     if raw.strict:
         issues.append(Issue("warning", "'strict' is ignored: parallel edges are kept", *where))
     return attrs

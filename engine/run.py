@@ -176,7 +176,10 @@ def report_turn(
     else:
         if ok:
             print(reply if reply is not None else "")
-        print_renderable(nodes_table(trace, title=f"{graph.path} · {status}"))
+        where = ""
+        if "turn" in extra:
+            where = f"session {extra['session_id']} · turn {extra['turn']} · "
+        print_renderable(nodes_table(trace, title=f"{where}{graph.path} · {status}"))
     if not ok:
         err(_failure_line(graph, error, status))
         return EXIT_RUN_FAILED
@@ -340,6 +343,10 @@ def _write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".render-", suffix=".tmp")
     try:
+        # mkstemp creates 0600; a rendered picture gets the mode any new file would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -144,7 +144,8 @@ class Engine:
     """Runs graphs with the handlers of one registry.
 
     ``observers`` receive every event of every run; ``run(observers=...)`` adds more for
-    one run.  ``max_steps`` bounds cycles (a graph's own ``max_steps`` attribute wins).
+    one run.  ``max_steps`` bounds cycles; a graph's own ``max_steps`` attribute may lower
+    that bound for its runs, never raise it.
     ``rng`` drives retry jitter (pass a seeded ``random.Random`` for reproducible
     tests); ``sleep`` is the backoff sleep (anyio's by default).
     """
@@ -214,7 +215,9 @@ class Engine:
             steps[node.id] = _compile_step(graph, node, self.registry.get(node.handler))
         if issues:
             raise GraphValidationError(graph.path, tuple(issues))
-        return _Plan(graph, graph.start, MappingProxyType(steps), graph.max_steps or self.max_steps)
+        # The engine's bound is the operator's safety limit: a graph may only tighten it.
+        max_steps = min(graph.max_steps or self.max_steps, self.max_steps)
+        return _Plan(graph, graph.start, MappingProxyType(steps), max_steps)
 
     # ------------------------------------------------------------------ run
 

@@ -7,7 +7,6 @@ in its tmp dir) and runs without an ambient ``TURNGRAPH_STORE`` or
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ import pytest
 @pytest.fixture(autouse=True)
 def _isolated_turngraph_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Path]:
+) -> Path:
     home = tmp_path_factory.mktemp("turngraph-home")
     monkeypatch.setenv("TURNGRAPH_HOME", str(home))
     monkeypatch.delenv("TURNGRAPH_STORE", raising=False)
     monkeypatch.delenv("TURNGRAPH_SECRET", raising=False)
-    yield home
+    return home

@@ -156,7 +156,7 @@ def test_failing_run_exits_1_with_one_line(files: Path, capsys: pytest.CaptureFi
         ("blank.dot", "blank.dot: error: "),
         ("binary.dot", "binary.dot: error: "),
         ("latin1.dot", "latin1.dot"),
-        ("undirected.dot", "undirected.dot:"),
+        ("undirected.dot", "undirected.dot:1:1: error: an undirected 'graph'"),
         ("syntax.dot", "syntax.dot:3:"),
         ("invalid.dot", "invalid.dot:3:"),
     ],
@@ -467,6 +467,9 @@ def test_session_turns_continue_a_stored_conversation(
     assert cli.main(["sessions", "--store", store, "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(s["id"], s["turns"], s["messages"]) for s in listed] == [("s1", 2, 4)]
+    # Without --json the table title says which session and turn this was.
+    assert cli.main([TURN, "-m", "third", "--session", "s1", "--store", store]) == 0
+    assert "session s1 · turn 3 ·" in capsys.readouterr().out
 
 
 def test_sessions_show_verifies_and_lists(store: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -576,3 +579,16 @@ def test_sessions_compact_summarises_old_turns(
     assert "s8: compacted 4 messages" in capsys.readouterr().out
     assert cli.main(["sessions", "show", "s8", "--store", store, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["turns"] == 6
+
+
+def test_rendered_file_gets_the_usual_permissions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The atomic temp file is private, but the result has the mode the umask gives."""
+    out = tmp_path / "turn.dot"
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["render", TURN, "-o", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644

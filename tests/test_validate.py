@@ -42,10 +42,10 @@ def test_a_valid_graph_loads() -> None:
 
 
 def test_missing_start_and_exit() -> None:
-    """No start and no exit are two whole-graph errors (line 0)."""
-    assert messages("digraph { a -> b }") == [
-        "<string>:0:0: error: no start node (shape=Mdiamond or id 'start')",
-        "<string>:0:0: error: no exit node (shape=Msquare or id 'exit'/'done')",
+    """No start and no exit are two whole-graph errors, at the graph's own line."""
+    assert messages("\ndigraph { a -> b }") == [
+        "<string>:2:1: error: no start node (shape=Mdiamond or id 'start')",
+        "<string>:2:1: error: no exit node (shape=Msquare or id 'exit'/'done')",
     ]
 
 
@@ -168,9 +168,10 @@ def test_condition_syntax_error_names_the_edge_and_line() -> None:
 
 def test_undirected_graph_and_edges() -> None:
     """``graph {}`` and ``--`` edges are rejected with a clear message."""
-    assert (
-        "an undirected 'graph': turn graphs are 'digraph'" in messages("graph { start -- done }")[0]
-    )
+    # The wrong kind of graph stands alone: no noise about starts, exits or handlers.
+    assert messages("graph { a -- b }") == [
+        "<string>:1:1: error: an undirected 'graph': turn graphs are 'digraph'"
+    ]
     assert messages("digraph {\n start -- done\n}") == [
         "<string>:2:8: error: edge start -> done: undirected '--' edge (turn graphs use '->')",
     ]
