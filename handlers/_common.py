@@ -4,12 +4,13 @@ placeholder substitution.  Private: the public face is :mod:`handlers`."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from engine.graph import Node
 
 __all__ = [
+    "NodeSettings",
     "attr_bool",
     "attr_int",
     "attr_str",
@@ -18,6 +19,39 @@ __all__ = [
     "recent_messages",
     "role_content",
 ]
+
+
+T = TypeVar("T")
+
+
+class NodeSettings(Generic[T]):
+    """A handler's settings, parsed from a node's attributes once per :class:`Node`.
+
+    A ``Node`` is immutable, so what ``parse(node)`` returns stays right for as long as
+    that node exists; the turn loop then reads a tuple instead of re-typing attributes
+    on every visit.  Entries are keyed by ``id(node)`` and hold the node itself (so the
+    id cannot be reused while cached; the identity check is a second guard).  A
+    ``parse`` that raises caches nothing: a bad setting fails every visit, as before.
+    At most ``size`` nodes are kept; past that the cache starts over.
+    """
+
+    __slots__ = ("_entries", "_parse", "size")
+
+    def __init__(self, parse: Callable[[Node], T], *, size: int = 256) -> None:
+        self._parse = parse
+        self._entries: dict[int, tuple[Node, T]] = {}
+        self.size = size
+
+    def __call__(self, node: Node) -> T:
+        """The parsed settings of ``node``."""
+        entry = self._entries.get(id(node))
+        if entry is not None and entry[0] is node:
+            return entry[1]
+        value = self._parse(node)
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[id(node)] = (node, value)
+        return value
 
 
 def attr_str(node: Node, key: str, default: str) -> str:
@@ -92,7 +126,15 @@ def recent_messages(context: Mapping[str, Any], limit: int) -> list[dict[str, st
     n = len(history)
     out: list[dict[str, str]] = []
     for message in history[max(0, n - limit) : n]:
-        role, content = role_content(message)
+        # role_content() inlined for its common case (a Message record with text
+        # fields): this loop runs for every message a model call sees, every turn.
+        try:
+            role, content = message.role, message.content
+        except AttributeError:
+            role, content = role_content(message)
+        else:
+            if type(role) is not str or type(content) is not str:
+                role, content = role_content(message)
         if role == "summary":
             role, content = "system", f"Summary of the earlier conversation: {content}"
         out.append({"role": role, "content": content})

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.graph import Node
 from engine.outcome import Outcome
-from handlers._common import attr_int, attr_str
+from handlers._common import NodeSettings, attr_int, attr_str
 
 __all__ = ["DEFAULT_DENY", "Classify", "intent_of"]
 
@@ -46,7 +46,10 @@ class Classify:
     Control characters other than tab and newline block an input too.
     """
 
-    __slots__ = ()
+    __slots__ = ("_settings",)
+
+    def __init__(self) -> None:
+        self._settings = NodeSettings(_parse)
 
     def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
         raw = context.get("session.input")
@@ -62,16 +65,22 @@ class Classify:
         }
         return Outcome("success", updates, preferred_label=intent)
 
-    @staticmethod
-    def _blocked(node: Node, text: str) -> str:
-        limit = attr_int(node, "max_chars", 4000)
+    def _blocked(self, node: Node, text: str) -> str:
+        limit, phrases = self._settings(node)
         if limit and len(text) > limit:
             return f"input longer than {limit} characters"
         if _CONTROL.search(text):
             return "input contains control characters"
-        deny = attr_str(node, "deny", "|".join(DEFAULT_DENY))
-        folded = _SPACES.sub(" ", text.lower())
-        for phrase in filter(None, (p.strip().lower() for p in deny.split("|"))):
-            if phrase in folded:
-                return "input contains a blocked phrase"
+        if phrases:
+            folded = _SPACES.sub(" ", text.lower())
+            for phrase in phrases:
+                if phrase in folded:
+                    return "input contains a blocked phrase"
         return ""
+
+
+def _parse(node: Node) -> tuple[int, tuple[str, ...]]:
+    """``(max_chars, deny phrases folded to lower case, blanks dropped)``."""
+    deny = attr_str(node, "deny", "|".join(DEFAULT_DENY))
+    phrases = tuple(filter(None, (p.strip().lower() for p in deny.split("|"))))
+    return attr_int(node, "max_chars", 4000), phrases

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.errors import AdapterError, TransientAdapterError
 from engine.graph import Node
 from engine.outcome import Outcome
-from handlers._common import attr_bool, attr_int, attr_str, fill, input_text, recent_messages
+from handlers._common import (
+    NodeSettings,
+    attr_bool,
+    attr_int,
+    attr_str,
+    fill,
+    input_text,
+    recent_messages,
+)
 from handlers.adapters.llm import LLM
 from handlers.adapters.tools import Tools
 from handlers.adapters.types import LLMResponse, MemoryItem, ToolCall, ToolResult
@@ -28,11 +36,40 @@ def add_usage(context: Mapping[str, Any], response: LLMResponse) -> dict[str, in
     }
 
 
-def _system(node: Node, items: Sequence[MemoryItem]) -> str:
-    system = attr_str(node, "system", DEFAULT_SYSTEM)
+def _system(system: str, items: Sequence[MemoryItem]) -> str:
     if items:
         system += "\n\nRelevant memory:\n" + "\n".join(f"- {i.text}" for i in items)
     return system
+
+
+class _Settings(NamedTuple):
+    """An ``llm_call`` node's settings, typed once per node."""
+
+    system: str
+    history: int
+    max_tokens: int | None
+    prompt: str | None
+    tools: bool
+    max_tool_rounds: int | None
+    """``None`` when tools are off: the setting is then never read (nor checked)."""
+
+
+def _parse(node: Node) -> _Settings:
+    # Read in the order the settings were always checked, so a node with two bad
+    # settings still reports the same one.
+    tools = attr_bool(node, "tools", False)
+    max_tool_rounds = attr_int(node, "max_tool_rounds", 3) if tools else None
+    max_tokens = attr_int(node, "max_tokens", 0) or None
+    history = attr_int(node, "history", 20)
+    prompt = node.attrs.get("prompt")
+    return _Settings(
+        system=attr_str(node, "system", DEFAULT_SYSTEM),
+        history=history,
+        max_tokens=max_tokens,
+        prompt=None if prompt is None else str(prompt),
+        tools=tools,
+        max_tool_rounds=max_tool_rounds,
+    )
 
 
 class LLMCall:
@@ -50,22 +87,23 @@ class LLMCall:
     ``max_tokens`` is passed on.  Adapter errors propagate (transient ones are retried).
     """
 
-    __slots__ = ("llm", "tools")
+    __slots__ = ("_settings", "llm", "tools")
 
     def __init__(self, llm: LLM, tools: Tools) -> None:
         self.llm = llm
         self.tools = tools
+        self._settings = NodeSettings(_parse)
 
     async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
         items: Sequence[MemoryItem] = context.get("recall.items") or ()
         rounds = int(context.get("tools.rounds") or 0)
-        offer = attr_bool(node, "tools", False) and rounds < attr_int(node, "max_tool_rounds", 3)
-        max_tokens = attr_int(node, "max_tokens", 0) or None
+        settings = self._settings(node)
+        offer = settings.tools and rounds < (settings.max_tool_rounds or 0)
         response = await self.llm.complete(
-            self._messages(node, context),
-            system=_system(node, items),
+            self._messages(settings, context),
+            system=_system(settings.system, items),
             tools=self.tools.specs() if offer else None,
-            max_tokens=max_tokens,
+            max_tokens=settings.max_tokens,
         )
         wants = offer and bool(response.tool_calls)
         updates = {
@@ -79,15 +117,12 @@ class LLMCall:
         return Outcome("success", updates, preferred_label="tools" if wants else "reply")
 
     @staticmethod
-    def _messages(node: Node, context: Mapping[str, Any]) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = list(
-            recent_messages(context, attr_int(node, "history", 20))
-        )
+    def _messages(settings: _Settings, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = recent_messages(context, settings.history)
         text = input_text(context)
-        prompt = node.attrs.get("prompt")
-        if prompt is not None:
+        if settings.prompt is not None:
             # {input} first is wrong: the user's own braces would then be expanded.
-            text = fill(str(prompt), context, {}).replace("{input}", text)
+            text = fill(settings.prompt, context, {}).replace("{input}", text)
         messages.append({"role": "user", "content": text})
         messages.extend(context.get("turn.messages") or ())
         return messages

@@ -7,7 +7,7 @@ from typing import Any
 
 from engine.graph import Node
 from engine.outcome import Outcome
-from handlers._common import attr_int, input_text
+from handlers._common import NodeSettings, attr_int, input_text
 from handlers.adapters.memory import Memory, keywords
 from handlers.adapters.types import MemoryItem
 
@@ -22,18 +22,19 @@ class Recall:
     """Sets ``recall.items``: up to ``limit`` (default 5) memory items relevant to the
     input, best first (empty for an empty input)."""
 
-    __slots__ = ("memory",)
+    __slots__ = ("_limit", "memory")
 
     def __init__(self, memory: Memory) -> None:
         self.memory = memory
+        self._limit = NodeSettings(lambda node: attr_int(node, "limit", 5))
 
     async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
         query = input_text(context)
-        limit = attr_int(node, "limit", 5)
+        limit = self._limit(node)
         if not query or not limit:
             return Outcome("success", {"recall.items": ()})
         items = await self.memory.recall(query, session_id=_session_id(context), limit=limit)
-        return Outcome("success", {"recall.items": tuple(items)})
+        return Outcome("success", {"recall.items": items if type(items) is tuple else tuple(items)})
 
 
 class UpdateMemory:
@@ -44,10 +45,11 @@ class UpdateMemory:
     Blocked or empty input is not remembered (status ``skipped``).
     """
 
-    __slots__ = ("memory",)
+    __slots__ = ("_topic_words", "memory")
 
     def __init__(self, memory: Memory) -> None:
         self.memory = memory
+        self._topic_words = NodeSettings(lambda node: attr_int(node, "topic_words", 3))
 
     async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
         text = input_text(context)
@@ -57,7 +59,7 @@ class UpdateMemory:
         turn = int(context.get("session.turn_count") or 0)
         item = MemoryItem(f"user: {text}\nassistant: {reply}", "exchange", meta={"turn": turn})
         await self.memory.remember([item], session_id=_session_id(context))
-        words = list(dict.fromkeys(keywords(text)))[: attr_int(node, "topic_words", 3)]
+        words = list(dict.fromkeys(keywords(text)))[: self._topic_words(node)]
         topic = " ".join(words)
         working = {"last_intent": str(context.get("intent") or "chat"), "topic": topic}
         return Outcome("success", {"memory.working": working, "memory.stored": 1})

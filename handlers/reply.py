@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.graph import Node
 from engine.outcome import Outcome
-from handlers._common import attr_int, attr_str, fill
+from handlers._common import NodeSettings, attr_int, attr_str, fill
 
 __all__ = ["ALIASES", "DEFAULT_FALLBACK", "Format", "normalise"]
 
@@ -29,8 +29,11 @@ _BLANK_RUN = re.compile(r"\n{3,}")
 
 def normalise(text: str) -> str:
     """Strip the text and each line's trailing spaces; at most one blank line in a row."""
-    lines = "\n".join(line.rstrip() for line in text.strip().splitlines())
-    return _BLANK_RUN.sub("\n\n", lines)
+    lines = text.strip().splitlines()
+    if len(lines) == 1:
+        return lines[0]  # already stripped: nothing to rstrip or collapse
+    joined = "\n".join(line.rstrip() for line in lines)
+    return _BLANK_RUN.sub("\n\n", joined)
 
 
 class Format:
@@ -44,18 +47,26 @@ class Format:
     ``fallback`` (default :data:`DEFAULT_FALLBACK`) when empty.
     """
 
-    __slots__ = ()
+    __slots__ = ("_settings",)
+
+    def __init__(self) -> None:
+        self._settings = NodeSettings(_parse)
 
     def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
-        fixed = node.attrs.get("reply", node.attrs.get("template"))
+        fixed, limit = self._settings(node)
         if fixed is not None:
-            text = fill(str(fixed), context, ALIASES)
+            text = fill(fixed, context, ALIASES)
         else:
             text = str(context.get("llm.text") or "")
         reply = normalise(text)
-        limit = attr_int(node, "max_chars", 0)
         if limit and len(reply) > limit:
             reply = reply[: max(0, limit - 1)].rstrip() + "…"
         if not reply:
             reply = attr_str(node, "fallback", DEFAULT_FALLBACK)
         return Outcome("success", {"reply": reply})
+
+
+def _parse(node: Node) -> tuple[str | None, int]:
+    """``(the reply or template setting, max_chars)``."""
+    fixed = node.attrs.get("reply", node.attrs.get("template"))
+    return None if fixed is None else str(fixed), attr_int(node, "max_chars", 0)

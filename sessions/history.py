@@ -149,15 +149,24 @@ class HistoryView(Sequence[Message]):
             raise IndexError("history index out of range") from None
 
     def _slice(self, index: slice) -> tuple[Message, ...]:
-        size = len(self)
-        start, stop, _ = index.indices(size)
+        w = self._window
+        items, summary = w.messages, w.summary
+        start, stop, _ = index.indices(len(items) + (summary is not None))
         if stop <= start:
             return ()
+        head: tuple[Message, ...] = ()
+        if summary is not None:  # shift to deque positions; the summary is position -1
+            if start == 0:
+                head, start = (summary,), 1
+            start, stop = start - 1, stop - 1
+        size = len(items)
         if start < size - stop:
-            return tuple(islice(self, start, stop))
-        # A tail slice (the common case: "the last 20 messages") walks from the newest
-        # end, so its cost is the slice's length, not the window's.
-        return tuple(islice(reversed(self), size - stop, size - start))[::-1]
+            body = tuple(islice(items, start, stop))
+        else:
+            # A tail slice (the common case: "the last 20 messages") walks the deque
+            # from its newest end, so its cost is the slice's length, not the window's.
+            body = tuple(islice(reversed(items), size - stop, size - start))[::-1]
+        return head + body if head else body
 
     def __iter__(self) -> Iterator[Message]:
         w = self._window

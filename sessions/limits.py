@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.runner import DEFAULT_MAX_STEPS
 from sessions.store.codec import validate_session_id
 
 __all__ = ["Limits", "validate_session_id"]
@@ -26,8 +27,19 @@ class Limits:
     background compaction that keeps the last ``keep_recent_turns`` turns verbatim.
     ``checkpoint`` saves the in-flight turn after every node so a crashed process can
     resume it.  Heartbeat failures back off exponentially up to ``heartbeat_max_backoff``
-    seconds.  ``max_reasoning_steps`` caps the nodes one turn may visit;
-    ``max_tool_calls`` is exposed to handlers as ``limits.max_tool_calls``.
+    seconds.
+
+    Retention, per session (the seed system's defaults; past a limit the oldest items
+    leave memory, never the store): ``max_messages`` messages; ``max_reasoning_steps``
+    reasoning steps, a step being one node visit of the traversal log (a turn's record
+    stays in memory only while all its steps do, and for at most ``trace_window``
+    turns); ``max_tool_calls`` tool-call records (tool results and assistant tool
+    requests).  ``max_active_sessions`` bounds the sessions one manager hosts at once
+    (one more raises :class:`~engine.errors.SessionLimitReached`; 10 suits interactive
+    use, raise it for servers).
+
+    ``max_steps_per_turn`` bounds the nodes one turn may visit, so a cycle cannot run
+    forever (a turn graph's own ``max_steps`` attribute may lower it, never raise it).
     """
 
     max_messages: int = 1000
@@ -40,9 +52,16 @@ class Limits:
     checkpoint: bool = False
     trace_window: int = 100
     heartbeat_max_backoff: float = 300.0
+    max_steps_per_turn: int = DEFAULT_MAX_STEPS
 
     def __post_init__(self) -> None:
-        for name in ("max_messages", "max_reasoning_steps", "max_active_sessions"):
+        for name in (
+            "max_messages",
+            "max_reasoning_steps",
+            "max_tool_calls",
+            "max_active_sessions",
+            "max_steps_per_turn",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
         if self.queue_size < 0 or self.keep_recent_turns < 0 or self.trace_window < 1:

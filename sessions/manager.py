@@ -115,7 +115,7 @@ class SessionManager:
             registry = build_registry(llm=llm, memory=memory, tools=tools)
         self.limits = limits or Limits()
         self.registry = registry
-        self.engine = Engine(registry, max_steps=self.limits.max_reasoning_steps)
+        self.engine = Engine(registry, max_steps=self.limits.max_steps_per_turn)
         turn = _load(turn_graph, "turn.dot", registry)
         if turn is None:
             raise FileNotFoundError(GRAPHS_DIR / "turn.dot")

@@ -11,6 +11,12 @@ The turn's result is applied only after the store commit succeeds, so memory and
 never disagree; a failed turn appends no message; a cancelled turn re-raises after the
 session is idle again.  Per-turn cost does not grow with history: handlers see a live
 read-only :class:`~sessions.history.HistoryView`, never a copy.
+
+What a session keeps in memory is bounded by :class:`~sessions.limits.Limits`: the newest
+``max_messages`` messages, ``max_reasoning_steps`` reasoning steps and ``max_tool_calls``
+tool-call records.  Past a bound the oldest leave memory only; they stay in the store
+(or in a compaction summary) and page back in through :meth:`Session.messages` and
+:meth:`Session.traces`.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, repeat
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import anyio
 import structlog
@@ -50,13 +56,16 @@ from sessions.store.base import (
 if TYPE_CHECKING:
     from engine.runner import Engine, OnStep
 
-__all__ = ["Phase", "Session", "SessionRuntime", "TurnResult"]
+__all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult"]
 
 Phase = Literal["idle", "processing", "awaiting_llm", "awaiting_tools"]
 
-_PHASE_OF: Mapping[str, Phase] = MappingProxyType(
-    {"llm_call": "awaiting_llm", "reflect": "awaiting_llm", "dispatch_tools": "awaiting_tools"}
-)
+# A plain dict (private, never mutated): its .get is what every node start pays.
+_PHASE_OF: dict[str, Phase] = {
+    "llm_call": "awaiting_llm",
+    "reflect": "awaiting_llm",
+    "dispatch_tools": "awaiting_tools",
+}
 _ROLES = frozenset({"user", "assistant", "tool", "system", "summary"})
 _cancelled = anyio.get_cancelled_exc_class
 
@@ -79,6 +88,23 @@ class TurnResult:
     def ok(self) -> bool:
         """True when the turn reached an exit node and was committed."""
         return self.status == "success"
+
+
+class ReasoningStep(NamedTuple):
+    """One reasoning step: one node visit of a turn's traversal log.
+
+    ``record`` is the node's trace entry as stored (:meth:`engine.NodeRecord.to_dict`:
+    ``id``, ``handler``, ``status``, ``attempts``, ``duration_ms``[, ``reason``]).
+    """
+
+    turn: int
+    record: Mapping[str, Any]
+
+
+def is_tool_call(message: Message) -> bool:
+    """Whether ``message`` is a tool-call record: a tool result (``role="tool"``) or an
+    assistant message asking for tools (``meta["tool_calls"]``)."""
+    return message.role == "tool" or (message.role == "assistant" and "tool_calls" in message.meta)
 
 
 _UNFILTERED = structlog.make_filtering_bound_logger(logging.NOTSET)
@@ -151,6 +177,23 @@ class Session:
     ``cognitive_mode``, ``turn_graph``/``heartbeat_graph`` (shared, compiled),
     ``heartbeat`` (interval, in-flight flag, failures), ``created_at``/``updated_at``,
     ``interrupted_turn`` (a checkpoint that could not be resumed), ``closed``.
+
+    Memory is bounded per :class:`~sessions.limits.Limits`; what leaves memory stays in
+    the store:
+
+    * messages: the newest ``max_messages`` (:attr:`history`; all via :meth:`messages`);
+    * reasoning steps: the newest ``max_reasoning_steps`` node visits of this process's
+      turns (:meth:`steps`).  A turn's record (:meth:`traces`) stays in memory only while
+      all its steps do (and for at most ``trace_window`` turns); older records, and the
+      steps of turns run before the session was loaded, come from the store;
+    * tool-call records: the newest ``max_tool_calls`` tool results and assistant tool
+      requests (:meth:`tool_calls`; all of them are messages, so :meth:`messages` pages
+      older ones in).
+
+    A heartbeat's result (working memory, goals, cognitive mode) is applied in memory
+    between turns but reaches the store only with the next turn's commit (the store
+    has no write for session state alone): a process that stops before the next turn
+    loses it.
     """
 
     __slots__ = (
@@ -165,7 +208,10 @@ class Session:
         "_resume_cp",
         "_rt",
         "_state_dirty",
+        "_steps",
         "_token",
+        "_tool_calls",
+        "_trace_steps",
         "_traces",
         "_waiting",
         "_wm_view",
@@ -226,7 +272,12 @@ class Session:
     def _init_machinery(self, limits: Limits) -> None:
         self._lock = anyio.Lock(fast_acquire=True)  # FIFO hand-off: turns keep arrival order
         self._waiting = 0
-        self._traces: deque[TurnRecord] = deque(maxlen=limits.trace_window)
+        self._traces: deque[TurnRecord] = deque()
+        self._trace_steps = 0  # how many steps the records in _traces hold
+        self._steps: deque[tuple[int, Mapping[str, Any]]] = deque(maxlen=limits.max_reasoning_steps)
+        self._tool_calls: deque[Message] = deque(
+            filter(is_tool_call, self.window.messages), maxlen=limits.max_tool_calls
+        )
         self._state_dirty = False
         self._pending_state: dict[str, Any] | None = None
         self._compact_lock = anyio.Lock()
@@ -301,6 +352,17 @@ class Session:
             offset += len(page.items)
             if not page.has_more or not page.items:
                 return tuple(out)
+
+    def steps(self) -> tuple[ReasoningStep, ...]:
+        """The reasoning steps in memory (the newest ``Limits.max_reasoning_steps`` node
+        visits), oldest first; older ones are in the store's turn records (:meth:`traces`)."""
+        return tuple(ReasoningStep(turn, record) for turn, record in self._steps)
+
+    def tool_calls(self) -> tuple[Message, ...]:
+        """The tool-call records in memory (the newest ``Limits.max_tool_calls`` tool
+        results and assistant tool requests), oldest first; every one is also a message,
+        so older ones page in through :meth:`messages`."""
+        return tuple(self._tool_calls)
 
     async def traces(self, offset: int = 0, limit: int = 100) -> tuple[TurnRecord, ...]:
         """Turn records (node traces) of turns ``offset+1 ...``: recent from memory, older
@@ -408,7 +470,6 @@ class Session:
             "session.cognitive_mode": self.cognitive_mode,
             "session.history": self._history,
             "session.config": self.config,
-            "limits.max_tool_calls": self._rt.limits.max_tool_calls,
         }
 
     def _observers(self, turn: int, trace_id: str) -> tuple[Observer, ...]:
@@ -431,7 +492,9 @@ class Session:
     ) -> TurnResult:
         """Append the turn to the store, then to memory; one transaction per turn."""
         now = time.time()
-        trace = prior + tuple(r.to_dict() for r in result.trace)
+        trace: tuple[Mapping[str, Any], ...] = tuple(map(NodeRecord.to_dict, result.trace))
+        if prior:
+            trace = prior + trace
         if not result.ok:
             record = TurnRecord(
                 turn,
@@ -454,6 +517,8 @@ class Session:
         await self._store_turn(commit, now)
         self.window.extend(messages)
         self._next_seq += len(messages)
+        if len(messages) > 2:  # user, [tool exchange...], assistant
+            self._tool_calls.extend(filter(is_tool_call, messages))
         if state:
             self._apply_state(state)
         if commit.working_memory is not None:
@@ -471,14 +536,30 @@ class Session:
             raise
         self.turn_count = commit.record.turn
         self.updated_at = now
-        self._traces.append(commit.record)
+        self._keep_trace(commit.record)
+
+    def _keep_trace(self, record: TurnRecord) -> None:
+        """Keep a committed turn's record and steps in memory, within the limits.
+
+        A step is one node visit.  The newest ``max_reasoning_steps`` steps stay; a
+        turn's record stays only while every one of its steps does (and for at most
+        ``trace_window`` turns), so memory never holds more steps than the limit.
+        """
+        limits = self._rt.limits
+        steps = record.trace
+        self._steps.extend(zip(repeat(record.turn), steps))
+        traces = self._traces
+        traces.append(record)
+        self._trace_steps += len(steps)
+        while self._trace_steps > limits.max_reasoning_steps or len(traces) > limits.trace_window:
+            self._trace_steps -= len(traces.popleft().trace)
 
     def _new_messages(
         self, text: str, extra: object, reply: str, turn: int, now: float
     ) -> tuple[Message, ...]:
         seq = self._next_seq
         out = [Message(seq, "user", text, turn, now)]
-        if isinstance(extra, Sequence) and not isinstance(extra, str):
+        if extra is not None and isinstance(extra, Sequence) and not isinstance(extra, str):
             for item in extra:
                 if not isinstance(item, Mapping):
                     continue
@@ -507,7 +588,7 @@ class Session:
         if isinstance(wm, Mapping) and wm:
             out["memory.working"] = wm
         goals = ctx.get("goals")
-        if isinstance(goals, Sequence) and not isinstance(goals, str):
+        if goals is not None and isinstance(goals, Sequence) and not isinstance(goals, str):
             out["goals"] = tuple(str(g) for g in goals)
         mode = ctx.get("heartbeat.mode", ctx.get("cognitive_mode"))
         if isinstance(mode, str) and mode:

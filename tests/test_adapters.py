@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.errors import AdapterError, TransientAdapterError
 from handlers.adapters import (
@@ -206,6 +209,49 @@ async def test_memory_recall_scans_only_recent_mentions_of_each_keyword() -> Non
     scored = {i.text: i.score for i in await mem.recall("lisbon trip", session_id="s", limit=9)}
     assert scored["lisbon trip tram"] == 1.0  # only "trip" counted: documented approximation
     assert len(await mem.recall("lisbon", session_id="s", limit=100)) == 4
+
+
+def _reference_recall(
+    texts: list[str], query: str, scan: int, limit: int, keep: int
+) -> list[tuple[str, float]]:
+    """Recall by the documented rule, the slow way: of the newest ``keep`` items, per
+    keyword its ``scan`` newest mentions count; best score first, then newest."""
+    kept = range(max(0, len(texts) - keep), len(texts))
+    scores: dict[int, int] = {}
+    for word in set(keywords(query)):
+        mentions = [i for i in kept if word in set(keywords(texts[i]))][-scan:]
+        for i in mentions:
+            scores[i] = scores.get(i, 0) + 1
+    best = sorted(scores, key=lambda i: (scores[i], i), reverse=True)[:limit]
+    return [(texts[i], float(scores[i])) for i in best]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(
+        st.lists(st.sampled_from(["tea", "tram", "rain", "lisbon", "porto"]), max_size=4),
+        max_size=30,
+    ),
+    query=st.lists(st.sampled_from(["tea", "tram", "rain", "lisbon", "fado"]), max_size=4),
+    scan=st.integers(1, 8),
+    limit=st.integers(1, 6),
+    keep=st.integers(1, 40),
+)
+def test_memory_recall_ranks_like_the_reference(
+    texts: list[list[str]], query: list[str], scan: int, limit: int, keep: int
+) -> None:
+    """Whatever shortcut recall takes, it ranks exactly as the documented rule says,
+    evictions included."""
+    mem = KeywordMemory(scan=scan, max_items=keep)
+    docs = [f"{' '.join(words)} item{n}" for n, words in enumerate(texts)]
+
+    async def go() -> list[tuple[str, float]]:
+        for doc in docs:
+            await mem.remember([MemoryItem(doc)], session_id="s")
+        found = await mem.recall(" ".join(query), session_id="s", limit=limit)
+        return [(i.text, i.score) for i in found]
+
+    assert anyio.run(go) == _reference_recall(docs, " ".join(query), scan, limit, keep)
 
 
 # --------------------------------------------------------------------------- ToolBox

@@ -27,6 +27,7 @@ from handlers import (
     UpdateWorkingMemory,
     build_registry,
 )
+from handlers._common import NodeSettings, attr_int, recent_messages
 from handlers.adapters import (
     EchoModel,
     KeywordMemory,
@@ -416,3 +417,118 @@ def test_update_working_memory() -> None:
     }
     idle = UpdateWorkingMemory()(node("update_working_memory"), ctx())
     assert "last_reflection" not in idle.updates["memory.working"]
+
+
+# --------------------------------------------------------------------------- settings cache
+
+
+def test_node_settings_are_parsed_once_per_node() -> None:
+    """Each Node object is parsed once; another node (even an equal one) is parsed anew."""
+    seen: list[str] = []
+
+    def parse(n: Node) -> int:
+        seen.append(n.id)
+        return len(n.attrs)
+
+    settings = NodeSettings(parse)
+    a, b = node("a", x=1), node("a", x=1, y=2)
+    assert [settings(a), settings(a), settings(b), settings(a)] == [1, 1, 2, 1]
+    assert seen == ["a", "a"]
+
+
+def test_node_settings_never_cache_a_failure_and_stay_bounded() -> None:
+    """A bad setting fails every visit; past ``size`` nodes the cache starts over."""
+    calls = 0
+
+    def parse(n: Node) -> int:
+        nonlocal calls
+        calls += 1
+        return attr_int(n, "limit", 5)
+
+    settings = NodeSettings(parse, size=2)
+    bad = node("recall", limit="many")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="limit must be an integer"):
+            settings(bad)
+    assert calls == 2
+    nodes = [node("recall", limit=n) for n in range(3)]
+    assert [settings(n) for n in nodes] == [0, 1, 2]
+    assert settings(nodes[2]) == 2 and calls == 5
+    assert settings(nodes[0]) == 0 and calls == 6  # evicted when the third came in
+
+
+async def test_handlers_read_each_nodes_own_settings() -> None:
+    """One handler object serves many nodes: each gets its own parsed settings."""
+    classify, fmt = Classify(), Format()
+    short, long = node("classify", max_chars=3), node("classify", max_chars=100)
+    assert classify(short, ctx(session__input="hello")).updates["input.blocked"] is True
+    assert classify(long, ctx(session__input="hello")).updates["input.blocked"] is False
+    assert classify(short, ctx(session__input="hey")).updates["input.blocked"] is False
+    text = ctx(**{"llm.text": "abcdefgh"})
+    assert fmt(node("format", max_chars=4), text).updates["reply"] == "abc…"
+    assert fmt(node("format"), text).updates["reply"] == "abcdefgh"
+    model = ScriptedModel(["a", "b"])
+    llm = LLMCall(model, ToolBox())
+    await llm(node("llm_call", system="One."), ctx())
+    await llm(node("llm_call", system="Two."), ctx())
+    assert [call[1] for call in model.calls] == ["One.", "Two."]
+
+
+async def test_llm_call_checks_max_tool_rounds_only_when_tools_are_on() -> None:
+    """A bad ``max_tool_rounds`` fails a tools node but is ignored without tools."""
+    llm = LLMCall(EchoModel(), ToolBox())
+    out = await llm(node("llm_call", max_tool_rounds="x"), ctx(session__input="hi"))
+    assert out.updates["llm.text"] == "echo: hi"
+    with pytest.raises(ValueError, match="max_tool_rounds must be an integer"):
+        await llm(node("llm_call", tools=True, max_tool_rounds="x"), ctx(session__input="hi"))
+
+
+@pytest.mark.parametrize(
+    ("text", "reply"),
+    [
+        ("  one line  ", "one line"),
+        ("a\r\nb", "a\nb"),
+        ("a\u2028b  ", "a\nb"),
+        ("x \x0c y", "x\n y"),
+        (" \n \n ", "Sorry, I have no answer to that."),
+    ],
+)
+def test_format_normalises_every_line_break(text: str, reply: str) -> None:
+    """Any line boundary ``str.splitlines`` knows becomes ``\\n``, one line or many."""
+    assert Format()(node("format"), ctx(**{"llm.text": text})).updates["reply"] == reply
+
+
+@dataclass(frozen=True)
+class _NoContent:
+    role: str
+
+
+@dataclass(frozen=True)
+class _Odd:
+    role: object
+    content: object
+
+
+def test_recent_messages_accepts_any_history_entry() -> None:
+    """Records, dicts, entries without content, non-text fields and summaries all map
+    to ``{role, content}`` text dicts."""
+    history = (
+        Msg("user", "a"),
+        {"role": "assistant", "content": "b"},
+        _NoContent("user"),
+        _Odd(None, "ignored"),
+        _Odd("user", 42),
+        Msg("summary", "s"),
+    )
+    assert recent_messages(ctx(session__history=history), 10) == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": "42"},
+        {"role": "system", "content": "Summary of the earlier conversation: s"},
+    ]
+    assert recent_messages(ctx(session__history=history), 1)[0]["role"] == "system"
+    assert (
+        recent_messages(ctx(), 5) == [] and recent_messages(ctx(session__history=history), 0) == []
+    )

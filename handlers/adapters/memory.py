@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from itertools import islice
+from operator import itemgetter
 from typing import Protocol, runtime_checkable
 
 from handlers.adapters.types import MemoryItem
@@ -104,20 +104,26 @@ class KeywordMemory:
     async def remember(self, items: Sequence[MemoryItem], *, session_id: str) -> None:
         """Append ``items`` to the session's memory (the oldest fall off past the bound)."""
         bucket = self._bucket(session_id)
+        postings = bucket.postings
         for item in items:
             words = frozenset(keywords(item.text))
             item_id = bucket.next_id
             bucket.next_id += 1
             bucket.items[item_id] = (item, words)
             for word in words:
-                bucket.postings.setdefault(word, deque()).append(item_id)
+                posting = postings.get(word)
+                if posting is None:
+                    posting = postings[word] = deque()
+                posting.append(item_id)
             if len(bucket.items) > self.max_items:
                 self._evict_oldest(bucket)
 
     @staticmethod
     def _evict_oldest(bucket: _Bucket) -> None:
-        # The oldest item is at the head of every posting list it is in.
-        old_id = next(iter(bucket.items))
+        # Ids are consecutive and only the oldest ever leaves, so the oldest id is known
+        # (next(iter(items)) would walk over every deleted slot at the dict's head).
+        # It is at the head of every posting list it is in.
+        old_id = bucket.next_id - len(bucket.items)
         _, words = bucket.items.pop(old_id)
         for word in words:
             posting = bucket.postings[word]
@@ -130,17 +136,39 @@ class KeywordMemory:
         bucket = self._sessions.get(session_id)
         if bucket is None or limit <= 0:
             return ()
-        scores: Counter[int] = Counter()
-        for word in set(keywords(query)):
-            posting = bucket.postings.get(word)
-            if posting:
-                scores.update(islice(reversed(posting), self.scan))  # counted in C
-        # (score, id) tuples compare without a key function: best score, then newest.
-        best = heapq.nlargest(limit, [(score, i) for i, score in scores.items()])
+        postings = [p for p in map(bucket.postings.get, set(keywords(query))) if p]
         items = bucket.items
-        return tuple(_scored(items[i][0], score) for score, i in best)
+        if len(postings) == 1:  # every candidate scores 1: the window is the ranking
+            newest = islice(reversed(postings[0]), min(limit, self.scan))
+            return tuple(_scored(items[i][0], 1) for i in newest)
+        best = _best(postings, self.scan, limit) if postings else ()
+        return tuple(_scored(items[i][0], score) for i, score in best)
 
     def count(self, session_id: str) -> int:
         """How many items ``session_id`` holds."""
         bucket = self._sessions.get(session_id)
         return len(bucket.items) if bucket else 0
+
+
+def _best(postings: Sequence[deque[int]], scan: int, limit: int) -> list[tuple[int, int]]:
+    """The ``limit`` best ``(id, score)`` pairs: highest score, then highest (newest) id.
+
+    An id's score is the number of windows (the newest ``scan`` ids of a posting) it
+    is in.  First the cheap exact case: when ``limit`` ids are in every window, they
+    are the best (no id can score more), found newest first without counting.
+    Otherwise every id is counted, in C (``Counter``), newest first, and a stable sort
+    by score alone keeps ties in that order.
+    """
+    newest = [islice(reversed(p), scan) for p in postings]
+    in_rest = set(newest[1]).intersection(*newest[2:])
+    top = list(islice(filter(in_rest.__contains__, newest[0]), limit))
+    if len(top) == limit:
+        return [(i, len(postings)) for i in top]
+    ids: list[int] = []
+    for p in postings:
+        ids.extend(islice(reversed(p), scan))
+    ids.sort(reverse=True)
+    return sorted(Counter(ids).items(), key=_SCORE, reverse=True)[:limit]
+
+
+_SCORE = itemgetter(1)

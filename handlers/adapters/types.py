@@ -29,9 +29,7 @@ def estimate_tokens(text: str) -> int:
     Good enough for budgets and usage figures of offline adapters; a hosted adapter
     reports the provider's own counts instead.
     """
-    if not text:
-        return 0
-    return max(1, (len(text) + 3) // 4)
+    return (len(text) + 3) // 4  # 0 for "", at least 1 for any other text
 
 
 @dataclass(frozen=True, slots=True)

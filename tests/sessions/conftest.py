@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
-from session_kit import SECRET
 
 from sessions.store.base import Store
 from sessions.store.memory import MemoryStore
+
+from .session_kit import SECRET
 
 
 @pytest.fixture

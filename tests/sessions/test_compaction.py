@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
-from session_kit import running, wait_until
 
 from handlers.adapters import EchoModel
 from sessions import Limits
 from sessions.compaction import llm_summarizer, plan_cut
 from sessions.store.base import Message, Store
+
+from .session_kit import running, wait_until
 
 
 def _msgs(turns: Sequence[int]) -> list[Message]:

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from session_kit import SECRET, chain_graph, reply_registry, running
 from structlog.testing import capture_logs
 
 from engine.graph import Graph, Node
 from engine.registry import HandlerRegistry
 from sessions import Limits, SessionManager
 from sessions.store.sqlite import SQLiteStore
+
+from .session_kit import SECRET, chain_graph, reply_registry, running
 
 
 class Crash(BaseException):

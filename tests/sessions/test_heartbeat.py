@@ -7,7 +7,6 @@ from typing import Any
 
 import anyio
 import pytest
-from session_kit import reply_registry, running, wait_until
 from structlog.testing import capture_logs
 
 from engine.errors import SessionClosed
@@ -15,6 +14,8 @@ from engine.graph import Node
 from sessions import Limits
 from sessions.heartbeat import Heartbeat
 from sessions.store.base import Store
+
+from .session_kit import reply_registry, running, wait_until
 
 
 class SlowBeat:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from session_kit import running
 
 from sessions import HistoryView, Limits, MessageWindow
 from sessions.store.base import Message, Store
+
+from .session_kit import running
 
 
 def _m(seq: int, content: str = "", turn: int = 1) -> Message:
@@ -81,3 +82,17 @@ async def test_window_bounded_older_messages_stay_in_the_store(store: Store) -> 
         reloaded = await m.get("long")
         assert [x.seq for x in reloaded.history] == list(range(30, 40))
         assert reloaded.message_count == 40
+
+
+@pytest.mark.parametrize("summary", [False, True])
+def test_view_slices_like_a_tuple(summary: bool) -> None:
+    """Every contiguous slice of the view equals the same slice of a tuple of it."""
+    for size in range(5):
+        w = MessageWindow(10, [_m(i) for i in range(size)])
+        if summary:
+            w.set_summary(Message(0, "summary", "s", 0, 0.0))
+        view, copy = HistoryView(w), tuple(HistoryView(w))
+        bounds = [None, *range(-7, 8)]
+        for start in bounds:
+            for stop in bounds:
+                assert view[start:stop] == copy[start:stop], (size, start, stop)

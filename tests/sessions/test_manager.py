@@ -8,13 +8,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from session_kit import (
-    SECRET,
-    chain_graph,
-    reply_registry,
-    running,
-    wait_until,
-)
 
 from engine.errors import (
     Fenced,
@@ -29,6 +22,14 @@ from engine.graph import Node
 from sessions import Limits, Session, SessionManager
 from sessions.store.base import Store
 from sessions.store.memory import MemoryStore
+
+from .session_kit import (
+    SECRET,
+    chain_graph,
+    reply_registry,
+    running,
+    wait_until,
+)
 
 
 async def test_hundred_concurrent_get_or_create_make_one_session(store: Store) -> None:

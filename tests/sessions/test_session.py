@@ -10,7 +10,6 @@ import anyio
 import anyio.lowlevel
 import pytest
 import structlog
-from session_kit import chain_graph, reply_registry, running, wait_until
 from structlog.testing import LogCapture, capture_logs
 
 from engine.errors import HandlerError, HandlerTimeout, SessionBusy, SessionClosed
@@ -19,6 +18,8 @@ from engine.outcome import Outcome
 from engine.testing import build_graph
 from sessions import HistoryView, Limits, Session
 from sessions.store.base import Store
+
+from .session_kit import chain_graph, reply_registry, running, wait_until
 
 
 class Gate:

@@ -1,0 +1,1 @@
+"""turngraph test suite (a package, so test modules have unique names)."""
