@@ -396,6 +396,17 @@ async def test_handler_raising_timeout_error_without_timeout_is_a_plain_failure(
     assert not isinstance(result.error, HandlerTimeout)
 
 
+async def test_a_handlers_own_timeout_error_is_not_the_nodes_timeout() -> None:
+    """Only the node's deadline makes a HandlerTimeout; a socket's TimeoutError is a bug
+    or a permanent failure unless an adapter maps it to TransientAdapterError."""
+    handler = ScriptedHandler(TimeoutError("socket"))
+    graph = build_graph(["start", "a", "done"], nodes={"a": {"timeout": 5.0, **retrying(3)}})
+    result = await Engine(registry(a=handler), sleep=FakeSleep()).run(graph)
+    assert isinstance(result.error, HandlerError)
+    assert not isinstance(result.error, HandlerTimeout)
+    assert handler.calls == 1
+
+
 # --------------------------------------------------------------------------- cancellation
 
 
