@@ -12,12 +12,12 @@
 Everything public is re-exported here; the submodules are implementation.
 """
 
-from sessions.compaction import CompactionResult, Summarizer, llm_summarizer
+from sessions.compaction import CompactionResult, Summarizer, extract_summarizer, llm_summarizer
 from sessions.heartbeat import Heartbeat
 from sessions.history import HistoryView, MessagePage, MessageWindow
 from sessions.limits import Limits, validate_session_id
 from sessions.manager import SessionManager
-from sessions.session import Phase, Session, SessionRuntime, TurnResult
+from sessions.session import Phase, ReasoningStep, Session, SessionRuntime, TurnResult
 
 __all__ = [
     "CompactionResult",
@@ -27,11 +27,13 @@ __all__ = [
     "MessagePage",
     "MessageWindow",
     "Phase",
+    "ReasoningStep",
     "Session",
     "SessionManager",
     "SessionRuntime",
     "Summarizer",
     "TurnResult",
+    "extract_summarizer",
     "llm_summarizer",
     "validate_session_id",
 ]

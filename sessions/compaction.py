@@ -10,6 +10,10 @@ the in-memory window lets them go.
 Nothing that arrives during a compaction is lost: the summary is computed outside the
 session lock over a snapshot, then applied under the lock and covers only messages whose
 ``seq`` existed when it started.
+
+A compaction never grows the context: a summary whose estimated tokens are not fewer
+than those of what it replaces (the covered messages and the previous summary) is
+dropped, and the result says why (``reason``) with ``messages_compacted == 0``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ if TYPE_CHECKING:
     from handlers.adapters.llm import LLM
     from sessions.session import Session
 
-__all__ = ["CompactionResult", "Summarizer", "compact_session", "llm_summarizer", "plan_cut"]
+__all__ = [
+    "CompactionResult",
+    "Summarizer",
+    "compact_session",
+    "extract_summarizer",
+    "llm_summarizer",
+    "plan_cut",
+]
 
 Summarizer = Callable[[Sequence[Message], "Message | None"], Awaitable[str]]
 """``(messages, previous_summary) -> summary text``."""
@@ -38,13 +49,15 @@ PROMPT = (
 
 @dataclass(frozen=True, slots=True)
 class CompactionResult:
-    """What one compaction did.  ``messages_compacted`` is 0 for a no-op."""
+    """What one compaction did.  ``messages_compacted`` is 0 for a no-op, and ``reason``
+    then says why when it is not simply "nothing old enough to compact"."""
 
     messages_compacted: int
     tokens_before: int
     tokens_after: int
     upto_seq: int = -1
     summary: Message | None = None
+    reason: str = ""
 
     @property
     def tokens_reclaimed(self) -> int:
@@ -79,6 +92,28 @@ def llm_summarizer(llm: LLM, *, max_tokens: int = 512) -> Summarizer:
     return summarize
 
 
+def extract_summarizer(*, ratio: float = 0.5) -> Summarizer:
+    """An offline :data:`Summarizer` that needs no model: the previous summary and the
+    messages' contents joined by ``" / "``, cut to ``ratio`` of the characters they hold.
+
+    A deterministic stand-in, not a real summary: it is the manager's default when no
+    LLM adapter is given, because the offline ``EchoModel`` would echo the whole prompt
+    back, which is always longer than what it was asked to summarise.
+    """
+    if not 0 < ratio < 1:
+        raise ValueError(f"ratio must be between 0 and 1, not {ratio!r}")
+
+    async def summarize(messages: Sequence[Message], previous: Message | None) -> str:
+        parts = [m.content for m in messages]
+        if previous is not None:
+            parts.insert(0, previous.content)
+        text = " / ".join(parts)
+        budget = int(ratio * sum(map(len, parts)))
+        return text if len(text) <= budget else text[: max(budget - 1, 0)] + "…"
+
+    return summarize
+
+
 def plan_cut(messages: Sequence[Message], keep_recent_turns: int) -> int | None:
     """The ``seq`` of the last message to compact, keeping the newest turns verbatim.
 
@@ -94,6 +129,12 @@ def plan_cut(messages: Sequence[Message], keep_recent_turns: int) -> int | None:
     return None
 
 
+def _tokens(items: Sequence[Message | str]) -> int:
+    """Estimated tokens of messages or texts, as the window counts them (characters / 4)."""
+    chars = sum(len(i) if isinstance(i, str) else len(i.content) for i in items)
+    return chars // 4
+
+
 async def compact_session(session: Session, summarize: Summarizer, keep: int) -> CompactionResult:
     """Compact ``session`` once (callers serialise: see :meth:`Session.compact`)."""
     window = session.window
@@ -103,8 +144,13 @@ async def compact_session(session: Session, summarize: Summarizer, keep: int) ->
     if upto is None:
         return CompactionResult(0, tokens_before, tokens_before)
     covered = [m for m in snapshot if m.seq <= upto]
+    previous = window.summary
     # The slow part runs outside the session lock: turns go on meanwhile.
-    text = await summarize(covered, window.summary)
+    text = await summarize(covered, previous)
+    replaced = _tokens(covered) + (_tokens((previous,)) if previous is not None else 0)
+    if (size := _tokens((text,))) >= replaced:
+        reason = f"summary not shorter than what it replaces ({size} >= {replaced} tokens)"
+        return CompactionResult(0, tokens_before, window.estimated_tokens(), reason=reason)
     summary = Message(
         upto, "summary", text, session.turn_count, time.time(), {"covers": len(covered)}
     )

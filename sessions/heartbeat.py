@@ -4,7 +4,9 @@ The heartbeat never blocks a turn: it runs on a snapshot of the session (outside
 session lock), and its result is applied *between* turns — at once if the session is
 idle, else by the running turn just before it releases the lock.  One session never has
 two heartbeats in flight.  Failures never reach the session's callers: they are counted,
-kept in :attr:`Heartbeat.last_error`, logged through structlog, and the next beat waits
+kept in :attr:`Heartbeat.last_error`, logged as a ``heartbeat.failed`` warning
+(:func:`engine.logs.log`: structlog if the application configured it, else stderr via
+the stdlib logger ``turngraph``; never stdout), and the next beat waits
 exponentially longer (capped by ``Limits.heartbeat_max_backoff``).
 """
 
@@ -14,7 +16,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
-import structlog
+
+from engine.logs import log
 
 __all__ = ["Heartbeat", "HeartbeatRun", "Spawn"]
 
@@ -124,7 +127,8 @@ class Heartbeat:
         self.failures += 1
         self.error_count += 1
         self.last_error = exc
-        structlog.get_logger("turngraph").warning(
+        log(
+            "warning",
             "heartbeat.failed",
             session_id=self.session_id,
             failures=self.failures,

@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-import structlog
 
 from engine.errors import (
     Fenced,
@@ -37,9 +36,15 @@ from engine.errors import (
 )
 from engine.graph import Graph
 from engine.loader import load_graph
+from engine.logs import log
 from engine.registry import HandlerRegistry
 from engine.runner import Engine
-from sessions.compaction import CompactionResult, Summarizer, llm_summarizer
+from sessions.compaction import (
+    CompactionResult,
+    Summarizer,
+    extract_summarizer,
+    llm_summarizer,
+)
 from sessions.limits import Limits, validate_session_id
 from sessions.session import Session, SessionRuntime
 from sessions.store.base import SessionMeta, SessionType, Store
@@ -87,8 +92,10 @@ class SessionManager:
     ``turn_graph``/``heartbeat_graph`` are graphs, paths or DOT text (defaults:
     ``graphs/turn.dot`` and ``graphs/heartbeat.dot``).  ``owner`` names this process in
     leases.  ``auto_resume`` continues an interrupted turn as soon as its session loads.
-    ``summarizer`` replaces the LLM-backed compaction summariser; ``store_secret`` is
-    the HMAC key for a store opened from a URL (default: the configured key).
+    ``summarizer`` replaces the compaction summariser (default: ``llm`` through
+    :func:`~sessions.compaction.llm_summarizer`; with no ``llm``, the offline
+    :func:`~sessions.compaction.extract_summarizer`); ``store_secret`` is the HMAC key
+    for a store opened from a URL (default: the configured key).
     """
 
     def __init__(
@@ -126,7 +133,9 @@ class SessionManager:
         self.owner = owner or _default_owner()
         self.lease_ttl = lease_ttl
         self.auto_resume = auto_resume
-        self._summarizer = summarizer or llm_summarizer(llm if llm is not None else _echo())
+        self._summarizer = summarizer or (
+            llm_summarizer(llm) if llm is not None else extract_summarizer()
+        )
         self._log_nodes = log_nodes
         self._live: dict[str, Session] = {}
         self._pending: dict[str, anyio.Event] = {}
@@ -164,6 +173,7 @@ class SessionManager:
             self._spawn,
             self._summarizer,
             self._log_nodes,
+            self._lost,
         )
         self._tg.start_soon(self._renew_leases)
         return self
@@ -357,7 +367,6 @@ class SessionManager:
 
     async def _renew_leases(self) -> None:
         """Every ``lease_ttl / 3``: renew each live session's lease; drop fenced ones."""
-        log = structlog.get_logger("turngraph")
         while True:
             await anyio.sleep(self.lease_ttl / 3)
             for session in tuple(self._live.values()):
@@ -366,19 +375,20 @@ class SessionManager:
                 except Fenced as exc:
                     self._lost(session, exc)
                 except Exception as exc:  # a store hiccup: try again next round
-                    log.warning("lease.renew_failed", session_id=session.id, error=str(exc))
+                    log("warning", "lease.renew_failed", session_id=session.id, error=str(exc))
 
     def _lost(self, session: Session, exc: Fenced) -> None:
-        """Another process owns ``session`` now: stop hosting it here."""
+        """Another process owns ``session`` now: stop hosting it here.
+
+        Called by the renewal loop and by a session whose store write was fenced.  The
+        lease is not released (it is not ours any more); the next ``get``/``get_or_create``
+        of the id acquires afresh.
+        """
         session.closed = True
         session.stop_heartbeat()
-        self._live.pop(session.id, None)
-        structlog.get_logger("turngraph").error(
-            "session.fenced", session_id=session.id, error=str(exc)
-        )
-
-
-def _echo() -> Any:
-    from handlers.adapters import EchoModel
-
-    return EchoModel()
+        if self._live.get(session.id) is not session:
+            return  # already dropped (or never listed: fenced while opening)
+        del self._live[session.id]
+        if self._active == session.id:
+            self._active = None
+        log("error", "session.fenced", session_id=session.id, error=str(exc))

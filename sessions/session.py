@@ -21,10 +21,11 @@ tool-call records.  Past a bound the oldest leave memory only; they stay in the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat
 from types import MappingProxyType
@@ -36,6 +37,7 @@ import structlog
 from engine.errors import Fenced, SessionBusy, SessionClosed, SessionError
 from engine.events import Observer, StructlogObserver
 from engine.graph import Graph, Node
+from engine.logs import log
 from engine.outcome import NodeRecord, RunResult, RunStatus
 from sessions.compaction import CompactionResult, Summarizer, compact_session
 from sessions.heartbeat import Heartbeat, Spawn
@@ -133,6 +135,8 @@ class SessionRuntime:
     ``spawn`` starts a background task in the manager's task group.  ``log_nodes``:
     ``True``/``False`` forces per-node structlog logging on/off; ``None`` logs only when
     structlog was configured with a level filter enabling ``info`` (checked per turn).
+    ``on_fenced`` is told when a session learns another process took it over (the
+    manager drops it from its live set).
     """
 
     engine: Engine
@@ -143,6 +147,7 @@ class SessionRuntime:
     spawn: Spawn
     summarize: Summarizer
     log_nodes: bool | None = None
+    on_fenced: Callable[[Session, Fenced], None] | None = None
 
     def logging(self) -> bool:
         """Whether this turn should log its nodes."""
@@ -176,7 +181,19 @@ class Session:
     ``turn_count`` (finished turns, failed ones included), ``working_memory``, ``goals``,
     ``cognitive_mode``, ``turn_graph``/``heartbeat_graph`` (shared, compiled),
     ``heartbeat`` (interval, in-flight flag, failures), ``created_at``/``updated_at``,
-    ``interrupted_turn`` (a checkpoint that could not be resumed), ``closed``.
+    ``interrupted_turn`` (a checkpoint that was not resumed), ``closed``.
+
+    Interrupted turns: a checkpoint found on load for the next turn of an unchanged
+    graph waits in :attr:`resumable` for :meth:`resume` (the manager's ``auto_resume``
+    calls it on load).  A :meth:`send` that comes first abandons it rather than run two
+    versions of one turn: the checkpoint moves to ``interrupted_turn``, a
+    ``turn.interrupted`` warning (reason ``superseded by a new turn``) is logged, the
+    store's copy is cleared, and the new input takes that turn number.
+
+    Fencing: when any store write raises :class:`~engine.errors.Fenced` (another
+    process owns the session now), the session closes at once (heartbeat stopped, later
+    calls raise :class:`~engine.errors.SessionClosed`) and its manager forgets it, so a
+    later ``get_or_create`` takes the lease afresh.  The ``Fenced`` error propagates.
 
     Memory is bounded per :class:`~sessions.limits.Limits`; what leaves memory stays in
     the store:
@@ -324,7 +341,8 @@ class Session:
 
     @property
     def resumable(self) -> Checkpoint | None:
-        """The interrupted turn :meth:`resume` would continue, if any."""
+        """The interrupted turn :meth:`resume` would continue, if any (until a
+        :meth:`send` abandons it to ``interrupted_turn``)."""
         return self._resume_cp
 
     def recent(self, n: int) -> tuple[Message, ...]:
@@ -382,10 +400,14 @@ class Session:
 
         Raises :class:`SessionBusy` when ``Limits.queue_size`` turns already wait,
         :class:`SessionClosed` once the session is closed.  A failing graph returns a
-        failed :class:`TurnResult` (history unchanged); store errors propagate.
+        failed :class:`TurnResult` (history unchanged); store errors propagate
+        (:class:`~engine.errors.Fenced` after closing the session).  A checkpoint still
+        waiting for :meth:`resume` is abandoned and reported first (see the class).
         """
         await self._enter()
         try:
+            if self._resume_cp is not None:
+                await self._report_interrupted(self._resume_cp, "superseded by a new turn")
             return await self._turn(text, self.turn_count + 1)
         finally:
             self._leave()
@@ -448,8 +470,9 @@ class Session:
             )
         except _cancelled():
             if on_step is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._rt.store.clear_checkpoint(self.id, token=self._token)
+                # Fenced here is handled (session closed); the cancellation still wins.
+                with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):
+                    await self._guard(self._rt.store.clear_checkpoint(self.id, token=self._token))
             raise
         with anyio.CancelScope(shield=True):  # commit and apply are one step or none
             committed = await self._commit(text, turn, trace_id, result, prior)
@@ -527,13 +550,7 @@ class Session:
         return TurnResult(reply, "success", turn, result.trace, None, trace_id)
 
     async def _store_turn(self, commit: TurnCommit, now: float) -> None:
-        try:
-            await self._rt.store.append_turn(self.id, commit, token=self._token)
-        except Fenced:
-            # Another process owns the session now; anything more we wrote would be lost.
-            self.closed = True
-            self.heartbeat.stop()
-            raise
+        await self._guard(self._rt.store.append_turn(self.id, commit, token=self._token))
         self.turn_count = commit.record.turn
         self.updated_at = now
         self._keep_trace(commit.record)
@@ -697,7 +714,9 @@ class Session:
             if self.closed:
                 return False
             with anyio.CancelScope(shield=True):
-                await self._rt.store.append_summary(self.id, summary, upto_seq, token=self._token)
+                await self._guard(
+                    self._rt.store.append_summary(self.id, summary, upto_seq, token=self._token)
+                )
             self.window.drop_upto(upto_seq)
             self.window.set_summary(summary)
             self._flush_pending()
@@ -714,9 +733,7 @@ class Session:
         try:
             await self.compact()
         except Exception as exc:  # a background compaction must never take the session down
-            structlog.get_logger("turngraph").warning(
-                "compaction.failed", session_id=self.id, error=f"{type(exc).__name__}: {exc}"
-            )
+            log("warning", "compaction.failed", session_id=self.id, error=_describe(exc))
         finally:
             self._compacting = False
 
@@ -746,32 +763,53 @@ class Session:
                 tuple(done),
                 time.time(),
             )
-            await self._rt.store.save_checkpoint(self.id, cp, token=self._token)
+            await self._guard(self._rt.store.save_checkpoint(self.id, cp, token=self._token))
 
         return on_step
+
+    async def _guard(self, write: Awaitable[None]) -> None:
+        """Await a store write; on :class:`Fenced`, stop hosting the session, re-raise."""
+        try:
+            await write
+        except Fenced as exc:
+            self._fenced(exc)
+            raise
+
+    def _fenced(self, exc: Fenced) -> None:
+        """Another process owns the session now: anything more we wrote would be lost."""
+        self.closed = True
+        self.heartbeat.stop()
+        if self._rt.on_fenced is not None:
+            self._rt.on_fenced(self, exc)
 
     async def adopt_checkpoint(self, cp: Checkpoint | None) -> None:
         """Decide what to do with a checkpoint found on load (called by the manager).
 
         Same graph and the next turn: keep it for :meth:`resume`.  Otherwise report it
-        (``interrupted_turn`` and a structlog warning) and clear it: never replayed.
+        (``interrupted_turn`` and a ``turn.interrupted`` warning) and clear it: never
+        replayed.
         """
         if cp is None:
             return
         if cp.graph_hash == self.turn_graph.source_hash and cp.turn == self.turn_count + 1:
             self._resume_cp = cp
             return
+        changed = cp.graph_hash != self.turn_graph.source_hash
+        await self._report_interrupted(cp, "turn graph changed" if changed else "stale")
+
+    async def _report_interrupted(self, cp: Checkpoint, reason: str) -> None:
+        """Give up on ``cp``: clear it in the store, keep it in ``interrupted_turn``, warn."""
+        await self._guard(self._rt.store.clear_checkpoint(self.id, token=self._token))
         self.interrupted_turn = cp
-        structlog.get_logger("turngraph").warning(
+        self._resume_cp = None
+        log(
+            "warning",
             "turn.interrupted",
             session_id=self.id,
             turn=cp.turn,
             node=cp.next_node,
-            reason="turn graph changed"
-            if cp.graph_hash != self.turn_graph.source_hash
-            else "stale",
+            reason=reason,
         )
-        await self._rt.store.clear_checkpoint(self.id, token=self._token)
 
     async def resume(self) -> TurnResult | None:
         """Continue the turn a crashed process left at its checkpoint; ``None`` if none."""
@@ -803,6 +841,11 @@ class Session:
         self.heartbeat.stop()
         async with self._lock:
             pass
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ErrorType: message"`` for a log field."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _merge_memory(target: dict[str, Any], updates: Mapping[str, Any] | None) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
+import pytest
 
+from engine.errors import Fenced, SessionBusy
 from handlers.adapters import EchoModel
-from sessions import Limits
-from sessions.compaction import llm_summarizer, plan_cut
+from sessions import Limits, SessionManager
+from sessions.compaction import extract_summarizer, llm_summarizer, plan_cut
 from sessions.store.base import Message, Store
 
 from .session_kit import running, wait_until
@@ -137,3 +139,66 @@ async def test_llm_summarizer_uses_the_adapter() -> None:
     previous = Message(1, "summary", "they said hi", 1, 0.0)
     text = await summarize(_msgs([2, 2]), previous)
     assert "they said hi" in text and "user: m1" in text
+
+
+async def test_a_summary_no_shorter_than_its_messages_is_not_applied(store: Store) -> None:
+    """A summary that would not shrink the context is refused: nothing changes."""
+
+    async def verbose(messages: Sequence[Message], previous: Message | None) -> str:
+        return "at great length " * 200
+
+    limits = Limits(keep_recent_turns=1, compaction_threshold_tokens=None)
+    async with running(store, limits=limits, summarizer=verbose) as m:
+        session = await m.create("wordy")
+        for i in range(4):
+            await session.send(f"x{i}")
+        before, tokens = list(session.history), session.window.estimated_tokens()
+        result = await session.compact()
+        assert (result.messages_compacted, result.summary) == (0, None)
+        assert result.tokens_before == result.tokens_after == tokens
+        assert "not shorter" in result.reason
+        assert list(session.history) == before
+        assert (await store.load("wordy")).summary is None
+
+
+async def test_fenced_compaction_closes_the_session(store: Store) -> None:
+    """Fenced while archiving a summary closes the session and drops it from the manager."""
+    limits = Limits(keep_recent_turns=1, compaction_threshold_tokens=None)
+    async with running(store, limits=limits, summarizer=ShortSummary()) as m:
+        session = await m.create("usurped")
+        for i in range(3):
+            await session.send(f"a long enough message {i} " * 4)
+        await store.release("usurped", m.owner, session.token)
+        await store.acquire("usurped", "intruder", 30.0)
+        with pytest.raises(Fenced):
+            await session.compact()
+        assert session.closed and m.live == ()
+        with pytest.raises(SessionBusy):
+            await m.get_or_create("usurped")
+
+
+async def test_offline_compaction_never_grows_the_context(store: Store) -> None:
+    """With no LLM the default summariser shrinks the context; an echoing model's
+    summary (longer than its input) is refused instead of applied."""
+    limits = Limits(keep_recent_turns=1, compaction_threshold_tokens=None)
+    for llm, shrinks in ((None, True), (EchoModel(), False)):
+        async with SessionManager(store, limits=limits, llm=llm) as m:
+            session = await m.get_or_create(f"offline-{shrinks}")
+            for i in range(4):
+                await session.send(f"message number {i}")
+            result = await session.compact()
+            assert (result.messages_compacted == 6) is shrinks
+            assert result.tokens_after <= result.tokens_before
+            assert (result.tokens_after < result.tokens_before) is shrinks
+
+
+async def test_extract_summarizer_is_bounded() -> None:
+    """The offline summary keeps the previous summary first and at most half the text."""
+    summarize = extract_summarizer()
+    previous = Message(1, "summary", "earlier", 1, 0.0)
+    msgs = [Message(i, "user", f"message {i} " * 5, 2, 0.0) for i in range(4)]
+    text = await summarize(msgs, previous)
+    assert text.startswith("earlier / message 0")
+    assert len(text) <= (len("earlier") + sum(len(m.content) for m in msgs)) // 2
+    with pytest.raises(ValueError, match="ratio"):
+        extract_summarizer(ratio=1.5)

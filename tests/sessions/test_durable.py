@@ -7,12 +7,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from engine.errors import Fenced, SessionBusy
 from engine.graph import Graph, Node
 from engine.registry import HandlerRegistry
 from sessions import Limits, SessionManager
+from sessions.store.base import TurnCommit
 from sessions.store.sqlite import SQLiteStore
 
 from .session_kit import SECRET, chain_graph, reply_registry, running
@@ -136,8 +140,6 @@ async def test_changed_graph_reports_and_does_not_replay(tmp_path: Path) -> None
 
 async def test_cancelled_turn_clears_its_checkpoint(tmp_path: Path) -> None:
     """A turn cancelled by its caller is abandoned: no checkpoint is left to resume."""
-    import anyio
-
     started = anyio.Event()
 
     async def llm(node: Node, ctx: Mapping[str, Any]) -> None:
@@ -155,3 +157,97 @@ async def test_cancelled_turn_clears_its_checkpoint(tmp_path: Path) -> None:
             tg.cancel_scope.cancel()
         assert (await m.store.load("abandon")).checkpoint is None
         assert session.phase == "idle" and session.turn_count == 0
+
+
+async def test_interrupted_turn_report_prints_nothing_on_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With structlog unconfigured, the turn.interrupted report goes to logging, not stdout."""
+    db = tmp_path / "quiet.db"
+    limits = Limits(checkpoint=True)
+    async with sqlite_manager(db, _registry(crash=True), chain_graph(), limits=limits) as m:
+        with pytest.raises(Crash):
+            await (await m.create("quiet")).send("lost")
+    structlog.reset_defaults()
+    async with sqlite_manager(db, _registry(), chain_graph(), limits=limits) as m:
+        assert (await m.get("quiet")).interrupted_turn is not None
+    assert capsys.readouterr().out == ""
+    assert any(r.getMessage().startswith("turn.interrupted") for r in caplog.records)
+
+
+async def test_send_before_resume_reports_the_interrupted_turn(tmp_path: Path) -> None:
+    """A send on a session still holding a resumable checkpoint abandons it loudly: it
+    moves to ``interrupted_turn``, a warning is logged, the store forgets it."""
+    db, graph = tmp_path / "skip.db", chain_graph()
+    limits = Limits(checkpoint=True)
+    async with sqlite_manager(db, _registry(crash=True), graph, limits=limits) as m:
+        with pytest.raises(Crash):
+            await (await m.create("skipped")).send("unfinished")
+    with capture_logs() as logs:
+        async with sqlite_manager(db, _registry(), graph, limits=limits) as m:
+            session = await m.get("skipped")
+            cp = session.resumable
+            assert cp is not None and cp.input == "unfinished"
+            result = await session.send("new topic")
+            assert (result.ok, result.turn) == (True, 1)
+            assert session.interrupted_turn == cp and session.resumable is None
+            assert await session.resume() is None
+            assert (await m.store.load("skipped")).checkpoint is None
+            assert session.history[0].content == "new topic"
+    warned = [e for e in logs if e["event"] == "turn.interrupted"]
+    assert [(e["turn"], e["reason"]) for e in warned] == [(1, "superseded by a new turn")]
+
+
+async def test_fenced_while_checkpointing_closes_and_unlists(tmp_path: Path) -> None:
+    """Fenced from a checkpoint write mid-turn closes the session and drops it from its
+    manager; a later get_or_create acquires afresh (SessionBusy while the other holds it)."""
+    db, graph = tmp_path / "fence.db", chain_graph()
+    limits = Limits(checkpoint=True)
+    async with sqlite_manager(db, _registry(), graph, limits=limits, owner="one") as first:
+        session = await first.create("contested")
+        assert (await session.send("mine")).ok
+        session.start_heartbeat(60.0)
+        await first.store.release("contested", "one", session.token)
+        async with sqlite_manager(db, _registry(), graph, limits=limits, owner="two") as second:
+            await second.get("contested")
+            with pytest.raises(Fenced):
+                await session.send("too late")
+            assert session.closed and not session.heartbeat.running
+            assert first.live == ()
+            with pytest.raises(SessionBusy):
+                await first.get_or_create("contested")
+        again = await first.get_or_create("contested")
+        assert again is not session and again.turn_count == 1
+        assert (await again.send("back")).turn == 2
+
+
+class SlowCommitStore(SQLiteStore):
+    """Commits a turn, then lingers, so a cancellation can land after the write."""
+
+    committed: anyio.Event
+
+    async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
+        await super().append_turn(session_id, commit, token=token)
+        self.committed.set()
+        await anyio.sleep(0.05)
+
+
+async def test_cancel_during_commit_keeps_memory_and_store_in_step(tmp_path: Path) -> None:
+    """A send cancelled after the store committed still applies the turn in memory, so
+    memory and store agree and the next send succeeds."""
+    db = tmp_path / "shield.db"
+    store = SlowCommitStore(f"sqlite:///{db}", db, secret=SECRET, synchronous="NORMAL")
+    store.committed = anyio.Event()
+    async with store, running(store, _registry()) as m:
+        session = await m.create("shielded")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.send, "cut off")
+            await store.committed.wait()
+            tg.cancel_scope.cancel()
+        meta = (await store.load("shielded")).meta
+        in_memory = (session.turn_count, session.message_count)
+        assert in_memory == (meta.turn_count, meta.message_count) == (1, 2)
+        assert [x.content for x in session.history] == ["cut off", "cut off / intent-of-cut off"]
+        result = await session.send("next")
+        assert (result.ok, result.turn) == (True, 2)
+        assert (await store.load("shielded")).meta.message_count == 4

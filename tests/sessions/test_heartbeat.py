@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from engine.errors import SessionClosed
@@ -153,3 +154,20 @@ async def test_stop_and_close_end_the_heartbeat(store: Store) -> None:
             session.start_heartbeat(1.0)
         with pytest.raises(ValueError, match="interval"):
             session.heartbeat.start(0, lambda fn: None)
+
+
+async def test_a_failing_heartbeat_prints_nothing_on_stdout(
+    store: Store, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With structlog unconfigured, a heartbeat failure is a stdlib warning, not stdout."""
+    structlog.reset_defaults()
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> None:
+        raise RuntimeError("flatline")
+
+    async with running(store, reply_registry(beat=beat)) as m:
+        session = await m.create("quiet")
+        assert await session.heartbeat.beat() is False
+    assert capsys.readouterr().out == ""
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("heartbeat.failed")]
+    assert record.levelname == "WARNING" and "flatline" in record.getMessage()

@@ -20,7 +20,7 @@ from engine.errors import (
 )
 from engine.graph import Node
 from sessions import Limits, Session, SessionManager
-from sessions.store.base import Store
+from sessions.store.base import LoadedSession, SessionMeta, Store
 from sessions.store.memory import MemoryStore
 
 from .session_kit import (
@@ -32,9 +32,26 @@ from .session_kit import (
 )
 
 
-async def test_hundred_concurrent_get_or_create_make_one_session(store: Store) -> None:
+class _YieldingStore(MemoryStore):
+    """A MemoryStore whose create/acquire/load yield to other tasks, as real I/O does."""
+
+    async def create(self, meta: SessionMeta) -> SessionMeta:
+        await anyio.lowlevel.checkpoint()
+        return await super().create(meta)
+
+    async def acquire(self, session_id: str, owner: str, ttl: float) -> int:
+        await anyio.lowlevel.checkpoint()
+        return await super().acquire(session_id, owner, ttl)
+
+    async def load(self, session_id: str, *, recent: int = 50) -> LoadedSession:
+        await anyio.lowlevel.checkpoint()
+        return await super().load(session_id, recent=recent)
+
+
+async def test_hundred_concurrent_get_or_create_make_one_session() -> None:
     """Concurrent get_or_create for one id share a single load: one Session object."""
-    async with running(store) as m:
+    store = _YieldingStore(secret=SECRET)
+    async with store, running(store) as m:
         got: list[Session] = []
 
         async def get() -> None:
@@ -240,3 +257,21 @@ async def test_default_manager_runs_the_shipped_graphs_offline() -> None:
         assert m.heartbeat_graph is not None
         assert await session.heartbeat.beat() is True
         assert session.heartbeat.failures == 0
+
+
+async def test_a_fenced_session_leaves_the_manager(store: Store) -> None:
+    """After Fenced the manager no longer hands out the dead session: get_or_create
+    acquires afresh (SessionBusy while the other owner holds the lease)."""
+    async with running(store) as m:
+        session = await m.create("moved")
+        await store.release("moved", m.owner, session.token)
+        token = await store.acquire("moved", "intruder", 30.0)
+        with pytest.raises(Fenced):
+            await session.send("lost")
+        assert m.live == ()
+        with pytest.raises(SessionBusy):
+            await m.get_or_create("moved")
+        await store.release("moved", "intruder", token)
+        again = await m.get_or_create("moved")
+        assert again is not session and not again.closed
+        assert (await again.send("back")).ok
