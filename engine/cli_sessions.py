@@ -165,7 +165,7 @@ async def _sessions_compact(args: argparse.Namespace) -> int:
     async with SessionManager(store_url(args.store)) as manager:
         result = await manager.compact(args.id)
     if result.messages_compacted == 0:
-        print(f"session {args.id}: nothing to compact")
+        print(f"session {args.id}: nothing compacted ({result.reason or 'nothing old enough'})")
     else:
         m = result.to_dict()
         print(
