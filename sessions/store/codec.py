@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Final, get_args
 
 from engine.errors import InvalidSessionId
 from sessions.store.base import (
+    EMPTY_META,
     Checkpoint,
     Message,
     Role,
@@ -36,10 +39,12 @@ __all__ = [
     "checkpoint_to_dict",
     "message_from_dict",
     "message_to_dict",
+    "messages_from_dicts",
     "meta_from_dict",
     "meta_to_dict",
     "record_body",
     "record_data",
+    "record_datas",
     "record_suffix",
     "turn_from_dict",
     "turn_to_dict",
@@ -112,6 +117,33 @@ def record_body(session_id: str, rseq: int, kind: str, data: Mapping[str, Any]) 
     return '{"data":' + canonical_json(data) + record_suffix(session_id, rseq, kind)
 
 
+_DATA_HEAD: Final = '{"data":'
+_SUFFIX_HEAD: Final = ',"kind":"'
+
+
+def record_datas(bodies: list[str]) -> list[Any]:
+    """The ``data`` values of many verified record bodies, parsed in one ``json.loads``.
+
+    A body is ``{"data":`` + data + a suffix without ``,"kind":"`` after its start, so
+    the data text is a slice; joining the slices into one JSON array costs one parser
+    call instead of one per record (a third of the time for 10,000 messages).  If
+    anything does not fit, each body is parsed alone so the error names the problem.
+    """
+    parts = []
+    for body in bodies:
+        if not body.startswith(_DATA_HEAD):
+            break
+        parts.append(body[8 : body.rfind(_SUFFIX_HEAD)])
+    else:
+        try:
+            out = json.loads("[" + ",".join(parts) + "]")
+        except ValueError:
+            out = None
+        if isinstance(out, list) and len(out) == len(bodies):
+            return out
+    return [record_data(body) for body in bodies]
+
+
 def record_data(body: str) -> dict[str, Any]:
     """The ``data`` object of a stored record body (:class:`ShapeError`)."""
     try:
@@ -180,11 +212,76 @@ def message_to_dict(m: Message) -> dict[str, Any]:
     }
 
 
+def _slot_setters() -> tuple[Any, ...] | None:
+    """The slot setters of :class:`Message`'s fields, if it is the plain frozen dataclass
+    this module was written for (else ``None``: build messages the ordinary way)."""
+    names = tuple(f.name for f in fields(Message))
+    if names != _MESSAGE_FIELDS or hasattr(Message, "__post_init__"):
+        return None
+    return tuple(vars(Message)[name].__set__ for name in names)
+
+
+_MESSAGE_FIELDS: Final = ("seq", "role", "content", "turn", "ts", "meta")
+_SETTERS: Final = _slot_setters()
+_FIELDS_OF: Final = itemgetter(*_MESSAGE_FIELDS)
+
+
 def message_from_dict(d: Any) -> Message:
     """The message a :func:`message_to_dict` dict describes (:class:`ShapeError`)."""
+    [m] = messages_from_dicts([d])
+    return m
+
+
+def messages_from_dicts(ds: Iterable[Any]) -> tuple[Message, ...]:
+    """:func:`message_from_dict` of each of ``ds`` (a load decodes thousands at once).
+
+    What the store wrote itself (exact types, empty meta) takes one inline check and
+    is built slot by slot: a frozen dataclass's ``__init__`` assigns each field through
+    ``object.__setattr__``, and filling the slots directly takes half the time.  (No
+    ``__post_init__`` is skipped: :func:`_slot_setters` makes sure there is none.)
+    Anything else goes through the field-by-field checks that say what is wrong.
+    """
+    if _SETTERS is None:
+        return tuple(map(_checked_message, ds))
+    s_seq, s_role, s_content, s_turn, s_ts, s_meta = _SETTERS
+    new, fields_of, roles, empty = object.__new__, _FIELDS_OF, _ROLES, EMPTY_META
+    out: list[Message] = []
+    append = out.append
+    for d in ds:
+        try:
+            seq, role, content, turn, ts, meta = fields_of(d)
+        except (KeyError, TypeError):
+            append(_checked_message(d))
+            continue
+        if not (
+            type(seq) is int
+            and type(turn) is int
+            and type(ts) is float
+            and type(content) is str
+            and type(role) is str
+            and type(meta) is dict
+            and not meta
+            and seq >= 0
+            and turn >= 0
+            and role in roles
+        ):
+            append(_checked_message(d))
+            continue
+        m = new(Message)
+        s_seq(m, seq)
+        s_role(m, role)
+        s_content(m, content)
+        s_turn(m, turn)
+        s_ts(m, ts)
+        s_meta(m, empty)
+        append(m)
+    return tuple(out)
+
+
+def _checked_message(d: Any) -> Message:
     d = _dict(d, "message")
     role = d.get("role")
-    if role not in _ROLES:
+    if not isinstance(d.get("role"), str) or role not in _ROLES:
         raise ShapeError(f"'role' must be one of {sorted(_ROLES)}")
     return Message(
         seq=_int(d, "seq"),

@@ -28,8 +28,10 @@ from sessions.store.codec import (
     checkpoint_to_dict,
     message_from_dict,
     message_to_dict,
+    messages_from_dicts,
     record_body,
     record_data,
+    record_datas,
     turn_from_dict,
     turn_to_dict,
 )
@@ -273,6 +275,12 @@ def plan_summary(
     return rows
 
 
+def _dict_data(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ShapeError("data must be an object")
+    return data
+
+
 def _bad(url: str, sid: str, exc: ShapeError) -> SessionTampered:
     return SessionTampered(url, sid, -1, f"record does not decode: {exc}")
 
@@ -280,19 +288,19 @@ def _bad(url: str, sid: str, exc: ShapeError) -> SessionTampered:
 def messages_of(chain: Chain, url: str, sid: str, first_seq: int) -> tuple[Message, ...]:
     """The messages among verified chain data, checked to be ``first_seq...`` densely."""
     try:
-        out = tuple(message_from_dict(record_data(b)) for k, b in chain if k == KIND_MESSAGE)
+        out = messages_from_dicts(record_datas([b for k, b, _ in chain if k == KIND_MESSAGE]))
     except ShapeError as exc:
         raise _bad(url, sid, exc) from None
-    for i, m in enumerate(out):
-        if m.seq != first_seq + i:
-            raise SessionTampered(url, sid, -1, f"message {first_seq + i} is missing")
+    if [m.seq for m in out] != list(range(first_seq, first_seq + len(out))):
+        i = next(i for i, m in enumerate(out) if m.seq != first_seq + i)
+        raise SessionTampered(url, sid, -1, f"message {first_seq + i} is missing")
     return out
 
 
 def turns_of(chain: Chain, url: str, sid: str, first_turn: int) -> tuple[TurnRecord, ...]:
     """The turn records among verified chain data, checked to be ``first_turn...``."""
     try:
-        out = tuple(turn_from_dict(record_data(b)) for k, b in chain if k == KIND_TURN)
+        out = tuple(map(turn_from_dict, record_datas([b for k, b, _ in chain if k == KIND_TURN])))
     except ShapeError as exc:
         raise _bad(url, sid, exc) from None
     for i, t in enumerate(out):
@@ -359,8 +367,10 @@ def split_chain(chain: Chain, url: str, sid: str) -> Parts:
     parts = Parts([], [], [])
     by_kind = {KIND_MESSAGE: parts.messages, KIND_TURN: parts.turns, KIND_SUMMARY: parts.summaries}
     try:
-        for kind, body in chain:
-            by_kind[kind].append(record_data(body))
+        for kind, data in zip(
+            (k for k, _, _ in chain), record_datas([b for _, b, _ in chain]), strict=True
+        ):
+            by_kind[kind].append(_dict_data(data))
     except ShapeError as exc:
         raise _bad(url, sid, exc) from None
     for i, m in enumerate(parts.messages):

@@ -37,6 +37,7 @@ from sessions.store.codec import (
     checkpoint_to_dict,
     message_from_dict,
     message_to_dict,
+    messages_from_dicts,
     meta_from_dict,
     meta_to_dict,
     turn_from_dict,
@@ -186,7 +187,7 @@ def _check_signature(
 
 def _decode(doc: Mapping[str, Any]) -> ImportPlan:
     meta = meta_from_dict(doc.get("meta"))
-    messages = tuple(message_from_dict(m) for m in doc["messages"])
+    messages = messages_from_dicts(doc["messages"])
     turns = tuple(turn_from_dict(t) for t in doc["turns"])
     summaries = tuple(_summary(s) for s in doc["summaries"])
     cp = doc.get("checkpoint")

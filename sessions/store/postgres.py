@@ -433,7 +433,7 @@ class PostgresStore:
             if st.summary_upto != -1:
                 raise SessionTampered(self.url, st.id, -1, "the latest summary is missing")
             return None
-        [(_, body)] = verify_span(self._s, self.url, st.id, [row], first=row[0])
+        [(_, body, _)] = verify_span(self._s, self.url, st.id, [row], first=row[0])
         upto, message = summary_of(body, self.url, st.id)
         if upto != st.summary_upto:
             raise SessionTampered(self.url, st.id, row[0], "summary is not the latest")

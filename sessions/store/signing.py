@@ -31,6 +31,7 @@ __all__ = [
     "Chain",
     "Row",
     "Signer",
+    "Slim",
     "data_dir",
     "derive_key",
     "key_file_path",
@@ -44,10 +45,14 @@ GENESIS: Final = bytes(32)
 Row = tuple[int, str, int, str, bytes, bytes]
 """A stored chain record: ``(rseq, kind, key, body, prev_mac, mac)``."""
 
-Chain = list[tuple[str, str]]
-"""Verified records as ``(kind, body)``, in chain order; bodies are parsed on demand."""
+Slim = tuple[str, str, bytes]
+"""A chain record as the fast path reads it: ``(kind, body, mac)``."""
+
+Chain = list[Slim]
+"""Verified records as ``(kind, body, mac)``, in chain order; bodies are parsed on demand."""
 
 _KEY_CONTEXT: Final = b"turngraph.key.v1\x00"
+_BLOCK: Final = 64  # SHA-256's block size, HMAC's key pad length
 
 
 def data_dir() -> Path:
@@ -123,26 +128,35 @@ def _read_key_file(path: Path) -> bytes:
 
 
 class Signer:
-    """HMACs for one key.  Keeps a pre-keyed HMAC and ``copy()``s it per record."""
+    """HMAC-SHA256 for one key, with the key's two padded blocks hashed once.
 
-    __slots__ = ("_base",)
+    HMAC(k, m) = SHA256((k ^ opad) || SHA256((k ^ ipad) || m)) (RFC 2104).  The two
+    SHA-256 states after the padded key are kept and ``copy()``'d per message: a copy of
+    a bare hash state is far cheaper than copying an HMAC object, so a ~200-byte
+    record's MAC costs about 0.7 µs instead of 1.3 µs, identical bytes.
+    """
+
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
-        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def mac(self, prev: bytes, body: str) -> bytes:
         """A chain record's MAC: ``HMAC(key, prev || body)``."""
-        h = self._base.copy()
-        h.update(prev)
-        h.update(body.encode())
-        return h.digest()
+        inner = self._inner.copy()
+        inner.update(prev)
+        inner.update(body.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def tagged(self, tag: bytes, text: str) -> bytes:
         """A MAC of ``text`` in the domain ``tag`` (session state, checkpoint, export)."""
-        h = self._base.copy()
-        h.update(tag + b"\x00")
-        h.update(text.encode())
-        return h.digest()
+        return self.mac(tag + b"\x00", text)
 
     def chain(self, prev: bytes, bodies: Iterable[str]) -> list[tuple[bytes, bytes]]:
         """``(prev_mac, mac)`` for consecutive bodies starting after ``prev``."""
@@ -152,6 +166,34 @@ class Signer:
             out.append((prev, mac))
             prev = mac
         return out
+
+    def check_chain(self, session_id: str, rows: Iterable[Slim], first: int, prev: bytes) -> bool:
+        """The fast path of verification: whether ``rows`` are intact records.
+
+        ``rows`` are ``(kind, body, mac)`` of records ``first, first + 1, ...`` in order,
+        and ``prev`` is the MAC record ``first`` must link to.  One tight loop per record:
+        recompute the MAC from the *expected* previous MAC (so a deleted, reordered or
+        foreign record breaks it), compare it with the stored one, and check the body's
+        suffix names this session, this position and this kind.  On ``False``, callers
+        run :func:`verify_span` on full rows, which names the first bad record and why.
+        (A ``True`` lets callers use ``rows`` as they are: no copy per record.)
+        """
+        ipad, opad, compare, r = self._inner, self._outer, hmac.compare_digest, first
+        tail = f',"session":"{session_id}"}}'
+        try:
+            for kind, body, mac in rows:
+                inner = ipad.copy()
+                inner.update(prev)
+                inner.update(body.encode())
+                outer = opad.copy()
+                outer.update(inner.digest())
+                prev = outer.digest()
+                if not (compare(prev, mac) and body.endswith(f',"kind":"{kind}","rseq":{r}{tail}')):
+                    return False
+                r += 1
+        except TypeError:  # a NULL or non-bytes MAC column: the careful check names it
+            return False
+        return True
 
 
 def verify_span(
@@ -171,7 +213,42 @@ def verify_span(
     span to end exactly at the session's head.  Raises
     :class:`~engine.errors.SessionTampered` naming the first bad record.  The
     ``key`` column is not signed: callers check the decoded ``seq`` / ``turn`` instead.
+
+    Intact data takes :meth:`Signer.check_chain`'s tight loop; only a failure pays for
+    the record-by-record diagnosis that names the reason.
     """
+    rows = rows if isinstance(rows, list) else list(rows)
+    out = _fast(signer, session_id, rows, first, prev)
+    if out is not None:
+        last = bytes(rows[-1][5]) if rows else prev
+    else:
+        out, last = _diagnose(signer, url, session_id, rows, first, prev)
+    if head is not None:
+        _check_head(url, session_id, first + len(out), last, head)
+    return out
+
+
+def _fast(
+    signer: Signer, session_id: str, rows: list[Row], first: int, prev: bytes | None
+) -> Chain | None:
+    """:meth:`Signer.check_chain` plus the unsigned columns' consistency, or ``None``."""
+    if not rows:
+        return []
+    if prev is None:
+        prev = bytes(rows[0][4] or b"")
+    links = [prev] + [m for *_, m in rows[:-1]]
+    if not prev or [r[0] for r in rows] != list(range(first, first + len(rows))):
+        return None
+    if any(p != want for (*_, p, _m), want in zip(rows, links, strict=True)):
+        return None
+    slim = [(k, b, m) for _, k, _, b, _, m in rows]
+    return slim if signer.check_chain(session_id, slim, first, prev) else None
+
+
+def _diagnose(
+    signer: Signer, url: str, session_id: str, rows: list[Row], first: int, prev: bytes | None
+) -> tuple[Chain, bytes | None]:
+    """Check record by record and raise naming the first bad one and why."""
     expect, r = prev, first
     out: Chain = []
 
@@ -189,12 +266,24 @@ def verify_span(
             raise bad(r, "MAC mismatch (record edited, or signed with another key)")
         if not body.endswith(record_suffix(session_id, r, kind)):
             raise bad(r, "record belongs to another session or position")
-        out.append((kind, body))
+        out.append((kind, body, bytes(mac)))
         expect, r = bytes(mac), r + 1
-    if head is not None:
-        count, head_mac = head
-        if r != count:
-            raise bad(r, f"chain ends at record {r} but the session has {count} (truncated?)")
-        if expect is not None and not hmac.compare_digest(expect, head_mac):
-            raise bad(r - 1, "last record does not match the session head")
-    return out
+    return out, expect
+
+
+def _check_head(
+    url: str, session_id: str, end: int, last: bytes | None, head: tuple[int, bytes]
+) -> None:
+    """Raise unless a span ending before record ``end`` with MAC ``last`` is the head."""
+    count, head_mac = head
+    if end != count:
+        raise SessionTampered(
+            url,
+            session_id,
+            end,
+            f"chain ends at record {end} but the session has {count} (truncated?)",
+        )
+    if last is not None and not hmac.compare_digest(last, head_mac):
+        raise SessionTampered(
+            url, session_id, end - 1, "last record does not match the session head"
+        )

@@ -1,0 +1,159 @@
+"""The fast paths of reading a chain: they agree with the careful ones, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.errors import SessionTampered
+from sessions.store.base import Message
+from sessions.store.codec import (
+    ShapeError,
+    _checked_message,
+    canonical_json,
+    message_to_dict,
+    messages_from_dicts,
+    record_body,
+    record_data,
+    record_datas,
+)
+from sessions.store.signing import GENESIS, Row, Signer, verify_span
+
+KEY = hashlib.sha256(b"k").digest()
+
+
+@pytest.mark.parametrize("key", [KEY, b"", b"x" * 64, b"y" * 65, b"z" * 200])
+def test_signer_is_rfc2104_hmac_sha256(key: bytes) -> None:
+    """The precomputed-pad MAC equals the standard library's HMAC for any key length."""
+    s = Signer(key)
+    assert (
+        s.mac(b"p" * 32, "héllo") == hmac.new(key, b"p" * 32 + "héllo".encode(), "sha256").digest()
+    )
+    assert s.tagged(b"state", "t") == hmac.new(key, b"state\x00t", "sha256").digest()
+
+
+def _rows(sid: str, datas: list[dict[str, Any]], signer: Signer) -> list[Row]:
+    rows: list[Row] = []
+    prev = GENESIS
+    for i, data in enumerate(datas):
+        body = record_body(sid, i, "message", data)
+        mac = signer.mac(prev, body)
+        rows.append((i, "message", i, body, prev, mac))
+        prev = mac
+    return rows
+
+
+def _msg(i: int, content: str = "hi") -> dict[str, Any]:
+    return message_to_dict(Message(i, "user", content, 1, 1.5))
+
+
+def test_check_chain_accepts_intact_and_refuses_any_change() -> None:
+    """The fast check says True only for the exact records, links and positions."""
+    s = Signer(KEY)
+    rows = _rows("s1", [_msg(i) for i in range(4)], s)
+    slim = [(k, b, m) for _, k, _, b, _, m in rows]
+    assert s.check_chain("s1", slim, 0, GENESIS)
+    assert s.check_chain("s1", slim[2:], 2, rows[2][4])
+    edited = [*slim[:1], ("message", slim[1][1].replace("hi", "ho"), slim[1][2]), *slim[2:]]
+    assert not s.check_chain("s1", edited, 0, GENESIS)
+    assert not s.check_chain("s1", slim[1:], 1, GENESIS)  # wrong link
+    assert not s.check_chain("s1", slim[1:], 0, rows[1][4])  # wrong position
+    assert not s.check_chain("s2", slim, 0, GENESIS)  # another session
+    assert not s.check_chain("s1", [("turn", *slim[0][1:])], 0, GENESIS)  # another kind
+    assert not s.check_chain("s1", [(*slim[0][:2], None)], 0, GENESIS)  # type: ignore[list-item]
+
+
+def test_verify_span_still_names_the_first_bad_record() -> None:
+    """A failed fast check falls back to the record-by-record diagnosis."""
+    s = Signer(KEY)
+    rows = _rows("s1", [_msg(i) for i in range(5)], s)
+    assert [b for _, b, _ in verify_span(s, "u", "s1", rows, first=0, prev=GENESIS)] == [
+        r[3] for r in rows
+    ]
+    bad = list(rows)
+    bad[3] = (3, "message", 3, rows[3][3].replace("hi", "yo"), rows[3][4], rows[3][5])
+    with pytest.raises(SessionTampered) as info:
+        verify_span(s, "u", "s1", bad, first=0, prev=GENESIS)
+    assert info.value.record == 3 and "MAC mismatch" in info.value.reason
+    relinked = list(rows)
+    relinked[2] = (2, "message", 2, rows[2][3], bytes(32), rows[2][5])
+    with pytest.raises(SessionTampered, match="does not link"):
+        verify_span(s, "u", "s1", relinked, first=0, prev=GENESIS)
+    with pytest.raises(SessionTampered, match="truncated"):
+        verify_span(s, "u", "s1", rows[:4], first=0, prev=GENESIS, head=(5, rows[4][5]))
+
+
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "content": st.text(),
+                "meta": st.dictionaries(st.text(max_size=5), st.integers() | st.text(), max_size=2),
+            }
+        ),
+        max_size=8,
+    )
+)
+def test_record_datas_equals_parsing_each_body(items: list[dict[str, Any]]) -> None:
+    """The batched parse returns exactly what parsing every body alone returns."""
+    bodies = [record_body("s.1", i, "message", {**d, "seq": i}) for i, d in enumerate(items)]
+    assert record_datas(bodies) == [record_data(b) for b in bodies]
+
+
+def test_record_datas_reports_a_bad_body_precisely() -> None:
+    """A body that does not parse falls back to one-by-one parsing and its error."""
+    good = record_body("s1", 0, "message", _msg(0))
+    with pytest.raises(ShapeError, match="not JSON"):
+        record_datas([good, '{"data":{"x":,"kind":"message","rseq":1,"session":"s1"}'])
+    with pytest.raises(ShapeError, match="not an object"):
+        record_datas([good, "[1]"])
+    assert record_datas([]) == []
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 3),
+    st.floats(allow_nan=False),
+    st.text(max_size=3),
+    st.sampled_from(["user", "assistant", "tool", "bogus"]),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["seq", "role", "content", "turn", "ts", "meta", "extra"]), _VALUES
+    )
+    | st.integers()
+)
+def test_messages_from_dicts_equals_the_checked_decoder(d: Any) -> None:
+    """Fast or not, decoding gives the same message, or the same error, as the checks."""
+    try:
+        want: Message | str = _checked_message(d)
+    except ShapeError as exc:
+        want = str(exc)
+    try:
+        got: Message | str = messages_from_dicts([d])[0]
+    except ShapeError as exc:
+        got = str(exc)
+    assert got == want
+    if isinstance(got, Message):
+        assert type(got.meta) is type(Message(0, "user", "", 0, 0.0).meta)
+        with pytest.raises(AttributeError):
+            got.seq = 1  # type: ignore[misc]  # still frozen
+
+
+def test_fast_messages_round_trip_exactly() -> None:
+    """Messages written by the store decode to equal messages (the common case)."""
+    msgs = [Message(i, "assistant", f"m{i}", 2, 1.0 + i) for i in range(50)]
+    data = [message_to_dict(m) for m in msgs]
+    assert messages_from_dicts(data) == tuple(msgs)
+    assert canonical_json([message_to_dict(m) for m in messages_from_dicts(data)]) == (
+        canonical_json(data)
+    )
