@@ -1,6 +1,12 @@
 """``python -m engine.run sessions ...``: list, show, export, import, delete, compact
 stored sessions, with rich tables.  Every action opens the store named by ``--store``
 (default ``$TURNGRAPH_STORE``, else SQLite in the data directory) and closes it.
+
+Only ``import`` may create the store; the other actions refuse a store that does not
+exist (``no such store: PATH``), so a mistyped path makes no folders or empty database.
+``list`` shows a session whose metadata fails verification as ``ID (TAMPERED)``
+(``"tampered": true`` with ``--json``, the id alone) and warns on stderr, so one edited
+row never hides the rest; ``show`` of that session is refused.
 """
 
 from __future__ import annotations
@@ -9,7 +15,15 @@ import argparse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from engine.cli_common import PROG, Parser, check_output, configure_logging, print_json, store_url
+from engine.cli_common import (
+    PROG,
+    Parser,
+    check_output,
+    configure_logging,
+    err,
+    print_json,
+    store_url,
+)
 
 __all__ = ["ACTIONS", "cmd_sessions"]
 
@@ -52,18 +66,54 @@ def cmd_sessions(argv: Sequence[str]) -> int:
     return anyio.run(ACTIONS[args.action], args)
 
 
-async def _sessions_list(args: argparse.Namespace) -> int:
-    from engine.cli_views import print_renderable, sessions_table
+def _existing_store(args: argparse.Namespace) -> Any:
+    """The ``--store`` store for a read-only action: never created if missing."""
     from sessions.store import open_store
 
-    async with open_store(store_url(args.store)) as store:
+    return open_store(store_url(args.store), create=False)
+
+
+async def _sessions_list(args: argparse.Namespace) -> int:
+    from engine.cli_views import print_renderable, sessions_table
+
+    async with _existing_store(args) as store:
         metas = await store.list_sessions(0, max(1, args.limit))
         url = store.url
     if args.json:
-        print_json([_meta_dict(m) for m in metas])
+        print_json([_listed_dict(m) for m in metas])
     else:
-        print_renderable(sessions_table(metas, title=f"sessions in {url}"))
+        print_renderable(sessions_table(list(map(_listed_row, metas)), title=f"sessions in {url}"))
+    tampered = [m.id for m in metas if m.tampered]
+    if tampered:
+        err(
+            f"warning: {len(tampered)} tampered session(s), metadata not verified: "
+            f"{', '.join(tampered)} (`{PROG} sessions show ID` says why)"
+        )
     return 0
+
+
+def _listed_dict(meta: Any) -> dict[str, Any]:
+    """A ``list --json`` entry: a tampered session is its id alone (nothing verified)."""
+    if meta.tampered:
+        return {"id": meta.id, "tampered": True}
+    return {**_meta_dict(meta), "tampered": False}
+
+
+def _listed_row(meta: Any) -> Any:
+    """A table row's object: a tampered session shows its id marked, no values."""
+    if not meta.tampered:
+        return meta
+    from types import SimpleNamespace
+
+    unknown = "?"
+    return SimpleNamespace(
+        id=f"{meta.id} (TAMPERED)",
+        type=unknown,
+        turn_count=unknown,
+        message_count=unknown,
+        cognitive_mode=unknown,
+        updated_at=0.0,
+    )
 
 
 def _meta_dict(meta: Any) -> dict[str, Any]:
@@ -82,10 +132,8 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 
 
 async def _sessions_show(args: argparse.Namespace) -> int:
-    from sessions.store import open_store
-
     last = max(1, args.last)
-    async with open_store(store_url(args.store)) as store:
+    async with _existing_store(args) as store:
         checked = await store.verify(args.id)  # tampering is an error, not a display
         loaded = await store.load(args.id, recent=last)
         meta = loaded.meta
@@ -125,9 +173,9 @@ def _print_session(meta: Any, messages: Sequence[Any], turns: Sequence[Any], che
 
 
 async def _sessions_export(args: argparse.Namespace) -> int:
-    from sessions.store import open_store, write_export
+    from sessions.store import write_export
 
-    async with open_store(store_url(args.store)) as store:
+    async with _existing_store(args) as store:
         doc = await store.export(args.id)
     if args.output == "-":
         print_json(doc)
@@ -150,9 +198,8 @@ async def _sessions_import(args: argparse.Namespace) -> int:
 
 async def _sessions_delete(args: argparse.Namespace) -> int:
     from engine.errors import SessionNotFound
-    from sessions.store import open_store
 
-    async with open_store(store_url(args.store)) as store:
+    async with _existing_store(args) as store:
         if not await store.delete(args.id):
             raise SessionNotFound(args.id, "no such session")
     print(f"deleted session {args.id}")
@@ -162,7 +209,7 @@ async def _sessions_delete(args: argparse.Namespace) -> int:
 async def _sessions_compact(args: argparse.Namespace) -> int:
     from sessions import SessionManager
 
-    async with SessionManager(store_url(args.store)) as manager:
+    async with _existing_store(args) as store, SessionManager(store) as manager:
         result = await manager.compact(args.id)
     if result.messages_compacted == 0:
         print(f"session {args.id}: nothing compacted ({result.reason or 'nothing old enough'})")

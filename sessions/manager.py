@@ -340,7 +340,8 @@ class SessionManager:
         return await (await self.get(session_id)).compact()
 
     async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
-        """Every session in the store (live or not), by id."""
+        """Every session in the store (live or not), by id; one whose stored metadata
+        fails verification is listed by id with ``tampered=True``."""
         return await self.store.list_sessions(offset, limit)
 
     list = list_sessions

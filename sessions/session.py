@@ -207,10 +207,14 @@ class Session:
       requests (:meth:`tool_calls`; all of them are messages, so :meth:`messages` pages
       older ones in).
 
-    A heartbeat's result (working memory, goals, cognitive mode) is applied in memory
-    between turns but reaches the store only with the next turn's commit (the store
-    has no write for session state alone): a process that stops before the next turn
-    loses it.
+    A heartbeat's result (working memory, goals, cognitive mode) is applied between
+    turns and stored on its own (:meth:`~sessions.store.base.Store.update_state`,
+    fenced like a commit) under the session lock, so it never lands between a turn's
+    commit and its apply: applied while idle, it is written by a background task at
+    once; applied when a turn (or compaction) releases the lock, it is written before
+    the lock is released; a result not yet written is written by :meth:`close`.  A
+    failed write is logged (``session.state_not_stored``) and retried with the next
+    commit or at close; a process that dies in between loses only that one result.
     """
 
     __slots__ = (
@@ -230,6 +234,7 @@ class Session:
         "_tool_calls",
         "_trace_steps",
         "_traces",
+        "_turn_held",
         "_waiting",
         "_wm_view",
         "agent_id",
@@ -296,6 +301,7 @@ class Session:
             filter(is_tool_call, self.window.messages), maxlen=limits.max_tool_calls
         )
         self._state_dirty = False
+        self._turn_held = False  # the lock is held by a turn (not a state write)
         self._pending_state: dict[str, Any] | None = None
         self._compact_lock = anyio.Lock()
         self._compact_gen = 0
@@ -321,7 +327,7 @@ class Session:
 
     @property
     def busy(self) -> bool:
-        """True while a turn runs (or a compaction applies)."""
+        """True while a turn runs (or a compaction applies, or session state is stored)."""
         return self._lock.locked()
 
     @property
@@ -410,13 +416,16 @@ class Session:
                 await self._report_interrupted(self._resume_cp, "superseded by a new turn")
             return await self._turn(text, self.turn_count + 1)
         finally:
-            self._leave()
+            await self._leave()
 
     async def _enter(self) -> None:
         """Take the session lock in FIFO order, bounded by the queue size."""
         if self.closed:
             raise SessionClosed(self.id, "closed")
-        if self._lock.locked() and self._waiting >= self._rt.limits.queue_size:
+        # A state write or a compaction holding the lock is brief and is not a turn:
+        # the first turn behind it waits without counting against the queue.
+        room = self._rt.limits.queue_size + (0 if self._turn_held else 1)
+        if self._lock.locked() and self._waiting >= room:
             raise SessionBusy(self.id, f"{self._waiting} turns already queued")
         self._waiting += 1
         try:
@@ -426,19 +435,31 @@ class Session:
         if self.closed:
             self._lock.release()
             raise SessionClosed(self.id, "closed while the turn was queued")
+        self._turn_held = True
 
-    def _leave(self) -> None:
-        """Apply a heartbeat result that arrived during the turn, then release the lock."""
+    async def _leave(self) -> None:
+        """End a turn: phase idle, then :meth:`_unlock`."""
         self.phase = "idle"
-        self._flush_pending()
-        self._lock.release()
+        self._turn_held = False
+        await self._unlock()
+
+    async def _unlock(self) -> None:
+        """Apply a heartbeat result that waited for the lock holder, store any session
+        state not stored yet, release the lock.  Never raises (write failures are
+        logged): it runs in ``finally`` blocks, after the turn's own outcome."""
+        try:
+            self._flush_pending()
+            if self._state_dirty and not self.closed:  # close() stores it itself
+                await self._store_state()
+        finally:
+            self._lock.release()
 
     def _flush_pending(self) -> None:
         """Apply the heartbeat result that waited for the lock holder (who calls this)."""
         if self._pending_state is not None:
             pending, self._pending_state = self._pending_state, None
-            self._apply_state(pending)
-            self._state_dirty = True
+            if self._apply_state(pending):
+                self._state_dirty = True
 
     async def _turn(
         self,
@@ -627,17 +648,22 @@ class Session:
             cognitive_mode=state.get("cognitive_mode", self.cognitive_mode),
         )
 
-    def _apply_state(self, state: Mapping[str, Any]) -> None:
+    def _apply_state(self, state: Mapping[str, Any]) -> bool:
+        """Apply state changes in memory; whether anything actually changed (a heartbeat
+        repeating the current mode needs no store write)."""
+        before = (dict(self.working_memory), self.goals, self.cognitive_mode)
         _merge_memory(self.working_memory, state.get("memory.working"))
         if "goals" in state:
             self.goals = state["goals"]
         if "cognitive_mode" in state:
             self.cognitive_mode = state["cognitive_mode"]
+        return before != (self.working_memory, self.goals, self.cognitive_mode)
 
     def _offer_state(self, ctx: Mapping[str, Any]) -> None:
         """Apply a heartbeat's result now if no turn runs, else when the turn ends.
 
-        Either way it is persisted with the next turn's commit.
+        Applied now, a background task stores it under the lock; applied at the end of
+        a turn, :meth:`_unlock` stores it before releasing the lock.
         """
         state = self._state_changes(ctx)
         if not state:
@@ -647,9 +673,46 @@ class Session:
             if "memory.working" in pending and "memory.working" in state:
                 state["memory.working"] = {**pending["memory.working"], **state["memory.working"]}
             self._pending_state = {**pending, **state}
-        else:
-            self._apply_state(state)
+        elif self._apply_state(state):
             self._state_dirty = True
+            self._store_soon()
+
+    def _store_soon(self) -> None:
+        """Start a background task storing the session state (the heartbeat's
+        callback is synchronous); without a running manager :meth:`close` stores it."""
+        if self.closed:
+            return
+        with contextlib.suppress(SessionClosed):
+            self._rt.spawn(self._store_state_locked)
+
+    async def _store_state_locked(self) -> None:
+        """Take the session lock (after any turn queued before), store dirty state."""
+        await self._lock.acquire()
+        await self._unlock()
+
+    async def _store_state(self) -> None:
+        """Write working memory, goals and mode alone (the caller holds the lock).
+
+        Shielded: once started, the write finishes.  ``Fenced`` closes the session
+        (:meth:`_guard`); any other failure is logged and the state stays dirty, to ride
+        the next commit or :meth:`close`.
+        """
+        write = self._rt.store.update_state(
+            self.id,
+            working_memory=dict(self.working_memory),
+            goals=self.goals,
+            cognitive_mode=self.cognitive_mode,
+            token=self._token,
+        )
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._guard(write)
+        except Fenced:
+            return  # the session is closed and its manager told; the result is lost
+        except Exception as exc:
+            log("warning", "session.state_not_stored", session_id=self.id, error=_describe(exc))
+            return
+        self._state_dirty = False
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -710,7 +773,8 @@ class Session:
 
     async def apply_summary(self, summary: Message, upto_seq: int) -> bool:
         """Archive ``summary`` in the store and drop what it covers from memory (locked)."""
-        async with self._lock:
+        await self._lock.acquire()
+        try:
             if self.closed:
                 return False
             with anyio.CancelScope(shield=True):
@@ -719,8 +783,9 @@ class Session:
                 )
             self.window.drop_upto(upto_seq)
             self.window.set_summary(summary)
-            self._flush_pending()
             return True
+        finally:
+            await self._unlock()
 
     def _maybe_compact(self) -> None:
         threshold = self._rt.limits.compaction_threshold_tokens
@@ -824,7 +889,7 @@ class Session:
                 cp.input, cp.turn, start_at=cp.next_node, carried=cp.context, prior=cp.trace
             )
         finally:
-            self._leave()
+            await self._leave()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -834,13 +899,20 @@ class Session:
         return self._token
 
     async def close(self) -> None:
-        """Stop the heartbeat, refuse new turns, wait for the running (and queued) turn."""
+        """Stop the heartbeat, refuse new turns, wait for the running (and queued) turn,
+        then store a heartbeat result not stored yet.  A session closed because it was
+        fenced writes nothing more."""
         if self.closed:
             return
         self.closed = True
         self.heartbeat.stop()
-        async with self._lock:
-            pass
+        await self._lock.acquire()
+        try:
+            self._flush_pending()
+            if self._state_dirty:
+                await self._store_state()
+        finally:
+            self._lock.release()
 
 
 def _describe(exc: BaseException) -> str:

@@ -501,6 +501,8 @@ def test_sessions_export_delete_import(
     assert cli.main(["sessions", "import", str(export), "--store", store]) == 0
     assert "imported session s3 (1 turns, 2 messages)" in capsys.readouterr().out
     one_error(capsys, ["sessions", "import", str(export), "--store", store], "already exists")
+    # The hint names the CLI's flag, not only the Python keyword.
+    one_error(capsys, ["sessions", "import", str(export), "--store", store], "--replace")
     assert cli.main(["sessions", "import", str(export), "--replace", "--store", store]) == 0
     capsys.readouterr()
 
@@ -511,6 +513,8 @@ def test_sessions_reject_bad_input(
     """Bad ids, missing sessions, junk exports and junk stores: one line, exit 2."""
     one_error(capsys, ["sessions", "show", "../etc", "--store", store], "../etc")
     one_error(capsys, [TURN, "-m", "x", "--session", "a/b", "--store", store], "a/b")
+    one_error(capsys, ["sessions", "compact", "ghost", "--store", store], "no such store")
+    turn_json(capsys, "-m", "hi", "--session", "s0", "--store", store)
     one_error(capsys, ["sessions", "compact", "ghost", "--store", store], "ghost")
     truncated = tmp_path / "cut.json"
     truncated.write_text('{"format": "turngraph')
@@ -537,6 +541,77 @@ def test_tampered_session_is_refused(store: str, capsys: pytest.CaptureFixture[s
     db.close()
     one_error(capsys, ["sessions", "show", "s4", "--store", store], "s4")
     one_error(capsys, [TURN, "-m", "hi", "--session", "s4", "--store", store], "s4")
+
+
+def test_read_only_actions_never_create_a_store(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped SQLite path is "no such store" for list/show/export/delete/compact,
+    creating neither folders nor a database; a turn (a write) still creates it."""
+    missing = tmp_path / "nonexist" / "dir" / "x.db"
+    url = f"sqlite:///{missing}"
+    for argv in (
+        ["list"],
+        ["list", "--json"],
+        ["show", "s1"],
+        ["export", "s1", "-o", "-"],
+        ["delete", "s1"],
+        ["compact", "s1"],
+    ):
+        one_error(capsys, ["sessions", *argv, "--store", url], f"no such store: {missing}")
+    assert not (tmp_path / "nonexist").exists()
+    turn_json(capsys, "-m", "hi", "--session", "s1", "--store", url)
+    assert missing.is_file()
+    assert cli.main(["sessions", "list", "--json", "--store", url]) == 0
+    assert [s["id"] for s in json.loads(capsys.readouterr().out)] == ["s1"]
+
+
+def test_sessions_list_survives_a_tampered_session(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list still lists every session, flagging the tampered one (and warning on
+    stderr); show of that one is refused in one line."""
+    import sqlite3
+
+    for sid in ("s1", "s2", "s3"):
+        turn_json(capsys, "-m", "hi", "--session", sid, "--store", store)
+    db = sqlite3.connect(store.removeprefix("sqlite:///"))
+    with db:
+        db.execute("UPDATE sessions SET turn_count = 7 WHERE id = 's2'")
+    db.close()
+    assert cli.main(["sessions", "list", "--json", "--store", store]) == 0
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)
+    assert [(s["id"], s["tampered"]) for s in listed] == [
+        ("s1", False),
+        ("s2", True),
+        ("s3", False),
+    ]
+    assert listed[0]["turns"] == 1 and "turns" not in listed[1]
+    [warning] = captured.err.splitlines()
+    assert "s2" in warning and "tampered" in warning
+    assert cli.main(["sessions", "list", "--store", store]) == 0
+    captured = capsys.readouterr()
+    assert "s2 (TAMPERED)" in captured.out and "s3" in captured.out
+    one_error(capsys, ["sessions", "show", "s2", "--store", store], "MAC mismatch")
+
+
+def test_unreachable_postgres_is_one_line(
+    store: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused PostgreSQL connection is one line with the real reason (and no
+    password), for a read and for a turn alike; nothing else is logged."""
+    url = "postgresql://postgres:hunter2@127.0.0.1:1/test"
+    for argv in (
+        ["sessions", "list", "--store", url],
+        [TURN, "-m", "hi", "--session", "s1", "--store", url],
+    ):
+        assert cli.main(argv) == 2
+        captured = capsys.readouterr()
+        [line] = captured.err.splitlines()
+        assert "refused" in line.lower() and "127.0.0.1:1" in line
+        assert "hunter2" not in line and "Traceback" not in captured.err
+    assert [r for r in caplog.records if r.name.startswith("psycopg")] == []
 
 
 def test_sessions_compact_short_session(store: str, capsys: pytest.CaptureFixture[str]) -> None:

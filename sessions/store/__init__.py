@@ -97,13 +97,16 @@ def sqlite_path(url: str) -> Path:
     return Path(rest)
 
 
-def _sqlite(url: str, secret: bytes | str | None, limits: ImportLimits | None) -> SQLiteStore:
+def _sqlite(
+    url: str, secret: bytes | str | None, limits: ImportLimits | None, create: bool
+) -> SQLiteStore:
     """A SQLite store; ``?synchronous=NORMAL`` trades power-loss durability for speed."""
     params = dict(parse_qsl(url.partition("?")[2]))
     sync = params.pop("synchronous", "FULL").upper()
     if params or sync not in ("FULL", "NORMAL", "EXTRA"):
         raise StoreError(url, "SQLite URL options: synchronous=FULL|NORMAL|EXTRA only")
-    return SQLiteStore(url, sqlite_path(url), secret=secret, limits=limits, synchronous=sync)
+    path = sqlite_path(url)
+    return SQLiteStore(url, path, secret=secret, limits=limits, synchronous=sync, create=create)
 
 
 def open_store(
@@ -111,22 +114,26 @@ def open_store(
     *,
     secret: bytes | str | None = None,
     limits: ImportLimits | None = None,
+    create: bool = True,
 ) -> OpenStore:
     """The store for ``url``, not yet opened: ``await store.open()`` or ``async with``.
 
     ``secret`` overrides the configured HMAC key (tests); ``limits`` bound imports.
+    ``create=False`` is for read-only tools: opening a store that does not exist yet
+    (a missing SQLite file, a PostgreSQL database without turngraph's tables) raises
+    :class:`~engine.errors.StoreError` ``no such store`` instead of creating it.
     An unknown scheme raises :class:`~engine.errors.StoreError`.
     """
     url = url or default_store_url()
     if url == "memory:" or url.startswith("memory:"):
         return MemoryStore(url, secret=secret, limits=limits)
     if url.startswith("sqlite:"):
-        return _sqlite(url, secret, limits)
+        return _sqlite(url, secret, limits, create)
     scheme = urlsplit(url).scheme
     if scheme in ("postgresql", "postgres"):
         from sessions.store.postgres import PostgresStore  # psycopg is an optional extra
 
-        return PostgresStore(url, secret=secret, limits=limits)
+        return PostgresStore(url, secret=secret, limits=limits, create=create)
     raise StoreError(
         redact_url(url),
         f"unknown store URL scheme {scheme or url!r}; "

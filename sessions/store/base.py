@@ -16,6 +16,10 @@ Every backend (``memory:``, ``sqlite:///path.db``, ``postgresql://...``) impleme
   HMAC-SHA256(key, previous record's MAC || canonical content); reads verify what they
   read, :meth:`Store.verify` verifies everything, and a mismatch raises
   :class:`~engine.errors.SessionTampered` naming the session and record.
+* **Session state.**  Working memory, goals and cognitive mode ride a turn's commit,
+  or change alone through :meth:`Store.update_state` (a heartbeat's result between
+  turns): fenced like every write, and on the durable backends the session row is
+  verified before and re-signed after, in the same transaction.
 * **Bounded reads.**  :meth:`Store.load` reads metadata and the most recent messages;
   older history pages in through :meth:`Store.messages`.
 """
@@ -102,6 +106,9 @@ class SessionMeta:
 
     ``version`` is the fencing token of the current owner.  ``summary_upto`` is the
     ``seq`` of the last message covered by the latest summary (-1: none).
+    ``tampered`` is set only in :meth:`Store.list_sessions` results, on a session whose
+    row fails its MAC: such an entry carries the id alone (every other value would be
+    unverified) and the session itself still refuses to load.
     """
 
     id: str
@@ -117,6 +124,7 @@ class SessionMeta:
     goals: tuple[str, ...] = ()
     cognitive_mode: str = "default"
     summary_upto: int = -1
+    tampered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +195,19 @@ class Store(Protocol):
     async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
         """Append one turn atomically; ``Fenced`` (nothing written) on a stale token."""
 
+    async def update_state(
+        self,
+        session_id: str,
+        *,
+        working_memory: Mapping[str, Any] | None = None,
+        goals: tuple[str, ...] | None = None,
+        cognitive_mode: str | None = None,
+        token: int,
+    ) -> None:
+        """Replace the session's working memory, goals and/or cognitive mode (``None``:
+        unchanged) without a turn; appends no record.  ``Fenced`` (nothing written) on a
+        stale token; ``SessionTampered`` if the stored row does not verify."""
+
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
     ) -> None:
@@ -209,7 +230,9 @@ class Store(Protocol):
         """Turn records (node traces) in turn order: turns ``offset+1 ...``."""
 
     async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
-        """Sessions by id."""
+        """Sessions by id, metadata only (no chain is read).  A session whose row fails
+        its MAC is still listed, as ``SessionMeta(id, tampered=True)``: one edited row
+        must not hide the rest of the store from an operator."""
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""

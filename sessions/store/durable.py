@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -42,10 +42,12 @@ __all__ = [
     "STATE_COLUMNS",
     "StateRow",
     "checkpoint_body",
+    "listed_meta",
     "messages_of",
     "open_checkpoint",
     "plan_import",
     "plan_records",
+    "plan_state",
     "plan_summary",
     "plan_turn",
     "split_chain",
@@ -250,6 +252,43 @@ def plan_turn(
     state.updated_at = now
     state.sealed(signer)
     return rows
+
+
+def plan_state(
+    state: StateRow,
+    signer: Signer,
+    url: str,
+    *,
+    working_memory: Mapping[str, Any] | None,
+    goals: tuple[str, ...] | None,
+    cognitive_mode: str | None,
+    now: float,
+) -> None:
+    """Set the given session-state values on ``state`` (``None``: unchanged), reseal it.
+
+    The caller has verified ``state`` (:meth:`StateRow.check`) and fenced it, and saves
+    it in the same transaction: the row is never re-signed unverified.  Raises
+    :class:`~engine.errors.StoreError` if a value is not JSON-serialisable.
+    """
+    try:
+        if working_memory is not None:
+            state.working_memory = _json(working_memory)
+        if goals is not None:
+            state.goals = _json(list(goals))
+    except (TypeError, ValueError) as exc:
+        raise _not_json(url, state.id, "session state", exc) from exc
+    if cognitive_mode is not None:
+        state.cognitive_mode = cognitive_mode
+    state.updated_at = now
+    state.sealed(signer)
+
+
+def listed_meta(row: StateRow, signer: Signer, url: str) -> SessionMeta:
+    """A listing entry: the verified metadata, or the id alone flagged ``tampered``."""
+    try:
+        return row.check(signer, url).to_meta(url)
+    except SessionTampered:
+        return SessionMeta(id=row.id, tampered=True)
 
 
 def plan_summary(

@@ -51,6 +51,7 @@ __all__ = [
     "ImportLimits",
     "ImportPlan",
     "Parts",
+    "already_exists",
     "build_doc",
     "chain_items",
     "parse_doc",
@@ -62,6 +63,13 @@ __all__ = [
 FORMAT: Final = "turngraph.session"
 SCHEMA: Final = 1
 _TAG: Final = b"export"
+
+
+def already_exists(url: str, session_id: str) -> ImportRejected:
+    """The refusal of an import onto a taken id, naming both ways to replace it."""
+    return ImportRejected(
+        url, f"session {session_id!r} already exists (replace it with --replace / replace=True)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

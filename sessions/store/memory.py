@@ -16,7 +16,6 @@ from typing import Any
 
 from engine.errors import (
     Fenced,
-    ImportRejected,
     SessionBusy,
     SessionExists,
     SessionNotFound,
@@ -31,7 +30,7 @@ from sessions.store.base import (
     TurnRecord,
 )
 from sessions.store.codec import validate_session_id
-from sessions.store.export import ImportLimits, build_doc, parse_doc
+from sessions.store.export import ImportLimits, already_exists, build_doc, parse_doc
 from sessions.store.signing import Signer, load_key
 
 __all__ = ["MemoryStore"]
@@ -123,7 +122,7 @@ class MemoryStore:
         return validate_session_id(session_id) in self._sessions
 
     async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
-        """Sessions by id."""
+        """Sessions by id (never tampered: nothing outside the process can edit them)."""
         ids = sorted(self._sessions)[max(0, offset) : max(0, offset) + max(0, limit)]
         return tuple(self._sessions[i].meta for i in ids)
 
@@ -193,6 +192,28 @@ class MemoryStore:
             cognitive_mode=commit.cognitive_mode or m.cognitive_mode,
         )
 
+    async def update_state(
+        self,
+        session_id: str,
+        *,
+        working_memory: Mapping[str, Any] | None = None,
+        goals: tuple[str, ...] | None = None,
+        cognitive_mode: str | None = None,
+        token: int,
+    ) -> None:
+        """Replace working memory, goals and/or mode (``None``: unchanged); fenced."""
+        s = self._fenced(session_id, token)
+        m = s.meta
+        s.meta = replace(
+            m,
+            updated_at=time.time(),
+            working_memory=m.working_memory
+            if working_memory is None
+            else MappingProxyType(dict(working_memory)),
+            goals=m.goals if goals is None else tuple(goals),
+            cognitive_mode=m.cognitive_mode if cognitive_mode is None else cognitive_mode,
+        )
+
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
     ) -> None:
@@ -253,11 +274,7 @@ class MemoryStore:
         plan = parse_doc(doc, self._sign, self._limits, self.url)
         old = self._sessions.get(plan.meta.id)
         if old is not None and not replace:
-            raise ImportRejected(
-                self.url,
-                f"session {plan.meta.id!r} already exists "
-                "(import with replace=True to overwrite it)",
-            )
+            raise already_exists(self.url, plan.meta.id)
         version = 0 if old is None else old.meta.version + 1
         meta = _replace(plan.meta, version)
         self._sessions[meta.id] = _Session(

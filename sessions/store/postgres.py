@@ -9,6 +9,7 @@ never make a consistent chain look truncated.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,11 +18,11 @@ from typing import Any, Final
 
 import anyio.to_thread
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from engine.errors import (
     Fenced,
-    ImportRejected,
     SessionBusy,
     SessionExists,
     SessionNotFound,
@@ -42,16 +43,18 @@ from sessions.store.durable import (
     STATE_COLUMNS,
     StateRow,
     checkpoint_body,
+    listed_meta,
     messages_of,
     open_checkpoint,
     plan_import,
+    plan_state,
     plan_summary,
     plan_turn,
     split_chain,
     summary_of,
     turns_of,
 )
-from sessions.store.export import ImportLimits, Parts, parse_doc, sign_doc
+from sessions.store.export import ImportLimits, Parts, already_exists, parse_doc, sign_doc
 from sessions.store.migrations import POSTGRES, SCHEMA_VERSION
 from sessions.store.signing import GENESIS, Chain, Row, Signer, load_key, verify_span
 
@@ -78,7 +81,8 @@ class PostgresStore:
         secret: bytes | str | None = None,
         limits: ImportLimits | None = None,
         max_connections: int = 10,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         self.url = _redact(url)
         self._conninfo = url
@@ -86,15 +90,26 @@ class PostgresStore:
         self._limits = limits or ImportLimits()
         self._max = max_connections
         self._timeout = connect_timeout
+        self._may_create = create
         self._pool: AsyncConnectionPool | None = None
         self._signer: Signer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        """Open the pool, create or migrate the schema; refuse a newer schema."""
+        """Check the server answers, open the pool, create or migrate the schema; refuse
+        a newer schema.
+
+        The first connection is made directly, bounded by ``connect_timeout`` (seconds;
+        a ``connect_timeout`` in the URL wins), so an unreachable server fails at once
+        with the real reason (``Connection refused``, a timeout, a bad password) as one
+        :class:`~engine.errors.StoreError`, instead of the pool retrying and logging
+        until its own timeout.  With ``create=False`` a database without turngraph's
+        tables is ``no such store`` and nothing is created.
+        """
         if self._pool is not None:
             return
+        await self._probe()
         self._signer = Signer(load_key(self._secret))
         pool = AsyncConnectionPool(
             self._conninfo,
@@ -116,6 +131,18 @@ class PostgresStore:
             await self.close()
             raise
 
+    async def _probe(self) -> None:
+        """One direct connection, closed at once; failure is a one-reason StoreError."""
+        extra: dict[str, Any] = {}
+        if "connect_timeout" not in conninfo_to_dict(self._conninfo):
+            extra["connect_timeout"] = max(2, math.ceil(self._timeout))  # libpq: >= 2 s
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, **extra)
+        except psycopg.Error as exc:
+            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise StoreError(self.url, f"cannot connect to PostgreSQL: {reason}") from exc
+        await conn.close()
+
     async def close(self) -> None:
         """Close the pool.  Idempotent."""
         pool, self._pool = self._pool, None
@@ -134,6 +161,12 @@ class PostgresStore:
     async def _migrate(self) -> None:
         async with self._tx() as c:
             await c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            if not self._may_create:
+                found = await _one(c, "SELECT to_regclass('turngraph_schema')", ())
+                if found is None or found[0] is None:
+                    raise StoreError(
+                        self.url, "no such store: this database has no turngraph tables"
+                    )
             await c.execute("CREATE TABLE IF NOT EXISTS turngraph_schema (version INTEGER)")
             row = await _one(c, "SELECT max(version) FROM turngraph_schema", ())
             version = int(row[0] or 0) if row else 0
@@ -258,14 +291,15 @@ class PostgresStore:
             return await _one(c, "SELECT 1 FROM sessions WHERE id=%s", (session_id,)) is not None
 
     async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
-        """Sessions by id, each state MAC verified."""
+        """Sessions by id, each state MAC verified; a row that fails is listed as
+        ``SessionMeta(id, tampered=True)``."""
         async with self._tx() as c:
             cur = await c.execute(
                 f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT %s OFFSET %s",
                 (max(0, limit), max(0, offset)),
             )
             rows = await cur.fetchall()
-        return tuple(StateRow.of(r).check(self._s, self.url).to_meta(self.url) for r in rows)
+        return tuple(listed_meta(StateRow.of(r), self._s, self.url) for r in rows)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""
@@ -342,6 +376,31 @@ class PostgresStore:
             st = (await self._state(c, session_id, lock=True)).fence(self.url, token)
             rows = plan_summary(st, summary, upto_seq, self._s, self.url, now=time.time())
             await self._insert(c, session_id, rows)
+            await self._save_state(c, st, token)
+
+    async def update_state(
+        self,
+        session_id: str,
+        *,
+        working_memory: Mapping[str, Any] | None = None,
+        goals: tuple[str, ...] | None = None,
+        cognitive_mode: str | None = None,
+        token: int,
+    ) -> None:
+        """Replace working memory, goals and/or mode in one fenced transaction: the
+        locked session row is verified, changed and re-signed; no record is appended."""
+        validate_session_id(session_id)
+        async with self._tx() as c:
+            st = (await self._state(c, session_id, lock=True)).fence(self.url, token)
+            plan_state(
+                st,
+                self._s,
+                self.url,
+                working_memory=working_memory,
+                goals=goals,
+                cognitive_mode=cognitive_mode,
+                now=time.time(),
+            )
             await self._save_state(c, st, token)
 
     async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
@@ -518,10 +577,7 @@ class PostgresStore:
         async with self._tx() as c:
             row = await _one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
             if row is not None and not replace:
-                raise ImportRejected(
-                    self.url,
-                    f"session {sid!r} already exists (import with replace=True to overwrite it)",
-                )
+                raise already_exists(self.url, sid)
             if row is not None:
                 await _wipe(c, sid)
             # Replacing bumps the version past the old one: its owner is fenced out.

@@ -25,7 +25,6 @@ import anyio
 
 from engine.errors import (
     Fenced,
-    ImportRejected,
     SessionBusy,
     SessionExists,
     SessionNotFound,
@@ -48,16 +47,18 @@ from sessions.store.durable import (
     STATE_COLUMNS,
     StateRow,
     checkpoint_body,
+    listed_meta,
     messages_of,
     open_checkpoint,
     plan_import,
+    plan_state,
     plan_summary,
     plan_turn,
     split_chain,
     summary_of,
     turns_of,
 )
-from sessions.store.export import ImportLimits, parse_doc, sign_doc
+from sessions.store.export import ImportLimits, already_exists, parse_doc, sign_doc
 from sessions.store.migrations import SCHEMA_VERSION, SQLITE
 from sessions.store.signing import GENESIS, Chain, Row, Signer, Slim, load_key, verify_span
 
@@ -93,9 +94,11 @@ class SQLiteStore:
         limits: ImportLimits | None = None,
         synchronous: str = "FULL",
         busy_timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
         self.url = url
         self.path = Path(path)
+        self._may_create = create
         self._secret = secret
         self._limits = limits or ImportLimits()
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -112,9 +115,16 @@ class SQLiteStore:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        """Create the file (and its directory) if needed, set pragmas, migrate."""
+        """Create the file (and its directory) if needed, set pragmas, migrate.
+
+        With ``create=False`` (read-only tools) a missing file raises
+        :class:`~engine.errors.StoreError` ``no such store: PATH`` and nothing is made:
+        no folder, no database, no key file.
+        """
         if self._db is not None:
             return
+        if not self._may_create and not self.path.exists():
+            raise StoreError(self.url, f"no such store: {self.path}")
         self._signer = Signer(load_key(self._secret))
         self._db = DBThread(f"turngraph-sqlite:{self.path.name}", idle=_weak(self._idle))
         try:
@@ -151,12 +161,17 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         self._precheck()
-        self._create_private()
+        if self._may_create:
+            self._create_private()
+            target = str(self.path)
+        else:  # mode=rw: a file deleted since open() checked is an error, not re-made
+            target = f"{self.path.absolute().as_uri()}?mode=rw"
         conn = sqlite3.connect(
-            self.path,
+            target,
             isolation_level=None,
             check_same_thread=False,
             timeout=self._busy_ms / 1000,
+            uri=not self._may_create,
         )
         try:
             conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
@@ -355,14 +370,15 @@ class SQLiteStore:
         return self._c.execute("SELECT 1 FROM sessions WHERE id=?", (sid,)).fetchone() is not None
 
     async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
-        """Sessions by id, each state MAC verified."""
+        """Sessions by id, each state MAC verified; a row that fails is listed as
+        ``SessionMeta(id, tampered=True)``."""
         return await self._run(self._list, offset, limit)
 
     def _list(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
         rows = self._c.execute(
             f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
         ).fetchall()
-        return tuple(StateRow.of(r).check(self._s, self.url).to_meta(self.url) for r in rows)
+        return tuple(listed_meta(StateRow.of(r), self._s, self.url) for r in rows)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""
@@ -454,6 +470,36 @@ class SQLiteStore:
         with self._write():
             st = self._state(sid).fence(self.url, token)
             self._insert(sid, plan_summary(st, summary, upto, self._s, self.url, now=time.time()))
+            self._save_state(st)
+
+    async def update_state(
+        self,
+        session_id: str,
+        *,
+        working_memory: Mapping[str, Any] | None = None,
+        goals: tuple[str, ...] | None = None,
+        cognitive_mode: str | None = None,
+        token: int,
+    ) -> None:
+        """Replace working memory, goals and/or mode in one fenced transaction: the
+        session row is verified, changed and re-signed; no record is appended."""
+        validate_session_id(session_id)
+        values = (working_memory, goals, cognitive_mode)
+        await self._run(self._update_state, session_id, values, token)
+
+    def _update_state(self, sid: str, values: tuple[Any, Any, Any], token: int) -> None:
+        wm, goals, mode = values
+        with self._write():
+            st = self._state(sid).fence(self.url, token)
+            plan_state(
+                st,
+                self._s,
+                self.url,
+                working_memory=wm,
+                goals=goals,
+                cognitive_mode=mode,
+                now=time.time(),
+            )
             self._save_state(st)
 
     async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
@@ -643,10 +689,7 @@ class SQLiteStore:
         with self._write():
             row = self._c.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
             if row is not None and not replace:
-                raise ImportRejected(
-                    self.url,
-                    f"session {sid!r} already exists (import with replace=True to overwrite it)",
-                )
+                raise already_exists(self.url, sid)
             if row is not None:
                 self._wipe(sid)
             # Replacing bumps the version past the old one: its owner is fenced out.

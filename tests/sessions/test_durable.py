@@ -251,3 +251,70 @@ async def test_cancel_during_commit_keeps_memory_and_store_in_step(tmp_path: Pat
         result = await session.send("next")
         assert (result.ok, result.turn) == (True, 2)
         assert (await store.load("shielded")).meta.message_count == 4
+
+
+def _beats() -> Any:
+    """A heartbeat handler counting its beats into working memory (``beat``)."""
+    count = 0
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        return {"memory.working": {"beat": count}, "heartbeat.mode": "reflect"}
+
+    return beat
+
+
+async def test_an_idle_heartbeat_result_is_stored_without_another_turn(tmp_path: Path) -> None:
+    """A heartbeat applied between turns reaches the store at once: another process
+    reading the file sees it while no further turn has run."""
+    db = tmp_path / "hb.db"
+    async with sqlite_manager(db, _registry(beat=_beats()), chain_graph()) as m:
+        session = await m.create("hb")
+        assert (await session.send("hello")).ok
+        assert await session.heartbeat.beat() and await session.heartbeat.beat()
+        other = SQLiteStore(f"sqlite:///{db}", db, secret=SECRET)
+        async with other:
+            with anyio.fail_after(5):
+                meta = (await other.load("hb")).meta
+                while meta.working_memory.get("beat") != 2:  # another process: no event to await
+                    await anyio.sleep(0.005)
+                    meta = (await other.load("hb")).meta
+        assert (meta.cognitive_mode, meta.turn_count) == ("reflect", 1)
+
+
+async def test_a_heartbeat_result_applied_after_a_turn_is_stored_with_it(tmp_path: Path) -> None:
+    """A heartbeat that finished during a turn is applied when the turn ends and is in
+    the store by the time ``send`` returns."""
+    entered, release = anyio.Event(), anyio.Event()
+
+    async def llm(node: Node, ctx: Mapping[str, Any]) -> None:
+        entered.set()
+        await release.wait()
+
+    registry = reply_registry(llm_call=llm, beat=_beats())
+    async with sqlite_manager(tmp_path / "mid.db", registry, chain_graph()) as m:
+        session = await m.create("mid")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.send, "hello")
+            await entered.wait()
+            assert await session.heartbeat.beat()
+            release.set()
+        meta = (await m.store.load("mid")).meta
+        assert (dict(meta.working_memory), meta.turn_count) == ({"beat": 1}, 1)
+        assert session.working_memory == {"beat": 1}
+
+
+async def test_close_keeps_the_last_heartbeat_result(tmp_path: Path) -> None:
+    """Closing right after a heartbeat (no turn since) still stores its result, and
+    nothing is written after the lease is released (no fencing error)."""
+    db, graph = tmp_path / "close.db", chain_graph()
+    with capture_logs() as logs:
+        async with sqlite_manager(db, _registry(beat=_beats()), graph) as m:
+            session = await m.create("hb")
+            assert await session.heartbeat.beat()
+            await m.close("hb")
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
+    async with sqlite_manager(db, _registry(), graph) as m:
+        session = await m.get("hb")
+        assert (session.working_memory, session.cognitive_mode) == ({"beat": 1}, "reflect")

@@ -15,8 +15,9 @@ from engine.graph import Node
 from sessions import Limits
 from sessions.heartbeat import Heartbeat
 from sessions.store.base import Store
+from sessions.store.memory import MemoryStore
 
-from .session_kit import reply_registry, running, wait_until
+from .session_kit import SECRET, reply_registry, running, wait_until
 
 
 class SlowBeat:
@@ -171,3 +172,71 @@ async def test_a_failing_heartbeat_prints_nothing_on_stdout(
     assert capsys.readouterr().out == ""
     (record,) = [r for r in caplog.records if r.getMessage().startswith("heartbeat.failed")]
     assert record.levelname == "WARNING" and "flatline" in record.getMessage()
+
+
+class GatedStateStore(MemoryStore):
+    """A memory store whose ``update_state`` waits for ``gate`` (a slow disk)."""
+
+    def __init__(self) -> None:
+        super().__init__(secret=SECRET)
+        self.writing, self.gate = anyio.Event(), anyio.Event()
+
+    async def update_state(self, session_id: str, **kw: Any) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        await super().update_state(session_id, **kw)
+
+
+async def test_an_idle_heartbeat_result_is_stored_under_the_lock() -> None:
+    """A heartbeat result applied while idle is written by a background task holding
+    the session lock; a turn arriving meanwhile waits for it (never SessionBusy, even
+    with no queue) and then commits on top of it."""
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"memory.working": {"mood": "calm"}}
+
+    store = GatedStateStore()
+    limits = Limits(queue_size=0)
+    async with running(store, reply_registry(beat=beat), limits=limits) as m:
+        session = await m.create("gated")
+        assert await session.heartbeat.beat()
+        with anyio.fail_after(5):
+            await store.writing.wait()
+        assert session.busy and session.working_memory == {"mood": "calm"}
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.send, "after the beat")
+                await wait_until(lambda: session.queued == 1)
+                store.gate.set()
+        finally:
+            store.gate.set()  # on failure too: the manager's exit waits for the write
+        meta = (await store.load("gated")).meta
+        assert (meta.turn_count, dict(meta.working_memory)) == (1, {"mood": "calm"})
+
+
+class CountingStateStore(MemoryStore):
+    """A memory store counting ``update_state`` calls."""
+
+    def __init__(self) -> None:
+        super().__init__(secret=SECRET)
+        self.writes = 0
+
+    async def update_state(self, session_id: str, **kw: Any) -> None:
+        self.writes += 1
+        await super().update_state(session_id, **kw)
+
+
+async def test_a_heartbeat_that_changes_nothing_writes_nothing() -> None:
+    """Only a heartbeat result that changes the session state is written."""
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"heartbeat.mode": "reflect"}
+
+    store = CountingStateStore()
+    async with running(store, reply_registry(beat=beat)) as m:
+        session = await m.create("steady")
+        for _ in range(3):
+            assert await session.heartbeat.beat()
+        await m.close("steady")
+    assert store.writes == 1
+    assert (await store.load("steady")).meta.cognitive_mode == "reflect"

@@ -68,3 +68,27 @@ async def test_unreachable_server_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot connect") as info:
         await store.open()
     assert "secretpw" not in str(info.value)
+
+
+async def test_refused_connection_is_one_reason_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A refused connection fails on the first try with the OS's reason, in one line,
+    and the pool never starts (so it logs no retries)."""
+    store = PostgresStore("postgresql://u:secretpw@127.0.0.1:1/x", secret=SECRET)
+    with pytest.raises(StoreError, match="cannot connect") as info:
+        await store.open()
+    assert "Connection refused" in info.value.reason and "\n" not in str(info.value)
+    assert "secretpw" not in str(info.value)
+    assert [r for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+async def test_read_only_open_creates_no_tables(pg_url: str) -> None:
+    """create=False on a database without turngraph's tables is "no such store" and
+    creates nothing; once the store exists it opens normally."""
+    with pytest.raises(StoreError, match="no such store"):
+        await open_store(pg_url, secret=SECRET, create=False).open()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('turngraph_schema')").fetchone() == (None,)
+    async with open_store(pg_url, secret=SECRET) as s:
+        await fill(s, "s1", 1)
+    async with open_store(pg_url, secret=SECRET, create=False) as s:
+        assert [m.id for m in await s.list_sessions()] == ["s1"]

@@ -53,6 +53,19 @@ async def test_parent_directory_is_created(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "a" / "b" / "s.db").stat().st_mode) == 0o600
 
 
+async def test_read_only_open_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    """create=False: a missing file is "no such store"; no folder, database or key file
+    is made.  An existing store opens normally."""
+    path = tmp_path / "no" / "such" / "s.db"
+    with pytest.raises(StoreError, match=f"no such store: {path}"):
+        await open_store(f"sqlite:///{path}", create=False).open()
+    assert not (tmp_path / "no").exists() and not (tmp_path / "home").exists()
+    async with open_store(f"sqlite:///{path}", secret=SECRET) as s:
+        await s.create(SessionMeta(id="x"))
+    async with open_store(f"sqlite:///{path}", secret=SECRET, create=False) as s:
+        assert [m.id for m in await s.list_sessions()] == ["x"]
+
+
 def test_default_url_and_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Default: $TURNGRAPH_STORE, else <data dir>/turngraph.db; data dir from $TURNGRAPH_HOME."""
     monkeypatch.setenv("TURNGRAPH_HOME", str(tmp_path / "h"))

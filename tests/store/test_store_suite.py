@@ -70,6 +70,8 @@ async def test_unserialisable_values_are_refused(durable: OpenStore) -> None:
     token = await fill(store, "s1", 0)
     with pytest.raises(StoreError, match="JSON"):
         await store.append_turn("s1", commit(1, 0, working_memory={"x": {1, 2}}), token=token)
+    with pytest.raises(StoreError, match="JSON"):
+        await store.update_state("s1", working_memory={"x": {1, 2}}, token=token)
     assert not await store.exists("alice")
     assert (await store.load("s1")).meta.turn_count == 0
 
@@ -159,6 +161,49 @@ async def test_memory_goals_and_mode_change_only_when_given(store: OpenStore) ->
         "focused",
     )
     assert meta.updated_at >= meta.created_at
+
+
+async def test_update_state_writes_the_session_state_alone(store: OpenStore) -> None:
+    """update_state replaces memory, goals and mode (``None``: unchanged), appends no
+    record, and later turns continue the history as before."""
+    token = await fill(store, "s1", 2)
+    records = await store.verify("s1")
+    await store.update_state(
+        "s1", working_memory={"beat": 110}, goals=("g",), cognitive_mode="reflect", token=token
+    )
+    loaded = await store.load("s1")
+    meta = loaded.meta
+    assert (dict(meta.working_memory), meta.goals, meta.cognitive_mode) == (
+        {"beat": 110},
+        ("g",),
+        "reflect",
+    )
+    assert (meta.turn_count, meta.message_count, len(loaded.recent)) == (2, 4, 4)
+    await store.update_state("s1", cognitive_mode="calm", token=token)
+    meta = (await store.load("s1")).meta
+    assert (dict(meta.working_memory), meta.goals, meta.cognitive_mode) == (
+        {"beat": 110},
+        ("g",),
+        "calm",
+    )
+    assert await store.verify("s1") == records
+    await store.append_turn("s1", commit(3, 4), token=token)
+    meta = (await store.load("s1")).meta
+    assert (meta.turn_count, dict(meta.working_memory)) == (3, {"beat": 110})
+    assert (await store.export("s1"))["meta"]["working_memory"] == {"beat": 110}
+
+
+async def test_update_state_is_fenced(store: OpenStore) -> None:
+    """A stale token raises Fenced and writes nothing; a missing session is not found."""
+    token = await fill(store, "s1", 1)
+    await store.update_state("s1", working_memory={"beat": 1}, token=token)
+    await store.release("s1", "w1", token)
+    with pytest.raises(Fenced):
+        await store.update_state("s1", working_memory={"beat": 2}, goals=("x",), token=token)
+    meta = (await store.load("s1")).meta
+    assert (dict(meta.working_memory), meta.goals) == ({"beat": 1}, ())
+    with pytest.raises(SessionNotFound):
+        await store.update_state("ghost", working_memory={}, token=0)
 
 
 async def test_a_turn_must_continue_the_history(store: OpenStore) -> None:
@@ -321,8 +366,9 @@ async def test_import_over_existing_needs_replace_and_fences(store: OpenStore) -
     """Importing onto an existing id needs replace=True, which fences its old owner."""
     token = await fill(store, "s1", 2)
     doc = await store.export("s1")
-    with pytest.raises(ImportRejected, match="already exists"):
+    with pytest.raises(ImportRejected, match="already exists") as info:
         await store.import_(doc)
+    assert "--replace" in str(info.value)  # the CLI flag, not only the keyword argument
     meta = await store.import_(doc, replace=True)
     assert meta.version > token
     with pytest.raises(Fenced):

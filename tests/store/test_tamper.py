@@ -128,7 +128,34 @@ async def test_edited_working_memory(durable: OpenStore, raw: Raw) -> None:
     await durable.append_turn("s1", commit(1, 0, working_memory={"role": "user"}), token=token)
     raw.execute("UPDATE sessions SET working_memory='{\"role\":\"admin\"}' WHERE id='s1'")
     await _tampered(durable, lambda s: s.load("s1"))
-    await _tampered(durable, lambda s: s.list_sessions())
+
+
+async def test_list_flags_a_tampered_session_and_lists_the_others(
+    durable: OpenStore, raw: Raw
+) -> None:
+    """One edited session row does not hide the store: list_sessions still lists every
+    session, the tampered one flagged and reduced to its id (its values are unverified)."""
+    for sid in ("s0", "s1", "s2"):
+        await fill(durable, sid, 1)
+    raw.execute("UPDATE sessions SET turn_count=9 WHERE id='s1'")
+    listed = await durable.list_sessions()
+    assert [(m.id, m.tampered) for m in listed] == [("s0", False), ("s1", True), ("s2", False)]
+    assert listed[0].turn_count == 1 and listed[1].turn_count == 0
+    await _tampered(durable, lambda s: s.load("s1"))
+
+
+async def test_update_state_neither_launders_nor_hides_tampering(
+    durable: OpenStore, raw: Raw
+) -> None:
+    """update_state refuses an edited row (it must not re-sign it), and a row it wrote
+    is signed like any other."""
+    token = await fill(durable, "s1", 1)
+    await durable.update_state("s1", working_memory={"role": "user"}, token=token)
+    assert dict((await durable.load("s1")).meta.working_memory) == {"role": "user"}
+    raw.execute("UPDATE sessions SET working_memory='{\"role\":\"admin\"}' WHERE id='s1'")
+    await _tampered(durable, lambda s: s.load("s1"))
+    await _tampered(durable, lambda s: s.update_state("s1", goals=("g",), token=token))
+    await _tampered(durable, lambda s: s.load("s1"))
 
 
 async def test_unsigned_record_is_refused(durable: OpenStore, raw: Raw) -> None:
