@@ -73,9 +73,27 @@ def _existing_store(args: argparse.Namespace) -> Any:
     return open_store(store_url(args.store), create=False)
 
 
+def _default_store_missing(args: argparse.Namespace) -> bool:
+    """True on a fresh install: no store named anywhere, and the default file not made yet."""
+    import os
+
+    from sessions.store import data_dir
+
+    if args.store or os.environ.get("TURNGRAPH_STORE"):
+        return False
+    return not (data_dir() / "turngraph.db").exists()
+
+
 async def _sessions_list(args: argparse.Namespace) -> int:
     from engine.cli_views import print_renderable, sessions_table
 
+    if _default_store_missing(args):
+        # Nothing has run yet: an empty list is the truth, not an error.
+        if args.json:
+            print_json([])
+        else:
+            print("no sessions yet")
+        return 0
     async with _existing_store(args) as store:
         metas = await store.list_sessions(0, max(1, args.limit))
         url = store.url

@@ -667,3 +667,15 @@ def test_rendered_file_gets_the_usual_permissions(
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_sessions_list_on_a_fresh_install_is_empty_not_an_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No store named and the default one not created yet: 'no sessions yet', exit 0."""
+    assert cli.main(["sessions", "list"]) == 0
+    assert capsys.readouterr().out.strip() == "no sessions yet"
+    assert cli.main(["sessions", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    home = os.environ["TURNGRAPH_HOME"]
+    assert not os.path.exists(os.path.join(home, "turngraph.db"))
