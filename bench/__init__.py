@@ -1,0 +1,14 @@
+"""turngraph's benchmarks: ``python -m bench [NAME ...] [--quick] [--json PATH]``.
+
+Each benchmark is a module with ``NAME``, ``TITLE`` and ``run(ctx) -> BenchResult``
+(see :mod:`bench.harness`).  Benchmarks measure and report; they never assert: a missed
+target is shown in the table and recorded in the JSON, and the exit code stays 0.
+Tests only check that each benchmark runs and returns well-formed results.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BENCHMARKS"]
+
+BENCHMARKS: tuple[str, ...] = ("engine_turn", "load", "cli", "session", "store", "peers")
+"""Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""
