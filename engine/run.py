@@ -386,9 +386,9 @@ async def _session_main(args: argparse.Namespace) -> int:
         if args.message is not None:
             return await _session_turn(manager.turn_graph, session, args.message, args.json)
         where = "in memory" if manager.store.url.startswith("memory:") else manager.store.url
-        print(
-            f"session {session.id} ({session.turn_count} turns, {where}); /quit or Ctrl-D to leave"
-        )
+        n = session.turn_count
+        turns = f"{n} turn{'' if n == 1 else 's'}"
+        print(f"session {session.id} ({turns}, {where}); /quit or Ctrl-D to leave")
         while (line := read_line("you> ")) is not None:
             if line.strip():
                 await _session_turn(manager.turn_graph, session, line, False, chat=True)
