@@ -70,28 +70,23 @@ _MIGRATION_LOCK: Final = 0x7475726E  # "turn": serialises schema creation across
 # records, the checkpoint the turn supersedes, and the fenced state UPDATE whose rowcount
 # is checked before COMMIT.  The record columns go as arrays in binary (%b): psycopg's
 # text array dumper escapes element by element with regexes, several times slower.
-_TURN_SQL: Final = (
-    "WITH ins AS (INSERT INTO records SELECT %s, * FROM unnest("
-    "%b::integer[], %b::text[], %b::integer[], %b::text[], %b::bytea[], %b::bytea[])), "
-    "del AS (DELETE FROM checkpoints WHERE session_id=%s) "
+_STATE_UPDATE: Final = (
     "UPDATE sessions SET updated_at=%s, turn_count=%s, message_count=%s, record_count=%s, "
     "head_mac=%s, working_memory=%s, goals=%s, cognitive_mode=%s, summary_upto=%s, "
     "state_mac=%s WHERE id=%s AND version=%s"
 )
+"""The fenced session-row update; :func:`_state_params` gives its parameters."""
+
+_TURN_SQL: Final = (
+    "WITH ins AS (INSERT INTO records SELECT %s, * FROM unnest("
+    "%b::integer[], %b::text[], %b::integer[], %b::text[], %b::bytea[], %b::bytea[])), "
+    "del AS (DELETE FROM checkpoints WHERE session_id=%s) " + _STATE_UPDATE
+)
 
 
-def _turn_params(st: StateRow, rows: list[Row], token: int) -> tuple[Any, ...]:
-    """:data:`_TURN_SQL`'s parameters: the rows as six column arrays, then the state."""
-    rseq, kind, key, body, prev_mac, mac = (list(col) for col in zip(*rows, strict=True))
+def _state_params(st: StateRow, token: int) -> tuple[Any, ...]:
+    """:data:`_STATE_UPDATE`'s parameters, the fencing token last."""
     return (
-        st.id,
-        rseq,
-        kind,
-        key,
-        body,
-        prev_mac,
-        mac,
-        st.id,
         st.updated_at,
         st.turn_count,
         st.message_count,
@@ -105,6 +100,12 @@ def _turn_params(st: StateRow, rows: list[Row], token: int) -> tuple[Any, ...]:
         st.id,
         token,
     )
+
+
+def _turn_params(st: StateRow, rows: list[Row], token: int) -> tuple[Any, ...]:
+    """:data:`_TURN_SQL`'s parameters: the rows as six column arrays, then the state."""
+    rseq, kind, key, body, prev_mac, mac = (list(col) for col in zip(*rows, strict=True))
+    return (st.id, rseq, kind, key, body, prev_mac, mac, st.id, *_state_params(st, token))
 
 
 def _redact(url: str) -> str:
@@ -261,25 +262,7 @@ class PostgresStore:
             raise Fenced(self.url, sid, token, int(row[0]))
 
     async def _save_state(self, c: Conn, st: StateRow, token: int) -> None:
-        cur = await c.execute(
-            "UPDATE sessions SET updated_at=%s, turn_count=%s, message_count=%s, "
-            "record_count=%s, head_mac=%s, working_memory=%s, goals=%s, cognitive_mode=%s, "
-            "summary_upto=%s, state_mac=%s WHERE id=%s AND version=%s",
-            (
-                st.updated_at,
-                st.turn_count,
-                st.message_count,
-                st.record_count,
-                st.head_mac,
-                st.working_memory,
-                st.goals,
-                st.cognitive_mode,
-                st.summary_upto,
-                st.state_mac,
-                st.id,
-                token,
-            ),
-        )
+        cur = await c.execute(_STATE_UPDATE, _state_params(st, token))
         if cur.rowcount != 1:
             raise Fenced(self.url, st.id, token, st.version)
 
