@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from importlib import metadata
 from pathlib import Path
@@ -61,43 +61,9 @@ _DISTS = {
 }
 
 
-def mock_registry() -> HandlerRegistry:
-    """turngraph handlers doing the mock workload, returning deltas like any handler."""
-
-    def classify(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
-        return {"turn.intent": mock.classify(c["session.input"])}
-
-    def recall(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
-        return {"turn.recalled": mock.recall(c["session.input"])}
-
-    def llm_call(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
-        return {"turn.reply": mock.llm(c["session.input"], c["turn.intent"], c["turn.recalled"])}
-
-    def format_(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
-        return {"turn.output": mock.format_reply(c["turn.reply"])}
-
-    def update_memory(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
-        return {"turn.messages": mock.new_messages(c["session.input"], c["turn.output"])}
-
-    def nothing(node: Node, c: Mapping[str, Any]) -> None:
-        return None
-
-    reg = HandlerRegistry()
-    fns = {"classify": classify, "recall": recall, "llm_call": llm_call, "format": format_}
-    fns["update_memory"] = update_memory
-    for name in (*CHAIN, "exit"):
-        reg.register(name, fns.get(name, nothing))
-    return reg
-
-
-def session_mock_registry() -> HandlerRegistry:
-    """The mock workload as session handlers: the same six steps the peers run.
-
-    A copy of the built-in registry (the manager's heartbeat graph needs its handlers)
-    with the turn's handlers replaced.  The session itself appends the user and reply
-    messages at commit, which is what the peers' ``update_memory`` step does in state.
-    """
-    from handlers import build_registry
+def mock_handlers() -> dict[str, Callable[[Node, Mapping[str, Any]], Any]]:
+    """The mock workload's six steps as turngraph handlers, returning deltas like any
+    handler; the nodes with no step (start, exit) get a no-op."""
 
     def classify(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
         return {"turn.intent": mock.classify(c["session.input"])}
@@ -111,13 +77,37 @@ def session_mock_registry() -> HandlerRegistry:
     def format_(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
         return {"reply": mock.format_reply(c["turn.reply"])}
 
+    def update_memory(node: Node, c: Mapping[str, Any]) -> dict[str, Any]:
+        return {"turn.messages": mock.new_messages(c["session.input"], c["reply"])}
+
     def nothing(node: Node, c: Mapping[str, Any]) -> None:
         return None
 
+    steps = {"classify": classify, "recall": recall, "llm_call": llm_call, "format": format_}
+    steps["update_memory"] = update_memory
+    return {name: steps.get(name, nothing) for name in (*CHAIN, "exit")}
+
+
+def mock_registry() -> HandlerRegistry:
+    """The mock workload for the engine alone (the driver keeps the history)."""
+    return HandlerRegistry(mock_handlers())
+
+
+def session_mock_registry() -> HandlerRegistry:
+    """The mock workload as session handlers: the same six steps the peers run.
+
+    A copy of the built-in registry (the manager's heartbeat graph needs its handlers)
+    with the turn's handlers replaced.  ``update_memory`` does nothing here: the session
+    itself appends the user and reply messages at commit, which is what the peers'
+    ``update_memory`` step does in state (a ``turn.messages`` delta would add them twice).
+    """
+    from handlers import build_registry
+
     reg = build_registry().copy()
-    fns = {"classify": classify, "recall": recall, "llm_call": llm_call, "format": format_}
-    for name in (*CHAIN, "exit"):
-        reg.register(name, fns.get(name, nothing), replace=True)
+    handlers = mock_handlers()
+    handlers["update_memory"] = handlers["start"]  # the no-op
+    for name, fn in handlers.items():
+        reg.register(name, fn, replace=True)
     return reg
 
 
@@ -140,7 +130,7 @@ async def make_ours_engine(stack: AsyncExitStack, tmp: Path) -> Turn:
     async def turn(text: str) -> str:
         result = await engine.run(graph, {"session.input": text, "session.history": history})
         history.extend(result.context["turn.messages"])
-        return str(result.context["turn.output"])
+        return str(result.context["reply"])
 
     return turn
 

@@ -102,9 +102,8 @@ def _norm_label(label: str) -> str:
 
 
 def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
-    out = [e for e in graph.edges if e.src == node.id]
     # Highest weight first, then target id, so selection is deterministic.
-    out.sort(key=lambda e: (-e.weight, e.dst, e.index))
+    out = sorted(graph.out_edges(node.id), key=lambda e: (-e.weight, e.dst, e.index))
     conds = tuple((e.condition.test, e.dst) for e in out if e.condition is not None)
     plain = [e for e in out if e.condition is None]
     by_label: dict[str, str] = {}

@@ -156,7 +156,6 @@ class LoadedSession:
     recent: tuple[Message, ...]
     summary: Message | None = None
     checkpoint: Checkpoint | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

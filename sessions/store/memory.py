@@ -47,6 +47,27 @@ class _Session:
     expires: float = 0.0
 
 
+def _with_state(
+    m: SessionMeta,
+    working_memory: Mapping[str, Any] | None,
+    goals: tuple[str, ...] | None,
+    cognitive_mode: str | None,
+    **changes: Any,
+) -> SessionMeta:
+    """``m`` with the given session state (``None``: unchanged), a fresh ``updated_at``
+    and any other ``changes``: what a turn commit and a state-only write both store."""
+    return replace(
+        m,
+        updated_at=time.time(),
+        working_memory=m.working_memory
+        if working_memory is None
+        else MappingProxyType(dict(working_memory)),
+        goals=m.goals if goals is None else tuple(goals),
+        cognitive_mode=m.cognitive_mode if cognitive_mode is None else cognitive_mode,
+        **changes,
+    )
+
+
 class MemoryStore:
     """A :class:`~sessions.store.base.Store` held in memory (lost when the process ends)."""
 
@@ -180,16 +201,13 @@ class MemoryStore:
         s.messages.extend(commit.messages)
         s.turns.append(commit.record)
         s.checkpoint = None
-        s.meta = replace(
+        s.meta = _with_state(
             m,
+            commit.working_memory,
+            commit.goals,
+            commit.cognitive_mode or None,
             turn_count=commit.record.turn,
             message_count=m.message_count + len(commit.messages),
-            updated_at=time.time(),
-            working_memory=m.working_memory
-            if commit.working_memory is None
-            else MappingProxyType(dict(commit.working_memory)),
-            goals=m.goals if commit.goals is None else tuple(commit.goals),
-            cognitive_mode=commit.cognitive_mode or m.cognitive_mode,
         )
 
     async def update_state(
@@ -203,16 +221,7 @@ class MemoryStore:
     ) -> None:
         """Replace working memory, goals and/or mode (``None``: unchanged); fenced."""
         s = self._fenced(session_id, token)
-        m = s.meta
-        s.meta = replace(
-            m,
-            updated_at=time.time(),
-            working_memory=m.working_memory
-            if working_memory is None
-            else MappingProxyType(dict(working_memory)),
-            goals=m.goals if goals is None else tuple(goals),
-            cognitive_mode=m.cognitive_mode if cognitive_mode is None else cognitive_mode,
-        )
+        s.meta = _with_state(s.meta, working_memory, goals, cognitive_mode)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
