@@ -1,4 +1,9 @@
-"""What a handler returns (:class:`Outcome`) and what a run returns (:class:`RunResult`)."""
+"""What a handler returns (:class:`Outcome`) and what a run returns (:class:`RunResult`).
+
+The records made for every node (outcomes, trace records) are frozen ``msgspec``
+structs rather than frozen dataclasses: equally immutable, built in C about eight times
+faster, which matters at a dozen of them per turn.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+
+import msgspec
 
 __all__ = ["EMPTY", "NodeRecord", "Outcome", "RunResult", "RunStatus", "Status"]
 
@@ -17,8 +24,7 @@ RunStatus = Literal["success", "fail", "cancelled"]
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """A handler's answer: a status, the context keys it changes, and routing hints.
 
     ``updates`` holds only what changed; the runner applies it.  ``preferred_label``
@@ -28,7 +34,7 @@ class Outcome:
     """
 
     status: Status = "success"
-    updates: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    updates: Mapping[str, Any] = EMPTY
     preferred_label: str | None = None
     suggested_next: str | None = None
     reason: str | None = None
@@ -37,8 +43,7 @@ class Outcome:
 SUCCESS = Outcome()
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
+class NodeRecord(msgspec.Struct, frozen=True):
     """One visit of one node: the unit of a trace."""
 
     node_id: str

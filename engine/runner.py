@@ -7,8 +7,9 @@ pick the next edge from the tuples.  No pydot, no networkx, no graph queries, no
 per-node allocation beyond the trace record.
 
 Pay only for what a node asks for: a cancel scope exists only for nodes with a
-``timeout``, the retry loop only runs again after a retryable failure, and events are
-built only when someone observes them.
+``timeout``, and only once their handler first waits (:mod:`engine.scopes`); the retry
+loop only runs again after a retryable failure; events are built only when someone
+observes them.
 
 Edge selection after a node (DESIGN.md §4), first match wins:
 
@@ -56,6 +57,7 @@ from engine.events import (
 from engine.graph import Graph, Node
 from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
 from engine.registry import HandlerRegistry, HandlerSpec
+from engine.scopes import lazily_scoped
 
 __all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnEnter", "OnStep"]
 
@@ -386,14 +388,23 @@ class Engine:
         node = step.node
         try:
             if node.timeout is None:
-                result = await self._call(step, view)
-            else:
-                # A bare deadline scope, not fail_after: same semantics, a third cheaper.
-                deadline = anyio.current_time() + node.timeout
-                with anyio.CancelScope(deadline=deadline) as scope:
+                spec = step.spec
+                if spec.is_async:  # _call() inlined: the common case, one frame less
+                    result = await spec.fn(node, view)  # type: ignore[misc]
+                else:
                     result = await self._call(step, view)
-                if scope.cancelled_caught:
-                    err = HandlerTimeout(node.id, node.handler, attempt, node.timeout)
+            else:
+                # The deadline scope is armed only if the handler suspends (before that
+                # nothing can interrupt it), counting the time it already ran.
+                timeout, started = node.timeout, _perf()
+
+                def deadline_scope() -> anyio.CancelScope:
+                    left = timeout - (_perf() - started)
+                    return anyio.CancelScope(deadline=anyio.current_time() + left)
+
+                result, scope = await lazily_scoped(self._call(step, view), deadline_scope)
+                if scope is not None and scope.cancelled_caught:
+                    err = HandlerTimeout(node.id, node.handler, attempt, timeout)
                     return Outcome("fail", reason=err.reason), err, True
             outcome = _as_outcome(result, node)
             return outcome, None, outcome.status == "retry"

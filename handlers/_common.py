@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from engine.graph import Node
+from handlers.adapters.types import ChatMessage
 
 __all__ = [
     "NodeSettings",
@@ -115,16 +116,22 @@ def role_content(message: Any) -> tuple[str, str]:
     return "user", ""
 
 
-def recent_messages(context: Mapping[str, Any], limit: int) -> list[dict[str, str]]:
+def recent_messages(context: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
     """The last ``limit`` messages of ``session.history`` as ``{role, content}`` dicts.
 
     Indexes only the tail, so the cost does not grow with the history's length (the
     history is a read-only view; it is never copied whole).  A ``summary`` entry becomes
-    a ``system`` message, the role models understand.
+    a ``system`` message, the role models understand.  A session's history hands out
+    its cached, read-only :class:`~handlers.adapters.types.ChatMessage` dicts.
     """
     history: Sequence[Any] = context.get("session.history") or ()
+    chat_tail = getattr(history, "chat_tail", None)
+    if chat_tail is not None:
+        cached: list[dict[str, Any]] | None = chat_tail(limit)
+        if cached is not None:
+            return cached
     n = len(history)
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for message in history[max(0, n - limit) : n]:
         # role_content() inlined for its common case (a Message record with text
         # fields): this loop runs for every message a model call sees, every turn.
@@ -135,9 +142,7 @@ def recent_messages(context: Mapping[str, Any], limit: int) -> list[dict[str, st
         else:
             if type(role) is not str or type(content) is not str:
                 role, content = role_content(message)
-        if role == "summary":
-            role, content = "system", f"Summary of the earlier conversation: {content}"
-        out.append({"role": role, "content": content})
+        out.append(ChatMessage.of(role, content))
     return out
 
 

@@ -38,7 +38,7 @@ def add_usage(context: Mapping[str, Any], response: LLMResponse) -> dict[str, in
 
 def _system(system: str, items: Sequence[MemoryItem]) -> str:
     if items:
-        system += "\n\nRelevant memory:\n" + "\n".join(f"- {i.text}" for i in items)
+        system += "\n\nRelevant memory:\n" + "\n".join(f"- {i.render()}" for i in items)
     return system
 
 

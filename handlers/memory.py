@@ -8,7 +8,7 @@ from typing import Any
 from engine.graph import Node
 from engine.outcome import Outcome
 from handlers._common import NodeSettings, attr_int, input_text
-from handlers.adapters.memory import Memory, keywords
+from handlers.adapters.memory import Memory, distinct_keywords
 from handlers.adapters.types import MemoryItem
 
 __all__ = ["Recall", "UpdateMemory"]
@@ -38,11 +38,13 @@ class Recall:
 
 
 class UpdateMemory:
-    """Remembers the exchange (input and ``reply``) as one ``exchange`` item, and sets
-    ``memory.working`` to ``{"last_intent": ..., "topic": ...}`` (the topic is the
-    input's first ``topic_words`` keywords, default 3).
+    """Remembers the exchange as one ``exchange`` item (``text``: the input; ``meta``:
+    ``turn`` and ``reply``), and sets ``memory.working`` to ``{"last_intent": ...,
+    "topic": ...}`` (the topic is the input's first ``topic_words`` keywords, default 3).
 
-    Blocked or empty input is not remembered (status ``skipped``).
+    The item holds the very strings the session's history holds, so remembering a
+    conversation adds index entries, not a second copy of its text.  Blocked or empty
+    input is not remembered (status ``skipped``).
     """
 
     __slots__ = ("_topic_words", "memory")
@@ -57,9 +59,8 @@ class UpdateMemory:
             return Outcome("skipped", {"memory.stored": 0})
         reply = str(context.get("reply") or "")
         turn = int(context.get("session.turn_count") or 0)
-        item = MemoryItem(f"user: {text}\nassistant: {reply}", "exchange", meta={"turn": turn})
+        item = MemoryItem(text, "exchange", meta={"turn": turn, "reply": reply})
         await self.memory.remember([item], session_id=_session_id(context))
-        words = list(dict.fromkeys(keywords(text)))[: self._topic_words(node)]
-        topic = " ".join(words)
+        topic = " ".join(distinct_keywords(text)[: self._topic_words(node)])
         working = {"last_intent": str(context.get("intent") or "chat"), "topic": topic}
         return Outcome("success", {"memory.working": working, "memory.stored": 1})

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import overload
 
+from handlers.adapters.types import ChatMessage
 from sessions.store.base import Message
 
-__all__ = ["HistoryView", "MessagePage", "MessageWindow"]
+__all__ = ["CHAT_CACHE", "HistoryView", "MessagePage", "MessageWindow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,24 +36,37 @@ class MessagePage:
     has_more: bool
 
 
+CHAT_CACHE = 64
+"""How many of the newest messages a window also keeps as model-ready chat dicts."""
+
+
 class MessageWindow:
     """The newest messages of one session, bounded, with O(1) append and eviction.
 
     ``summary`` is the latest compaction summary, shown first by the view.  ``chars``
-    counts the content characters of the window plus the summary.
+    counts the content characters of the window plus the summary.  ``chat`` holds the
+    newest (up to :data:`CHAT_CACHE`) messages as read-only
+    :class:`~handlers.adapters.types.ChatMessage` dicts, built once per message rather
+    than once per model call (see :meth:`chat_tail`).
     """
 
-    __slots__ = ("_items", "chars", "max_messages", "summary")
+    __slots__ = ("_items", "chars", "chat", "max_messages", "summary")
 
     def __init__(self, max_messages: int, items: Iterable[Message] = ()) -> None:
         self.max_messages = max_messages
         self._items: deque[Message] = deque()
+        self.chat: deque[ChatMessage] = deque(maxlen=max(0, min(CHAT_CACHE, max_messages)))
         self.summary: Message | None = None
         self.chars = 0
         self.extend(items)
 
     def append(self, message: Message) -> None:
         """Add ``message``, evicting the oldest when the window is full."""
+        self._push(message)
+        if self.chat:  # the cache is kept up once a model call has asked for it
+            self.chat.append(ChatMessage.of(message.role, message.content))
+
+    def _push(self, message: Message) -> None:
         items = self._items
         if len(items) >= self.max_messages:
             self.chars -= len(items.popleft().content)
@@ -63,6 +77,26 @@ class MessageWindow:
         """Append each of ``messages`` in order."""
         for m in messages:
             self.append(m)
+
+    def chat_tail(self, n: int) -> list[ChatMessage] | None:
+        """The newest ``n`` messages as chat messages, oldest first, or ``None`` when the
+        window holds fewer than ``n`` (or ``n`` is past the cache's size).
+
+        The cache is filled on the first call and then kept up by :meth:`append`, so a
+        session whose model never reads history (or that is short) pays nothing.
+        """
+        chat, items = self.chat, self._items
+        if n > (chat.maxlen or 0) or n > len(items):
+            return None
+        if len(chat) < n:
+            chat.clear()
+            start = len(items) - (chat.maxlen or 0)
+            chat.extend(
+                ChatMessage.of(m.role, m.content) for m in islice(items, max(0, start), None)
+            )
+        if n <= 0:
+            return []
+        return list(islice(reversed(chat), n))[::-1]
 
     def set_summary(self, summary: Message | None) -> None:
         """Replace the summary shown before the window."""
@@ -78,6 +112,9 @@ class MessageWindow:
         while items and items[0].seq <= seq:
             self.chars -= len(items.popleft().content)
             n += 1
+        chat = self.chat  # serves only the newest: free the entries of dropped messages
+        while len(chat) > len(items):
+            chat.popleft()
         return n
 
     @property
@@ -167,6 +204,12 @@ class HistoryView(Sequence[Message]):
             # from its newest end, so its cost is the slice's length, not the window's.
             body = tuple(islice(reversed(items), size - stop, size - start))[::-1]
         return head + body if head else body
+
+    def chat_tail(self, n: int) -> list[ChatMessage] | None:
+        """The last ``n`` entries as cached, read-only chat messages, oldest first, or
+        ``None`` when the window cannot serve them (see :meth:`MessageWindow.chat_tail`):
+        the caller then builds them itself."""
+        return self._window.chat_tail(n)
 
     def __iter__(self) -> Iterator[Message]:
         w = self._window

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import islice
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
@@ -39,6 +39,7 @@ from engine.events import Observer, StructlogObserver
 from engine.graph import Graph, Node
 from engine.logs import log
 from engine.outcome import NodeRecord, RunResult, RunStatus
+from engine.scopes import lazily_scoped
 from sessions.compaction import CompactionResult, Summarizer, compact_session
 from sessions.heartbeat import Heartbeat, Spawn
 from sessions.history import HistoryView, MessagePage, MessageWindow
@@ -70,6 +71,10 @@ _PHASE_OF: dict[str, Phase] = {
 }
 _ROLES = frozenset({"user", "assistant", "tool", "system", "summary"})
 _cancelled = anyio.get_cancelled_exc_class
+
+
+def _shield() -> anyio.CancelScope:
+    return anyio.CancelScope(shield=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +234,6 @@ class Session:
         "_resume_cp",
         "_rt",
         "_state_dirty",
-        "_steps",
         "_token",
         "_tool_calls",
         "_trace_steps",
@@ -294,9 +298,11 @@ class Session:
     def _init_machinery(self, limits: Limits) -> None:
         self._lock = anyio.Lock(fast_acquire=True)  # FIFO hand-off: turns keep arrival order
         self._waiting = 0
+        # Records with a step among the newest max_reasoning_steps (the oldest may be
+        # partly past it), and how many steps they hold: one reference per turn, not a
+        # long-lived object per node visit.
         self._traces: deque[TurnRecord] = deque()
-        self._trace_steps = 0  # how many steps the records in _traces hold
-        self._steps: deque[tuple[int, Mapping[str, Any]]] = deque(maxlen=limits.max_reasoning_steps)
+        self._trace_steps = 0
         self._tool_calls: deque[Message] = deque(
             filter(is_tool_call, self.window.messages), maxlen=limits.max_tool_calls
         )
@@ -380,7 +386,16 @@ class Session:
     def steps(self) -> tuple[ReasoningStep, ...]:
         """The reasoning steps in memory (the newest ``Limits.max_reasoning_steps`` node
         visits), oldest first; older ones are in the store's turn records (:meth:`traces`)."""
-        return tuple(ReasoningStep(turn, record) for turn, record in self._steps)
+        steps = [ReasoningStep(r.turn, step) for r in self._traces for step in r.trace]
+        return tuple(steps[-self._rt.limits.max_reasoning_steps :])
+
+    def _whole_traces(self) -> deque[TurnRecord] | islice[TurnRecord]:
+        """The in-memory records all of whose steps are kept (at most ``trace_window``)."""
+        traces = self._traces
+        limits = self._rt.limits
+        skip = 1 if self._trace_steps > limits.max_reasoning_steps else 0
+        skip = max(skip, len(traces) - limits.trace_window)
+        return islice(traces, skip, None) if skip else traces
 
     def tool_calls(self) -> tuple[Message, ...]:
         """The tool-call records in memory (the newest ``Limits.max_tool_calls`` tool
@@ -393,10 +408,10 @@ class Session:
         from the store."""
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must be >= 0")
-        mem = self._traces
+        mem = tuple(self._whole_traces())
         if mem and offset + 1 >= mem[0].turn:
             start = offset + 1 - mem[0].turn
-            return tuple(islice(mem, start, start + limit))
+            return mem[start : start + limit]
         return await self._rt.store.turns(self.id, offset, limit)
 
     # ------------------------------------------------------------------ turns
@@ -495,9 +510,12 @@ class Session:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):
                     await self._guard(self._rt.store.clear_checkpoint(self.id, token=self._token))
             raise
-        with anyio.CancelScope(shield=True):  # commit and apply are one step or none
-            committed = await self._commit(text, turn, trace_id, result, prior)
-        return committed
+        # Commit and apply are one step or none: shielded from the commit's first wait
+        # on (before that, nothing can interrupt it).
+        committed, _ = await lazily_scoped(
+            self._commit(text, turn, trace_id, result, prior), _shield
+        )
+        return cast(TurnResult, committed)  # a shield never cancels its own call
 
     def _turn_context(self, text: str, turn: int, trace_id: str) -> dict[str, Any]:
         return {
@@ -579,17 +597,17 @@ class Session:
     def _keep_trace(self, record: TurnRecord) -> None:
         """Keep a committed turn's record and steps in memory, within the limits.
 
-        A step is one node visit.  The newest ``max_reasoning_steps`` steps stay; a
-        turn's record stays only while every one of its steps does (and for at most
-        ``trace_window`` turns), so memory never holds more steps than the limit.
+        A step is one node visit.  The records holding the newest
+        ``max_reasoning_steps`` steps stay (the oldest of them possibly only in part:
+        :meth:`steps` cuts it, :meth:`traces` reads it from the store), so memory holds
+        at most the limit plus one turn's steps, one reference per turn.
         """
-        limits = self._rt.limits
-        steps = record.trace
-        self._steps.extend(zip(repeat(record.turn), steps))
         traces = self._traces
         traces.append(record)
-        self._trace_steps += len(steps)
-        while self._trace_steps > limits.max_reasoning_steps or len(traces) > limits.trace_window:
+        self._trace_steps += len(record.trace)
+        # Drop the oldest record once none of its steps is among the newest.
+        limit = self._rt.limits.max_reasoning_steps
+        while self._trace_steps - len(traces[0].trace) >= limit:
             self._trace_steps -= len(traces.popleft().trace)
 
     def _new_messages(

@@ -226,13 +226,14 @@ def _reference_recall(
     return [(texts[i], float(scores[i])) for i in best]
 
 
-@settings(max_examples=150, deadline=None)
+_WORDS = ["porto", "tea", "tram", "rain", "lisbon", "sun", "wine", "fish", "bread", "fado"]
+
+
+@settings(max_examples=300, deadline=None)
 @given(
-    texts=st.lists(
-        st.lists(st.sampled_from(["tea", "tram", "rain", "lisbon", "porto"]), max_size=4),
-        max_size=30,
-    ),
-    query=st.lists(st.sampled_from(["tea", "tram", "rain", "lisbon", "fado"]), max_size=4),
+    texts=st.lists(st.lists(st.sampled_from(_WORDS[:-1]), max_size=6), max_size=30),
+    # Up to 9 distinct query words: both the level-set path and the counting one.
+    query=st.lists(st.sampled_from(_WORDS[1:]), max_size=12),
     scan=st.integers(1, 8),
     limit=st.integers(1, 6),
     keep=st.integers(1, 40),

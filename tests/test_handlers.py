@@ -165,7 +165,7 @@ async def test_llm_call_builds_messages_from_history_memory_and_input() -> None:
     context = ctx(
         session__input="now",
         session__history=tuple(history),
-        **{"recall.items": (MemoryItem("fact one"),)},
+        **{"recall.items": (MemoryItem("fact one"), MemoryItem("tea?", meta={"reply": "yes"}))},
     )
     out = await LLMCall(model, ToolBox())(node("llm_call", history=2, system="Be terse."), context)
     messages, system, tools = model.calls[0]
@@ -174,7 +174,7 @@ async def test_llm_call_builds_messages_from_history_memory_and_input() -> None:
         {"role": "user", "content": "recent"},
         {"role": "user", "content": "now"},
     ]
-    assert system == "Be terse.\n\nRelevant memory:\n- fact one"
+    assert system == "Be terse.\n\nRelevant memory:\n- fact one\n- user: tea?\nassistant: yes"
     assert tools == ()
     assert out.updates["llm.text"] == "ok"
     assert out.updates["llm.wants_tools"] is False
@@ -340,8 +340,11 @@ async def test_update_memory_remembers_the_exchange() -> None:
     )
     out = await UpdateMemory(mem)(node("update_memory"), context)
     assert out.updates["memory.working"] == {"last_intent": "chat", "topic": "tell green tea"}
-    got = await mem.recall("brewing", session_id="s")
-    assert got[0].text == "user: Tell me about green tea brewing\nassistant: Use 80 degree water."
+    (got,) = await mem.recall("brewing", session_id="s")
+    assert got.text == "Tell me about green tea brewing"
+    assert got.meta == {"turn": 0, "reply": "Use 80 degree water."}
+    assert got.render() == "user: Tell me about green tea brewing\nassistant: Use 80 degree water."
+    assert got.text is context["session.input"]  # shared with the history, not copied
 
 
 async def test_update_memory_skips_blocked_input() -> None:

@@ -21,6 +21,7 @@ from handlers.adapters.llm import LLM, EchoModel, ScriptedModel, count_tokens
 from handlers.adapters.memory import KeywordMemory, Memory, keywords
 from handlers.adapters.tools import ToolBox, Tools, calculate, calculator, clock
 from handlers.adapters.types import (
+    ChatMessage,
     LLMResponse,
     MemoryItem,
     ToolCall,
@@ -32,6 +33,7 @@ from handlers.adapters.types import (
 
 __all__ = [
     "LLM",
+    "ChatMessage",
     "EchoModel",
     "KeywordMemory",
     "LLMResponse",

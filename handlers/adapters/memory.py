@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from itertools import islice
+from functools import lru_cache
 from operator import itemgetter
+from sys import intern
 from typing import Protocol, runtime_checkable
 
 from handlers.adapters.types import MemoryItem
 
-__all__ = ["STOP_WORDS", "KeywordMemory", "Memory", "keywords"]
+__all__ = ["STOP_WORDS", "KeywordMemory", "Memory", "distinct_keywords", "keywords"]
 
 
 @runtime_checkable
@@ -51,19 +52,38 @@ def keywords(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in STOP_WORDS]
 
 
+@lru_cache(maxsize=256)
+def distinct_keywords(text: str) -> tuple[str, ...]:
+    """:func:`keywords` without duplicates, in first-seen order, each word interned.
+
+    Cached: within one turn the same input is looked up by recall, remembered and
+    topic-tagged, and interned words let every index entry share one string.
+    """
+    return tuple(map(intern, dict.fromkeys(keywords(text))))
+
+
 def _scored(item: MemoryItem, score: int) -> MemoryItem:
     # Direct construction: dataclasses.replace costs several times more per item.
     return MemoryItem(item.text, item.kind, float(score), item.meta)
 
 
 class _Bucket:
-    """One session's memory: items by id (oldest first) and an inverted index."""
+    """One session's memory: items and their keywords by id (oldest first) and an
+    inverted index.
 
-    __slots__ = ("items", "next_id", "postings")
+    Postings are plain lists of ascending ids (a deque costs ~600 bytes even for one
+    id, and a session holds thousands of postings); the evicted oldest id is always at
+    the head of each of its postings.  Items and their keywords sit in two dicts rather
+    than as pairs: the keyword tuples (strings only) are then left alone by the garbage
+    collector.
+    """
+
+    __slots__ = ("items", "next_id", "postings", "words")
 
     def __init__(self) -> None:
-        self.items: dict[int, tuple[MemoryItem, frozenset[str]]] = {}
-        self.postings: dict[str, deque[int]] = {}
+        self.items: dict[int, MemoryItem] = {}
+        self.words: dict[int, tuple[str, ...]] = {}
+        self.postings: dict[str, list[int]] = {}
         self.next_id = 0
 
 
@@ -79,6 +99,8 @@ class KeywordMemory:
     item older than the last ``scan`` mentions of every keyword it shares with the
     query is not found).  Each session keeps its newest ``max_items`` items, and at
     most ``max_sessions`` sessions are kept (least recently used dropped first).
+    Items are held as given, never copied: an item whose text is also a history
+    message costs only its index entries.
     """
 
     def __init__(
@@ -106,15 +128,17 @@ class KeywordMemory:
         bucket = self._bucket(session_id)
         postings = bucket.postings
         for item in items:
-            words = frozenset(keywords(item.text))
+            words = distinct_keywords(item.text)
             item_id = bucket.next_id
             bucket.next_id += 1
-            bucket.items[item_id] = (item, words)
+            bucket.items[item_id] = item
+            bucket.words[item_id] = words
             for word in words:
                 posting = postings.get(word)
                 if posting is None:
-                    posting = postings[word] = deque()
-                posting.append(item_id)
+                    postings[word] = [item_id]
+                else:
+                    posting.append(item_id)
             if len(bucket.items) > self.max_items:
                 self._evict_oldest(bucket)
 
@@ -124,25 +148,29 @@ class KeywordMemory:
         # (next(iter(items)) would walk over every deleted slot at the dict's head).
         # It is at the head of every posting list it is in.
         old_id = bucket.next_id - len(bucket.items)
-        _, words = bucket.items.pop(old_id)
-        for word in words:
+        del bucket.items[old_id]
+        for word in bucket.words.pop(old_id):
             posting = bucket.postings[word]
-            posting.popleft()
-            if not posting:
+            if len(posting) == 1:
                 del bucket.postings[word]
+            else:
+                del posting[0]
 
     async def recall(self, query: str, *, session_id: str, limit: int = 5) -> Sequence[MemoryItem]:
         """Up to ``limit`` items sharing keywords with ``query``, best first."""
         bucket = self._sessions.get(session_id)
         if bucket is None or limit <= 0:
             return ()
-        postings = [p for p in map(bucket.postings.get, set(keywords(query))) if p]
+        get = bucket.postings.get
+        postings = [p for p in map(get, distinct_keywords(query)) if p]
+        if not postings:
+            return ()
         items = bucket.items
         if len(postings) == 1:  # every candidate scores 1: the window is the ranking
-            newest = islice(reversed(postings[0]), min(limit, self.scan))
-            return tuple(_scored(items[i][0], 1) for i in newest)
-        best = _best(postings, self.scan, limit) if postings else ()
-        return tuple(_scored(items[i][0], score) for i, score in best)
+            newest = postings[0][-min(limit, self.scan) :]
+            return tuple(_scored(items[i], 1) for i in reversed(newest))
+        best = _best([p[-self.scan :] for p in postings], limit)
+        return tuple(_scored(items[i], score) for i, score in best)
 
     def count(self, session_id: str) -> int:
         """How many items ``session_id`` holds."""
@@ -150,23 +178,62 @@ class KeywordMemory:
         return len(bucket.items) if bucket else 0
 
 
-def _best(postings: Sequence[deque[int]], scan: int, limit: int) -> list[tuple[int, int]]:
+def _best(windows: Sequence[list[int]], limit: int) -> list[tuple[int, int]]:
     """The ``limit`` best ``(id, score)`` pairs: highest score, then highest (newest) id.
 
-    An id's score is the number of windows (the newest ``scan`` ids of a posting) it
-    is in.  First the cheap exact case: when ``limit`` ids are in every window, they
-    are the best (no id can score more), found newest first without counting.
-    Otherwise every id is counted, in C (``Counter``), newest first, and a stable sort
-    by score alone keeps ties in that order.
+    An id's score is the number of ``windows`` it is in.  Instead of counting every id
+    in Python, the windows are folded into sets by level (``at_least[s]``: the ids in
+    more than ``s`` windows) with C-speed set operations; the best then come from the
+    top level down, each level's newest first.  Past a handful of windows the
+    quadratic folding loses to plain counting, which is used instead.
     """
-    newest = [islice(reversed(p), scan) for p in postings]
-    in_rest = set(newest[1]).intersection(*newest[2:])
-    top = list(islice(filter(in_rest.__contains__, newest[0]), limit))
-    if len(top) == limit:
-        return [(i, len(postings)) for i in top]
+    if len(windows) > _MAX_LEVELS:
+        return _best_by_count(windows, limit)
+    at_least: list[set[int]] = []
+    for window in windows:
+        ids = set(window)
+        for s in range(len(at_least) - 1, -1, -1):
+            more = at_least[s] & ids
+            if not more:
+                continue
+            if s + 1 == len(at_least):
+                at_least.append(more)
+            else:
+                at_least[s + 1] |= more
+        if at_least:
+            at_least[0] |= ids
+        else:
+            at_least.append(ids)
+    out: list[tuple[int, int]] = []
+    above: set[int] = set()
+    for s in range(len(at_least) - 1, -1, -1):
+        need = limit - len(out)
+        if s == 0 and above:
+            # Score 1, usually the biggest level: its newest ``need`` ids are within
+            # the last ``need + len(above)`` of their window, so sort only those.
+            depth = need + len(above)
+            tails: set[int] = set()
+            for window in windows:
+                tails.update(window[-depth:])
+            level = tails - above
+        else:
+            level = at_least[s] - above if above else at_least[s]
+        out.extend((i, s + 1) for i in sorted(level, reverse=True)[:need])
+        if len(out) >= limit:
+            break
+        above = at_least[s]
+    return out
+
+
+_MAX_LEVELS = 6
+
+
+def _best_by_count(windows: Sequence[list[int]], limit: int) -> list[tuple[int, int]]:
+    """:func:`_best` by counting: ids newest first into a Counter (insertion order),
+    then a stable sort by score alone keeps ties newest first."""
     ids: list[int] = []
-    for p in postings:
-        ids.extend(islice(reversed(p), scan))
+    for window in windows:
+        ids.extend(window)
     ids.sort(reverse=True)
     return sorted(Counter(ids).items(), key=_SCORE, reverse=True)[:limit]
 

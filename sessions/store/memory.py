@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -36,36 +36,78 @@ from sessions.store.signing import Signer, load_key
 __all__ = ["MemoryStore"]
 
 
-@dataclass(slots=True)
 class _Session:
-    meta: SessionMeta
-    messages: list[Message] = field(default_factory=list)
-    turns: list[TurnRecord] = field(default_factory=list)
-    summaries: list[tuple[int, Message]] = field(default_factory=list)
-    checkpoint: Checkpoint | None = None
-    owner: str | None = None
-    expires: float = 0.0
+    """One session's data.  The hot fields (version, counters, updated time, state) are
+    plain attributes; the :class:`SessionMeta` view is rebuilt only when read after a
+    change, so a turn costs a few attribute writes, not a 15-field record copy."""
 
-
-def _with_state(
-    m: SessionMeta,
-    working_memory: Mapping[str, Any] | None,
-    goals: tuple[str, ...] | None,
-    cognitive_mode: str | None,
-    **changes: Any,
-) -> SessionMeta:
-    """``m`` with the given session state (``None``: unchanged), a fresh ``updated_at``
-    and any other ``changes``: what a turn commit and a state-only write both store."""
-    return replace(
-        m,
-        updated_at=time.time(),
-        working_memory=m.working_memory
-        if working_memory is None
-        else MappingProxyType(dict(working_memory)),
-        goals=m.goals if goals is None else tuple(goals),
-        cognitive_mode=m.cognitive_mode if cognitive_mode is None else cognitive_mode,
-        **changes,
+    __slots__ = (
+        "_meta",
+        "changes",
+        "checkpoint",
+        "expires",
+        "message_count",
+        "messages",
+        "owner",
+        "summaries",
+        "turn_count",
+        "turns",
+        "version",
     )
+
+    def __init__(
+        self,
+        meta: SessionMeta,
+        messages: list[Message] | None = None,
+        turns: list[TurnRecord] | None = None,
+        summaries: list[tuple[int, Message]] | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self._meta = meta
+        self.version, self.turn_count, self.message_count = (
+            meta.version,
+            meta.turn_count,
+            meta.message_count,
+        )
+        self.changes: dict[str, Any] = {}
+        self.messages = messages if messages is not None else []
+        self.turns = turns if turns is not None else []
+        self.summaries = summaries if summaries is not None else []
+        self.checkpoint = checkpoint
+        self.owner: str | None = None
+        self.expires = 0.0
+
+    @property
+    def meta(self) -> SessionMeta:
+        """The session's current metadata."""
+        if self.changes:
+            self._meta = replace(
+                self._meta,
+                version=self.version,
+                turn_count=self.turn_count,
+                message_count=self.message_count,
+                **self.changes,
+            )
+            self.changes = {}
+        elif self._meta.version != self.version:
+            self._meta = replace(self._meta, version=self.version)
+        return self._meta
+
+    def set_state(
+        self,
+        working_memory: Mapping[str, Any] | None,
+        goals: tuple[str, ...] | None,
+        cognitive_mode: str | None,
+    ) -> None:
+        """Record new session state (``None``: unchanged) and a fresh ``updated_at``."""
+        changes = self.changes
+        changes["updated_at"] = time.time()
+        if working_memory is not None:
+            changes["working_memory"] = MappingProxyType(dict(working_memory))
+        if goals is not None:
+            changes["goals"] = tuple(goals)
+        if cognitive_mode is not None:
+            changes["cognitive_mode"] = cognitive_mode
 
 
 class MemoryStore:
@@ -100,15 +142,18 @@ class MemoryStore:
         await self.close()
 
     def _get(self, session_id: str) -> _Session:
-        s = self._sessions.get(validate_session_id(session_id))
+        # Only valid ids are ever stored, so a hit needs no validation; a miss is
+        # validated for the right error (a bad id, not "no such session").
+        s = self._sessions.get(session_id) if type(session_id) is str else None
         if s is None:
+            validate_session_id(session_id)
             raise SessionNotFound(session_id, "no such session")
         return s
 
     def _fenced(self, session_id: str, token: int) -> _Session:
         s = self._get(session_id)
-        if s.meta.version != token:
-            raise Fenced(self.url, session_id, token, s.meta.version)
+        if s.version != token:
+            raise Fenced(self.url, session_id, token, s.version)
         return s
 
     @property
@@ -161,54 +206,48 @@ class MemoryStore:
         if live and s.owner != owner:
             raise SessionBusy(session_id, f"leased by {s.owner!r} for {s.expires - now:.1f}s more")
         if not live or s.owner != owner:
-            s.meta = replace(s.meta, version=s.meta.version + 1)
+            s.version += 1
         s.owner, s.expires = owner, now + ttl
-        return s.meta.version
+        return s.version
 
     async def renew(self, session_id: str, owner: str, token: int, ttl: float) -> None:
         """Extend the lease; ``Fenced`` if ``token`` is stale."""
         s = self._fenced(session_id, token)
         if s.owner != owner:
-            raise Fenced(self.url, session_id, token, s.meta.version)
+            raise Fenced(self.url, session_id, token, s.version)
         s.expires = time.time() + ttl
 
     async def release(self, session_id: str, owner: str, token: int) -> None:
         """Give the lease up; its token goes stale.  No error if already lost."""
         s = self._sessions.get(validate_session_id(session_id))
-        if s is not None and s.meta.version == token and s.owner == owner:
+        if s is not None and s.version == token and s.owner == owner:
             s.owner, s.expires = None, 0.0
-            s.meta = replace(s.meta, version=token + 1)
+            s.version = token + 1
 
     # ------------------------------------------------------------------ writes
 
     async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
         """Append one turn; ``Fenced`` (nothing written) on a stale token."""
         s = self._fenced(session_id, token)
-        m = s.meta
-        if commit.record.turn != m.turn_count + 1:
+        if commit.record.turn != s.turn_count + 1:
             raise StoreError(
                 self.url,
                 f"session {session_id!r}: turn {commit.record.turn} "
-                f"does not follow turn_count {m.turn_count}",
+                f"does not follow turn_count {s.turn_count}",
             )
         for i, msg in enumerate(commit.messages):
-            if msg.seq != m.message_count + i:
+            if msg.seq != s.message_count + i:
                 raise StoreError(
                     self.url,
                     f"session {session_id!r}: message seq {msg.seq} "
-                    f"does not follow message_count {m.message_count + i}",
+                    f"does not follow message_count {s.message_count + i}",
                 )
         s.messages.extend(commit.messages)
         s.turns.append(commit.record)
         s.checkpoint = None
-        s.meta = _with_state(
-            m,
-            commit.working_memory,
-            commit.goals,
-            commit.cognitive_mode or None,
-            turn_count=commit.record.turn,
-            message_count=m.message_count + len(commit.messages),
-        )
+        s.turn_count = commit.record.turn
+        s.message_count += len(commit.messages)
+        s.set_state(commit.working_memory, commit.goals, commit.cognitive_mode or None)
 
     async def update_state(
         self,
@@ -220,22 +259,21 @@ class MemoryStore:
         token: int,
     ) -> None:
         """Replace working memory, goals and/or mode (``None``: unchanged); fenced."""
-        s = self._fenced(session_id, token)
-        s.meta = _with_state(s.meta, working_memory, goals, cognitive_mode)
+        self._fenced(session_id, token).set_state(working_memory, goals, cognitive_mode)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
     ) -> None:
         """Record a compaction summary covering messages ``<= upto_seq``."""
         s = self._fenced(session_id, token)
-        if not -1 <= upto_seq < s.meta.message_count:
+        if not -1 <= upto_seq < s.message_count:
             raise StoreError(
                 self.url,
                 f"session {session_id!r}: summary upto_seq {upto_seq} "
-                f"is outside the {s.meta.message_count} messages",
+                f"is outside the {s.message_count} messages",
             )
         s.summaries.append((upto_seq, summary))
-        s.meta = replace(s.meta, summary_upto=upto_seq, updated_at=time.time())
+        s.changes.update(summary_upto=upto_seq, updated_at=time.time())
 
     async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
         """Save (replace) the in-flight turn's checkpoint."""
@@ -284,7 +322,7 @@ class MemoryStore:
         old = self._sessions.get(plan.meta.id)
         if old is not None and not replace:
             raise already_exists(self.url, plan.meta.id)
-        version = 0 if old is None else old.meta.version + 1
+        version = 0 if old is None else old.version + 1
         meta = _replace(plan.meta, version)
         self._sessions[meta.id] = _Session(
             meta, list(plan.messages), list(plan.turns), list(plan.summaries), plan.checkpoint

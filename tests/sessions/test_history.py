@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import pickle
+
 import pytest
 
+from handlers._common import recent_messages
+from handlers.adapters import ChatMessage
 from sessions import HistoryView, Limits, MessageWindow
+from sessions.history import CHAT_CACHE
 from sessions.store.base import Message, Store
 
 from .session_kit import running
@@ -96,3 +103,51 @@ def test_view_slices_like_a_tuple(summary: bool) -> None:
         for start in bounds:
             for stop in bounds:
                 assert view[start:stop] == copy[start:stop], (size, start, stop)
+
+
+def _generic(view: HistoryView, n: int) -> list[dict[str, object]]:
+    """recent_messages() the slow way: a plain sequence, no chat cache."""
+    return recent_messages({"session.history": tuple(view)}, n)
+
+
+@pytest.mark.parametrize("max_messages", [3, 20, 200])
+def test_cached_chat_tail_equals_building_the_messages(max_messages: int) -> None:
+    """Whatever the window did (appends, evictions past its bound, a summary, messages
+    dropped by compaction), the cached chat messages are the ones built from scratch."""
+    w = MessageWindow(max_messages)
+    view = HistoryView(w)
+    for seq in range(150):
+        w.append(Message(seq, "user" if seq % 2 else "assistant", f"m{seq}", seq, 0.0))
+        if seq == 60:
+            w.set_summary(Message(seq + 1, "summary", "so far", 0, 0.0))
+            w.drop_upto(seq - 5)
+        for n in (0, 1, 2, 5, 20, 64, 65):
+            fast = recent_messages({"session.history": view}, n)
+            assert fast == _generic(view, n), (seq, n)
+
+
+def test_chat_messages_from_the_history_are_read_only() -> None:
+    """They are shared by every later model call: changing one is refused, copying and
+    JSON work."""
+    w = MessageWindow(50, [_m(i) for i in range(30)])
+    tail = w.chat_tail(20)
+    assert tail is not None
+    first = tail[0]
+    assert isinstance(first, ChatMessage) and first == {"role": "user", "content": "m10"}
+    with pytest.raises(TypeError, match="shared"):
+        first["content"] = "changed"
+    with pytest.raises(TypeError):
+        first.update(role="system")
+    assert json.dumps(first) == '{"role": "user", "content": "m10"}'
+    assert copy.deepcopy(first) == first and pickle.loads(pickle.dumps(first)) == first
+    editable = dict(first)
+    editable["content"] = "mine"
+    assert w.chat_tail(20)[0]["content"] == "m10"  # type: ignore[index]
+
+
+def test_short_windows_and_big_requests_fall_back() -> None:
+    """Fewer messages than asked for, or more than the cache holds: no cached answer
+    (the caller builds them, summary included)."""
+    assert MessageWindow(100, [_m(i) for i in range(5)]).chat_tail(20) is None
+    assert MessageWindow(100, [_m(i) for i in range(90)]).chat_tail(CHAT_CACHE + 1) is None
+    assert MessageWindow(100, [_m(i) for i in range(90)]).chat_tail(CHAT_CACHE) is not None
