@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from engine.graph import Node
-from handlers.adapters.types import ChatMessage
+from handlers.adapters.types import chat_entry
 
 __all__ = [
     "NodeSettings",
@@ -142,7 +142,9 @@ def recent_messages(context: Mapping[str, Any], limit: int) -> list[dict[str, An
         else:
             if type(role) is not str or type(content) is not str:
                 role, content = role_content(message)
-        out.append(ChatMessage.of(role, content))
+        # A plain dict, built for this call only (the caller may change it); one of
+        # strings only is also left alone by the garbage collector.
+        out.append(chat_entry(role, content))
     return out
 
 

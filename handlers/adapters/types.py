@@ -21,6 +21,7 @@ __all__ = [
     "ToolResult",
     "ToolSpec",
     "Usage",
+    "chat_entry",
     "estimate_tokens",
 ]
 
@@ -40,6 +41,14 @@ SUMMARY_PREFIX = "Summary of the earlier conversation: "
 """How a compaction summary is shown to a model (as a ``system`` message)."""
 
 
+def chat_entry(role: str, content: str) -> dict[str, Any]:
+    """A history entry as a model reads it: ``{"role", "content"}``, a compaction
+    ``summary`` shown as a ``system`` message."""
+    if role == "summary":
+        return {"role": "system", "content": SUMMARY_PREFIX + content}
+    return {"role": role, "content": content}
+
+
 class ChatMessage(dict[str, Any]):
     """A read-only ``{"role": ..., "content": ...}`` message, the shape models take.
 
@@ -52,10 +61,8 @@ class ChatMessage(dict[str, Any]):
 
     @classmethod
     def of(cls, role: str, content: str) -> ChatMessage:
-        """The message for a history entry: a ``summary`` becomes a ``system`` message."""
-        if role == "summary":
-            return cls(role="system", content=SUMMARY_PREFIX + content)
-        return cls(role=role, content=content)
+        """The message for a history entry (see :func:`chat_entry`)."""
+        return cls(chat_entry(role, content))
 
     def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("a ChatMessage is shared between turns; copy it with dict(m) to edit")
