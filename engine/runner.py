@@ -402,7 +402,9 @@ class Engine:
                     left = timeout - (_perf() - started)
                     return anyio.CancelScope(deadline=anyio.current_time() + left)
 
-                result, scope = await lazily_scoped(self._call(step, view), deadline_scope)
+                spec = step.spec
+                call = spec.fn(node, view) if spec.is_async else self._call(step, view)
+                result, scope = await lazily_scoped(call, deadline_scope)  # type: ignore[arg-type]
                 if scope is not None and scope.cancelled_caught:
                     err = HandlerTimeout(node.id, node.handler, attempt, timeout)
                     return Outcome("fail", reason=err.reason), err, True
