@@ -27,7 +27,7 @@ Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 HeartbeatRun = Callable[[], Awaitable[Mapping[str, Any]]]
 """Runs the heartbeat graph once; returns the run's context, raises on failure."""
 
-HeartbeatApply = Callable[[Mapping[str, Any]], None]
+HeartbeatApply = Callable[[Mapping[str, Any]], Awaitable[None]]
 """Offers a successful heartbeat's context to the session (applied between turns)."""
 
 
@@ -119,7 +119,7 @@ class Heartbeat:
             self.in_flight = False
         self.runs += 1
         self.failures = 0
-        self._apply(context)
+        await self._apply(context)
         return True
 
     def _failed(self, exc: BaseException) -> None:

@@ -73,6 +73,10 @@ _ROLES = frozenset({"user", "assistant", "tool", "system", "summary"})
 _cancelled = anyio.get_cancelled_exc_class
 
 
+HEARTBEAT_HISTORY = 64
+"""How many of the newest history entries a heartbeat run sees (``session.history``)."""
+
+
 def _shield() -> anyio.CancelScope:
     return anyio.CancelScope(shield=True)
 
@@ -677,11 +681,12 @@ class Session:
             self.cognitive_mode = state["cognitive_mode"]
         return before != (self.working_memory, self.goals, self.cognitive_mode)
 
-    def _offer_state(self, ctx: Mapping[str, Any]) -> None:
+    async def _offer_state(self, ctx: Mapping[str, Any]) -> None:
         """Apply a heartbeat's result now if no turn runs, else when the turn ends.
 
-        Applied now, a background task stores it under the lock; applied at the end of
-        a turn, :meth:`_unlock` stores it before releasing the lock.
+        Applied now, it is stored at once under the lock (free, so taken without
+        waiting); applied at the end of a turn, :meth:`_unlock` stores it before
+        releasing the lock.
         """
         state = self._state_changes(ctx)
         if not state:
@@ -693,20 +698,9 @@ class Session:
             self._pending_state = {**pending, **state}
         elif self._apply_state(state):
             self._state_dirty = True
-            self._store_soon()
-
-    def _store_soon(self) -> None:
-        """Start a background task storing the session state (the heartbeat's
-        callback is synchronous); without a running manager :meth:`close` stores it."""
-        if self.closed:
-            return
-        with contextlib.suppress(SessionClosed):
-            self._rt.spawn(self._store_state_locked)
-
-    async def _store_state_locked(self) -> None:
-        """Take the session lock (after any turn queued before), store dirty state."""
-        await self._lock.acquire()
-        await self._unlock()
+            if not self.closed:  # else close() stores it
+                await self._lock.acquire()
+                await self._unlock()
 
     async def _store_state(self) -> None:
         """Write working memory, goals and mode alone (the caller holds the lock).
@@ -747,7 +741,8 @@ class Session:
         self.heartbeat.stop()
 
     async def _run_heartbeat(self) -> Mapping[str, Any]:
-        """One heartbeat run on a snapshot of the session, outside the session lock."""
+        """One heartbeat run on a snapshot of the session (its history: the newest
+        :data:`HEARTBEAT_HISTORY` entries), outside the session lock."""
         graph = self.heartbeat_graph
         assert graph is not None
         n = self.heartbeat.runs + 1
@@ -760,7 +755,9 @@ class Session:
             "session.goals": self.goals,
             "session.working_memory": MappingProxyType(dict(self.working_memory)),
             "session.cognitive_mode": self.cognitive_mode,
-            "session.history": tuple(self._history),
+            # A snapshot (turns may append meanwhile), of the newest entries only: a
+            # heartbeat must cost the same at message 20 and message 20,000.
+            "session.history": self._history[-HEARTBEAT_HISTORY:],
             "session.config": self.config,
             "session.trace_id": f"{self.id}:hb:{n}",
         }

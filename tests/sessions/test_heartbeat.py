@@ -14,6 +14,7 @@ from engine.errors import SessionClosed
 from engine.graph import Node
 from sessions import Limits
 from sessions.heartbeat import Heartbeat
+from sessions.session import HEARTBEAT_HISTORY
 from sessions.store.base import Store
 from sessions.store.memory import MemoryStore
 
@@ -120,7 +121,10 @@ def test_backoff_doubles_per_failure_up_to_the_cap() -> None:
     async def run() -> Mapping[str, Any]:
         return {}
 
-    hb = Heartbeat("x", run, lambda ctx: None, max_backoff=10.0)
+    async def apply(ctx: Mapping[str, Any]) -> None:
+        return None
+
+    hb = Heartbeat("x", run, apply, max_backoff=10.0)
     hb.interval = 1.0
     delays = []
     for failures in range(6):
@@ -188,9 +192,9 @@ class GatedStateStore(MemoryStore):
 
 
 async def test_an_idle_heartbeat_result_is_stored_under_the_lock() -> None:
-    """A heartbeat result applied while idle is written by a background task holding
-    the session lock; a turn arriving meanwhile waits for it (never SessionBusy, even
-    with no queue) and then commits on top of it."""
+    """A heartbeat result applied while idle is written by the heartbeat holding the
+    session lock; a turn arriving meanwhile waits for it (never SessionBusy, even with
+    no queue) and then commits on top of it."""
 
     def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
         return {"memory.working": {"mood": "calm"}}
@@ -199,12 +203,12 @@ async def test_an_idle_heartbeat_result_is_stored_under_the_lock() -> None:
     limits = Limits(queue_size=0)
     async with running(store, reply_registry(beat=beat), limits=limits) as m:
         session = await m.create("gated")
-        assert await session.heartbeat.beat()
-        with anyio.fail_after(5):
-            await store.writing.wait()
-        assert session.busy and session.working_memory == {"mood": "calm"}
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(session.heartbeat.beat)
+                with anyio.fail_after(5):
+                    await store.writing.wait()
+                assert session.busy and session.working_memory == {"mood": "calm"}
                 tg.start_soon(session.send, "after the beat")
                 await wait_until(lambda: session.queued == 1)
                 store.gate.set()
@@ -240,3 +244,29 @@ async def test_a_heartbeat_that_changes_nothing_writes_nothing() -> None:
         await m.close("steady")
     assert store.writes == 1
     assert (await store.load("steady")).meta.cognitive_mode == "reflect"
+
+
+async def test_a_heartbeat_sees_a_bounded_snapshot_of_the_history(store: Store) -> None:
+    """The newest HEARTBEAT_HISTORY entries, frozen at the start of the beat: its cost
+    does not grow with the conversation, and turns appending meanwhile do not show."""
+    seen: list[tuple[int, int, int]] = []
+    release = anyio.Event()
+
+    async def beat(node: Node, ctx: Mapping[str, Any]) -> None:
+        history = ctx["session.history"]
+        before = len(history)
+        await release.wait()
+        seen.append((before, len(history), history[-1].seq))
+
+    async with running(store, reply_registry(beat=beat)) as m:
+        session = await m.create("hb-bounded")
+        for i in range(HEARTBEAT_HISTORY // 2 + 5):  # two messages a turn
+            await session.send(f"t{i}")
+        last_seq = session.message_count - 1
+        session.start_heartbeat(0.001)
+        await wait_until(lambda: session.heartbeat_in_flight)
+        await session.send("during the beat")
+        release.set()
+        await wait_until(lambda: bool(seen))
+        session.stop_heartbeat()
+    assert seen[0] == (HEARTBEAT_HISTORY, HEARTBEAT_HISTORY, last_seq)
