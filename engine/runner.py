@@ -7,7 +7,7 @@ pick the next edge from the tuples.  No pydot, no networkx, no graph queries, no
 per-node allocation beyond the trace record.
 
 Pay only for what a node asks for: a cancel scope exists only for nodes with a
-``timeout``, and only once their handler first waits (:mod:`engine.scopes`); the retry
+``timeout`` (its timer armed only once the handler waits: :mod:`engine.scopes`); the retry
 loop only runs again after a retryable failure; events are built only when someone
 observes them.
 
@@ -57,7 +57,7 @@ from engine.events import (
 from engine.graph import Graph, Node
 from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
 from engine.registry import HandlerRegistry, HandlerSpec
-from engine.scopes import lazily_scoped
+from engine.scopes import call_with_deadline
 
 __all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnEnter", "OnStep"]
 
@@ -394,19 +394,13 @@ class Engine:
                 else:
                     result = await self._call(step, view)
             else:
-                # The deadline scope is armed only if the handler suspends (before that
-                # nothing can interrupt it), counting the time it already ran.
-                timeout, started = node.timeout, _perf()
-
-                def deadline_scope() -> anyio.CancelScope:
-                    left = timeout - (_perf() - started)
-                    return anyio.CancelScope(deadline=anyio.current_time() + left)
-
+                # The deadline's timer is armed only if the handler waits (before
+                # that nothing can interrupt it): engine.scopes.
                 spec = step.spec
                 call = spec.fn(node, view) if spec.is_async else self._call(step, view)
-                result, scope = await lazily_scoped(call, deadline_scope)  # type: ignore[arg-type]
-                if scope is not None and scope.cancelled_caught:
-                    err = HandlerTimeout(node.id, node.handler, attempt, timeout)
+                result, timed_out = await call_with_deadline(call, node.timeout, _perf())  # type: ignore[arg-type]
+                if timed_out:
+                    err = HandlerTimeout(node.id, node.handler, attempt, node.timeout)
                     return Outcome("fail", reason=err.reason), err, True
             outcome = _as_outcome(result, node)
             return outcome, None, outcome.status == "retry"

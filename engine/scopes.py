@@ -1,59 +1,49 @@
-"""Cancel scopes entered only when a call actually waits.
+"""A node timeout whose timer is armed only when the handler actually waits.
 
-An anyio cancel scope (a node's timeout, the shield around a session's commit) costs a
-few microseconds to create, enter and leave, and a deadline scope also arms a timer.
-Yet cancellation, and so a timeout or a shield, can only take effect where a coroutine
-suspends.  A call that runs to completion without suspending (an offline model, a
-cache hit, a store that commits in memory) cannot be cancelled, timed out or
-interrupted, so it needs no scope at all.
+A deadline cancel scope arms a timer on the event loop when it is entered, and cancels
+it when it exits.  Yet a timeout can only take effect where a coroutine suspends: a
+handler that runs to completion without suspending (an offline model, a cache hit)
+cannot be timed out.  :func:`call_with_deadline` therefore enters a plain cancel scope
+(no timer), starts the coroutine by hand inside it, and sets the scope's deadline only
+if the coroutine suspends, before control goes back to the event loop.
 
-:func:`lazily_scoped` starts the coroutine by hand.  If it finishes before its first
-suspension, that is the result and no scope was made.  If it suspends, the scope is
-entered *before* control goes back to the event loop (still inside the same task), and
-the coroutine continues under it, exactly as if it had been awaited inside the scope
-from the start.
+The scope is entered *before* the coroutine starts, so any scope the handler opens
+itself (``fail_after``, a task group) nests inside it, as it must.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Generator
+import time
+from collections.abc import Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["lazily_scoped"]
+__all__ = ["call_with_deadline"]
 
 T = TypeVar("T")
 
+_perf = time.perf_counter
 
-async def lazily_scoped(
-    coro: Coroutine[Any, Any, T], make_scope: Callable[[], anyio.CancelScope]
-) -> tuple[T | None, anyio.CancelScope | None]:
-    """Await ``coro``, under ``make_scope()`` from its first suspension on.
 
-    Returns ``(value, None)`` when ``coro`` never suspended, else ``(value, scope)``;
-    the value is ``None`` when the scope caught its own cancellation (check
-    ``scope.cancelled_caught``).  Exceptions from ``coro`` propagate unchanged.
+async def call_with_deadline(
+    coro: Coroutine[Any, Any, T], seconds: float, started: float
+) -> tuple[T | None, bool]:
+    """Await ``coro``, cancelled ``seconds`` after ``started`` (a
+    ``time.perf_counter()`` reading) if it is still waiting then.
+
+    Returns ``(value, False)``, or ``(None, True)`` when the deadline cancelled it.
+    Exceptions from ``coro`` propagate unchanged.
     """
-    try:
-        first = coro.send(None)
-    except StopIteration as stop:
-        return stop.value, None
-    try:
-        scope = make_scope()
-        scope.__enter__()
-    except BaseException:
-        coro.close()  # suspended, never to be resumed: let it clean up now
-        raise
-    value: T | None = None
-    try:
-        value = await _Resumed(coro, first)
-    except BaseException as exc:
-        if not scope.__exit__(type(exc), exc, exc.__traceback__):
-            raise
-    else:
-        scope.__exit__(None, None, None)
-    return value, scope
+    with anyio.CancelScope() as scope:
+        try:
+            first = coro.send(None)
+        except StopIteration as stop:
+            return stop.value, False
+        # It waits: arm the deadline, counting the time it already ran.
+        scope.deadline = anyio.current_time() + seconds - (_perf() - started)
+        return await _Resumed(coro, first), False
+    return None, scope.cancelled_caught
 
 
 class _Resumed(Generic[T]):

@@ -39,7 +39,6 @@ from engine.events import Observer, StructlogObserver
 from engine.graph import Graph, Node
 from engine.logs import log
 from engine.outcome import NodeRecord, RunResult, RunStatus
-from engine.scopes import lazily_scoped
 from sessions.compaction import CompactionResult, Summarizer, compact_session
 from sessions.heartbeat import Heartbeat, Spawn
 from sessions.history import HistoryView, MessagePage, MessageWindow
@@ -75,10 +74,6 @@ _cancelled = anyio.get_cancelled_exc_class
 
 HEARTBEAT_HISTORY = 64
 """How many of the newest history entries a heartbeat run sees (``session.history``)."""
-
-
-def _shield() -> anyio.CancelScope:
-    return anyio.CancelScope(shield=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,12 +509,9 @@ class Session:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):
                     await self._guard(self._rt.store.clear_checkpoint(self.id, token=self._token))
             raise
-        # Commit and apply are one step or none: shielded from the commit's first wait
-        # on (before that, nothing can interrupt it).
-        committed, _ = await lazily_scoped(
-            self._commit(text, turn, trace_id, result, prior), _shield
-        )
-        return cast(TurnResult, committed)  # a shield never cancels its own call
+        with anyio.CancelScope(shield=True):  # commit and apply are one step or none
+            committed = await self._commit(text, turn, trace_id, result, prior)
+        return committed
 
     def _turn_context(self, text: str, turn: int, trace_id: str) -> dict[str, Any]:
         return {

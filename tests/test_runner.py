@@ -374,6 +374,21 @@ async def test_timeout_fails_node_with_handler_timeout() -> None:
     assert result.error.timeout == 0.05 and result.error.node_id == "a"
 
 
+async def test_a_timed_handler_may_open_its_own_scopes_and_task_groups() -> None:
+    """The node's deadline scope encloses whatever the handler opens before waiting."""
+
+    async def careful(node: Node, ctx: Ctx) -> dict[str, Any]:
+        with anyio.fail_after(5):
+            await anyio.sleep(0.001)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, 0.001)
+        return {"done": True}
+
+    graph = build_graph(["start", "a", "done"], nodes={"a": {"timeout": 5.0}})
+    result = await Engine(registry(a=careful)).run(graph)
+    assert result.ok and result.context["done"] is True
+
+
 async def test_timeout_is_retryable() -> None:
     calls = 0
 
