@@ -11,8 +11,9 @@ that fits (``ImportRejected`` for an export, ``SessionTampered`` for a stored re
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from operator import itemgetter
 from types import MappingProxyType
@@ -37,16 +38,23 @@ __all__ = [
     "canonical_json",
     "checkpoint_from_dict",
     "checkpoint_to_dict",
+    "datas_of_bodies",
+    "json_float",
+    "json_int",
+    "json_str",
     "message_from_dict",
+    "message_json",
     "message_to_dict",
     "messages_from_dicts",
     "meta_from_dict",
     "meta_to_dict",
     "record_body",
+    "record_body_json",
     "record_data",
     "record_datas",
     "record_suffix",
     "turn_from_dict",
+    "turn_json",
     "turn_to_dict",
     "validate_session_id",
 ]
@@ -99,6 +107,25 @@ def canonical_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+json_str: Final[Callable[[str], str]] = json.encoder.encode_basestring
+"""A ``str`` as canonical JSON: the very function the encoder above uses for strings
+(``ensure_ascii=False``), so a text built from it matches :func:`canonical_json`."""
+
+
+def json_int(value: object) -> str | None:
+    """An exact ``int`` as canonical JSON (``int.__repr__``, as the encoder writes it);
+    ``None`` for anything else (``bool``, subclasses): the caller takes the general path."""
+    return int.__repr__(value) if type(value) is int else None
+
+
+def json_float(value: object) -> str | None:
+    """A finite exact ``float`` as canonical JSON (``float.__repr__``, as the encoder
+    writes it); ``None`` for anything else, so NaN and infinities still raise there."""
+    if type(value) is float and value - value == 0.0:
+        return float.__repr__(value)
+    return None
+
+
 def record_suffix(session_id: str, rseq: int, kind: str) -> str:
     """How the body of record ``rseq`` of ``kind`` in ``session_id`` must end.
 
@@ -114,11 +141,18 @@ def record_body(session_id: str, rseq: int, kind: str, data: Mapping[str, Any]) 
     It equals ``canonical_json({"data": data, "kind": kind, "rseq": rseq, "session":
     session_id})`` (keys sort in that order; a valid id needs no escaping).
     """
-    return '{"data":' + canonical_json(data) + record_suffix(session_id, rseq, kind)
+    return record_body_json(session_id, rseq, kind, canonical_json(data))
+
+
+def record_body_json(session_id: str, rseq: int, kind: str, data_json: str) -> str:
+    """:func:`record_body` of data already written as canonical JSON (``data_json``)."""
+    return '{"data":' + data_json + record_suffix(session_id, rseq, kind)
 
 
 _DATA_HEAD: Final = '{"data":'
 _SUFFIX_HEAD: Final = ',"kind":"'
+_RAW_HEAD: Final = _DATA_HEAD.encode()
+_RAW_SUFFIX: Final = _SUFFIX_HEAD.encode()
 
 
 def record_datas(bodies: list[str]) -> list[Any]:
@@ -142,6 +176,21 @@ def record_datas(bodies: list[str]) -> list[Any]:
         if isinstance(out, list) and len(out) == len(bodies):
             return out
     return [record_data(body) for body in bodies]
+
+
+def datas_of_bodies(bodies: list[bytes]) -> list[Any] | None:
+    """:func:`record_datas` of verified UTF-8 bodies; ``None`` if any does not fit
+    (the caller then parses them the careful way)."""
+    parts = []
+    for body in bodies:
+        if not body.startswith(_RAW_HEAD):
+            return None
+        parts.append(body[8 : body.rfind(_RAW_SUFFIX)])
+    try:  # decoding first lets the parser take its str fast path
+        out = json.loads((b"[" + b",".join(parts) + b"]").decode())
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return out if isinstance(out, list) and len(out) == len(bodies) else None
 
 
 def record_data(body: str) -> dict[str, Any]:
@@ -210,6 +259,25 @@ def message_to_dict(m: Message) -> dict[str, Any]:
         "ts": m.ts,
         "meta": dict(m.meta),
     }
+
+
+def message_json(m: Message) -> str:
+    """``canonical_json(message_to_dict(m))``, built directly (a turn commit writes two).
+
+    The encoder's per-call setup and key sorting cost more than the formatting itself;
+    for the exact types a message normally holds (checked here), the text is assembled
+    from the same pieces the encoder would write, keys in sorted order.  Anything
+    unusual goes through :func:`canonical_json` (same text, or the same error).
+    """
+    seq, turn, ts = json_int(m.seq), json_int(m.turn), json_float(m.ts)
+    plain = type(m.content) is str and type(m.role) is str
+    if seq is None or turn is None or ts is None or not plain:
+        return canonical_json(message_to_dict(m))
+    meta = "{}" if m.meta is EMPTY_META else canonical_json(dict(m.meta))
+    return (
+        f'{{"content":{json_str(m.content)},"meta":{meta},"role":{json_str(m.role)},'
+        f'"seq":{seq},"ts":{ts},"turn":{turn}}}'
+    )
 
 
 def _slot_setters() -> tuple[Any, ...] | None:
@@ -304,6 +372,22 @@ def turn_to_dict(t: TurnRecord) -> dict[str, Any]:
         "ts": t.ts,
         "error": t.error,
     }
+
+
+def turn_json(t: TurnRecord) -> str:
+    """``canonical_json(turn_to_dict(t))``, with the record's own fields formatted
+    directly (as :func:`message_json`); the trace goes through the encoder as one list,
+    copied exactly as :func:`turn_to_dict` copies it."""
+    turn, ts = json_int(t.turn), json_float(t.ts)
+    error = "null" if t.error is None else json_str(t.error) if type(t.error) is str else None
+    plain = type(t.status) is str and type(t.trace_id) is str and type(t.graph_hash) is str
+    if turn is None or ts is None or error is None or not plain:
+        return canonical_json(turn_to_dict(t))
+    return (
+        f'{{"error":{error},"graph_hash":{json_str(t.graph_hash)},'
+        f'"status":{json_str(t.status)},"trace":{canonical_json([dict(s) for s in t.trace])},'
+        f'"trace_id":{json_str(t.trace_id)},"ts":{ts},"turn":{turn}}}'
+    )
 
 
 def turn_from_dict(d: Any) -> TurnRecord:

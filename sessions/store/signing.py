@@ -29,6 +29,7 @@ from sessions.store.codec import record_suffix
 __all__ = [
     "GENESIS",
     "Chain",
+    "RawSlim",
     "Row",
     "Signer",
     "Slim",
@@ -50,6 +51,9 @@ Slim = tuple[str, str, bytes]
 
 Chain = list[Slim]
 """Verified records as ``(kind, body, mac)``, in chain order; bodies are parsed on demand."""
+
+RawSlim = tuple[str, bytes, bytes]
+"""A chain record as a bulk read fetches it: ``(kind, UTF-8 body, mac)``."""
 
 _KEY_CONTEXT: Final = b"turngraph.key.v1\x00"
 _BLOCK: Final = 64  # SHA-256's block size, HMAC's key pad length
@@ -194,6 +198,43 @@ class Signer:
         except TypeError:  # a NULL or non-bytes MAC column: the careful check names it
             return False
         return True
+
+    def bodies_to_head(
+        self, rows: list[RawSlim], first: int, prev: bytes, head: tuple[int, bytes], kind: str
+    ) -> list[bytes] | None:
+        """The bodies of ``kind`` among records ``first...`` that end at the session's
+        head, if every record verifies; else ``None`` (the careful path then says why).
+
+        ``rows`` are ``(kind, body, mac)`` with UTF-8 bodies, as a bulk read fetches them
+        (no ``encode`` per record); ``head = (record_count, head_mac)`` comes from the
+        verified session row.  The chain of MACs is recomputed from ``prev`` (the first
+        record's stored link) and each compared with the stored MAC; then it must end at
+        exactly ``head``.  A chain that does is the session's own chain, record for
+        record: each MAC covers the previous one, so walking back from the trusted head,
+        every body is the one signed at its position, in this session.  That is why,
+        unlike :meth:`check_chain`, no body's suffix is checked here: a span that does
+        not reach the head must use :meth:`check_chain`.  The ``kind`` column picks the
+        bodies; a wrong one yields a body of another shape, which decoding refuses.
+        """
+        ipad, opad, compare = self._inner, self._outer, hmac.compare_digest
+        picked: list[bytes] = []
+        keep = picked.append
+        try:
+            for k, body, mac in rows:
+                inner = ipad.copy()
+                inner.update(prev)
+                inner.update(body)
+                outer = opad.copy()
+                outer.update(inner.digest())
+                prev = outer.digest()
+                if not compare(prev, mac):
+                    return None
+                if k == kind:
+                    keep(body)
+        except TypeError:  # a NULL or non-bytes column: the careful path names it
+            return None
+        count, head_mac = head
+        return picked if first + len(rows) == count and compare(prev, head_mac) else None
 
 
 def verify_span(

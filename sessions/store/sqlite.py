@@ -10,6 +10,7 @@ rather than error.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import os
 import sqlite3
@@ -17,6 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -41,7 +43,13 @@ from sessions.store.base import (
     TurnCommit,
     TurnRecord,
 )
-from sessions.store.codec import KIND_MESSAGE, KIND_SUMMARY, KIND_TURN, validate_session_id
+from sessions.store.codec import (
+    KIND_MESSAGE,
+    KIND_SUMMARY,
+    KIND_TURN,
+    datas_of_bodies,
+    validate_session_id,
+)
 from sessions.store.dbthread import DBThread
 from sessions.store.durable import (
     STATE_COLUMNS,
@@ -49,6 +57,7 @@ from sessions.store.durable import (
     checkpoint_body,
     listed_meta,
     messages_of,
+    messages_of_datas,
     open_checkpoint,
     plan_import,
     plan_state,
@@ -70,6 +79,29 @@ _HEADER: Final = b"SQLite format 3\x00"
 _END: Final = 2**62  # past any rseq: "through the head"
 IDLE_CHECKPOINT_WRITES: Final = 32
 """Write transactions after which an idle pause runs a WAL checkpoint."""
+REMEMBERED_MAX: Final = 4096
+"""Sessions whose last written or verified state row the store keeps (see ``_swap``)."""
+
+_CHANGED: Final = (
+    "updated_at",
+    "turn_count",
+    "message_count",
+    "record_count",
+    "head_mac",
+    "working_memory",
+    "goals",
+    "cognitive_mode",
+    "summary_upto",
+    "state_mac",
+)
+"""The ``sessions`` columns a write changes: ``_save_state`` and ``_swap`` set them."""
+_SIGNED: Final = STATE_COLUMNS.split(", ")[1:15]
+"""Every signed column but ``id``, and ``state_mac``: what ``_swap`` requires unchanged."""
+_SET: Final = "UPDATE sessions SET " + ", ".join(f"{c}=?" for c in _CHANGED)
+_SAVE: Final = f"{_SET} WHERE id=?"
+_SWAP: Final = f"{_SET} WHERE id=? AND version=? AND " + " AND ".join(f"{c}=?" for c in _SIGNED)
+_changed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*_CHANGED)
+_signed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*_SIGNED)
 
 
 class SQLiteStore:
@@ -80,9 +112,14 @@ class SQLiteStore:
     (``sqlite:///x.db?synchronous=NORMAL``) survives a killed process but may lose the
     last commits to a power cut or an OS crash, and is offered for benchmarks and
     throwaway stores.  Measured on the team's 2-core VM, one 2-message turn with a
-    6-node trace, 10,000 turns: p50 about 0.36-0.40 ms with FULL (an fdatasync alone is
-    0.19 ms there), 0.16-0.24 ms with NORMAL; p99 0.5-1.4 ms; flat over the 10,000.
-    Loading all of a 10,000-message session, verified, takes about 45-55 ms.
+    7-node trace: p50 about 0.33-0.42 ms with FULL (a bare two-insert WAL commit with
+    its fdatasync takes 0.15-0.2 ms there, the hand-off to the database thread and back
+    0.03-0.07 ms), 0.25-0.27 ms with NORMAL; flat over 10,000 turns.  Loading all of a
+    10,000-message session, verified, takes about 38-42 ms.
+
+    A turn commit reads nothing: the store remembers each session's row as it last
+    wrote or verified it, and writes only if the stored row is still exactly that one
+    (:meth:`_swap`); anything else takes the careful path (read, verify, fence).
     """
 
     def __init__(
@@ -111,6 +148,9 @@ class SQLiteStore:
         """How many WAL checkpoints ran while the store was idle (tests look at it)."""
         self._conn: sqlite3.Connection | None = None
         self._signer: Signer | None = None
+        self._states: dict[str, StateRow] = {}
+        """Per session, the state row as this store last wrote or verified it (never
+        modified: a write changes a copy).  Only a hint: see :meth:`_swap`."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,6 +186,7 @@ class SQLiteStore:
                     await db.stop()
 
     def _disconnect(self) -> None:
+        self._states.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -299,24 +340,63 @@ class SQLiteStore:
             raise Fenced(self.url, sid, token, row[0])
 
     def _save_state(self, st: StateRow) -> None:
-        self._c.execute(
-            "UPDATE sessions SET updated_at=?, turn_count=?, message_count=?, record_count=?, "
-            "head_mac=?, working_memory=?, goals=?, cognitive_mode=?, summary_upto=?, "
-            "state_mac=? WHERE id=?",
-            (
-                st.updated_at,
-                st.turn_count,
-                st.message_count,
-                st.record_count,
-                st.head_mac,
-                st.working_memory,
-                st.goals,
-                st.cognitive_mode,
-                st.summary_upto,
-                st.state_mac,
-                st.id,
-            ),
-        )
+        self._c.execute(_SAVE, (*_changed(st), st.id))
+
+    def _advance(self, sid: str, token: int, change: Callable[[StateRow], list[Row]]) -> StateRow:
+        """One fenced write to ``sid``: ``change`` advances its state and plans the records
+        to append; both are written.  Returns the new state (for :meth:`_remember`, once
+        the transaction has committed).
+
+        Without a usable remembered row (or if :meth:`_swap` refuses it) this reads the
+        row, verifies its MAC and fences it first, as every write did before the
+        remembered rows existed, so every error is the one that path raises.
+        """
+        swapped = self._swap(sid, token, change)
+        if swapped is None:
+            self._states.pop(sid, None)
+            st = self._state(sid).fence(self.url, token)
+            rows = change(st)
+            self._save_state(st)
+        else:
+            st, rows = swapped
+        self._insert(sid, rows)
+        return st
+
+    def _swap(
+        self, sid: str, token: int, change: Callable[[StateRow], list[Row]]
+    ) -> tuple[StateRow, list[Row]] | None:
+        """The write's fast path: no read, no MAC check of the old row.
+
+        The store remembers each session's row as it last wrote or verified it.  A copy
+        of it is changed, and the ``UPDATE`` matches only if the stored row still is
+        exactly that one (every signed column and the state MAC) under ``token``: so
+        nobody else wrote it since (another process, an edit behind the store's back,
+        a new lease, which bumps the version), and the remembered row, verified or
+        written by us, vouches for it.  The check and the write are one statement in
+        the write transaction, so nothing can slip in between.
+
+        ``None`` (nothing written) sends the caller to the careful path; so does an
+        error of ``change``, which may come from a stale remembered row and is raised
+        again, or not, on the row as read and verified.
+        """
+        old = self._states.get(sid)
+        if old is None or old.version != token:
+            return None
+        new = old.copy()
+        try:
+            rows = change(new)
+        except StoreError:
+            return None
+        args = (*_changed(new), sid, token, *_signed(old))
+        return (new, rows) if self._c.execute(_SWAP, args).rowcount == 1 else None
+
+    def _remember(self, st: StateRow) -> None:
+        """Keep ``st`` (written or verified, and committed) as its session's latest row."""
+        states = self._states
+        states.pop(st.id, None)
+        states[st.id] = st
+        if len(states) > REMEMBERED_MAX:
+            del states[next(iter(states))]  # the least recently used
 
     def _insert(self, sid: str, rows: list[Row]) -> None:
         self._c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?)", [(sid, *r) for r in rows])
@@ -334,6 +414,7 @@ class SQLiteStore:
             if self._c.execute("SELECT 1 FROM sessions WHERE id=?", (meta.id,)).fetchone():
                 raise SessionExists(meta.id, "a session with this id already exists")
             self._insert_state(state)
+        self._remember(state)
         return state.to_meta(self.url)
 
     def _insert_state(self, st: StateRow) -> None:
@@ -386,6 +467,7 @@ class SQLiteStore:
         return await self._run(self._delete, session_id)
 
     def _delete(self, sid: str) -> bool:
+        self._states.pop(sid, None)
         with self._write():
             return self._wipe(sid)
 
@@ -437,6 +519,7 @@ class SQLiteStore:
         await self._run(self._release, session_id, owner, token)
 
     def _release(self, sid: str, owner: str, token: int) -> None:
+        self._states.pop(sid, None)  # its token is stale now: no write will match it
         with self._write():
             self._c.execute(
                 "UPDATE sessions SET owner=NULL, lease_expires=0, version=version+1 "
@@ -452,12 +535,13 @@ class SQLiteStore:
         await self._run(self._append_turn, session_id, commit, token)
 
     def _append_turn(self, sid: str, commit: TurnCommit, token: int) -> None:
+        def change(st: StateRow) -> list[Row]:
+            return plan_turn(st, commit, self._s, self.url, now=time.time())
+
         with self._write():
-            st = self._state(sid).fence(self.url, token)
-            rows = plan_turn(st, commit, self._s, self.url, now=time.time())
-            self._insert(sid, rows)
-            self._save_state(st)
+            st = self._advance(sid, token, change)
             self._c.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+        self._remember(st)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
@@ -467,10 +551,12 @@ class SQLiteStore:
         await self._run(self._append_summary, session_id, summary, upto_seq, token)
 
     def _append_summary(self, sid: str, summary: Message, upto: int, token: int) -> None:
+        def change(st: StateRow) -> list[Row]:
+            return plan_summary(st, summary, upto, self._s, self.url, now=time.time())
+
         with self._write():
-            st = self._state(sid).fence(self.url, token)
-            self._insert(sid, plan_summary(st, summary, upto, self._s, self.url, now=time.time()))
-            self._save_state(st)
+            st = self._advance(sid, token, change)
+        self._remember(st)
 
     async def update_state(
         self,
@@ -489,18 +575,17 @@ class SQLiteStore:
 
     def _update_state(self, sid: str, values: tuple[Any, Any, Any], token: int) -> None:
         wm, goals, mode = values
-        with self._write():
-            st = self._state(sid).fence(self.url, token)
+
+        def change(st: StateRow) -> list[Row]:
+            now = time.time()
             plan_state(
-                st,
-                self._s,
-                self.url,
-                working_memory=wm,
-                goals=goals,
-                cognitive_mode=mode,
-                now=time.time(),
+                st, self._s, self.url, working_memory=wm, goals=goals, cognitive_mode=mode, now=now
             )
-            self._save_state(st)
+            return []
+
+        with self._write():
+            st = self._advance(sid, token, change)
+        self._remember(st)
 
     async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
         """Save (replace) the in-flight turn's checkpoint."""
@@ -539,6 +624,7 @@ class SQLiteStore:
                 "SELECT body, mac FROM checkpoints WHERE session_id=?", (sid,)
             ).fetchone()
         cp = None if row is None else open_checkpoint(sid, row[0], row[1], self._s, self.url)
+        self._remember(st)
         return LoadedSession(st.to_meta(self.url), msgs, summary, cp)
 
     def _rseq_of(self, st: StateRow, kind: str, key: int) -> int:
@@ -554,11 +640,42 @@ class SQLiteStore:
         start = st.message_count - count
         # With no messages wanted, still check the head record.
         first = self._rseq_of(st, KIND_MESSAGE, start) if count else max(0, st.record_count - 1)
-        data = self._chain(st, first, None)
-        msgs = messages_of(data, self.url, st.id, start) if count else ()
+        with _gc_paused():
+            msgs = self._bulk_messages(st, first, start) if count else None
+            if msgs is None:
+                data = self._chain(st, first, None)
+                msgs = messages_of(data, self.url, st.id, start) if count else ()
         if len(msgs) != count:
             raise SessionTampered(self.url, st.id, -1, "messages are missing before the head")
         return msgs
+
+    def _bulk_messages(
+        self, st: StateRow, first: int, first_seq: int
+    ) -> tuple[Message, ...] | None:
+        """The messages from record ``first`` through the head, verified, the fast way.
+
+        Bodies are read as bytes and checked by :meth:`Signer.bodies_to_head`; the
+        messages' data are cut out and parsed in one ``json.loads``.  ``None`` if
+        anything does not verify or decode: the caller's careful path then reads the
+        span again and raises the error that names the problem.
+        """
+        rows = self._c.execute(
+            "SELECT kind, CAST(body AS BLOB), mac FROM records "
+            "WHERE session_id=? AND rseq BETWEEN ? AND ? ORDER BY rseq",
+            (st.id, first, _END),
+        ).fetchall()
+        prev = GENESIS if first == 0 else self._prev_mac(st.id, first)
+        if prev is None:
+            return None
+        head = (st.record_count, st.head_mac)
+        bodies = self._s.bodies_to_head(rows, first, prev, head, KIND_MESSAGE)
+        datas = None if bodies is None else datas_of_bodies(bodies)
+        if datas is None:
+            return None
+        try:
+            return messages_of_datas(datas, self.url, st.id, first_seq)
+        except SessionTampered:
+            return None
 
     def _summary(self, st: StateRow) -> Message | None:
         row = self._c.execute(
@@ -686,6 +803,7 @@ class SQLiteStore:
     def _import(self, doc: Mapping[str, Any], replace: bool) -> SessionMeta:
         plan = parse_doc(doc, self._s, self._limits, self.url)
         sid = plan.meta.id
+        self._states.pop(sid, None)
         with self._write():
             row = self._c.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
             if row is not None and not replace:
@@ -717,6 +835,25 @@ def _weak(method: Callable[[], None]) -> Callable[[], None]:
             bound()
 
     return call
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a load builds its rows, dicts and messages.
+
+    A 10,000-message load makes some 40,000 container objects, all alive until it
+    returns: the collections they trigger find no garbage, yet the full ones walk the
+    whole heap (measured: a tenth of such a load's time in a process holding 20,000
+    turns' objects, more as the heap grows).  Collection resumes after (unless it was
+    off already); only cycles other threads make meanwhile wait those milliseconds.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -11,17 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import SessionTampered
-from sessions.store.base import Message
+from sessions.store.base import Message, TurnRecord
 from sessions.store.codec import (
     ShapeError,
     _checked_message,
     canonical_json,
+    datas_of_bodies,
+    message_json,
     message_to_dict,
     messages_from_dicts,
     record_body,
     record_data,
     record_datas,
+    turn_json,
+    turn_to_dict,
 )
+from sessions.store.durable import StateRow
 from sessions.store.signing import GENESIS, Row, Signer, verify_span
 
 KEY = hashlib.sha256(b"k").digest()
@@ -157,3 +163,115 @@ def test_fast_messages_round_trip_exactly() -> None:
     assert canonical_json([message_to_dict(m) for m in messages_from_dicts(data)]) == (
         canonical_json(data)
     )
+
+
+# ---------------------------------------------------------------- writing records fast
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=6)
+_NUM = st.one_of(
+    st.integers(-3, 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+)
+
+
+def _same_text_or_error(fast: Any, slow: Any) -> None:
+    """``fast()`` and ``slow()`` return the same text, or both raise the same error type."""
+    try:
+        want: str | type[BaseException] = slow()
+    except (TypeError, ValueError) as exc:
+        want = type(exc)
+    try:
+        got: str | type[BaseException] = fast()
+    except (TypeError, ValueError) as exc:
+        got = type(exc)
+    assert got == want
+
+
+@given(
+    seq=_NUM,
+    role=st.sampled_from(["user", "assistant"]) | _TEXT,
+    content=_TEXT | st.just('q"\\\n\x00é😀'),
+    turn=_NUM,
+    ts=_NUM,
+    meta=st.sampled_from([None, {}, {"k": [1, "é"]}, {"b": 1, "a": None}]),
+)
+def test_message_json_is_the_canonical_json(
+    seq: Any, role: Any, content: str, turn: Any, ts: Any, meta: Any
+) -> None:
+    """The hand-built message text equals the encoder's for any field values (or the
+    same error): the chain signs these bytes."""
+    m = Message(seq, role, content, turn, ts, *([] if meta is None else [meta]))
+    _same_text_or_error(lambda: message_json(m), lambda: canonical_json(message_to_dict(m)))
+
+
+@given(
+    turn=_NUM,
+    text=_TEXT,
+    error=st.none() | _TEXT | st.integers(),
+    ts=_NUM,
+    trace=st.lists(
+        st.dictionaries(_TEXT, _NUM | _TEXT, max_size=3).map(lambda d: MappingProxyType(d)),
+        max_size=3,
+    ),
+)
+def test_turn_json_is_the_canonical_json(
+    turn: Any, text: str, error: Any, ts: Any, trace: list[Any]
+) -> None:
+    """The hand-built turn text equals the encoder's (read-only trace steps included)."""
+    t = TurnRecord(turn, text, text + "-t", "g", tuple(trace), ts, error)
+    _same_text_or_error(lambda: turn_json(t), lambda: canonical_json(turn_to_dict(t)))
+
+
+@given(
+    created=_NUM,
+    counts=st.lists(st.integers(-1, 10**6) | st.booleans(), min_size=4, max_size=4),
+    text=_TEXT,
+    agent=_TEXT | st.integers(),
+)
+def test_state_text_is_the_canonical_json(
+    created: Any, counts: list[Any], text: str, agent: Any
+) -> None:
+    """The session row's signed text is the encoder's, whatever the field values."""
+    row = StateRow(
+        "s.1", agent, "chat", created, 2.5, counts[0], counts[1], counts[2], bytes(range(32)),
+        text, '{"a":"' + text + '"}', "[]", text, counts[3], b"",
+    )  # fmt: skip
+    _same_text_or_error(row.text, row._slow_text)
+
+
+def _raw(rows: list[Row]) -> list[tuple[str, bytes, bytes]]:
+    return [(k, b.encode(), m) for _, k, _, b, _, m in rows]
+
+
+def test_bodies_to_head_needs_every_mac_and_the_head() -> None:
+    """The bulk check returns the chosen bodies only for the exact chain up to the head."""
+    s = Signer(KEY)
+    rows = _rows("s1", [_msg(i, "hé") for i in range(5)], s)
+    raw = _raw(rows)
+    head = (5, rows[4][5])
+    assert s.bodies_to_head(raw, 0, GENESIS, head, "message") == [r[3].encode() for r in rows]
+    assert s.bodies_to_head(raw[2:], 2, rows[2][4], head, "message") == [
+        r[3].encode() for r in rows[2:]
+    ]
+    assert s.bodies_to_head(raw, 0, GENESIS, head, "turn") == []
+    edited = [*raw[:3], ("message", raw[3][1].replace(b"h", b"H"), raw[3][2]), raw[4]]
+    assert s.bodies_to_head(edited, 0, GENESIS, head, "message") is None
+    bad_mac = [*raw[:3], ("message", raw[3][1], bytes(32)), raw[4]]
+    assert s.bodies_to_head(bad_mac, 0, GENESIS, head, "message") is None
+    assert s.bodies_to_head(raw[:4], 0, GENESIS, head, "message") is None  # short of the head
+    assert s.bodies_to_head(raw, 0, GENESIS, (6, rows[4][5]), "message") is None  # count
+    assert s.bodies_to_head(raw, 0, GENESIS, (5, rows[3][5]), "message") is None  # head mac
+    assert s.bodies_to_head(raw[1:], 1, GENESIS, head, "message") is None  # wrong link
+    null = [*raw[:4], ("message", raw[4][1], None)]
+    assert s.bodies_to_head(null, 0, GENESIS, head, "message") is None  # type: ignore[arg-type]
+
+
+@given(st.lists(st.fixed_dictionaries({"content": _TEXT, "n": st.integers()}), max_size=6))
+def test_datas_of_bodies_equals_parsing_each_body(items: list[dict[str, Any]]) -> None:
+    """The bulk parse of UTF-8 bodies returns what parsing each body returns."""
+    bodies = [record_body("s1", i, "message", d) for i, d in enumerate(items)]
+    assert datas_of_bodies([b.encode() for b in bodies]) == [record_data(b) for b in bodies]
+    assert datas_of_bodies([b"[1]"]) is None
+    assert datas_of_bodies([b'{"data":{"x":,"kind":"message","rseq":0,"session":"s1"}']) is None
