@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import msgspec
+
 __all__ = [
     "EMPTY_META",
     "Checkpoint",
@@ -50,13 +52,17 @@ SessionType = Literal["primary", "background", "delegation", "consultation"]
 EMPTY_META: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(msgspec.Struct, frozen=True, gc=False):
     """One message of a conversation.
 
     ``seq`` is the message's 0-based position in its session's log, dense and assigned
     by the session; ``turn`` is the 1-based turn that produced it (0 for messages added
     outside a turn).  ``ts`` is Unix time in seconds.
+
+    A frozen ``msgspec`` struct: built in C (a load builds thousands) and left alone by
+    the garbage collector (``gc=False``: it holds text, numbers and JSON ``meta``, which
+    can never lead back to it), so a process holding many conversations does not pay
+    for them in every collection.
     """
 
     seq: int
@@ -64,15 +70,15 @@ class Message:
     content: str
     turn: int
     ts: float
-    meta: Mapping[str, Any] = field(default_factory=lambda: EMPTY_META)
+    meta: Mapping[str, Any] = EMPTY_META
 
 
-@dataclass(frozen=True, slots=True)
-class TurnRecord:
+class TurnRecord(msgspec.Struct, frozen=True, gc=False):
     """One committed turn: its node trace and how it ended.
 
     ``trace`` holds :meth:`engine.NodeRecord.to_dict` dicts (``id``, ``handler``,
-    ``status``, ``attempts``, ``duration_ms``).
+    ``status``, ``attempts``, ``duration_ms``).  A frozen ``msgspec`` struct, untracked
+    by the garbage collector like :class:`Message`.
     """
 
     turn: int
@@ -84,8 +90,7 @@ class TurnRecord:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TurnCommit:
+class TurnCommit(msgspec.Struct, frozen=True):
     """Everything one turn appends, committed in a single transaction.
 
     ``record.turn`` is the session's new ``turn_count``.  ``messages`` continue the

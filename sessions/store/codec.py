@@ -14,7 +14,6 @@ import json
 import json.encoder
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Final, get_args
@@ -280,17 +279,7 @@ def message_json(m: Message) -> str:
     )
 
 
-def _slot_setters() -> tuple[Any, ...] | None:
-    """The slot setters of :class:`Message`'s fields, if it is the plain frozen dataclass
-    this module was written for (else ``None``: build messages the ordinary way)."""
-    names = tuple(f.name for f in fields(Message))
-    if names != _MESSAGE_FIELDS or hasattr(Message, "__post_init__"):
-        return None
-    return tuple(vars(Message)[name].__set__ for name in names)
-
-
 _MESSAGE_FIELDS: Final = ("seq", "role", "content", "turn", "ts", "meta")
-_SETTERS: Final = _slot_setters()
 _FIELDS_OF: Final = itemgetter(*_MESSAGE_FIELDS)
 
 
@@ -303,16 +292,10 @@ def message_from_dict(d: Any) -> Message:
 def messages_from_dicts(ds: Iterable[Any]) -> tuple[Message, ...]:
     """:func:`message_from_dict` of each of ``ds`` (a load decodes thousands at once).
 
-    What the store wrote itself (exact types, empty meta) takes one inline check and
-    is built slot by slot: a frozen dataclass's ``__init__`` assigns each field through
-    ``object.__setattr__``, and filling the slots directly takes half the time.  (No
-    ``__post_init__`` is skipped: :func:`_slot_setters` makes sure there is none.)
-    Anything else goes through the field-by-field checks that say what is wrong.
+    What the store wrote itself (exact types, empty meta) takes one inline check;
+    anything else goes through the field-by-field checks that say what is wrong.
     """
-    if _SETTERS is None:
-        return tuple(map(_checked_message, ds))
-    s_seq, s_role, s_content, s_turn, s_ts, s_meta = _SETTERS
-    new, fields_of, roles, empty = object.__new__, _FIELDS_OF, _ROLES, EMPTY_META
+    fields_of, roles, empty = _FIELDS_OF, _ROLES, EMPTY_META
     out: list[Message] = []
     append = out.append
     for d in ds:
@@ -335,14 +318,7 @@ def messages_from_dicts(ds: Iterable[Any]) -> tuple[Message, ...]:
         ):
             append(_checked_message(d))
             continue
-        m = new(Message)
-        s_seq(m, seq)
-        s_role(m, role)
-        s_content(m, content)
-        s_turn(m, turn)
-        s_ts(m, ts)
-        s_meta(m, empty)
-        append(m)
+        append(Message(seq, role, content, turn, ts, empty))  # type: ignore[arg-type]  # role checked above
     return tuple(out)
 
 
