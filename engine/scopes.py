@@ -1,4 +1,5 @@
-"""A node timeout whose timer is armed only when the handler actually waits.
+"""Cheap cancel scopes: a node timeout whose timer is armed only when the handler
+actually waits, and :func:`cancel_scope`, which skips anyio's backend lookup.
 
 A deadline cancel scope arms a timer on the event loop when it is entered, and cancels
 it when it exits.  Yet a timeout can only take effect where a coroutine suspends: a
@@ -9,17 +10,24 @@ if the coroutine suspends, before control goes back to the event loop.
 
 The scope is entered *before* the coroutine starts, so any scope the handler opens
 itself (``fail_after``, a task group) nests inside it, as it must.
+
+``anyio.CancelScope()`` first asks sniffio which event loop is running (a couple of
+microseconds, paid per scope, two scopes a turn).  :func:`cancel_scope` asks once per
+asyncio event loop and then builds the asyncio backend's scope class directly.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
+import weakref
+from asyncio import AbstractEventLoop, get_running_loop
 from collections.abc import Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["call_with_deadline"]
+__all__ = ["call_with_deadline", "cancel_scope"]
 
 T = TypeVar("T")
 
@@ -35,7 +43,7 @@ async def call_with_deadline(
     Returns ``(value, False)``, or ``(None, True)`` when the deadline cancelled it.
     Exceptions from ``coro`` propagate unchanged.
     """
-    with anyio.CancelScope() as scope:
+    with cancel_scope() as scope:
         try:
             first = coro.send(None)
         except StopIteration as stop:
@@ -44,6 +52,44 @@ async def call_with_deadline(
         scope.deadline = anyio.current_time() + seconds - (_perf() - started)
         return await _Resumed(coro, first), False
     return None, scope.cancelled_caught
+
+
+_loop_ref: weakref.ref[AbstractEventLoop] | None = None
+_scope_class: type[anyio.CancelScope] = anyio.CancelScope
+
+
+def cancel_scope(*, shield: bool = False) -> anyio.CancelScope:
+    """``anyio.CancelScope(shield=shield)``, built directly on a known asyncio loop.
+
+    The first scope made on an asyncio event loop is made by anyio, and its class kept
+    with a weak reference to the loop once sniffio confirms the loop is asyncio's; later
+    scopes on that loop are that class called directly (exactly what anyio builds).
+    Anywhere else (another loop, trio) it is anyio's constructor every time.
+    """
+    global _loop_ref, _scope_class
+    try:
+        loop = get_running_loop()
+    except RuntimeError:  # not on asyncio (trio): anyio knows what to build
+        return anyio.CancelScope(shield=shield)
+    if _loop_ref is not None and _loop_ref() is loop:
+        return _scope_class(shield=shield)
+    scope = anyio.CancelScope(shield=shield)
+    if _anyio_runs_asyncio():
+        _loop_ref, _scope_class = weakref.ref(loop), type(scope)
+    return scope
+
+
+def _anyio_runs_asyncio() -> bool:
+    """Whether anyio's backend here is asyncio, by anyio's own rule: sniffio's answer
+    when sniffio is installed, else "an asyncio loop is running" (the caller knows)."""
+    try:
+        sniffio = importlib.import_module("sniffio")
+    except ImportError:
+        return True
+    try:
+        return bool(sniffio.current_async_library() == "asyncio")
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
 
 
 class _Resumed(Generic[T]):

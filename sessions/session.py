@@ -39,7 +39,9 @@ from engine.events import Observer, StructlogObserver
 from engine.graph import Graph, Node
 from engine.logs import log
 from engine.outcome import NodeRecord, RunResult, RunStatus
+from engine.scopes import cancel_scope
 from sessions.compaction import CompactionResult, Summarizer, compact_session
+from sessions.fifolock import FifoLock
 from sessions.heartbeat import Heartbeat, Spawn
 from sessions.history import HistoryView, MessagePage, MessageWindow
 from sessions.limits import Limits
@@ -295,7 +297,7 @@ class Session:
         self._next_seq = message_count
 
     def _init_machinery(self, limits: Limits) -> None:
-        self._lock = anyio.Lock(fast_acquire=True)  # FIFO hand-off: turns keep arrival order
+        self._lock = FifoLock()  # turns keep arrival order
         self._waiting = 0
         # Records with a step among the newest max_reasoning_steps (the oldest may be
         # partly past it), and how many steps they hold: one reference per turn, not a
@@ -509,7 +511,7 @@ class Session:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):
                     await self._guard(self._rt.store.clear_checkpoint(self.id, token=self._token))
             raise
-        with anyio.CancelScope(shield=True):  # commit and apply are one step or none
+        with cancel_scope(shield=True):  # commit and apply are one step or none
             committed = await self._commit(text, turn, trace_id, result, prior)
         return committed
 

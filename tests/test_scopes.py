@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.scopes import call_with_deadline
+from engine.scopes import call_with_deadline, cancel_scope
 
 
 async def test_a_call_that_never_waits_returns_its_value() -> None:
@@ -108,3 +108,24 @@ async def test_an_outer_cancellation_still_wins() -> None:
         await call_with_deadline(slow(), 5.0, time.perf_counter())
         pytest.fail("the outer cancellation did not propagate")
     assert outer.cancelled_caught and not finished
+
+
+async def test_cancel_scope_builds_what_anyio_builds_and_it_works() -> None:
+    """The direct path (second scope on this loop on) makes anyio's own scope class, and
+    the scopes shield and cancel like anyio's."""
+    first, second = cancel_scope(), cancel_scope(shield=True)
+    assert type(first) is type(second) is type(anyio.CancelScope())
+    assert second.shield and not first.shield
+    finished = False
+
+    async def shielded() -> None:
+        nonlocal finished
+        with cancel_scope(shield=True):
+            await anyio.sleep(0.03)
+            finished = True
+
+    with cancel_scope() as outer:
+        outer.deadline = anyio.current_time() + 0.01
+        await shielded()
+        await anyio.sleep(1)
+    assert finished and outer.cancelled_caught
