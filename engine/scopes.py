@@ -1,5 +1,6 @@
-"""Cheap cancel scopes: a node timeout whose timer is armed only when the handler
-actually waits, and :func:`cancel_scope`, which skips anyio's backend lookup.
+"""Cheap anyio primitives: a node timeout whose timer is armed only when the handler
+actually waits, and :func:`cancel_scope` / :func:`sleep`, which skip anyio's backend
+lookup on a known asyncio loop.
 
 A deadline cancel scope arms a timer on the event loop when it is entered, and cancels
 it when it exits.  Yet a timeout can only take effect where a coroutine suspends: a
@@ -18,16 +19,17 @@ asyncio event loop and then builds the asyncio backend's scope class directly.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import time
 import weakref
 from asyncio import AbstractEventLoop, get_running_loop
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["call_with_deadline", "cancel_scope"]
+__all__ = ["call_with_deadline", "cancel_scope", "sleep"]
 
 T = TypeVar("T")
 
@@ -77,6 +79,19 @@ def cancel_scope(*, shield: bool = False) -> anyio.CancelScope:
     if _anyio_runs_asyncio():
         _loop_ref, _scope_class = weakref.ref(loop), type(scope)
     return scope
+
+
+def sleep(seconds: float) -> Awaitable[None]:
+    """``anyio.sleep(seconds)``; on an asyncio loop :func:`cancel_scope` already
+    confirmed, ``asyncio.sleep`` directly (what anyio's asyncio backend awaits)."""
+    ref = _loop_ref
+    if ref is not None:
+        try:
+            if ref() is get_running_loop():
+                return asyncio.sleep(seconds)
+        except RuntimeError:
+            pass
+    return anyio.sleep(seconds)
 
 
 def _anyio_runs_asyncio() -> bool:

@@ -22,7 +22,7 @@ class FifoLock:
 
     def __init__(self) -> None:
         self._locked = False
-        self._waiters: deque[anyio.Event] = deque()
+        self._waiters: deque[anyio.Event] | None = None  # made when first contended
 
     def locked(self) -> bool:
         """Whether someone holds the lock."""
@@ -35,21 +35,25 @@ class FifoLock:
             self._locked = True
             return
         granted = anyio.Event()
-        self._waiters.append(granted)
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = deque()
+        waiters.append(granted)
         try:
             await granted.wait()
         except BaseException:
             if granted.is_set():  # handed over just as we were cancelled: pass it on
                 self.release()
             else:
-                self._waiters.remove(granted)
+                waiters.remove(granted)
             raise
 
     def release(self) -> None:
         """Give the lock to the oldest waiter, or free it."""
         if not self._locked:
             raise RuntimeError("release of an unlocked FifoLock")
-        if self._waiters:
-            self._waiters.popleft().set()  # stays locked: it is the waiter's now
+        waiters = self._waiters
+        if waiters:
+            waiters.popleft().set()  # stays locked: it is the waiter's now
         else:
             self._locked = False

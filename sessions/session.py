@@ -310,7 +310,7 @@ class Session:
         self._state_dirty = False
         self._turn_held = False  # the lock is held by a turn (not a state write)
         self._pending_state: dict[str, Any] | None = None
-        self._compact_lock = anyio.Lock()
+        self._compact_lock: anyio.Lock | None = None  # made on the first compaction
         self._compact_gen = 0
         self._compacting = False
         self.heartbeat = Heartbeat(
@@ -769,6 +769,8 @@ class Session:
         no-op result instead of compacting twice.
         """
         gen = self._compact_gen
+        if self._compact_lock is None:
+            self._compact_lock = anyio.Lock()
         async with self._compact_lock:
             if gen != self._compact_gen:
                 tokens = self.window.estimated_tokens()

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.scopes import call_with_deadline, cancel_scope
+from engine.scopes import call_with_deadline, cancel_scope, sleep
 
 
 async def test_a_call_that_never_waits_returns_its_value() -> None:
@@ -129,3 +129,14 @@ async def test_cancel_scope_builds_what_anyio_builds_and_it_works() -> None:
         await shielded()
         await anyio.sleep(1)
     assert finished and outer.cancelled_caught
+
+
+async def test_sleep_sleeps_like_anyio() -> None:
+    """On the fast path too (a cancel scope was made on this loop first)."""
+    cancel_scope()
+    t0 = anyio.current_time()
+    await sleep(0.02)
+    assert anyio.current_time() - t0 >= 0.019
+    with anyio.move_on_after(0.01) as scope:
+        await sleep(10)
+    assert scope.cancelled_caught

@@ -11,9 +11,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import anyio
-
 from engine.errors import AdapterError
+from engine.scopes import sleep
 from handlers.adapters.types import LLMResponse, ToolCall, ToolSpec, Usage, estimate_tokens
 
 __all__ = ["LLM", "EchoModel", "ScriptedModel", "count_tokens"]
@@ -68,7 +67,7 @@ class EchoModel:
       given to the tool's first parameter (``/tool calculator 2 * 21``).
     * The last messages are tool results: the reply is ``"echo: <their contents>"``.
 
-    ``delay`` seconds are awaited per call (``anyio.sleep``) to simulate a model's
+    ``delay`` seconds are awaited per call (an anyio sleep) to simulate a model's
     latency in benchmarks.  No network, no randomness.
     """
 
@@ -88,7 +87,7 @@ class EchoModel:
     ) -> LLMResponse:
         """Echo the conversation's last user message (or tool results); see the class."""
         if self.delay:
-            await anyio.sleep(self.delay)
+            await sleep(self.delay)
         calls, text = self._answer(messages, tools)
         text = _truncate(text, max_tokens)
         usage = Usage(count_tokens(messages, system), estimate_tokens(text))
