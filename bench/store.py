@@ -203,8 +203,20 @@ async def _host(url: str, ids: list[str], seconds: float, barrier: Any) -> tuple
 
     async with manager(url) as m:
         sessions = [await m.get(sid) for sid in ids]
+        await _warm_up(sessions)
         await anyio.to_thread.run_sync(barrier.wait, 120.0)
         return await _drive_for(sessions, seconds)
+
+
+async def _warm_up(sessions: Sequence[Any]) -> None:
+    """One turn per session before the clock starts: the measurement is the sustained
+    rate, not each worker's first turns (statements not yet prepared by the driver,
+    no session row written by this process yet)."""
+    from bench.peers_mock import user_text
+
+    async with anyio.create_task_group() as tg:
+        for s in sessions:
+            tg.start_soon(s.send, user_text(0))
 
 
 async def _drive_for(sessions: Sequence[Any], seconds: float) -> tuple[int, float, float]:

@@ -68,6 +68,20 @@ STATE_COLUMNS: Final = (
 """The ``sessions`` columns, in :class:`StateRow` field order."""
 
 _SIGNED: Final = STATE_COLUMNS.split(", ")[:14]
+
+WRITTEN_COLUMNS: Final = (
+    "updated_at",
+    "turn_count",
+    "message_count",
+    "record_count",
+    "head_mac",
+    "working_memory",
+    "goals",
+    "cognitive_mode",
+    "summary_upto",
+    "state_mac",
+)
+"""The ``sessions`` columns a write (a turn, a summary, a state change) sets."""
 _STATE_TEXT: Final = "{" + ",".join(f'"{name}":%s' for name in sorted(_SIGNED)) + "}"
 """The state MAC's canonical JSON with a ``%s`` per signed field, keys in sorted order."""
 

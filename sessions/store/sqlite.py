@@ -53,6 +53,7 @@ from sessions.store.codec import (
 from sessions.store.dbthread import DBThread
 from sessions.store.durable import (
     STATE_COLUMNS,
+    WRITTEN_COLUMNS,
     StateRow,
     checkpoint_body,
     listed_meta,
@@ -82,25 +83,12 @@ IDLE_CHECKPOINT_WRITES: Final = 32
 REMEMBERED_MAX: Final = 4096
 """Sessions whose last written or verified state row the store keeps (see ``_swap``)."""
 
-_CHANGED: Final = (
-    "updated_at",
-    "turn_count",
-    "message_count",
-    "record_count",
-    "head_mac",
-    "working_memory",
-    "goals",
-    "cognitive_mode",
-    "summary_upto",
-    "state_mac",
-)
-"""The ``sessions`` columns a write changes: ``_save_state`` and ``_swap`` set them."""
 _SIGNED: Final = STATE_COLUMNS.split(", ")[1:15]
 """Every signed column but ``id``, and ``state_mac``: what ``_swap`` requires unchanged."""
-_SET: Final = "UPDATE sessions SET " + ", ".join(f"{c}=?" for c in _CHANGED)
+_SET: Final = "UPDATE sessions SET " + ", ".join(f"{c}=?" for c in WRITTEN_COLUMNS)
 _SAVE: Final = f"{_SET} WHERE id=?"
 _SWAP: Final = f"{_SET} WHERE id=? AND version=? AND " + " AND ".join(f"{c}=?" for c in _SIGNED)
-_changed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*_CHANGED)
+_changed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*WRITTEN_COLUMNS)
 _signed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*_SIGNED)
 
 
