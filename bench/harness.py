@@ -240,7 +240,12 @@ class BenchContext:
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        """A transient progress bar; yields ``advance(n)``."""
+        """A transient progress bar; yields ``advance(n)``.
+
+        Redrawn only when ``advance`` is called (between timed calls), never by rich's
+        refresh thread: a thread waking to redraw competes for the GIL with the code
+        being timed.
+        """
         bar = Progress(
             TextColumn("  [cyan]{task.description}"),
             BarColumn(),
@@ -248,6 +253,7 @@ class BenchContext:
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
+            auto_refresh=False,
             disable=not self.console.is_terminal,
         )
         with bar:
@@ -255,6 +261,7 @@ class BenchContext:
 
             def advance(k: int = 1) -> None:
                 bar.advance(task, k)
+                bar.refresh()
 
             yield advance
 

@@ -181,41 +181,40 @@ class KeywordMemory:
 def _best(windows: Sequence[list[int]], limit: int) -> list[tuple[int, int]]:
     """The ``limit`` best ``(id, score)`` pairs: highest score, then highest (newest) id.
 
-    An id's score is the number of ``windows`` it is in.  Instead of counting every id
-    in Python, the windows are folded into sets by level (``at_least[s]``: the ids in
-    more than ``s`` windows) with C-speed set operations; the best then come from the
-    top level down, each level's newest first.  Past a handful of windows the
-    quadratic folding loses to plain counting, which is used instead.
+    An id's score is the number of ``windows`` (ascending id lists) it is in.  Instead
+    of counting every id in Python, the windows are folded into sets by level
+    (``at_least[s]``: the ids in more than ``s`` windows) with C-speed set operations,
+    and the best come from the top level down, each level's newest first.  Score 1,
+    usually the biggest level, is never built: its newest ``need`` ids are within the
+    last ``need + len(above)`` ids of their window, so only those tails are sorted.
+    Past a handful of windows the quadratic folding loses to plain counting.
     """
     if len(windows) > _MAX_LEVELS:
         return _best_by_count(windows, limit)
-    at_least: list[set[int]] = []
-    for window in windows:
-        ids = set(window)
-        for s in range(len(at_least) - 1, -1, -1):
-            more = at_least[s] & ids
+    at_least: list[set[int]] = [set(windows[0])]
+    last = len(windows) - 1
+    for n in range(1, last + 1):
+        window = windows[n]
+        for s in range(len(at_least) - 1, -1, -1):  # top down: level s not yet updated
+            more = at_least[s].intersection(window)
             if not more:
                 continue
             if s + 1 == len(at_least):
                 at_least.append(more)
             else:
                 at_least[s + 1] |= more
-        if at_least:
-            at_least[0] |= ids
-        else:
-            at_least.append(ids)
+        if n < last:  # the union is only needed to fold in later windows
+            at_least[0].update(window)
     out: list[tuple[int, int]] = []
     above: set[int] = set()
     for s in range(len(at_least) - 1, -1, -1):
         need = limit - len(out)
-        if s == 0 and above:
-            # Score 1, usually the biggest level: its newest ``need`` ids are within
-            # the last ``need + len(above)`` of their window, so sort only those.
+        if s == 0:
             depth = need + len(above)
-            tails: set[int] = set()
+            level: set[int] = set()
             for window in windows:
-                tails.update(window[-depth:])
-            level = tails - above
+                level.update(window[-depth:])
+            level -= above
         else:
             level = at_least[s] - above if above else at_least[s]
         out.extend((i, s + 1) for i in sorted(level, reverse=True)[:need])
