@@ -29,17 +29,17 @@ class Limits:
     resume it.  Heartbeat failures back off exponentially up to ``heartbeat_max_backoff``
     seconds.
 
-    Retention, per session (the seed system's defaults; past a limit the oldest items
-    leave memory, never the store): ``max_messages`` messages; ``max_reasoning_steps``
-    reasoning steps, a step being one node visit of the traversal log (a turn's record
-    stays in memory only while all its steps do, and for at most ``trace_window``
-    turns); ``max_tool_calls`` tool-call records (tool results and assistant tool
-    requests).  ``max_active_sessions`` bounds the sessions one manager hosts at once
-    (one more raises :class:`~engine.errors.SessionLimitReached`; 10 suits interactive
-    use, raise it for servers).
-
-    ``max_steps_per_turn`` bounds the nodes one turn may visit, so a cycle cannot run
-    forever (a turn graph's own ``max_steps`` attribute may lower it, never raise it).
+    Retention, per session (the seed system's defaults; past a limit the oldest items leave
+    memory, never the store): ``max_messages`` messages; ``max_reasoning_steps`` reasoning
+    steps, a step being one node visit of the traversal log (a turn's record stays in memory
+    while any of its steps is among the newest, so memory holds at most the limit plus one
+    turn's steps; ``traces()`` serves at most the last ``trace_window`` whole turns from
+    memory, older ones from the store); ``max_tool_calls`` tool-call records (tool results
+    and assistant tool requests). ``max_active_sessions`` bounds the sessions one manager
+    hosts at once (one more raises :class:`~engine.errors.SessionLimitReached`; 10 suits
+    interactive use, raise it for servers). ``max_steps_per_turn`` bounds the nodes one turn
+    may visit, so a cycle cannot run forever (a turn graph's own ``max_steps`` attribute may
+    lower it, never raise it).
     """
 
     max_messages: int = 1000

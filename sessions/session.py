@@ -225,6 +225,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_closing",
         "_compact_gen",
         "_compact_lock",
         "_compacting",
@@ -311,6 +312,7 @@ class Session:
         self._turn_held = False  # the lock is held by a turn (not a state write)
         self._pending_state: dict[str, Any] | None = None
         self._compact_lock: anyio.Lock | None = None  # made on the first compaction
+        self._closing: anyio.Event | None = None  # set when close() has finished
         self._compact_gen = 0
         self._compacting = False
         self.heartbeat = Heartbeat(
@@ -456,7 +458,6 @@ class Session:
     async def _leave(self) -> None:
         """End a turn: phase idle, then :meth:`_unlock`."""
         self.phase = "idle"
-        self._turn_held = False
         await self._unlock()
 
     async def _unlock(self) -> None:
@@ -464,11 +465,21 @@ class Session:
         state not stored yet, release the lock.  Never raises (write failures are
         logged): it runs in ``finally`` blocks, after the turn's own outcome."""
         try:
-            self._flush_pending()
-            if self._state_dirty and not self.closed:  # close() stores it itself
-                await self._store_state()
+            if not self.closed:  # close() stores it itself
+                await self._store_pending()
         finally:
+            self._turn_held = False  # only now: the trailing write is part of the turn
             self._lock.release()
+
+    async def _store_pending(self) -> None:
+        """Apply a waiting heartbeat result and store dirty state (the caller holds the
+        lock), again while a heartbeat finished during the write left one waiting."""
+        self._flush_pending()
+        while self._state_dirty:
+            await self._store_state()
+            if self._pending_state is None:
+                return
+            self._flush_pending()
 
     def _flush_pending(self) -> None:
         """Apply the heartbeat result that waited for the lock holder (who calls this)."""
@@ -914,16 +925,20 @@ class Session:
         then store a heartbeat result not stored yet.  A session closed because it was
         fenced writes nothing more."""
         if self.closed:
+            if self._closing is not None:  # a close() in progress: wait for it
+                await self._closing.wait()
             return
         self.closed = True
+        closing = self._closing = anyio.Event()
         self.heartbeat.stop()
-        await self._lock.acquire()
         try:
-            self._flush_pending()
-            if self._state_dirty:
-                await self._store_state()
+            await self._lock.acquire()
+            try:
+                await self._store_pending()
+            finally:
+                self._lock.release()
         finally:
-            self._lock.release()
+            closing.set()
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from engine.errors import SessionClosed
+from engine.errors import SessionBusy, SessionClosed
 from engine.graph import Node
 from sessions import Limits
 from sessions.heartbeat import Heartbeat
@@ -270,3 +270,84 @@ async def test_a_heartbeat_sees_a_bounded_snapshot_of_the_history(store: Store) 
         await wait_until(lambda: bool(seen))
         session.stop_heartbeat()
     assert seen[0] == (HEARTBEAT_HISTORY, HEARTBEAT_HISTORY, last_seq)
+
+
+async def test_a_heartbeat_result_arriving_during_the_turns_last_write_is_applied() -> None:
+    """A turn ends by storing a waiting heartbeat result (beat 1); beat 2 finishes during
+    that write and waits for the lock holder, who must apply and store it too before
+    releasing the lock (else the idle session never shows it)."""
+    entered, release = anyio.Event(), anyio.Event()
+    n = 0
+
+    async def llm(node: Node, ctx: Mapping[str, Any]) -> None:
+        entered.set()
+        await release.wait()
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        nonlocal n
+        n += 1
+        return {"memory.working": {"beat": n}}
+
+    store = GatedStateStore()
+    async with running(store, reply_registry(llm_call=llm, beat=beat)) as m:
+        session = await m.create("late-beat")
+        async with anyio.create_task_group() as tg:
+            try:  # the gate opens on failure too: a shielded write would never end
+                tg.start_soon(session.send, "hello")
+                await entered.wait()
+                assert await session.heartbeat.beat()  # beat 1 waits: a turn runs
+                release.set()
+                with anyio.fail_after(5):
+                    await store.writing.wait()  # the turn's unlock is storing beat 1
+                assert await session.heartbeat.beat()  # beat 2 arrives during that write
+            finally:
+                store.gate.set()
+        await wait_until(lambda: not session.busy)
+        assert session.working_memory == {"beat": 2}
+        assert dict((await store.load("late-beat")).meta.working_memory) == {"beat": 2}
+
+
+async def test_the_queue_bound_holds_while_a_turn_stores_its_last_state() -> None:
+    """queue_size=1: while the running turn stores state before releasing the lock, a
+    third sender gets SessionBusy (the write is part of the turn)."""
+    entered, release = anyio.Event(), anyio.Event()
+    calls = 0
+
+    async def llm(node: Node, ctx: Mapping[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            await release.wait()
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"memory.working": {"mood": "calm"}}
+
+    store = GatedStateStore()
+    busy: list[SessionBusy] = []
+
+    async def send(text: str) -> None:
+        try:
+            await session.send(text)
+        except SessionBusy as exc:
+            busy.append(exc)
+
+    registry = reply_registry(llm_call=llm, beat=beat)
+    async with running(store, registry, limits=Limits(queue_size=1)) as m:
+        session = await m.create("bound")
+        async with anyio.create_task_group() as tg:
+            try:  # the gate opens on failure too: a shielded write would never end
+                tg.start_soon(send, "t1")
+                await entered.wait()
+                assert await session.heartbeat.beat()  # waits until t1 ends
+                tg.start_soon(send, "t2")
+                await wait_until(lambda: session.queued == 1)
+                release.set()
+                with anyio.fail_after(5):
+                    await store.writing.wait()  # t1 is storing that state
+                tg.start_soon(send, "t3")
+                await wait_until(lambda: bool(busy))
+                assert session.queued == 1
+            finally:
+                store.gate.set()
+    assert len(busy) == 1

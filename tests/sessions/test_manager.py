@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -154,6 +154,50 @@ async def test_close_waits_for_the_running_turn(store: Store) -> None:
         assert await store.acquire("closing", "someone-else", 5.0) > session.token
         page = await store.messages("closing", 0, 10)
         assert [x.content for x in page] == ["last words", "re: last words"]
+
+
+async def test_a_second_close_waits_for_the_first(store: Store) -> None:
+    """Two closes racing (an application's close and a delete or shutdown): the second
+    waits for the first, so the lease is not released under the running turn (which
+    would then be fenced and lost)."""
+    entered, release = anyio.Event(), anyio.Event()
+
+    async def llm(node: Node, ctx: Mapping[str, Any]) -> None:
+        entered.set()
+        await release.wait()
+
+    results: list[Any] = []
+    async with running(store, reply_registry(llm_call=llm)) as m:
+        session = await m.create("closing-twice")
+
+        async def send() -> None:
+            try:
+                results.append((await session.send("hello")).ok)
+            except Exception as exc:  # Fenced, before the fix
+                results.append(exc)
+
+        with anyio.fail_after(10):  # a close that never returns fails, not hangs
+            await _send_and_close_twice(m, send, entered, release)
+        meta = (await store.load("closing-twice")).meta
+    assert results == [True] and meta.turn_count == 1
+
+
+async def _send_and_close_twice(
+    m: SessionManager,
+    send: Callable[[], Coroutine[Any, Any, None]],
+    entered: anyio.Event,
+    release: anyio.Event,
+) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+        await entered.wait()
+        tg.start_soon(m.close, "closing-twice")
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        tg.start_soon(m.close, "closing-twice")
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        release.set()
 
 
 async def test_reload_after_close_continues_counts_and_history(store: Store) -> None:
