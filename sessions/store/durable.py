@@ -11,8 +11,9 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -40,12 +41,13 @@ from sessions.store.codec import (
     turn_json,
 )
 from sessions.store.export import ImportPlan, Parts, chain_items
-from sessions.store.signing import GENESIS, Chain, Row, Signer
+from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
 
 __all__ = [
     "STATE_COLUMNS",
     "StateRow",
     "checkpoint_body",
+    "latest_summary",
     "listed_meta",
     "messages_of",
     "messages_of_datas",
@@ -152,28 +154,13 @@ class StateRow:
         row.head_mac, row.state_mac = bytes(row.head_mac), bytes(row.state_mac)
         return row
 
+    def values(self) -> tuple[Any, ...]:
+        """Every column, in :data:`STATE_COLUMNS` order (what an ``INSERT`` writes)."""
+        return _state_values(self)
+
     def copy(self) -> StateRow:
         """A copy to change: a cached, verified row itself is never modified."""
-        return StateRow(
-            self.id,
-            self.agent_id,
-            self.type,
-            self.created_at,
-            self.updated_at,
-            self.turn_count,
-            self.message_count,
-            self.record_count,
-            self.head_mac,
-            self.config,
-            self.working_memory,
-            self.goals,
-            self.cognitive_mode,
-            self.summary_upto,
-            self.state_mac,
-            self.version,
-            self.owner,
-            self.lease_expires,
-        )
+        return StateRow(*_state_values(self))
 
     def text(self) -> str:
         """The canonical JSON the state MAC signs (every commit writes one).
@@ -261,6 +248,9 @@ class StateRow:
             cognitive_mode=self.cognitive_mode,
             summary_upto=self.summary_upto,
         )
+
+
+_state_values: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*STATE_COLUMNS.split(", "))
 
 
 def _not_json(url: str, sid: str, what: str, exc: Exception) -> StoreError:
@@ -452,6 +442,21 @@ def summary_of(body: str, url: str, sid: str) -> tuple[int, Message]:
         return upto, message_from_dict(data.get("message"))
     except (KeyError, ShapeError) as exc:
         raise _bad(url, sid, ShapeError(str(exc))) from None
+
+
+def latest_summary(row: Row | None, state: StateRow, signer: Signer, url: str) -> Message | None:
+    """The session's latest summary from its newest summary record ``row`` (or
+    ``None``), verified: ``SessionTampered`` if it is missing while the signed state
+    says there is one, fails its MAC, or is not the one the state names."""
+    if row is None:
+        if state.summary_upto != -1:
+            raise SessionTampered(url, state.id, -1, "the latest summary is missing")
+        return None
+    [(_, body, _)] = verify_span(signer, url, state.id, [row], first=row[0])
+    upto, message = summary_of(body, url, state.id)
+    if upto != state.summary_upto:
+        raise SessionTampered(url, state.id, row[0], "summary is not the latest")
+    return message
 
 
 def checkpoint_body(sid: str, cp: Checkpoint, signer: Signer, url: str) -> tuple[str, bytes]:

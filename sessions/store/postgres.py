@@ -18,7 +18,6 @@ takes the locked, verified path, which raises the precise error.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections import deque
@@ -57,6 +56,7 @@ from sessions.store.durable import (
     WRITTEN_COLUMNS,
     StateRow,
     checkpoint_body,
+    latest_summary,
     listed_meta,
     messages_of,
     open_checkpoint,
@@ -65,7 +65,6 @@ from sessions.store.durable import (
     plan_summary,
     plan_turn,
     split_chain,
-    summary_of,
     turns_of,
 )
 from sessions.store.export import ImportLimits, Parts, already_exists, parse_doc, sign_doc
@@ -501,26 +500,7 @@ class PostgresStore:
     async def _insert_state(self, c: Conn, st: StateRow) -> None:
         await c.execute(
             f"INSERT INTO sessions ({STATE_COLUMNS}) VALUES ({','.join(['%s'] * 18)})",
-            (
-                st.id,
-                st.agent_id,
-                st.type,
-                st.created_at,
-                st.updated_at,
-                st.turn_count,
-                st.message_count,
-                st.record_count,
-                st.head_mac,
-                st.config,
-                st.working_memory,
-                st.goals,
-                st.cognitive_mode,
-                st.summary_upto,
-                st.state_mac,
-                st.version,
-                st.owner,
-                st.lease_expires,
-            ),
+            st.values(),
         )
 
     # ------------------------------------------------------------------ sessions
@@ -631,7 +611,7 @@ class PostgresStore:
         if written is None or written[0].version != token or not self._group.enabled:
             return None
         old, xmin = written
-        st = dataclasses.replace(old)  # plan_turn advances the row it is given
+        st = old.copy()  # plan_turn advances the row it is given
         try:
             rows = plan_turn(st, commit, self._s, self.url, now=time.time())
         except StoreError:  # the locked path decides, on the stored row
@@ -805,15 +785,7 @@ class PostgresStore:
             f"SELECT {_ROW} FROM records WHERE session_id=%s AND kind=%s ORDER BY key DESC LIMIT 1",
             (st.id, KIND_SUMMARY),
         )
-        if row is None:
-            if st.summary_upto != -1:
-                raise SessionTampered(self.url, st.id, -1, "the latest summary is missing")
-            return None
-        [(_, body, _)] = verify_span(self._s, self.url, st.id, [row], first=row[0])
-        upto, message = summary_of(body, self.url, st.id)
-        if upto != st.summary_upto:
-            raise SessionTampered(self.url, st.id, row[0], "summary is not the latest")
-        return message
+        return latest_summary(row, st, self._s, self.url)
 
     async def _span(self, c: Conn, st: StateRow, kind: str, lo: int, hi: int) -> Chain:
         first = await self._rseq_of(c, st, kind, lo)

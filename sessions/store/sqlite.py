@@ -56,6 +56,7 @@ from sessions.store.durable import (
     WRITTEN_COLUMNS,
     StateRow,
     checkpoint_body,
+    latest_summary,
     listed_meta,
     messages_of,
     messages_of_datas,
@@ -65,7 +66,6 @@ from sessions.store.durable import (
     plan_summary,
     plan_turn,
     split_chain,
-    summary_of,
     turns_of,
 )
 from sessions.store.export import ImportLimits, already_exists, parse_doc, sign_doc
@@ -408,26 +408,7 @@ class SQLiteStore:
     def _insert_state(self, st: StateRow) -> None:
         self._c.execute(
             f"INSERT INTO sessions ({STATE_COLUMNS}) VALUES ({','.join('?' * 18)})",
-            (
-                st.id,
-                st.agent_id,
-                st.type,
-                st.created_at,
-                st.updated_at,
-                st.turn_count,
-                st.message_count,
-                st.record_count,
-                st.head_mac,
-                st.config,
-                st.working_memory,
-                st.goals,
-                st.cognitive_mode,
-                st.summary_upto,
-                st.state_mac,
-                st.version,
-                st.owner,
-                st.lease_expires,
-            ),
+            st.values(),
         )
 
     async def exists(self, session_id: str) -> bool:
@@ -670,15 +651,7 @@ class SQLiteStore:
             f"SELECT {_ROW} FROM records WHERE session_id=? AND kind=? ORDER BY key DESC LIMIT 1",
             (st.id, KIND_SUMMARY),
         ).fetchone()
-        if row is None:
-            if st.summary_upto != -1:
-                raise SessionTampered(self.url, st.id, -1, "the latest summary is missing")
-            return None
-        [(_, body, _)] = verify_span(self._s, self.url, st.id, [row], first=row[0])
-        upto, message = summary_of(body, self.url, st.id)
-        if upto != st.summary_upto:
-            raise SessionTampered(self.url, st.id, row[0], "summary is not the latest")
-        return message
+        return latest_summary(row, st, self._s, self.url)
 
     def _span(self, st: StateRow, kind: str, lo: int, hi: int) -> Chain:
         """Verified chain data from record ``kind lo`` through ``kind hi`` (inclusive)."""
