@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from engine.errors import StoreError
@@ -100,13 +100,29 @@ def sqlite_path(url: str) -> Path:
 def _sqlite(
     url: str, secret: bytes | str | None, limits: ImportLimits | None, create: bool
 ) -> SQLiteStore:
-    """A SQLite store; ``?synchronous=NORMAL`` trades power-loss durability for speed."""
+    """A SQLite store.  URL options: ``synchronous=NORMAL`` trades power-loss
+    durability for speed; ``inline_writes=off`` keeps every write off the event loop's
+    thread (see :class:`SQLiteStore`)."""
     params = dict(parse_qsl(url.partition("?")[2]))
     sync = params.pop("synchronous", "FULL").upper()
-    if params or sync not in ("FULL", "NORMAL", "EXTRA"):
-        raise StoreError(url, "SQLite URL options: synchronous=FULL|NORMAL|EXTRA only")
+    inline = _SWITCH.get(params.pop("inline_writes", "on").lower())
+    if params or sync not in ("FULL", "NORMAL", "EXTRA") or inline is None:
+        raise StoreError(
+            url, "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off only"
+        )
     path = sqlite_path(url)
-    return SQLiteStore(url, path, secret=secret, limits=limits, synchronous=sync, create=create)
+    return SQLiteStore(
+        url,
+        path,
+        secret=secret,
+        limits=limits,
+        synchronous=sync,
+        create=create,
+        inline_writes=inline,
+    )
+
+
+_SWITCH: Final = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
 def open_store(

@@ -9,6 +9,11 @@ the two unavoidable thread wake-ups and little else.
 Calls run one at a time in submission order, so the connection is never used by two
 threads at once and a caller that submits after another sees its effects.
 
+Even those two wake-ups cost 60-150 µs on a VM, as much as the work of a small commit.
+So a caller may instead :meth:`DBThread.claim` the connection and use it in its own
+thread, when no call is queued or running (so the order still holds); the thread's
+calls and claimed uses exclude each other through one lock.
+
 Cancellation: a caller cancelled while its call is still queued removes it (it never
 runs); a caller cancelled while its call runs stops waiting at once and the call
 finishes in the thread, so a transaction always commits or rolls back whole, never half.
@@ -23,13 +28,14 @@ import contextlib
 import queue
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
 
-__all__ = ["DBThread", "ThreadClosed"]
+__all__ = ["DBThread", "ThreadClosed", "nothing_else_ready"]
 
 T = TypeVar("T")
 
@@ -43,13 +49,29 @@ class ThreadClosed(RuntimeError):
     """A call was submitted to a :class:`DBThread` that is stopped (a caller bug)."""
 
 
+class _Shared:
+    """What the thread and its :class:`DBThread` share (the thread holds no reference
+    to the :class:`DBThread` itself, so an abandoned one can be collected)."""
+
+    __slots__ = ("lock", "outstanding", "use")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        """Guards job states and ``outstanding``."""
+        self.use = threading.Lock()
+        """Held by whoever uses the connection: a running call or a claim."""
+        self.outstanding = 0
+        """Calls submitted by :meth:`DBThread.run` and not yet finished or skipped."""
+
+
 class _Job(Generic[T]):
     """One submitted call, its state, and how to report its end."""
 
-    __slots__ = ("args", "error", "event", "fn", "fut", "loop", "result", "state")
+    __slots__ = ("args", "error", "event", "fn", "fut", "loop", "posted", "result", "state")
 
-    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], posted: bool = False) -> None:
         self.fn, self.args = fn, args
+        self.posted = posted
         self.state = _QUEUED
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -70,50 +92,31 @@ def _resolve(job: _Job[Any]) -> None:
         fut.set_result(job.result)
 
 
-def _serve(
-    jobs: queue.SimpleQueue[_Job[Any] | None],
-    lock: threading.Lock,
-    idle: Callable[[], object] | None,
-    idle_after: float,
-) -> None:
-    """The thread's body: run jobs until the ``None`` sentinel.
-
-    After a burst of jobs, if nothing arrives for ``idle_after`` seconds, ``idle()``
-    runs once (errors ignored: idle work is an optimisation), then the thread sleeps
-    until the next job.  A module function holding no reference to the
-    :class:`DBThread`, so an abandoned one can still be collected (its finalizer sends
-    the sentinel).
-    """
-    busy = False
-    while True:
-        if busy and idle is not None:
-            try:
-                job = jobs.get(timeout=idle_after)
-            except queue.Empty:
-                busy = False
-                with contextlib.suppress(Exception):
-                    idle()
-                continue
-        else:
-            job = jobs.get()
-        if job is None:
-            return
-        busy = True
-        _run_job(job, lock)
+def _serve(jobs: queue.SimpleQueue[_Job[Any] | None], shared: _Shared) -> None:
+    """The thread's body: run jobs until the ``None`` sentinel."""
+    while (job := jobs.get()) is not None:
+        if not job.posted:
+            _run_job(job, shared)
+            continue
+        with shared.use, contextlib.suppress(Exception):  # posted work is best-effort
+            job.fn(*job.args)
 
 
-def _run_job(job: _Job[Any], lock: threading.Lock) -> None:
-    """Run one job unless its caller gave up before it started; report its end."""
-    with lock:
+def _run_job(job: _Job[Any], shared: _Shared) -> None:
+    """Run one call unless its caller gave up before it started; report its end."""
+    with shared.lock:
         if job.state != _QUEUED:
+            shared.outstanding -= 1
             return  # its caller was cancelled before it started
         job.state = _RUNNING
     try:
-        job.result = job.fn(*job.args)
+        with shared.use:
+            job.result = job.fn(*job.args)
     except BaseException as exc:  # delivered to the caller, never lost in the thread
         job.error = exc
-    with lock:
+    with shared.lock:
         job.state = _DONE
+        shared.outstanding -= 1
     if job.event is not None:
         job.event.set()
     elif job.loop is not None:
@@ -122,26 +125,38 @@ def _run_job(job: _Job[Any], lock: threading.Lock) -> None:
             job.loop.call_soon_threadsafe(_resolve, job)
 
 
+def nothing_else_ready() -> bool:
+    """Whether the running asyncio loop has no other callback ready to run right now.
+
+    Then a short blocking call made here delays nobody: the loop would otherwise sit
+    in its selector.  Reads the loop's ready queue (``_ready``, an attribute of every
+    asyncio loop since Python 3.4); ``False`` when it cannot tell (another loop
+    implementation, or no running asyncio loop), so the caller takes the safe way.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    ready = getattr(loop, "_ready", None)
+    return type(ready) is deque and not ready
+
+
 class DBThread:
     """A started thread that runs blocking calls one at a time, in order.
 
     ``await thread.run(fn, *args)`` runs ``fn(*args)`` in the thread and returns its
-    result or raises its exception.  :meth:`stop` lets queued calls finish, then ends
-    the thread.  ``idle``, if given, runs in the thread once the calls pause for
-    ``idle_after`` seconds (housekeeping that should not delay a caller).
+    result or raises its exception.  :meth:`claim` lets a caller use the thread's
+    resource in its own thread instead; :meth:`post` queues best-effort work that
+    nobody waits for.  :meth:`stop` lets queued calls finish, then
+    ends the thread.
     """
 
-    def __init__(
-        self, name: str, *, idle: Callable[[], object] | None = None, idle_after: float = 0.05
-    ) -> None:
+    def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._shared = _Shared()
         self._stopped = False
         self.thread = threading.Thread(
-            target=_serve,
-            args=(self._jobs, self._lock, idle, idle_after),
-            name=name,
-            daemon=True,
+            target=_serve, args=(self._jobs, self._shared), name=name, daemon=True
         )
         self.thread.start()
         weakref.finalize(self, self._jobs.put, None)
@@ -151,11 +166,14 @@ class DBThread:
         if self._stopped:
             raise ThreadClosed("the database thread is stopped")
         job: _Job[T] = _Job(fn, args)
+        shared = self._shared
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (anyio on trio): wait through a worker thread
             return await self._run_elsewhere(job)
         job.loop, job.fut = loop, loop.create_future()
+        with shared.lock:
+            shared.outstanding += 1
         self._jobs.put(job)
         try:
             return await job.fut
@@ -163,14 +181,45 @@ class DBThread:
             self._abandon(job)
             raise
 
+    def claim(self) -> bool:
+        """Take the resource for use in the calling thread, if no call is queued or
+        running; ``True`` if taken (then :meth:`release` it), ``False`` at once if not.
+
+        Never waits.  A claim made while calls are pending would overtake them, so it
+        is refused and the caller should :meth:`run` instead.
+        """
+        shared = self._shared
+        if self._stopped or shared.outstanding or not shared.use.acquire(blocking=False):
+            return False
+        if shared.outstanding:  # submitted from another thread meanwhile
+            shared.use.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        """End a successful :meth:`claim`."""
+        self._shared.use.release()
+
+    def post(self, fn: Callable[[], object]) -> None:
+        """Queue ``fn()`` to run in the thread, in order, without waiting for it.
+
+        It holds the resource like a call, but nobody waits for it: its result and
+        errors are dropped (it is best-effort work), and a :meth:`claim` made while it
+        is queued is not refused for it.
+        """
+        if not self._stopped:
+            self._jobs.put(_Job(fn, (), posted=True))
+
     def _abandon(self, job: _Job[Any]) -> None:
         """The caller was cancelled: a queued job is skipped, a running one finishes."""
-        with self._lock:
+        with self._shared.lock:
             if job.state == _QUEUED:
                 job.state = _SKIPPED
 
     async def _run_elsewhere(self, job: _Job[T]) -> T:
         job.event = threading.Event()
+        with self._shared.lock:
+            self._shared.outstanding += 1
         self._jobs.put(job)
         # Not abandoned on cancel: anyio waits for the event, so the job has ended.
         await anyio.to_thread.run_sync(job.event.wait)

@@ -1,11 +1,17 @@
 """The embedded default store: one SQLite file, WAL mode, safe across processes.
 
-``sqlite3`` blocks, so every call runs in the store's own database thread
-(:class:`~sessions.store.dbthread.DBThread`), one at a time and in order: the event loop
-never waits on the disk, and the one connection is never used by two threads at once.
-Writes take ``BEGIN IMMEDIATE`` so two processes on one file serialise at the start of a
-transaction instead of failing at commit, and ``busy_timeout`` makes the loser wait
-rather than error.
+``sqlite3`` blocks, so calls run in the store's own database thread
+(:class:`~sessions.store.dbthread.DBThread`), one at a time and in order, and the one
+connection is never used by two threads at once.  Writes take ``BEGIN IMMEDIATE`` so two
+processes on one file serialise at the start of a transaction instead of failing at
+commit, and ``busy_timeout`` makes the loser wait rather than error.
+
+The small writes of a turn (its commit, checkpoints, state) run in the event loop's own
+thread instead when that delays nobody: no other callback is ready, the database thread
+is idle, and the write lock is free at once (another process holding it sends the write
+to the thread, which waits).  The hand-off to the thread and back costs 60-150 µs on the
+team's VM, as much as the commit's own work.  The WAL is checkpointed in the database
+thread, so no write runs a checkpoint in the loop.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from sessions.store.codec import (
     datas_of_bodies,
     validate_session_id,
 )
-from sessions.store.dbthread import DBThread
+from sessions.store.dbthread import DBThread, nothing_else_ready
 from sessions.store.durable import (
     STATE_COLUMNS,
     WRITTEN_COLUMNS,
@@ -78,8 +84,9 @@ T = TypeVar("T")
 _ROW: Final = "rseq, kind, key, body, prev_mac, mac"
 _HEADER: Final = b"SQLite format 3\x00"
 _END: Final = 2**62  # past any rseq: "through the head"
-IDLE_CHECKPOINT_WRITES: Final = 32
-"""Write transactions after which an idle pause runs a WAL checkpoint."""
+CHECKPOINT_WRITES: Final = 64
+"""Write transactions after which a background WAL checkpoint is queued (a turn's
+commit writes 4-8 pages, so the log stays near SQLite's default 1,000 pages)."""
 REMEMBERED_MAX: Final = 4096
 """Sessions whose last written or verified state row the store keeps (see ``_swap``)."""
 
@@ -88,6 +95,14 @@ _SIGNED: Final = STATE_COLUMNS.split(", ")[1:15]
 _SET: Final = "UPDATE sessions SET " + ", ".join(f"{c}=?" for c in WRITTEN_COLUMNS)
 _SAVE: Final = f"{_SET} WHERE id=?"
 _SWAP: Final = f"{_SET} WHERE id=? AND version=? AND " + " AND ".join(f"{c}=?" for c in _SIGNED)
+_INSERTS: Final = tuple(
+    "INSERT INTO records VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * n) for n in range(1, 9)
+)
+"""``INSERT`` statements of 1 to 8 rows (a turn writes 3 or so)."""
+_NEXT_OF_KIND: Final = (
+    "SELECT rseq, key FROM records WHERE session_id=? AND rseq>=? AND rseq<? AND kind=? "
+    "ORDER BY rseq LIMIT 1"
+)
 _changed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*WRITTEN_COLUMNS)
 _signed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*_SIGNED)
 
@@ -99,11 +114,18 @@ class SQLiteStore:
     commit, so a turn reported committed survives power loss; ``"NORMAL"``
     (``sqlite:///x.db?synchronous=NORMAL``) survives a killed process but may lose the
     last commits to a power cut or an OS crash, and is offered for benchmarks and
-    throwaway stores.  Measured on the team's 2-core VM, one 2-message turn with a
-    7-node trace: p50 about 0.33-0.42 ms with FULL (a bare two-insert WAL commit with
-    its fdatasync takes 0.15-0.2 ms there, the hand-off to the database thread and back
-    0.03-0.07 ms), 0.25-0.27 ms with NORMAL; flat over 10,000 turns.  Loading all of a
-    10,000-message session, verified, takes about 38-42 ms.
+    throwaway stores.
+
+    ``inline_writes`` (default on; ``?inline_writes=off``) lets a turn's small writes
+    run in the event loop's thread when that delays nobody (see the module's
+    docstring); off, every call goes through the database thread and the loop never
+    blocks on the disk, for a hand-off of 60-150 µs per write.
+
+    Measured on the team's 2-core VM, one 2-message turn with a 7-node trace: p50
+    about 0.25-0.27 ms with FULL in the loop's thread (0.4 ms through the database
+    thread; a bare two-insert WAL commit with its fdatasync takes 0.11-0.2 ms there),
+    flat over 10,000 turns.  Loading all of a 10,000-message session, verified, takes
+    about 35-40 ms.
 
     A turn commit reads nothing: the store remembers each session's row as it last
     wrote or verified it, and writes only if the stored row is still exactly that one
@@ -120,6 +142,7 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout: float = 10.0,
         create: bool = True,
+        inline_writes: bool = True,
     ) -> None:
         self.url = url
         self.path = Path(path)
@@ -131,14 +154,19 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._db: DBThread | None = None
-        self._writes = 0  # write transactions since the last idle checkpoint
-        self.idle_checkpoints = 0
-        """How many WAL checkpoints ran while the store was idle (tests look at it)."""
+        self._inline = inline_writes
+        self._busy_now = self._busy_ms  # the connection's busy timeout at the moment
+        self._writes = 0  # write transactions since the last checkpoint was queued
+        self.checkpoints = 0
+        """How many background WAL checkpoints ran (tests look at it)."""
         self._conn: sqlite3.Connection | None = None
         self._signer: Signer | None = None
         self._states: dict[str, StateRow] = {}
         """Per session, the state row as this store last wrote or verified it (never
         modified: a write changes a copy).  Only a hint: see :meth:`_swap`."""
+        self._no_checkpoint: set[str] = set()
+        """Sessions whose checkpoint this store's last turn commit deleted, with no
+        checkpoint saved here since (see :meth:`_append_turn`)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,7 +182,7 @@ class SQLiteStore:
         if not self._may_create and not self.path.exists():
             raise StoreError(self.url, f"no such store: {self.path}")
         self._signer = Signer(load_key(self._secret))
-        self._db = DBThread(f"turngraph-sqlite:{self.path.name}", idle=_weak(self._idle))
+        self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
         try:
             self._conn = await self._run(self._connect)
         except BaseException:
@@ -175,6 +203,7 @@ class SQLiteStore:
 
     def _disconnect(self) -> None:
         self._states.clear()
+        self._no_checkpoint.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -207,6 +236,8 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: fsync the WAL at each commit so a committed turn is durable.
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            # Checkpoints run in the background (_checkpoint), never inside a commit.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(conn)
         except BaseException:
@@ -265,15 +296,53 @@ class SQLiteStore:
             raise StoreError(self.url, "store is not open (call open() or use 'async with')")
         return await self._db.run(self._call, fn, args)
 
+    async def _run_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the small write ``fn(*args)`` here if that delays nobody, else in the thread.
+
+        Here means in the event loop's thread, blocking it for the commit (0.1-0.3 ms):
+        only when no other callback is ready, the database thread is idle and the write
+        lock is free at once.  A write that finds the lock taken (another process) was
+        rolled back whole and goes to the thread, which waits ``busy_timeout`` for it.
+        """
+        db = self._db
+        if db is not None and self._inline and nothing_else_ready() and db.claim():
+            try:
+                done, result = self._here(fn, args)
+            finally:
+                db.release()
+            if done:
+                return result  # type: ignore[return-value]  # set when done
+        return await self._run(fn, *args)
+
+    def _here(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[bool, T | None]:
+        """``(True, fn(*args))``, or ``(False, None)`` if the database was busy (nothing
+        written: every write is one transaction, rolled back on error)."""
+        conn = self._c
+        if self._busy_now:
+            conn.execute("PRAGMA busy_timeout=0")  # never wait for a lock in the loop
+            self._busy_now = 0
+        try:
+            return True, fn(*args)
+        except sqlite3.OperationalError as exc:
+            if _busy(exc) and not conn.in_transaction:
+                return False, None
+            raise self._translate(exc) from exc
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         try:
+            conn = self._conn
+            if conn is not None and self._busy_now != self._busy_ms:
+                conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+                self._busy_now = self._busy_ms
             return fn(*args)
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
-        if "locked" in text or "busy" in text:
+        if _busy(exc):
             return StoreError(self.url, f"{self.path}: database is locked ({text})")
         if isinstance(exc, sqlite3.DatabaseError) and (
             "not a database" in text or "malformed" in text or "corrupt" in text
@@ -283,23 +352,28 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[None]:
-        """A write transaction (``BEGIN IMMEDIATE``), counted for :meth:`_idle`."""
+        """A write transaction (``BEGIN IMMEDIATE``); every :data:`CHECKPOINT_WRITES`
+        of them queue a background checkpoint."""
         with _tx(self._c, immediate=True):
             yield
         self._writes += 1
-
-    def _idle(self) -> None:
-        """Checkpoint the WAL while no call waits (in the database thread).
-
-        SQLite otherwise checkpoints inside the commit that pushes the log past 1,000
-        pages, and that commit takes milliseconds.  Between bursts of turns nobody
-        waits, so the log is copied back then; under a sustained stream of commits
-        SQLite's own automatic checkpoint still bounds it.
-        """
-        if self._conn is not None and self._writes >= IDLE_CHECKPOINT_WRITES:
+        if self._writes >= CHECKPOINT_WRITES and self._db is not None:
             self._writes = 0
+            self._db.post(_weak(self._checkpoint))
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database, in the database thread.
+
+        SQLite would otherwise checkpoint inside the commit that pushes the log past
+        1,000 pages, and that commit would take milliseconds; here nobody waits for it
+        but a write that arrives meanwhile.  This process writes nothing during it, so
+        the checkpoint catches up with the log and the next write starts the log over
+        from its beginning (a log that only grows makes every fsync slower).
+        ``PASSIVE`` never waits for other processes' readers or writers.
+        """
+        if self._conn is not None:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.idle_checkpoints += 1
+            self.checkpoints += 1
 
     @property
     def _c(self) -> sqlite3.Connection:
@@ -330,10 +404,12 @@ class SQLiteStore:
     def _save_state(self, st: StateRow) -> None:
         self._c.execute(_SAVE, (*_changed(st), st.id))
 
-    def _advance(self, sid: str, token: int, change: Callable[[StateRow], list[Row]]) -> StateRow:
+    def _advance(
+        self, sid: str, token: int, change: Callable[[StateRow], list[Row]]
+    ) -> tuple[StateRow, bool]:
         """One fenced write to ``sid``: ``change`` advances its state and plans the records
         to append; both are written.  Returns the new state (for :meth:`_remember`, once
-        the transaction has committed).
+        the transaction has committed) and whether the remembered row was still current.
 
         Without a usable remembered row (or if :meth:`_swap` refuses it) this reads the
         row, verifies its MAC and fences it first, as every write did before the
@@ -341,14 +417,14 @@ class SQLiteStore:
         """
         swapped = self._swap(sid, token, change)
         if swapped is None:
-            self._states.pop(sid, None)
+            self._forget(sid)
             st = self._state(sid).fence(self.url, token)
             rows = change(st)
             self._save_state(st)
         else:
             st, rows = swapped
         self._insert(sid, rows)
-        return st
+        return st, swapped is not None
 
     def _swap(
         self, sid: str, token: int, change: Callable[[StateRow], list[Row]]
@@ -378,16 +454,26 @@ class SQLiteStore:
         args = (*_changed(new), sid, token, *_signed(old))
         return (new, rows) if self._c.execute(_SWAP, args).rowcount == 1 else None
 
+    def _forget(self, sid: str) -> None:
+        """Drop what this store remembers of ``sid`` (its row may change behind us)."""
+        self._states.pop(sid, None)
+        self._no_checkpoint.discard(sid)
+
     def _remember(self, st: StateRow) -> None:
         """Keep ``st`` (written or verified, and committed) as its session's latest row."""
         states = self._states
         states.pop(st.id, None)
         states[st.id] = st
         if len(states) > REMEMBERED_MAX:
-            del states[next(iter(states))]  # the least recently used
+            oldest = next(iter(states))  # the least recently used
+            del states[oldest]
+            self._no_checkpoint.discard(oldest)
 
     def _insert(self, sid: str, rows: list[Row]) -> None:
-        self._c.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?)", [(sid, *r) for r in rows])
+        if 0 < len(rows) <= len(_INSERTS):  # a turn's few rows: one statement, one step
+            self._c.execute(_INSERTS[len(rows) - 1], [v for r in rows for v in (sid, *r)])
+        else:
+            self._c.executemany(_INSERTS[0], [(sid, *r) for r in rows])
 
     # ------------------------------------------------------------------ sessions
 
@@ -436,7 +522,7 @@ class SQLiteStore:
         return await self._run(self._delete, session_id)
 
     def _delete(self, sid: str) -> bool:
-        self._states.pop(sid, None)
+        self._forget(sid)
         with self._write():
             return self._wipe(sid)
 
@@ -488,7 +574,7 @@ class SQLiteStore:
         await self._run(self._release, session_id, owner, token)
 
     def _release(self, sid: str, owner: str, token: int) -> None:
-        self._states.pop(sid, None)  # its token is stale now: no write will match it
+        self._forget(sid)  # its token is stale now: no write will match it
         with self._write():
             self._c.execute(
                 "UPDATE sessions SET owner=NULL, lease_expires=0, version=version+1 "
@@ -501,30 +587,35 @@ class SQLiteStore:
     async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
         """Append one turn in one transaction; ``Fenced`` (nothing written) if stale."""
         validate_session_id(session_id)
-        await self._run(self._append_turn, session_id, commit, token)
+        await self._run_write(self._append_turn, session_id, commit, token)
 
     def _append_turn(self, sid: str, commit: TurnCommit, token: int) -> None:
         def change(st: StateRow) -> list[Row]:
             return plan_turn(st, commit, self._s, self.url, now=time.time())
 
         with self._write():
-            st = self._advance(sid, token, change)
-            self._c.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+            st, current = self._advance(sid, token, change)
+            # A turn's commit ends its checkpoint.  If our last commit to this session
+            # already deleted it and the session row is still as we left it (so nobody
+            # else wrote since), there is none to delete.
+            if not (current and sid in self._no_checkpoint):
+                self._c.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
         self._remember(st)
+        self._no_checkpoint.add(sid)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
     ) -> None:
         """Append a compaction summary covering messages ``<= upto_seq``."""
         validate_session_id(session_id)
-        await self._run(self._append_summary, session_id, summary, upto_seq, token)
+        await self._run_write(self._append_summary, session_id, summary, upto_seq, token)
 
     def _append_summary(self, sid: str, summary: Message, upto: int, token: int) -> None:
         def change(st: StateRow) -> list[Row]:
             return plan_summary(st, summary, upto, self._s, self.url, now=time.time())
 
         with self._write():
-            st = self._advance(sid, token, change)
+            st, _ = self._advance(sid, token, change)
         self._remember(st)
 
     async def update_state(
@@ -540,7 +631,7 @@ class SQLiteStore:
         session row is verified, changed and re-signed; no record is appended."""
         validate_session_id(session_id)
         values = (working_memory, goals, cognitive_mode)
-        await self._run(self._update_state, session_id, values, token)
+        await self._run_write(self._update_state, session_id, values, token)
 
     def _update_state(self, sid: str, values: tuple[Any, Any, Any], token: int) -> None:
         wm, goals, mode = values
@@ -553,16 +644,17 @@ class SQLiteStore:
             return []
 
         with self._write():
-            st = self._advance(sid, token, change)
+            st, _ = self._advance(sid, token, change)
         self._remember(st)
 
     async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
         """Save (replace) the in-flight turn's checkpoint."""
         validate_session_id(session_id)
         body, mac = checkpoint_body(session_id, cp, self._s, self.url)
-        await self._run(self._save_checkpoint, session_id, body, mac, token)
+        await self._run_write(self._save_checkpoint, session_id, body, mac, token)
 
     def _save_checkpoint(self, sid: str, body: str, mac: bytes, token: int) -> None:
+        self._no_checkpoint.discard(sid)
         with self._write():
             self._fence(sid, token)
             self._c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)", (sid, body, mac))
@@ -570,7 +662,7 @@ class SQLiteStore:
     async def clear_checkpoint(self, session_id: str, *, token: int) -> None:
         """Drop the checkpoint (the turn was abandoned)."""
         validate_session_id(session_id)
-        await self._run(self._clear_checkpoint, session_id, token)
+        await self._run_write(self._clear_checkpoint, session_id, token)
 
     def _clear_checkpoint(self, sid: str, token: int) -> None:
         with self._write():
@@ -597,12 +689,44 @@ class SQLiteStore:
         return LoadedSession(st.to_meta(self.url), msgs, summary, cp)
 
     def _rseq_of(self, st: StateRow, kind: str, key: int) -> int:
-        row = self._c.execute(
-            "SELECT rseq FROM records WHERE session_id=? AND kind=? AND key=?", (st.id, kind, key)
-        ).fetchone()
-        if row is None:
+        """The ``rseq`` of the message with ``seq == key`` or the turn record of turn
+        ``key`` (``kind``), found without an index.
+
+        Both keys grow with ``rseq`` and each record holds one, so record ``r`` of
+        ``kind`` with key ``k`` puts key ``key`` at least ``key - k`` records later (or
+        ``k - key`` earlier).  A probe reads the first record of ``kind`` at or after
+        a position; the next probe is placed by the session's records-per-key ratio
+        (interpolation), every other one halves the range, so a session of any shape
+        costs at most twice a binary search, and a usual one a handful of probes.
+        """
+        if kind == KIND_MESSAGE:
+            first, count = 0, st.message_count  # keys 0 .. count-1
+        else:
+            first, count = 1, st.turn_count  # turns 1 .. count
+        if not first <= key < first + count:
             raise SessionTampered(self.url, st.id, -1, f"{kind} {key} is missing")
-        return int(row[0])
+        # Counting alone bounds it: ``key - first`` keys before, ``last - key`` after.
+        lo, hi = key - first, st.record_count - (first + count - 1 - key)  # [lo, hi)
+        ratio = st.record_count / count
+        guess, step = int(key * ratio), 0
+        probe = self._c.execute
+        while lo < hi:
+            mid = min(max(guess, lo), hi - 1) if step % 2 == 0 else (lo + hi) // 2
+            step += 1
+            row = probe(_NEXT_OF_KIND, (st.id, mid, hi, kind)).fetchone()
+            if row is None:  # nothing of ``kind`` in [mid, hi)
+                hi = mid
+                continue
+            r, k = row
+            if k == key:
+                return int(r)
+            if k < key:
+                lo = max(lo, r + (key - k))
+                guess = r + round((key - k) * ratio)
+            else:  # nothing of ``kind`` in [mid, r), and ``k - key`` of them before r
+                hi = min(mid, r - (k - key) + 1)
+                guess = r - round((k - key) * ratio)
+        raise SessionTampered(self.url, st.id, -1, f"{kind} {key} is missing")
 
     def _tail(self, st: StateRow, count: int) -> tuple[Message, ...]:
         """The last ``count`` messages, verified from the first of them to the head."""
@@ -648,8 +772,10 @@ class SQLiteStore:
 
     def _summary(self, st: StateRow) -> Message | None:
         row = self._c.execute(
-            f"SELECT {_ROW} FROM records WHERE session_id=? AND kind=? ORDER BY key DESC LIMIT 1",
-            (st.id, KIND_SUMMARY),
+            # The kind is written out: only then can SQLite use the partial index.
+            f"SELECT {_ROW} FROM records WHERE session_id=? AND kind='{KIND_SUMMARY}' "
+            "ORDER BY key DESC LIMIT 1",
+            (st.id,),
         ).fetchone()
         return latest_summary(row, st, self._s, self.url)
 
@@ -764,7 +890,7 @@ class SQLiteStore:
     def _import(self, doc: Mapping[str, Any], replace: bool) -> SessionMeta:
         plan = parse_doc(doc, self._s, self._limits, self.url)
         sid = plan.meta.id
-        self._states.pop(sid, None)
+        self._forget(sid)
         with self._write():
             row = self._c.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
             if row is not None and not replace:
@@ -784,6 +910,12 @@ class SQLiteStore:
         self._c.execute("DELETE FROM records WHERE session_id=?", (sid,))
         self._c.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
         return self._c.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" / "busy" (another writer)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 def _weak(method: Callable[[], None]) -> Callable[[], None]:

@@ -12,7 +12,7 @@ import pytest
 from engine.errors import StoreError
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta
-from sessions.store.dbthread import DBThread, ThreadClosed, _Job
+from sessions.store.dbthread import DBThread, ThreadClosed, _Job, nothing_else_ready
 
 from . import SECRET, commit, fill
 
@@ -163,50 +163,65 @@ async def test_cancelled_commit_lands_whole_or_not_at_all(tmp_path: Path, delay:
         assert await store.verify("s1") == meta.message_count + meta.turn_count + 3
 
 
-async def test_idle_work_runs_after_a_pause_in_the_thread() -> None:
-    """The idle callback runs once calls pause, in the thread, and not before any call."""
+async def test_posted_work_runs_in_order_in_the_thread_and_its_errors_are_dropped() -> None:
+    """post() queues work in order with calls; nobody waits for it, a failure is dropped."""
+    db = DBThread("t")
+    seen: list[tuple[str, str]] = []
+
+    def fail() -> None:
+        raise RuntimeError("dropped")
+
+    db.post(lambda: seen.append(("posted", threading.current_thread().name)))
+    db.post(fail)
+    await db.run(lambda: seen.append(("call", threading.current_thread().name)))
+    assert seen == [("posted", "t"), ("call", "t")]
+    await db.stop()
+    db.post(fail)  # after stop: ignored, not an error
+
+
+async def test_a_claim_is_refused_while_a_call_is_queued_or_running() -> None:
+    """claim() never overtakes a pending call and never waits: it says no at once."""
+    db = DBThread("t")
+    assert db.claim()  # idle: the caller may use the resource itself
+    db.release()
+    release = await _blocked(db)  # a call is running (its caller gave up waiting)
+    assert not db.claim()
+    release.set()
+    await db.run(int)  # drained: nothing pending any more
+    assert db.claim()
+    db.release()
+    await db.stop()
+    assert not db.claim()  # a stopped thread lends nothing
+
+
+async def test_a_claim_excludes_calls_and_posted_work_until_released() -> None:
+    """While claimed, the thread's calls and posted work wait; they run after release."""
+    db = DBThread("t")
     ran = threading.Event()
-    where: list[str] = []
-
-    def idle() -> None:
-        where.append(threading.current_thread().name)
-        ran.set()
-
-    db = DBThread("t", idle=idle, idle_after=0.01)
-    assert not await anyio.to_thread.run_sync(ran.wait, 0.05)  # nothing ran yet: no idle
-    await db.run(int)
+    assert db.claim()
+    db.post(ran.set)
+    assert not await anyio.to_thread.run_sync(ran.wait, 0.05)  # held off by the claim
+    db.release()
     assert await anyio.to_thread.run_sync(ran.wait, 5.0)
-    assert where == ["t"]
+    assert db.claim()  # posted work does not count as pending
+    db.release()
     await db.stop()
 
 
-async def test_failing_idle_work_does_not_stop_the_thread() -> None:
-    """An exception in idle work is ignored: calls keep being served."""
+async def test_nothing_else_ready_sees_the_loops_ready_queue() -> None:
+    """True only with no other callback ready; False outside a running asyncio loop."""
+    import asyncio
 
-    def idle() -> None:
-        raise RuntimeError("ignored")
-
-    db = DBThread("t", idle=idle, idle_after=0.001)
-    for i in range(3):
-        assert await db.run(int, str(i)) == i
-        await anyio.sleep(0.01)
-    await db.stop()
+    assert nothing_else_ready()
+    asyncio.get_running_loop().call_soon(lambda: None)
+    assert not nothing_else_ready()
+    await anyio.lowlevel.checkpoint()
+    assert nothing_else_ready()
 
 
-async def test_sqlite_checkpoints_the_wal_when_idle(tmp_path: Path) -> None:
-    """After enough writes and a pause, the store copies the WAL back on its own."""
-    async with open_store(f"sqlite:///{tmp_path}/t.db", secret=SECRET) as store:
-        assert isinstance(store, SQLiteStore)
-        await fill(store, "s1", 5)
-        await anyio.sleep(0.1)
-        assert store.idle_checkpoints == 0  # too few writes to bother
-        await fill(store, "s1", 40)
-        for _ in range(100):
-            if store.idle_checkpoints:
-                break
-            await anyio.sleep(0.02)
-        assert store.idle_checkpoints == 1
-        assert await store.verify("s1") == 45 * 3
+def test_nothing_else_ready_is_false_without_a_loop() -> None:
+    """Called outside any event loop it cannot tell, so it says no."""
+    assert not nothing_else_ready()
 
 
 async def test_the_path_for_other_event_loops_returns_and_raises() -> None:

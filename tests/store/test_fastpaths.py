@@ -224,6 +224,48 @@ def test_turn_json_is_the_canonical_json(
     _same_text_or_error(lambda: turn_json(t), lambda: canonical_json(turn_to_dict(t)))
 
 
+_ANY_TEXT = st.text(alphabet=st.characters(exclude_categories=()), max_size=6)
+_FLAT = st.one_of(
+    _ANY_TEXT,
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-1e-3, max_value=1e-3),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(
+    trace=st.lists(st.dictionaries(_ANY_TEXT, _FLAT, max_size=6), max_size=8)
+    | st.lists(
+        st.fixed_dictionaries(
+            {"id": _ANY_TEXT, "status": st.just("success"), "attempts": st.integers(1, 3)},
+            optional={"duration_ms": st.floats(0, 1e6), "reason": _ANY_TEXT},
+        ),
+        max_size=8,
+    )
+)
+def test_trace_json_is_the_canonical_json_or_declines(trace: list[dict[str, Any]]) -> None:
+    """msgspec's trace text is used only when it is exactly the encoder's, for any
+    keys and flat values (surrogates, huge ints, NaN, tiny and huge floats included)."""
+    from sessions.store.codec import trace_json
+
+    fast = trace_json(trace)
+    if fast is not None:
+        assert fast == canonical_json(trace)
+
+
+def test_trace_json_takes_the_usual_trace() -> None:
+    """An engine trace (plain dicts of names, counts and durations) is never declined."""
+    from sessions.store.codec import trace_json
+
+    trace = [
+        {"id": n, "handler": n, "status": "success", "attempts": 1, "duration_ms": 0.0123}
+        for n in ("classify", "recall", "llm_call", "format", "update_memory", "done")
+    ]
+    assert trace_json(trace) == canonical_json(trace)
+
+
 @given(
     created=_NUM,
     counts=st.lists(st.integers(-1, 10**6) | st.booleans(), min_size=4, max_size=4),

@@ -1,0 +1,188 @@
+"""The SQLite store's small writes in the event loop's thread, and its WAL checkpoints.
+
+A turn's commit runs in the loop's own thread when that delays nobody, and in the
+database thread otherwise; these tests pin down when each happens, that a write never
+waits for another process's lock in the loop, and that the log is checkpointed.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sessions.store import SQLiteStore, open_store
+from sessions.store.base import Checkpoint, SessionMeta
+from sessions.store.sqlite import CHECKPOINT_WRITES
+
+from . import SECRET, commit, fill
+
+
+def _url(tmp_path: Path, options: str = "") -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}{options}"
+
+
+def _sqlite(store: object) -> SQLiteStore:
+    assert isinstance(store, SQLiteStore)
+    return store
+
+
+@pytest.fixture
+def threads_of_commits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each ``append_turn`` transaction ran in, in order."""
+    names: list[str] = []
+    original = SQLiteStore._append_turn
+
+    def spy(self: SQLiteStore, *args: object) -> None:
+        names.append(threading.current_thread().name)
+        original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SQLiteStore, "_append_turn", spy)
+    return names
+
+
+async def test_a_lone_commit_runs_in_the_loops_thread(
+    tmp_path: Path, threads_of_commits: list[str]
+) -> None:
+    """With nothing else ready and the database thread idle, no hand-off is made."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        await fill(store, "s1", 3)
+        assert await store.verify("s1") == 9
+    assert threads_of_commits == [threading.current_thread().name] * 3
+
+
+async def test_concurrent_commits_go_to_the_database_thread(
+    tmp_path: Path, threads_of_commits: list[str]
+) -> None:
+    """When other tasks are ready, a commit must not hold the loop: it is handed off,
+    and every commit still lands."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        tokens = {sid: await fill(store, sid, 0) for sid in ("a", "b", "c")}
+        threads_of_commits.clear()
+        async with anyio.create_task_group() as tg:
+            for sid, token in tokens.items():
+                tg.start_soon(functools.partial(store.append_turn, sid, commit(1, 0), token=token))
+        for sid in tokens:
+            assert (await store.load(sid)).meta.turn_count == 1
+    loop_thread = threading.current_thread().name
+    assert len(threads_of_commits) == 3
+    assert threads_of_commits[0] != loop_thread  # the others were ready to run
+
+
+async def test_inline_writes_can_be_turned_off(
+    tmp_path: Path, threads_of_commits: list[str]
+) -> None:
+    """``?inline_writes=off`` keeps every write in the database thread."""
+    async with open_store(_url(tmp_path, "?inline_writes=off"), secret=SECRET) as store:
+        await fill(store, "s1", 2)
+    assert threads_of_commits and threading.current_thread().name not in threads_of_commits
+
+
+def test_a_bad_inline_writes_option_is_refused(tmp_path: Path) -> None:
+    """Anything but on/off (or true/false, 1/0) is a clear error naming the option."""
+    from engine.errors import StoreError
+
+    with pytest.raises(StoreError, match="inline_writes"):
+        open_store(_url(tmp_path, "?inline_writes=maybe"), secret=SECRET)
+
+
+async def test_a_write_never_waits_for_another_writer_in_the_loop(tmp_path: Path) -> None:
+    """Another connection (another process, say) holds the write lock: the commit
+    finds it busy at once, goes to the database thread to wait, and the event loop
+    keeps running meanwhile; the commit lands when the lock is freed."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        token = await fill(store, "s1", 1)
+        other = sqlite3.connect(
+            tmp_path / "store.db", isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(0.005)
+
+        def free_later() -> None:
+            time.sleep(0.3)
+            other.execute("ROLLBACK")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tick)
+            await anyio.sleep(0.02)  # the ticker sleeps: nothing else is ready now
+            freer = threading.Thread(target=free_later)
+            freer.start()
+            started = time.monotonic()
+            await store.append_turn("s1", commit(2, 2), token=token)
+            waited = time.monotonic() - started
+            tg.cancel_scope.cancel()
+        freer.join()
+        other.close()
+        assert waited >= 0.25  # it really waited for the lock...
+        assert ticks >= 10  # ...without holding the loop
+        assert (await store.load("s1")).meta.turn_count == 2
+        assert await store.verify("s1") == 6
+
+
+async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    """Every CHECKPOINT_WRITES writes queue a checkpoint in the database thread, which
+    catches up with the log, so the log restarts instead of growing without bound."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        sqlite = _sqlite(store)
+        await fill(store, "s1", CHECKPOINT_WRITES // 2)
+        assert sqlite.checkpoints == 0  # too few writes to bother
+        turns = 12 * CHECKPOINT_WRITES
+        await fill(store, "s1", turns)
+        await store.exists("s1")  # a call queued behind the last checkpoint
+        assert sqlite.checkpoints >= 10
+        # A turn writes 4-8 pages (frames of 4,096 + 24 bytes) to the log.  Without
+        # restarts the log would hold every one of them; with them, it never holds
+        # much more than two checkpoint intervals' worth.
+        frame = 4096 + 24
+        assert (tmp_path / "store.db-wal").stat().st_size < 2 * CHECKPOINT_WRITES * 10 * frame
+        assert 2 * CHECKPOINT_WRITES * 10 * frame < turns * 4 * frame
+        assert await store.verify("s1") == (CHECKPOINT_WRITES // 2 + turns) * 3
+
+
+def _checkpoint(turn: int) -> Checkpoint:
+    return Checkpoint(turn, "g" * 8, f"trace-{turn}", "hi", "recall", "llm_call", {}, (), 1.0)
+
+
+async def test_a_commit_after_a_saved_checkpoint_deletes_it(tmp_path: Path) -> None:
+    """The commit skips deleting a checkpoint only when it knows there is none: after
+    one was saved, or the session was replaced by an import carrying one, the next
+    commit removes it."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        token = await fill(store, "s1", 2)
+        await store.save_checkpoint("s1", _checkpoint(3), token=token)
+        await store.append_turn("s1", commit(3, 4), token=token)
+        assert (await store.load("s1")).checkpoint is None
+
+        await store.save_checkpoint("s1", _checkpoint(4), token=token)
+        doc = await store.export("s1")
+        await store.append_turn("s1", commit(4, 6), token=token)  # deletes it again
+        await store.import_(doc, replace=True)  # back to turn 3, with its checkpoint
+        token = await store.acquire("s1", "w2", 60.0)
+        loaded = await store.load("s1")
+        assert loaded.checkpoint is not None and loaded.meta.turn_count == 3
+        await store.append_turn("s1", commit(4, 6), token=token)
+        assert (await store.load("s1")).checkpoint is None
+
+
+async def test_a_session_recreated_after_delete_commits_cleanly(tmp_path: Path) -> None:
+    """Deleting a session forgets what the store knew of it; a new one of that id works."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        await fill(store, "s1", 2)
+        assert await store.delete("s1")
+        await store.create(SessionMeta(id="s1"))
+        token = await store.acquire("s1", "w1", 60.0)
+        await store.save_checkpoint("s1", _checkpoint(1), token=token)
+        await store.append_turn("s1", commit(1, 0), token=token)
+        loaded = await store.load("s1")
+        assert loaded.checkpoint is None and loaded.meta.turn_count == 1

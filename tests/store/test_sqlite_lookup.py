@@ -1,0 +1,136 @@
+"""SQLite finds messages and turns by ``rseq`` search (schema 2), and migrates to it.
+
+Version 2 dropped the ``(session_id, kind, key)`` index: a message or a turn record is
+found by an interpolating binary search over ``rseq``.  These tests check the search
+against the truth on sessions of every shape (turns of one to many messages,
+summaries in between), count its probes, and open a version-1 file.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sessions.store import SQLiteStore, open_store
+from sessions.store.base import Message, SessionMeta
+from sessions.store.migrations import SCHEMA_VERSION, SQLITE
+
+from . import SECRET, commit, fill
+
+
+def _run(coro_fn: object) -> None:
+    import anyio
+
+    anyio.run(coro_fn)  # type: ignore[arg-type]
+
+
+async def _shaped(store: SQLiteStore, per_turn: list[int], summary_every: int) -> None:
+    """Session ``s`` with ``per_turn[i]`` messages in turn ``i + 1`` and a summary
+    after every ``summary_every``-th turn (0: none)."""
+    await store.create(SessionMeta(id="s"))
+    token = await store.acquire("s", "w", 60.0)
+    seq = 0
+    for turn, n in enumerate(per_turn, start=1):
+        await store.append_turn("s", commit(turn, seq, n), token=token)
+        seq += n
+        if summary_every and turn % summary_every == 0:
+            summary = Message(turn, "summary", f"upto {seq}", 0, 1.0)
+            await store.append_summary("s", summary, seq - 1, token=token)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    per_turn=st.lists(st.integers(1, 9), min_size=1, max_size=40),
+    summary_every=st.integers(0, 5),
+    data=st.data(),
+)
+def test_every_message_and_turn_is_found(
+    tmp_path_factory: object, per_turn: list[int], summary_every: int, data: st.DataObject
+) -> None:
+    """Any page of messages or turns, of a session of any shape, is exactly right."""
+    path = tmp_path_factory.mktemp("lookup") / "s.db"  # type: ignore[attr-defined]
+    total = sum(per_turn)
+    offsets = data.draw(st.lists(st.integers(0, total), min_size=1, max_size=6))
+    limits = data.draw(st.lists(st.integers(0, 12), min_size=len(offsets), max_size=len(offsets)))
+
+    async def check() -> None:
+        async with SQLiteStore(f"sqlite:///{path}", path, secret=SECRET) as store:
+            await _shaped(store, per_turn, summary_every)
+            for off, lim in zip(offsets, limits, strict=True):
+                got = [m.seq for m in await store.messages("s", off, lim)]
+                assert got == list(range(off, min(off + lim, total)))
+                turns = [t.turn for t in await store.turns("s", off, lim)]
+                assert turns == list(range(off + 1, min(off + lim, len(per_turn)) + 1))
+            recent = (await store.load("s", recent=7)).recent
+            assert [m.seq for m in recent] == list(range(max(0, total - 7), total))
+
+    _run(check)
+
+
+async def test_a_lookup_takes_few_probes(tmp_path: Path) -> None:
+    """The recent window of a 3,000-message session is found in a handful of reads,
+    far fewer than a plain binary search; an uneven session stays within twice one."""
+    async with open_store(f"sqlite:///{tmp_path}/s.db", secret=SECRET) as store:
+        assert isinstance(store, SQLiteStore)
+        await fill(store, "even", 1_500)
+        await _shaped_uneven(store)
+        probes: list[str] = []
+        store._c.set_trace_callback(probes.append)
+        try:
+            await store.load("even", recent=50)
+            even = sum(p.startswith("SELECT rseq, key FROM") for p in probes)
+            probes.clear()
+            await store.messages("uneven", 1_234, 3)
+            uneven = sum(p.startswith("SELECT rseq, key FROM") for p in probes)
+        finally:
+            store._c.set_trace_callback(None)
+    assert 1 <= even <= 4
+    assert 1 <= uneven <= 2 * math.ceil(math.log2(4_500)) + 2
+
+
+async def _shaped_uneven(store: SQLiteStore) -> None:
+    """Session ``uneven``: runs of one-message turns, then turns of 40 messages."""
+    await store.create(SessionMeta(id="uneven"))
+    token = await store.acquire("uneven", "w", 60.0)
+    seq = 0
+    for turn in range(1, 301):
+        n = 40 if turn % 50 > 40 else 1
+        await store.append_turn("uneven", commit(turn, seq, n), token=token)
+        seq += n
+
+
+async def test_a_version_1_file_is_migrated_and_reads_the_same(tmp_path: Path) -> None:
+    """A file at schema 1 (with its index) opens at the current version: the index
+    is replaced, the data verifies, and lookups and summaries work."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in SQLITE[1]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    # Written through version 1's index: open without migrating, as old code would.
+    v1 = SQLiteStore(f"sqlite:///{path}", path, secret=SECRET)
+    v1._migrate = lambda conn: None  # type: ignore[method-assign]
+    async with v1:
+        token = await fill(v1, "s1", 20)
+        await v1.append_summary("s1", Message(0, "summary", "early", 0, 1.0), 9, token=token)
+        await fill(v1, "s1", 5)
+    async with open_store(f"sqlite:///{path}", secret=SECRET) as store:
+        assert await store.verify("s1") == 25 * 3 + 1
+        assert [m.seq for m in await store.messages("s1", 11, 3)] == [11, 12, 13]
+        assert [t.turn for t in await store.turns("s1", 20, 2)] == [21, 22]
+        loaded = await store.load("s1", recent=4)
+        assert loaded.summary is not None and loaded.summary.content == "early"
+        assert [m.seq for m in loaded.recent] == [46, 47, 48, 49]
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+    assert "records_by_key" not in indexes and "records_summaries" in indexes
