@@ -156,8 +156,26 @@ _RAW_HEAD: Final = _DATA_HEAD.encode()
 _RAW_SUFFIX: Final = _SUFFIX_HEAD.encode()
 
 
+_DECODE: Final = msgspec.json.Decoder().decode
+
+
+def json_loads(text: str | bytes) -> Any:
+    """``json.loads(text)``, twice as fast on a large document (a load's joined records).
+
+    msgspec parses what the standard parser accepts to the same values (ints of any
+    size, correctly rounded floats, the last of duplicate keys), except what it
+    refuses: NaN, infinities, floats out of range and escaped lone surrogates, which
+    the standard parser then reads (canonical JSON never holds them).  A Hypothesis
+    test compares the two.  Raises ``ValueError`` (``UnicodeDecodeError`` included).
+    """
+    try:
+        return _DECODE(text)
+    except (msgspec.DecodeError, UnicodeEncodeError):  # the latter: a str with one
+        return json.loads(text.decode() if isinstance(text, bytes) else text)
+
+
 def record_datas(bodies: list[str]) -> list[Any]:
-    """The ``data`` values of many verified record bodies, parsed in one ``json.loads``.
+    """The ``data`` values of many verified record bodies, parsed in one call.
 
     A body is ``{"data":`` + data + a suffix without ``,"kind":"`` after its start, so
     the data text is a slice; joining the slices into one JSON array costs one parser
@@ -171,7 +189,7 @@ def record_datas(bodies: list[str]) -> list[Any]:
         parts.append(body[8 : body.rfind(_SUFFIX_HEAD)])
     else:
         try:
-            out = json.loads("[" + ",".join(parts) + "]")
+            out = json_loads("[" + ",".join(parts) + "]")
         except ValueError:
             out = None
         if isinstance(out, list) and len(out) == len(bodies):
@@ -187,8 +205,8 @@ def datas_of_bodies(bodies: list[bytes]) -> list[Any] | None:
         if not body.startswith(_RAW_HEAD):
             return None
         parts.append(body[8 : body.rfind(_RAW_SUFFIX)])
-    try:  # decoding first lets the parser take its str fast path
-        out = json.loads((b"[" + b",".join(parts) + b"]").decode())
+    try:
+        out = json_loads(b"[" + b",".join(parts) + b"]")
     except ValueError:  # UnicodeDecodeError included
         return None
     return out if isinstance(out, list) and len(out) == len(bodies) else None

@@ -748,9 +748,9 @@ class SQLiteStore:
         """The messages from record ``first`` through the head, verified, the fast way.
 
         Bodies are read as bytes and checked by :meth:`Signer.bodies_to_head`; the
-        messages' data are cut out and parsed in one ``json.loads``.  ``None`` if
-        anything does not verify or decode: the caller's careful path then reads the
-        span again and raises the error that names the problem.
+        messages' data are cut out and parsed in one call (``codec.json_loads``).
+        ``None`` if anything does not verify or decode: the caller's careful path then
+        reads the span again and raises the error that names the problem.
         """
         rows = self._c.execute(
             "SELECT kind, CAST(body AS BLOB), mac FROM records "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from types import MappingProxyType
 from typing import Any
 
@@ -317,3 +318,59 @@ def test_datas_of_bodies_equals_parsing_each_body(items: list[dict[str, Any]]) -
     assert datas_of_bodies([b.encode() for b in bodies]) == [record_data(b) for b in bodies]
     assert datas_of_bodies([b"[1]"]) is None
     assert datas_of_bodies([b'{"data":{"x":,"kind":"message","rseq":0,"session":"s1"}']) is None
+
+
+def _exactly(a: Any, b: Any) -> bool:
+    """Equal values of equal types all the way down (1 is not 1.0, -0.0 is not 0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_exactly, a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_exactly(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**80), 2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | _ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_ANY_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=_JSON, ascii_only=st.booleans(), spaced=st.booleans())
+def test_json_loads_reads_exactly_what_the_standard_parser_reads(
+    value: Any, ascii_only: bool, spaced: bool
+) -> None:
+    """The fast parser gives the standard library's values, types and key order, for
+    any JSON text (escaped surrogates, NaN, huge numbers, duplicate-free objects), as
+    str or as UTF-8 bytes; what the standard parser refuses, it refuses."""
+    from sessions.store.codec import json_loads
+
+    text = json.dumps(value, ensure_ascii=ascii_only, separators=None if spaced else (",", ":"))
+    want = json.loads(text)
+    assert _exactly(json_loads(text), want)
+    try:
+        raw = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, unescaped: no UTF-8 form
+        return
+    assert _exactly(json_loads(raw), want)
+
+
+@pytest.mark.parametrize("bad", ["[1,", "{", "[NaN", '"\\x"', "", "[1] 2"])
+def test_json_loads_refuses_what_the_standard_parser_refuses(bad: str) -> None:
+    """Broken JSON raises ValueError from both parsers."""
+    from sessions.store.codec import json_loads
+
+    with pytest.raises(ValueError, match=r"\w"):
+        json.loads(bad)
+    with pytest.raises(ValueError, match=r"\w"):
+        json_loads(bad)
+    with pytest.raises(ValueError, match=r"\w"):
+        json_loads(bad.encode())

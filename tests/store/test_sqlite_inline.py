@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -91,16 +92,56 @@ def test_a_bad_inline_writes_option_is_refused(tmp_path: Path) -> None:
         open_store(_url(tmp_path, "?inline_writes=maybe"), secret=SECRET)
 
 
-async def test_a_write_never_waits_for_another_writer_in_the_loop(tmp_path: Path) -> None:
-    """Another connection (another process, say) holds the write lock: the commit
-    finds it busy at once, goes to the database thread to wait, and the event loop
-    keeps running meanwhile; the commit lands when the lock is freed."""
+async def test_a_write_never_waits_for_another_writer_in_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection (another process, say) holds the write lock: the commit,
+    tried in the loop's thread, finds it busy at once (it does not wait there), goes
+    to the database thread to wait, and lands when the lock is freed."""
+    attempts: list[tuple[bool, float]] = []
+    here = SQLiteStore._here
+
+    def spy(self: SQLiteStore, fn: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
+        started = time.monotonic()
+        done, result = here(self, fn, args)
+        attempts.append((done, time.monotonic() - started))
+        return done, result
+
+    monkeypatch.setattr(SQLiteStore, "_here", spy)
     async with open_store(_url(tmp_path), secret=SECRET) as store:
         token = await fill(store, "s1", 1)
         other = sqlite3.connect(
             tmp_path / "store.db", isolation_level=None, check_same_thread=False
         )
         other.execute("BEGIN IMMEDIATE")  # the write lock, held
+
+        def free_later() -> None:
+            time.sleep(0.3)
+            other.execute("ROLLBACK")
+
+        freer = threading.Thread(target=free_later)
+        freer.start()
+        attempts.clear()
+        started = time.monotonic()
+        await store.append_turn("s1", commit(2, 2), token=token)
+        waited = time.monotonic() - started
+        freer.join()
+        other.close()
+        [(done, held_loop)] = attempts
+        assert not done and held_loop < 0.1  # tried here, found the lock taken at once
+        assert waited >= 0.25  # then really waited for it, in the database thread
+        assert (await store.load("s1")).meta.turn_count == 2
+        assert await store.verify("s1") == 6
+
+
+async def test_the_loop_keeps_running_while_a_write_waits_for_a_lock(tmp_path: Path) -> None:
+    """While a commit waits for another writer's lock, other tasks keep running."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        token = await fill(store, "s1", 1)
+        other = sqlite3.connect(
+            tmp_path / "store.db", isolation_level=None, check_same_thread=False
+        )
+        other.execute("BEGIN IMMEDIATE")
         ticks = 0
 
         async def tick() -> None:
@@ -113,20 +154,15 @@ async def test_a_write_never_waits_for_another_writer_in_the_loop(tmp_path: Path
             time.sleep(0.3)
             other.execute("ROLLBACK")
 
+        freer = threading.Thread(target=free_later)
         async with anyio.create_task_group() as tg:
             tg.start_soon(tick)
-            await anyio.sleep(0.02)  # the ticker sleeps: nothing else is ready now
-            freer = threading.Thread(target=free_later)
             freer.start()
-            started = time.monotonic()
             await store.append_turn("s1", commit(2, 2), token=token)
-            waited = time.monotonic() - started
             tg.cancel_scope.cancel()
         freer.join()
         other.close()
-        assert waited >= 0.25  # it really waited for the lock...
-        assert ticks >= 10  # ...without holding the loop
-        assert (await store.load("s1")).meta.turn_count == 2
+        assert ticks >= 10
         assert await store.verify("s1") == 6
 
 
