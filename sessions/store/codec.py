@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Final, get_args
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from engine.errors import InvalidSessionId
 from sessions.store.base import (
@@ -39,7 +40,6 @@ __all__ = [
     "canonical_json",
     "checkpoint_from_dict",
     "checkpoint_to_dict",
-    "datas_of_bodies",
     "json_float",
     "json_int",
     "json_str",
@@ -47,6 +47,7 @@ __all__ = [
     "message_json",
     "message_to_dict",
     "messages_from_dicts",
+    "messages_of_bodies",
     "meta_from_dict",
     "meta_to_dict",
     "record_body",
@@ -197,19 +198,42 @@ def record_datas(bodies: list[str]) -> list[Any]:
     return [record_data(body) for body in bodies]
 
 
-def datas_of_bodies(bodies: list[bytes]) -> list[Any] | None:
-    """:func:`record_datas` of verified UTF-8 bodies; ``None`` if any does not fit
-    (the caller then parses them the careful way)."""
+_MESSAGES: Final = msgspec.json.Decoder(list[Message])
+
+
+def messages_of_bodies(bodies: list[bytes], first_seq: int) -> tuple[Message, ...] | None:
+    """The messages of verified UTF-8 message-record bodies, which must be numbered
+    ``first_seq...``; ``None`` if anything does not fit (the caller then parses them
+    the careful way, which says what is wrong).
+
+    The data slices are joined into one JSON array and decoded by msgspec straight
+    into :class:`Message` structs: no dict per message, half the time of parsing
+    dicts and checking them (a 10,000-message load spent 11 ms there).  msgspec checks
+    what :func:`messages_from_dicts` checks (``seq`` and ``turn`` ints, ``ts`` a
+    number made float, ``content`` a string, ``role`` one of the roles, unknown keys
+    ignored); ``seq`` continuity, ``turn >= 0`` and ``meta`` (made read-only, like
+    every loaded message's) are checked here.  Tests compare it with the careful path.
+    """
     parts = []
     for body in bodies:
         if not body.startswith(_RAW_HEAD):
             return None
         parts.append(body[8 : body.rfind(_RAW_SUFFIX)])
     try:
-        out = json_loads(b"[" + b",".join(parts) + b"]")
-    except ValueError:  # UnicodeDecodeError included
+        messages = _MESSAGES.decode(b"[" + b",".join(parts) + b"]")
+    except msgspec.DecodeError:  # malformed, or a field of the wrong type
         return None
-    return out if isinstance(out, list) and len(out) == len(bodies) else None
+    empty, seq = EMPTY_META, first_seq
+    try:
+        for m in messages:
+            if m.seq != seq or m.turn < 0:
+                return None
+            # Decoded as a fresh dict: loaded messages hold read-only metadata.
+            force_setattr(m, "meta", _frozen(m.meta, "meta") if m.meta else empty)
+            seq += 1
+    except ShapeError:  # meta not an object
+        return None
+    return tuple(messages)
 
 
 def record_data(body: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from sessions.store.codec import (
     KIND_MESSAGE,
     KIND_SUMMARY,
     KIND_TURN,
-    datas_of_bodies,
+    messages_of_bodies,
     validate_session_id,
 )
 from sessions.store.dbthread import DBThread, nothing_else_ready
@@ -65,7 +65,6 @@ from sessions.store.durable import (
     latest_summary,
     listed_meta,
     messages_of,
-    messages_of_datas,
     open_checkpoint,
     plan_import,
     plan_state,
@@ -747,10 +746,10 @@ class SQLiteStore:
     ) -> tuple[Message, ...] | None:
         """The messages from record ``first`` through the head, verified, the fast way.
 
-        Bodies are read as bytes and checked by :meth:`Signer.bodies_to_head`; the
-        messages' data are cut out and parsed in one call (``codec.json_loads``).
-        ``None`` if anything does not verify or decode: the caller's careful path then
-        reads the span again and raises the error that names the problem.
+        Bodies are read as bytes and checked by :meth:`Signer.bodies_to_head`, then
+        decoded in one call (:func:`~sessions.store.codec.messages_of_bodies`).  ``None``
+        if anything does not verify or decode: the caller's careful path then reads the
+        span again and raises the error that names the problem.
         """
         rows = self._c.execute(
             "SELECT kind, CAST(body AS BLOB), mac FROM records "
@@ -762,13 +761,7 @@ class SQLiteStore:
             return None
         head = (st.record_count, st.head_mac)
         bodies = self._s.bodies_to_head(rows, first, prev, head, KIND_MESSAGE)
-        datas = None if bodies is None else datas_of_bodies(bodies)
-        if datas is None:
-            return None
-        try:
-            return messages_of_datas(datas, self.url, st.id, first_seq)
-        except SessionTampered:
-            return None
+        return None if bodies is None else messages_of_bodies(bodies, first_seq)
 
     def _summary(self, st: StateRow) -> Message | None:
         row = self._c.execute(

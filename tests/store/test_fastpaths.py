@@ -18,7 +18,6 @@ from sessions.store.codec import (
     ShapeError,
     _checked_message,
     canonical_json,
-    datas_of_bodies,
     message_json,
     message_to_dict,
     messages_from_dicts,
@@ -311,13 +310,65 @@ def test_bodies_to_head_needs_every_mac_and_the_head() -> None:
     assert s.bodies_to_head(null, 0, GENESIS, head, "message") is None  # type: ignore[arg-type]
 
 
-@given(st.lists(st.fixed_dictionaries({"content": _TEXT, "n": st.integers()}), max_size=6))
-def test_datas_of_bodies_equals_parsing_each_body(items: list[dict[str, Any]]) -> None:
-    """The bulk parse of UTF-8 bodies returns what parsing each body returns."""
-    bodies = [record_body("s1", i, "message", d) for i, d in enumerate(items)]
-    assert datas_of_bodies([b.encode() for b in bodies]) == [record_data(b) for b in bodies]
-    assert datas_of_bodies([b"[1]"]) is None
-    assert datas_of_bodies([b'{"data":{"x":,"kind":"message","rseq":0,"session":"s1"}']) is None
+@given(
+    items=st.lists(
+        st.fixed_dictionaries(
+            {
+                "content": _TEXT,
+                "role": st.sampled_from(["user", "assistant", "tool", "system", "summary"]),
+                "turn": st.integers(0, 2**40),
+                "ts": st.floats(allow_nan=False, allow_infinity=False) | st.integers(0, 2**40),
+                "meta": st.sampled_from([{}, {"k": [1, "é"]}, {"b": 1, "a": None}]),
+            }
+        ),
+        max_size=8,
+    ),
+    first=st.integers(0, 10**6),
+)
+def test_messages_of_bodies_equals_the_careful_path(
+    items: list[dict[str, Any]], first: int
+) -> None:
+    """Decoding bodies straight into messages gives exactly what parsing each body
+    and checking its dict gives: same fields, same types, read-only metadata."""
+    from sessions.store.codec import messages_of_bodies
+
+    datas = [{**d, "seq": first + i} for i, d in enumerate(items)]
+    bodies = [record_body("s1", i, "message", d) for i, d in enumerate(datas)]
+    want = messages_from_dicts([record_data(b) for b in bodies])
+    got = messages_of_bodies([b.encode() for b in bodies], first)
+    assert got is not None and got == want
+    for g, w in zip(got, want, strict=True):
+        assert type(g.ts) is type(w.ts) is float and type(g.meta) is type(w.meta)
+        assert dict(g.meta) == dict(w.meta)
+        with pytest.raises(TypeError):
+            g.meta["x"] = 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"seq": 5}, "a gap in seq"),
+        ({"role": "bogus"}, "an unknown role"),
+        ({"turn": -1}, "a negative turn"),
+        ({"ts": True}, "a bool for a number"),
+        ({"seq": 0.0}, "a float for an int"),
+        ({"meta": [1]}, "meta not an object"),
+        ({"content": 3}, "content not a string"),
+    ],
+)
+def test_messages_of_bodies_declines_what_the_careful_path_must_judge(
+    change: dict[str, Any], why: str
+) -> None:
+    """Anything unusual returns None, so the careful path names the problem."""
+    from sessions.store.codec import messages_of_bodies
+
+    good = {"seq": 0, "role": "user", "content": "hi", "turn": 1, "ts": 1.0, "meta": {}}
+    bodies = [record_body("s1", 0, "message", {**good, **change}).encode()]
+    assert messages_of_bodies(bodies, 0) is None, why
+    assert messages_of_bodies([b"[1]"], 0) is None
+    assert (
+        messages_of_bodies([b'{"data":{"x":,"kind":"message","rseq":0,"session":"s1"}'], 0) is None
+    )
 
 
 def _exactly(a: Any, b: Any) -> bool:
