@@ -389,6 +389,10 @@ def run(ctx: BenchContext) -> BenchResult:
         }
         with ctx.progress("store parts", len(parts)) as advance:
             for name, part in parts.items():
+                # Write back what earlier parts (and benchmarks) left dirty in the page
+                # cache first: the kernel would otherwise flush it during this part,
+                # and every fsync timed here would queue behind it.
+                os.sync()
                 try:
                     part()
                 except Exception as exc:  # report and go on with the next part
