@@ -121,10 +121,9 @@ class SQLiteStore:
     blocks on the disk, for a hand-off of 60-150 µs per write.
 
     Measured on the team's 2-core VM, one 2-message turn with a 7-node trace: p50
-    about 0.25-0.27 ms with FULL in the loop's thread (0.4 ms through the database
-    thread; a bare two-insert WAL commit with its fdatasync takes 0.11-0.2 ms there),
-    flat over 10,000 turns.  Loading all of a 10,000-message session, verified, takes
-    about 35-40 ms.
+    0.25-0.28 ms with FULL in the loop's thread (0.4 ms through the database thread),
+    of which the fsync of its ~5 WAL pages is 0.15-0.16 ms; 0.09 ms with NORMAL; flat
+    over 10,000 turns.  Loading all of a 10,000-message session, verified: 25-29 ms.
 
     A turn commit reads nothing: the store remembers each session's row as it last
     wrote or verified it, and writes only if the stored row is still exactly that one
