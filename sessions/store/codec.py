@@ -165,14 +165,15 @@ def json_loads(text: str | bytes) -> Any:
 
     msgspec parses what the standard parser accepts to the same values (ints of any
     size, correctly rounded floats, the last of duplicate keys), except what it
-    refuses: NaN, infinities, floats out of range and escaped lone surrogates, which
-    the standard parser then reads (canonical JSON never holds them).  A Hypothesis
-    test compares the two.  Raises ``ValueError`` (``UnicodeDecodeError`` included).
+    refuses: NaN, infinities, floats out of range, lone surrogates, and bytes in
+    another encoding than plain UTF-8 (a BOM, UTF-16, UTF-32), which the standard
+    parser then reads (canonical JSON never holds them).  Tests compare the two.
+    Raises ``ValueError`` (``UnicodeDecodeError`` included).
     """
     try:
         return _DECODE(text)
-    except (msgspec.DecodeError, UnicodeEncodeError):  # the latter: a str with one
-        return json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (msgspec.DecodeError, UnicodeError):  # the latter: a lone surrogate
+        return json.loads(text)  # bytes too: its own encoding detection, BOM and all
 
 
 def record_datas(bodies: list[str]) -> list[Any]:

@@ -86,6 +86,8 @@ _END: Final = 2**62  # past any rseq: "through the head"
 CHECKPOINT_WRITES: Final = 64
 """Write transactions after which a background WAL checkpoint is queued (a turn's
 commit writes 4-8 pages, so the log stays near SQLite's default 1,000 pages)."""
+AUTOCHECKPOINT_PAGES: Final = 4000
+"""SQLite's automatic checkpoint, a backstop: the background ones keep the log far below."""
 REMEMBERED_MAX: Final = 4096
 """Sessions whose last written or verified state row the store keeps (see ``_swap``)."""
 
@@ -155,6 +157,7 @@ class SQLiteStore:
         self._inline = inline_writes
         self._busy_now = self._busy_ms  # the connection's busy timeout at the moment
         self._writes = 0  # write transactions since the last checkpoint was queued
+        self._unsaved = False  # written since the last checkpoint ran
         self.checkpoints = 0
         """How many background WAL checkpoints ran (tests look at it)."""
         self._conn: sqlite3.Connection | None = None
@@ -162,9 +165,6 @@ class SQLiteStore:
         self._states: dict[str, StateRow] = {}
         """Per session, the state row as this store last wrote or verified it (never
         modified: a write changes a copy).  Only a hint: see :meth:`_swap`."""
-        self._no_checkpoint: set[str] = set()
-        """Sessions whose checkpoint this store's last turn commit deleted, with no
-        checkpoint saved here since (see :meth:`_append_turn`)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,9 +201,17 @@ class SQLiteStore:
 
     def _disconnect(self) -> None:
         self._states.clear()
-        self._no_checkpoint.clear()
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is None:
+            return
+        try:
+            if self._unsaved:
+                # SQLite checkpoints at close only as the file's last connection; with
+                # another still open, what this store wrote would stay in the log, and
+                # short-lived stores (one CLI run each) would grow it without end.
+                with suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
             conn.close()
 
     async def __aenter__(self) -> SQLiteStore:
@@ -234,8 +242,10 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: fsync the WAL at each commit so a committed turn is durable.
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            # Checkpoints run in the background (_checkpoint), never inside a commit.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
+            # Checkpoints run in the background (_checkpoint), not inside a commit;
+            # SQLite's own, inside the commit, is only a backstop for a log that grew
+            # anyway (writers that never reach CHECKPOINT_WRITES, a reader pinning it).
+            conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(conn)
         except BaseException:
@@ -355,6 +365,7 @@ class SQLiteStore:
         with _tx(self._c, immediate=True):
             yield
         self._writes += 1
+        self._unsaved = True
         if self._writes >= CHECKPOINT_WRITES and self._db is not None:
             self._writes = 0
             self._db.post(_weak(self._checkpoint))
@@ -370,6 +381,7 @@ class SQLiteStore:
         ``PASSIVE`` never waits for other processes' readers or writers.
         """
         if self._conn is not None:
+            self._unsaved = False  # before: a write made during it sets it again
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self.checkpoints += 1
 
@@ -402,12 +414,10 @@ class SQLiteStore:
     def _save_state(self, st: StateRow) -> None:
         self._c.execute(_SAVE, (*_changed(st), st.id))
 
-    def _advance(
-        self, sid: str, token: int, change: Callable[[StateRow], list[Row]]
-    ) -> tuple[StateRow, bool]:
+    def _advance(self, sid: str, token: int, change: Callable[[StateRow], list[Row]]) -> StateRow:
         """One fenced write to ``sid``: ``change`` advances its state and plans the records
         to append; both are written.  Returns the new state (for :meth:`_remember`, once
-        the transaction has committed) and whether the remembered row was still current.
+        the transaction has committed).
 
         Without a usable remembered row (or if :meth:`_swap` refuses it) this reads the
         row, verifies its MAC and fences it first, as every write did before the
@@ -422,7 +432,7 @@ class SQLiteStore:
         else:
             st, rows = swapped
         self._insert(sid, rows)
-        return st, swapped is not None
+        return st
 
     def _swap(
         self, sid: str, token: int, change: Callable[[StateRow], list[Row]]
@@ -455,7 +465,6 @@ class SQLiteStore:
     def _forget(self, sid: str) -> None:
         """Drop what this store remembers of ``sid`` (its row may change behind us)."""
         self._states.pop(sid, None)
-        self._no_checkpoint.discard(sid)
 
     def _remember(self, st: StateRow) -> None:
         """Keep ``st`` (written or verified, and committed) as its session's latest row."""
@@ -463,9 +472,7 @@ class SQLiteStore:
         states.pop(st.id, None)
         states[st.id] = st
         if len(states) > REMEMBERED_MAX:
-            oldest = next(iter(states))  # the least recently used
-            del states[oldest]
-            self._no_checkpoint.discard(oldest)
+            del states[next(iter(states))]  # the least recently used
 
     def _insert(self, sid: str, rows: list[Row]) -> None:
         if 0 < len(rows) <= len(_INSERTS):  # a turn's few rows: one statement, one step
@@ -592,14 +599,11 @@ class SQLiteStore:
             return plan_turn(st, commit, self._s, self.url, now=time.time())
 
         with self._write():
-            st, current = self._advance(sid, token, change)
-            # A turn's commit ends its checkpoint.  If our last commit to this session
-            # already deleted it and the session row is still as we left it (so nobody
-            # else wrote since), there is none to delete.
-            if not (current and sid in self._no_checkpoint):
-                self._c.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+            st = self._advance(sid, token, change)
+            # A turn's commit ends its checkpoint, whoever saved it: a save does not
+            # change the session row, so nothing here could prove there is none.
+            self._c.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
         self._remember(st)
-        self._no_checkpoint.add(sid)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
@@ -613,7 +617,7 @@ class SQLiteStore:
             return plan_summary(st, summary, upto, self._s, self.url, now=time.time())
 
         with self._write():
-            st, _ = self._advance(sid, token, change)
+            st = self._advance(sid, token, change)
         self._remember(st)
 
     async def update_state(
@@ -642,7 +646,7 @@ class SQLiteStore:
             return []
 
         with self._write():
-            st, _ = self._advance(sid, token, change)
+            st = self._advance(sid, token, change)
         self._remember(st)
 
     async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
@@ -652,7 +656,6 @@ class SQLiteStore:
         await self._run_write(self._save_checkpoint, session_id, body, mac, token)
 
     def _save_checkpoint(self, sid: str, body: str, mac: bytes, token: int) -> None:
-        self._no_checkpoint.discard(sid)
         with self._write():
             self._fence(sid, token)
             self._c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)", (sid, body, mac))
@@ -716,8 +719,10 @@ class SQLiteStore:
                 hi = mid
                 continue
             r, k = row
+            if type(r) is not int or type(k) is not int:  # edited behind the store
+                raise SessionTampered(self.url, st.id, -1, f"{kind} record {r!r} key {k!r}")
             if k == key:
-                return int(r)
+                return r
             if k < key:
                 lo = max(lo, r + (key - k))
                 guess = r + round((key - k) * ratio)

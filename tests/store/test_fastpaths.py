@@ -414,6 +414,24 @@ def test_json_loads_reads_exactly_what_the_standard_parser_reads(
     assert _exactly(json_loads(raw), want)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbf[1]",  # a UTF-8 byte-order mark
+        "[1]".encode("utf-16"),
+        "[1]".encode("utf-32-le"),
+        b'["\xed\xa0\x80"]',  # a lone surrogate, encoded (json.loads: surrogatepass)
+        b'{"a":NaN}',
+    ],
+)
+def test_json_loads_reads_bytes_as_the_standard_parser_does(raw: bytes) -> None:
+    """Bytes msgspec refuses are read by the standard parser: the same values."""
+    from sessions.store.codec import json_loads
+
+    want = json.loads(raw)
+    assert _exactly(json_loads(raw), want)
+
+
 @pytest.mark.parametrize("bad", ["[1,", "{", "[NaN", '"\\x"', "", "[1] 2"])
 def test_json_loads_refuses_what_the_standard_parser_refuses(bad: str) -> None:
     """Broken JSON raises ValueError from both parsers."""

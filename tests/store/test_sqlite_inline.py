@@ -222,3 +222,46 @@ async def test_a_session_recreated_after_delete_commits_cleanly(tmp_path: Path) 
         await store.append_turn("s1", commit(1, 0), token=token)
         loaded = await store.load("s1")
         assert loaded.checkpoint is None and loaded.meta.turn_count == 1
+
+
+async def test_a_checkpoint_saved_through_another_store_ends_with_the_turn(
+    tmp_path: Path,
+) -> None:
+    """Two stores on one file, the same owner and so the same live token: a checkpoint
+    saved through one is deleted by the turn commit made through the other."""
+    url = _url(tmp_path)
+    async with open_store(url, secret=SECRET) as a, open_store(url, secret=SECRET) as b:
+        await a.create(SessionMeta(id="s"))
+        token = await a.acquire("s", "worker", 60.0)
+        assert await b.acquire("s", "worker", 60.0) == token
+        await a.append_turn("s", commit(1, 0), token=token)
+        await b.save_checkpoint("s", _checkpoint(2), token=token)
+        await a.append_turn("s", commit(2, 2), token=token)
+        loaded = await b.load("s")
+        assert loaded.meta.turn_count == 2 and loaded.checkpoint is None
+
+
+async def test_short_lived_writers_beside_a_reader_keep_the_log_bounded(tmp_path: Path) -> None:
+    """Stores that each write a few turns and close (one CLI run each), while another
+    store keeps the file open: each checkpoints what it wrote as it closes, so the log
+    does not grow with the number of runs."""
+    url = _url(tmp_path)
+    wal = tmp_path / "store.db-wal"
+    sizes = []
+    async with open_store(url, secret=SECRET) as reader:
+        await reader.create(SessionMeta(id="s"))
+        seq = turn = 0
+        for run in range(12):
+            async with open_store(url, secret=SECRET) as writer:
+                token = await writer.acquire("s", f"run-{run}", 60.0)
+                for _ in range(CHECKPOINT_WRITES // 2):  # too few for a checkpoint
+                    turn += 1
+                    await writer.append_turn("s", commit(turn, seq), token=token)
+                    seq += 2
+                await writer.release("s", f"run-{run}", token)
+            await reader.load("s", recent=5)
+            sizes.append(wal.stat().st_size)
+        assert await reader.verify("s") == turn * 3
+    # Each run writes ~32 turns of 4+ pages; a log holding them all would grow by
+    # 0.5 MB a run.  It stays at what one run writes.
+    assert max(sizes[4:]) <= max(sizes[:4])

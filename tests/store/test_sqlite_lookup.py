@@ -12,9 +12,11 @@ import math
 import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.errors import SessionTampered
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import Message, SessionMeta
 from sessions.store.migrations import SCHEMA_VERSION, SQLITE
@@ -134,3 +136,29 @@ async def test_a_version_1_file_is_migrated_and_reads_the_same(tmp_path: Path) -
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
     assert "records_by_key" not in indexes and "records_summaries" in indexes
+
+
+@pytest.mark.parametrize(
+    ("edit", "read"),
+    [
+        ("UPDATE records SET key='x' WHERE kind='message' AND key=35", "load"),
+        ("UPDATE records SET key=35.5 WHERE kind='message' AND key=35", "load"),
+        ("UPDATE records SET key='x' WHERE kind='turn' AND key=5", "turns"),
+    ],
+)
+async def test_an_edited_key_column_is_reported_as_tampering(
+    tmp_path: Path, edit: str, read: str
+) -> None:
+    """The unsigned ``key`` column edited to another type: the search over it reports
+    the session as tampered (naming it), never a raw TypeError."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    async with open_store(url, secret=SECRET) as store:
+        await fill(store, "s", 20)
+    conn = sqlite3.connect(tmp_path / "s.db")
+    conn.execute(edit)
+    conn.commit()
+    conn.close()
+    async with open_store(url, secret=SECRET) as store:
+        call = store.load("s", recent=5) if read == "load" else store.turns("s", 3, 4)
+        with pytest.raises(SessionTampered, match="'s'"):
+            await call
