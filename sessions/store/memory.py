@@ -125,6 +125,8 @@ class MemoryStore:
         self._limits = limits or ImportLimits()
         self._signer: Signer | None = None
         self._sessions: dict[str, _Session] = {}
+        self._fences: dict[str, int] = {}
+        """The last version of each deleted session id (see ``delete``)."""
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -175,7 +177,7 @@ class MemoryStore:
             updated_at=now,
             turn_count=0,
             message_count=0,
-            version=0,
+            version=self._fences.get(meta.id, -1) + 1,
             summary_upto=-1,
             config=MappingProxyType(dict(meta.config)),
             working_memory=MappingProxyType(dict(meta.working_memory)),
@@ -193,8 +195,12 @@ class MemoryStore:
         return tuple(self._sessions[i].meta for i in ids)
 
     async def delete(self, session_id: str) -> bool:
-        """Delete a session; False if it did not exist."""
-        return self._sessions.pop(validate_session_id(session_id), None) is not None
+        """Delete a session; False if it did not exist.  Its last version is kept: a
+        session made again under the id starts above it (no token is issued twice)."""
+        s = self._sessions.pop(validate_session_id(session_id), None)
+        if s is not None:
+            self._fences[session_id] = max(self._fences.get(session_id, -1), s.version)
+        return s is not None
 
     # ------------------------------------------------------------------ leases
 
@@ -322,7 +328,7 @@ class MemoryStore:
         old = self._sessions.get(plan.meta.id)
         if old is not None and not replace:
             raise already_exists(self.url, plan.meta.id)
-        version = 0 if old is None else old.version + 1
+        version = self._fences.get(plan.meta.id, -1) + 1 if old is None else old.version + 1
         meta = _replace(plan.meta, version)
         self._sessions[meta.id] = _Session(
             meta, list(plan.messages), list(plan.turns), list(plan.summaries), plan.checkpoint

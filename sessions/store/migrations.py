@@ -15,6 +15,9 @@ Tables (both backends):
                   message or turn by binary search over ``rseq`` instead, and indexes
                   summaries alone, so a turn's commit writes no index page.
 ``checkpoints``   at most one in-flight turn per session (replaced, then deleted).
+``fences``        (version 3) the last version of each deleted session id: a session
+                  made again under that id starts above it, so no lease token is ever
+                  issued twice for one id and a stale owner stays fenced out.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Final
 
 __all__ = ["POSTGRES", "SCHEMA_VERSION", "SQLITE"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 SQLITE: Final[dict[int, tuple[str, ...]]] = {
     1: (
@@ -70,6 +73,7 @@ SQLITE: Final[dict[int, tuple[str, ...]]] = {
         "DROP INDEX records_by_key",
         "CREATE UNIQUE INDEX records_summaries ON records (session_id, key) WHERE kind = 'summary'",
     ),
+    3: ("CREATE TABLE fences (id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID",),
 }
 
 POSTGRES: Final[dict[int, tuple[str, ...]]] = {
@@ -112,4 +116,5 @@ POSTGRES: Final[dict[int, tuple[str, ...]]] = {
         )""",
     ),
     2: (),  # SQLite's index change only: PostgreSQL keeps (session_id, kind, key)
+    3: ("CREATE TABLE fences (id TEXT PRIMARY KEY, version BIGINT NOT NULL)",),
 }

@@ -512,6 +512,7 @@ class PostgresStore:
         async with self._tx() as c:
             if await _one(c, "SELECT 1 FROM sessions WHERE id=%s", (meta.id,)):
                 raise SessionExists(meta.id, "a session with this id already exists")
+            state.version = await _first_version(c, meta.id)
             await self._insert_state(c, state)
         return state.to_meta(self.url)
 
@@ -871,7 +872,8 @@ class PostgresStore:
             if row is not None:
                 await _wipe(c, sid)
             # Replacing bumps the version past the old one: its owner is fenced out.
-            state, rows = plan_import(plan, self._s, 0 if row is None else int(row[0]) + 1)
+            first = await _first_version(c, sid) if row is None else int(row[0]) + 1
+            state, rows = plan_import(plan, self._s, first)
             await self._insert_state(c, state)
             await self._insert(c, sid, rows)
             if plan.checkpoint is not None:
@@ -897,7 +899,20 @@ async def _one(c: Conn, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | 
     return await cur.fetchone()
 
 
+async def _first_version(c: Conn, sid: str) -> int:
+    """The version a session made under ``sid`` starts at: past any it had before."""
+    row = await _one(c, "SELECT version FROM fences WHERE id=%s", (sid,))
+    return 0 if row is None else int(row[0]) + 1
+
+
 async def _wipe(c: Conn, sid: str) -> bool:
+    # Keep the last version: a session made again under this id starts above it, so a
+    # stale owner's token can never match the new session's.
+    await c.execute(
+        "INSERT INTO fences SELECT id, version FROM sessions WHERE id=%s "
+        "ON CONFLICT (id) DO UPDATE SET version = GREATEST(fences.version, EXCLUDED.version)",
+        (sid,),
+    )
     await c.execute("DELETE FROM records WHERE session_id=%s", (sid,))
     await c.execute("DELETE FROM checkpoints WHERE session_id=%s", (sid,))
     cur = await c.execute("DELETE FROM sessions WHERE id=%s", (sid,))

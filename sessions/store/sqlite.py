@@ -492,6 +492,7 @@ class SQLiteStore:
         with self._write():
             if self._c.execute("SELECT 1 FROM sessions WHERE id=?", (meta.id,)).fetchone():
                 raise SessionExists(meta.id, "a session with this id already exists")
+            state.version = self._first_version(meta.id)
             self._insert_state(state)
         self._remember(state)
         return state.to_meta(self.url)
@@ -895,7 +896,8 @@ class SQLiteStore:
             if row is not None:
                 self._wipe(sid)
             # Replacing bumps the version past the old one: its owner is fenced out.
-            state, rows = plan_import(plan, self._s, 0 if row is None else row[0] + 1)
+            first = self._first_version(sid) if row is None else row[0] + 1
+            state, rows = plan_import(plan, self._s, first)
             self._insert_state(state)
             self._insert(sid, rows)
             if plan.checkpoint is not None:
@@ -903,7 +905,19 @@ class SQLiteStore:
                 self._c.execute("INSERT INTO checkpoints VALUES (?,?,?)", (sid, body, mac))
         return state.to_meta(self.url)
 
+    def _first_version(self, sid: str) -> int:
+        """The version a session made under ``sid`` starts at: past any it had before."""
+        row = self._c.execute("SELECT version FROM fences WHERE id=?", (sid,)).fetchone()
+        return 0 if row is None else int(row[0]) + 1
+
     def _wipe(self, sid: str) -> bool:
+        # Keep the last version: a session made again under this id starts above it,
+        # so a stale owner's token can never match the new session's.
+        self._c.execute(
+            "INSERT INTO fences SELECT id, version FROM sessions WHERE id=? "
+            "ON CONFLICT(id) DO UPDATE SET version=max(version, excluded.version)",
+            (sid,),
+        )
         self._c.execute("DELETE FROM records WHERE session_id=?", (sid,))
         self._c.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
         return self._c.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0

@@ -117,13 +117,20 @@ async def test_a_version_1_file_is_migrated_and_reads_the_same(tmp_path: Path) -
         conn.execute(statement)
     conn.execute("PRAGMA user_version=1")
     conn.close()
-    # Written through version 1's index: open without migrating, as old code would.
+    # Written through version 1's index: open without migrating, as old code would
+    # (today's code also reads version 3's fences table: there for the writes only).
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(SQLITE[3][0])
+    conn.close()
     v1 = SQLiteStore(f"sqlite:///{path}", path, secret=SECRET)
     v1._migrate = lambda conn: None  # type: ignore[method-assign]
     async with v1:
         token = await fill(v1, "s1", 20)
         await v1.append_summary("s1", Message(0, "summary", "early", 0, 1.0), 9, token=token)
         await fill(v1, "s1", 5)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE fences")
+    conn.close()
     async with open_store(f"sqlite:///{path}", secret=SECRET) as store:
         assert await store.verify("s1") == 25 * 3 + 1
         assert [m.seq for m in await store.messages("s1", 11, 3)] == [11, 12, 13]
@@ -136,6 +143,10 @@ async def test_a_version_1_file_is_migrated_and_reads_the_same(tmp_path: Path) -
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
     assert "records_by_key" not in indexes and "records_summaries" in indexes
+    async with open_store(f"sqlite:///{path}", secret=SECRET) as store:
+        assert await store.delete("s1")  # version 3's fences table is there and used
+        await store.create(SessionMeta(id="s1"))
+        assert (await store.load("s1")).meta.version > token
 
 
 @pytest.mark.parametrize(

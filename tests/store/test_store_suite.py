@@ -387,3 +387,24 @@ async def test_sessions_commit_concurrently(store: OpenStore) -> None:
     for i in range(5):
         assert (await store.load(f"c{i}")).meta.turn_count == 5
         assert await store.verify(f"c{i}") == 15
+
+
+@pytest.mark.parametrize("again", ["create", "import"])
+async def test_a_session_made_again_never_reissues_a_token(store: OpenStore, again: str) -> None:
+    """Delete a session and make it again under its id (new, or from its export): the
+    new lease's token is past every token of the old one, so the old owner, whose
+    lease expired meanwhile, is fenced out instead of writing into the new session."""
+    stale = await fill(store, "s1", 1, owner="old")
+    doc = await store.export("s1")
+    assert await store.delete("s1")
+    if again == "create":
+        await store.create(SessionMeta(id="s1"))
+    else:
+        await store.import_(doc)
+    token = await store.acquire("s1", "new", 60.0)
+    assert token > stale
+    with pytest.raises(Fenced):
+        await store.append_turn("s1", commit(2, 2), token=stale)
+    turns = 0 if again == "create" else 1
+    assert (await store.load("s1")).meta.turn_count == turns
+    await store.append_turn("s1", commit(turns + 1, 2 * turns), token=token)
