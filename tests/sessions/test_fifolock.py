@@ -42,14 +42,22 @@ async def test_a_free_lock_is_taken_without_waiting() -> None:
     assert not lock.locked()
 
 
-async def test_a_cancelled_waiter_leaves_the_queue() -> None:
-    lock, got = FifoLock(), []
-    await lock.acquire()
+def _waiter(lock: FifoLock, got: list[str]) -> Callable[[str], Coroutine[Any, Any, None]]:
+    """A task body that takes ``lock``, records its name in ``got`` and releases it."""
 
     async def waiter(name: str) -> None:
         await lock.acquire()
         got.append(name)
         lock.release()
+
+    return waiter
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    lock = FifoLock()
+    got: list[str] = []
+    await lock.acquire()
+    waiter = _waiter(lock, got)
 
     async with anyio.create_task_group() as tg:
         with anyio.CancelScope() as doomed:
@@ -68,13 +76,10 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
 async def test_a_waiter_cancelled_as_the_lock_is_handed_over_passes_it_on() -> None:
     """Release sets the oldest waiter's event; if that waiter is cancelled before it
     runs, the lock must go to the next one, not be lost."""
-    lock, got = FifoLock(), []
+    lock = FifoLock()
+    got: list[str] = []
     await lock.acquire()
-
-    async def waiter(name: str) -> None:
-        await lock.acquire()
-        got.append(name)
-        lock.release()
+    waiter = _waiter(lock, got)
 
     with anyio.fail_after(5):  # a lost lock would hang here
         await _cancel_at_hand_over(lock, waiter)
