@@ -14,23 +14,13 @@
     │   └── MaxStepsExceeded       a cycle ran past ``max_steps``
     ├── AdapterError               an LLM, memory or tools backend failed
     │   └── TransientAdapterError  ...and trying again may help (retryable)
-    ├── SessionError               session id, not found, busy, limits
-    │   ├── InvalidSessionId
-    │   ├── SessionNotFound
-    │   ├── SessionExists
-    │   ├── SessionBusy
-    │   │   └── Fenced             another process owns the session now
-    │   ├── SessionLimitReached
-    │   └── SessionClosed
-    └── StoreError                 the durable store
-        ├── StoreCorrupt
-        ├── SessionTampered        an HMAC chain does not verify
-        ├── StoreVersionUnsupported
-        └── ImportRejected
+    ├── SessionError               (sessions.errors) one session: id, not found, busy
+    └── StoreError                 (sessions.errors) the durable store
 
 Exceptions carry fields; their message is built from the fields, so callers never
-parse prose.  ``Fenced`` is a ``SessionBusy`` because to the caller both mean "someone
-else holds this session"; it is also a ``StoreError`` because the store detected it.
+parse prose.  The engine core knows nothing of sessions, so session and store errors
+live with them, in :mod:`sessions.errors`; every one of them is still a
+:class:`TurngraphError`, the single root importable from :mod:`engine`.
 """
 
 from __future__ import annotations
@@ -41,28 +31,15 @@ from typing import Literal
 __all__ = [
     "AdapterError",
     "DotSyntaxError",
-    "Fenced",
     "GraphError",
     "GraphFileError",
     "GraphValidationError",
     "HandlerError",
     "HandlerTimeout",
-    "ImportRejected",
-    "InvalidSessionId",
     "Issue",
     "MaxStepsExceeded",
     "NoRouteError",
     "RunError",
-    "SessionBusy",
-    "SessionClosed",
-    "SessionError",
-    "SessionExists",
-    "SessionLimitReached",
-    "SessionNotFound",
-    "SessionTampered",
-    "StoreCorrupt",
-    "StoreError",
-    "StoreVersionUnsupported",
     "TransientAdapterError",
     "TurngraphError",
 ]
@@ -212,91 +189,3 @@ class TransientAdapterError(AdapterError):
 
     The runner retries a node whose handler raises this, within the node's policy.
     """
-
-
-# --------------------------------------------------------------------------- sessions
-
-
-class SessionError(TurngraphError):
-    """Something about one session.  ``session_id`` names it (``repr``-safe)."""
-
-    def __init__(self, session_id: str, reason: str) -> None:
-        super().__init__(f"session {session_id!r}: {reason}")
-        self.session_id = session_id
-        self.reason = reason
-
-
-class InvalidSessionId(SessionError):
-    """A session id outside the safe charset or length (``../etc``, empty, NUL...)."""
-
-
-class SessionNotFound(SessionError):
-    """No session with that id exists."""
-
-
-class SessionExists(SessionError):
-    """A session with that id already exists (on ``create``)."""
-
-
-class SessionBusy(SessionError):
-    """The session cannot take this now: its queue is full or another owner holds it."""
-
-
-class SessionLimitReached(SessionError):
-    """A configured limit (active sessions per manager) would be exceeded."""
-
-
-class SessionClosed(SessionError):
-    """The session (or its manager) is closed."""
-
-
-# --------------------------------------------------------------------------- stores
-
-
-class StoreError(TurngraphError):
-    """The durable store failed or refused.  ``url`` names the store (no password)."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-
-
-class StoreCorrupt(StoreError):
-    """The store's data cannot be read (truncated, not a database, bad JSON...)."""
-
-
-class SessionTampered(StoreError):
-    """A session's HMAC chain does not verify: edited, deleted, reordered or re-keyed."""
-
-    def __init__(self, url: str, session_id: str, record: int, reason: str) -> None:
-        super().__init__(url, f"session {session_id!r} record {record}: {reason}")
-        self.session_id = session_id
-        self.record = record
-
-
-class StoreVersionUnsupported(StoreError):
-    """The store's schema is newer than this code (or unknown)."""
-
-
-class ImportRejected(StoreError):
-    """An export document failed its signature, schema or size checks."""
-
-
-class Fenced(SessionBusy, StoreError):
-    """A commit carried a stale fencing token: another process owns the session now.
-
-    Nothing was written.
-    """
-
-    def __init__(self, url: str, session_id: str, expected: int, actual: int) -> None:
-        StoreError.__init__(
-            self,
-            url,
-            f"session {session_id!r} is owned elsewhere "
-            f"(fencing token {expected} is stale, store has {actual})",
-        )
-        self.session_id = session_id
-        self.reason = "fenced"
-        self.expected = expected
-        self.actual = actual

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from engine.graph import Node
-from handlers.adapters.types import chat_entry
+from engine.messages import chat_entry
 
 __all__ = [
     "NodeSettings",
@@ -122,7 +122,7 @@ def recent_messages(context: Mapping[str, Any], limit: int) -> list[dict[str, An
     Indexes only the tail, so the cost does not grow with the history's length (the
     history is a read-only view; it is never copied whole).  A ``summary`` entry becomes
     a ``system`` message, the role models understand.  A session's history hands out
-    its cached, read-only :class:`~handlers.adapters.types.ChatMessage` dicts.
+    its cached, read-only :class:`~engine.messages.ChatMessage` dicts.
     """
     history: Sequence[Any] = context.get("session.history") or ()
     chat_tail = getattr(history, "chat_tail", None)

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from engine.errors import AdapterError, TransientAdapterError
 from engine.graph import Node
+from engine.messages import LLMResponse, MemoryItem, ToolCall, ToolResult
 from engine.outcome import Outcome
 from handlers._common import (
     NodeSettings,
@@ -20,7 +21,6 @@ from handlers._common import (
 )
 from handlers.adapters.llm import LLM
 from handlers.adapters.tools import Tools
-from handlers.adapters.types import LLMResponse, MemoryItem, ToolCall, ToolResult
 
 __all__ = ["DEFAULT_SYSTEM", "DispatchTools", "LLMCall", "ToolNode", "add_usage"]
 

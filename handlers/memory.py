@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.graph import Node
+from engine.messages import MemoryItem
 from engine.outcome import Outcome
 from handlers._common import NodeSettings, attr_int, input_text
 from handlers.adapters.memory import Memory, distinct_keywords
-from handlers.adapters.types import MemoryItem
 
 __all__ = ["Recall", "UpdateMemory"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import overload
 
-from handlers.adapters.types import ChatMessage
+from engine.messages import ChatMessage
 from sessions.store.base import Message
 
 __all__ = ["CHAT_CACHE", "HistoryView", "MessagePage", "MessageWindow"]
@@ -46,7 +46,7 @@ class MessageWindow:
     ``summary`` is the latest compaction summary, shown first by the view.  ``chars``
     counts the content characters of the window plus the summary.  ``chat`` holds the
     newest (up to :data:`CHAT_CACHE`) messages as read-only
-    :class:`~handlers.adapters.types.ChatMessage` dicts, built once per message rather
+    :class:`~engine.messages.ChatMessage` dicts, built once per message rather
     than once per model call (see :meth:`chat_tail`).
     """
 

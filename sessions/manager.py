@@ -26,14 +26,7 @@ from typing import Any
 
 import anyio
 
-from engine.errors import (
-    Fenced,
-    GraphValidationError,
-    SessionClosed,
-    SessionExists,
-    SessionLimitReached,
-    SessionNotFound,
-)
+from engine.errors import GraphValidationError
 from engine.graph import Graph
 from engine.loader import load_graph
 from engine.logs import log
@@ -44,6 +37,13 @@ from sessions.compaction import (
     Summarizer,
     extract_summarizer,
     llm_summarizer,
+)
+from sessions.errors import (
+    Fenced,
+    SessionClosed,
+    SessionExists,
+    SessionLimitReached,
+    SessionNotFound,
 )
 from sessions.limits import Limits, validate_session_id
 from sessions.session import Session, SessionRuntime

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 import anyio
 import structlog
 
-from engine.errors import Fenced, SessionBusy, SessionClosed, SessionError
 from engine.events import Observer, StructlogObserver
 from engine.graph import Graph, Node
 from engine.logs import log
 from engine.outcome import NodeRecord, RunResult, RunStatus
 from engine.scopes import cancel_scope
 from sessions.compaction import CompactionResult, Summarizer, compact_session
+from sessions.errors import Fenced, SessionBusy, SessionClosed, SessionError
 from sessions.fifolock import FifoLock
 from sessions.heartbeat import Heartbeat, Spawn
 from sessions.history import HistoryView, MessagePage, MessageWindow

@@ -17,10 +17,7 @@ protocol    default                             notes
 when trying again may help (the engine retries those per node policy).
 """
 
-from handlers.adapters.llm import LLM, EchoModel, ScriptedModel, count_tokens
-from handlers.adapters.memory import KeywordMemory, Memory, keywords
-from handlers.adapters.tools import ToolBox, Tools, calculate, calculator, clock
-from handlers.adapters.types import (
+from engine.messages import (
     ChatMessage,
     LLMResponse,
     MemoryItem,
@@ -30,6 +27,9 @@ from handlers.adapters.types import (
     Usage,
     estimate_tokens,
 )
+from handlers.adapters.llm import LLM, EchoModel, ScriptedModel, count_tokens
+from handlers.adapters.memory import KeywordMemory, Memory, keywords
+from handlers.adapters.tools import ToolBox, Tools, calculate, calculator, clock
 
 __all__ = [
     "LLM",

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import AdapterError
+from engine.messages import LLMResponse, ToolCall, ToolSpec, Usage, estimate_tokens
 from engine.scopes import sleep
-from handlers.adapters.types import LLMResponse, ToolCall, ToolSpec, Usage, estimate_tokens
 
 __all__ = ["LLM", "EchoModel", "ScriptedModel", "count_tokens"]
 

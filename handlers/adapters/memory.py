@@ -10,7 +10,7 @@ from operator import itemgetter
 from sys import intern
 from typing import Protocol, runtime_checkable
 
-from handlers.adapters.types import MemoryItem
+from engine.messages import MemoryItem
 
 __all__ = ["STOP_WORDS", "KeywordMemory", "Memory", "distinct_keywords", "keywords"]
 

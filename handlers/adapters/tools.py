@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import AdapterError, TransientAdapterError
-from handlers.adapters.types import ToolResult, ToolSpec
+from engine.messages import ToolResult, ToolSpec
 
 __all__ = ["ToolBox", "Tools", "calculate", "calculator", "clock"]
 

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Final, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from engine.errors import StoreError
+from sessions.errors import StoreError
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,

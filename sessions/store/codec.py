@@ -21,7 +21,7 @@ from typing import Any, AnyStr, Final, get_args
 import msgspec
 from msgspec.structs import force_setattr
 
-from engine.errors import InvalidSessionId
+from sessions.errors import InvalidSessionId
 from sessions.store.base import (
     EMPTY_META,
     Checkpoint,

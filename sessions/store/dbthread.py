@@ -35,6 +35,8 @@ from typing import Any, Final, Generic, TypeVar
 import anyio
 import anyio.to_thread
 
+from sessions.errors import StoreError
+
 __all__ = ["DBThread", "ThreadClosed", "nothing_else_ready"]
 
 T = TypeVar("T")
@@ -45,8 +47,15 @@ _SKIPPED: Final = 2
 _DONE: Final = 3
 
 
-class ThreadClosed(RuntimeError):
-    """A call was submitted to a :class:`DBThread` that is stopped (a caller bug)."""
+class ThreadClosed(StoreError, RuntimeError):
+    """A call was submitted to a :class:`DBThread` that is stopped (a caller bug).
+
+    A :class:`~sessions.errors.StoreError` (its ``url`` is the thread's name), and a
+    ``RuntimeError`` as before.
+    """
+
+    def __init__(self, name: str = "database thread") -> None:
+        StoreError.__init__(self, name, "the database thread is stopped")
 
 
 class _Shared:
@@ -164,7 +173,7 @@ class DBThread:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the thread after every call submitted before it."""
         if self._stopped:
-            raise ThreadClosed("the database thread is stopped")
+            raise ThreadClosed()
         job: _Job[T] = _Job(fn, args)
         shared = self._shared
         try:

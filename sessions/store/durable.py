@@ -17,7 +17,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Final
 
-from engine.errors import Fenced, SessionTampered, StoreError
+from sessions.errors import Fenced, SessionTampered, StoreError
 from sessions.store.base import Checkpoint, Message, SessionMeta, TurnCommit, TurnRecord
 from sessions.store.codec import (
     KIND_MESSAGE,

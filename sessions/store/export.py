@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from engine.errors import ImportRejected, InvalidSessionId
+from sessions.errors import ImportRejected, InvalidSessionId
 from sessions.store.base import Checkpoint, Message, SessionMeta, TurnRecord
 from sessions.store.codec import (
     KIND_MESSAGE,

@@ -14,13 +14,7 @@ from dataclasses import replace
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from engine.errors import (
-    Fenced,
-    SessionBusy,
-    SessionExists,
-    SessionNotFound,
-    StoreError,
-)
+from sessions.errors import Fenced, SessionBusy, SessionExists, SessionNotFound, StoreError
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,

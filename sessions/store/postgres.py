@@ -33,7 +33,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from engine.errors import (
+from sessions.errors import (
     Fenced,
     SessionBusy,
     SessionExists,

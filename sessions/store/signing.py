@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from engine.errors import SessionTampered, StoreError
+from sessions.errors import SessionTampered, StoreError
 from sessions.store.codec import record_suffix
 
 __all__ = [

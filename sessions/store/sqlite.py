@@ -31,7 +31,7 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from engine.errors import (
+from sessions.errors import (
     Fenced,
     SessionBusy,
     SessionExists,

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from engine.errors import Fenced, SessionBusy
 from handlers.adapters import EchoModel
 from sessions import Limits, SessionManager
 from sessions.compaction import extract_summarizer, llm_summarizer, plan_cut
+from sessions.errors import Fenced, SessionBusy
 from sessions.store.base import Message, Store
 
 from .session_kit import running, wait_until

@@ -12,10 +12,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from engine.errors import Fenced, SessionBusy
 from engine.graph import Graph, Node
 from engine.registry import HandlerRegistry
 from sessions import Limits, SessionManager
+from sessions.errors import Fenced, SessionBusy
 from sessions.store.base import TurnCommit
 from sessions.store.sqlite import SQLiteStore
 

@@ -10,9 +10,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from engine.errors import SessionBusy, SessionClosed
 from engine.graph import Node
 from sessions import Limits
+from sessions.errors import SessionBusy, SessionClosed
 from sessions.heartbeat import Heartbeat
 from sessions.session import HEARTBEAT_HISTORY
 from sessions.store.base import Store

@@ -9,7 +9,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.errors import (
+from engine.graph import Node
+from sessions import Limits, Session, SessionManager
+from sessions.errors import (
     Fenced,
     InvalidSessionId,
     SessionBusy,
@@ -18,8 +20,6 @@ from engine.errors import (
     SessionLimitReached,
     SessionNotFound,
 )
-from engine.graph import Node
-from sessions import Limits, Session, SessionManager
 from sessions.store.base import LoadedSession, SessionMeta, Store
 from sessions.store.memory import MemoryStore
 

@@ -12,11 +12,12 @@ import pytest
 import structlog
 from structlog.testing import LogCapture, capture_logs
 
-from engine.errors import HandlerError, HandlerTimeout, SessionBusy, SessionClosed
+from engine.errors import HandlerError, HandlerTimeout
 from engine.graph import Node
 from engine.outcome import Outcome
 from engine.testing import build_graph
 from sessions import HistoryView, Limits, Session
+from sessions.errors import SessionBusy, SessionClosed
 from sessions.store.base import Store
 
 from .session_kit import chain_graph, reply_registry, running, wait_until

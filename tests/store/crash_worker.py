@@ -21,7 +21,7 @@ import time
 
 import anyio
 
-from engine.errors import Fenced, SessionBusy
+from sessions.errors import Fenced, SessionBusy
 from sessions.store import open_store
 from sessions.store.base import Checkpoint, Message, SessionMeta, Store, TurnCommit, TurnRecord
 

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from engine.errors import StoreError
+from sessions.errors import StoreError
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta
 from sessions.store.dbthread import DBThread, ThreadClosed, _Job, nothing_else_ready

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.errors import ImportRejected
+from sessions.errors import ImportRejected
 from sessions.store import ImportLimits, OpenStore, open_store, read_export, write_export
 from sessions.store.codec import canonical_json
 from sessions.store.signing import Signer, derive_key

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import SessionTampered
+from sessions.errors import SessionTampered
 from sessions.store.base import Message, TurnRecord
 from sessions.store.codec import (
     ShapeError,

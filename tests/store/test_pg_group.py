@@ -11,7 +11,7 @@ import anyio.lowlevel
 import psycopg
 import pytest
 
-from engine.errors import Fenced, SessionTampered
+from sessions.errors import Fenced, SessionTampered
 from sessions.store.postgres import PostgresStore, _Turn
 
 from . import SECRET, commit, fill

@@ -10,7 +10,7 @@ import anyio
 import psycopg
 import pytest
 
-from engine.errors import (
+from sessions.errors import (
     Fenced,
     SessionBusy,
     SessionNotFound,

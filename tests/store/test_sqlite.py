@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import (
+from sessions.errors import (
     SessionBusy,
     SessionTampered,
     StoreCorrupt,

@@ -86,7 +86,7 @@ async def test_inline_writes_can_be_turned_off(
 
 def test_a_bad_inline_writes_option_is_refused(tmp_path: Path) -> None:
     """Anything but on/off (or true/false, 1/0) is a clear error naming the option."""
-    from engine.errors import StoreError
+    from sessions.errors import StoreError
 
     with pytest.raises(StoreError, match="inline_writes"):
         open_store(_url(tmp_path, "?inline_writes=maybe"), secret=SECRET)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import SessionTampered
+from sessions.errors import SessionTampered
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import Message, SessionMeta
 from sessions.store.migrations import SCHEMA_VERSION, SQLITE

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.errors import Fenced, SessionTampered, StoreError
+from sessions.errors import Fenced, SessionTampered, StoreError
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta
 

@@ -8,7 +8,7 @@ from types import MappingProxyType
 import anyio
 import pytest
 
-from engine.errors import (
+from sessions.errors import (
     Fenced,
     ImportRejected,
     InvalidSessionId,

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from engine.errors import SessionTampered
+from sessions.errors import SessionTampered
 from sessions.store import OpenStore, open_store
 
 from . import SECRET, commit, fill

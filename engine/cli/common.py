@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from engine.errors import GraphValidationError
+from engine.errors import GraphValidationError, TurngraphError
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -38,7 +38,7 @@ EXIT_INTERRUPTED = 130
 PROG = "python -m engine.run"
 
 
-class UsageError(Exception):
+class UsageError(TurngraphError):
     """Bad command-line arguments (argparse's complaint, as one line)."""
 
 

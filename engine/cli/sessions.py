@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from engine.cli_common import (
+from engine.cli.common import (
     PROG,
     Parser,
     check_output,
@@ -85,7 +85,7 @@ def _default_store_missing(args: argparse.Namespace) -> bool:
 
 
 async def _sessions_list(args: argparse.Namespace) -> int:
-    from engine.cli_views import print_renderable, sessions_table
+    from engine.cli.views import print_renderable, sessions_table
 
     if _default_store_missing(args):
         # Nothing has run yet: an empty list is the truth, not an error.
@@ -176,7 +176,7 @@ async def _sessions_show(args: argparse.Namespace) -> int:
 def _print_session(meta: Any, messages: Sequence[Any], turns: Sequence[Any], checked: int) -> None:
     from rich.table import Table
 
-    from engine.cli_views import print_renderable, sessions_table, turns_table
+    from engine.cli.views import print_renderable, sessions_table, turns_table
 
     print_renderable(
         sessions_table([meta], title=f"session {meta.id} · {checked} records verified")
@@ -215,7 +215,7 @@ async def _sessions_import(args: argparse.Namespace) -> int:
 
 
 async def _sessions_delete(args: argparse.Namespace) -> int:
-    from engine.errors import SessionNotFound
+    from sessions.errors import SessionNotFound
 
     async with _existing_store(args) as store:
         if not await store.delete(args.id):

@@ -1,0 +1,456 @@
+"""``python -m engine.run``: run, chat with, validate and render turn graphs; manage sessions.
+
+::
+
+    python -m engine.run GRAPH.dot -m TEXT [--json] [-v]    one turn, offline adapters
+    python -m engine.run GRAPH.dot [-v]                     chat: an in-memory session
+    python -m engine.run GRAPH.dot [-m TEXT] --session ID [--store URL]
+                                                            a turn (or a chat) of a stored
+                                                            session, created if new
+    python -m engine.run validate GRAPH.dot...              every problem, compiler-style
+    python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz)
+    python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
+                                  import FILE [--replace]|delete ID|compact ID
+
+The store defaults to ``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME``
+(``~/.local/share/turngraph``); see :func:`sessions.store.open_store`.
+
+Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
+empty, binary or malformed graph, a validation error, a bad or missing session id, a
+corrupt or tampered store or export, Graphviz missing for images); 130 interrupted;
+70 an internal bug.  Errors are one line on stderr (``path:line:col: error: ...`` for
+graphs), never a traceback (``-v`` adds one for internal bugs, and node logs).
+
+Start-up is kept short by importing rich, the handlers and the session machinery only
+in the commands that use them.  Only this module configures structlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from engine.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_RUN_FAILED,
+    PROG,
+    Parser,
+    UsageError,
+    check_output,
+    configure_logging,
+    err,
+    one_line,
+    print_json,
+    store_url,
+)
+from engine.errors import GraphValidationError, TurngraphError
+
+if TYPE_CHECKING:
+    from engine.graph import Graph
+    from engine.outcome import NodeRecord, RunResult
+    from engine.registry import HandlerRegistry
+    from engine.runner import Engine
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_RUN_FAILED", "main", "one_line"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command = _COMMANDS.get(args[0]) if args else None
+        return command(args[1:]) if command else _cmd_run(args)
+    except BaseException as exc:  # every way out becomes one line and an exit code
+        return _exit_code(_leaf(exc), verbose="-v" in args or "--verbose" in args)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _exit_code(exc: BaseException, verbose: bool) -> int:
+    """Report ``exc`` as one stderr line and choose the exit code (re-raise the rest)."""
+    if isinstance(exc, SystemExit):  # argparse's --help
+        return exc.code if isinstance(exc.code, int) else 0
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        raise exc  # the process wrapper ends quietly
+    if isinstance(exc, UsageError):
+        err(str(exc))
+    elif isinstance(exc, TurngraphError):
+        err(one_line(exc))
+    elif isinstance(exc, OSError | UnicodeError):
+        err(f"error: {exc}")
+    elif isinstance(exc, Exception):  # a bug of ours: say so in one line, no traceback
+        err(f"error: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)")
+        if verbose:
+            import traceback
+
+            traceback.print_exception(exc)
+        return EXIT_INTERNAL
+    else:
+        raise exc
+    return EXIT_BAD_INPUT
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _load(path: str, registry: HandlerRegistry) -> Graph:
+    """The graph at ``path``, checked against ``registry``; only files, never DOT text."""
+    if "{" in path and not os.path.exists(path):
+        # load_graph would read such an argument as DOT text; on the CLI it is a path.
+        from engine.errors import GraphFileError
+
+        raise GraphFileError(path, "no such file")
+    from engine.loader import load_graph
+
+    return load_graph(path, registry=registry)
+
+
+def _engine(registry: HandlerRegistry, verbose: bool) -> Engine:
+    from engine.runner import Engine
+
+    if not verbose:
+        return Engine(registry)
+    from engine.events import StructlogObserver
+
+    return Engine(registry, observers=[StructlogObserver()])
+
+
+def turn_context(
+    text: str,
+    *,
+    history: Sequence[Any] = (),
+    session_id: str = "cli",
+    turn_count: int = 0,
+) -> dict[str, Any]:
+    """The ``session.*`` keys a turn graph expects (see :mod:`handlers`)."""
+    return {
+        "session.input": text,
+        "session.history": history,
+        "session.id": session_id,
+        "session.turn_count": turn_count,
+        "session.goals": (),
+        "session.working_memory": {},
+    }
+
+
+def _failure_line(graph: Graph, error: BaseException | None, status: str) -> str:
+    """``path:line:col: error: ...`` for the node a run failed at."""
+    node = graph.nodes.get(str(getattr(error, "node_id", "")))
+    where = f"{graph.path}:{node.line}:{node.col}" if node else graph.path
+    return f"{where}: error: {' '.join(str(error or status).split())}"
+
+
+def report_turn(
+    graph: Graph,
+    *,
+    status: str,
+    reply: Any,
+    trace: Sequence[NodeRecord],
+    error: BaseException | None,
+    as_json: bool,
+    **extra: Any,
+) -> int:
+    """Print a finished turn (reply and node table, or one JSON object); the exit code."""
+    from engine.cli.views import nodes_table, print_renderable, trace_rows
+
+    ok = status == "success"
+    if as_json:
+        doc: dict[str, Any] = {"status": status, "reply": reply, "graph": graph.path}
+        doc.update(extra)
+        doc["nodes"] = trace_rows(trace)
+        if error is not None:
+            doc["error"] = " ".join(str(error).split())
+        print_json(doc)
+    else:
+        if ok:
+            print(reply if reply is not None else "")
+        where = ""
+        if "turn" in extra:
+            where = f"session {extra['session_id']} · turn {extra['turn']} · "
+        print_renderable(nodes_table(trace, title=f"{where}{graph.path} · {status}"))
+    if not ok:
+        err(_failure_line(graph, error, status))
+        return EXIT_RUN_FAILED
+    return 0
+
+
+def _report_run(graph: Graph, result: RunResult, as_json: bool) -> int:
+    return report_turn(
+        graph,
+        status=result.status,
+        reply=result.context.get("reply"),
+        trace=result.trace,
+        error=result.error,
+        as_json=as_json,
+        run_id=result.run_id,
+        usage=result.context.get("llm.usage"),
+    )
+
+
+# --------------------------------------------------------------------------- run / chat
+
+
+def _run_parser() -> Parser:
+    p = Parser(
+        prog=PROG,
+        description="Run a turn graph (one turn with -m, else a chat).",
+        epilog=f"other commands: {PROG} validate|render|sessions --help",
+    )
+    p.add_argument("graph", help="the .dot turn graph")
+    p.add_argument("-m", "--message", help="run one turn with this input and exit")
+    p.add_argument("--json", action="store_true", help="print one JSON object (with -m)")
+    p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
+    p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
+    p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
+    return p
+
+
+def _cmd_run(argv: Sequence[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    if args.json and args.message is None:
+        raise UsageError(f"{PROG}: error: --json needs -m TEXT (see --help)")
+    if args.message is None and args.session is None and args.store is None:
+        # A chat is a session kept in memory: the same history window, working
+        # memory and compaction as a stored one, gone when the chat ends.
+        args.session, args.store = "cli", "memory:"
+    if args.session is not None or args.store is not None:
+        return _run_session(args)
+    from handlers import build_registry
+
+    registry = build_registry()
+    graph = _load(args.graph, registry)
+    engine = _engine(registry, args.verbose)
+    configure_logging(args.verbose)
+    return _one_turn(graph, engine, args.message, args.json)
+
+
+def _one_turn(graph: Graph, engine: Engine, text: str, as_json: bool) -> int:
+    import anyio
+
+    result = anyio.run(engine.run, graph, turn_context(text))
+    return _report_run(graph, result, as_json)
+
+
+def read_line(prompt: str) -> str | None:
+    """One line from the terminal, or None at end of input or ``/quit``."""
+    try:
+        line = input(prompt)
+    except EOFError:
+        print(file=sys.stderr)
+        return None
+    return None if line.strip() in ("/quit", "/exit") else line
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def _cmd_validate(argv: Sequence[str]) -> int:
+    p = Parser(prog=f"{PROG} validate", description="Check graphs; print every problem.")
+    p.add_argument("graphs", nargs="+", metavar="GRAPH", help=".dot files")
+    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from engine.errors import GraphError
+    from handlers import build_registry
+
+    registry = build_registry()
+    failed = False
+    for path in args.graphs:
+        try:
+            graph = _load(path, registry)
+        except GraphValidationError as exc:
+            failed = failed or bool(exc.errors)
+            for issue in exc.issues:
+                print(issue)
+            continue
+        except GraphError as exc:
+            failed = True
+            print(one_line(exc))
+            continue
+        for issue in graph.warnings:
+            print(issue)
+        print(f"{path}: ok ({len(graph.nodes)} nodes, {len(graph.edges)} edges)")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+# --------------------------------------------------------------------------- render
+
+_FORMATS = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png", ".pdf": "pdf"}
+
+
+def _cmd_render(argv: Sequence[str]) -> int:
+    p = Parser(prog=f"{PROG} render", description="Write a graph as normalised DOT or an image.")
+    p.add_argument("graph", help="the .dot graph")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help=".dot/.gv/.svg/.png/.pdf (default: stdout)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    out: str | None = args.output if args.output not in (None, "-") else None
+    fmt = "dot" if out is None else _FORMATS.get(os.path.splitext(out)[1].lower())
+    if fmt is None:
+        known = ", ".join(_FORMATS)
+        raise UsageError(f"{PROG} render: error: {out}: unknown output format (use {known})")
+    from engine.cli.views import graph_to_dot
+    from handlers import build_registry
+
+    text = graph_to_dot(_load(args.graph, build_registry()))
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    check_output(out)
+    data = text.encode() if fmt == "dot" else _graphviz(text, fmt, out)
+    _write_atomic(out, data)
+    print(f"wrote {out}")
+    return 0
+
+
+def _graphviz(dot_text: str, fmt: str, out: str) -> bytes:
+    """``dot_text`` rendered by Graphviz's ``dot`` program (exit 2 when it is missing)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dot")
+    if exe is None:
+        raise UsageError(
+            f"{out}: error: rendering .{fmt} needs Graphviz's `dot` program, which is not "
+            "installed (install graphviz, or write a .dot file)"
+        )
+    proc = subprocess.run(
+        [exe, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise UsageError(f"{out}: error: dot failed: {detail[0] if detail else proc.returncode}")
+    return proc.stdout
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a unique temp file, fsync and ``os.replace``."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".render-", suffix=".tmp")
+    try:
+        # mkstemp creates 0600; a rendered picture gets the mode any new file would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _run_session(args: argparse.Namespace) -> int:
+    """One turn (``-m``) or a chat on a stored session; history comes from the store."""
+    if args.session is None:
+        raise UsageError(f"{PROG}: error: --store needs --session ID (see --help)")
+    import anyio
+
+    from sessions.store import validate_session_id
+
+    validate_session_id(args.session)
+    if "{" in args.graph and not os.path.exists(args.graph):
+        from engine.errors import GraphFileError
+
+        raise GraphFileError(args.graph, "no such file")
+    configure_logging(args.verbose)
+    return anyio.run(_session_main, args)
+
+
+async def _session_main(args: argparse.Namespace) -> int:
+    from sessions import SessionManager
+
+    manager = SessionManager(store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose)
+    async with manager:
+        session = await manager.get_or_create(args.session)
+        if args.message is not None:
+            return await _session_turn(manager.turn_graph, session, args.message, args.json)
+        where = "in memory" if manager.store.url.startswith("memory:") else manager.store.url
+        n = session.turn_count
+        turns = f"{n} turn{'' if n == 1 else 's'}"
+        print(f"session {session.id} ({turns}, {where}); /quit or Ctrl-D to leave")
+        while (line := read_line("you> ")) is not None:
+            if line.strip():
+                await _session_turn(manager.turn_graph, session, line, False, chat=True)
+    return 0
+
+
+async def _session_turn(
+    graph: Graph, session: Any, text: str, as_json: bool, *, chat: bool = False
+) -> int:
+    result = await session.send(text)
+    if chat:
+        if result.ok:
+            print(f"bot> {result.reply}")
+        else:
+            err(_failure_line(graph, result.error, result.status))
+        return 0 if result.ok else EXIT_RUN_FAILED
+    return report_turn(
+        graph,
+        status=result.status,
+        reply=result.reply if result.ok else None,
+        trace=result.trace,
+        error=result.error,
+        as_json=as_json,
+        session_id=session.id,
+        turn=result.turn,
+        trace_id=result.trace_id,
+    )
+
+
+def _cmd_sessions(argv: Sequence[str]) -> int:
+    from engine.cli.sessions import cmd_sessions
+
+    return cmd_sessions(argv)
+
+
+_COMMANDS: Mapping[str, Callable[[Sequence[str]], int]] = {
+    "validate": _cmd_validate,
+    "render": _cmd_render,
+    "sessions": _cmd_sessions,
+}
+
+
+def program() -> int:
+    """``main`` as a process: unencodable output is escaped, a closed pipe is quiet."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing
+        code = 0
+    if _stdout_closed():
+        # Python would report the unflushable stdout at exit; point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
