@@ -1,19 +1,47 @@
-"""Canonical JSON of store records, and the session-id rule every layer shares.
+r"""Canonical JSON of store records, and the session-id rule every layer shares.
 
-A record's *canonical JSON* (sorted keys, no spaces, UTF-8, no NaN) is what the HMAC
-chain signs and what the durable backends store verbatim, so verifying a record never
-re-serialises it.  The ``*_to_dict`` / ``*_from_dict`` pairs are the one mapping between
-the frozen records of :mod:`sessions.store.base` and JSON; the ``from`` side checks
-shape strictly and raises :class:`ShapeError`, which callers translate into the error
-that fits (``ImportRejected`` for an export, ``SessionTampered`` for a stored record).
+A record's *canonical JSON* is what the HMAC chain signs and what the durable backends
+store verbatim, so verifying a stored record never re-serialises it.  One encoder
+defines it, :func:`canonical_json`; everything else that writes signed text (the
+record framing, :func:`message_json`, :func:`turn_json`, the ``json_*`` pieces a
+session row's signed text is assembled from) produces the bytes that encoder would.
+
+**Format 2** (:data:`CODEC_VERSION`), written by this code, is msgspec's JSON with keys
+sorted:
+
+* no whitespace; UTF-8; strings escaped only where JSON must (``"``, ``\``, and
+  characters below U+0020 as ``\b \f \n \r \t`` or ``\u00XX``): non-ASCII as is;
+* object keys are ``str`` and sorted by code point (the order of their UTF-8 bytes);
+  any other key is a ``TypeError``, never silently turned into a string;
+* values are ``dict`` (any ``Mapping``), ``list`` and ``tuple`` (arrays), ``str``,
+  ``int`` of any size, finite ``float``, ``bool`` and ``None``; a subclass of ``str``,
+  ``int`` or ``float`` is written as its base value; anything else is a ``TypeError``,
+  NaN and infinities a ``ValueError`` (so are nesting past the recursion limit and a
+  value that contains itself);
+* a float is written in the fewest digits that read back to it: ``0.1``, ``1.0``,
+  ``-0.0``, ``0.00001``, ``1e16``, ``1e-7``, ``1.5e300`` (fixed notation from 1e-5 up
+  to 1e16, else an exponent with no ``+`` and no leading zero);
+* decoding a text and encoding the result again gives the same text.
+
+Each chain record's body names the format that wrote it (``"v":2``, see
+:func:`record_body`), and an export names it by its schema, so a later change of the
+encoder is a new version, never a silent break.  **Format 1**, written before, was the
+standard library's encoder (``1e-05``, ``1e+16``; integer keys written as strings in
+numeric order); its record bodies carry no ``"v"`` and still verify, since they are
+stored verbatim; :func:`canonical_json_v1` remains only to check a signature over text
+rebuilt from format-1 data (a format-1 export, a session row last written by it).
+
+The ``*_to_dict`` / ``*_from_dict`` pairs are the one mapping between the frozen
+records of :mod:`sessions.store.base` and JSON; the ``from`` side checks shape strictly
+and raises :class:`ShapeError`, which callers translate into the error that fits
+(``ImportRejected`` for an export, ``SessionTampered`` for a stored record).
 """
 
 from __future__ import annotations
 
 import json
-import json.encoder
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, AnyStr, Final, get_args
@@ -33,11 +61,14 @@ from sessions.store.base import (
 )
 
 __all__ = [
+    "CODEC_VERSION",
+    "CODEC_VERSIONS",
     "KIND_MESSAGE",
     "KIND_SUMMARY",
     "KIND_TURN",
     "ShapeError",
     "canonical_json",
+    "canonical_json_v1",
     "checkpoint_from_dict",
     "checkpoint_to_dict",
     "json_float",
@@ -55,11 +86,17 @@ __all__ = [
     "record_data",
     "record_datas",
     "record_suffix",
+    "record_version",
     "turn_from_dict",
     "turn_json",
     "turn_to_dict",
     "validate_session_id",
 ]
+
+CODEC_VERSION: Final = 2
+"""The canonical JSON format this code writes (see the module docstring)."""
+CODEC_VERSIONS: Final = (1, 2)
+"""Every format this code verifies, oldest first."""
 
 KIND_MESSAGE: Final = "message"
 KIND_TURN: Final = "turn"
@@ -89,8 +126,97 @@ def validate_session_id(session_id: object) -> str:
     return session_id
 
 
-class _Encoder(json.JSONEncoder):
-    """Canonical JSON that also accepts read-only mappings (``MappingProxyType`` views)."""
+# --------------------------------------------------------------------------- format 2
+
+
+def _base_value(o: Any) -> Any:
+    """msgspec's hook for what it does not write itself: the read-only mappings every
+    loaded record holds, and subclasses of ``str`` / ``int`` / ``float``, written as
+    their base value (the base type's own conversion: a subclass may override
+    ``__str__``).  :func:`_check_plain` lets nothing else reach the encoder."""
+    if isinstance(o, Mapping):
+        return dict(o)
+    if isinstance(o, str):
+        return str.__str__(o)
+    if isinstance(o, int):
+        return int.__int__(o)
+    if isinstance(o, float):
+        return float.__float__(o)
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+_ENCODE: Final = msgspec.json.Encoder(order="sorted", enc_hook=_base_value).encode
+_LEAF: Final = frozenset({str, int, bool, type(None)})
+
+
+def _check_plain(value: Any) -> None:
+    """Raise unless ``value`` is in format 2's domain (see the module docstring).
+
+    msgspec also writes sets (in hash order: not canonical), bytes, dates, UUIDs,
+    decimals, enums and dataclasses, and writes NaN as ``null``; format 2 refuses all
+    of them, as format 1 did, so this walk runs before every general encoding.  Exact
+    ``dict``, ``list`` and leaf types are tested first: they are nearly all it meets.
+    """
+    kind = type(value)
+    if kind in _LEAF:
+        return
+    if kind is float or isinstance(value, float):
+        if value - value != 0.0:  # NaN and infinities (any finite x - x is 0.0)
+            raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+        return
+    if kind is dict or isinstance(value, Mapping):
+        leaf = _LEAF
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+            if type(item) not in leaf:
+                _check_plain(item)
+        return
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        leaf = _LEAF
+        for item in value:
+            if type(item) not in leaf:
+                _check_plain(item)
+        return
+    if not isinstance(value, str | int):
+        raise TypeError(f"Object of type {kind.__name__} is not JSON serializable")
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of ``value`` that is signed: canonical JSON format 2.
+
+    Raises ``TypeError`` for a value outside the format's domain (a non-``str`` key, a
+    set, bytes, any other object) and ``ValueError`` for NaN, infinities, a lone
+    surrogate, or nesting too deep (a value that contains itself).
+    """
+    try:
+        _check_plain(value)
+        return _ENCODE(value).decode()
+    except RecursionError:
+        raise ValueError("value nests too deeply (or contains itself)") from None
+
+
+def json_str(value: str) -> str:
+    """A ``str`` as canonical JSON (the text :func:`canonical_json` writes for it)."""
+    return _ENCODE(value).decode()
+
+
+def json_int(value: object) -> str | None:
+    """An exact ``int`` as canonical JSON; ``None`` for anything else (``bool``,
+    subclasses): the caller takes the general path."""
+    return _ENCODE(value).decode() if type(value) is int else None
+
+
+def json_float(value: object) -> str | None:
+    """A finite exact ``float`` as canonical JSON; ``None`` for anything else, so NaN
+    and infinities still raise on the general path."""
+    if type(value) is float and value - value == 0.0:
+        return _ENCODE(value).decode()
+    return None
+
+
+class _FormatOne(json.JSONEncoder):
+    """Format 1: the standard library's encoder, read-only mappings as objects."""
 
     def default(self, o: Any) -> Any:
         if isinstance(o, Mapping):
@@ -98,50 +224,38 @@ class _Encoder(json.JSONEncoder):
         return super().default(o)
 
 
-# One encoder, built once: json.dumps() with options builds a new one per call.
-_ENCODER: Final = _Encoder(
+_FORMAT_ONE: Final = _FormatOne(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
 
 
-def canonical_json(value: Any) -> str:
-    """The one JSON text of ``value`` that is signed: sorted keys, compact, no NaN."""
-    return _ENCODER.encode(value)
+def canonical_json_v1(value: Any) -> str:
+    """``value`` as canonical JSON format 1, to check a signature made before format 2.
+
+    Never used to write: a signature over format-1 text is checked against the text
+    rebuilt from the data it signed (a format-1 export, a session row last written by
+    format-1 code); what verifies is then written again in format 2.
+    """
+    return _FORMAT_ONE.encode(value)
 
 
-json_str: Final[Callable[[str], str]] = json.encoder.encode_basestring
-"""A ``str`` as canonical JSON: the very function the encoder above uses for strings
-(``ensure_ascii=False``), so a text built from it matches :func:`canonical_json`."""
-
-
-def json_int(value: object) -> str | None:
-    """An exact ``int`` as canonical JSON (``int.__repr__``, as the encoder writes it);
-    ``None`` for anything else (``bool``, subclasses): the caller takes the general path."""
-    return int.__repr__(value) if type(value) is int else None
-
-
-def json_float(value: object) -> str | None:
-    """A finite exact ``float`` as canonical JSON (``float.__repr__``, as the encoder
-    writes it); ``None`` for anything else, so NaN and infinities still raise there."""
-    if type(value) is float and value - value == 0.0:
-        return float.__repr__(value)
-    return None
-
-
-def record_suffix(session_id: str, rseq: int, kind: str) -> str:
-    """How the body of record ``rseq`` of ``kind`` in ``session_id`` must end.
+def record_suffix(session_id: str, rseq: int, kind: str, version: int = CODEC_VERSION) -> str:
+    """How the body of record ``rseq`` of ``kind`` in ``session_id`` must end, in
+    canonical JSON format ``version`` (format 1 had no ``"v"``).
 
     Checking this suffix of a MAC-verified body proves the record sits where it was
     written (session, position, kind) without parsing it.
     """
-    return f',"kind":"{kind}","rseq":{rseq},"session":"{session_id}"}}'
+    head = f',"kind":"{kind}","rseq":{rseq},"session":"{session_id}"'
+    return head + "}" if version == 1 else f'{head},"v":{version}}}'
 
 
 def record_body(session_id: str, rseq: int, kind: str, data: Mapping[str, Any]) -> str:
     """The signed body of chain record ``rseq``: binds it to its session and position.
 
     It equals ``canonical_json({"data": data, "kind": kind, "rseq": rseq, "session":
-    session_id})`` (keys sort in that order; a valid id needs no escaping).
+    session_id, "v": CODEC_VERSION})`` (keys sort in that order; a valid id and a kind
+    need no escaping), so every body names the format that wrote it.
     """
     return record_body_json(session_id, rseq, kind, canonical_json(data))
 
@@ -149,6 +263,15 @@ def record_body(session_id: str, rseq: int, kind: str, data: Mapping[str, Any]) 
 def record_body_json(session_id: str, rseq: int, kind: str, data_json: str) -> str:
     """:func:`record_body` of data already written as canonical JSON (``data_json``)."""
     return '{"data":' + data_json + record_suffix(session_id, rseq, kind)
+
+
+_VERSION_TAIL: Final = re.compile(r',"v":(\d{1,9})\}\Z')
+
+
+def record_version(body: str) -> int:
+    """The canonical JSON format a record body names (1 if it names none)."""
+    found = _VERSION_TAIL.search(body)
+    return int(found.group(1)) if found else 1
 
 
 _DATA_HEAD: Final = '{"data":'
@@ -246,7 +369,7 @@ def messages_of_bodies(bodies: list[bytes], first_seq: int) -> tuple[Message, ..
 def record_data(body: str) -> dict[str, Any]:
     """The ``data`` object of a stored record body (:class:`ShapeError`)."""
     try:
-        obj = json.loads(body)
+        obj = json_loads(body)
     except (TypeError, ValueError) as exc:
         raise ShapeError(f"record body is not JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -312,22 +435,26 @@ def message_to_dict(m: Message) -> dict[str, Any]:
 
 
 def message_json(m: Message) -> str:
-    """``canonical_json(message_to_dict(m))``, built directly (a turn commit writes two).
+    """``canonical_json(message_to_dict(m))``, checked in O(1) (a turn commit writes two).
 
-    The encoder's per-call setup and key sorting cost more than the formatting itself;
-    for the exact types a message normally holds (checked here), the text is assembled
-    from the same pieces the encoder would write, keys in sorted order.  Anything
-    unusual goes through :func:`canonical_json` (same text, or the same error).
+    A message of the exact types one normally holds, with no metadata, is in the
+    format's domain by those checks alone, so the encoder writes it without the walk
+    of :func:`canonical_json`; anything else takes that walk (same text, or the same
+    error).
     """
-    seq, turn, ts = json_int(m.seq), json_int(m.turn), json_float(m.ts)
-    plain = type(m.content) is str and type(m.role) is str
-    if seq is None or turn is None or ts is None or not plain:
-        return canonical_json(message_to_dict(m))
-    meta = "{}" if m.meta is EMPTY_META else canonical_json(dict(m.meta))
-    return (
-        f'{{"content":{json_str(m.content)},"meta":{meta},"role":{json_str(m.role)},'
-        f'"seq":{seq},"ts":{ts},"turn":{turn}}}'
-    )
+    d = message_to_dict(m)
+    ts = m.ts
+    if (
+        m.meta is EMPTY_META
+        and type(m.seq) is int
+        and type(m.turn) is int
+        and type(ts) is float
+        and ts - ts == 0.0
+        and type(m.content) is str
+        and type(m.role) is str
+    ):
+        return _ENCODE(d).decode()
+    return canonical_json(d)
 
 
 _MESSAGE_FIELDS: Final = ("seq", "role", "content", "turn", "ts", "meta")
@@ -402,52 +529,29 @@ def turn_to_dict(t: TurnRecord) -> dict[str, Any]:
 
 
 def turn_json(t: TurnRecord) -> str:
-    """``canonical_json(turn_to_dict(t))``, with the record's own fields formatted
-    directly (as :func:`message_json`) and the trace by :func:`trace_json`."""
-    turn, ts = json_int(t.turn), json_float(t.ts)
-    error = "null" if t.error is None else json_str(t.error) if type(t.error) is str else None
-    plain = type(t.status) is str and type(t.trace_id) is str and type(t.graph_hash) is str
-    if turn is None or ts is None or error is None or not plain:
-        return canonical_json(turn_to_dict(t))
-    trace = trace_json(t.trace) or canonical_json([dict(s) for s in t.trace])
-    return (
-        f'{{"error":{error},"graph_hash":{json_str(t.graph_hash)},'
-        f'"status":{json_str(t.status)},"trace":{trace},'
-        f'"trace_id":{json_str(t.trace_id)},"ts":{ts},"turn":{turn}}}'
+    """``canonical_json(turn_to_dict(t))``, without copying each trace step first.
+
+    The encoder writes any mapping as an object, so the steps go to it as they are.
+    """
+    return canonical_json(
+        {
+            "turn": t.turn,
+            "status": t.status,
+            "trace_id": t.trace_id,
+            "graph_hash": t.graph_hash,
+            "trace": t.trace,
+            "ts": t.ts,
+            "error": t.error,
+        }
     )
 
 
-_TRACE_ENCODER: Final = msgspec.json.Encoder(order="sorted")
-_FLAT: Final = frozenset({str, int, float, bool})
-
-
 def trace_json(trace: Iterable[Mapping[str, Any]]) -> str | None:
-    """The canonical JSON of a turn's trace, or ``None``: then the caller encodes it.
-
-    The canonical encoder spends 1.4 µs on each small node dict; msgspec writes a
-    whole trace in about 1.3 µs.  Its text is the canonical one for dicts of ``str``
-    keys and ``str``, ``int``, ``float`` and ``bool`` values, but for floats Python
-    writes in exponent form (``1e+16``, ``1e-05``; msgspec ``1e16``, ``0.00001``),
-    NaN and infinities (msgspec writes ``null``; canonical JSON refuses them), ints
-    past 64 bits (msgspec refuses them) and escapes in strings.  So such a float, or
-    any other value, or a backslash in the text, returns ``None``: a false alarm costs
-    only the slow path.  Tests compare the two on generated traces.
-    """
-    flat = _FLAT
-    for entry in trace:
-        if type(entry) is not dict:
-            return None
-        for key, value in entry.items():
-            kind = type(value)
-            if type(key) is not str or kind not in flat:
-                return None
-            # Fixed notation in repr: 1e-4 <= |x| < 1e16 (NaN fails every comparison).
-            if kind is float and not (value == 0.0 or 1e-4 <= abs(value) < 1e16):
-                return None
+    """The canonical JSON of a turn's trace, or ``None`` if it has none (a value
+    outside the format's domain): the caller's own encoding then says why."""
     try:
-        raw = _TRACE_ENCODER.encode(trace)
-        return None if b"\\" in raw else raw.decode()
-    except (OverflowError, UnicodeError):  # a huge int; a lone surrogate
+        return canonical_json(list(trace))
+    except (TypeError, ValueError):
         return None
 
 

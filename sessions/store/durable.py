@@ -25,6 +25,7 @@ from sessions.store.codec import (
     KIND_TURN,
     ShapeError,
     canonical_json,
+    canonical_json_v1,
     checkpoint_from_dict,
     checkpoint_to_dict,
     json_float,
@@ -195,11 +196,11 @@ class StateRow:
             js(self.working_memory),
         )
 
-    def _slow_text(self) -> str:
+    def _slow_text(self, encode: Callable[[Any], str] = canonical_json) -> str:
         """:meth:`text` through the encoder: the signed fields, ``head_mac`` in hex."""
         d = {name: getattr(self, name) for name in _SIGNED}
         d["head_mac"] = self.head_mac.hex()
-        return canonical_json(d)
+        return encode(d)
 
     def sealed(self, signer: Signer) -> StateRow:
         """This row with its ``state_mac`` recomputed."""
@@ -207,9 +208,13 @@ class StateRow:
         return self
 
     def check(self, signer: Signer, url: str) -> StateRow:
-        """Raise :class:`~engine.errors.SessionTampered` unless the state MAC verifies."""
-        if not self.state_mac or not hmac.compare_digest(
-            signer.tagged(b"state", self.text()), self.state_mac
+        """Raise :class:`~engine.errors.SessionTampered` unless the state MAC verifies
+        (over format 1's text, for a row last written before format 2: it may differ
+        in how a timestamp is written; the next write seals the row in format 2)."""
+        mac = self.state_mac
+        if not mac or not (
+            hmac.compare_digest(signer.tagged(b"state", self.text()), mac)
+            or hmac.compare_digest(signer.tagged(b"state", self._slow_text(canonical_json_v1)), mac)
         ):
             raise SessionTampered(
                 url,

@@ -2,7 +2,7 @@
 
 ::
 
-    {"format": "turngraph.session", "schema": 1, "exported_at": 1763700000.0,
+    {"format": "turngraph.session", "schema": 2, "exported_at": 1763700000.0,
      "meta": {...}, "messages": [...], "turns": [...],
      "summaries": [{"upto": 41, "message": {...}}], "checkpoint": {...},   # optional
      "signature": "<hex HMAC-SHA256 over the canonical JSON of everything else>"}
@@ -10,6 +10,11 @@
 :func:`parse_doc` checks size, signature, schema and shape *before* anything is written,
 so an import either stores a whole verified session or nothing.  The store re-chains
 the records with its own key.
+
+The schema names the canonical JSON format the signature covers: schema 2 (written
+now) is format 2, schema 1 (written before it) format 1
+(:func:`~sessions.store.codec.canonical_json_v1`), and both import.  The file itself is
+the document's format-2 text and a newline.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +38,7 @@ from sessions.store.codec import (
     KIND_TURN,
     ShapeError,
     canonical_json,
+    canonical_json_v1,
     checkpoint_from_dict,
     checkpoint_to_dict,
     message_from_dict,
@@ -61,7 +67,9 @@ __all__ = [
 ]
 
 FORMAT: Final = "turngraph.session"
-SCHEMA: Final = 1
+SCHEMA: Final = 2
+_SIGNED_TEXT: Final[dict[int, Callable[[Any], str]]] = {1: canonical_json_v1, 2: canonical_json}
+"""The canonical JSON each schema's signature covers (schema 2: format 2)."""
 _TAG: Final = b"export"
 
 
@@ -151,10 +159,11 @@ def parse_doc(doc: Any, signer: Signer, limits: ImportLimits, url: str) -> Impor
         raise reject("the document is not a JSON object")
     if doc.get("format") != FORMAT:
         raise reject(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
-    if doc.get("schema") != SCHEMA:
-        raise reject(f"schema {doc.get('schema')!r} is not supported (this code reads {SCHEMA})")
+    schema = doc.get("schema")
+    if type(schema) is not int or schema not in _SIGNED_TEXT:
+        raise reject(f"schema {schema!r} is not supported (this code reads 1 to {SCHEMA})")
     _check_sizes(doc, limits, reject)
-    _check_signature(doc, signer, limits, reject)
+    _check_signature(doc, _SIGNED_TEXT[schema], signer, limits, reject)
     try:
         return _decode(doc)
     except InvalidSessionId as exc:
@@ -177,14 +186,18 @@ def _check_sizes(doc: Mapping[str, Any], limits: ImportLimits, reject: Any) -> N
 
 
 def _check_signature(
-    doc: Mapping[str, Any], signer: Signer, limits: ImportLimits, reject: Any
+    doc: Mapping[str, Any],
+    signed_text: Callable[[Any], str],
+    signer: Signer,
+    limits: ImportLimits,
+    reject: Any,
 ) -> None:
     sig = doc.get("signature")
     if not isinstance(sig, str):
         raise reject("the document is not signed")
     rest = {k: v for k, v in doc.items() if k != "signature"}
     try:
-        text = canonical_json(rest)
+        text = signed_text(rest)
     except (TypeError, ValueError) as exc:
         raise reject(f"the document is not plain JSON: {exc}") from None
     if len(text.encode()) > limits.max_bytes:
@@ -245,13 +258,14 @@ def chain_items(plan: ImportPlan) -> Iterator[tuple[str, int, dict[str, Any]]]:
 
 
 def write_export(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
-    """Write ``doc`` to ``path`` atomically; returns the path.
+    """Write ``doc`` to ``path`` atomically, as canonical JSON; returns the path.
 
+    ``TypeError`` / ``ValueError`` if ``doc`` is not plain JSON (nothing is written).
     Unique temp file in the same directory, write, flush, fsync, ``os.replace``, then
     fsync the directory: a crash leaves the old file or the new one, never half of one.
     """
     target = Path(path)
-    data = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
+    data = canonical_json(doc) + "\n"
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

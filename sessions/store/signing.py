@@ -3,9 +3,14 @@
 Each appended record (message, turn record, summary) is stored with
 ``mac = HMAC-SHA256(key, prev_mac || body)`` where ``body`` is the record's canonical
 JSON (which names its session, position ``rseq`` and kind) and ``prev_mac`` is the MAC of
-record ``rseq - 1`` (32 zero bytes for record 0).  The session row keeps the head MAC and
-the record count, and its own mutable state is MAC'd together with them, so an edit, a
-deletion, a swap, a truncation or data signed with another key all fail verification.
+record ``rseq - 1`` (32 zero bytes for record 0).  A body ends by naming the canonical
+JSON format that wrote it (``,"v":2}``; format 1 named none), and verification accepts
+every format in :data:`~sessions.store.codec.CODEC_VERSIONS`: a store keeps verifying
+across an encoder change, while a body from a newer format is refused as such.
+
+The session row keeps the head MAC and the record count, and its own mutable state is
+MAC'd together with them, so an edit, a deletion, a swap, a truncation or data signed
+with another key all fail verification.
 
 The key comes from configuration, never from code: ``TURNGRAPH_SECRET`` (any string),
 else ``<data dir>/secret.key``, created on first use with mode 0600.
@@ -23,8 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from sessions.errors import SessionTampered, StoreError
-from sessions.store.codec import record_suffix
+from sessions.errors import SessionTampered, StoreError, StoreVersionUnsupported
+from sessions.store.codec import CODEC_VERSION, CODEC_VERSIONS, record_suffix, record_version
 
 __all__ = [
     "GENESIS",
@@ -178,12 +183,13 @@ class Signer:
         and ``prev`` is the MAC record ``first`` must link to.  One tight loop per record:
         recompute the MAC from the *expected* previous MAC (so a deleted, reordered or
         foreign record breaks it), compare it with the stored one, and check the body's
-        suffix names this session, this position and this kind.  On ``False``, callers
-        run :func:`verify_span` on full rows, which names the first bad record and why.
-        (A ``True`` lets callers use ``rows`` as they are: no copy per record.)
+        suffix names this session, this position and this kind (in format 2, else 1).
+        On ``False``, callers run :func:`verify_span` on full rows, which names the first
+        bad record and why.  (A ``True`` lets callers use ``rows`` as they are: no copy per record.)
         """
         ipad, opad, compare, r = self._inner, self._outer, hmac.compare_digest, first
-        tail = f',"session":"{session_id}"}}'
+        tail = f',"session":"{session_id}","v":{CODEC_VERSION}}}'
+        old = f',"session":"{session_id}"}}'  # format 1's bodies: no "v"
         try:
             for kind, body, mac in rows:
                 inner = ipad.copy()
@@ -192,7 +198,10 @@ class Signer:
                 outer = opad.copy()
                 outer.update(inner.digest())
                 prev = outer.digest()
-                if not (compare(prev, mac) and body.endswith(f',"kind":"{kind}","rseq":{r}{tail}')):
+                if not compare(prev, mac):
+                    return False
+                at = f',"kind":"{kind}","rseq":{r}'
+                if not (body.endswith(at + tail) or body.endswith(at + old)):
                     return False
                 r += 1
         except TypeError:  # a NULL or non-bytes MAC column: the careful check names it
@@ -305,11 +314,24 @@ def _diagnose(
             raise bad(r, "record does not link to the previous one (deleted or reordered)")
         if not hmac.compare_digest(signer.mac(bytes(prev_mac), body), bytes(mac)):
             raise bad(r, "MAC mismatch (record edited, or signed with another key)")
-        if not body.endswith(record_suffix(session_id, r, kind)):
+        if not any(body.endswith(record_suffix(session_id, r, kind, v)) for v in CODEC_VERSIONS):
+            _refuse_newer(url, session_id, r, body)
             raise bad(r, "record belongs to another session or position")
         out.append((kind, body, bytes(mac)))
         expect, r = bytes(mac), r + 1
     return out, expect
+
+
+def _refuse_newer(url: str, session_id: str, record: int, body: str) -> None:
+    """Raise :class:`~engine.errors.StoreVersionUnsupported` if a signed ``body`` names
+    a canonical JSON format newer than this code's (written by newer code)."""
+    version = record_version(body)
+    if version > CODEC_VERSION:
+        raise StoreVersionUnsupported(
+            url,
+            f"session {session_id!r} record {record} is in canonical JSON format "
+            f"{version}; this code reads formats up to {CODEC_VERSION} (upgrade turngraph)",
+        )
 
 
 def _check_head(

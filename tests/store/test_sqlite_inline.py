@@ -263,5 +263,6 @@ async def test_short_lived_writers_beside_a_reader_keep_the_log_bounded(tmp_path
             sizes.append(wal.stat().st_size)
         assert await reader.verify("s") == turn * 3
     # Each run writes ~32 turns of 4+ pages; a log holding them all would grow by
-    # 0.5 MB a run.  It stays at what one run writes.
-    assert max(sizes[4:]) <= max(sizes[:4])
+    # 0.5 MB a run.  It stays at what one run writes (give or take the few pages by
+    # which page splits vary one run's frames).
+    assert max(sizes) < 2 * sizes[0]

@@ -348,7 +348,7 @@ async def test_export_import_roundtrip(store: OpenStore) -> None:
     before = await store.load("s1", recent=100)
     turns = await store.turns("s1")
     doc = await store.export("s1")
-    assert doc["format"] == "turngraph.session" and doc["schema"] == 1
+    assert doc["format"] == "turngraph.session" and doc["schema"] == 2
     assert await store.delete("s1")
     meta = await store.import_(doc)
     after = await store.load("s1", recent=100)
