@@ -153,7 +153,7 @@ def _check_plain(value: Any) -> None:
     """Raise unless ``value`` is in format 2's domain (see the module docstring).
 
     msgspec also writes sets (in hash order: not canonical), bytes, dates, UUIDs,
-    decimals, enums and dataclasses, and writes NaN as ``null``; format 2 refuses all
+    decimals, plain enums and dataclasses, and writes NaN as ``null``; format 2 refuses all
     of them, as format 1 did, so this walk runs before every general encoding.  Exact
     ``dict``, ``list`` and leaf types are tested first: they are nearly all it meets.
     """

@@ -18,6 +18,10 @@ Tables (both backends):
 ``fences``        (version 3) the last version of each deleted session id: a session
                   made again under that id starts above it, so no lease token is ever
                   issued twice for one id and a stale owner stays fenced out.
+
+The text inside ``body`` columns is versioned apart from the schema: each record body
+names the canonical JSON format that wrote it (:mod:`sessions.store.codec`), so format
+1 and format 2 records live side by side in one chain and no migration rewrites them.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sessions.errors import SessionTampered
+from sessions.errors import SessionTampered, StoreVersionUnsupported
 from sessions.store import OpenStore, open_store
+from sessions.store.codec import CODEC_VERSION, canonical_json_v1
+from sessions.store.signing import GENESIS, Signer, load_key, verify_span
 
 from . import SECRET, commit, fill
 from .conftest import Raw
@@ -212,3 +214,36 @@ async def test_edited_checkpoint(durable: OpenStore, raw: Raw) -> None:
     raw.execute("UPDATE checkpoints SET body=replace(body, 'llm_call', 'tool_exec')")
     err = await _tampered(durable, lambda s: s.load("s1"))
     assert "checkpoint" in err.reason
+
+
+async def test_record_in_a_newer_format_is_refused_as_such(durable: OpenStore, raw: Raw) -> None:
+    """A body signed with the right key but naming a format this code does not know
+    (written by newer code) is refused as an unsupported version, not read."""
+    await fill(durable, "s1", 3)
+    [(body, prev)] = raw.execute(
+        "SELECT body, prev_mac FROM records WHERE session_id='s1' AND rseq=8"
+    )
+    newer = body.replace(f',"v":{CODEC_VERSION}}}', f',"v":{CODEC_VERSION + 1}}}')
+    assert newer != body
+    mac = Signer(load_key(SECRET)).mac(bytes(prev), newer)
+    raw.execute("UPDATE records SET body=?, mac=? WHERE session_id='s1' AND rseq=8", (newer, mac))
+    with pytest.raises(StoreVersionUnsupported, match=f"format {CODEC_VERSION + 1}"):
+        await durable.verify("s1")
+
+
+def test_format_1_records_verify_only_where_they_were_signed() -> None:
+    """Bodies without ``"v"`` (format 1) verify, by the fast path and record by record;
+    one signed for another position is refused, named."""
+    signer = Signer(load_key(SECRET))
+    bodies = [canonical_json_v1({"data": {"i": i}, "kind": "message", "rseq": i, "session": "s1"})
+              for i in range(3)]  # fmt: skip
+    prev, rows = GENESIS, []
+    for rseq, body in enumerate(bodies):
+        mac = signer.mac(prev, body)
+        rows.append((rseq, "message", rseq, body, prev, mac))
+        prev = mac
+    assert len(verify_span(signer, "u", "s1", rows, first=0, head=(3, prev))) == 3
+    moved = canonical_json_v1({"data": {"i": 1}, "kind": "message", "rseq": 9, "session": "s1"})
+    rows[1] = (1, "message", 1, moved, rows[0][5], signer.mac(rows[0][5], moved))
+    with pytest.raises(SessionTampered, match="another session or position"):
+        verify_span(signer, "u", "s1", rows[:2], first=0)
