@@ -209,8 +209,9 @@ class StateRow:
 
     def check(self, signer: Signer, url: str) -> StateRow:
         """Raise :class:`~engine.errors.SessionTampered` unless the state MAC verifies
-        (over format 1's text, for a row last written before format 2: it may differ
-        in how a timestamp is written; the next write seals the row in format 2)."""
+        over the row's canonical JSON: format 2, or format 1 for a row last written
+        before format 2 (a timestamp such as ``1e-05`` is written differently); the
+        row's next write seals it in format 2."""
         mac = self.state_mac
         if not mac or not (
             hmac.compare_digest(signer.tagged(b"state", self.text()), mac)
