@@ -35,7 +35,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from sessions.errors import (
     Fenced,
-    SessionBusy,
     SessionExists,
     SessionNotFound,
     SessionTampered,
@@ -68,6 +67,7 @@ from sessions.store.durable import (
     turns_of,
 )
 from sessions.store.export import ImportLimits, Parts, already_exists, parse_doc, sign_doc
+from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.migrations import POSTGRES, SCHEMA_VERSION
 from sessions.store.signing import GENESIS, Chain, Row, Signer, load_key, verify_span
 
@@ -318,10 +318,12 @@ class PostgresStore:
         connect_timeout: float = 5.0,
         create: bool = True,
         group_commits: int = 2,
+        clock: Clock = time.time,
     ) -> None:
         """``group_commits`` is how many turn groups may run at once (0: every turn
-        takes the locked path, one transaction each)."""
+        takes the locked path, one transaction each); ``clock`` measures leases."""
         self.url = _redact(url)
+        self._clock = clock
         self._conninfo = url
         self._secret = secret
         self._limits = limits or ImportLimits()
@@ -468,8 +470,7 @@ class PostgresStore:
         row = await _one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
         if row is None:
             raise SessionNotFound(sid, "no such session")
-        if row[0] != token:
-            raise Fenced(self.url, sid, token, int(row[0]))
+        check_token(self.url, sid, token, int(row[0]))
 
     async def _save_state(self, c: Conn, st: StateRow, token: int) -> str:
         """The fenced UPDATE; returns the new row version's xmin."""
@@ -554,16 +555,12 @@ class PostgresStore:
             )
             if row is None:
                 raise SessionNotFound(session_id, "no such session")
-            version, holder, expires = int(row[0]), row[1], float(row[2])
-            now = time.time()
-            live = holder is not None and expires > now
-            if live and holder != owner:
-                raise SessionBusy(session_id, f"leased by {holder!r} for {expires - now:.1f}s more")
-            if not live or holder != owner:
-                version += 1  # a new ownership: older tokens are now stale
+            version, expires = grant(
+                session_id, int(row[0]), row[1], float(row[2]), owner, ttl, self._clock()
+            )
             await c.execute(
                 "UPDATE sessions SET version=%s, owner=%s, lease_expires=%s WHERE id=%s",
-                (version, owner, now + ttl, session_id),
+                (version, owner, expires, session_id),
             )
             return version
 
@@ -574,11 +571,11 @@ class PostgresStore:
         async with self._tx() as c:
             cur = await c.execute(
                 "UPDATE sessions SET lease_expires=%s WHERE id=%s AND version=%s AND owner=%s",
-                (time.time() + ttl, session_id, token, owner),
+                (lease_end(self._clock, ttl), session_id, token, owner),
             )
             if cur.rowcount == 0:
                 await self._fence(c, session_id, token)
-                raise Fenced(self.url, session_id, token, token)
+                raise not_holder(self.url, session_id, token)
 
     async def release(self, session_id: str, owner: str, token: int) -> None:
         """Give the lease up; its token goes stale.  No error if already lost."""

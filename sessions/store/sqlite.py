@@ -32,8 +32,6 @@ from typing import Any, Final, TypeVar
 import anyio
 
 from sessions.errors import (
-    Fenced,
-    SessionBusy,
     SessionExists,
     SessionNotFound,
     SessionTampered,
@@ -74,6 +72,7 @@ from sessions.store.durable import (
     turns_of,
 )
 from sessions.store.export import ImportLimits, already_exists, parse_doc, sign_doc
+from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.migrations import SCHEMA_VERSION, SQLITE
 from sessions.store.signing import GENESIS, Chain, Row, Signer, Slim, load_key, verify_span
 
@@ -143,8 +142,10 @@ class SQLiteStore:
         busy_timeout: float = 10.0,
         create: bool = True,
         inline_writes: bool = True,
+        clock: Clock = time.time,
     ) -> None:
         self.url = url
+        self._clock = clock
         self.path = Path(path)
         self._may_create = create
         self._secret = secret
@@ -408,8 +409,7 @@ class SQLiteStore:
         row = self._c.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
         if row is None:
             raise SessionNotFound(sid, "no such session")
-        if row[0] != token:
-            raise Fenced(self.url, sid, token, row[0])
+        check_token(self.url, sid, token, row[0])
 
     def _save_state(self, st: StateRow) -> None:
         self._c.execute(_SAVE, (*_changed(st), st.id))
@@ -546,16 +546,10 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 raise SessionNotFound(sid, "no such session")
-            version, holder, expires = row
-            now = time.time()
-            live = holder is not None and expires > now
-            if live and holder != owner:
-                raise SessionBusy(sid, f"leased by {holder!r} for {expires - now:.1f}s more")
-            if not live or holder != owner:
-                version += 1  # a new ownership: older tokens are now stale
+            version, expires = grant(sid, row[0], row[1], row[2], owner, ttl, self._clock())
             self._c.execute(
                 "UPDATE sessions SET version=?, owner=?, lease_expires=? WHERE id=?",
-                (version, owner, now + ttl, sid),
+                (version, owner, expires, sid),
             )
             return int(version)
 
@@ -568,11 +562,11 @@ class SQLiteStore:
         with self._write():
             n = self._c.execute(
                 "UPDATE sessions SET lease_expires=? WHERE id=? AND version=? AND owner=?",
-                (time.time() + ttl, sid, token, owner),
+                (lease_end(self._clock, ttl), sid, token, owner),
             ).rowcount
             if n == 0:
                 self._fence(sid, token)
-                raise Fenced(self.url, sid, token, token)  # same version, another owner
+                raise not_holder(self.url, sid, token)
 
     async def release(self, session_id: str, owner: str, token: int) -> None:
         """Give the lease up; its token goes stale.  No error if already lost."""

@@ -10,11 +10,10 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-import anyio
 import pytest
 
 from sessions.errors import Fenced, SessionTampered, StoreError
-from sessions.store import SQLiteStore, open_store
+from sessions.store import ManualClock, SQLiteStore, open_store
 from sessions.store.base import SessionMeta
 
 from . import SECRET, commit, fill
@@ -39,12 +38,13 @@ def raw(tmp_path: Path) -> Raw:
 async def test_a_new_lease_elsewhere_fences_a_remembered_row(tmp_path: Path) -> None:
     """Another store takes the lease over: our next commit raises Fenced and writes
     nothing, although our remembered row still carries the old token."""
+    clock = ManualClock()
     async with open_store(_url(tmp_path), secret=SECRET) as a:
         await a.create(SessionMeta(id="s1"))
         token = await a.acquire("s1", "a", 0.05)
         await a.append_turn("s1", commit(1, 0), token=token)  # remembered, token current
-        await anyio.sleep(0.1)  # the lease expires
-        async with open_store(_url(tmp_path), secret=SECRET) as b:
+        clock.advance(0.1)  # on b's clock, a's lease has expired
+        async with open_store(_url(tmp_path), secret=SECRET, clock=clock) as b:
             new = await b.acquire("s1", "b", 60.0)
             with pytest.raises(Fenced, match=f"token {token} is stale, store has {new}"):
                 await a.append_turn("s1", commit(2, 2), token=token)
