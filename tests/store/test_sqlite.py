@@ -100,7 +100,7 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     """WAL, synchronous=FULL, foreign keys, and the schema version are set on open."""
     store = SQLiteStore("sqlite:///t", tmp_path / "t.db", secret=SECRET)
     async with store:
-        conn = store._c
+        conn = store._c.conn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
