@@ -38,12 +38,12 @@ def raw(tmp_path: Path) -> Raw:
 async def test_a_new_lease_elsewhere_fences_a_remembered_row(tmp_path: Path) -> None:
     """Another store takes the lease over: our next commit raises Fenced and writes
     nothing, although our remembered row still carries the old token."""
-    clock = ManualClock()
-    async with open_store(_url(tmp_path), secret=SECRET) as a:
+    clock = ManualClock()  # both stores' lease clock
+    async with open_store(_url(tmp_path), secret=SECRET, clock=clock) as a:
         await a.create(SessionMeta(id="s1"))
         token = await a.acquire("s1", "a", 0.05)
         await a.append_turn("s1", commit(1, 0), token=token)  # remembered, token current
-        clock.advance(0.1)  # on b's clock, a's lease has expired
+        clock.advance(0.1)  # a's lease expires
         async with open_store(_url(tmp_path), secret=SECRET, clock=clock) as b:
             new = await b.acquire("s1", "b", 60.0)
             with pytest.raises(Fenced, match=f"token {token} is stale, store has {new}"):
