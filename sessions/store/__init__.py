@@ -17,6 +17,7 @@ else ``$TURNGRAPH_SECRET``, else ``<data dir>/secret.key`` (created with mode 06
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol
@@ -34,14 +35,17 @@ from sessions.store.base import (
 )
 from sessions.store.codec import validate_session_id
 from sessions.store.export import ImportLimits, read_export, write_export
+from sessions.store.lease import Clock, ManualClock
 from sessions.store.memory import MemoryStore
 from sessions.store.signing import data_dir, load_key
 from sessions.store.sqlite import SQLiteStore
 
 __all__ = [
     "Checkpoint",
+    "Clock",
     "ImportLimits",
     "LoadedSession",
+    "ManualClock",
     "MemoryStore",
     "Message",
     "OpenStore",
@@ -98,7 +102,7 @@ def sqlite_path(url: str) -> Path:
 
 
 def _sqlite(
-    url: str, secret: bytes | str | None, limits: ImportLimits | None, create: bool
+    url: str, secret: bytes | str | None, limits: ImportLimits | None, create: bool, clock: Clock
 ) -> SQLiteStore:
     """A SQLite store.  URL options: ``synchronous=NORMAL`` trades power-loss
     durability for speed; ``inline_writes=off`` keeps every write off the event loop's
@@ -119,6 +123,7 @@ def _sqlite(
         synchronous=sync,
         create=create,
         inline_writes=inline,
+        clock=clock,
     )
 
 
@@ -131,6 +136,7 @@ def open_store(
     secret: bytes | str | None = None,
     limits: ImportLimits | None = None,
     create: bool = True,
+    clock: Clock = time.time,
 ) -> OpenStore:
     """The store for ``url``, not yet opened: ``await store.open()`` or ``async with``.
 
@@ -138,18 +144,20 @@ def open_store(
     ``create=False`` is for read-only tools: opening a store that does not exist yet
     (a missing SQLite file, a PostgreSQL database without turngraph's tables) raises
     :class:`~engine.errors.StoreError` ``no such store`` instead of creating it.
-    An unknown scheme raises :class:`~engine.errors.StoreError`.
+    An unknown scheme raises :class:`~engine.errors.StoreError`.  ``clock`` is the
+    time leases are measured by (tests pass a
+    :class:`~sessions.store.lease.ManualClock` to expire one without sleeping).
     """
     url = url or default_store_url()
     if url == "memory:" or url.startswith("memory:"):
-        return MemoryStore(url, secret=secret, limits=limits)
+        return MemoryStore(url, secret=secret, limits=limits, clock=clock)
     if url.startswith("sqlite:"):
-        return _sqlite(url, secret, limits, create)
+        return _sqlite(url, secret, limits, create, clock)
     scheme = urlsplit(url).scheme
     if scheme in ("postgresql", "postgres"):
         from sessions.store.postgres import PostgresStore  # psycopg is an optional extra
 
-        return PostgresStore(url, secret=secret, limits=limits, create=create)
+        return PostgresStore(url, secret=secret, limits=limits, create=create, clock=clock)
     raise StoreError(
         redact_url(url),
         f"unknown store URL scheme {scheme or url!r}; "

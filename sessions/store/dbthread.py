@@ -28,7 +28,6 @@ import contextlib
 import queue
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
@@ -37,7 +36,7 @@ import anyio.to_thread
 
 from sessions.errors import StoreError
 
-__all__ = ["DBThread", "ThreadClosed", "nothing_else_ready"]
+__all__ = ["DBThread", "ThreadClosed"]
 
 T = TypeVar("T")
 
@@ -132,22 +131,6 @@ def _run_job(job: _Job[Any], shared: _Shared) -> None:
         # A closed loop raises RuntimeError: nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(_resolve, job)
-
-
-def nothing_else_ready() -> bool:
-    """Whether the running asyncio loop has no other callback ready to run right now.
-
-    Then a short blocking call made here delays nobody: the loop would otherwise sit
-    in its selector.  Reads the loop's ready queue (``_ready``, an attribute of every
-    asyncio loop since Python 3.4); ``False`` when it cannot tell (another loop
-    implementation, or no running asyncio loop), so the caller takes the safe way.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    ready = getattr(loop, "_ready", None)
-    return type(ready) is deque and not ready
 
 
 class DBThread:

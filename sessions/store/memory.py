@@ -14,7 +14,7 @@ from dataclasses import replace
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from sessions.errors import Fenced, SessionBusy, SessionExists, SessionNotFound, StoreError
+from sessions.errors import SessionExists, SessionNotFound, StoreError
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -25,6 +25,7 @@ from sessions.store.base import (
 )
 from sessions.store.codec import validate_session_id
 from sessions.store.export import ImportLimits, already_exists, build_doc, parse_doc
+from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.signing import Signer, load_key
 
 __all__ = ["MemoryStore"]
@@ -113,8 +114,11 @@ class MemoryStore:
         *,
         secret: bytes | str | None = None,
         limits: ImportLimits | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.url = url
+        self._clock = clock
+        """The time leases are measured by (tests pass a :class:`ManualClock`)."""
         self._secret = secret
         self._limits = limits or ImportLimits()
         self._signer: Signer | None = None
@@ -148,8 +152,7 @@ class MemoryStore:
 
     def _fenced(self, session_id: str, token: int) -> _Session:
         s = self._get(session_id)
-        if s.version != token:
-            raise Fenced(self.url, session_id, token, s.version)
+        check_token(self.url, session_id, token, s.version)
         return s
 
     @property
@@ -201,21 +204,18 @@ class MemoryStore:
     async def acquire(self, session_id: str, owner: str, ttl: float) -> int:
         """Take or renew the lease; ``SessionBusy`` if another owner's lease is live."""
         s = self._get(session_id)
-        now = time.time()
-        live = s.owner is not None and s.expires > now
-        if live and s.owner != owner:
-            raise SessionBusy(session_id, f"leased by {s.owner!r} for {s.expires - now:.1f}s more")
-        if not live or s.owner != owner:
-            s.version += 1
-        s.owner, s.expires = owner, now + ttl
+        s.version, s.expires = grant(
+            session_id, s.version, s.owner, s.expires, owner, ttl, self._clock()
+        )
+        s.owner = owner
         return s.version
 
     async def renew(self, session_id: str, owner: str, token: int, ttl: float) -> None:
         """Extend the lease; ``Fenced`` if ``token`` is stale."""
         s = self._fenced(session_id, token)
         if s.owner != owner:
-            raise Fenced(self.url, session_id, token, s.version)
-        s.expires = time.time() + ttl
+            raise not_holder(self.url, session_id, token)
+        s.expires = lease_end(self._clock, ttl)
 
     async def release(self, session_id: str, owner: str, token: int) -> None:
         """Give the lease up; its token goes stale.  No error if already lost."""

@@ -2,7 +2,8 @@
 
 PostgreSQL comes from ``$TURNGRAPH_TEST_PG`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``); every test gets a fresh schema, dropped
-afterwards, and the PostgreSQL cases are skipped with a reason when the server is down.
+afterwards.  When the server is down the PostgreSQL cases are skipped with a reason,
+except under CI (``CI=true``), which promises a server: there they fail.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from sessions.store import OpenStore, open_store
+from sessions.store import ManualClock, OpenStore, open_store
 
 from . import SECRET
 
@@ -44,7 +45,10 @@ def pg_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}".splitlines()[0])
+        reason = f"PostgreSQL not reachable at {PG_URL}: {exc}".splitlines()[0]
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true promises a server: a failure, not a skip)")
+        pytest.skip(reason)
     schema = f"tg_test_{uuid.uuid4().hex[:12]}"
     with admin:
         admin.execute(f'CREATE SCHEMA "{schema}"')
@@ -69,9 +73,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[OpenStore]:
-    """An open store of each backend."""
-    async with open_store(store_url, secret=SECRET) as s:
+def clock() -> ManualClock:
+    """The lease clock of the ``store`` fixture: a test moves it instead of sleeping."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def store(store_url: str, clock: ManualClock) -> AsyncIterator[OpenStore]:
+    """An open store of each backend, its leases measured by ``clock``."""
+    async with open_store(store_url, secret=SECRET, clock=clock) as s:
         yield s
 
 

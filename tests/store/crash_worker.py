@@ -8,7 +8,8 @@
 ``crash_worker.py race URL SESSION OWNER TTL``
     Prints ``ready``, then obeys stdin lines: ``acquire`` prints ``won TOKEN`` or
     ``busy``; ``write`` appends one turn with the last token and prints ``ok`` or
-    ``fenced``; end of input exits.
+    ``fenced``; ``later SECONDS`` sets the worker's lease clock that far ahead of
+    the real time (leases expire without sleeping); end of input exits.
 
 The key comes from ``$TURNGRAPH_SECRET`` (set by the parent).
 """
@@ -70,11 +71,14 @@ async def crash(url: str, side: str) -> None:
 
 async def race(url: str, sid: str, owner: str, ttl: float) -> None:
     """Obey ``acquire`` / ``write`` commands on stdin, reporting each result."""
-    async with open_store(url) as store:
+    ahead = [0.0]  # seconds this worker's lease clock runs ahead of the real one
+    async with open_store(url, clock=lambda: time.time() + ahead[0]) as store:
         say("ready")
         token = -1
         while line := await anyio.to_thread.run_sync(sys.stdin.readline):
-            if line.strip() == "acquire":
+            if line.startswith("later "):
+                ahead[0] = float(line.split()[1])
+            elif line.strip() == "acquire":
                 token = await try_acquire(store, sid, owner, ttl)
             elif line.strip() == "write":
                 say(await try_write(store, sid, token))

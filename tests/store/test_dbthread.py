@@ -12,7 +12,7 @@ import pytest
 from sessions.errors import StoreError
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta
-from sessions.store.dbthread import DBThread, ThreadClosed, _Job, nothing_else_ready
+from sessions.store.dbthread import DBThread, ThreadClosed, _Job
 
 from . import SECRET, commit, fill
 
@@ -208,22 +208,6 @@ async def test_a_claim_excludes_calls_and_posted_work_until_released() -> None:
     await db.stop()
 
 
-async def test_nothing_else_ready_sees_the_loops_ready_queue() -> None:
-    """True only with no other callback ready; False outside a running asyncio loop."""
-    import asyncio
-
-    assert nothing_else_ready()
-    asyncio.get_running_loop().call_soon(lambda: None)
-    assert not nothing_else_ready()
-    await anyio.lowlevel.checkpoint()
-    assert nothing_else_ready()
-
-
-def test_nothing_else_ready_is_false_without_a_loop() -> None:
-    """Called outside any event loop it cannot tell, so it says no."""
-    assert not nothing_else_ready()
-
-
 async def test_the_path_for_other_event_loops_returns_and_raises() -> None:
     """Outside asyncio (trio), a call waits through a worker thread: same results, errors."""
     db = DBThread("t")
@@ -242,4 +226,4 @@ async def test_a_cancelled_close_still_closes(tmp_path: Path) -> None:
     with anyio.CancelScope() as scope:
         scope.cancel()
         await store.close()
-    assert store._conn is None and not db.thread.is_alive()
+    assert store._core is None and not db.thread.is_alive()

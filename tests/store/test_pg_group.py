@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from sessions.errors import Fenced, SessionTampered
-from sessions.store.postgres import PostgresStore, _Turn
+from sessions.store.pg_group import GroupTurn
+from sessions.store.postgres import PostgresStore
 
 from . import SECRET, commit, fill
 
@@ -58,13 +59,13 @@ async def _turn_each(store: PostgresStore, tokens: dict[str, int], turn: int) ->
 def _record_groups(store: PostgresStore) -> list[list[str]]:
     """Record which sessions each group statement carried."""
     groups: list[list[str]] = []
-    run: Callable[[list[_Turn]], Awaitable[None]] = store._group._run
+    run: Callable[[list[GroupTurn]], Awaitable[None]] = store._group.group._run
 
-    async def recording(group: list[_Turn]) -> None:
+    async def recording(group: list[GroupTurn]) -> None:
         groups.append([t.state.id for t in group])
         await run(group)
 
-    store._group._run = recording
+    store._group.group._run = recording
     return groups
 
 
@@ -136,16 +137,16 @@ async def test_a_group_whose_answer_is_lost_is_not_written_twice(grouped: Postgr
     """If a group committed but its callers never heard (a cancelled leader, a dropped
     connection), each retry on the locked path finds its turn already written."""
     tokens = {sid: await fill(grouped, sid, 1) for sid in SIDS}
-    write = grouped._write_group
+    write = grouped._group._write
 
-    async def lose_answer(group: list[_Turn]) -> None:
+    async def lose_answer(group: list[GroupTurn]) -> None:
         await write(group)
         for turn in group:
             turn.done = None
 
-    grouped._group._run = lose_answer
+    grouped._group.group._run = lose_answer
     assert set((await _turn_each(grouped, tokens, 2)).values()) == {None}
-    grouped._group._run = write
+    grouped._group.group._run = write
     assert set((await _turn_each(grouped, tokens, 3)).values()) == {None}
     for sid in SIDS:
         assert await grouped.verify(sid) == 9

@@ -100,7 +100,7 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     """WAL, synchronous=FULL, foreign keys, and the schema version are set on open."""
     store = SQLiteStore("sqlite:///t", tmp_path / "t.db", secret=SECRET)
     async with store:
-        conn = store._c
+        conn = store._c.conn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -147,13 +147,18 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     ids=["text", "binary", "short-header"],
 )
 async def test_not_a_database(tmp_path: Path, content: bytes) -> None:
-    """A text file, binary junk or a stub header raises StoreCorrupt naming the path."""
+    """A text file, binary junk or a stub header raises StoreCorrupt naming the path,
+    and is left untouched."""
     path = tmp_path / "junk.db"
     path.write_bytes(content)
     with pytest.raises(StoreCorrupt) as info:
         await open_store(f"sqlite:///{path}", secret=SECRET).open()
     assert str(path) in str(info.value)
-    assert info.value.__cause__ is None or not isinstance(info.value, sqlite3.Error)
+    # Refused up front, before SQLite opened it: no translated SQLite error, and the
+    # file is left exactly as it was, without a log beside it.
+    assert info.value.__cause__ is None
+    assert path.read_bytes() == content
+    assert not Path(f"{path}-wal").exists()  # noqa: ASYNC240  # a test's quick stat
 
 
 def cut_file(path: Path, extra: int) -> None:

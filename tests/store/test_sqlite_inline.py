@@ -19,7 +19,7 @@ import pytest
 
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import Checkpoint, SessionMeta
-from sessions.store.sqlite import CHECKPOINT_WRITES
+from sessions.store.sqlite_core import CHECKPOINT_WRITES, SQLiteCore
 
 from . import SECRET, commit, fill
 
@@ -37,42 +37,76 @@ def _sqlite(store: object) -> SQLiteStore:
 def threads_of_commits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The name of the thread each ``append_turn`` transaction ran in, in order."""
     names: list[str] = []
-    original = SQLiteStore._append_turn
+    original = SQLiteCore.append_turn
 
-    def spy(self: SQLiteStore, *args: object) -> None:
+    def spy(self: SQLiteCore, *args: Any) -> None:
         names.append(threading.current_thread().name)
-        original(self, *args)  # type: ignore[arg-type]
+        original(self, *args)
 
-    monkeypatch.setattr(SQLiteStore, "_append_turn", spy)
+    monkeypatch.setattr(SQLiteCore, "append_turn", spy)
     return names
 
 
 async def test_a_lone_commit_runs_in_the_loops_thread(
     tmp_path: Path, threads_of_commits: list[str]
 ) -> None:
-    """With nothing else ready and the database thread idle, no hand-off is made."""
+    """With the database thread idle, no hand-off is made."""
     async with open_store(_url(tmp_path), secret=SECRET) as store:
         await fill(store, "s1", 3)
         assert await store.verify("s1") == 9
     assert threads_of_commits == [threading.current_thread().name] * 3
 
 
-async def test_concurrent_commits_go_to_the_database_thread(
+async def test_a_commit_lets_the_ready_tasks_run_first(
     tmp_path: Path, threads_of_commits: list[str]
 ) -> None:
-    """When other tasks are ready, a commit must not hold the loop: it is handed off,
-    and every commit still lands."""
+    """A commit that will hold the loop yields to it first: a task already ready to
+    run goes before it, and is not delayed by the commit."""
     async with open_store(_url(tmp_path), secret=SECRET) as store:
-        tokens = {sid: await fill(store, sid, 0) for sid in ("a", "b", "c")}
+        token = await fill(store, "s1", 0)
         threads_of_commits.clear()
+        order: list[str] = []
+
+        async def write() -> None:
+            await store.append_turn("s1", commit(1, 0), token=token)
+            order.append("commit")
+
+        async def other() -> None:
+            order.append("other")
+
         async with anyio.create_task_group() as tg:
-            for sid, token in tokens.items():
-                tg.start_soon(functools.partial(store.append_turn, sid, commit(1, 0), token=token))
-        for sid in tokens:
-            assert (await store.load(sid)).meta.turn_count == 1
-    loop_thread = threading.current_thread().name
-    assert len(threads_of_commits) == 3
-    assert threads_of_commits[0] != loop_thread  # the others were ready to run
+            tg.start_soon(write)
+            tg.start_soon(other)
+        assert (await store.load("s1")).meta.turn_count == 1
+    assert order == ["other", "commit"]
+    assert threads_of_commits == [threading.current_thread().name]
+
+
+async def test_a_commit_queues_behind_the_database_threads_work(
+    tmp_path: Path, threads_of_commits: list[str]
+) -> None:
+    """While the store's database thread is busy, a commit does not overtake it in
+    the loop's thread: it runs in the database thread after that work, and lands."""
+    async with open_store(_url(tmp_path), secret=SECRET) as store:
+        token = await fill(store, "s1", 0)
+        threads_of_commits.clear()
+        started, gate = threading.Event(), threading.Event()
+
+        def busy() -> None:
+            started.set()
+            gate.wait(30)
+
+        db = _sqlite(store)._db
+        assert db is not None
+        db.post(busy)
+        await anyio.to_thread.run_sync(started.wait)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(store.append_turn, "s1", commit(1, 0), token=token))
+            await anyio.wait_all_tasks_blocked()
+            assert threads_of_commits == []  # still queued behind the busy thread
+            gate.set()
+        assert (await store.load("s1")).meta.turn_count == 1
+    assert threads_of_commits == [db.thread.name]
 
 
 async def test_inline_writes_can_be_turned_off(
@@ -98,16 +132,16 @@ async def test_a_write_never_waits_for_another_writer_in_the_loop(
     """Another connection (another process, say) holds the write lock: the commit,
     tried in the loop's thread, finds it busy at once (it does not wait there), goes
     to the database thread to wait, and lands when the lock is freed."""
-    attempts: list[tuple[bool, float]] = []
-    here = SQLiteStore._here
+    attempts: list[tuple[bool, int]] = []
+    here = SQLiteCore.try_inline
 
-    def spy(self: SQLiteStore, fn: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
-        started = time.monotonic()
+    def spy(self: SQLiteCore, fn: Any, args: tuple[Any, ...]) -> tuple[bool, Any]:
         done, result = here(self, fn, args)
-        attempts.append((done, time.monotonic() - started))
+        busy_ms = self.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        attempts.append((done, busy_ms))
         return done, result
 
-    monkeypatch.setattr(SQLiteStore, "_here", spy)
+    monkeypatch.setattr(SQLiteCore, "try_inline", spy)
     async with open_store(_url(tmp_path), secret=SECRET) as store:
         token = await fill(store, "s1", 1)
         other = sqlite3.connect(
@@ -127,8 +161,8 @@ async def test_a_write_never_waits_for_another_writer_in_the_loop(
         waited = time.monotonic() - started
         freer.join()
         other.close()
-        [(done, held_loop)] = attempts
-        assert not done and held_loop < 0.1  # tried here, found the lock taken at once
+        [(done, busy_ms)] = attempts
+        assert not done and busy_ms == 0  # tried here, without waiting for the lock
         assert waited >= 0.25  # then really waited for it, in the database thread
         assert (await store.load("s1")).meta.turn_count == 2
         assert await store.verify("s1") == 6
@@ -172,11 +206,11 @@ async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None
     async with open_store(_url(tmp_path), secret=SECRET) as store:
         sqlite = _sqlite(store)
         await fill(store, "s1", CHECKPOINT_WRITES // 2)
-        assert sqlite.checkpoints == 0  # too few writes to bother
+        assert sqlite._c.checkpoints == 0  # too few writes to bother
         turns = 12 * CHECKPOINT_WRITES
         await fill(store, "s1", turns)
         await store.exists("s1")  # a call queued behind the last checkpoint
-        assert sqlite.checkpoints >= 10
+        assert sqlite._c.checkpoints >= 10
         # A turn writes 4-8 pages (frames of 4,096 + 24 bytes) to the log.  Without
         # restarts the log would hold every one of them; with them, it never holds
         # much more than two checkpoint intervals' worth.

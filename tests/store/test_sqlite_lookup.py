@@ -83,7 +83,7 @@ async def test_a_lookup_takes_few_probes(tmp_path: Path) -> None:
         await fill(store, "even", 1_500)
         await _shaped_uneven(store)
         probes: list[str] = []
-        store._c.set_trace_callback(probes.append)
+        store._c.conn.set_trace_callback(probes.append)
         try:
             await store.load("even", recent=50)
             even = sum(p.startswith("SELECT rseq, key FROM") for p in probes)
@@ -91,7 +91,7 @@ async def test_a_lookup_takes_few_probes(tmp_path: Path) -> None:
             await store.messages("uneven", 1_234, 3)
             uneven = sum(p.startswith("SELECT rseq, key FROM") for p in probes)
         finally:
-            store._c.set_trace_callback(None)
+            store._c.conn.set_trace_callback(None)
     assert 1 <= even <= 4
     assert 1 <= uneven <= 2 * math.ceil(math.log2(4_500)) + 2
 
@@ -123,7 +123,9 @@ async def test_a_version_1_file_is_migrated_and_reads_the_same(tmp_path: Path) -
     conn.execute(SQLITE[3][0])
     conn.close()
     v1 = SQLiteStore(f"sqlite:///{path}", path, secret=SECRET)
-    v1._migrate = lambda conn: None  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sessions.store.sqlite_open._migrate", lambda *args: None)
+        await v1.open()
     async with v1:
         token = await fill(v1, "s1", 20)
         await v1.append_summary("s1", Message(0, "summary", "early", 0, 1.0), 9, token=token)

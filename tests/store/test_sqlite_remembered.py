@@ -10,11 +10,10 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-import anyio
 import pytest
 
 from sessions.errors import Fenced, SessionTampered, StoreError
-from sessions.store import SQLiteStore, open_store
+from sessions.store import ManualClock, SQLiteStore, open_store
 from sessions.store.base import SessionMeta
 
 from . import SECRET, commit, fill
@@ -39,12 +38,13 @@ def raw(tmp_path: Path) -> Raw:
 async def test_a_new_lease_elsewhere_fences_a_remembered_row(tmp_path: Path) -> None:
     """Another store takes the lease over: our next commit raises Fenced and writes
     nothing, although our remembered row still carries the old token."""
-    async with open_store(_url(tmp_path), secret=SECRET) as a:
+    clock = ManualClock()  # both stores' lease clock
+    async with open_store(_url(tmp_path), secret=SECRET, clock=clock) as a:
         await a.create(SessionMeta(id="s1"))
         token = await a.acquire("s1", "a", 0.05)
         await a.append_turn("s1", commit(1, 0), token=token)  # remembered, token current
-        await anyio.sleep(0.1)  # the lease expires
-        async with open_store(_url(tmp_path), secret=SECRET) as b:
+        clock.advance(0.1)  # a's lease expires
+        async with open_store(_url(tmp_path), secret=SECRET, clock=clock) as b:
             new = await b.acquire("s1", "b", 60.0)
             with pytest.raises(Fenced, match=f"token {token} is stale, store has {new}"):
                 await a.append_turn("s1", commit(2, 2), token=token)
@@ -85,7 +85,7 @@ async def test_a_failed_commit_leaves_the_remembered_row_usable(tmp_path: Path, 
         with pytest.raises(StoreError, match="UNIQUE"):
             await store.append_turn("s1", commit(3, 4), token=token)
         stored = raw.execute("SELECT record_count, state_mac FROM sessions WHERE id='s1'")
-        kept = _sqlite(store)._states["s1"]
+        kept = _sqlite(store)._c.remembered.rows["s1"]
         assert stored == [(count, kept.state_mac)] and kept.record_count == count
         raw.execute("DELETE FROM records WHERE session_id='s1' AND kind='junk'")
         await store.append_turn("s1", commit(3, 4), token=token)
@@ -153,31 +153,33 @@ async def test_bulk_load_falls_back_to_the_careful_check(tmp_path: Path, raw: Ra
         assert info.value.record == 4 and "MAC mismatch" in info.value.reason
 
 
-async def test_a_load_leaves_garbage_collection_as_it_found_it(tmp_path: Path) -> None:
-    """A load pauses the cyclic collector only while it builds its objects."""
+async def test_a_load_leaves_garbage_collection_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Library code never switches the process's garbage collector off, not even for
+    a large load."""
+
+    def refuse() -> None:
+        raise AssertionError("gc.disable() called")
+
+    monkeypatch.setattr(gc, "disable", refuse)
     async with open_store(_url(tmp_path), secret=SECRET) as store:
-        await fill(store, "s1", 2)
-        assert gc.isenabled()
-        await store.load("s1", recent=4)
-        assert gc.isenabled()
-        gc.disable()
-        try:
-            await store.load("s1", recent=4)
-            assert not gc.isenabled()
-        finally:
-            gc.enable()
+        await fill(store, "s1", 200)
+        assert len((await store.load("s1", recent=400)).recent) == 400
+        assert await store.verify("s1") == 600
+    assert gc.isenabled()
 
 
 async def test_remembered_rows_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store remembers a bounded number of rows, the most recently used."""
-    monkeypatch.setattr("sessions.store.sqlite.REMEMBERED_MAX", 2)
+    monkeypatch.setattr("sessions.store.sqlite_core.REMEMBERED_MAX", 2)
     async with open_store(_url(tmp_path), secret=SECRET) as store:
         for sid in ("a", "b", "c"):
             await store.create(SessionMeta(id=sid))
-        assert list(_sqlite(store)._states) == ["b", "c"]
+        assert list(_sqlite(store)._c.remembered.rows) == ["b", "c"]
         await store.load("b")
         await store.delete("c")
-        assert list(_sqlite(store)._states) == ["b"]
+        assert list(_sqlite(store)._c.remembered.rows) == ["b"]
 
 
 async def test_a_whole_number_creation_time_reads_back_verified(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from sessions.errors import (
     SessionNotFound,
     StoreError,
 )
-from sessions.store import OpenStore
+from sessions.store import ManualClock, OpenStore
 from sessions.store.base import Checkpoint, Message, SessionMeta
 
 from . import commit, fill
@@ -237,11 +237,13 @@ async def test_lease_held_by_another_owner_is_busy(store: OpenStore) -> None:
     assert not isinstance(info.value, Fenced)
 
 
-async def test_expired_lease_is_taken_over_and_old_token_fenced(store: OpenStore) -> None:
+async def test_expired_lease_is_taken_over_and_old_token_fenced(
+    store: OpenStore, clock: ManualClock
+) -> None:
     """After expiry another owner takes over; every write with the old token is Fenced."""
     old = await fill(store, "s1", 2, owner="w1")
     await store.acquire("s1", "w1", 0.05)
-    await anyio.sleep(0.1)
+    clock.advance(0.1)
     new = await store.acquire("s1", "w2", 30)
     assert new > old
     before = await store.load("s1", recent=100)
@@ -261,6 +263,24 @@ async def test_expired_lease_is_taken_over_and_old_token_fenced(store: OpenStore
     assert after.checkpoint is None and after.summary is None
     await store.append_turn("s1", commit(3, 4), token=new)
     assert (await store.load("s1")).meta.turn_count == 3
+
+
+async def test_a_lease_is_live_until_its_ttl_has_passed(
+    store: OpenStore, clock: ManualClock
+) -> None:
+    """Just before its expiry another owner is still busy; just after, it takes over
+    with a new token, and renewing moves the expiry on from the clock's time."""
+    await store.create(SessionMeta(id="s1"))
+    token = await store.acquire("s1", "w1", 30)
+    clock.advance(29.9)
+    with pytest.raises(SessionBusy, match=r"for 0\.1s more"):
+        await store.acquire("s1", "w2", 30)
+    await store.renew("s1", "w1", token, 30)
+    clock.advance(29.9)
+    with pytest.raises(SessionBusy):
+        await store.acquire("s1", "w2", 30)
+    clock.advance(0.2)
+    assert await store.acquire("s1", "w2", 30) == token + 1
 
 
 async def test_release_makes_the_token_stale(store: OpenStore) -> None:

@@ -1,0 +1,426 @@
+"""The SQLite store's synchronous core: every operation of the store contract as a
+plain method over one :mod:`sqlite3` connection.
+
+:class:`SQLiteCore` never awaits; the async face
+(:class:`~sessions.store.sqlite.SQLiteStore`) decides in which thread each call runs
+and hands it here, one call at a time.  Reads are delegated to
+:class:`~sessions.store.sqlite_read.SQLiteReader`; what is written is planned by
+:mod:`sessions.store.durable` and the lease rules are :mod:`sessions.store.lease`'s.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from sessions.errors import SessionExists, SessionNotFound, StoreError
+from sessions.store.base import Checkpoint, LoadedSession, Message, SessionMeta, TurnCommit
+from sessions.store.durable import (
+    STATE_COLUMNS,
+    WRITTEN_COLUMNS,
+    StateRow,
+    checkpoint_body,
+    listed_meta,
+    plan_import,
+    plan_state,
+    plan_summary,
+    plan_turn,
+)
+from sessions.store.export import ImportLimits, already_exists, parse_doc
+from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
+from sessions.store.signing import Row, Signer
+from sessions.store.sqlite_open import busy, translate, tx
+from sessions.store.sqlite_read import SQLiteReader
+
+__all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "RememberedRows", "SQLiteCore"]
+
+T = TypeVar("T")
+CHECKPOINT_WRITES: Final = 64
+"""Write transactions after which a background WAL checkpoint is queued (a turn's
+commit writes 4-8 pages, so the log stays near SQLite's default 1,000 pages)."""
+REMEMBERED_MAX: Final = 4096
+"""Sessions whose last written or verified state row the store keeps (see ``_swap``)."""
+
+_SIGNED: Final = STATE_COLUMNS.split(", ")[1:15]
+"""Every signed column but ``id``, and ``state_mac``: what ``_swap`` requires unchanged."""
+_SET: Final = "UPDATE sessions SET " + ", ".join(f"{c}=?" for c in WRITTEN_COLUMNS)
+_SAVE: Final = f"{_SET} WHERE id=?"
+_SWAP: Final = f"{_SET} WHERE id=? AND version=? AND " + " AND ".join(f"{c}=?" for c in _SIGNED)
+_INSERTS: Final = tuple(
+    "INSERT INTO records VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * n) for n in range(1, 9)
+)
+"""``INSERT`` statements of 1 to 8 rows (a turn writes 3 or so)."""
+_changed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*WRITTEN_COLUMNS)
+_signed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*_SIGNED)
+
+
+class RememberedRows:
+    """Per session, the state row as the store last wrote or verified it, the most
+    recently used :data:`REMEMBERED_MAX` of them (rows are never modified: a write
+    changes a copy).  Only a hint: see :meth:`SQLiteCore._swap`."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, StateRow] = {}
+
+    def remember(self, st: StateRow) -> None:
+        """Keep ``st`` (written or verified, and committed) as its session's latest row."""
+        rows = self.rows
+        rows.pop(st.id, None)
+        rows[st.id] = st
+        if len(rows) > REMEMBERED_MAX:
+            del rows[next(iter(rows))]  # the least recently used
+
+    def forget(self, sid: str) -> None:
+        """Drop what is remembered of ``sid`` (its row may change behind us)."""
+        self.rows.pop(sid, None)
+
+
+class SQLiteCore:
+    """The store's operations over ``conn``, synchronous; one caller at a time.
+
+    ``post`` queues best-effort work (the background WAL checkpoint) in the database
+    thread.  ``clock`` measures leases.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        path: Path,
+        conn: sqlite3.Connection,
+        signer: Signer,
+        *,
+        busy_ms: int,
+        clock: Clock,
+        limits: ImportLimits,
+        post: Callable[[Callable[[], None]], None],
+    ) -> None:
+        self.url, self.path, self.conn, self.signer = url, path, conn, signer
+        self.reads = SQLiteReader(url, conn, signer)
+        self.remembered = RememberedRows()
+        self._clock, self._limits, self._post = clock, limits, post
+        self._busy_ms = self._busy_now = busy_ms  # the wanted and the current busy timeout
+        self._writes = 0  # write transactions since the last checkpoint was queued
+        self._unsaved = False  # written since the last checkpoint ran
+        self.checkpoints = 0
+        """How many background WAL checkpoints ran (tests look at it)."""
+
+    # ------------------------------------------------------------------ calls
+
+    def call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn(*args)`` in the database thread, waiting ``busy_timeout`` for a lock;
+        SQLite's errors become the store's."""
+        try:
+            if self._busy_now != self._busy_ms:
+                self.conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+                self._busy_now = self._busy_ms
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise translate(self.url, self.path, exc) from exc
+
+    def try_inline(self, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[bool, T | None]:
+        """``(True, fn(*args))`` run here without waiting for any lock, or
+        ``(False, None)`` if the database was busy (nothing written: every write is one
+        transaction, rolled back on error)."""
+        conn = self.conn
+        if self._busy_now:
+            conn.execute("PRAGMA busy_timeout=0")  # never wait for a lock in the loop
+            self._busy_now = 0
+        try:
+            return True, fn(*args)
+        except sqlite3.OperationalError as exc:
+            if busy(exc) and not conn.in_transaction:
+                return False, None
+            raise translate(self.url, self.path, exc) from exc
+        except sqlite3.Error as exc:
+            raise translate(self.url, self.path, exc) from exc
+
+    def close(self) -> None:
+        """Checkpoint what this store wrote, then close the connection."""
+        self.remembered.rows.clear()
+        try:
+            if self._unsaved:
+                # SQLite checkpoints at close only as the file's last connection; with
+                # another still open, what this store wrote would stay in the log, and
+                # short-lived stores (one CLI run each) would grow it without end.
+                with suppress(sqlite3.Error):
+                    self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            self.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database, in the database thread.
+
+        SQLite would otherwise checkpoint inside the commit that pushes the log past
+        1,000 pages, and that commit would take milliseconds; here nobody waits for it
+        but a write that arrives meanwhile.  This process writes nothing during it, so
+        the checkpoint catches up with the log and the next write starts the log over
+        from its beginning (a log that only grows makes every fsync slower).
+        ``PASSIVE`` never waits for other processes' readers or writers.
+        """
+        self._unsaved = False  # before: a write made during it sets it again
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self.checkpoints += 1
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """A write transaction (``BEGIN IMMEDIATE``); every :data:`CHECKPOINT_WRITES`
+        of them queue a background checkpoint."""
+        with tx(self.conn, immediate=True):
+            yield
+        self._writes += 1
+        self._unsaved = True
+        if self._writes >= CHECKPOINT_WRITES:
+            self._writes = 0
+            self._post(_weak(self.checkpoint))
+
+    # ------------------------------------------------------------------ sessions
+
+    def create(self, meta: SessionMeta) -> SessionMeta:
+        """Create a session; ``SessionExists`` if the id is taken."""
+        state = StateRow.new(meta, self.signer, self.url)
+        with self._write():
+            if self.conn.execute("SELECT 1 FROM sessions WHERE id=?", (meta.id,)).fetchone():
+                raise SessionExists(meta.id, "a session with this id already exists")
+            state.version = self._first_version(meta.id)
+            self._insert_state(state)
+        self.remembered.remember(state)
+        return state.to_meta(self.url)
+
+    def exists(self, sid: str) -> bool:
+        """Whether the session exists."""
+        return self.conn.execute("SELECT 1 FROM sessions WHERE id=?", (sid,)).fetchone() is not None
+
+    def list_sessions(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
+        """Sessions by id, each row's MAC checked (a failing row is listed as tampered)."""
+        rows = self.conn.execute(
+            f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+        ).fetchall()
+        return tuple(listed_meta(StateRow.of(r), self.signer, self.url) for r in rows)
+
+    def delete(self, sid: str) -> bool:
+        """Delete a session and its records, keeping its last version; False if absent."""
+        self.remembered.forget(sid)
+        with self._write():
+            return self._wipe(sid)
+
+    def load(self, sid: str, recent: int) -> LoadedSession:
+        """Load verified (see :meth:`SQLiteReader.load`) and remember the row."""
+        loaded, st = self.reads.load(sid, recent)
+        self.remembered.remember(st)
+        return loaded
+
+    # ------------------------------------------------------------------ leases
+
+    def acquire(self, sid: str, owner: str, ttl: float) -> int:
+        """Take or renew the lease (:func:`~sessions.store.lease.grant`)."""
+        with self._write():
+            row = self.conn.execute(
+                "SELECT version, owner, lease_expires FROM sessions WHERE id=?", (sid,)
+            ).fetchone()
+            if row is None:
+                raise SessionNotFound(sid, "no such session")
+            version, expires = grant(sid, row[0], row[1], row[2], owner, ttl, self._clock())
+            self.conn.execute(
+                "UPDATE sessions SET version=?, owner=?, lease_expires=? WHERE id=?",
+                (version, owner, expires, sid),
+            )
+            return int(version)
+
+    def renew(self, sid: str, owner: str, token: int, ttl: float) -> None:
+        """Extend the lease; ``Fenced`` if ``token`` is stale or not ``owner``'s."""
+        with self._write():
+            n = self.conn.execute(
+                "UPDATE sessions SET lease_expires=? WHERE id=? AND version=? AND owner=?",
+                (lease_end(self._clock, ttl), sid, token, owner),
+            ).rowcount
+            if n == 0:
+                self._fence(sid, token)
+                raise not_holder(self.url, sid, token)
+
+    def release(self, sid: str, owner: str, token: int) -> None:
+        """Give the lease up; its token goes stale.  No error if already lost."""
+        self.remembered.forget(sid)  # its token is stale now: no write will match it
+        with self._write():
+            self.conn.execute(
+                "UPDATE sessions SET owner=NULL, lease_expires=0, version=version+1 "
+                "WHERE id=? AND version=? AND owner=?",
+                (sid, token, owner),
+            )
+
+    # ------------------------------------------------------------------ writes
+
+    def append_turn(self, sid: str, commit: TurnCommit, token: int, now: float) -> None:
+        """Append one turn in one fenced transaction, ending any checkpoint."""
+
+        def change(st: StateRow) -> list[Row]:
+            return plan_turn(st, commit, self.signer, self.url, now=now)
+
+        with self._write():
+            st = self._advance(sid, token, change)
+            # A turn's commit ends its checkpoint, whoever saved it: a save does not
+            # change the session row, so nothing here could prove there is none.
+            self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+        self.remembered.remember(st)
+
+    def append_summary(self, sid: str, summary: Message, upto: int, token: int, now: float) -> None:
+        """Append a compaction summary covering messages ``<= upto``."""
+
+        def change(st: StateRow) -> list[Row]:
+            return plan_summary(st, summary, upto, self.signer, self.url, now=now)
+
+        with self._write():
+            st = self._advance(sid, token, change)
+        self.remembered.remember(st)
+
+    def update_state(self, sid: str, values: tuple[Any, Any, Any], token: int, now: float) -> None:
+        """Replace working memory, goals and/or mode (``None``: unchanged), re-signed."""
+        wm, goals, mode = values
+
+        def change(st: StateRow) -> list[Row]:
+            plan_state(
+                st, self.signer, self.url, working_memory=wm, goals=goals, cognitive_mode=mode,
+                now=now,
+            )  # fmt: skip
+            return []
+
+        with self._write():
+            st = self._advance(sid, token, change)
+        self.remembered.remember(st)
+
+    def save_checkpoint(self, sid: str, body: str, mac: bytes, token: int) -> None:
+        """Save (replace) the in-flight turn's signed checkpoint ``body``."""
+        with self._write():
+            self._fence(sid, token)
+            self.conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)", (sid, body, mac))
+
+    def clear_checkpoint(self, sid: str, token: int) -> None:
+        """Drop the checkpoint (the turn was abandoned)."""
+        with self._write():
+            self._fence(sid, token)
+            self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+
+    def import_(self, doc: Mapping[str, Any], replace: bool) -> SessionMeta:
+        """Verify ``doc`` completely, then store it in one transaction, re-chained."""
+        plan = parse_doc(doc, self.signer, self._limits, self.url)
+        sid = plan.meta.id
+        self.remembered.forget(sid)
+        with self._write():
+            row = self.conn.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
+            if row is not None and not replace:
+                raise already_exists(self.url, sid)
+            if row is not None:
+                self._wipe(sid)
+            # Replacing bumps the version past the old one: its owner is fenced out.
+            first = self._first_version(sid) if row is None else row[0] + 1
+            state, rows = plan_import(plan, self.signer, first)
+            self._insert_state(state)
+            self._insert(sid, rows)
+            if plan.checkpoint is not None:
+                self._insert_checkpoint(sid, plan.checkpoint)
+        return state.to_meta(self.url)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _fence(self, sid: str, token: int) -> None:
+        row = self.conn.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
+        if row is None:
+            raise SessionNotFound(sid, "no such session")
+        check_token(self.url, sid, token, row[0])
+
+    def _advance(self, sid: str, token: int, change: Callable[[StateRow], list[Row]]) -> StateRow:
+        """One fenced write to ``sid``: ``change`` advances its state and plans the records
+        to append; both are written.  Returns the new state (to remember once the
+        transaction has committed).
+
+        Without a usable remembered row (or if :meth:`_swap` refuses it) this reads the
+        row, verifies its MAC and fences it first, as every write did before the
+        remembered rows existed, so every error is the one that path raises.
+        """
+        swapped = self._swap(sid, token, change)
+        if swapped is None:
+            self.remembered.forget(sid)
+            st = self.reads.state(sid).fence(self.url, token)
+            rows = change(st)
+            self.conn.execute(_SAVE, (*_changed(st), st.id))
+        else:
+            st, rows = swapped
+        self._insert(sid, rows)
+        return st
+
+    def _swap(
+        self, sid: str, token: int, change: Callable[[StateRow], list[Row]]
+    ) -> tuple[StateRow, list[Row]] | None:
+        """The write's fast path: no read, no MAC check of the old row.
+
+        The store remembers each session's row as it last wrote or verified it.  A copy
+        of it is changed, and the ``UPDATE`` matches only if the stored row still is
+        exactly that one (every signed column and the state MAC) under ``token``: so
+        nobody else wrote it since (another process, an edit behind the store's back,
+        a new lease, which bumps the version), and the remembered row, verified or
+        written by us, vouches for it.  The check and the write are one statement in
+        the write transaction, so nothing can slip in between.
+
+        ``None`` (nothing written) sends the caller to the careful path; so does an
+        error of ``change``, which may come from a stale remembered row and is raised
+        again, or not, on the row as read and verified.
+        """
+        old = self.remembered.rows.get(sid)
+        if old is None or old.version != token:
+            return None
+        new = old.copy()
+        try:
+            rows = change(new)
+        except StoreError:
+            return None
+        args = (*_changed(new), sid, token, *_signed(old))
+        return (new, rows) if self.conn.execute(_SWAP, args).rowcount == 1 else None
+
+    def _insert(self, sid: str, rows: list[Row]) -> None:
+        if 0 < len(rows) <= len(_INSERTS):  # a turn's few rows: one statement, one step
+            self.conn.execute(_INSERTS[len(rows) - 1], [v for r in rows for v in (sid, *r)])
+        else:
+            self.conn.executemany(_INSERTS[0], [(sid, *r) for r in rows])
+
+    def _insert_state(self, st: StateRow) -> None:
+        self.conn.execute(
+            f"INSERT INTO sessions ({STATE_COLUMNS}) VALUES ({','.join('?' * 18)})",
+            st.values(),
+        )
+
+    def _insert_checkpoint(self, sid: str, cp: Checkpoint) -> None:
+        body, mac = checkpoint_body(sid, cp, self.signer, self.url)
+        self.conn.execute("INSERT INTO checkpoints VALUES (?,?,?)", (sid, body, mac))
+
+    def _first_version(self, sid: str) -> int:
+        """The version a session made under ``sid`` starts at: past any it had before."""
+        row = self.conn.execute("SELECT version FROM fences WHERE id=?", (sid,)).fetchone()
+        return 0 if row is None else int(row[0]) + 1
+
+    def _wipe(self, sid: str) -> bool:
+        # Keep the last version: a session made again under this id starts above it,
+        # so a stale owner's token can never match the new session's.
+        self.conn.execute(
+            "INSERT INTO fences SELECT id, version FROM sessions WHERE id=? "
+            "ON CONFLICT(id) DO UPDATE SET version=max(version, excluded.version)",
+            (sid,),
+        )
+        self.conn.execute("DELETE FROM records WHERE session_id=?", (sid,))
+        self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+        return self.conn.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0
+
+
+def _weak(method: Callable[[], None]) -> Callable[[], None]:
+    """``method``, called through a weak reference (a thread must not keep its store alive)."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call

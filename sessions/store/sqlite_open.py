@@ -1,0 +1,141 @@
+"""Opening a SQLite store's file: refuse what is not a database, create it private,
+set the pragmas, migrate the schema; and SQLite's errors as the store's own.
+
+Plain functions over :mod:`sqlite3`, run in the store's database thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Final
+
+from sessions.errors import StoreCorrupt, StoreError, StoreVersionUnsupported
+from sessions.store.migrations import SCHEMA_VERSION, SQLITE
+
+__all__ = ["AUTOCHECKPOINT_PAGES", "busy", "connect", "translate", "tx"]
+
+_HEADER: Final = b"SQLite format 3\x00"
+AUTOCHECKPOINT_PAGES: Final = 4000
+"""SQLite's automatic checkpoint, a backstop: the background ones keep the log far below."""
+
+
+def connect(
+    url: str, path: Path, *, create: bool, synchronous: str, busy_ms: int
+) -> sqlite3.Connection:
+    """Open (with ``create``, make) the database at ``path``, set its pragmas, migrate.
+
+    Without ``create`` the file must exist (``mode=rw``): one deleted since the caller
+    checked is an error, not made again.
+    """
+    _precheck(url, path)
+    if create:
+        _create_private(path)
+        target = str(path)
+    else:
+        target = f"{path.absolute().as_uri()}?mode=rw"
+    conn = sqlite3.connect(
+        target,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=busy_ms / 1000,
+        uri=not create,
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: fsync the WAL at each commit so a committed turn is durable.
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        # Checkpoints run in the background (the store's checkpoint()), not inside a
+        # commit; SQLite's own, inside the commit, is only a backstop for a log that
+        # grew anyway (writers that never reach CHECKPOINT_WRITES, a reader pinning it).
+        conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(url, path, conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create_private(path: Path) -> None:
+    """Create a new database file readable by its owner only (it holds conversations);
+    SQLite gives its -wal and -shm files the same mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _precheck(url: str, path: Path) -> None:
+    """Refuse a file that is not a SQLite database, or visibly truncated, up front."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0 or path.is_dir():
+        return
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_HEADER):
+        raise StoreCorrupt(url, f"{path}: not a SQLite database")
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]
+    wal = path.with_name(path.name + "-wal")
+    if (not wal.exists() or wal.stat().st_size == 0) and (
+        size % page or (valid and size < pages * page)
+    ):
+        raise StoreCorrupt(url, f"{path}: database file is truncated")
+
+
+def _migrate(url: str, path: Path, conn: sqlite3.Connection) -> None:
+    with tx(conn, immediate=True):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreVersionUnsupported(
+                url,
+                f"{path}: schema version {version} is newer than this "
+                f"code supports ({SCHEMA_VERSION}); upgrade turngraph to open it",
+            )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in SQLITE[step]:
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" / "busy" (another writer)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def translate(url: str, path: Path, exc: sqlite3.Error) -> StoreError:
+    """SQLite's error ``exc`` as the store's: locked, corrupt, or another store error,
+    each naming the file."""
+    text = str(exc)
+    if busy(exc):
+        return StoreError(url, f"{path}: database is locked ({text})")
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "corrupt" in text
+    ):
+        return StoreCorrupt(url, f"{path}: {text}")
+    return StoreError(url, f"{path}: {type(exc).__name__}: {text}")
+
+
+@contextmanager
+def tx(conn: sqlite3.Connection, *, immediate: bool) -> Iterator[None]:
+    """One transaction: ``BEGIN IMMEDIATE`` for writes (take the write lock up front)."""
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        # Never leave the shared connection inside a failed transaction.
+        if conn.in_transaction:
+            conn.rollback()
+        raise
