@@ -82,7 +82,8 @@ class SessionState:
         self, record: TurnRecord, messages: tuple[Message, ...], changes: Mapping[str, Any]
     ) -> TurnCommit:
         """The store commit of a turn: its record and messages, plus the state when the
-        turn changed it or a change is not stored yet."""
+        turn changed it or a change is not stored yet (so once it is stored, nothing
+        applied is unstored: the caller applies ``changes`` and clears :attr:`dirty`)."""
         if not changes and not self.dirty:
             return TurnCommit(record, messages)
         wm: dict[str, Any] = dict(self.working_memory)
@@ -94,13 +95,6 @@ class SessionState:
             goals=changes.get("goals", self.goals),
             cognitive_mode=changes.get("cognitive_mode", self.cognitive_mode),
         )
-
-    def committed(self, changes: Mapping[str, Any]) -> None:
-        """The commit built by :meth:`commit` is stored: apply its ``changes``; nothing
-        applied so far is unstored any more."""
-        if changes:
-            self.apply(changes)
-        self.dirty = False
 
     def apply(self, changes: Mapping[str, Any]) -> bool:
         """Apply ``changes`` in memory; whether anything actually changed (a heartbeat

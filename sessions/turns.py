@@ -273,8 +273,11 @@ class TurnPipeline:
         )
         record = TurnRecord(turn, "success", trace_id, graph_hash, trace, now)
         changes = state_changes(ctx)
-        await self._store(self._state.commit(record, messages, changes), now)
-        self._state.committed(changes)
+        state = self._state
+        await self._store(state.commit(record, messages, changes), now)
+        if changes:
+            state.apply(changes)
+        state.dirty = False  # the commit carried every change applied so far
         self._compactor.maybe_start()
         return TurnResult(reply, "success", turn, result.trace, None, trace_id)
 
@@ -317,9 +320,12 @@ class TurnPipeline:
         """Apply a heartbeat result that waited for the lock holder, store any session
         state not stored yet, release the lock.  Never raises (write failures are
         logged): it runs in ``finally`` blocks, after the turn's own outcome."""
+        state = self._state
         try:
-            if not self._host.closed:  # close() stores it itself
-                await self._state.flush(self._writer)
+            # Checked here, not in flush(): most turns leave nothing to store, and then
+            # cost no coroutine at all.  close() stores it itself.
+            if (state.pending is not None or state.dirty) and not self._host.closed:
+                await state.flush(self._writer)
         finally:
             self._turn_held = False  # only now: the trailing write is part of the turn
             self._lock.release()

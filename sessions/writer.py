@@ -36,7 +36,12 @@ class SessionWriter:
 
     async def append_turn(self, commit: TurnCommit) -> None:
         """Commit one turn (one store transaction)."""
-        await self._guard(self._store.append_turn(self.session_id, commit, token=self.token))
+        # The one write every turn makes: guarded inline, a call fewer than _guard.
+        try:
+            await self._store.append_turn(self.session_id, commit, token=self.token)
+        except Fenced as exc:
+            self._on_fenced(exc)
+            raise
 
     async def update_state(
         self, working_memory: Mapping[str, Any], goals: tuple[str, ...], cognitive_mode: str
