@@ -104,6 +104,9 @@ class TurnRuntime(Protocol):
 class TurnPipeline:
     """Runs one session's turns in arrival order, one at a time, and commits each.
 
+    Its FIFO lock also serialises what must never land inside a turn: storing a
+    heartbeat's result (:meth:`offer_state`), applying a compaction summary
+    (:meth:`apply_summary`) and the last writes of a closing session (:meth:`drain`).
     ``host`` is the session whose counters the turns advance; the other parts are the
     session's (see :class:`~sessions.Session`).
     """
