@@ -14,6 +14,10 @@ session lock over a snapshot, then applied under the lock and covers only messag
 A compaction never grows the context: a summary whose estimated tokens are not fewer
 than those of what it replaces (the covered messages and the previous summary) is
 dropped, and the result says why (``reason``) with ``messages_compacted == 0``.
+
+Compaction works on a :class:`Compactable`: a window of messages and a way to apply a
+summary, which :class:`~sessions.Session` implements (this module never imports it).
+A :class:`Compactor` runs one session's compactions one at a time.
 """
 
 from __future__ import annotations
