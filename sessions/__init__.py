@@ -17,7 +17,9 @@ from sessions.heartbeat import Heartbeat
 from sessions.history import HistoryView, MessagePage, MessageWindow
 from sessions.limits import Limits, validate_session_id
 from sessions.manager import SessionManager
-from sessions.session import Phase, ReasoningStep, Session, SessionRuntime, TurnResult
+from sessions.session import Session, SessionRuntime
+from sessions.sessionlog import ReasoningStep
+from sessions.turns import Phase, TurnResult
 
 __all__ = [
     "CompactionResult",

@@ -14,6 +14,10 @@ session lock over a snapshot, then applied under the lock and covers only messag
 A compaction never grows the context: a summary whose estimated tokens are not fewer
 than those of what it replaces (the covered messages and the previous summary) is
 dropped, and the result says why (``reason``) with ``messages_compacted == 0``.
+
+Compaction works on a :class:`Compactable`: a window of messages and a way to apply a
+summary, which :class:`~sessions.Session` implements (this module never imports it).
+A :class:`Compactor` runs one session's compactions one at a time.
 """
 
 from __future__ import annotations
@@ -21,16 +25,23 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+import anyio
+
+from engine.logs import log
+from sessions.heartbeat import Spawn
+from sessions.history import MessageWindow
+from sessions.limits import Limits
 from sessions.store.base import Message
 
 if TYPE_CHECKING:
     from handlers.adapters.llm import LLM
-    from sessions.session import Session
 
 __all__ = [
+    "Compactable",
     "CompactionResult",
+    "Compactor",
     "Summarizer",
     "compact_session",
     "extract_summarizer",
@@ -135,8 +146,30 @@ def _tokens(items: Sequence[Message | str]) -> int:
     return chars // 4
 
 
-async def compact_session(session: Session, summarize: Summarizer, keep: int) -> CompactionResult:
-    """Compact ``session`` once (callers serialise: see :meth:`Session.compact`)."""
+class Compactable(Protocol):
+    """What compaction needs of a session: its message window, its turn count (the
+    summary's turn) and a way to apply a summary (:meth:`Session.apply_summary`)."""
+
+    @property
+    def window(self) -> MessageWindow:
+        """The in-memory messages, oldest first, and the current summary."""
+        ...
+
+    @property
+    def turn_count(self) -> int:
+        """Finished turns."""
+        ...
+
+    async def apply_summary(self, summary: Message, upto_seq: int) -> bool:
+        """Archive ``summary`` and drop what it covers from memory; False if the session
+        could not take it (closed)."""
+        ...
+
+
+async def compact_session(
+    session: Compactable, summarize: Summarizer, keep: int
+) -> CompactionResult:
+    """Compact ``session`` once (callers serialise: see :class:`Compactor`)."""
     window = session.window
     tokens_before = window.estimated_tokens()
     snapshot = tuple(window.messages)
@@ -157,3 +190,81 @@ async def compact_session(session: Session, summarize: Summarizer, keep: int) ->
     if not await session.apply_summary(summary, upto):
         return CompactionResult(0, tokens_before, window.estimated_tokens())
     return CompactionResult(len(covered), tokens_before, window.estimated_tokens(), upto, summary)
+
+
+class Compactor:
+    """One session's compactions, one at a time: on request, or in the background when
+    the window's estimated tokens pass ``threshold`` (``None``: never automatically).
+
+    ``target`` is the session (``session_id``, for log lines); ``limits`` give the
+    threshold (``compaction_threshold_tokens``) and ``keep_recent_turns``; ``spawn``
+    starts the background compactions.
+    """
+
+    __slots__ = (
+        "_gen",
+        "_keep",
+        "_lock",
+        "_running",
+        "_session_id",
+        "_spawn",
+        "_summarize",
+        "_target",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        target: Compactable,
+        summarize: Summarizer,
+        limits: Limits,
+        spawn: Spawn,
+    ) -> None:
+        self._session_id = session_id
+        self._target = target
+        self._summarize = summarize
+        self._keep = limits.keep_recent_turns
+        self.threshold = limits.compaction_threshold_tokens
+        self._spawn = spawn
+        self._lock: anyio.Lock | None = None  # made on the first compaction
+        self._gen = 0
+        self._running = False
+
+    async def compact(self) -> CompactionResult:
+        """Compact now.  A call that arrives while another compaction runs waits for it
+        and returns a no-op result instead of compacting twice."""
+        gen = self._gen
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            if gen != self._gen:
+                tokens = self._target.window.estimated_tokens()
+                return CompactionResult(0, tokens, tokens)
+            try:
+                return await compact_session(self._target, self._summarize, self._keep)
+            finally:
+                self._gen += 1
+
+    def maybe_start(self) -> None:
+        """Start a background compaction if the window is past the threshold and none runs."""
+        threshold = self.threshold
+        if threshold is None or self._running:
+            return
+        if self._target.window.estimated_tokens() <= threshold:
+            return
+        self._running = True
+        self._spawn(self._auto)
+
+    async def _auto(self) -> None:
+        try:
+            await self.compact()
+        except Exception as exc:  # a background compaction must never take the session down
+            log(
+                "warning",
+                "compaction.failed",
+                session_id=self._session_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            self._running = False

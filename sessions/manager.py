@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -48,6 +48,9 @@ from sessions.errors import (
 from sessions.limits import Limits, validate_session_id
 from sessions.session import Session, SessionRuntime
 from sessions.store.base import SessionMeta, SessionType, Store
+
+if TYPE_CHECKING:
+    from handlers.adapters import LLM, Memory, Tools
 
 __all__ = ["GRAPHS_DIR", "SessionManager"]
 
@@ -88,7 +91,9 @@ class SessionManager:
     ``store`` is a :class:`~sessions.store.base.Store` (already open) or a store URL
     (``memory:``, ``sqlite:///path.db``, ``postgresql://...``; the manager opens and
     closes it); default ``memory:``.  ``llm``/``memory``/``tools`` are the adapters the
-    default registry is built with (offline defaults); ``registry`` replaces it.
+    default registry is built with (:class:`~handlers.adapters.LLM`,
+    :class:`~handlers.adapters.Memory`, :class:`~handlers.adapters.Tools`; offline
+    defaults); ``registry`` replaces it.
     ``turn_graph``/``heartbeat_graph`` are graphs, paths or DOT text (defaults:
     ``graphs/turn.dot`` and ``graphs/heartbeat.dot``).  ``owner`` names this process in
     leases.  ``auto_resume`` continues an interrupted turn as soon as its session loads.
@@ -102,9 +107,9 @@ class SessionManager:
         self,
         store: Store | str | None = None,
         *,
-        llm: Any = None,
-        memory: Any = None,
-        tools: Any = None,
+        llm: LLM | None = None,
+        memory: Memory | None = None,
+        tools: Tools | None = None,
         registry: HandlerRegistry | None = None,
         turn_graph: GraphSource | None = None,
         heartbeat_graph: GraphSource | None = None,

@@ -9,8 +9,15 @@ import pytest
 
 from handlers.adapters import EchoModel
 from sessions import Limits, SessionManager
-from sessions.compaction import extract_summarizer, llm_summarizer, plan_cut
+from sessions.compaction import (
+    Compactable,
+    compact_session,
+    extract_summarizer,
+    llm_summarizer,
+    plan_cut,
+)
 from sessions.errors import Fenced, SessionBusy
+from sessions.history import MessageWindow
 from sessions.store.base import Message, Store
 
 from .session_kit import running, wait_until
@@ -202,3 +209,51 @@ async def test_extract_summarizer_is_bounded() -> None:
     assert len(text) <= (len("earlier") + sum(len(m.content) for m in msgs)) // 2
     with pytest.raises(ValueError, match="ratio"):
         extract_summarizer(ratio=1.5)
+
+
+class Notebook:
+    """Not a session: a window of messages and a summary slot, the whole of what
+    compaction asks for (:class:`~sessions.compaction.Compactable`)."""
+
+    def __init__(self, messages: Sequence[Message], *, accept: bool = True) -> None:
+        self.window = MessageWindow(100, messages)
+        self.turn_count = max(m.turn for m in messages)
+        self.accept = accept
+        self.applied: list[tuple[Message, int]] = []
+
+    async def apply_summary(self, summary: Message, upto_seq: int) -> bool:
+        if not self.accept:
+            return False
+        self.applied.append((summary, upto_seq))
+        self.window.drop_upto(upto_seq)
+        self.window.set_summary(summary)
+        return True
+
+
+async def test_compaction_works_on_any_compactable() -> None:
+    """Compaction needs only the protocol: it plans the cut on the window, asks the
+    summariser for the older turns and hands the summary to ``apply_summary``."""
+    book = Notebook(
+        [Message(i, "user", f"a long message {i} " * 6, i // 2 + 1, 0.0) for i in range(8)]
+    )
+    target: Compactable = book
+    summarize = ShortSummary()
+    result = await compact_session(target, summarize, keep=1)
+    assert summarize.seen == [(0, 1, 2, 3, 4, 5)]
+    assert [(s.content, s.role, s.seq, s.turn, upto) for s, upto in book.applied] == [
+        ("summary of 6", "summary", 5, 4, 5)
+    ]
+    assert (result.messages_compacted, result.upto_seq) == (6, 5)
+    assert [m.seq for m in book.window.messages] == [6, 7]
+    assert result.tokens_after == book.window.estimated_tokens() < result.tokens_before
+
+
+async def test_a_refused_summary_compacts_nothing() -> None:
+    """When the target cannot take the summary (a closed session), nothing changes."""
+    book = Notebook(
+        [Message(i, "user", f"words {i} " * 8, i + 1, 0.0) for i in range(4)], accept=False
+    )
+    before = book.window.estimated_tokens()
+    result = await compact_session(book, ShortSummary(), keep=1)
+    assert (result.messages_compacted, result.summary) == (0, None)
+    assert result.tokens_after == before == book.window.estimated_tokens()

@@ -11,7 +11,7 @@ from engine.errors import MaxStepsExceeded
 from engine.graph import Node
 from engine.testing import build_graph
 from sessions import Limits
-from sessions.session import ReasoningStep
+from sessions.sessionlog import ReasoningStep
 from sessions.store.base import Store, TurnRecord
 from sessions.store.memory import MemoryStore
 

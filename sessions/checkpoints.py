@@ -1,0 +1,133 @@
+"""A session's checkpoints: the in-flight turn saved after every node, and what to do
+with one found on load.
+
+With ``Limits.checkpoint`` on, :meth:`Checkpoints.hook` gives the engine an ``on_step``
+hook that saves the turn after each node, so a process that dies mid-turn leaves a
+:class:`~sessions.store.base.Checkpoint` behind.  The next process to load the session
+either keeps it for ``Session.resume`` (same graph, the next turn) or gives up on it:
+it is reported (``interrupted``, a ``turn.interrupted`` warning) and cleared, never
+replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from engine.logs import log
+from engine.outcome import NodeRecord
+from sessions.errors import Fenced
+from sessions.store.base import Checkpoint
+from sessions.writer import SessionWriter
+
+if TYPE_CHECKING:
+    from engine.runner import OnStep
+
+__all__ = ["Checkpoints", "durable_context"]
+
+
+def _jsonable(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` survives a JSON round trip (checkpoint contexts keep only those)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, list | tuple):
+        return all(_jsonable(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _jsonable(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def durable_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a run's context a checkpoint keeps: JSON-safe, not rebuilt per turn."""
+    return {k: v for k, v in context.items() if not k.startswith("session.") and _jsonable(v)}
+
+
+class Checkpoints:
+    """The checkpoints of one session's turns graph (``graph_hash``: its source hash).
+
+    ``resumable``: a checkpoint found on load that ``Session.resume`` may continue.
+    ``interrupted``: the last one given up on.
+    """
+
+    __slots__ = ("_writer", "graph_hash", "interrupted", "resumable")
+
+    def __init__(self, writer: SessionWriter, graph_hash: str) -> None:
+        self._writer = writer
+        self.graph_hash = graph_hash
+        self.resumable: Checkpoint | None = None
+        self.interrupted: Checkpoint | None = None
+
+    async def adopt(self, cp: Checkpoint | None, turn_count: int) -> None:
+        """Decide what to do with a checkpoint found on load.
+
+        Same graph and the next turn: keep it in :attr:`resumable`.  Otherwise give up on
+        it (:meth:`abandon`).
+        """
+        if cp is None:
+            return
+        if cp.graph_hash == self.graph_hash and cp.turn == turn_count + 1:
+            self.resumable = cp
+            return
+        changed = cp.graph_hash != self.graph_hash
+        await self.abandon(cp, "turn graph changed" if changed else "stale")
+
+    async def abandon(self, cp: Checkpoint, reason: str) -> None:
+        """Give up on ``cp``: clear it in the store, keep it in ``interrupted``, warn."""
+        await self._writer.clear_checkpoint()
+        self.interrupted = cp
+        self.resumable = None
+        log(
+            "warning",
+            "turn.interrupted",
+            session_id=self._writer.session_id,
+            turn=cp.turn,
+            node=cp.next_node,
+            reason=reason,
+        )
+
+    def take(self) -> Checkpoint | None:
+        """The resumable checkpoint, which is no longer resumable after this."""
+        cp, self.resumable = self.resumable, None
+        return cp
+
+    def hook(
+        self, text: str, turn: int, trace_id: str, prior: tuple[Mapping[str, Any], ...]
+    ) -> OnStep:
+        """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
+        ``prior`` is the trace of the nodes a resumed turn ran before."""
+        done: list[Mapping[str, Any]] = list(prior)
+        graph_hash = self.graph_hash
+        save = self._writer.save_checkpoint
+
+        async def on_step(
+            record: NodeRecord, next_node: str | None, ctx: Mapping[str, Any]
+        ) -> None:
+            done.append(record.to_dict())
+            if next_node is None:
+                return  # the commit that follows deletes the checkpoint
+            cp = Checkpoint(
+                turn,
+                graph_hash,
+                trace_id,
+                text,
+                record.node_id,
+                next_node,
+                durable_context(ctx),
+                tuple(done),
+                time.time(),
+            )
+            await save(cp)
+
+        return on_step
+
+    async def clear_cancelled(self) -> None:
+        """Clear the checkpoint of a cancelled turn, shielded.  ``Fenced`` here is handled
+        (the session is closed); the caller re-raises the cancellation."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):
+            await self._writer.clear_checkpoint()

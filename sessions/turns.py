@@ -1,0 +1,375 @@
+"""The turn pipeline of one session: lock, context, run, checkpoint, commit.
+
+::
+
+    lock (FIFO) -> build turn values -> Engine.run(turn_graph) -> one store commit
+                -> apply messages / memory / counters -> phase idle -> TurnResult
+
+The turn's result is applied only after the store commit succeeds, so memory and store
+never disagree; a failed turn appends no message; a cancelled turn re-raises after the
+session is idle again.  Per-turn cost does not grow with history: handlers see the
+session log's live read-only :class:`~sessions.history.HistoryView`, never a copy.
+
+The session lock is also what orders session-state writes (a heartbeat's result) and
+compaction summaries against turns: whoever releases it first stores state not stored
+yet (when a turn ends).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import anyio
+
+from engine.events import Observer, StructlogObserver
+from engine.graph import Graph, Node
+from engine.outcome import NodeRecord, RunResult, RunStatus
+from engine.scopes import cancel_scope
+from sessions.checkpoints import Checkpoints
+from sessions.compaction import Compactor
+from sessions.errors import SessionBusy, SessionClosed
+from sessions.fifolock import FifoLock
+from sessions.limits import Limits
+from sessions.sessionlog import SessionLog
+from sessions.state import SessionState, state_changes
+from sessions.store.base import Message, SessionType, TurnCommit, TurnRecord
+from sessions.writer import SessionWriter
+
+if TYPE_CHECKING:
+    from engine.runner import Engine
+
+__all__ = ["Phase", "TurnHost", "TurnPipeline", "TurnResult", "TurnRuntime"]
+
+Phase = Literal["idle", "processing", "awaiting_llm", "awaiting_tools"]
+
+# A plain dict (private, never mutated): its .get is what every node start pays.
+_PHASE_OF: dict[str, Phase] = {
+    "llm_call": "awaiting_llm",
+    "reflect": "awaiting_llm",
+    "dispatch_tools": "awaiting_tools",
+}
+_cancelled = anyio.get_cancelled_exc_class
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """How one turn ended: the reply, ``status`` (success/fail), its number and node trace.
+
+    ``error`` is the run's error when it failed (a :class:`~engine.errors.RunError`).
+    """
+
+    reply: str
+    status: RunStatus
+    turn: int
+    trace: tuple[NodeRecord, ...]
+    error: BaseException | None = field(default=None, compare=False)
+    trace_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the turn reached an exit node and was committed."""
+        return self.status == "success"
+
+
+class TurnHost(Protocol):
+    """The session fields a turn reads (identity, graph) and advances (the counters,
+    ``phase``, ``trace_id``); ``closed`` refuses new turns."""
+
+    id: str
+    agent_id: str
+    type: SessionType
+    config: Mapping[str, Any]
+    turn_graph: Graph
+    turn_count: int
+    updated_at: float
+    trace_id: str
+    phase: Phase
+    closed: bool
+
+
+class TurnRuntime(Protocol):
+    """What a turn needs of what all sessions share (:class:`~sessions.SessionRuntime`)."""
+
+    engine: Engine
+    limits: Limits
+
+    def logging(self) -> bool:
+        """Whether this turn should log its nodes."""
+        ...
+
+
+class TurnPipeline:
+    """Runs one session's turns in arrival order, one at a time, and commits each.
+
+    Its FIFO lock also serialises what must never land inside a turn: storing a
+    heartbeat's result (:meth:`offer_state`), applying a compaction summary
+    (:meth:`apply_summary`) and the last writes of a closing session (:meth:`drain`).
+    ``host`` is the session whose counters the turns advance; the other parts are the
+    session's (see :class:`~sessions.Session`).
+    """
+
+    __slots__ = (
+        "_checkpoints",
+        "_compactor",
+        "_host",
+        "_lock",
+        "_log",
+        "_rt",
+        "_state",
+        "_turn_held",
+        "_waiting",
+        "_writer",
+    )
+
+    def __init__(
+        self,
+        host: TurnHost,
+        runtime: TurnRuntime,
+        writer: SessionWriter,
+        log: SessionLog,
+        state: SessionState,
+        checkpoints: Checkpoints,
+        compactor: Compactor,
+    ) -> None:
+        self._host = host
+        self._rt = runtime
+        self._writer = writer
+        self._log = log
+        self._state = state
+        self._checkpoints = checkpoints
+        self._compactor = compactor
+        self._lock = FifoLock()  # turns keep arrival order
+        self._waiting = 0
+        self._turn_held = False  # the lock is held by a turn (not a state write)
+
+    @property
+    def busy(self) -> bool:
+        """True while a turn runs (or a compaction applies, or session state is stored)."""
+        return self._lock.locked()
+
+    @property
+    def queued(self) -> int:
+        """Turns waiting behind the running one."""
+        return self._waiting
+
+    # ------------------------------------------------------------------ turns
+
+    async def send(self, text: str) -> TurnResult:
+        """Run one turn with user input ``text`` (see :meth:`Session.send`)."""
+        await self._enter()
+        try:
+            cp = self._checkpoints.resumable
+            if cp is not None:
+                await self._checkpoints.abandon(cp, "superseded by a new turn")
+            return await self._turn(text, self._host.turn_count + 1)
+        finally:
+            await self._leave()
+
+    async def resume(self) -> TurnResult | None:
+        """Continue the turn left at the resumable checkpoint; ``None`` if none."""
+        if self._checkpoints.resumable is None:
+            return None
+        await self._enter()
+        try:
+            cp = self._checkpoints.take()
+            if cp is None or cp.turn != self._host.turn_count + 1:
+                return None
+            return await self._turn(
+                cp.input, cp.turn, start_at=cp.next_node, carried=cp.context, prior=cp.trace
+            )
+        finally:
+            await self._leave()
+
+    async def _turn(
+        self,
+        text: str,
+        turn: int,
+        *,
+        start_at: str | None = None,
+        carried: Mapping[str, Any] | None = None,
+        prior: tuple[Mapping[str, Any], ...] = (),
+    ) -> TurnResult:
+        """Run the graph for ``turn`` and commit it (caller holds the lock)."""
+        host = self._host
+        trace_id = host.trace_id = f"{host.id}:{turn}"
+        host.phase = "processing"
+        context = self._context(text, turn, trace_id)
+        if carried:
+            context = {**carried, **context}
+        rt = self._rt
+        on_step = (
+            self._checkpoints.hook(text, turn, trace_id, prior) if rt.limits.checkpoint else None
+        )
+        try:
+            result = await rt.engine.run(
+                host.turn_graph,
+                context,
+                run_id=trace_id,
+                observers=self._observers(turn, trace_id),
+                on_enter=self._on_enter,
+                start_at=start_at,
+                on_step=on_step,
+            )
+        except _cancelled():
+            if on_step is not None:
+                await self._checkpoints.clear_cancelled()
+            raise
+        with cancel_scope(shield=True):  # commit and apply are one step or none
+            committed = await self._commit(text, turn, trace_id, result, prior)
+        return committed
+
+    def _context(self, text: str, turn: int, trace_id: str) -> dict[str, Any]:
+        host, state = self._host, self._state
+        return {
+            "session.id": host.id,
+            "session.agent_id": host.agent_id,
+            "session.type": host.type,
+            "session.input": text,
+            "session.turn": turn,
+            "session.turn_count": host.turn_count,
+            "session.phase": "processing",
+            "session.trace_id": trace_id,
+            "session.goals": state.goals,
+            "session.working_memory": state.view,
+            "session.cognitive_mode": state.cognitive_mode,
+            "session.history": self._log.history,
+            "session.config": host.config,
+        }
+
+    def _observers(self, turn: int, trace_id: str) -> tuple[Observer, ...]:
+        # No observer at all when logging is off: the engine then builds no events.
+        if not self._rt.logging():
+            return ()
+        return (StructlogObserver(session_id=self._host.id, trace_id=trace_id, turn=turn),)
+
+    def _on_enter(self, node: Node) -> None:
+        """Track the phase as nodes start (called by the engine, allocation-free)."""
+        self._host.phase = _PHASE_OF.get(node.handler, "processing")
+
+    async def _commit(
+        self,
+        text: str,
+        turn: int,
+        trace_id: str,
+        result: RunResult,
+        prior: tuple[Mapping[str, Any], ...],
+    ) -> TurnResult:
+        """Append the turn to the store, then to memory; one transaction per turn."""
+        now = time.time()
+        trace: tuple[Mapping[str, Any], ...] = tuple(map(NodeRecord.to_dict, result.trace))
+        if prior:
+            trace = prior + trace
+        graph_hash = self._host.turn_graph.source_hash
+        if not result.ok:
+            error = str(result.error)
+            record = TurnRecord(turn, result.status, trace_id, graph_hash, trace, now, error=error)
+            await self._store(TurnCommit(record, ()), now)
+            return TurnResult("", "fail", turn, result.trace, result.error, trace_id)
+        ctx = result.context
+        reply = ctx.get("reply")
+        reply = "" if reply is None else str(reply)
+        messages: tuple[Message, ...] = self._log.new_messages(
+            text, ctx.get("turn.messages"), reply, turn, now
+        )
+        record = TurnRecord(turn, "success", trace_id, graph_hash, trace, now)
+        changes = state_changes(ctx)
+        state = self._state
+        await self._store(state.commit(record, messages, changes), now)
+        if changes:
+            state.apply(changes)
+        state.dirty = False  # the commit carried every change applied so far
+        self._compactor.maybe_start()
+        return TurnResult(reply, "success", turn, result.trace, None, trace_id)
+
+    async def _store(self, commit: TurnCommit, now: float) -> None:
+        """Commit a turn to the store, then count it and log it in memory."""
+        await self._writer.append_turn(commit)
+        host = self._host
+        host.turn_count = commit.record.turn
+        host.updated_at = now
+        self._log.append(commit.messages, commit.record)
+
+    # ------------------------------------------------------------------ the lock
+
+    async def _enter(self) -> None:
+        """Take the session lock in FIFO order, bounded by the queue size."""
+        host = self._host
+        if host.closed:
+            raise SessionClosed(host.id, "closed")
+        # A state write or a compaction holding the lock is brief and is not a turn:
+        # the first turn behind it waits without counting against the queue.
+        room = self._rt.limits.queue_size + (0 if self._turn_held else 1)
+        if self._lock.locked() and self._waiting >= room:
+            raise SessionBusy(host.id, f"{self._waiting} turns already queued")
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        if host.closed:
+            self._lock.release()
+            raise SessionClosed(host.id, "closed while the turn was queued")
+        self._turn_held = True
+
+    async def _leave(self) -> None:
+        """End a turn: phase idle, then :meth:`_unlock`."""
+        self._host.phase = "idle"
+        await self._unlock()
+
+    async def _unlock(self) -> None:
+        """Apply a heartbeat result that waited for the lock holder, store any session
+        state not stored yet, release the lock.  Never raises (write failures are
+        logged): it runs in ``finally`` blocks, after the turn's own outcome."""
+        state = self._state
+        try:
+            # Checked here, not in flush(): most turns leave nothing to store, and then
+            # cost no coroutine at all.  close() stores it itself.
+            if (state.pending is not None or state.dirty) and not self._host.closed:
+                await state.flush(self._writer)
+        finally:
+            self._turn_held = False  # only now: the trailing write is part of the turn
+            self._lock.release()
+
+    async def offer_state(self, ctx: Mapping[str, Any]) -> None:
+        """Apply a heartbeat's result now if no turn runs, else when the turn ends.
+
+        Applied now, it is stored at once under the lock (free, so taken without
+        waiting); applied at the end of a turn, :meth:`_unlock` stores it before
+        releasing the lock.
+        """
+        changes = state_changes(ctx)
+        if not changes:
+            return
+        state = self._state
+        if self._lock.locked():
+            state.defer(changes)
+        elif state.apply(changes):
+            state.dirty = True
+            if not self._host.closed:  # else close() stores it
+                await self._lock.acquire()
+                await self._unlock()
+
+    async def apply_summary(self, summary: Message, upto_seq: int) -> bool:
+        """Archive ``summary`` in the store and drop what it covers from memory (locked)."""
+        await self._lock.acquire()
+        try:
+            if self._host.closed:
+                return False
+            with anyio.CancelScope(shield=True):
+                await self._writer.append_summary(summary, upto_seq)
+            self._log.apply_summary(summary, upto_seq)
+            return True
+        finally:
+            await self._unlock()
+
+    async def drain(self) -> None:
+        """Wait for the running and queued turns (the session is closed: no new ones),
+        then store session state not stored yet."""
+        await self._lock.acquire()
+        try:
+            await self._state.flush(self._writer)
+        finally:
+            self._lock.release()
