@@ -105,8 +105,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     results: list[BenchResult] = []
     for name in args.names or BENCHMARKS:
         # A plain line, not console.status(): a spinner redraws from its own thread,
-        # which competes for the GIL with the code being timed (it made a 35 ms SQLite
-        # load measure 43-50 ms).
+        # which competes for the GIL with the code being timed and inflates its figures.
         console.print(f"[dim]running {name}…[/]")
         result = run_one(name, ctx)
         results.append(result)

@@ -1,11 +1,10 @@
 """The workload every framework in :mod:`bench.peers` runs: one turn, six steps, mock adapters.
 
 ``classify → recall → llm_call → format → update_memory → done``.  The adapters are
-plain functions costing a few microseconds (a keyword classifier, a keyword recall over
-32 facts, an echo "model", a formatter), so what differs between frameworks is the
-framework: scheduling, state handling, checkpointing.  Each turn appends two messages
-(user, assistant) to the conversation's history, so a framework that copies history per
-turn shows it as growth.
+cheap plain functions (a keyword classifier, a keyword recall over 32 facts, an echo
+"model", a formatter), so what differs between frameworks is the framework: scheduling,
+state handling, checkpointing.  Each turn appends two messages (user, assistant) to the
+conversation's history, so a framework that copies history per turn shows it as growth.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles.
 ``condition`` (see :mod:`engine.conditions`; empty means none).
 
 **Caching.** A file is cached by path and checked on every call by its
-modification time, size, inode and change time (one ``stat``: a hit costs a few
-microseconds), then by content hash; text is cached by content hash.  At most
+modification time, size, inode and change time (one ``stat``), then by content
+hash; text is cached by content hash.  At most
 :data:`CACHE_SIZE` graphs of each kind are kept (least recently used go first).  A
 hit returns the very same ``Graph`` object.  Handlers are checked against the
 registry on every call, so one cached graph serves every registry.

@@ -1,7 +1,7 @@
 """Plain records the adapters, handlers and sessions exchange: tool specs and calls, LLM replies,
 memory items.  Frozen and free of any backend's types, so a hosted-model adapter maps
 its SDK's objects onto these at its edge.  They are ``msgspec`` structs: immutable like
-frozen dataclasses, and built in C, several times faster (a turn makes a handful).
+frozen dataclasses, and built in C (a turn makes a handful).
 """
 
 from __future__ import annotations

@@ -7,9 +7,8 @@ pick the next edge from the tuples.  No pydot, no networkx, no graph queries, no
 per-node allocation beyond the trace record.
 
 Pay only for what a node asks for: a cancel scope exists only for nodes with a
-``timeout`` (its timer armed only once the handler waits: :mod:`engine.scopes`); the retry
-loop only runs again after a retryable failure; events are built only when someone
-observes them.
+``timeout`` (anyio's ``move_on_after``: :mod:`engine.scopes`); the retry loop only runs
+again after a retryable failure; events are built only when someone observes them.
 
 Edge selection after a node (DESIGN.md §4), first match wins:
 
@@ -394,11 +393,7 @@ class Engine:
                 else:
                     result = await self._call(step, view)
             else:
-                # The deadline's timer is armed only if the handler waits (before
-                # that nothing can interrupt it): engine.scopes.
-                spec = step.spec
-                call = spec.fn(node, view) if spec.is_async else self._call(step, view)
-                result, timed_out = await call_with_deadline(call, node.timeout, _perf())  # type: ignore[arg-type]
+                result, timed_out = await call_with_deadline(self._call(step, view), node.timeout)
                 if timed_out:
                     err = HandlerTimeout(node.id, node.handler, attempt, node.timeout)
                     return Outcome("fail", reason=err.reason), err, True

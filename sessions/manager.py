@@ -20,7 +20,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from engine.loader import load_graph
 from engine.logs import log
 from engine.registry import HandlerRegistry
 from engine.runner import Engine
+from graphs import graph_source
 from sessions.compaction import (
     CompactionResult,
     Summarizer,
@@ -52,10 +52,8 @@ from sessions.store.base import SessionMeta, SessionType, Store
 if TYPE_CHECKING:
     from handlers.adapters import LLM, Memory, Tools
 
-__all__ = ["GRAPHS_DIR", "SessionManager"]
+__all__ = ["SessionManager"]
 
-GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
-"""Where the default ``turn.dot`` and ``heartbeat.dot`` live."""
 
 GraphSource = Graph | str | os.PathLike[str]
 
@@ -64,15 +62,12 @@ def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _load(source: GraphSource | None, default: str, registry: HandlerRegistry) -> Graph | None:
-    """A compiled graph from a Graph, a path or DOT text; ``None`` if a default is absent."""
+def _load(source: GraphSource | None, default: str, registry: HandlerRegistry) -> Graph:
+    """A compiled graph from a Graph, a path or DOT text; else the shipped ``default``."""
     if isinstance(source, Graph):
         return source
     if source is None:
-        path = GRAPHS_DIR / default
-        if not path.is_file():
-            return None
-        source = str(path)
+        source = graph_source(default)  # shipped as package data
     return load_graph(source, registry=registry)
 
 
@@ -128,11 +123,8 @@ class SessionManager:
         self.limits = limits or Limits()
         self.registry = registry
         self.engine = Engine(registry, max_steps=self.limits.max_steps_per_turn)
-        turn = _load(turn_graph, "turn.dot", registry)
-        if turn is None:
-            raise FileNotFoundError(GRAPHS_DIR / "turn.dot")
-        self.turn_graph = turn
-        self.engine.check(turn)
+        self.turn_graph = _load(turn_graph, "turn.dot", registry)
+        self.engine.check(self.turn_graph)
         self.heartbeat_graph = self._heartbeat(heartbeat_graph, registry)
         self.store, self._owns_store = _open_store(store, store_secret)
         self.owner = owner or _default_owner()
@@ -153,8 +145,7 @@ class SessionManager:
         """The heartbeat graph; the default one is skipped if ``registry`` cannot run it."""
         try:
             graph = _load(source, "heartbeat.dot", registry)
-            if graph is not None:
-                self.engine.check(graph)
+            self.engine.check(graph)
         except GraphValidationError:
             if source is not None:
                 raise

@@ -2,9 +2,9 @@
 
 ::
 
-    python -m engine.run GRAPH.dot -m TEXT [--json] [-v]    one turn, offline adapters
-    python -m engine.run GRAPH.dot [-v]                     chat: an in-memory session
-    python -m engine.run GRAPH.dot [-m TEXT] --session ID [--store URL]
+    python -m engine.run [GRAPH.dot] -m TEXT [--json] [-v]  one turn, offline adapters
+    python -m engine.run [GRAPH.dot] [-v]                   chat: an in-memory session
+    python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL]
                                                             a turn (or a chat) of a stored
                                                             session, created if new
     python -m engine.run validate GRAPH.dot...              every problem, compiler-style
@@ -12,8 +12,10 @@
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
                                   import FILE [--replace]|delete ID|compact ID
 
-The store defaults to ``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME``
-(``~/.local/share/turngraph``); see :func:`sessions.store.open_store`.
+Without ``GRAPH.dot`` a turn runs the shipped ``turn.dot`` (:mod:`graphs`).  The
+installed console script ``turngraph`` is this command.  The store defaults to
+``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME`` (``~/.local/share/turngraph``);
+see :func:`sessions.store.open_store`.
 
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
@@ -208,7 +210,7 @@ def _run_parser() -> Parser:
         description="Run a turn graph (one turn with -m, else a chat).",
         epilog=f"other commands: {PROG} validate|render|sessions --help",
     )
-    p.add_argument("graph", help="the .dot turn graph")
+    p.add_argument("graph", nargs="?", help="the .dot turn graph (default: the shipped turn.dot)")
     p.add_argument("-m", "--message", help="run one turn with this input and exit")
     p.add_argument("--json", action="store_true", help="print one JSON object (with -m)")
     p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
@@ -221,6 +223,8 @@ def _cmd_run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(argv)
     if args.json and args.message is None:
         raise UsageError(f"{PROG}: error: --json needs -m TEXT (see --help)")
+    if args.graph is None and args.message is None and args.session is None:
+        raise UsageError(f"{PROG}: error: a chat needs GRAPH.dot or --session ID (see --help)")
     if args.message is None and args.session is None and args.store is None:
         # A chat is a session kept in memory: the same history window, working
         # memory and compaction as a stored one, gone when the chat ends.
@@ -230,7 +234,13 @@ def _cmd_run(argv: Sequence[str]) -> int:
     from handlers import build_registry
 
     registry = build_registry()
-    graph = _load(args.graph, registry)
+    if args.graph is None:
+        from engine.loader import load_graph
+        from graphs import graph_source
+
+        graph = load_graph(graph_source("turn.dot"), registry=registry)
+    else:
+        graph = _load(args.graph, registry)
     engine = _engine(registry, args.verbose)
     configure_logging(args.verbose)
     return _one_turn(graph, engine, args.message, args.json)
@@ -369,7 +379,7 @@ def _run_session(args: argparse.Namespace) -> int:
     from sessions.store import validate_session_id
 
     validate_session_id(args.session)
-    if "{" in args.graph and not os.path.exists(args.graph):
+    if args.graph is not None and "{" in args.graph and not os.path.exists(args.graph):
         from engine.errors import GraphFileError
 
         raise GraphFileError(args.graph, "no such file")
