@@ -35,7 +35,7 @@ def test_quotes_are_stripped_from_ids_and_values() -> None:
 
 
 def test_escapes_are_resolved() -> None:
-    """\\" \\\\ \\n \\l \\r resolve; other escapes (\\N) stay; backslash-newline joins."""
+    """\\" \\\\ \\n resolve; other escapes (\\N, \\l, \\r) stay; backslash-newline joins."""
     raw = parse_dot(
         'digraph { a [q="say \\"hi\\"", b="back\\\\slash", n="1\\n2\\l3\\r", '
         'keep="\\N and \\G", j="jo\\\nined"] }'
@@ -43,7 +43,7 @@ def test_escapes_are_resolved() -> None:
     attrs = raw.nodes["a"].attrs
     assert attrs["q"] == 'say "hi"'
     assert attrs["b"] == "back\\slash"
-    assert attrs["n"] == "1\n2\n3\n"
+    assert attrs["n"] == "1\n2\\l3\\r"
     assert attrs["keep"] == "\\N and \\G"
     assert attrs["j"] == "joined"
 
@@ -275,7 +275,7 @@ def test_graph_header_is_read() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "col", "reason"),
     [
-        ("digraph {\n  a -> ;\n}", 2, 5, "unexpected '-'"),
+        ("digraph {\n  a -> ;\n}", 2, 8, "unexpected ';'"),
         ("digraph {\n a -> b\n", 3, 1, "unexpected end of text"),
         ('digraph {\n  a [label="oops]\n}', 2, 12, "unterminated string"),
         ("digraph {\n /* never closed\n}", 2, 2, "unterminated comment"),
