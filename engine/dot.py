@@ -53,6 +53,7 @@ from engine.dot_lexer import (
     DotLimitError,
     Lexer,
     Scope,
+    Tok,
     decode_attrs,
     decode_id,
     is_latin1,
@@ -255,15 +256,16 @@ class _Reader:
             parts.append(part)
         return decode_id(first), (decode_id(":".join(parts[1:])) if len(parts) > 1 else None)
 
-    def endpoint(self, scope: Scope) -> list[tuple[str, str | None]]:
-        """One end of an edge: a node reference or a subgraph."""
+    def endpoint(self, scope: Scope, op: Tok) -> list[tuple[str, str | None]]:
+        """The end of an edge after ``op``: a node reference or a subgraph."""
         lex = self.lex
         if lex.keyword() == "subgraph" or (lex.tok.kind == "p" and lex.tok.text == "{"):
             return [(m, None) for m in self.subgraph(scope)]
         start = lex.tok.pos
         first = lex.ident()
         if first is None:
-            raise lex.unexpected()
+            found = repr(lex.tok.text[:20]) if lex.tok.kind != "eof" else "the end of the text"
+            raise lex.error(op.pos, f"expected a node or subgraph after {op.text!r}, found {found}")
         node_id, port = self.port(first)
         self.ensure(node_id, start, scope)
         return [(node_id, port)]
@@ -275,7 +277,7 @@ class _Reader:
         ops = []
         while lex.tok.kind == "op":
             ops.append(lex.advance())
-            ends.append(self.endpoint(scope))
+            ends.append(self.endpoint(scope, ops[-1]))
         if not ops:
             return
         own = self.attr_lists() if lex.tok.kind == "p" and lex.tok.text == "[" else {}

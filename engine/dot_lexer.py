@@ -101,7 +101,7 @@ _LATIN1 = frozenset({"latin1", "latin-1", "l1", "iso-8859-1", "iso_8859-1", "iso
 
 
 @dataclass(slots=True)
-class _Tok:
+class Tok:
     kind: str  # q (quoted), op, neg, id, p (punctuation), html, kw, eof
     text: str
     pos: int
@@ -129,7 +129,7 @@ class Lexer:
         self.path = path
         self.end = len(text)
         self._newlines: list[int] | None = None
-        self.tok = _Tok("eof", "", 0)
+        self.tok = Tok("eof", "", 0)
         self.advance()
 
     # ------------------------------------------------------------ positions
@@ -158,14 +158,14 @@ class Lexer:
         return self.error(self.tok.pos, f"unexpected {self.tok.text[:20]!r}")
 
     # ------------------------------------------------------------ tokens
-    def advance(self) -> _Tok:
+    def advance(self) -> Tok:
         """Move to the next token; return the one just left."""
         prev = self.tok
         text = self.text
         skipped = _SKIP.match(text, prev.pos + len(prev.text) if prev.kind != "eof" else 0)
         pos = skipped.end() if skipped else self.end
         if pos >= self.end:
-            self.tok = _Tok("eof", "", self.end)
+            self.tok = Tok("eof", "", self.end)
             return prev
         m = _TOKEN.match(text, pos)
         if m is None:
@@ -176,11 +176,11 @@ class Lexer:
             raise self.error(pos, f"unexpected {text[pos]!r}")
         kind = m.lastgroup or "p"
         if kind == "p" and text[pos] == "<":
-            self.tok = _Tok("html", self._html(pos), pos)
+            self.tok = Tok("html", self._html(pos), pos)
         elif kind == "id" and m.group().lower() in _KEYWORDS:
-            self.tok = _Tok("kw", m.group(), pos)
+            self.tok = Tok("kw", m.group(), pos)
         else:
-            self.tok = _Tok(kind, m.group(), pos)
+            self.tok = Tok(kind, m.group(), pos)
         return prev
 
     def _html(self, pos: int) -> str:
@@ -243,7 +243,7 @@ class Lexer:
     def _split_token(self, end: int) -> str:
         """Consume the text up to ``end`` (inside or across the current token)."""
         start = self.tok.pos
-        self.tok = _Tok("p", self.text[start:end], start)
+        self.tok = Tok("p", self.text[start:end], start)
         self.advance()
         return self.text[start:end]
 

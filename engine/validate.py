@@ -37,12 +37,13 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
-from typing import Literal
-
-import networkx as nx
+from typing import TYPE_CHECKING, Literal
 
 from engine.errors import Issue
 from engine.graph import Edge, Node, Value
+
+if TYPE_CHECKING:  # imported where used: a cached graph is never validated again
+    import networkx as nx
 
 __all__ = [
     "EDGE_KINDS",
@@ -257,6 +258,8 @@ def _reach_issues(
     starts: Sequence[str],
     exits: Collection[str],
 ) -> list[Issue]:
+    import networkx as nx
+
     issues: list[Issue] = []
     if len(starts) == 1:
         reached = nx.descendants(graph, starts[0]) | {starts[0]}

@@ -275,7 +275,7 @@ def test_graph_header_is_read() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "col", "reason"),
     [
-        ("digraph {\n  a -> ;\n}", 2, 8, "unexpected ';'"),
+        ("digraph {\n  a -> ;\n}", 2, 5, "after '->', found ';'"),
         ("digraph {\n a -> b\n", 3, 1, "unexpected end of text"),
         ('digraph {\n  a [label="oops]\n}', 2, 12, "unterminated string"),
         ("digraph {\n /* never closed\n}", 2, 2, "unterminated comment"),
