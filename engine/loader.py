@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from engine.conditions import ConditionSyntaxError, compile_condition
 from engine.errors import DotSyntaxError, GraphFileError, GraphValidationError, Issue
-from engine.graph import NO_RETRY, Edge, Graph, Node, RetryPolicy, Value, build_networkx
+from engine.graph import NO_RETRY, Edge, Graph, Node, RetryPolicy, Value
 from engine.validate import (
     EDGE_KINDS,
     GRAPH_KINDS,
@@ -278,7 +278,6 @@ def _build(raw: RawGraph, path: str, digest: str, registry: Collection[str] | No
     default_retry = _retry(attrs, RetryPolicy(), "default_max_retries")
     nodes = {n.id: _node(n, path, default_retry, issues) for n in raw.nodes.values()}
     edges = tuple(_edge(e, i, path, issues) for i, e in enumerate(raw.edges))
-    nxg = build_networkx(attrs, nodes, edges)
     starts = [i for i, n in nodes.items() if n.shape.lower() == "mdiamond" or n.handler == "start"]
     exits = frozenset(
         i for i, n in nodes.items() if n.shape.lower() == "msquare" or n.handler in EXIT_HANDLERS
@@ -287,7 +286,7 @@ def _build(raw: RawGraph, path: str, digest: str, registry: Collection[str] | No
     issues += [
         # Whole-graph problems (no start, no exit) point at the graph's own line.
         i if i.line else replace(i, line=raw.line, col=raw.col)
-        for i in structure_issues(path, nxg, nodes, edges, starts, exits, cols)
+        for i in structure_issues(path, nodes, edges, starts, exits, cols)
     ]
     if any(i.severity == "error" for i in issues):
         if registry is not None:
