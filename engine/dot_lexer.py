@@ -85,15 +85,19 @@ def decode_attrs(items: list[tuple[str, str | None]]) -> RawAttrs:
 
 # --------------------------------------------------------------------------- lexer
 
-_SKIP = re.compile(r"(?:[ \t\r\n]+|//[^\n]*|#[^\n]*|/\*(?:[^*]|\*(?!/))*\*/)*")
-# One token of any kind; ``id`` characters are pydot's (letters, digits, ``_``, ``.``)
-# widened to every non-ASCII character, as Graphviz's lexer takes any byte >= 0x80.
+# Possessive: a token that fails after a run of blanks must not retry every split of it.
+_SPACE = r"(?:[ \t\r\n]++|//[^\n]*+|#[^\n]*+|/\*(?:[^*]|\*(?!/))*+\*/)*+"
+_SKIP = re.compile(_SPACE)
+# Blanks and comments, then one token of any kind (one match per token); ``id``
+# characters are pydot's (letters, digits, ``_``, ``.``) widened to every non-ASCII
+# character, as Graphviz's lexer takes any byte >= 0x80.
 _TOKEN = re.compile(
-    r'(?P<q>"(?:[^"\\]|\\[\s\S])*")'
+    _SPACE + r'(?:(?P<q>"(?:[^"\\]|\\[\s\S])*")'
     r"|(?P<op>->|--)"
     r"|(?P<neg>-(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?))"
     r"|(?P<id>[A-Za-z0-9_.\x80-\U0010ffff]+)"
     r"|(?P<p>[{}\[\]=;,:+<])"
+    r"|(?P<eof>\Z))"
 )
 _VALUE_NUMBER = re.compile(r"-?[0-9.]+")  # pydot's float_number: tried before an id
 _KEYWORDS = frozenset({"strict", "graph", "digraph", "subgraph", "node", "edge"})
@@ -129,6 +133,7 @@ class Lexer:
         self.path = path
         self.end = len(text)
         self._newlines: list[int] | None = None
+        self.next = 0  # where the token after ``tok`` may start
         self.tok = Tok("eof", "", 0)
         self.advance()
 
@@ -161,27 +166,29 @@ class Lexer:
     def advance(self) -> Tok:
         """Move to the next token; return the one just left."""
         prev = self.tok
-        text = self.text
-        skipped = _SKIP.match(text, prev.pos + len(prev.text) if prev.kind != "eof" else 0)
-        pos = skipped.end() if skipped else self.end
-        if pos >= self.end:
-            self.tok = Tok("eof", "", self.end)
-            return prev
-        m = _TOKEN.match(text, pos)
+        m = _TOKEN.match(self.text, self.next)
         if m is None:
-            if text.startswith("/*", pos):
-                raise self.error(pos, "unterminated comment")
-            if text[pos] == '"':
-                raise self.error(pos, "unterminated string")
-            raise self.error(pos, f"unexpected {text[pos]!r}")
-        kind = m.lastgroup or "p"
-        if kind == "p" and text[pos] == "<":
-            self.tok = Tok("html", self._html(pos), pos)
-        elif kind == "id" and m.group().lower() in _KEYWORDS:
-            self.tok = Tok("kw", m.group(), pos)
-        else:
-            self.tok = Tok(kind, m.group(), pos)
+            raise self._lex_error()
+        kind = m.lastgroup or "eof"
+        pos = m.start(kind)
+        word = m.group(kind)
+        if kind == "p" and word == "<":
+            word = self._html(pos)
+            kind = "html"
+        elif kind == "id" and len(word) <= 8 and word.lower() in _KEYWORDS:
+            kind = "kw"
+        self.tok = Tok(kind, word, pos)
+        self.next = pos + len(word)
         return prev
+
+    def _lex_error(self) -> DotSyntaxError:
+        skipped = _SKIP.match(self.text, self.next)
+        pos = skipped.end() if skipped else self.next
+        if self.text.startswith("/*", pos):
+            return self.error(pos, "unterminated comment")
+        if self.text[pos] == '"':
+            return self.error(pos, "unterminated string")
+        return self.error(pos, f"unexpected {self.text[pos]!r}")
 
     def _html(self, pos: int) -> str:
         depth, i, text = 0, pos, self.text
@@ -195,7 +202,7 @@ class Lexer:
 
     def punct(self, char: str) -> bool:
         """Consume ``char`` if it is the current token."""
-        if self.tok.kind == "p" and self.tok.text == char:
+        if self.tok.text == char and self.tok.kind == "p":
             self.advance()
             return True
         return False
@@ -243,7 +250,7 @@ class Lexer:
     def _split_token(self, end: int) -> str:
         """Consume the text up to ``end`` (inside or across the current token)."""
         start = self.tok.pos
-        self.tok = Tok("p", self.text[start:end], start)
+        self.next = end
         self.advance()
         return self.text[start:end]
 

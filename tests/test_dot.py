@@ -397,3 +397,11 @@ def test_non_utf8_without_charset_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b'digraph { start [label="caf\xe9"] }')
     with pytest.raises(GraphFileError, match="not UTF-8 text"):
         load_graph(path)
+
+
+@pytest.mark.parametrize("junk", ["`", '"open', "/* open", "-x"])
+def test_a_bad_token_after_long_blanks_fails_at_once(junk: str) -> None:
+    """A blank run before a bad token is skipped once (no retrying every split of it)."""
+    with pytest.raises(DotSyntaxError) as info:
+        parse_dot("digraph {" + " \n" * 40 + junk)
+    assert info.value.line == 41
