@@ -1,4 +1,4 @@
-"""Reading DOT: the only module that touches pydot.
+"""Reading DOT: one linear pass, no backtracking, nothing imported but the stdlib.
 
 :func:`parse_dot` turns DOT text into a :class:`RawGraph`: plain data, every value
 still a string (``None`` for a valueless attribute such as ``[flag]``), every node
@@ -6,21 +6,30 @@ and edge located in the source by line and column.  Typing values, resolving
 handlers and checking rules happen later (:mod:`engine.loader`,
 :mod:`engine.validate`); this module only reads.
 
+The grammar is pydot's (which reads what Graphviz reads, with the liberties below),
+read by :mod:`engine.dot_lexer` with one token of lookahead: time grows linearly with
+the text whatever its shape (pydot's pyparsing grammar re-reads a subgraph body
+twice per level of nesting, and pays hundreds of microseconds per token).  The
+tests hold the reader to pydot's own reading and to Graphviz's on 400+ real files.
+
 The dialect is Graphviz's, read faithfully:
 
 * **Quoting.** ``"quoted ids"`` lose their quotes; ``"a" + "b"`` concatenates;
   ``<html>`` ids lose their outer angle brackets and are kept verbatim.  An unquoted
   number followed by a unit (``timeout=2s``, which DOT's lexer splits into ``2`` and
   a valueless ``s``) is read back as one value, ``2s``.  In quoted
-  strings ``\\"`` is ``"``, ``\\\\`` is a backslash, ``\\n``, ``\\l`` and ``\\r`` are
-  newlines, a backslash before a line break joins the lines, and any other escape
-  (``\\N``, ``\\G``...) is kept as written.  Unquoted ids are taken as written.
+  strings ``\\"`` is ``"``, ``\\\\`` is a backslash, ``\\n`` is a newline, a backslash
+  before a line break joins the lines, and any other escape is kept as written:
+  ``\\l`` and ``\\r`` (left- and right-justified line ends) for renderers, ``\\N``,
+  ``\\G``...  Unquoted ids are taken as written; ``-1`` and ``-.5`` are ids too.
+* **Attribute lists.** ``[a=1, b=2]``, ``[a=1; b=2]`` or ``[a=1 b=2]``; a valueless
+  ``[flag]`` is read (pydot reads it; Graphviz refuses it).
 * **Comments.** ``// ...``, ``# ...`` (to the end of the line) and ``/* ... */``.
 * **Default statements.** ``node [...]`` and ``edge [...]`` apply to the nodes and
   edges created *after* them in the same scope (a subgraph and anything nested in
   it); a later ``node [...]`` does not change nodes that already exist, exactly as
   Graphviz.  ``graph [...]`` and ``key=value`` statements at the top level are the
-  graph's attributes (when one key is set both ways, ``graph [...]`` wins); inside a
+  graph's attributes (the later statement wins, as in Graphviz); inside a
   subgraph they belong to that subgraph (:attr:`RawGraph.subgraphs`) and do not
   flow into its nodes.
 * **Subgraphs** (named, ``cluster_*`` or anonymous ``{ ... }``, nested to any depth)
@@ -37,9 +46,13 @@ The dialect is Graphviz's, read faithfully:
 * **Graph kind.** Only ``digraph`` graphs are turn graphs; ``graph`` (undirected)
   and ``--`` edges are reported by validation, not here.  ``strict`` is recorded.
 
+* **Keywords** (``graph``, ``node``, ``edge``, ``subgraph``, ``strict``, ``digraph``,
+  any case) are keywords, not node names, as in Graphviz (pydot takes them as ids).
+
 A syntax error raises :class:`~engine.errors.DotSyntaxError` with the line, column
-and source line; nothing is ever printed (pydot's own wrapper prints and returns
-``None``, so the grammar is called directly).
+and source line; nothing is ever printed.  Past :data:`MAX_DEPTH` nested subgraphs,
+:data:`MAX_CHARS` characters or :data:`MAX_EDGES` edges, :class:`DotLimitError` (a
+``DotSyntaxError``) names where.
 """
 
 from __future__ import annotations

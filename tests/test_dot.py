@@ -405,3 +405,16 @@ def test_a_bad_token_after_long_blanks_fails_at_once(junk: str) -> None:
     with pytest.raises(DotSyntaxError) as info:
         parse_dot("digraph {" + " \n" * 40 + junk)
     assert info.value.line == 41
+
+
+def test_the_later_graph_attribute_statement_wins() -> None:
+    """``graph [x=1]; x=2`` and the reverse: the later one wins, as in Graphviz."""
+    raw = parse_dot("digraph { graph [x=1]; x=2; y=1; graph [y=2] }")
+    assert raw.attrs == {"x": "2", "y": "2"}
+
+
+@pytest.mark.parametrize("text", ["digraph { node }", "digraph { a -> edge }"])
+def test_keywords_are_not_node_names(text: str) -> None:
+    """Graphviz refuses a keyword where a node belongs (pydot would take it as a name)."""
+    with pytest.raises(DotSyntaxError):
+        parse_dot(text)
