@@ -261,6 +261,8 @@ class _Reader:
     def port(self, first: str) -> tuple[str, str | None]:
         """``id[:port[:compass]]`` after its first id: (node id, port or None)."""
         lex = self.lex
+        if lex.tok.text != ":":
+            return decode_id(first), None
         parts = [first]
         while len(parts) < 3 and lex.punct(":"):
             part = lex.ident()

@@ -50,6 +50,8 @@ def decode_id(raw: str) -> str:
     ``\\"``, ``\\\\`` and ``\\n`` resolve; every other escape, ``\\l`` and ``\\r`` (left- and
     right-justified line ends) included, is kept as written for renderers.
     """
+    if raw[:1] not in ('"', "<"):
+        return raw
     if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
         body = raw[1:-1].replace("\\\r\n", "").replace("\\\n", "")
         return _ESCAPE.sub(_unescape, body) if "\\" in body else body
