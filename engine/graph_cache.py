@@ -34,10 +34,12 @@ from engine.conditions import ConditionSyntaxError, compile_condition
 from engine.errors import Issue
 from engine.graph import NO_RETRY, Condition, Edge, Graph, Node, RetryPolicy, Value
 
-__all__ = ["FORMAT", "entry_path", "load_entry", "store_entry"]
+__all__ = ["FORMAT", "MAX_ENTRIES", "entry_path", "load_entry", "store_entry"]
 
 FORMAT = 1
 """Bumped whenever the entry layout changes."""
+MAX_ENTRIES = 256
+"""Entries kept; writing one more removes the least recently written."""
 
 _READER_MODULES = ("dot.py", "dot_lexer.py", "loader.py", "validate.py", "conditions.py")
 _Val = str | int | float | bool | list[int]  # a timedelta is [days, seconds, microseconds]
@@ -247,9 +249,20 @@ def store_entry(directory: str | os.PathLike[str], graph: Graph) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(tmp, entry_path(directory, graph.source_hash))
+            os.replace(tmp, target := entry_path(directory, graph.source_hash))
         except BaseException:
             os.unlink(tmp)
             raise
+        _prune(Path(directory), target)
     except (OSError, TypeError, ValueError, msgspec.EncodeError):
         return  # the cache only saves time; a graph it cannot hold is read next time
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Keep the newest :data:`MAX_ENTRIES` entries, ``keep`` (just written) among them."""
+    entries = [p for p in directory.iterdir() if p.suffix == ".json" and p.name[0] != "."]
+    if len(entries) <= MAX_ENTRIES:
+        return
+    others = sorted((p for p in entries if p != keep), key=lambda p: p.stat().st_mtime_ns)
+    for stale in others[: len(entries) - MAX_ENTRIES]:
+        stale.unlink(missing_ok=True)

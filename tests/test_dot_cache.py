@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import engine.dot
+import engine.graph_cache
 from engine.graph import Graph
 from engine.graph_cache import entry_path, load_entry, store_entry
 from engine.loader import clear_cache, load_graph
@@ -185,3 +186,14 @@ def test_a_warm_cli_run_imports_no_parser(tmp_path: Path) -> None:
     assert "LOADED ['engine.dot']" in runs[0].stderr  # the first run had to read it
     assert "LOADED []" in runs[1].stderr
     assert list((tmp_path / "graph-cache").iterdir())
+
+
+def test_the_cache_keeps_at_most_max_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing past MAX_ENTRIES removes the oldest entries, never the one just written."""
+    monkeypatch.setattr(engine.graph_cache, "MAX_ENTRIES", 3)
+    graphs = [load_graph(f"// {i}\n{DOT}", cache_dir=tmp_path) for i in range(5)]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 3
+    assert entry_path(tmp_path, graphs[-1].source_hash).name in names
