@@ -101,9 +101,12 @@ class RawNode:
     declared: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawEdge:
-    """An edge as read, with its operator's position (``--`` recorded in ``op``)."""
+    """An edge as read, with its operator's position (``--`` recorded in ``op``).
+
+    Not frozen: a graph may hold millions, and a frozen dataclass is slower to make.
+    """
 
     src: str
     dst: str
