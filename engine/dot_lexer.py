@@ -172,15 +172,18 @@ class Lexer:
         if m is None:
             raise self._lex_error()
         kind = m.lastgroup or "eof"
-        pos = m.start(kind)
         word = m.group(kind)
-        if kind == "p" and word == "<":
+        end = m.end()
+        pos = end - len(word)
+        if kind == "id":
+            if len(word) <= 8 and word.lower() in _KEYWORDS:
+                kind = "kw"
+        elif word == "<" and kind == "p":
             word = self._html(pos)
             kind = "html"
-        elif kind == "id" and len(word) <= 8 and word.lower() in _KEYWORDS:
-            kind = "kw"
+            end = pos + len(word)
         self.tok = Tok(kind, word, pos)
-        self.next = pos + len(word)
+        self.next = end
         return prev
 
     def _lex_error(self) -> DotSyntaxError:
