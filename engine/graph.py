@@ -1,9 +1,9 @@
 """The compiled, frozen form of a turn graph.
 
 ``engine.load_graph`` (in :mod:`engine.loader`) builds a :class:`Graph` from DOT text;
-the runner compiles it once more into a per-registry plan.  Nothing here touches pydot:
-a ``Graph`` is plain frozen data plus the normalised ``networkx.MultiDiGraph`` it was
-validated on.
+the runner compiles it once more into a per-registry plan.  Nothing here reads DOT:
+a ``Graph`` is plain frozen data; its normalised ``networkx.MultiDiGraph`` is built on
+request (:meth:`Graph.to_networkx`), so running a graph never imports networkx.
 
 Attribute values are typed once at load (:data:`Value`): integers, floats, booleans,
 durations as :class:`datetime.timedelta`, and strings with their escapes resolved.
@@ -23,7 +23,16 @@ if TYPE_CHECKING:
 
     from engine.errors import Issue
 
-__all__ = ["EMPTY_ATTRS", "Condition", "Edge", "Graph", "Node", "RetryPolicy", "Value"]
+__all__ = [
+    "EMPTY_ATTRS",
+    "Condition",
+    "Edge",
+    "Graph",
+    "Node",
+    "RetryPolicy",
+    "Value",
+    "build_networkx",
+]
 
 Value = str | int | float | bool | timedelta
 """A typed DOT attribute value."""
@@ -138,7 +147,6 @@ class Graph:
     warnings: tuple[Issue, ...] = ()
     max_steps: int | None = None
     default_retry: RetryPolicy = NO_RETRY
-    _nx: nx.MultiDiGraph | None = field(default=None, repr=False)
 
     def out_edges(self, node_id: str) -> tuple[Edge, ...]:
         """Edges leaving ``node_id`` in source order (a graph query: not for hot paths)."""
@@ -150,6 +158,17 @@ class Graph:
         Graph attributes are in ``.graph``; node and edge attributes are typed; there is
         one edge per DOT edge, in source order, keyed by its ``index``.
         """
-        if self._nx is None:  # pragma: no cover - load_graph always sets it
-            raise RuntimeError("Graph was not built by load_graph")
-        return self._nx.copy()
+        return build_networkx(self.attrs, self.nodes, self.edges)
+
+
+def build_networkx(
+    attrs: Mapping[str, Value], nodes: Mapping[str, Node], edges: tuple[Edge, ...]
+) -> nx.MultiDiGraph:
+    """The normalised MultiDiGraph: typed attributes, one keyed edge per DOT edge."""
+    import networkx as nx  # only validation and to_networkx() need it
+
+    graph = nx.MultiDiGraph()
+    graph.graph.update(attrs)
+    graph.add_nodes_from((node.id, dict(node.attrs)) for node in nodes.values())
+    graph.add_edges_from((e.src, e.dst, e.index, dict(e.attrs)) for e in edges)
+    return graph

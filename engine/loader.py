@@ -37,12 +37,19 @@ defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles.
 **Edge attributes:** ``label`` (text), ``weight`` (integer, default 0),
 ``condition`` (see :mod:`engine.conditions`; empty means none).
 
+**Encoding.** A file is UTF-8 (a BOM is dropped), unless its graph says
+``charset=latin1`` (or ``latin-1``, ``l1``, ``iso-8859-1``): then, as in Graphviz,
+its bytes are Latin-1.
+
 **Caching.** A file is cached by path and checked on every call by its
 modification time, size, inode and change time (one ``stat``), then by content
 hash; text is cached by content hash.  At most
 :data:`CACHE_SIZE` graphs of each kind are kept (least recently used go first).  A
 hit returns the very same ``Graph`` object.  Handlers are checked against the
-registry on every call, so one cached graph serves every registry.
+registry on every call, so one cached graph serves every registry.  With
+``cache_dir``, compiled graphs are also kept on disk by content hash
+(:mod:`engine.graph_cache`): a new process loading a graph read before neither
+imports nor runs the DOT reader.
 """
 
 from __future__ import annotations
@@ -56,13 +63,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Generic, TypeVar
-
-import networkx as nx
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from engine.conditions import ConditionSyntaxError, compile_condition
-from engine.dot import RawEdge, RawGraph, RawNode, parse_dot
-from engine.errors import GraphFileError, GraphValidationError, Issue
+from engine.errors import DotSyntaxError, GraphFileError, GraphValidationError, Issue
 from engine.graph import NO_RETRY, Edge, Graph, Node, RetryPolicy, Value
 from engine.validate import (
     EDGE_KINDS,
@@ -72,6 +76,9 @@ from engine.validate import (
     structure_issues,
     type_attrs,
 )
+
+if TYPE_CHECKING:  # the reader is imported only when a graph must be read
+    from engine.dot import RawEdge, RawGraph, RawNode
 
 __all__ = ["CACHE_SIZE", "clear_cache", "load_graph"]
 
@@ -129,18 +136,25 @@ def clear_cache() -> None:
     _GRAPHS.clear()
 
 
-def load_graph(source: str | os.PathLike[str], *, registry: Collection[str] | None = None) -> Graph:
+def load_graph(
+    source: str | os.PathLike[str],
+    *,
+    registry: Collection[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Graph:
     """Load, validate and freeze a turn graph from a DOT file or DOT text.
 
     ``registry`` (a :class:`~engine.registry.HandlerRegistry`, or any collection of
-    handler names) makes an unregistered handler a load-time error.  Raises
+    handler names) makes an unregistered handler a load-time error.  ``cache_dir``
+    keeps compiled graphs on disk there (see :mod:`engine.graph_cache`).  Raises
     :class:`~engine.errors.GraphFileError`, :class:`~engine.errors.DotSyntaxError` or
     :class:`~engine.errors.GraphValidationError` (all :class:`GraphError`).
     """
     if isinstance(source, str) and "{" in source:
-        graph = _from_text(source, source.encode("utf-8", "surrogatepass"), "<string>", registry)
+        data = source.encode("utf-8", "surrogatepass")
+        graph = _from_data(data, "<string>", registry, cache_dir, source)
     else:
-        graph = _from_file(os.fspath(source), registry)
+        graph = _from_file(os.fspath(source), registry, cache_dir)
     if registry is not None:
         missing = handler_issues(graph.path, graph.nodes, registry)
         if missing:
@@ -163,7 +177,7 @@ def _stamp(shown: str) -> _Stamp:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
-def _read(shown: str) -> tuple[bytes, str]:
+def _read(shown: str) -> bytes:
     try:
         with open(shown, "rb") as f:
             data = f.read()
@@ -173,40 +187,85 @@ def _read(shown: str) -> tuple[bytes, str]:
         raise GraphFileError(shown, "empty file")
     if b"\0" in data:
         raise GraphFileError(shown, "binary file (contains NUL bytes)")
+    return data
+
+
+def _parse(data: bytes, path: str) -> RawGraph:
+    """Decode (UTF-8, or Latin-1 where the graph says ``charset=latin1``) and read."""
+    from engine.dot import is_latin1, parse_dot
+
     try:
-        return data, data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise GraphFileError(shown, f"not UTF-8 text (bad byte at offset {exc.start})") from None
+        bad = GraphFileError(path, f"not UTF-8 text (bad byte at offset {exc.start})")
+        try:
+            raw = parse_dot(data.decode("latin-1"), path)
+        except DotSyntaxError:
+            raise bad from None
+        if not is_latin1(raw.attrs):
+            raise bad from None
+        return raw
+    raw = parse_dot(text, path)
+    if is_latin1(raw.attrs) and not text.isascii():
+        return parse_dot(data.decode("latin-1"), path)
+    return raw
 
 
-def _from_file(shown: str, registry: Collection[str] | None) -> Graph:
+def _from_file(
+    shown: str, registry: Collection[str] | None, cache_dir: str | os.PathLike[str] | None
+) -> Graph:
     # The cwd is part of a relative path's key; abspath() would cost more than the stat.
     key = (shown, "") if os.path.isabs(shown) else (shown, os.getcwd())
     stamp = _stamp(shown)
     hit = _FILES.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    data, text = _read(shown)
-    graph = _from_text(text, data, shown, registry)
+    graph = _from_data(_read(shown), shown, registry, cache_dir)
     _FILES.put(key, (stamp, graph))
     return graph
 
 
-def _from_text(text: str, data: bytes, path: str, registry: Collection[str] | None) -> Graph:
+def _from_data(
+    data: bytes,
+    path: str,
+    registry: Collection[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    text: str | None = None,
+) -> Graph:
+    """The graph for ``data`` (``text`` when it came as a string): memory, disk, or built."""
     digest = hashlib.sha256(data).hexdigest()
     graph = _GRAPHS.get((digest, path))
+    if graph is not None:
+        return graph
+    if cache_dir is not None:
+        from engine.graph_cache import load_entry
+
+        graph = load_entry(cache_dir, digest, path)
     if graph is None:
-        graph = _build(text, path, digest, registry)
-        _GRAPHS.put((digest, path), graph)
+        if text is not None:
+            from engine.dot import parse_dot
+
+            raw = parse_dot(text, path)
+        else:
+            raw = _parse(data, path)
+        graph = _build(raw, path, digest, registry)
+        if cache_dir is not None:
+            from engine.graph_cache import store_entry
+
+            store_entry(cache_dir, graph)
+    _GRAPHS.put((digest, path), graph)
     return graph
 
 
 # --------------------------------------------------------------------------- building
 
 
-def _build(text: str, path: str, digest: str, registry: Collection[str] | None) -> Graph:
-    """Parse and compile ``text``; raise every problem at once, or return the Graph."""
-    raw = parse_dot(text, path)
+def _build(raw: RawGraph, path: str, digest: str, registry: Collection[str] | None) -> Graph:
+    """Compile ``raw``; raise every problem at once, or return the Graph.
+
+    ``registry`` only adds its issues to a graph already in error; a good graph is
+    checked against each caller's registry by :func:`load_graph`.
+    """
     if not raw.directed:
         # The wrong kind of file, like a syntax error: every rule below would only add
         # noise (no start, unknown handlers...), so this error stands alone.
@@ -219,7 +278,6 @@ def _build(text: str, path: str, digest: str, registry: Collection[str] | None) 
     default_retry = _retry(attrs, RetryPolicy(), "default_max_retries")
     nodes = {n.id: _node(n, path, default_retry, issues) for n in raw.nodes.values()}
     edges = tuple(_edge(e, i, path, issues) for i, e in enumerate(raw.edges))
-    nxg = _networkx(attrs, nodes, edges)
     starts = [i for i, n in nodes.items() if n.shape.lower() == "mdiamond" or n.handler == "start"]
     exits = frozenset(
         i for i, n in nodes.items() if n.shape.lower() == "msquare" or n.handler in EXIT_HANDLERS
@@ -228,7 +286,7 @@ def _build(text: str, path: str, digest: str, registry: Collection[str] | None) 
     issues += [
         # Whole-graph problems (no start, no exit) point at the graph's own line.
         i if i.line else replace(i, line=raw.line, col=raw.col)
-        for i in structure_issues(path, nxg, nodes, edges, starts, exits, cols)
+        for i in structure_issues(path, nodes, edges, starts, exits, cols)
     ]
     if any(i.severity == "error" for i in issues):
         if registry is not None:
@@ -246,7 +304,6 @@ def _build(text: str, path: str, digest: str, registry: Collection[str] | None) 
         exits=exits,
         warnings=_sorted(issues),
         default_retry=default_retry,
-        _nx=nx.freeze(nxg),
         max_steps=max_steps if isinstance(max_steps, int) else None,
     )
 
@@ -347,14 +404,3 @@ def _retry(attrs: Mapping[str, Value], base: RetryPolicy, count_key: str) -> Ret
         jitter=jitter if isinstance(jitter, bool) else base.jitter,
     )
     return NO_RETRY if policy == NO_RETRY else policy
-
-
-def _networkx(
-    attrs: Mapping[str, Value], nodes: Mapping[str, Node], edges: tuple[Edge, ...]
-) -> nx.MultiDiGraph:
-    """The normalised MultiDiGraph: typed attributes, one keyed edge per DOT edge."""
-    graph = nx.MultiDiGraph()
-    graph.graph.update(attrs)
-    graph.add_nodes_from((node.id, dict(node.attrs)) for node in nodes.values())
-    graph.add_edges_from((e.src, e.dst, e.index, dict(e.attrs)) for e in edges)
-    return graph

@@ -39,8 +39,6 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from typing import Literal
 
-import networkx as nx
-
 from engine.errors import Issue
 from engine.graph import Edge, Node, Value
 
@@ -250,21 +248,37 @@ def _edge_rule_issues(
     return issues
 
 
+def _reachable(begin: Collection[str], links: Mapping[str, list[str]]) -> set[str]:
+    """Every node reached from ``begin`` along ``links`` (``begin`` included)."""
+    seen, todo = set(begin), list(begin)
+    while todo:
+        for nxt in links.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
 def _reach_issues(
     path: str,
-    graph: nx.MultiDiGraph,
+    edges: Sequence[Edge],
     nodes: Mapping[str, Node],
     starts: Sequence[str],
     exits: Collection[str],
 ) -> list[Issue]:
+    succ: dict[str, list[str]] = {}
+    pred: dict[str, list[str]] = {}
+    for e in edges:
+        succ.setdefault(e.src, []).append(e.dst)
+        pred.setdefault(e.dst, []).append(e.src)
     issues: list[Issue] = []
     if len(starts) == 1:
-        reached = nx.descendants(graph, starts[0]) | {starts[0]}
+        reached = _reachable(starts[:1], succ)
         for node_id, node in nodes.items():
             if node_id not in reached:
                 issues.append(_node_issue(path, node, f"unreachable from start {starts[0]!r}"))
     if exits:
-        reaching = set(exits).union(*(nx.ancestors(graph, e) for e in exits))
+        reaching = _reachable(exits, pred)
         for node_id, node in nodes.items():
             if node_id not in reaching:
                 issues.append(_node_issue(path, node, "no path from here to an exit"))
@@ -302,7 +316,6 @@ def _warnings(path: str, nodes: Mapping[str, Node], edges: Sequence[Edge]) -> li
 
 def structure_issues(
     path: str,
-    graph: nx.MultiDiGraph,
     nodes: Mapping[str, Node],
     edges: Sequence[Edge],
     starts: Sequence[str],
@@ -311,14 +324,13 @@ def structure_issues(
 ) -> list[Issue]:
     """Every structural problem (errors and warnings) of a typed graph.
 
-    ``graph`` is the normalised MultiDiGraph (used for reachability); ``starts`` are
-    the start candidates in declaration order, ``exits`` the exit nodes;
+    ``starts`` are the start candidates in declaration order, ``exits`` the exit nodes;
     ``edge_cols[i]`` is the column of edge ``i`` (an :class:`Edge` keeps only its line).
     """
     return [
         *_ends_issues(path, nodes, starts, exits),
         *_edge_rule_issues(path, edges, starts, exits, edge_cols),
-        *_reach_issues(path, graph, nodes, starts, exits),
+        *_reach_issues(path, edges, nodes, starts, exits),
         *_target_issues(path, nodes),
         *_warnings(path, nodes, edges),
     ]

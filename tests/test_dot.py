@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from engine.dot import RawGraph, decode_id, parse_dot
-from engine.errors import DotSyntaxError
+import engine.dot
+from engine.dot import MAX_DEPTH, DotLimitError, RawGraph, decode_id, parse_dot
+from engine.errors import DotSyntaxError, GraphFileError
 from engine.graph import Graph
 from engine.loader import load_graph
 
@@ -35,7 +38,7 @@ def test_quotes_are_stripped_from_ids_and_values() -> None:
 
 
 def test_escapes_are_resolved() -> None:
-    """\\" \\\\ \\n \\l \\r resolve; other escapes (\\N) stay; backslash-newline joins."""
+    """\\" \\\\ \\n resolve; other escapes (\\N, \\l, \\r) stay; backslash-newline joins."""
     raw = parse_dot(
         'digraph { a [q="say \\"hi\\"", b="back\\\\slash", n="1\\n2\\l3\\r", '
         'keep="\\N and \\G", j="jo\\\nined"] }'
@@ -43,7 +46,7 @@ def test_escapes_are_resolved() -> None:
     attrs = raw.nodes["a"].attrs
     assert attrs["q"] == 'say "hi"'
     assert attrs["b"] == "back\\slash"
-    assert attrs["n"] == "1\n2\n3\n"
+    assert attrs["n"] == "1\n2\\l3\\r"
     assert attrs["keep"] == "\\N and \\G"
     assert attrs["j"] == "joined"
 
@@ -275,7 +278,7 @@ def test_graph_header_is_read() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "col", "reason"),
     [
-        ("digraph {\n  a -> ;\n}", 2, 5, "unexpected '-'"),
+        ("digraph {\n  a -> ;\n}", 2, 5, "after '->', found ';'"),
         ("digraph {\n a -> b\n", 3, 1, "unexpected end of text"),
         ('digraph {\n  a [label="oops]\n}', 2, 12, "unterminated string"),
         ("digraph {\n /* never closed\n}", 2, 2, "unterminated comment"),
@@ -312,8 +315,106 @@ def test_load_graph_reports_syntax_errors_with_the_file_path(
     assert capfd.readouterr() == ("", "")
 
 
-def test_deep_nesting_is_an_error_not_a_crash() -> None:
-    """Pathological nesting becomes a DotSyntaxError rather than a RecursionError."""
-    text = "digraph {" + "{" * 400 + "a" + "}" * 400 + "}"
+def test_deep_nesting_is_an_error_naming_the_line() -> None:
+    """Nesting past MAX_DEPTH is a DotLimitError at the brace that goes too deep."""
+    text = "digraph {\n" + "{\n" * 400 + "a" + "}" * 400 + "}"
+    with pytest.raises(DotLimitError) as info:
+        parse_dot(text, "deep.dot")
+    assert (info.value.line, info.value.col) == (MAX_DEPTH + 1, 1)
+    assert str(info.value).startswith(f"deep.dot:{MAX_DEPTH + 1}:1: error: subgraphs nested deeper")
+
+
+def test_nesting_up_to_the_limit_is_read_once() -> None:
+    """Nested named subgraphs (exponential for pydot's grammar) read in one pass."""
+    depth = MAX_DEPTH - 1
+    text = "digraph {" + "".join(f"subgraph s{i} {{ a{i} -> b{i}; " for i in range(depth))
+    raw = parse_dot(text + "}" * depth + "}")
+    assert len(raw.edges) == depth and len(raw.subgraphs) == depth
+    assert raw.subgraphs[0].name == f"s{depth - 1}"  # innermost closes first
+
+
+def test_edges_past_the_limit_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fan-out that expands past MAX_EDGES is a DotLimitError at its operator."""
+    monkeypatch.setattr(engine.dot, "MAX_EDGES", 10)
+    with pytest.raises(DotLimitError) as info:
+        parse_dot("digraph {\n a -> b\n {c d e} -> {f g h i} }")
+    assert (info.value.line, info.value.col) == (3, 10)
+
+
+# --------------------------------------------------------------------------- Graphviz gaps
+
+needs_graphviz = pytest.mark.skipif(shutil.which("nop") is None, reason="Graphviz not installed")
+GAPS = {
+    "semicolons": 'digraph { a [label="x"; shape=box; w=1] }',
+    "negative": "digraph { a -> -1 -> -.5; -2 [x=-3] }",
+    "justified": 'digraph { a [label="left\\lright\\rcentre\\n"] }',
+}
+
+
+@needs_graphviz
+@pytest.mark.parametrize("text", GAPS.values(), ids=GAPS.keys())
+def test_graphviz_reads_each_gap(tmp_path: Path, text: str) -> None:
+    """Each construct below is one Graphviz reads (its reader, ``nop``, accepts it)."""
+    path = tmp_path / "g.dot"
+    path.write_text(text)
+    assert subprocess.run(["nop", str(path)], capture_output=True).returncode == 0
+
+
+def test_semicolons_separate_attributes() -> None:
+    """``[a=1; b=2]`` is two attributes, as in Graphviz."""
+    raw = parse_dot(GAPS["semicolons"])
+    assert raw.nodes["a"].attrs == {"label": "x", "shape": "box", "w": "1"}
+
+
+def test_negative_numerals_are_node_ids() -> None:
+    """``a -> -1`` names a node ``-1``."""
+    raw = parse_dot(GAPS["negative"])
+    assert list(raw.nodes) == ["a", "-1", "-.5", "-2"]
+    assert [(e.src, e.dst) for e in raw.edges] == [("a", "-1"), ("-1", "-.5")]
+    assert raw.nodes["-2"].attrs == {"x": "-3"}
+
+
+def test_justified_line_ends_are_kept_for_rendering() -> None:
+    """``\\l`` and ``\\r`` keep their meaning (left, right line ends); ``\\n`` is a newline."""
+    raw = parse_dot(GAPS["justified"])
+    assert raw.nodes["a"].attrs["label"] == "left\\lright\\rcentre\n"
+
+
+def test_latin1_graphs_are_read_as_latin1(tmp_path: Path) -> None:
+    """``charset=latin1`` bytes are Latin-1, even where they would pass for UTF-8."""
+    path = tmp_path / "l1.dot"
+    path.write_bytes(
+        b'digraph {\n charset=latin1\n start [shape=Mdiamond, label="caf\xe9 \xc3\xa9"]\n'
+        b" done [shape=Msquare]\n start -> done\n}\n"
+    )
+    graph = load_graph(path)
+    assert graph.nodes["start"].label == "caf\xe9 \xc3\xa9"
+
+
+def test_non_utf8_without_charset_is_refused(tmp_path: Path) -> None:
+    """Without ``charset=latin1`` a non-UTF-8 file is an error naming the byte."""
+    path = tmp_path / "bad.dot"
+    path.write_bytes(b'digraph { start [label="caf\xe9"] }')
+    with pytest.raises(GraphFileError, match="not UTF-8 text"):
+        load_graph(path)
+
+
+@pytest.mark.parametrize("junk", ["`", '"open', "/* open", "-x"])
+def test_a_bad_token_after_long_blanks_fails_at_once(junk: str) -> None:
+    """A blank run before a bad token is skipped once (no retrying every split of it)."""
+    with pytest.raises(DotSyntaxError) as info:
+        parse_dot("digraph {" + " \n" * 40 + junk)
+    assert info.value.line == 41
+
+
+def test_the_later_graph_attribute_statement_wins() -> None:
+    """``graph [x=1]; x=2`` and the reverse: the later one wins, as in Graphviz."""
+    raw = parse_dot("digraph { graph [x=1]; x=2; y=1; graph [y=2] }")
+    assert raw.attrs == {"x": "2", "y": "2"}
+
+
+@pytest.mark.parametrize("text", ["digraph { node }", "digraph { a -> edge }"])
+def test_keywords_are_not_node_names(text: str) -> None:
+    """Graphviz refuses a keyword where a node belongs (pydot would take it as a name)."""
     with pytest.raises(DotSyntaxError):
         parse_dot(text)

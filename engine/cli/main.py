@@ -116,7 +116,14 @@ def _load(path: str, registry: HandlerRegistry) -> Graph:
         raise GraphFileError(path, "no such file")
     from engine.loader import load_graph
 
-    return load_graph(path, registry=registry)
+    return load_graph(path, registry=registry, cache_dir=_graph_cache_dir())
+
+
+def _graph_cache_dir() -> str:
+    """Compiled graphs under the data directory (as ``sessions.store.data_dir`` finds it,
+    without importing the session machinery, which a graph run does not need)."""
+    home = os.environ.get("TURNGRAPH_HOME") or os.path.expanduser("~/.local/share/turngraph")
+    return os.path.join(home, "graph-cache")
 
 
 def _engine(registry: HandlerRegistry, verbose: bool) -> Engine:
