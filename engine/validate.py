@@ -344,7 +344,7 @@ def names_by_nearness(name: str, names: Iterable[str]) -> list[str]:
     return sorted(names, key=key)
 
 
-_LISTED = 12
+_LISTED = 20
 """Registered names shown after an unknown handler (nearest first)."""
 
 
