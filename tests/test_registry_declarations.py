@@ -58,7 +58,7 @@ def _is_attrs_get(func: ast.expr) -> bool:
     )
 
 
-def _module_parse_functions(module_tree: ast.Module) -> list[ast.AST]:
+def _module_parse_functions(module_tree: ast.Module) -> list[ast.FunctionDef]:
     """Module-level helpers that read settings (``_parse``), shared by its classes."""
     return [n for n in module_tree.body if isinstance(n, ast.FunctionDef)]
 
