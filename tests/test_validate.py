@@ -481,13 +481,17 @@ def test_cli_validate_lints_a_graph_whose_only_errors_are_unknown_handlers(
     from engine.cli import main as cli
 
     path = tmp_path / "g.dot"
-    path.write_text("digraph {\n start -> clasify -> llm_call -> done\n llm_call [timeot=2]\n}")
+    path.write_text(
+        "digraph {\n start -> clasify\n llm_call [timeot=2]\n"
+        ' clasify -> llm_call [condition="outcome=success"]\n llm_call -> done\n}'
+    )
     assert cli.main(["validate", str(path)]) == 2
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{path}:2:11: error: node 'clasify': unknown handler 'clasify' ")
     assert "(did you mean 'classify'?); registered: classify," in out[0]
-    assert out[1].startswith(f"{path}:3:12: warning: node 'llm_call': ")
-    assert len(out) == 2
+    assert out[1].startswith(f"{path}:2:11: warning: node 'clasify': every outgoing edge")
+    assert out[2].startswith(f"{path}:3:12: warning: node 'llm_call': ")
+    assert len(out) == 3
 
 
 def test_cli_render_marks_the_problems_of_a_failing_graph(
@@ -529,3 +533,20 @@ def test_cli_render_draws_a_failing_graph_as_svg(
     assert cli.main(["render", str(src), "-o", str(out)]) == 2
     svg = out.read_text()
     assert "unknown handler &#39;nope&#39;" in svg and 'stroke="red"' in svg
+
+
+def test_cli_render_of_a_valid_graph_with_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A graph that loads is rendered normalised as before (exit 0); its warnings go to
+    stderr, so the drawing on stdout stays clean."""
+    from engine.cli import main as cli
+
+    path = tmp_path / "typos.dot"
+    path.write_text(TYPOS)
+    assert cli.main(["render", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("// normalised by turngraph")
+    assert "xlabel" not in captured.out and "penwidth" not in captured.out
+    assert len(captured.err.splitlines()) == 10
+    assert "did you mean 'max_retries'?" in captured.err

@@ -58,8 +58,9 @@ def check_file(path: str, registry: HandlerRegistry) -> Checked:
         issues = list(loaded.warnings)
     except GraphValidationError as exc:
         issues = list(exc.issues)
-        try:  # the file's only errors may be unknown handlers: lint the rest anyway
+        try:  # the file's only errors may be unknown handlers: check the rest anyway
             graph = load_graph(path)
+            issues += graph.warnings
         except GraphValidationError:
             graph = None
     if graph is not None:
