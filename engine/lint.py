@@ -95,7 +95,7 @@ ENGINE_KEYS = ("outcome", "preferred_label", "node.*.status", "session.*")
 (``session.*``)."""
 
 _GRAPHVIZ_NAMES = """
-    _background area arrowhead arrowsize arrowtail bb beautify bgcolor center charset
+    _background area arrowhead aspect arrowsize arrowtail bb beautify bgcolor center charset
     class cluster clusterrank color colorscheme comment compound concentrate constraint
     Damping decorate defaultdist dim dimen dir diredgeconstraints distortion dpi
     edgehref edgetarget edgetooltip edgeURL epsilon esep fillcolor fixedsize fontcolor
@@ -105,14 +105,14 @@ _GRAPHVIZ_NAMES = """
     labeldistance labelfloat labelfontcolor labelfontname labelfontsize labelhref
     labeljust labelloc labeltarget labeltooltip labelURL landscape layer layerlistsep
     layers layerselect layersep layout len levels levelsgap lhead lheight linelength lp
-    ltail lwidth margin maxiter mclimit mindist minlen mode model newrank nodesep
+    ltail lwidth margin maxiter mclimit mindist minlen mode model mosek newrank nodesep
     nojustify normalize notranslate nslimit nslimit1 oneblock ordering orientation
     outputorder overlap overlap_scaling overlap_shrink pack packmode pad page pagedir
     pencolor penwidth peripheries pin pos quadtree quantum radius rank rankdir ranksep
     ratio rects regular remincross repulsiveforce resolution root rotate rotation
     samehead sametail samplepoints scale searchsize sep shape shapefile showboxes sides
     size skew smoothing sortv splines start style stylesheet tail_lp tailclip tailhref
-    taillabel tailport tailtarget tailtooltip tailURL target TBbalance tooltip
+    taillabel tailport tailtarget tailtooltip tailURL target TBbalance texlbl texmode tooltip
     truecolor URL vertices viewport voro_margin weight width xdotversion xlabel xlp z
     """
 GRAPHVIZ_ATTRS = frozenset(_GRAPHVIZ_NAMES.split())

@@ -26,10 +26,13 @@ with a unit, else a string.  Quotes do not matter: ``x="2"`` and ``x=2`` are bot
 * edges are directed (``->``) in a ``digraph``; a node named only in an edge is a
   node like any other (Graphviz creates it), so no edge can dangle;
 * ``retry_target`` / ``fallback_retry_target`` name existing nodes;
-* with a registry, every node's handler is registered.
+* with a registry, every node's handler is registered (the error names the nearest
+  registered handler and lists them all, nearest first).
 
 A node whose outgoing edges all carry conditions gets a *warning*: when none of the
-conditions holds, the run has no route out of it.
+conditions holds, the run has no route out of it.  Warnings that need the handlers'
+declarations (attributes nothing reads, condition keys nothing sets, placeholders
+nothing fills) are :mod:`engine.lint`'s.
 """
 
 from __future__ import annotations

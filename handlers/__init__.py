@@ -8,7 +8,9 @@
 
 Each handler is a small object built with the adapters it needs (no module globals),
 called as ``handler(node, context)``; a node's settings come from its DOT attributes
-(``prompt``, ``system``, ``max_tokens``, ``template``...).
+(``prompt``, ``system``, ``max_tokens``, ``template``...).  What each reads and writes is
+declared in :mod:`handlers.declarations` (``validate`` checks graphs against it, and
+``docs/handlers.md`` is generated from it).
 
 Context keys
 ------------

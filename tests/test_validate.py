@@ -550,3 +550,21 @@ def test_cli_render_of_a_valid_graph_with_warnings(
     assert "xlabel" not in captured.out and "penwidth" not in captured.out
     assert len(captured.err.splitlines()) == 10
     assert "did you mean 'max_retries'?" in captured.err
+
+
+def test_every_graphviz_attribute_pydot_knows_is_never_warned_about() -> None:
+    """The list of Graphviz's attributes covers pydot's (nodes, edges, graphs, clusters)."""
+    import pydot.core
+
+    known = {
+        *pydot.core.NODE_ATTRIBUTES,
+        *pydot.core.EDGE_ATTRIBUTES,
+        *pydot.core.GRAPH_ATTRIBUTES,
+        *pydot.core.CLUSTER_ATTRIBUTES,
+    }
+    from engine.lint import GRAPHVIZ_ATTRS
+
+    assert known <= GRAPHVIZ_ATTRS
+    attrs = ", ".join(f'{a}="1"' for a in sorted(known - {"label", "shape", "style"}))
+    text = f"digraph {{\n graph [{attrs}]\n start -> classify -> done\n classify [{attrs}]\n"
+    assert lint(text + f" classify -> done [{attrs}]\n}}") == []

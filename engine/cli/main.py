@@ -7,8 +7,11 @@
     python -m engine.run GRAPH.dot [-m TEXT] --session ID [--store URL]
                                                             a turn (or a chat) of a stored
                                                             session, created if new
-    python -m engine.run validate GRAPH.dot...              every problem, compiler-style
-    python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz)
+    python -m engine.run validate [--strict] GRAPH.dot...   every problem, compiler-style
+                                                            (--strict: warnings fail too)
+    python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz);
+                                                            a failing graph is drawn with its
+                                                            problems in red (exit 2)
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
                                   import FILE [--replace]|delete ID|compact ID
 
