@@ -45,7 +45,7 @@ from typing import Any
 from engine.errors import GraphError
 from engine.graph import Condition
 
-__all__ = ["ConditionSyntaxError", "compile_condition"]
+__all__ = ["ConditionSyntaxError", "compile_condition", "condition_keys"]
 
 Test = Callable[[Mapping[str, Any]], bool]
 _MISSING: Any = object()
@@ -205,6 +205,7 @@ class _Parser:
         self.tokens = _lex(text)
         self.i = 0
         self.depth = 0
+        self.keys: list[tuple[str, int]] = []
 
     def peek(self) -> _Token | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -264,6 +265,7 @@ class _Parser:
         token = self.peek()
         if token is None or token[0] != "word" or not _KEY.match(token[1]):
             raise self.fail("expected a key")
+        self.keys.append((token[1], token[2]))
         self.i += 1
         op = self.accept(*_COMPARE)
         if op is None:
@@ -305,3 +307,13 @@ def compile_condition(text: str) -> Condition | None:
     if not text.strip():
         return None
     return Condition(text, _Parser(text).parse())
+
+
+def condition_keys(text: str) -> tuple[tuple[str, int], ...]:
+    """The keys ``text`` reads, each with its 0-based offset, in order (for ``validate``).
+
+    Raises :class:`ConditionSyntaxError` like :func:`compile_condition`.
+    """
+    parser = _Parser(text)
+    parser.parse()
+    return tuple(parser.keys)

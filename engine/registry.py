@@ -1,16 +1,36 @@
-"""Name → handler, as an explicit object handed to the engine (never a module global)."""
+"""Name → handler, as an explicit object handed to the engine (never a module global).
+
+A handler may *declare* what it uses (:class:`Declaration`): the node attributes it
+reads (:class:`Attr`: name, type, default, doc), the context keys it reads and writes,
+the preferred labels it returns.  Declarations are made once, at registration, and
+cost nothing at run time; ``validate`` uses them to catch typos exactly
+(:mod:`engine.lint`) and the reference pages are generated from them.
+
+A new registry already knows the structural handlers ``start``, ``exit``, ``done``
+and ``conditional`` (no-ops: routing happens on their edges), so a custom graph needs
+no boilerplate; registering one of those names replaces the default without
+``replace=True``.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engine.graph import Node
+from engine.graph import Node, Value
 from engine.outcome import Outcome
 
-__all__ = ["Handler", "HandlerRegistry", "HandlerResult", "HandlerSpec"]
+__all__ = [
+    "STRUCTURAL",
+    "Attr",
+    "Declaration",
+    "Handler",
+    "HandlerRegistry",
+    "HandlerResult",
+    "HandlerSpec",
+]
 
 HandlerResult = Outcome | Mapping[str, Any] | None
 """A handler returns an Outcome, a mapping of context updates (success), or None (success)."""
@@ -22,6 +42,49 @@ H = TypeVar("H", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
+class Attr:
+    """A node attribute a handler reads.
+
+    ``type`` is what the value must be, as the docs show it: ``int``, ``bool``,
+    ``text``, ``duration``, ``number``, or ``template`` (text whose ``{placeholders}``
+    are filled from the context, which ``validate`` checks).  ``default`` is the value
+    used when the attribute is absent (``None``: no default).
+    """
+
+    name: str
+    type: str = "text"
+    default: Value | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """What a handler uses, declared once when it is registered.
+
+    * ``attrs``: the node attributes it reads; ``attr_prefixes``: families of them
+      (``"arg."`` for ``arg.NAME=...``);
+    * ``reads`` / ``writes``: context keys (``"llm.text"``); a key ending in ``.*``
+      stands for every key under it;
+    * ``labels``: the preferred labels it may return (unconditional edges route on them);
+    * ``aliases``: short placeholder names its templates accept (``{text}`` →
+      ``llm.text``);
+    * ``summary``: one paragraph for the reference page.
+    """
+
+    summary: str = ""
+    attrs: tuple[Attr, ...] = ()
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    attr_prefixes: tuple[str, ...] = ()
+
+    def attr(self, name: str) -> Attr | None:
+        """The declared attribute ``name``, or None."""
+        return next((a for a in self.attrs if a.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerSpec:
     """A registered handler and how to call it (decided once, at registration)."""
 
@@ -30,6 +93,24 @@ class HandlerSpec:
     is_async: bool
     blocking: bool = False
     """A sync handler that blocks (I/O, heavy CPU): run it in a worker thread."""
+    declaration: Declaration | None = None
+    """What the handler reads and writes; None when it declared nothing (then
+    ``validate`` checks nothing about its nodes' attributes or keys)."""
+
+
+def _noop(node: Node, context: Mapping[str, Any]) -> None:
+    """Succeed without changing the context."""
+    return None
+
+
+STRUCTURAL = Declaration(
+    summary="Does nothing and succeeds: marks its place in the graph (``start``: "
+    "``shape=Mdiamond``; ``exit``/``done``: ``shape=Msquare``; ``conditional``: "
+    "``shape=diamond``, a router whose edges carry the conditions)."
+)
+"""The declaration of the structural no-op handlers every registry starts with."""
+
+_STRUCTURAL_NAMES = ("start", "exit", "done", "conditional")
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -50,35 +131,55 @@ class HandlerRegistry:
         async def recall(node: Node, context: Mapping[str, Any]) -> Outcome: ...
 
     Registering a name twice is an error unless ``replace=True``: silently shadowing a
-    built-in is how pipelines break without anyone noticing.
+    built-in is how pipelines break without anyone noticing.  The structural no-ops a
+    registry starts with (``start``, ``exit``, ``done``, ``conditional``) are the
+    exception: they are placeholders, replaced by the first handler registered under
+    their name.  ``declares`` tells ``validate`` and the docs what the handler uses.
     """
 
-    __slots__ = ("_specs",)
+    __slots__ = ("_defaults", "_specs")
 
     def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
-        self._specs: dict[str, HandlerSpec] = {}
+        self._specs: dict[str, HandlerSpec] = {
+            n: HandlerSpec(n, _noop, False, declaration=STRUCTURAL) for n in _STRUCTURAL_NAMES
+        }
+        self._defaults: set[str] = set(_STRUCTURAL_NAMES)
         for name, fn in (handlers or {}).items():
             self.register(name, fn)
 
     def register(
-        self, name: str, fn: Handler, *, blocking: bool = False, replace: bool = False
+        self,
+        name: str,
+        fn: Handler,
+        *,
+        blocking: bool = False,
+        replace: bool = False,
+        declares: Declaration | None = None,
     ) -> None:
-        """Register ``fn`` under ``name``."""
+        """Register ``fn`` under ``name``, with what it ``declares`` to use."""
         if not name or not isinstance(name, str):
             raise ValueError(f"handler name must be a non-empty string, not {name!r}")
-        if name in self._specs and not replace:
+        if name in self._specs and not replace and name not in self._defaults:
             raise ValueError(f"handler {name!r} is already registered (pass replace=True)")
         if not callable(fn):
             raise TypeError(f"handler {name!r} must be callable, not {type(fn).__name__}")
-        self._specs[name] = HandlerSpec(name, fn, _is_async(fn), blocking)
+        self._defaults.discard(name)
+        self._specs[name] = HandlerSpec(name, fn, _is_async(fn), blocking, declares)
 
     def handler(
-        self, name: str | None = None, *, blocking: bool = False, replace: bool = False
+        self,
+        name: str | None = None,
+        *,
+        blocking: bool = False,
+        replace: bool = False,
+        declares: Declaration | None = None,
     ) -> Callable[[H], H]:
         """Decorator form of :meth:`register`; the name defaults to the function's."""
 
         def deco(fn: H) -> H:
-            self.register(name or fn.__name__, fn, blocking=blocking, replace=replace)
+            self.register(
+                name or fn.__name__, fn, blocking=blocking, replace=replace, declares=declares
+            )
             return fn
 
         return deco
@@ -90,7 +191,8 @@ class HandlerRegistry:
     def copy(self) -> HandlerRegistry:
         """An independent registry with the same handlers (to extend a built-in set)."""
         new = HandlerRegistry()
-        new._specs.update(self._specs)
+        new._specs = dict(self._specs)
+        new._defaults = set(self._defaults)
         return new
 
     def __contains__(self, name: object) -> bool:

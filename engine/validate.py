@@ -26,16 +26,20 @@ with a unit, else a string.  Quotes do not matter: ``x="2"`` and ``x=2`` are bot
 * edges are directed (``->``) in a ``digraph``; a node named only in an edge is a
   node like any other (Graphviz creates it), so no edge can dangle;
 * ``retry_target`` / ``fallback_retry_target`` name existing nodes;
-* with a registry, every node's handler is registered.
+* with a registry, every node's handler is registered (the error names the nearest
+  registered handler and lists them all, nearest first).
 
 A node whose outgoing edges all carry conditions gets a *warning*: when none of the
-conditions holds, the run has no route out of it.
+conditions holds, the run has no route out of it.  Warnings that need the handlers'
+declarations (attributes nothing reads, condition keys nothing sets, placeholders
+nothing fills) are :mod:`engine.lint`'s.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Literal
 
@@ -47,7 +51,9 @@ __all__ = [
     "GRAPH_KINDS",
     "NODE_KINDS",
     "Kind",
+    "closest",
     "handler_issues",
+    "names_by_nearness",
     "structure_issues",
     "type_attrs",
     "type_value",
@@ -336,10 +342,40 @@ def structure_issues(
     ]
 
 
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate nearest to ``word`` if one is close (a likely typo), else None."""
+    found = difflib.get_close_matches(word, list(dict.fromkeys(candidates)), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def names_by_nearness(name: str, names: Iterable[str]) -> list[str]:
+    """``names`` sorted nearest to ``name`` first (ties by name)."""
+    matcher = difflib.SequenceMatcher(b=name)  # the fixed side is the one it indexes
+
+    def key(other: str) -> tuple[float, str]:
+        matcher.set_seq1(other)
+        return (-matcher.ratio(), other)
+
+    return sorted(names, key=key)
+
+
+_LISTED = 20
+"""Registered names shown after an unknown handler (nearest first)."""
+
+
+def _unknown_handler(name: str, known: Collection[str]) -> str:
+    ranked = names_by_nearness(name, known)
+    match = closest(name, ranked)
+    hint = f" (did you mean {match!r}?)" if match else ""
+    shown = ", ".join(ranked[:_LISTED]) + (", ..." if len(ranked) > _LISTED else "")
+    return f"unknown handler {name!r}{hint}; registered: {shown or 'none'}"
+
+
 def handler_issues(path: str, nodes: Mapping[str, Node], known: Collection[str]) -> list[Issue]:
-    """One error per node whose handler is not in ``known`` (a registry works)."""
+    """One error per node whose handler is not in ``known`` (a registry works), naming
+    the registered handlers nearest first."""
     return [
-        _node_issue(path, node, f"unknown handler {node.handler!r}")
+        _node_issue(path, node, _unknown_handler(node.handler, known))
         for node in nodes.values()
         if node.handler not in known
     ]

@@ -8,7 +8,9 @@
 
 Each handler is a small object built with the adapters it needs (no module globals),
 called as ``handler(node, context)``; a node's settings come from its DOT attributes
-(``prompt``, ``system``, ``max_tokens``, ``template``...).
+(``prompt``, ``system``, ``max_tokens``, ``template``...).  What each reads and writes is
+declared in :mod:`handlers.declarations` (``validate`` checks graphs against it, and
+``docs/handlers.md`` is generated from it).
 
 Context keys
 ------------
@@ -44,10 +46,11 @@ Keys the built-ins exchange among themselves: ``input.text``, ``input.empty``,
 
 from __future__ import annotations
 
-from engine.registry import HandlerRegistry
+from engine.registry import STRUCTURAL, Handler, HandlerRegistry
 from handlers.adapters import LLM, EchoModel, KeywordMemory, Memory, ToolBox, Tools
 from handlers.basic import Passthrough
 from handlers.classify import Classify
+from handlers.declarations import BUILTIN_DECLARATIONS
 from handlers.heartbeat import CheckGoals, ChooseMode, Reflect, UpdateWorkingMemory
 from handlers.llm import DispatchTools, LLMCall, ToolNode
 from handlers.memory import Recall, UpdateMemory
@@ -107,16 +110,20 @@ def build_registry(
     nothing = Passthrough()
     registry = HandlerRegistry()
     for name in ("start", "exit", "done", "conditional"):
-        registry.register(name, nothing)
-    registry.register("classify", Classify())
-    registry.register("recall", Recall(memory))
-    registry.register("llm_call", LLMCall(llm, tools))
-    registry.register("dispatch_tools", DispatchTools(tools))
-    registry.register("tool", ToolNode(tools))
-    registry.register("format", Format())
-    registry.register("update_memory", UpdateMemory(memory))
-    registry.register("check_goals", CheckGoals())
-    registry.register("choose_mode", ChooseMode())
-    registry.register("reflect", Reflect(llm))
-    registry.register("update_working_memory", UpdateWorkingMemory())
+        registry.register(name, nothing, declares=STRUCTURAL)
+    built: dict[str, Handler] = {
+        "classify": Classify(),
+        "recall": Recall(memory),
+        "llm_call": LLMCall(llm, tools),
+        "dispatch_tools": DispatchTools(tools),
+        "tool": ToolNode(tools),
+        "format": Format(),
+        "update_memory": UpdateMemory(memory),
+        "check_goals": CheckGoals(),
+        "choose_mode": ChooseMode(),
+        "reflect": Reflect(llm),
+        "update_working_memory": UpdateWorkingMemory(),
+    }
+    for name, handler in built.items():
+        registry.register(name, handler, declares=BUILTIN_DECLARATIONS[name])
     return registry

@@ -173,7 +173,8 @@ def test_registry_is_checked_on_every_call() -> None:
     with pytest.raises(GraphValidationError) as info:
         load_graph(TURN, registry=registry_of("start", "exit", "classify"))
     assert [str(i) for i in info.value.issues] == [
-        "<string>:7:5: error: node 'llm_call': unknown handler 'llm'"
+        "<string>:7:5: error: node 'llm_call': unknown handler 'llm'; "
+        "registered: classify, conditional, done, exit, start"
     ]
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from engine.errors import GraphValidationError, Issue
 from engine.graph import Value
 from engine.loader import load_graph
-from engine.registry import HandlerRegistry
+from engine.registry import Attr, Declaration, HandlerRegistry
 from engine.validate import GRAPH_KINDS, NODE_KINDS, type_value
 
 
@@ -100,11 +102,13 @@ def test_cycles_are_allowed() -> None:
 
 
 def test_unknown_handler_with_registry() -> None:
-    """With a registry, an unregistered handler is an error naming node and line."""
+    """With a registry, an unregistered handler is an error naming node and line, the
+    nearest registered name, and every registered name, nearest first."""
     text = "digraph {\n start -> recall -> done\n recall [handler=recal]\n}"
     registry = registry_of("start", "done", "recall")
     assert messages(text, registry) == [
-        "<string>:3:2: error: node 'recall': unknown handler 'recal'",
+        "<string>:3:2: error: node 'recall': unknown handler 'recal' (did you mean 'recall'?); "
+        "registered: recall, conditional, done, exit, start",
     ]
 
 
@@ -118,7 +122,8 @@ def test_node_id_must_be_registered_when_it_is_the_handler() -> None:
     """A node without handler/type/shape uses its id, which must then be registered."""
     text = "digraph { start -> summarise -> done }"
     assert messages(text, registry_of("start", "done")) == [
-        "<string>:1:20: error: node 'summarise': unknown handler 'summarise'",
+        "<string>:1:20: error: node 'summarise': unknown handler 'summarise'; "
+        "registered: start, done, exit, conditional",
     ]
 
 
@@ -197,7 +202,11 @@ def test_every_problem_is_reported_at_once() -> None:
     assert found == [
         (3, "node 'a': max_retries must be an integer >= 0, not '-1'"),
         (3, "node 'a': retry_target 'ghost' is not a node"),
-        (3, "node 'a': unknown handler 'nope'"),
+        (
+            3,
+            "node 'a': unknown handler 'nope'; "
+            "registered: done, orphan, exit, conditional, b, start",
+        ),
         (4, "edge a -> b: condition '&&': expected a key, found '&&' at column 1"),
         (5, "edge b -> start: edge into the start node 'start'"),
         (6, "node 'orphan': unreachable from start 'start'"),
@@ -290,3 +299,272 @@ def test_graph_kinds_declare_max_steps() -> None:
     assert type_value("max_steps", "5", GRAPH_KINDS) == 5
     with pytest.raises(ValueError, match="an integer >= 1"):
         type_value("max_steps", "0", GRAPH_KINDS)
+
+
+# --------------------------------------------------------------------------- lint: names
+
+
+def lint(text: str, registry: HandlerRegistry | None = None) -> list[str]:
+    """``str(issue)`` of every lint warning of ``text`` against the built-in registry."""
+    from engine.lint import lint_graph
+    from handlers import build_registry
+
+    registry = registry or build_registry()
+    return [str(i) for i in lint_graph(load_graph(text, registry=registry), registry, text)]
+
+
+TYPOS = """digraph typos {
+    graph [max_step=20, goal="be kind", rankdir=LR, version=3]
+    start [shape=Mdiamond]
+    done [shape=Msquare]
+    classify [handler=classify, max_retires=2]
+    llm_call [handler=llm_call, max_tokenz=5, timeot="2s", color=red, fontname=Helvetica]
+    reject [handler=format, template="no: {reasn} {nosuchkey} {input} {session.id}"]
+    start -> classify
+    classify -> reject [condition="context.input.blockd=true || outcom=fail", colour=red]
+    classify -> llm_call [condition="context.intent=question && node.classify.status=success"]
+    classify -> llm_call
+    llm_call -> done [condition="node.ghost.status=success", style=dashed]
+    llm_call -> done
+    reject -> done
+}
+"""
+
+
+def test_lint_finds_every_typo_with_its_place_and_nearest_name() -> None:
+    """Each misspelt attribute, key and placeholder is a warning at the name itself,
+    with "did you mean" when a known name is close; Graphviz's own attributes, graph
+    metadata and correct names are not mentioned."""
+    assert lint(TYPOS) == [
+        "<string>:2:12: warning: graph: the engine reads no attribute 'max_step'; "
+        "did you mean 'max_steps'?",
+        "<string>:5:33: warning: node 'classify': neither a handler nor the engine reads "
+        "attribute 'max_retires'; did you mean 'max_retries'?",
+        "<string>:6:33: warning: node 'llm_call': neither a handler nor the engine reads "
+        "attribute 'max_tokenz'; did you mean 'max_tokens'?",
+        "<string>:6:47: warning: node 'llm_call': neither a handler nor the engine reads "
+        "attribute 'timeot'; did you mean 'timeout'?",
+        "<string>:7:43: warning: node 'reject': template: placeholder {reasn} is filled by no "
+        "key (it stays as written); did you mean '{reason}'?",
+        "<string>:7:51: warning: node 'reject': template: placeholder {nosuchkey} is filled by "
+        "no key (it stays as written)",
+        "<string>:9:36: warning: edge classify -> reject: condition reads "
+        "'context.input.blockd', which nothing sets; did you mean 'context.input.blocked'?",
+        "<string>:9:65: warning: edge classify -> reject: condition reads 'outcom', which "
+        "nothing sets; did you mean 'outcome'?",
+        "<string>:9:79: warning: edge classify -> reject: attribute 'colour' is read by "
+        "neither the engine nor Graphviz; did you mean 'color'?",
+        "<string>:12:34: warning: edge llm_call -> done: condition reads "
+        "'node.ghost.status', which nothing sets",
+    ]
+
+
+def test_shipped_graphs_and_examples_lint_clean() -> None:
+    """The graphs in graphs/ and the README's custom graph give no warning at all."""
+    from pathlib import Path
+
+    from engine.lint import lint_graph
+    from handlers import build_registry
+
+    registry = build_registry()
+    for path in sorted(Path(__file__).parent.parent.glob("graphs/*.dot")):
+        graph = load_graph(path, registry=registry)
+        assert graph.warnings == () and lint_graph(graph, registry, path.read_text()) == []
+
+
+def test_attribute_from_a_node_default_is_not_a_typo() -> None:
+    """``node [max_tokens=...]`` lands on every node; an attribute some registered handler
+    reads is accepted everywhere, while one nothing reads is still found, at the
+    default statement that set it."""
+    text = (
+        "digraph {\n"
+        "  node [max_tokens=64, max_tokenz=1]\n"
+        "  start [shape=Mdiamond]; done [shape=Msquare]\n"
+        "  llm_call [handler=llm_call]\n"
+        "  start -> llm_call -> done\n"
+        "}"
+    )
+    found = lint(text)
+    assert len(found) == 3  # start, llm_call and done all carry max_tokenz
+    assert all(f.startswith("<string>:2:24: warning:") and "'max_tokenz'" in f for f in found)
+
+
+def test_an_undeclared_handler_is_trusted() -> None:
+    """A handler registered without a declaration may read and write anything: its
+    nodes' attributes are not checked, nor any condition key or placeholder."""
+    from handlers import build_registry
+
+    registry = build_registry()
+    registry.register("shout", lambda node, ctx: {"shout.done": True})
+    text = (
+        "digraph {\n  start -> shout -> format -> done\n"
+        '  shout [suffix="!"]\n  format [template="{shout.doen}"]\n'
+        '  shout -> done [condition="context.shout.done=true"]\n}'
+    )
+    assert lint(text, registry) == []
+    registry.register(
+        "shout",
+        lambda node, ctx: {"shout.done": True},
+        replace=True,
+        declares=Declaration(writes=("shout.done",), attrs=(Attr("suffix"),)),
+    )
+    assert lint(text, registry) == [
+        "<string>:4:21: warning: node 'format': template: placeholder {shout.doen} is filled by "
+        "no key (it stays as written); did you mean '{shout.done}'?"
+    ]
+
+
+def test_a_key_set_only_by_handlers_outside_the_graph_is_reported() -> None:
+    """``llm.text`` is written by ``llm_call``; in a graph without one, nothing sets it."""
+    text = (
+        "digraph {\n start -> classify -> format -> done\n"
+        ' classify -> done [condition="context.llm.text"]\n}'
+    )
+    assert lint(text) == [
+        "<string>:3:31: warning: edge classify -> done: condition reads 'context.llm.text', "
+        "which nothing sets"
+    ]
+
+
+def test_tool_arguments_and_session_keys_are_known() -> None:
+    """``arg.*`` is the tool node's declared family; ``session.*`` keys come from the
+    session; ``node.ID.status`` of an existing node comes from the runner."""
+    text = (
+        "digraph {\n start -> calc -> done\n"
+        " calc [shape=parallelogram, tool=calculator, arg.expression=2]\n"
+        ' calc -> done [condition="session.turn_count>3 && node.calc.status=fail"]\n}'
+    )
+    assert lint(text) == []
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_registry_declarations_are_kept_on_the_spec() -> None:
+    """``declares`` is stored once, at registration, on the handler's spec."""
+    decl = Declaration(summary="s", attrs=(Attr("n", "int", 1, "a number"),))
+    registry = HandlerRegistry()
+
+    @registry.handler("x", declares=decl)
+    def x(node: object, ctx: object) -> None: ...
+
+    assert registry.get("x").declaration is decl
+    assert decl.attr("n") == Attr("n", "int", 1, "a number") and decl.attr("m") is None
+    assert registry.copy().get("x").declaration is decl
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_validate_prints_lint_warnings_and_strict_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``validate`` prints the warnings and exits 0; ``--strict`` makes them errors (2)."""
+    from engine.cli import main as cli
+
+    path = tmp_path / "typos.dot"
+    path.write_text(TYPOS)
+    assert cli.main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 11 and out[-1] == f"{path}: ok (5 nodes, 7 edges)"
+    assert out[1].startswith(f"{path}:5:33: warning: node 'classify'")
+    assert cli.main(["validate", "--strict", str(path)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 10 and all(": error: " in line for line in out)
+    assert cli.main(["validate", "--strict", "graphs/turn.dot"]) == 0
+
+
+def test_cli_validate_lints_a_graph_whose_only_errors_are_unknown_handlers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown handler does not hide the typos in the rest of the graph."""
+    from engine.cli import main as cli
+
+    path = tmp_path / "g.dot"
+    path.write_text(
+        "digraph {\n start -> clasify\n llm_call [timeot=2]\n"
+        ' clasify -> llm_call [condition="outcome=success"]\n llm_call -> done\n}'
+    )
+    assert cli.main(["validate", str(path)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{path}:2:11: error: node 'clasify': unknown handler 'clasify' ")
+    assert "(did you mean 'classify'?); registered: classify," in out[0]
+    assert out[1].startswith(f"{path}:2:11: warning: node 'clasify': every outgoing edge")
+    assert out[2].startswith(f"{path}:3:12: warning: node 'llm_call': ")
+    assert len(out) == 3
+
+
+def test_cli_render_marks_the_problems_of_a_failing_graph(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A graph that fails validation is still drawn, offending nodes and edges in red
+    with the messages as tooltip and xlabel; the exit code says it failed."""
+    from engine.cli import main as cli
+    from engine.dot import parse_dot
+
+    src = tmp_path / "bad.dot"
+    src.write_text(
+        "digraph bad {\n start -> clasify -> done\n done -> start\n orphan [handler=format]\n}"
+    )
+    out = tmp_path / "bad.out.dot"
+    assert cli.main(["render", str(src), "-o", str(out)]) == 2
+    assert "problem(s) marked in red" in capsys.readouterr().err
+    drawn = parse_dot(out.read_text(), str(out))
+    clasify = drawn.nodes["clasify"].attrs
+    assert clasify["color"] == "red" and "unknown handler 'clasify'" in str(clasify["tooltip"])
+    assert "unreachable from start" in str(drawn.nodes["orphan"].attrs["xlabel"])
+    assert "color" not in drawn.nodes["start"].attrs
+    back = [e for e in drawn.edges if (e.src, e.dst) == ("done", "start")]
+    assert back[0].attrs["color"] == "red"
+    assert "edge out of the exit node" in str(back[0].attrs["tooltip"])
+    assert str(drawn.attrs["label"]).startswith("bad: 5 error(s), 0 warning(s)")
+
+
+@pytest.mark.skipif(not shutil.which("dot"), reason="Graphviz's dot is not installed")
+def test_cli_render_draws_a_failing_graph_as_svg(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Graphviz accepts the marked drawing (red nodes carry their tooltip in the SVG)."""
+    from engine.cli import main as cli
+
+    src = tmp_path / "bad.dot"
+    src.write_text('digraph {\n start -> a -> done\n a [handler="nope"]\n}')
+    out = tmp_path / "bad.svg"
+    assert cli.main(["render", str(src), "-o", str(out)]) == 2
+    svg = out.read_text()
+    assert "unknown handler &#39;nope&#39;" in svg and 'stroke="red"' in svg
+
+
+def test_cli_render_of_a_valid_graph_with_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A graph that loads is rendered normalised as before (exit 0); its warnings go to
+    stderr, so the drawing on stdout stays clean."""
+    from engine.cli import main as cli
+
+    path = tmp_path / "typos.dot"
+    path.write_text(TYPOS)
+    assert cli.main(["render", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("// normalised by turngraph")
+    assert "xlabel" not in captured.out and "penwidth" not in captured.out
+    assert len(captured.err.splitlines()) == 10
+    assert "did you mean 'max_retries'?" in captured.err
+
+
+def test_every_graphviz_attribute_pydot_knows_is_never_warned_about() -> None:
+    """The list of Graphviz's attributes covers pydot's (nodes, edges, graphs, clusters)."""
+    import pydot.core
+
+    known = {
+        *pydot.core.NODE_ATTRIBUTES,
+        *pydot.core.EDGE_ATTRIBUTES,
+        *pydot.core.GRAPH_ATTRIBUTES,
+        *pydot.core.CLUSTER_ATTRIBUTES,
+    }
+    from engine.lint import GRAPHVIZ_ATTRS
+
+    assert known <= GRAPHVIZ_ATTRS
+    attrs = ", ".join(f'{a}="1"' for a in sorted(known - {"label", "shape", "style"}))
+    text = f"digraph {{\n graph [{attrs}]\n start -> classify -> done\n classify [{attrs}]\n"
+    assert lint(text + f" classify -> done [{attrs}]\n}}") == []

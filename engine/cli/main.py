@@ -7,8 +7,11 @@
     python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL]
                                                             a turn (or a chat) of a stored
                                                             session, created if new
-    python -m engine.run validate GRAPH.dot...              every problem, compiler-style
-    python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz)
+    python -m engine.run validate [--strict] GRAPH.dot...   every problem, compiler-style
+                                                            (--strict: warnings fail too)
+    python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz);
+                                                            a failing graph is drawn with its
+                                                            problems in red (exit 2)
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
                                   import FILE [--replace]|delete ID|compact ID
 
@@ -50,7 +53,7 @@ from engine.cli.common import (
     print_json,
     store_url,
 )
-from engine.errors import GraphValidationError, TurngraphError
+from engine.errors import TurngraphError
 
 if TYPE_CHECKING:
     from engine.graph import Graph
@@ -107,13 +110,18 @@ def _exit_code(exc: BaseException, verbose: bool) -> int:
 # --------------------------------------------------------------------------- shared
 
 
-def _load(path: str, registry: HandlerRegistry) -> Graph:
-    """The graph at ``path``, checked against ``registry``; only files, never DOT text."""
+def _require_file(path: str) -> None:
+    """Refuse a missing path containing ``{``: load_graph would read it as DOT text, but
+    on the command line it is a path."""
     if "{" in path and not os.path.exists(path):
-        # load_graph would read such an argument as DOT text; on the CLI it is a path.
         from engine.errors import GraphFileError
 
         raise GraphFileError(path, "no such file")
+
+
+def _load(path: str, registry: HandlerRegistry) -> Graph:
+    """The graph at ``path``, checked against ``registry``; only files, never DOT text."""
+    _require_file(path)
     from engine.loader import load_graph
 
     return load_graph(path, registry=registry, cache_dir=_graph_cache_dir())
@@ -276,8 +284,10 @@ def read_line(prompt: str) -> str | None:
 def _cmd_validate(argv: Sequence[str]) -> int:
     p = Parser(prog=f"{PROG} validate", description="Check graphs; print every problem.")
     p.add_argument("graphs", nargs="+", metavar="GRAPH", help=".dot files")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    from engine.cli.checks import check_file, strict
     from engine.errors import GraphError
     from handlers import build_registry
 
@@ -285,19 +295,20 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     failed = False
     for path in args.graphs:
         try:
-            graph = _load(path, registry)
-        except GraphValidationError as exc:
-            failed = failed or bool(exc.errors)
-            for issue in exc.issues:
-                print(issue)
-            continue
+            _require_file(path)
+            checked = check_file(path, registry)
         except GraphError as exc:
             failed = True
             print(one_line(exc))
             continue
-        for issue in graph.warnings:
+        issues = strict(checked.issues) if args.strict else checked.issues
+        for issue in issues:
             print(issue)
-        print(f"{path}: ok ({len(graph.nodes)} nodes, {len(graph.edges)} edges)")
+        graph = checked.graph
+        if graph is None or (args.strict and issues):
+            failed = True
+        else:
+            print(f"{path}: ok ({len(graph.nodes)} nodes, {len(graph.edges)} edges)")
     return EXIT_BAD_INPUT if failed else 0
 
 
@@ -319,18 +330,35 @@ def _cmd_render(argv: Sequence[str]) -> int:
     if fmt is None:
         known = ", ".join(_FORMATS)
         raise UsageError(f"{PROG} render: error: {out}: unknown output format (use {known})")
+    text, problems = _render_text(args.graph)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        check_output(out)
+        data = text.encode() if fmt == "dot" else _graphviz(text, fmt, out)
+        _write_atomic(out, data)
+        print(f"wrote {out}")
+    if problems:
+        # Drawn so the user can look at what is wrong, but still a failure to scripts.
+        err(f"{args.graph}: error: fails validation; {problems} problem(s) marked in red")
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _render_text(path: str) -> tuple[str, int]:
+    """The graph as DOT, and 0; or, when it fails validation, drawn with its problems
+    marked, and how many there are (warnings are printed on stderr)."""
+    from engine.cli.checks import check_file, marked_dot, parse_for_drawing
     from engine.cli.views import graph_to_dot
     from handlers import build_registry
 
-    text = graph_to_dot(_load(args.graph, build_registry()))
-    if out is None:
-        sys.stdout.write(text)
-        return 0
-    check_output(out)
-    data = text.encode() if fmt == "dot" else _graphviz(text, fmt, out)
-    _write_atomic(out, data)
-    print(f"wrote {out}")
-    return 0
+    _require_file(path)
+    checked = check_file(path, build_registry())
+    if checked.graph is not None:
+        for issue in checked.issues:
+            err(str(issue))
+        return graph_to_dot(checked.graph), 0
+    return marked_dot(parse_for_drawing(path), checked.issues), len(checked.issues)
 
 
 def _graphviz(dot_text: str, fmt: str, out: str) -> bytes:
