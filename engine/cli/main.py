@@ -12,6 +12,10 @@
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
                                   import FILE [--replace]|delete ID|compact ID
 
+``--llm SPEC`` (else ``$TURNGRAPH_LLM``, else ``echo``) picks the model of a run or a
+chat: ``echo`` (offline), ``openai:MODEL`` or ``anthropic:MODEL``; ``--llm-base-url``
+points it at any compatible server.  A hosted model's reply is printed as it streams.
+
 The store defaults to ``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME``
 (``~/.local/share/turngraph``); see :func:`sessions.store.open_store`.
 
@@ -51,6 +55,7 @@ from engine.cli.common import (
 from engine.errors import GraphValidationError, TurngraphError
 
 if TYPE_CHECKING:
+    from engine.cli.views import LivePrinter
     from engine.graph import Graph
     from engine.outcome import NodeRecord, RunResult
     from engine.registry import HandlerRegistry
@@ -117,14 +122,44 @@ def _load(path: str, registry: HandlerRegistry) -> Graph:
     return load_graph(path, registry=registry)
 
 
-def _engine(registry: HandlerRegistry, verbose: bool) -> Engine:
+def _engine(registry: HandlerRegistry, verbose: bool, live: LivePrinter | None = None) -> Engine:
     from engine.runner import Engine
 
-    if not verbose:
-        return Engine(registry)
-    from engine.events import StructlogObserver
+    observers: list[Any] = [live] if live is not None else []
+    if verbose:
+        from engine.events import StructlogObserver
 
-    return Engine(registry, observers=[StructlogObserver()])
+        observers.append(StructlogObserver())
+    return Engine(registry, observers=observers)
+
+
+def _llm(args: argparse.Namespace) -> Any:
+    """The model ``--llm`` (else ``$TURNGRAPH_LLM``) names; ``None`` for the offline default."""
+    from handlers.adapters.spec import ENV_SPEC, from_spec
+
+    spec = args.llm or os.environ.get(ENV_SPEC) or "echo"
+    if spec.strip().lower() == "echo" and args.llm_base_url is None:
+        return None
+    return from_spec(spec, base_url=args.llm_base_url)
+
+
+def _live(llm: Any, as_json: bool, prefix: str = "") -> LivePrinter | None:
+    """A printer of streamed text, for a model that streams and output that is not JSON."""
+    if llm is None or as_json or not hasattr(llm, "respond"):
+        return None
+    from engine.cli.views import LivePrinter
+
+    return LivePrinter(prefix=prefix)
+
+
+def _print_reply(reply: Any, live: LivePrinter | None, prefix: str = "") -> None:
+    """The reply, unless it was already printed as it streamed."""
+    text = reply if reply is not None else ""
+    if live is not None and live.started:
+        live.end_line()
+        if text == live.last_text:
+            return
+    print(f"{prefix}{text}")
 
 
 def turn_context(
@@ -160,6 +195,7 @@ def report_turn(
     trace: Sequence[NodeRecord],
     error: BaseException | None,
     as_json: bool,
+    live: LivePrinter | None = None,
     **extra: Any,
 ) -> int:
     """Print a finished turn (reply and node table, or one JSON object); the exit code."""
@@ -169,13 +205,19 @@ def report_turn(
     if as_json:
         doc: dict[str, Any] = {"status": status, "reply": reply, "graph": graph.path}
         doc.update(extra)
+        if doc.get("usage") is None:
+            from engine.outcome import total_usage
+
+            doc["usage"] = total_usage(trace)
         doc["nodes"] = trace_rows(trace)
         if error is not None:
             doc["error"] = " ".join(str(error).split())
         print_json(doc)
     else:
         if ok:
-            print(reply if reply is not None else "")
+            _print_reply(reply, live)
+        elif live is not None:
+            live.end_line()
         where = ""
         if "turn" in extra:
             where = f"session {extra['session_id']} · turn {extra['turn']} · "
@@ -186,7 +228,15 @@ def report_turn(
     return 0
 
 
-def _report_run(graph: Graph, result: RunResult, as_json: bool) -> int:
+def _report_run(
+    graph: Graph, result: RunResult, as_json: bool, live: LivePrinter | None = None
+) -> int:
+    from engine.outcome import total_usage
+
+    usage = result.context.get("llm.usage")
+    per_node = total_usage(result.trace)
+    if per_node is not None:
+        usage = {**(usage or {}), **per_node}
     return report_turn(
         graph,
         status=result.status,
@@ -194,8 +244,9 @@ def _report_run(graph: Graph, result: RunResult, as_json: bool) -> int:
         trace=result.trace,
         error=result.error,
         as_json=as_json,
+        live=live,
         run_id=result.run_id,
-        usage=result.context.get("llm.usage"),
+        usage=usage,
     )
 
 
@@ -214,6 +265,14 @@ def _run_parser() -> Parser:
     p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
+    p.add_argument(
+        "--llm",
+        metavar="SPEC",
+        help="echo (default), openai:MODEL or anthropic:MODEL (default: $TURNGRAPH_LLM)",
+    )
+    p.add_argument(
+        "--llm-base-url", metavar="URL", help="the model server (an OpenAI-compatible one...)"
+    )
     return p
 
 
@@ -229,18 +288,22 @@ def _cmd_run(argv: Sequence[str]) -> int:
         return _run_session(args)
     from handlers import build_registry
 
-    registry = build_registry()
+    llm = _llm(args)
+    registry = build_registry() if llm is None else build_registry(llm=llm)
     graph = _load(args.graph, registry)
-    engine = _engine(registry, args.verbose)
+    live = _live(llm, args.json)
+    engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
-    return _one_turn(graph, engine, args.message, args.json)
+    return _one_turn(graph, engine, args.message, args.json, live)
 
 
-def _one_turn(graph: Graph, engine: Engine, text: str, as_json: bool) -> int:
+def _one_turn(
+    graph: Graph, engine: Engine, text: str, as_json: bool, live: LivePrinter | None = None
+) -> int:
     import anyio
 
     result = anyio.run(engine.run, graph, turn_context(text))
-    return _report_run(graph, result, as_json)
+    return _report_run(graph, result, as_json, live)
 
 
 def read_line(prompt: str) -> str | None:
@@ -369,6 +432,7 @@ def _run_session(args: argparse.Namespace) -> int:
     from sessions.store import validate_session_id
 
     validate_session_id(args.session)
+    args.llm_adapter = _llm(args)
     if "{" in args.graph and not os.path.exists(args.graph):
         from engine.errors import GraphFileError
 
@@ -380,29 +444,46 @@ def _run_session(args: argparse.Namespace) -> int:
 async def _session_main(args: argparse.Namespace) -> int:
     from sessions import SessionManager
 
-    manager = SessionManager(store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose)
+    llm = args.llm_adapter
+    manager = SessionManager(
+        store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm
+    )
+    chat = args.message is None
+    live = _live(llm, args.json, prefix="bot> " if chat else "")
+    if live is not None:
+        manager.engine.observers = (*manager.engine.observers, live)
     async with manager:
         session = await manager.get_or_create(args.session)
-        if args.message is not None:
-            return await _session_turn(manager.turn_graph, session, args.message, args.json)
+        if not chat:
+            return await _session_turn(manager.turn_graph, session, args.message, args.json, live)
         where = "in memory" if manager.store.url.startswith("memory:") else manager.store.url
         n = session.turn_count
         turns = f"{n} turn{'' if n == 1 else 's'}"
         print(f"session {session.id} ({turns}, {where}); /quit or Ctrl-D to leave")
         while (line := read_line("you> ")) is not None:
             if line.strip():
-                await _session_turn(manager.turn_graph, session, line, False, chat=True)
+                await _session_turn(manager.turn_graph, session, line, False, live, chat=True)
     return 0
 
 
 async def _session_turn(
-    graph: Graph, session: Any, text: str, as_json: bool, *, chat: bool = False
+    graph: Graph,
+    session: Any,
+    text: str,
+    as_json: bool,
+    live: LivePrinter | None = None,
+    *,
+    chat: bool = False,
 ) -> int:
+    if live is not None:
+        live.reset()
     result = await session.send(text)
     if chat:
         if result.ok:
-            print(f"bot> {result.reply}")
+            _print_reply(result.reply, live, "bot> ")
         else:
+            if live is not None:
+                live.end_line()
             err(_failure_line(graph, result.error, result.status))
         return 0 if result.ok else EXIT_RUN_FAILED
     return report_turn(
@@ -412,6 +493,7 @@ async def _session_turn(
         trace=result.trace,
         error=result.error,
         as_json=as_json,
+        live=live,
         session_id=session.id,
         turn=result.turn,
         trace_id=result.trace_id,

@@ -10,14 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import anyio
-
 from engine.messages import LLMResponse, ToolCall, ToolSpec, Usage
 from handlers.adapters.hosted import (
-    DEFAULT_TIMEOUT,
     HostedModel,
     dumps,
-    import_sdk,
     parse_arguments,
 )
 from handlers.adapters.llm import ChatRequest
@@ -91,18 +87,9 @@ class AnthropicModel(HostedModel):
     url_env = "ANTHROPIC_BASE_URL"
     default_url = "https://api.anthropic.com"
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(model, base_url=base_url, api_key=api_key, timeout=timeout)
-        sdk = import_sdk("anthropic", "anthropic", "anthropic")
-        self._client: Any = sdk.AsyncAnthropic(
-            api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=timeout
+    def _client_of(self, sdk: Any) -> Any:
+        return sdk.AsyncAnthropic(
+            api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout
         )
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
@@ -120,23 +107,10 @@ class AnthropicModel(HostedModel):
             kwargs["tools"] = anthropic_tools(request.tools)
         return kwargs
 
-    async def respond(
-        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
-    ) -> LLMResponse:
-        """One Messages API call; streamed to ``on_text`` when given."""
-        kwargs = self._arguments(request)
-        try:
-            if on_text is None:
-                return self._parse(await self._client.messages.create(**kwargs))
-            stream = await self._client.messages.create(**kwargs, stream=True)
-            return await self._collect(stream, on_text)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            mapped = self.error(exc, streaming=on_text is not None)
-            if mapped is None or mapped is exc:
-                raise
-            raise mapped from exc
+    async def _create(self, kwargs: dict[str, Any], *, stream: bool) -> Any:
+        if stream:
+            return await self._client.messages.create(**kwargs, stream=True)
+        return await self._client.messages.create(**kwargs)
 
     def _parse(self, response: Any) -> LLMResponse:
         try:

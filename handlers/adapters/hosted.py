@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+
 from engine.errors import (
     AdapterError,
     MissingExtraError,
@@ -91,9 +93,11 @@ def _server_message(exc: BaseException) -> str:
 class HostedModel:
     """Base of the adapters that call a provider over HTTP through its SDK.
 
-    Subclasses set ``provider``, ``key_env``, ``url_env`` and ``default_url``, build
-    their SDK client in ``__init__`` with the SDK's own retries off (``max_retries=0``:
-    the node's retry policy is the only retry loop) and implement :meth:`respond`.
+    Subclasses set ``provider`` (also the SDK's module and the extra's name),
+    ``key_env``, ``url_env`` and ``default_url``, and implement ``_client_of`` (the
+    SDK's async client, built with its own retries off, ``max_retries=0``: the node's
+    retry policy is the only retry loop), ``_arguments``, ``_create``, ``_parse`` and
+    ``_collect``.
     """
 
     provider = ""
@@ -115,6 +119,7 @@ class HostedModel:
         self.timeout = timeout
         # The key is kept only to build the client and to scrub it from messages.
         self._key = api_key or os.environ.get(self.key_env) or ""
+        self._client = self._client_of(import_sdk(self.provider, self.provider, self.provider))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.provider}:{self.model} at {self.host}>"
@@ -138,7 +143,36 @@ class HostedModel:
     async def respond(
         self, request: ChatRequest, on_text: Callable[[str], None] | None = None
     ) -> LLMResponse:
-        """Answer ``request`` (see :class:`~handlers.adapters.StreamingLLM`)."""
+        """Answer ``request`` (see :class:`~handlers.adapters.StreamingLLM`): one call,
+        streamed to ``on_text`` when given; failures as typed :class:`ProviderError`."""
+        kwargs = self._arguments(request)
+        try:
+            if on_text is None:
+                return self._parse(await self._create(kwargs, stream=False))
+            return await self._collect(await self._create(kwargs, stream=True), on_text)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            mapped = self.error(exc, streaming=on_text is not None)
+            if mapped is None or mapped is exc:
+                raise
+            raise mapped from exc
+
+    # ------------------------------------------------------------------ per provider
+
+    def _client_of(self, sdk: Any) -> Any:
+        raise NotImplementedError
+
+    def _arguments(self, request: ChatRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _create(self, kwargs: dict[str, Any], *, stream: bool) -> Any:
+        raise NotImplementedError
+
+    def _parse(self, response: Any) -> LLMResponse:
+        raise NotImplementedError
+
+    async def _collect(self, stream: Any, on_text: Callable[[str], None]) -> LLMResponse:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ errors

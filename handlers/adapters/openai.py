@@ -11,14 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import anyio
-
 from engine.messages import LLMResponse, ToolCall, ToolSpec, Usage
 from handlers.adapters.hosted import (
-    DEFAULT_TIMEOUT,
     HostedModel,
     dumps,
-    import_sdk,
     parse_arguments,
 )
 from handlers.adapters.llm import ChatRequest
@@ -80,18 +76,9 @@ class OpenAIModel(HostedModel):
     url_env = "OPENAI_BASE_URL"
     default_url = "https://api.openai.com/v1"
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(model, base_url=base_url, api_key=api_key, timeout=timeout)
-        sdk = import_sdk("openai", "openai", "openai")
-        self._client: Any = sdk.AsyncOpenAI(
-            api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=timeout
+    def _client_of(self, sdk: Any) -> Any:
+        return sdk.AsyncOpenAI(
+            api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout
         )
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
@@ -107,24 +94,11 @@ class OpenAIModel(HostedModel):
             kwargs["tools"] = openai_tools(request.tools)
         return kwargs
 
-    async def respond(
-        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
-    ) -> LLMResponse:
-        """One Chat Completions call; streamed to ``on_text`` when given."""
-        kwargs = self._arguments(request)
+    async def _create(self, kwargs: dict[str, Any], *, stream: bool) -> Any:
         create = self._client.chat.completions.create
-        try:
-            if on_text is None:
-                return self._parse(await create(**kwargs))
-            stream = await create(**kwargs, stream=True, stream_options={"include_usage": True})
-            return await self._collect(stream, on_text)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            mapped = self.error(exc, streaming=on_text is not None)
-            if mapped is None or mapped is exc:
-                raise
-            raise mapped from exc
+        if stream:
+            return await create(**kwargs, stream=True, stream_options={"include_usage": True})
+        return await create(**kwargs)
 
     def _parse(self, response: Any) -> LLMResponse:
         try:
