@@ -102,7 +102,9 @@ class AnthropicModel(HostedModel):
         if system:
             kwargs["system"] = system
         if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+            # Newer SDKs no longer take ``temperature`` as an argument; the wire field
+            # is still what servers read, so it goes in the body as is.
+            kwargs["extra_body"] = {"temperature": request.temperature}
         if request.tools:
             kwargs["tools"] = anthropic_tools(request.tools)
         return kwargs

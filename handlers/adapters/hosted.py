@@ -51,6 +51,8 @@ NO_KEY = "no-key"
 need none, and both SDKs refuse to build a client without one."""
 
 _MAX_MESSAGE = 300
+_CUT = frozenset({"RemoteProtocolError", "ReadError", "NetworkError", "StreamError"})
+"""httpx's errors for a connection lost after the response began."""
 
 
 def endpoint_host(url: str) -> str:
@@ -195,11 +197,13 @@ class HostedModel:
         name = type(exc).__name__
         cause = exc.__cause__ or exc.__context__
         detail = self._scrub(str(cause or exc) or name)
+        if streaming and type(cause).__name__ in _CUT:
+            name = type(cause).__name__  # an SDK's wrapper around a dropped stream
         if "Timeout" in name:
             return ProviderTimeout(p, host, None, f"no answer within {self.timeout:g}s")
         if name == "APIConnectionError" or name in ("ConnectError", "ConnectTimeout"):
             return ProviderConnectionError(p, host, None, f"cannot connect: {detail}")
-        if name in ("RemoteProtocolError", "ReadError", "NetworkError", "StreamError"):
+        if name in _CUT:
             if streaming:
                 return StreamInterrupted(p, host, None, f"stream cut mid-way: {detail}")
             return ProviderConnectionError(p, host, None, f"connection lost: {detail}")
