@@ -63,13 +63,14 @@ class LivePrinter:
     the caller prints the final reply only when it differs (a template reshaped it).
     """
 
-    __slots__ = ("_line_open", "_parts", "note", "out", "prefix", "started")
+    __slots__ = ("_fresh", "_line_open", "_parts", "note", "out", "prefix", "started")
 
     def __init__(self, out: TextIO | None = None, note: TextIO | None = None, prefix: str = ""):
         self.out = out or sys.stdout
         self.note = note or sys.stderr
         self.prefix = prefix
         self._parts: list[str] = []
+        self._fresh = False
         self._line_open = False
         self.started = False
         """Whether any text was printed since :meth:`reset`."""
@@ -94,6 +95,9 @@ class LivePrinter:
 
     def __call__(self, event: Event) -> None:
         if type(event) is TextDelta:
+            if self._fresh:  # the first piece of a new visit: the last one is history
+                self._parts = []
+                self._fresh = False
             if not self._line_open:
                 self.out.write(self.prefix)
                 self._line_open = self.started = True
@@ -101,7 +105,7 @@ class LivePrinter:
             self.out.write(event.text)
             self.out.flush()
         elif isinstance(event, NodeStarted):
-            self._parts = []
+            self._fresh = True
         elif isinstance(event, NodeRetrying | NodeFailed) and self._parts:
             self.end_line()
             self._parts = []
