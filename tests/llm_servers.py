@@ -216,6 +216,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body are separate writes: without this, Nagle's algorithm and
+        # the client's delayed ACK hold the body back by tens of milliseconds.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
@@ -268,9 +274,10 @@ class _Handler(BaseHTTPRequestHandler):
         frames = head + tail
         if cut is not None:
             frames = head[: len(head) - len(reply.tokens) + cut.after]
-        for frame in frames:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-            self.wfile.flush()
+        # All frames in one write: the server answers at once (each frame is still its
+        # own chunk and SSE event, as a provider sends them).
+        self.wfile.write(b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames))
+        self.wfile.flush()
         if cut is not None and not cut.clean:
             # Drop the connection mid-body: no terminating chunk.
             self.close_connection = True
@@ -359,3 +366,21 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.llm_servers PROVIDER [TOKENS]``: serve replies of ``TOKENS``
+    text tokens until stdin closes; prints the base URL first (for benchmarks, which
+    want the server out of their own process)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    tokens = int(args[1]) if len(args) > 1 else 3
+    reply = Reply(tokens=tuple(f"t{i % 10}" for i in range(tokens)))
+    with LLMServer(args[0], default=reply) as server:
+        print(server.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -177,6 +177,11 @@ class HostedModel:
     async def _collect(self, stream: Any, on_text: Callable[[str], None]) -> LLMResponse:
         raise NotImplementedError
 
+    async def aclose(self) -> None:
+        """Close the SDK client's connections (an adapter outliving its event loop
+        should be closed on that loop first)."""
+        await self._client.close()
+
     # ------------------------------------------------------------------ errors
 
     def _scrub(self, text: str) -> str:

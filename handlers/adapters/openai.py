@@ -124,24 +124,24 @@ class OpenAIModel(HostedModel):
         finished = False
         usage = Usage()
         model = ""
+        append = text.append
         async for chunk in stream:
-            model = chunk.model or model
-            if chunk.usage is not None:
-                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            # The common chunk is one choice with a piece of text: read each field once.
             for choice in chunk.choices or ():
                 delta = choice.delta
-                if delta is not None and delta.content:
-                    text.append(delta.content)
-                    on_text(delta.content)
-                for c in (delta.tool_calls if delta is not None else None) or ():
-                    entry = calls.setdefault(c.index, ["", ""])
-                    if c.id:
-                        entry[0] = c.id
-                    if c.function is not None:
-                        entry[1] = entry[1] or (c.function.name or "")
-                        entry.append(c.function.arguments or "")
+                if delta is not None:
+                    piece = delta.content
+                    if piece:
+                        append(piece)
+                        on_text(piece)
+                    if delta.tool_calls:
+                        _add_call_deltas(calls, delta.tool_calls)
                 if choice.finish_reason:
                     finished = True
+            if chunk.usage is not None:
+                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            if not model:
+                model = chunk.model or ""
         if not finished:
             raise self.interrupted()
         model = model or self.model
@@ -150,3 +150,14 @@ class OpenAIModel(HostedModel):
         )
         usage = Usage(usage.input_tokens, usage.output_tokens, model)
         return LLMResponse("".join(text), tool_calls, usage, model)
+
+
+def _add_call_deltas(calls: dict[int, list[str]], deltas: Any) -> None:
+    """Fold streamed tool-call pieces into ``calls``: index -> [id, name, arguments...]."""
+    for c in deltas:
+        entry = calls.setdefault(c.index, ["", ""])
+        if c.id:
+            entry[0] = c.id
+        if c.function is not None:
+            entry[1] = entry[1] or (c.function.name or "")
+            entry.append(c.function.arguments or "")
