@@ -57,9 +57,21 @@ def server(request: pytest.FixtureRequest) -> Iterator[LLMServer]:
         yield s
 
 
+OPEN: list[HostedModel] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_adapters() -> Any:
+    """Close each adapter's connections on the loop that opened them."""
+    yield
+    while OPEN:
+        await OPEN.pop().aclose()
+
+
 def model_at(server: LLMServer, **kw: Any) -> HostedModel:
     llm = from_spec(f"{server.provider}:default-model", base_url=server.url, **kw)
     assert isinstance(llm, HostedModel)
+    OPEN.append(llm)
     return llm
 
 

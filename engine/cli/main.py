@@ -294,16 +294,33 @@ def _cmd_run(argv: Sequence[str]) -> int:
     live = _live(llm, args.json)
     engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
-    return _one_turn(graph, engine, args.message, args.json, live)
+    return _one_turn(graph, engine, args.message, args.json, live, llm)
 
 
 def _one_turn(
-    graph: Graph, engine: Engine, text: str, as_json: bool, live: LivePrinter | None = None
+    graph: Graph,
+    engine: Engine,
+    text: str,
+    as_json: bool,
+    live: LivePrinter | None = None,
+    llm: Any = None,
 ) -> int:
     import anyio
 
-    result = anyio.run(engine.run, graph, turn_context(text))
-    return _report_run(graph, result, as_json, live)
+    async def turn() -> RunResult:
+        try:
+            return await engine.run(graph, turn_context(text))
+        finally:
+            await _aclose(llm)
+
+    return _report_run(graph, anyio.run(turn), as_json, live)
+
+
+async def _aclose(llm: Any) -> None:
+    """Close a hosted model's connections on the loop that opened them."""
+    close = getattr(llm, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def read_line(prompt: str) -> str | None:
@@ -452,6 +469,14 @@ async def _session_main(args: argparse.Namespace) -> int:
     live = _live(llm, args.json, prefix="bot> " if chat else "")
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
+    try:
+        return await _session_loop(manager, args, live)
+    finally:
+        await _aclose(llm)
+
+
+async def _session_loop(manager: Any, args: argparse.Namespace, live: LivePrinter | None) -> int:
+    chat = args.message is None
     async with manager:
         session = await manager.get_or_create(args.session)
         if not chat:

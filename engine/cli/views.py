@@ -185,24 +185,28 @@ def sessions_table(metas: Sequence[Any], title: str = "sessions") -> Table:
 
 
 def turns_table(turns: Sequence[Any], title: str = "turns") -> Table:
-    """One row per committed turn (``TurnRecord``-like): status, nodes, duration."""
+    """One row per committed turn (``TurnRecord``-like): status, nodes, duration, and
+    the model tokens (in/out) when its trace records them."""
     from rich.table import Table
 
+    from engine.outcome import total_usage
+
+    usages = [total_usage(trace_rows(t.trace)) for t in turns]
+    names = ["turn", "status", "nodes", "ms", "when", "error"]
+    if any(usages):
+        names.insert(4, "tokens")
     table = Table(title=title, title_justify="left")
-    for name in ("turn", "status", "nodes", "ms", "when", "error"):
-        table.add_column(name, justify="right" if name in ("turn", "ms") else "left")
-    for t in turns:
+    for name in names:
+        table.add_column(name, justify="right" if name in ("turn", "ms", "tokens") else "left")
+    for t, usage in zip(turns, usages, strict=True):
         rows = trace_rows(t.trace)
         path = " → ".join(str(r.get("id", "")) for r in rows)
         ms = sum(float(r.get("duration_ms", 0.0)) for r in rows)
-        table.add_row(
-            str(t.turn),
-            str(t.status),
-            _escape(path),
-            f"{ms:.3f}",
-            _when(float(t.ts)),
-            _escape(t.error or ""),
-        )
+        cells = [str(t.turn), str(t.status), _escape(path), f"{ms:.3f}"]
+        if len(names) > 6:
+            cells.append(f"{usage['input_tokens']}/{usage['output_tokens']}" if usage else "")
+        cells += [_when(float(t.ts)), _escape(t.error or "")]
+        table.add_row(*cells)
     return table
 
 
