@@ -94,22 +94,20 @@ def test_sessions_show_lists_tokens_per_turn(server: LLMServer, tmp_path: Path) 
     """A stored session's turns show their tokens in ``sessions show``."""
     server.script(Reply(tokens=("ok",), usage=(30, 2)))
     store = f"sqlite:///{tmp_path / 's.db'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     llm = ["--llm", f"{server.provider}:m", "--llm-base-url", server.url]
-    run = [sys.executable, "-m", "engine.run"]
-    turn = subprocess.run(
-        [*run, str(ROOT / "graphs" / "turn.dot"), "-m", "hi", "--session", "a", "--store", store]
-        + llm,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    turn = _cli(
+        str(ROOT / "graphs" / "turn.dot"), "-m", "hi", "--session", "a", "--store", store, *llm
     )
     assert turn.returncode == 0, turn.stderr
-    show = subprocess.run(
-        [*run, "sessions", "--store", store, "show", "a"],
+    show = _cli("sessions", "--store", store, "show", "a")
+    assert show.returncode == 0, show.stderr
+    assert "tokens" in show.stdout and "30/2" in show.stdout
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.run", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -117,5 +115,3 @@ def test_sessions_show_lists_tokens_per_turn(server: LLMServer, tmp_path: Path) 
         timeout=120,
         check=False,
     )
-    assert show.returncode == 0, show.stderr
-    assert "tokens" in show.stdout and "30/2" in show.stdout
