@@ -33,8 +33,8 @@ from engine.errors import (
     RateLimited,
     StreamInterrupted,
 )
-from engine.messages import LLMResponse, ToolCall
-from handlers.adapters.llm import DEFAULT_TIMEOUT, INVALID_ARGUMENTS, ChatRequest
+from engine.messages import LLMResponse, ToolCall, Usage, estimate_tokens
+from handlers.adapters.llm import DEFAULT_TIMEOUT, INVALID_ARGUMENTS, ChatRequest, count_tokens
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -146,12 +146,14 @@ class HostedModel:
         self, request: ChatRequest, on_text: Callable[[str], None] | None = None
     ) -> LLMResponse:
         """Answer ``request`` (see :class:`~handlers.adapters.StreamingLLM`): one call,
-        streamed to ``on_text`` when given; failures as typed :class:`ProviderError`."""
+        streamed to ``on_text`` when given; failures as typed :class:`ProviderError`.
+        A server that reports no usage gets estimated counts (four characters a token)."""
         kwargs = self._arguments(request)
         try:
             if on_text is None:
-                return self._parse(await self._create(kwargs, stream=False))
-            return await self._collect(await self._create(kwargs, stream=True), on_text)
+                response = self._parse(await self._create(kwargs, stream=False))
+            else:
+                response = await self._collect(await self._create(kwargs, stream=True), on_text)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -159,6 +161,14 @@ class HostedModel:
             if mapped is None or mapped is exc:
                 raise
             raise mapped from exc
+        u = response.usage
+        if u.input_tokens or u.output_tokens or not (response.text or response.tool_calls):
+            return response
+        # Some servers (llama.cpp's among them) send no usage in a stream: estimate it
+        # as the offline models do rather than record a visit that cost nothing.
+        tokens_in = count_tokens(request.messages, request.system)
+        usage = Usage(tokens_in, estimate_tokens(response.text), u.model)
+        return LLMResponse(response.text, response.tool_calls, usage, response.model)
 
     # ------------------------------------------------------------------ per provider
 
