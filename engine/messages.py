@@ -120,7 +120,7 @@ class ToolResult(msgspec.Struct, frozen=True):
 
 
 class Usage(msgspec.Struct, frozen=True):
-    """Tokens consumed by one model call (or summed over a node's calls), and by which model."""
+    """Tokens consumed by one model call, and by which model (``""``: not said)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -129,14 +129,6 @@ class Usage(msgspec.Struct, frozen=True):
     def to_dict(self) -> dict[str, int]:
         """``{"input_tokens": ..., "output_tokens": ...}``."""
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
-
-    def __add__(self, other: Usage) -> Usage:
-        """Both counts summed; the model is ``other``'s when it names one."""
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            other.model or self.model,
-        )
 
 
 class LLMResponse(msgspec.Struct, frozen=True):
