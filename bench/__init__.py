@@ -18,5 +18,6 @@ BENCHMARKS: tuple[str, ...] = (
     "session",
     "store",
     "peers",
+    "llm_adapters",
 )
 """Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""

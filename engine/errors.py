@@ -13,7 +13,19 @@
     │   ├── NoRouteError           no edge could be taken out of a node
     │   └── MaxStepsExceeded       a cycle ran past ``max_steps``
     ├── AdapterError               an LLM, memory or tools backend failed
-    │   └── TransientAdapterError  ...and trying again may help (retryable)
+    │   ├── TransientAdapterError  ...and trying again may help (retryable)
+    │   ├── LLMSpecError           ``--llm`` / ``from_spec`` names no known model provider
+    │   ├── MissingExtraError      the provider's SDK is not installed (names the pip command)
+    │   └── ProviderError          a model provider answered badly: provider, host, status
+    │       ├── ProviderAuthError      401/403: not retried, check the key
+    │       ├── ProviderRequestError   400 and other 4xx: not retried, the server's message
+    │       ├── ProviderResponseError  malformed JSON or SSE
+    │       └── TransientProviderError (also a TransientAdapterError: retried)
+    │           ├── ProviderConnectionError  refused, reset, DNS
+    │           ├── ProviderTimeout          no answer in time
+    │           ├── RateLimited              429, with the server's ``retry_after``
+    │           ├── ProviderServerError      5xx
+    │           └── StreamInterrupted        the stream ended before the reply did
     ├── SessionError               (sessions.errors) one session: id, not found, busy
     └── StoreError                 (sessions.errors) the durable store
 
@@ -37,10 +49,22 @@ __all__ = [
     "HandlerError",
     "HandlerTimeout",
     "Issue",
+    "LLMSpecError",
     "MaxStepsExceeded",
+    "MissingExtraError",
     "NoRouteError",
+    "ProviderAuthError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderRequestError",
+    "ProviderResponseError",
+    "ProviderServerError",
+    "ProviderTimeout",
+    "RateLimited",
     "RunError",
+    "StreamInterrupted",
     "TransientAdapterError",
+    "TransientProviderError",
     "TurngraphError",
 ]
 
@@ -188,4 +212,86 @@ class TransientAdapterError(AdapterError):
     """An adapter failure that may succeed if tried again (timeouts, 5xx, resets).
 
     The runner retries a node whose handler raises this, within the node's policy.
+    ``retry_after`` is how many seconds the backend asked to be left alone (a 429's
+    ``Retry-After``), or ``None``: the runner waits at least that long before the next
+    attempt, or fails the node at once when it exceeds the node's ``retry.max_delay``.
     """
+
+    retry_after: float | None = None
+
+
+class LLMSpecError(AdapterError):
+    """A model spec (``--llm``, ``TURNGRAPH_LLM``, ``from_spec``) names no known provider."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__("llm", f"bad model spec {spec!r}: {reason}")
+        self.spec = spec
+
+
+class MissingExtraError(AdapterError):
+    """The SDK a chosen provider needs is not installed; the message names the pip command."""
+
+    def __init__(self, provider: str, extra: str) -> None:
+        super().__init__(
+            provider,
+            f"the {provider} SDK is not installed: pip install 'turngraph[{extra}]'",
+        )
+        self.provider = provider
+        self.extra = extra
+
+
+class ProviderError(AdapterError):
+    """A model provider's endpoint failed: which provider, which host, which HTTP status.
+
+    ``host`` is the endpoint's ``host:port`` (never a URL with credentials, never a key);
+    ``status`` is the HTTP status, ``None`` when no response arrived.
+    """
+
+    def __init__(self, provider: str, host: str, status: int | None, reason: str) -> None:
+        shown = f"HTTP {status}: " if status is not None else ""
+        super().__init__(provider, f"{host}: {shown}{reason}")
+        self.provider = provider
+        self.host = host
+        self.status = status
+
+
+class ProviderAuthError(ProviderError):
+    """401 or 403: the key is missing, wrong or lacks access.  Never retried."""
+
+
+class ProviderRequestError(ProviderError):
+    """400 and other 4xx: the request was refused; ``reason`` is the server's message."""
+
+
+class ProviderResponseError(ProviderError):
+    """The response was not the provider's format (malformed JSON or SSE)."""
+
+
+class TransientProviderError(ProviderError, TransientAdapterError):
+    """A provider failure that may pass: the node's retry policy tries again."""
+
+
+class ProviderConnectionError(TransientProviderError):
+    """No connection to the endpoint (refused, reset, name not resolved)."""
+
+
+class ProviderTimeout(TransientProviderError):
+    """The endpoint did not answer in time."""
+
+
+class RateLimited(TransientProviderError):
+    """429: too many requests; ``retry_after`` is the server's ``Retry-After`` in seconds."""
+
+    def __init__(self, provider: str, host: str, reason: str, retry_after: float | None) -> None:
+        if retry_after is not None:
+            reason = f"{reason} (server asked to wait {retry_after:g}s)"
+        super().__init__(provider, host, 429, reason)
+        self.retry_after = retry_after
+
+
+class ProviderServerError(TransientProviderError):
+    """5xx: the provider failed on its side."""
+
+
+class StreamInterrupted(TransientProviderError):
+    """A streamed reply stopped before its end; the partial reply is never used."""

@@ -4,16 +4,29 @@ An observer is any callable taking one :data:`Event`.  Observers run inline on t
 engine's task, so they must be quick and must not raise (an observer that raises is
 logged and ignored: watching a run never breaks it).  The engine builds no event at
 all when a run has no observers.
+
+Handlers put events of their own on the stream (a model's text as it arrives, the
+tool calls it asks for, the tools' results) through the run's :class:`Emitter`, found
+with :func:`current_emitter`: the engine core never imports a handler, and a handler
+never learns who is watching.  When nobody observes a run there is no emitter, so a
+handler can skip streaming altogether.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from engine.messages import Usage
 
 __all__ = [
+    "Emitter",
     "Event",
     "NodeCompleted",
     "NodeFailed",
@@ -24,6 +37,10 @@ __all__ = [
     "RunFailed",
     "RunStarted",
     "StructlogObserver",
+    "TextDelta",
+    "ToolCallCompleted",
+    "ToolCallRequested",
+    "current_emitter",
 ]
 
 
@@ -91,6 +108,8 @@ class NodeCompleted:
     status: str
     attempts: int
     duration: float
+    usage: Usage | None = None
+    """The model tokens the visit used, when its handler reported them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +124,54 @@ class NodeFailed:
     reason: str
 
 
+class TextDelta(msgspec.Struct, frozen=True):
+    """A piece of a model's reply, as it arrived, in order.
+
+    The pieces of one attempt concatenate to the reply's text.  When the attempt fails
+    (a stream cut mid-way) a :class:`NodeRetrying` or :class:`NodeFailed` follows and
+    the pieces so far are void: no partial reply is ever used.  A frozen ``msgspec``
+    struct rather than a dataclass, as it is made once per token: built in C.
+    """
+
+    run_id: str
+    node_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequested:
+    """The model asked for tool ``name`` with ``arguments`` (``call_id`` pairs the result)."""
+
+    run_id: str
+    node_id: str
+    call_id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallCompleted:
+    """A tool call returned ``content`` (``is_error``: the model is told it failed)."""
+
+    run_id: str
+    node_id: str
+    call_id: str
+    name: str
+    content: str
+    is_error: bool
+
+
 Event = (
-    RunStarted | RunCompleted | RunFailed | NodeStarted | NodeRetrying | NodeCompleted | NodeFailed
+    RunStarted
+    | RunCompleted
+    | RunFailed
+    | NodeStarted
+    | NodeRetrying
+    | NodeCompleted
+    | NodeFailed
+    | TextDelta
+    | ToolCallRequested
+    | ToolCallCompleted
 )
 Observer = Callable[[Event], None]
 
@@ -192,3 +257,47 @@ def notify(observers: tuple[Observer, ...], event: Event) -> None:
             obs(event)
         except Exception:  # an observer must never break a run
             _fallback.exception("observer %r raised on %s", obs, type(event).__name__)
+
+
+class Emitter:
+    """Puts a handler's events on its run's stream (see :func:`current_emitter`).
+
+    The engine makes one per observed run and points ``node_id`` at the node running;
+    each method builds one event and hands it to the run's observers.
+    """
+
+    __slots__ = ("node_id", "observers", "run_id")
+
+    def __init__(self, observers: tuple[Observer, ...], run_id: str) -> None:
+        self.observers = observers
+        self.run_id = run_id
+        self.node_id = ""
+
+    def text(self, text: str) -> None:
+        """A piece of the model's reply arrived."""
+        event = TextDelta(self.run_id, self.node_id, text)
+        for obs in self.observers:  # notify() inlined: this runs once per token
+            try:
+                obs(event)
+            except Exception:
+                _fallback.exception("observer %r raised on TextDelta", obs)
+
+    def tool_call(self, call_id: str, name: str, arguments: Mapping[str, Any]) -> None:
+        """The model asked for a tool."""
+        notify(
+            self.observers, ToolCallRequested(self.run_id, self.node_id, call_id, name, arguments)
+        )
+
+    def tool_result(self, call_id: str, name: str, content: str, is_error: bool) -> None:
+        """A tool returned (or failed, ``is_error``)."""
+        event = ToolCallCompleted(self.run_id, self.node_id, call_id, name, content, is_error)
+        notify(self.observers, event)
+
+
+EMITTER: ContextVar[Emitter | None] = ContextVar("turngraph_emitter", default=None)
+"""The running node's emitter; set by the engine for each observed run."""
+
+
+def current_emitter() -> Emitter | None:
+    """The emitter of the run this code is part of, or ``None`` when nobody observes it."""
+    return EMITTER.get()

@@ -120,10 +120,11 @@ class ToolResult(msgspec.Struct, frozen=True):
 
 
 class Usage(msgspec.Struct, frozen=True):
-    """Tokens consumed by one model call."""
+    """Tokens consumed by one model call, and by which model (``""``: not said)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
+    model: str = ""
 
     def to_dict(self) -> dict[str, int]:
         """``{"input_tokens": ..., "output_tokens": ...}``."""

@@ -7,14 +7,16 @@ at a dozen of them per turn (``python -m bench`` measures a turn).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["EMPTY", "NodeRecord", "Outcome", "RunResult", "RunStatus", "Status"]
+from engine.messages import Usage
+
+__all__ = ["EMPTY", "NodeRecord", "Outcome", "RunResult", "RunStatus", "Status", "total_usage"]
 
 Status = Literal["success", "fail", "retry", "partial", "skipped"]
 """A node's outcome.  ``retry`` is a failure the handler marks as worth retrying."""
@@ -29,7 +31,8 @@ class Outcome(msgspec.Struct, frozen=True):
 
     ``updates`` holds only what changed; the runner applies it.  ``preferred_label``
     picks among unconditional edges by label; ``suggested_next`` names a target node.
-    ``reason`` says why a node failed (shown in errors and traces).
+    ``reason`` says why a node failed (shown in errors and traces).  ``usage`` is the
+    model tokens the visit used (the runner copies it into the node's record).
     A handler may instead return a plain mapping, which means ``Outcome("success", it)``.
     """
 
@@ -38,6 +41,7 @@ class Outcome(msgspec.Struct, frozen=True):
     preferred_label: str | None = None
     suggested_next: str | None = None
     reason: str | None = None
+    usage: Usage | None = None
 
 
 SUCCESS = Outcome()
@@ -53,6 +57,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
     duration: float
     """Seconds, all attempts and backoff included."""
     reason: str | None = None
+    usage: Usage | None = None
+    """Model tokens and model name of the visit, when its handler called a model."""
 
     @property
     def duration_ms(self) -> float:
@@ -60,7 +66,10 @@ class NodeRecord(msgspec.Struct, frozen=True):
         return self.duration * 1000.0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``id``, ``handler``, ``status``, ``attempts``, ``duration_ms``)."""
+        """A JSON-ready dict (``id``, ``handler``, ``status``, ``attempts``, ``duration_ms``,
+        and ``model``, ``input_tokens``, ``output_tokens`` when the visit used a model).
+
+        Flat keys: a stored trace stays a list of flat dicts."""
         d: dict[str, Any] = {
             "id": self.node_id,
             "handler": self.handler,
@@ -70,7 +79,33 @@ class NodeRecord(msgspec.Struct, frozen=True):
         }
         if self.reason is not None:
             d["reason"] = self.reason
+        usage = self.usage
+        if usage is not None:
+            d["model"] = usage.model
+            d["input_tokens"] = usage.input_tokens
+            d["output_tokens"] = usage.output_tokens
         return d
+
+
+def total_usage(trace: Iterable[NodeRecord | Mapping[str, Any]]) -> dict[str, Any] | None:
+    """A turn's model usage summed over its node visits (records or stored trace dicts):
+    ``{"input_tokens", "output_tokens", "models"}``, or ``None`` when no node used a model."""
+    found = False
+    tokens_in = tokens_out = 0
+    models: list[str] = []
+    for r in trace:
+        u = r.to_dict() if isinstance(r, NodeRecord) else r
+        if "input_tokens" not in u:
+            continue
+        found = True
+        tokens_in += int(u["input_tokens"])
+        tokens_out += int(u["output_tokens"])
+        model = str(u.get("model") or "")
+        if model and model not in models:
+            models.append(model)
+    if not found:
+        return None
+    return {"input_tokens": tokens_in, "output_tokens": tokens_out, "models": models}
 
 
 @dataclass(frozen=True, slots=True)

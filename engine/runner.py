@@ -43,6 +43,8 @@ from engine.errors import (
     TransientAdapterError,
 )
 from engine.events import (
+    EMITTER,
+    Emitter,
     NodeCompleted,
     NodeFailed,
     NodeRetrying,
@@ -247,11 +249,17 @@ class Engine:
         ctx: dict[str, Any] = dict(context) if context else {}
         trace: list[NodeRecord] = []
         t0 = _perf()
+        # Handlers reach the observers through the run's emitter (engine.events); a run
+        # nobody observes has none, nor inherits one from a run it is nested in.
+        emitter = Emitter(obs, rid) if obs else None
+        token = EMITTER.set(emitter) if obs or EMITTER.get() is not None else None
         if obs:
             notify(obs, RunStarted(rid, graph.name, start_at or plan.start))
         try:
             first = start_at or plan.start
-            exit_id = await self._walk(plan, first, ctx, trace, rid, obs, on_step, on_enter)
+            exit_id = await self._walk(
+                plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter
+            )
         except RunError as exc:
             if obs:
                 failed_at = getattr(exc, "node_id", None)
@@ -271,6 +279,9 @@ class Engine:
                     ),
                 )
             raise
+        finally:
+            if token is not None:
+                EMITTER.reset(token)
         if obs:
             notify(obs, RunCompleted(rid, graph.name, exit_id, len(trace), _perf() - t0))
         return RunResult("success", ctx, tuple(trace), rid)
@@ -285,6 +296,7 @@ class Engine:
         obs: tuple[Observer, ...],
         on_step: OnStep | None,
         on_enter: OnEnter | None,
+        emitter: Emitter | None = None,
     ) -> str:
         """The loop: run a node, apply its outcome, choose the next; returns the exit id."""
         view = MappingProxyType(ctx)
@@ -296,6 +308,8 @@ class Engine:
             step = steps[node_id]
             if on_enter is not None:
                 on_enter(step.node)
+            if emitter is not None:
+                emitter.node_id = node_id
             outcome, record, error = await self._visit(step, view, rid, obs)
             trace.append(record)
             if outcome.updates:
@@ -361,13 +375,21 @@ class Engine:
             if not retryable or attempt > node.retry.max_retries:
                 break
             delay = node.retry.delay(attempt + 1, self._rng)
+            asked = getattr(error.cause, "retry_after", None) if error is not None else None
+            if asked is not None:
+                if asked > node.retry.max_delay:
+                    outcome, error = _wait_too_long(node, attempt, error, asked)
+                    break
+                delay = max(delay, asked)  # honour the server's Retry-After
             if obs:
                 why = outcome.reason or str(error)
                 notify(obs, NodeRetrying(rid, node.id, node.handler, attempt, delay, why))
             await self._sleep(delay)
             attempt += 1
         status: Status = "fail" if outcome.status == "retry" else outcome.status
-        record = NodeRecord(node.id, node.handler, status, attempt, _perf() - t0, outcome.reason)
+        record = NodeRecord(
+            node.id, node.handler, status, attempt, _perf() - t0, outcome.reason, outcome.usage
+        )
         if obs:
             if status == "fail":
                 reason = outcome.reason or "failed"
@@ -376,7 +398,10 @@ class Engine:
                 )
             else:
                 notify(
-                    obs, NodeCompleted(rid, node.id, node.handler, status, attempt, record.duration)
+                    obs,
+                    NodeCompleted(
+                        rid, node.id, node.handler, status, attempt, record.duration, record.usage
+                    ),
                 )
         return outcome, record, error
 
@@ -421,3 +446,17 @@ class Engine:
         if step.in_thread:
             return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
         return spec.fn(step.node, view)
+
+
+def _wait_too_long(
+    node: Node, attempt: int, error: HandlerError | None, asked: float
+) -> tuple[Outcome, HandlerError]:
+    """The node fails at once: the backend asked for a longer pause than it may take."""
+    cause = error.cause if error is not None else None
+    reason = (
+        f"{error.reason if error is not None else 'failed'}; not retried: the server asked "
+        f"to wait {asked:g}s, more than retry.max_delay={node.retry.max_delay:g}s"
+    )
+    err = HandlerError(node.id, node.handler, attempt, reason, cause)
+    err.__cause__ = cause
+    return Outcome("fail", reason=reason), err

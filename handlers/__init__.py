@@ -96,14 +96,19 @@ BUILTIN_NAMES = frozenset(
 
 
 def build_registry(
-    *, llm: LLM | None = None, memory: Memory | None = None, tools: Tools | None = None
+    *, llm: LLM | str | None = None, memory: Memory | None = None, tools: Tools | None = None
 ) -> HandlerRegistry:
     """A fresh registry of every built-in handler (:data:`BUILTIN_NAMES`).
 
-    Adapters left ``None`` get offline defaults: :class:`EchoModel`,
+    ``llm`` is an adapter or a spec for :func:`~handlers.adapters.spec.from_spec`
+    (``"openai:gpt-4.1-mini"``).  Adapters left ``None`` get offline defaults: :class:`EchoModel`,
     :class:`KeywordMemory` and :class:`ToolBox`.  The registry is the caller's to
     extend (``@registry.handler("mine")``) or to override (``replace=True``).
     """
+    if isinstance(llm, str):
+        from handlers.adapters.spec import from_spec
+
+        llm = from_spec(llm)
     llm = llm if llm is not None else EchoModel()
     memory = memory if memory is not None else KeywordMemory()
     tools = tools if tools is not None else ToolBox()

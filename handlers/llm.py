@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from engine.errors import AdapterError, TransientAdapterError
+from engine.events import current_emitter
 from engine.graph import Node
-from engine.messages import LLMResponse, MemoryItem, ToolCall, ToolResult
+from engine.messages import LLMResponse, MemoryItem, ToolCall, ToolResult, Usage
 from engine.outcome import Outcome
 from handlers._common import (
     NodeSettings,
@@ -19,7 +20,7 @@ from handlers._common import (
     input_text,
     recent_messages,
 )
-from handlers.adapters.llm import LLM
+from handlers.adapters.llm import INVALID_ARGUMENTS, LLM, ChatRequest
 from handlers.adapters.tools import Tools
 
 __all__ = ["DEFAULT_SYSTEM", "DispatchTools", "LLMCall", "ToolNode", "add_usage"]
@@ -52,6 +53,23 @@ class _Settings(NamedTuple):
     tools: bool
     max_tool_rounds: int | None
     """``None`` when tools are off: the setting is then never read (nor checked)."""
+    model: str | None
+    temperature: float | None
+
+
+def _temperature(node: Node) -> float | None:
+    value = node.attrs.get("temperature")
+    if value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]  # checked by the except
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not 0.0 <= number <= 2.0:
+        raise ValueError(
+            f"node {node.id!r}: temperature must be a number from 0 to 2, not {value!r}"
+        )
+    return number
 
 
 def _parse(node: Node) -> _Settings:
@@ -62,6 +80,7 @@ def _parse(node: Node) -> _Settings:
     max_tokens = attr_int(node, "max_tokens", 0) or None
     history = attr_int(node, "history", 20)
     prompt = node.attrs.get("prompt")
+    model = node.attrs.get("model")
     return _Settings(
         system=attr_str(node, "system", DEFAULT_SYSTEM),
         history=history,
@@ -69,6 +88,8 @@ def _parse(node: Node) -> _Settings:
         prompt=None if prompt is None else str(prompt),
         tools=tools,
         max_tool_rounds=max_tool_rounds,
+        model=None if model is None or model == "" else str(model),
+        temperature=_temperature(node),
     )
 
 
@@ -84,28 +105,44 @@ class LLMCall:
     over the run's calls), ``llm.calls`` and ``llm.wants_tools``; the preferred label is
     ``tools`` or ``reply``.  Tools are offered only with ``tools=true``, and only while
     ``tools.rounds`` is below ``max_tool_rounds`` (default 3), which bounds a tool loop.
-    ``max_tokens`` is passed on.  Adapter errors propagate (transient ones are retried).
+    ``max_tokens``, ``model`` and ``temperature`` are passed on: a node's values win over
+    the adapter's defaults (``model`` and ``temperature`` reach only adapters with a
+    ``respond`` method, :class:`~handlers.adapters.StreamingLLM`).  When the run is
+    observed such a model streams: each piece of text is a ``TextDelta`` event, each
+    tool call asked for a ``ToolCallRequested``.  The visit's usage (tokens, model) goes
+    into its trace record.  Adapter errors propagate (transient ones are retried).
     """
 
-    __slots__ = ("_settings", "llm", "tools")
+    __slots__ = ("_respond", "_settings", "llm", "tools")
 
     def __init__(self, llm: LLM, tools: Tools) -> None:
         self.llm = llm
         self.tools = tools
         self._settings = NodeSettings(_parse)
+        self._respond = getattr(llm, "respond", None)
 
     async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
         items: Sequence[MemoryItem] = context.get("recall.items") or ()
         rounds = int(context.get("tools.rounds") or 0)
         settings = self._settings(node)
         offer = settings.tools and rounds < (settings.max_tool_rounds or 0)
-        response = await self.llm.complete(
-            self._messages(settings, context),
-            system=_system(settings.system, items),
-            tools=self.tools.specs() if offer else None,
-            max_tokens=settings.max_tokens,
-        )
+        messages = self._messages(settings, context)
+        system = _system(settings.system, items)
+        tools = self.tools.specs() if offer else None
+        emitter = current_emitter()
+        if self._respond is not None:
+            request = ChatRequest(
+                messages, system, tools, settings.max_tokens, settings.model, settings.temperature
+            )
+            response = await self._respond(request, emitter.text if emitter else None)
+        else:
+            response = await self.llm.complete(
+                messages, system=system, tools=tools, max_tokens=settings.max_tokens
+            )
         wants = offer and bool(response.tool_calls)
+        if emitter is not None and wants:
+            for call in response.tool_calls:
+                emitter.tool_call(call.id, call.name, call.arguments)
         updates = {
             "llm.text": response.text,
             "llm.tool_calls": response.tool_calls,
@@ -114,7 +151,10 @@ class LLMCall:
             "llm.calls": int(context.get("llm.calls") or 0) + 1,
             "llm.wants_tools": wants,
         }
-        return Outcome("success", updates, preferred_label="tools" if wants else "reply")
+        u = response.usage
+        usage = Usage(u.input_tokens, u.output_tokens, response.model or u.model)
+        label = "tools" if wants else "reply"
+        return Outcome("success", updates, preferred_label=label, usage=usage)
 
     @staticmethod
     def _messages(settings: _Settings, context: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -144,6 +184,10 @@ def _result_message(result: ToolResult) -> dict[str, Any]:
 
 async def _run_tool(tools: Tools, call: ToolCall) -> ToolResult:
     """One call; a permanent tool error becomes an error result the model can read."""
+    if INVALID_ARGUMENTS in call.arguments:
+        text = str(call.arguments[INVALID_ARGUMENTS])[:200]
+        reason = f"error: the arguments must be a JSON object, not {text!r}"
+        return ToolResult(call.name, reason, is_error=True, call_id=call.id)
     try:
         result = await tools.call(call.name, call.arguments)
     except TransientAdapterError:
@@ -172,6 +216,10 @@ class DispatchTools:
         calls: Sequence[ToolCall] = context.get("llm.tool_calls") or ()
         calls = tuple(calls)[: attr_int(node, "max_calls", 8)]
         results = [await _run_tool(self.tools, c) for c in calls]
+        emitter = current_emitter()
+        if emitter is not None:
+            for r in results:
+                emitter.tool_result(r.call_id, r.name, r.content, r.is_error)
         messages = list(context.get("turn.messages") or ())
         if calls:
             messages.append(_call_message(calls))

@@ -16,9 +16,14 @@
                                   import FILE [--replace]|delete ID|compact ID
 
 Without ``GRAPH.dot`` a turn runs the shipped ``turn.dot`` (:mod:`graphs`).  The
-installed console script ``turngraph`` is this command.  The store defaults to
-``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME`` (``~/.local/share/turngraph``);
-see :func:`sessions.store.open_store`.
+installed console script ``turngraph`` is this command.
+
+``--llm SPEC`` (else ``$TURNGRAPH_LLM``, else ``echo``) picks the model of a run or a
+chat: ``echo`` (offline), ``openai:MODEL`` or ``anthropic:MODEL``; ``--llm-base-url``
+points it at any compatible server.  A hosted model's reply is printed as it streams.
+
+The store defaults to ``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME``
+(``~/.local/share/turngraph``); see :func:`sessions.store.open_store`.
 
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
@@ -56,6 +61,7 @@ from engine.cli.common import (
 from engine.errors import TurngraphError
 
 if TYPE_CHECKING:
+    from engine.cli.views import LivePrinter
     from engine.graph import Graph
     from engine.outcome import NodeRecord, RunResult
     from engine.registry import HandlerRegistry
@@ -134,14 +140,44 @@ def _graph_cache_dir() -> str:
     return os.path.join(home, "graph-cache")
 
 
-def _engine(registry: HandlerRegistry, verbose: bool) -> Engine:
+def _engine(registry: HandlerRegistry, verbose: bool, live: LivePrinter | None = None) -> Engine:
     from engine.runner import Engine
 
-    if not verbose:
-        return Engine(registry)
-    from engine.events import StructlogObserver
+    observers: list[Any] = [live] if live is not None else []
+    if verbose:
+        from engine.events import StructlogObserver
 
-    return Engine(registry, observers=[StructlogObserver()])
+        observers.append(StructlogObserver())
+    return Engine(registry, observers=observers)
+
+
+def _llm(args: argparse.Namespace) -> Any:
+    """The model ``--llm`` (else ``$TURNGRAPH_LLM``) names; ``None`` for the offline default."""
+    from handlers.adapters.spec import ENV_SPEC, from_spec
+
+    spec = args.llm or os.environ.get(ENV_SPEC) or "echo"
+    if spec.strip().lower() == "echo" and args.llm_base_url is None:
+        return None
+    return from_spec(spec, base_url=args.llm_base_url)
+
+
+def _live(llm: Any, as_json: bool, prefix: str = "") -> LivePrinter | None:
+    """A printer of streamed text, for a model that streams and output that is not JSON."""
+    if llm is None or as_json or not hasattr(llm, "respond"):
+        return None
+    from engine.cli.views import LivePrinter
+
+    return LivePrinter(prefix=prefix)
+
+
+def _print_reply(reply: Any, live: LivePrinter | None, prefix: str = "") -> None:
+    """The reply, unless it was already printed as it streamed."""
+    text = reply if reply is not None else ""
+    if live is not None and live.started:
+        live.end_line()
+        if text == live.last_text:
+            return
+    print(f"{prefix}{text}")
 
 
 def turn_context(
@@ -177,6 +213,7 @@ def report_turn(
     trace: Sequence[NodeRecord],
     error: BaseException | None,
     as_json: bool,
+    live: LivePrinter | None = None,
     **extra: Any,
 ) -> int:
     """Print a finished turn (reply and node table, or one JSON object); the exit code."""
@@ -186,13 +223,19 @@ def report_turn(
     if as_json:
         doc: dict[str, Any] = {"status": status, "reply": reply, "graph": graph.path}
         doc.update(extra)
+        if doc.get("usage") is None:
+            from engine.outcome import total_usage
+
+            doc["usage"] = total_usage(trace)
         doc["nodes"] = trace_rows(trace)
         if error is not None:
             doc["error"] = " ".join(str(error).split())
         print_json(doc)
     else:
         if ok:
-            print(reply if reply is not None else "")
+            _print_reply(reply, live)
+        elif live is not None:
+            live.end_line()
         where = ""
         if "turn" in extra:
             where = f"session {extra['session_id']} · turn {extra['turn']} · "
@@ -203,7 +246,15 @@ def report_turn(
     return 0
 
 
-def _report_run(graph: Graph, result: RunResult, as_json: bool) -> int:
+def _report_run(
+    graph: Graph, result: RunResult, as_json: bool, live: LivePrinter | None = None
+) -> int:
+    from engine.outcome import total_usage
+
+    usage = result.context.get("llm.usage")
+    per_node = total_usage(result.trace)
+    if per_node is not None:
+        usage = {**(usage or {}), **per_node}
     return report_turn(
         graph,
         status=result.status,
@@ -211,8 +262,9 @@ def _report_run(graph: Graph, result: RunResult, as_json: bool) -> int:
         trace=result.trace,
         error=result.error,
         as_json=as_json,
+        live=live,
         run_id=result.run_id,
-        usage=result.context.get("llm.usage"),
+        usage=usage,
     )
 
 
@@ -231,6 +283,14 @@ def _run_parser() -> Parser:
     p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
+    p.add_argument(
+        "--llm",
+        metavar="SPEC",
+        help="echo (default), openai:MODEL or anthropic:MODEL (default: $TURNGRAPH_LLM)",
+    )
+    p.add_argument(
+        "--llm-base-url", metavar="URL", help="the model server (an OpenAI-compatible one...)"
+    )
     return p
 
 
@@ -248,6 +308,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
         return _run_session(args)
     from handlers import build_registry
 
+<<<<<<< HEAD
     registry = build_registry()
     if args.graph is None:
         from engine.loader import load_graph
@@ -257,15 +318,41 @@ def _cmd_run(argv: Sequence[str]) -> int:
     else:
         graph = _load(args.graph, registry)
     engine = _engine(registry, args.verbose)
+=======
+    llm = _llm(args)
+    registry = build_registry() if llm is None else build_registry(llm=llm)
+    graph = _load(args.graph, registry)
+    live = _live(llm, args.json)
+    engine = _engine(registry, args.verbose, live)
+>>>>>>> models
     configure_logging(args.verbose)
-    return _one_turn(graph, engine, args.message, args.json)
+    return _one_turn(graph, engine, args.message, args.json, live, llm)
 
 
-def _one_turn(graph: Graph, engine: Engine, text: str, as_json: bool) -> int:
+def _one_turn(
+    graph: Graph,
+    engine: Engine,
+    text: str,
+    as_json: bool,
+    live: LivePrinter | None = None,
+    llm: Any = None,
+) -> int:
     import anyio
 
-    result = anyio.run(engine.run, graph, turn_context(text))
-    return _report_run(graph, result, as_json)
+    async def turn() -> RunResult:
+        try:
+            return await engine.run(graph, turn_context(text))
+        finally:
+            await _aclose(llm)
+
+    return _report_run(graph, anyio.run(turn), as_json, live)
+
+
+async def _aclose(llm: Any) -> None:
+    """Close a hosted model's connections on the loop that opened them."""
+    close = getattr(llm, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def read_line(prompt: str) -> str | None:
@@ -414,7 +501,12 @@ def _run_session(args: argparse.Namespace) -> int:
     from sessions.store import validate_session_id
 
     validate_session_id(args.session)
+<<<<<<< HEAD
     if args.graph is not None and "{" in args.graph and not os.path.exists(args.graph):
+=======
+    args.llm_adapter = _llm(args)
+    if "{" in args.graph and not os.path.exists(args.graph):
+>>>>>>> models
         from engine.errors import GraphFileError
 
         raise GraphFileError(args.graph, "no such file")
@@ -425,29 +517,54 @@ def _run_session(args: argparse.Namespace) -> int:
 async def _session_main(args: argparse.Namespace) -> int:
     from sessions import SessionManager
 
-    manager = SessionManager(store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose)
+    llm = args.llm_adapter
+    manager = SessionManager(
+        store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm
+    )
+    chat = args.message is None
+    live = _live(llm, args.json, prefix="bot> " if chat else "")
+    if live is not None:
+        manager.engine.observers = (*manager.engine.observers, live)
+    try:
+        return await _session_loop(manager, args, live)
+    finally:
+        await _aclose(llm)
+
+
+async def _session_loop(manager: Any, args: argparse.Namespace, live: LivePrinter | None) -> int:
+    chat = args.message is None
     async with manager:
         session = await manager.get_or_create(args.session)
-        if args.message is not None:
-            return await _session_turn(manager.turn_graph, session, args.message, args.json)
+        if not chat:
+            return await _session_turn(manager.turn_graph, session, args.message, args.json, live)
         where = "in memory" if manager.store.url.startswith("memory:") else manager.store.url
         n = session.turn_count
         turns = f"{n} turn{'' if n == 1 else 's'}"
         print(f"session {session.id} ({turns}, {where}); /quit or Ctrl-D to leave")
         while (line := read_line("you> ")) is not None:
             if line.strip():
-                await _session_turn(manager.turn_graph, session, line, False, chat=True)
+                await _session_turn(manager.turn_graph, session, line, False, live, chat=True)
     return 0
 
 
 async def _session_turn(
-    graph: Graph, session: Any, text: str, as_json: bool, *, chat: bool = False
+    graph: Graph,
+    session: Any,
+    text: str,
+    as_json: bool,
+    live: LivePrinter | None = None,
+    *,
+    chat: bool = False,
 ) -> int:
+    if live is not None:
+        live.reset()
     result = await session.send(text)
     if chat:
         if result.ok:
-            print(f"bot> {result.reply}")
+            _print_reply(result.reply, live, "bot> ")
         else:
+            if live is not None:
+                live.end_line()
             err(_failure_line(graph, result.error, result.status))
         return 0 if result.ok else EXIT_RUN_FAILED
     return report_turn(
@@ -457,6 +574,7 @@ async def _session_turn(
         trace=result.trace,
         error=result.error,
         as_json=as_json,
+        live=live,
         session_id=session.id,
         turn=result.turn,
         trace_id=result.trace_id,

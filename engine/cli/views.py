@@ -7,11 +7,21 @@ nothing rich (``validate``, ``--json``) do not pay for it.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
+from engine.events import (
+    Event,
+    NodeFailed,
+    NodeRetrying,
+    NodeStarted,
+    TextDelta,
+    ToolCallCompleted,
+    ToolCallRequested,
+)
 from engine.graph import Graph, Value
 from engine.outcome import NodeRecord
 
@@ -19,6 +29,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
+    "LivePrinter",
     "graph_to_dot",
     "nodes_table",
     "print_renderable",
@@ -42,8 +53,75 @@ def trace_rows(trace: Iterable[NodeRecord | Mapping[str, Any]]) -> list[dict[str
     return [r.to_dict() if isinstance(r, NodeRecord) else dict(r) for r in trace]
 
 
+class LivePrinter:
+    """An observer that prints a model's reply as it streams (``TextDelta`` events).
+
+    Text goes to ``out`` as it arrives, after ``prefix`` (``"bot> "`` in a chat); tool
+    calls and results are one line each on ``note``.  When an attempt fails after some
+    text (a stream cut), that text is void: a line on ``note`` says so and the retry
+    starts a fresh line.  :attr:`last_text` is the last model visit's streamed text, so
+    the caller prints the final reply only when it differs (a template reshaped it).
+    """
+
+    __slots__ = ("_fresh", "_line_open", "_parts", "note", "out", "prefix", "started")
+
+    def __init__(self, out: TextIO | None = None, note: TextIO | None = None, prefix: str = ""):
+        self.out = out or sys.stdout
+        self.note = note or sys.stderr
+        self.prefix = prefix
+        self._parts: list[str] = []
+        self._fresh = False
+        self._line_open = False
+        self.started = False
+        """Whether any text was printed since :meth:`reset`."""
+
+    @property
+    def last_text(self) -> str:
+        """The text streamed by the latest model visit."""
+        return "".join(self._parts)
+
+    def reset(self) -> None:
+        """Forget the previous turn."""
+        self._parts = []
+        self._line_open = False
+        self.started = False
+
+    def end_line(self) -> None:
+        """End the streamed line, if one is open."""
+        if self._line_open:
+            self.out.write("\n")
+            self.out.flush()
+            self._line_open = False
+
+    def __call__(self, event: Event) -> None:
+        if type(event) is TextDelta:
+            if self._fresh:  # the first piece of a new visit: the last one is history
+                self._parts = []
+                self._fresh = False
+            if not self._line_open:
+                self.out.write(self.prefix)
+                self._line_open = self.started = True
+            self._parts.append(event.text)
+            self.out.write(event.text)
+            self.out.flush()
+        elif isinstance(event, NodeStarted):
+            self._fresh = True
+        elif isinstance(event, NodeRetrying | NodeFailed) and self._parts:
+            self.end_line()
+            self._parts = []
+            self.note.write(f"({event.node_id}: the reply so far is void: {event.reason})\n")
+        elif isinstance(event, ToolCallRequested):
+            self.end_line()
+            args = json.dumps(dict(event.arguments), ensure_ascii=False, default=str)
+            self.note.write(f"[tool] {event.name} {args}\n")
+        elif isinstance(event, ToolCallCompleted):
+            mark = "error" if event.is_error else "result"
+            self.note.write(f"[tool] {event.name} {mark}: {' '.join(event.content.split())}\n")
+
+
 def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = "") -> Table:
-    """One row per visited node: node, handler, status, attempts, milliseconds."""
+    """One row per visited node: node, handler, status, attempts, milliseconds, and the
+    tokens (in/out) and model for visits that called one."""
     from rich.table import Table
 
     table = Table(title=title or None, title_justify="left")
@@ -53,19 +131,30 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("ms", justify="right")
-    for i, row in enumerate(trace_rows(trace), 1):
+    rows = trace_rows(trace)
+    usage = any("input_tokens" in r for r in rows)
+    if usage:
+        table.add_column("tokens·model")
+    for i, row in enumerate(rows, 1):
         status = str(row.get("status", ""))
         shown = f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
         if row.get("reason"):
             shown += f" [dim]{_escape(str(row['reason']))}[/]"
-        table.add_row(
+        cells = [
             str(i),
             _escape(str(row.get("id", ""))),
             _escape(str(row.get("handler", ""))),
             shown,
             str(row.get("attempts", "")),
             f"{float(row.get('duration_ms', 0.0)):.3f}",
-        )
+        ]
+        if usage:
+            if "input_tokens" in row:
+                model = _escape(str(row.get("model", "")))
+                cells.append(f"{row['input_tokens']}/{row['output_tokens']} {model}")
+            else:
+                cells.append("")
+        table.add_row(*cells)
     return table
 
 
@@ -96,24 +185,28 @@ def sessions_table(metas: Sequence[Any], title: str = "sessions") -> Table:
 
 
 def turns_table(turns: Sequence[Any], title: str = "turns") -> Table:
-    """One row per committed turn (``TurnRecord``-like): status, nodes, duration."""
+    """One row per committed turn (``TurnRecord``-like): status, nodes, duration, and
+    the model tokens (in/out) when its trace records them."""
     from rich.table import Table
 
+    from engine.outcome import total_usage
+
+    usages = [total_usage(trace_rows(t.trace)) for t in turns]
+    names = ["turn", "status", "nodes", "ms", "when", "error"]
+    if any(usages):
+        names.insert(4, "tokens")
     table = Table(title=title, title_justify="left")
-    for name in ("turn", "status", "nodes", "ms", "when", "error"):
-        table.add_column(name, justify="right" if name in ("turn", "ms") else "left")
-    for t in turns:
+    for name in names:
+        table.add_column(name, justify="right" if name in ("turn", "ms", "tokens") else "left")
+    for t, usage in zip(turns, usages, strict=True):
         rows = trace_rows(t.trace)
         path = " → ".join(str(r.get("id", "")) for r in rows)
         ms = sum(float(r.get("duration_ms", 0.0)) for r in rows)
-        table.add_row(
-            str(t.turn),
-            str(t.status),
-            _escape(path),
-            f"{ms:.3f}",
-            _when(float(t.ts)),
-            _escape(t.error or ""),
-        )
+        cells = [str(t.turn), str(t.status), _escape(path), f"{ms:.3f}"]
+        if len(names) > 6:
+            cells.append(f"{usage['input_tokens']}/{usage['output_tokens']}" if usage else "")
+        cells += [_when(float(t.ts)), _escape(t.error or "")]
+        table.add_row(*cells)
     return table
 
 

@@ -12,6 +12,9 @@ protocol    default                             notes
 ``Tools``   :class:`ToolBox`                    Python callables; ``calculator``, ``clock``
 ==========  ==================================  ==========================================
 
+Hosted models: :func:`from_spec` (``"openai:MODEL"``, ``"anthropic:MODEL"``) builds
+:class:`~handlers.adapters.openai.OpenAIModel` or
+:class:`~handlers.adapters.anthropic.AnthropicModel`, importing the SDK only then.
 :class:`ScriptedModel` plays back fixed answers for tests.  Adapter failures raise
 :class:`engine.errors.AdapterError`, or :class:`engine.errors.TransientAdapterError`
 when trying again may help (the engine retries those per node policy).
@@ -27,19 +30,29 @@ from engine.messages import (
     Usage,
     estimate_tokens,
 )
-from handlers.adapters.llm import LLM, EchoModel, ScriptedModel, count_tokens
+from handlers.adapters.llm import (
+    LLM,
+    ChatRequest,
+    EchoModel,
+    ScriptedModel,
+    StreamingLLM,
+    count_tokens,
+)
 from handlers.adapters.memory import KeywordMemory, Memory, keywords
+from handlers.adapters.spec import from_spec
 from handlers.adapters.tools import ToolBox, Tools, calculate, calculator, clock
 
 __all__ = [
     "LLM",
     "ChatMessage",
+    "ChatRequest",
     "EchoModel",
     "KeywordMemory",
     "LLMResponse",
     "Memory",
     "MemoryItem",
     "ScriptedModel",
+    "StreamingLLM",
     "ToolBox",
     "ToolCall",
     "ToolResult",
@@ -51,5 +64,6 @@ __all__ = [
     "clock",
     "count_tokens",
     "estimate_tokens",
+    "from_spec",
     "keywords",
 ]

@@ -8,16 +8,34 @@ answers for tests.  Hosted models are separate adapters implementing :class:`LLM
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from engine.errors import AdapterError
 from engine.messages import LLMResponse, ToolCall, ToolSpec, Usage, estimate_tokens
 from engine.scopes import sleep
 
-__all__ = ["LLM", "EchoModel", "ScriptedModel", "count_tokens"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "INVALID_ARGUMENTS",
+    "LLM",
+    "ChatRequest",
+    "EchoModel",
+    "ScriptedModel",
+    "StreamingLLM",
+    "count_tokens",
+]
 
 TOOL_MARKER = "/tool "
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a hosted model's request may take before it is a ``ProviderTimeout``."""
+
+INVALID_ARGUMENTS = "__invalid_arguments__"
+"""The one key of a :class:`ToolCall`'s ``arguments`` when the model's arguments were not
+a JSON object: its value is the text the model sent.  ``dispatch_tools`` answers such
+a call with an error result, so the model can try again."""
 
 
 @runtime_checkable
@@ -39,6 +57,35 @@ class LLM(Protocol):
         max_tokens: int | None = None,
     ) -> LLMResponse:
         """Answer the conversation ``messages``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One request to a model, with the node's choices (``None``: the adapter's default)."""
+
+    messages: Sequence[Mapping[str, Any]]
+    system: str | None = None
+    tools: Sequence[ToolSpec] | None = None
+    max_tokens: int | None = None
+    model: str | None = None
+    temperature: float | None = None
+
+
+@runtime_checkable
+class StreamingLLM(LLM, Protocol):
+    """A model that also takes a whole :class:`ChatRequest` (model, temperature...) and
+    can stream: ``on_text`` is called with each piece of the reply as it arrives.
+
+    A stream that stops before the reply is complete raises
+    :class:`~engine.errors.StreamInterrupted`; the pieces already passed to ``on_text``
+    are then void.
+    """
+
+    async def respond(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> LLMResponse:
+        """Answer ``request``, streaming its text to ``on_text`` when given."""
         ...
 
 
