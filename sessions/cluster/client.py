@@ -22,6 +22,7 @@ The client runs on asyncio (Ray's object refs are asyncio awaitables).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import time
@@ -41,11 +42,15 @@ from sessions.cluster.errors import (
 from sessions.cluster.pool import Host, HostPool, Placement, Unreachable
 from sessions.fifolock import FifoLock
 from sessions.history import MessagePage
-from sessions.limits import validate_session_id
+from sessions.limits import Limits, validate_session_id
 from sessions.session import TurnResult
 from sessions.store import redact_url
 
 __all__ = ["RaySessions", "check_store", "import_ray"]
+
+
+_HOST_LIMITS = Limits(max_active_sessions=100_000)
+"""A host serves many sessions: the in-process default (10) would refuse most of them."""
 
 
 def import_ray() -> Any:
@@ -77,7 +82,8 @@ class RaySessions:
     (``None`` starts a local Ray; ``"auto"`` joins the running cluster); ``ray_init``
     holds more ``ray.init`` arguments.  ``manager`` holds
     :class:`~sessions.SessionManager` keyword arguments for every host (adapters, graphs,
-    limits; they are pickled to the hosts).  ``lease_ttl`` is the session lease: after a
+    limits; they are pickled to the hosts; default limits allow 100,000 live sessions
+    per host).  ``lease_ttl`` is the session lease: after a
     host dies, its sessions serve again within about this long.  ``takeover_wait``
     bounds how long a host waits for another owner's lease; ``rehost_timeout`` how long
     a call keeps trying to reach a session's host before :class:`HostLost`.
@@ -108,14 +114,14 @@ class RaySessions:
         self._ray = import_ray()
         self._address = address
         self._init = dict(ray_init or {})
-        self._manager = {**(manager or {}), "lease_ttl": lease_ttl}
+        self._manager = {"limits": _HOST_LIMITS, **(manager or {}), "lease_ttl": lease_ttl}
         self._takeover = takeover_wait if takeover_wait is not None else 3 * lease_ttl
         self.rehost_timeout = rehost_timeout if rehost_timeout is not None else 4 * lease_ttl
         self.placement = Placement(
             hosts, per_node, num_cpus, restarts, probe_interval, probe_timeout
         )
         self._pool: HostPool | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._order: dict[str, FifoLock] = {}
         self._turns: dict[str, int] = {}
 
@@ -133,9 +139,9 @@ class RaySessions:
                 await pool.stop()
             raise
         self._pool = pool
-        tg = self._tg = anyio.create_task_group()
-        await tg.__aenter__()
-        tg.start_soon(pool.watch)
+        # A bare asyncio task, not a task group: the client may be entered and exited
+        # in different tasks (an async fixture, a server's startup and shutdown hooks).
+        self._watcher = asyncio.get_running_loop().create_task(pool.watch())
         return self
 
     async def __aexit__(
@@ -144,10 +150,10 @@ class RaySessions:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tg, self._tg, pool, self._pool = self._tg, None, self._pool, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+        watcher, self._watcher, pool, self._pool = self._watcher, None, self._pool, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         if pool is not None:
             with anyio.CancelScope(shield=True):
                 await pool.stop()
@@ -183,14 +189,18 @@ class RaySessions:
             if host is not None:
                 try:
                     reply = await pool.call(host, method, session_id, *args)
-                    return reply.unwrap()
                 except Unreachable:
-                    pool.suspect(host)
+                    await pool.suspect(host)
+                else:
+                    if not reply.moved:
+                        return reply.unwrap()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise HostLost(session_id, "no live host answered in time")
-            if host is None:
-                with anyio.move_on_after(min(left, 0.5)):
+            if host is None or (host.id in pool.members and pool.route(session_id) is host):
+                # No host, or a host that refused a session this client routes to it:
+                # wait for the members to change (or a moment) before trying again.
+                with anyio.move_on_after(min(left, 0.5 if host is None else 0.05)):
                     await pool.changed.wait()
 
     @contextlib.asynccontextmanager

@@ -60,6 +60,9 @@ class SessionHost:
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._members: tuple[str, ...] = ()
+        """The hosts as last told by the client (empty: not told yet, serve anything)."""
+        self._version = -1
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -96,18 +99,30 @@ class SessionHost:
             await asyncio.gather(self._runner, return_exceptions=True)
 
     async def info(self) -> Reply:
-        """Who this incarnation is (host id, owner name, pid, hosted session ids), once
+        """Who this incarnation is (host id, owner name, pid, hosted session ids and those
+        running a turn), once
         its manager serves."""
         return await _answer(self._info)
 
     async def _info(self) -> dict[str, Any]:
-        live = [s.id for s in (await self._mgr()).live]
-        return {"host": self.host_id, "owner": self.owner, "pid": os.getpid(), "live": live}
+        live = (await self._mgr()).live
+        return {
+            "host": self.host_id,
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "live": [s.id for s in live],
+            "busy": [s.id for s in live if s.busy],
+        }
 
     # ------------------------------------------------------------------ sessions
 
     async def _session(self, session_id: str) -> Session:
-        """The session, taking it over from a previous owner once its lease frees up."""
+        """The session, taking it over from a previous owner once its lease frees up;
+        refused when it hashes to another host (so a closed session is not reopened
+        here by a call that was routed before the members changed)."""
+        members = self._members
+        if members and owner_of(session_id, members) != self.host_id:
+            raise _Moved(session_id)
         manager = await self._mgr()
         deadline = time.monotonic() + self._takeover_wait
         pause = _POLL
@@ -165,22 +180,32 @@ class SessionHost:
     async def _delete(self, session_id: str) -> bool:
         return await (await self._mgr()).delete(session_id)
 
-    async def rebalance(self, members: tuple[str, ...]) -> Reply:
-        """Hosts are now ``members``: close (and so release) every session another
-        member serves now, so its new host takes it over at once."""
-        return await _answer(self._rebalance, members)
+    async def rebalance(self, members: tuple[str, ...], version: int) -> Reply:
+        """Hosts are now ``members`` (change number ``version``; an older list arriving
+        late is ignored): close (and so release) every session another member serves
+        now, so its new host takes it over at once."""
+        return await _answer(self._rebalance, members, version)
 
-    async def _rebalance(self, members: tuple[str, ...]) -> int:
+    async def _rebalance(self, members: tuple[str, ...], version: int) -> int:
         manager = await self._mgr()
+        if version < self._version:
+            return 0
+        self._members, self._version = members, version
         moved = [s.id for s in manager.live if owner_of(s.id, members) != self.host_id]
         await asyncio.gather(*(manager.close(sid) for sid in moved))
         return len(moved)
+
+
+class _Moved(Exception):
+    """The session hashes to another host now."""
 
 
 async def _answer(fn: Callable[..., Awaitable[Any]], *args: Any) -> Reply:
     """``fn(*args)`` as a Reply: its value, or its error packed for the hop."""
     try:
         value = await fn(*args)
+    except _Moved:
+        return Reply(moved=True)
     except Exception as exc:
         return Reply(error=pack_error(exc))
     return value if isinstance(value, Reply) else Reply(value)

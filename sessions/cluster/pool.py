@@ -84,6 +84,8 @@ class HostPool:
         """The live host ids, sorted: what session ids are hashed over."""
         self.changed = anyio.Event()
         """Set (and replaced) whenever the members change."""
+        self.version = 0
+        """Counts member changes: a host ignores a late, older list."""
         self._actor: Any = None
 
     # ------------------------------------------------------------------ placement
@@ -167,32 +169,43 @@ class HostPool:
             self.hosts[host.id] = host
         await self._set_members()
 
-    def suspect(self, host: Host) -> None:
-        """``host`` failed: stop routing to it now (the watcher lets it back in if it
-        answers again)."""
-        if not host.gone.is_set():
-            host.gone.set()
-            self._publish()
+    async def suspect(self, host: Host) -> None:
+        """``host`` failed: stop routing to it now and tell the others (the watcher lets
+        it back in if it answers again)."""
+        host.gone.set()
+        if host.id in self.members:
+            await self._set_members()
 
     def _publish(self) -> None:
         self.members = tuple(sorted(h.id for h in self.hosts.values() if not h.gone.is_set()))
+        self.version += 1
         changed, self.changed = self.changed, anyio.Event()
         changed.set()
 
     async def _set_members(self) -> None:
         """Publish the members, and have each close the sessions it no longer serves."""
         self._publish()
-        members = self.members
+        members, version = self.members, self.version
+        lost: list[Host] = []
 
         async def tell(host: Host) -> None:
-            try:
-                await self.call(host, "rebalance", members)
-            except Unreachable:
-                self.suspect(host)
+            # Bounded: a host that went silent meanwhile must not stall the watcher
+            # (which is what would find it out).
+            with anyio.move_on_after(self.placement.probe_timeout) as scope:
+                try:
+                    await self.call(host, "rebalance", members, version)
+                except Unreachable:
+                    lost.append(host)
+            if scope.cancelled_caught:
+                lost.append(host)
 
         async with anyio.create_task_group() as tg:
             for host_id in members:
                 tg.start_soon(tell, self.hosts[host_id])
+        for host in lost:
+            host.gone.set()
+        if lost:  # members changed again: tell the rest
+            await self._set_members()
 
     # ------------------------------------------------------------------ calls
 
@@ -244,7 +257,7 @@ class HostPool:
                     back.append(host)
                 return
             host.failures += 1
-            self.suspect(host)
+            await self.suspect(host)
             if host.failures >= _GIVE_UP:
                 self.hosts.pop(host.id, None)
 

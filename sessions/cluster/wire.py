@@ -41,6 +41,9 @@ class Reply:
     error: PackedError | None = None
     cause: PackedError | None = None
     """A failed turn's error (the value is then a :class:`TurnResult` without it)."""
+    moved: bool = False
+    """The host refused: by the members it was last told, another host serves the
+    session now (the caller routes again)."""
 
     def unwrap(self) -> Any:
         """The value (a failed turn's error put back), or raise the host's error."""
