@@ -10,5 +10,13 @@ from __future__ import annotations
 
 __all__ = ["BENCHMARKS"]
 
-BENCHMARKS: tuple[str, ...] = ("engine_turn", "load", "cli", "session", "store", "peers")
+BENCHMARKS: tuple[str, ...] = (
+    "engine_turn",
+    "load",
+    "cli",
+    "session",
+    "store",
+    "peers",
+    "ray_hop",
+)
 """Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""

@@ -86,6 +86,9 @@ class HostPool:
         """Set (and replaced) whenever the members change."""
         self.version = 0
         """Counts member changes: a host ignores a late, older list."""
+        self._probing = anyio.Lock()
+        """One probe round at a time (the watcher's and ``refresh``): two rounds would
+        each start a host on a node that joined."""
         self._actor: Any = None
 
     # ------------------------------------------------------------------ placement
@@ -248,6 +251,10 @@ class HostPool:
     async def probe(self) -> None:
         """One round: suspect hosts that fail, admit those that answer again, start
         hosts on new nodes."""
+        async with self._probing:
+            await self._probe()
+
+    async def _probe(self) -> None:
         back: list[Host] = []
 
         async def check(host: Host) -> None:
