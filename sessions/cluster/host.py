@@ -152,6 +152,15 @@ class SessionHost:
         return await _answer(self._send, session_id, text, expect)
 
     async def _send(self, session_id: str, text: str, expect: int | None) -> Reply:
+        try:
+            return await self._send_once(session_id, text, expect)
+        except Fenced:
+            # Another host took the session while this one was presumed dead; the
+            # manager has dropped it and nothing was written.  Take it back through the
+            # lease (the client routes it here again) and run the turn once more.
+            return await self._send_once(session_id, text, expect)
+
+    async def _send_once(self, session_id: str, text: str, expect: int | None) -> Reply:
         session = await self._session(session_id)
         if expect is not None and session.turn_count >= expect:
             done = await _committed(session, expect, text)
