@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,27 +66,34 @@ async def hop(ctx: BenchContext, res: BenchResult, url: str) -> None:
     res.add("Ray hop added p50", (remote.p50 - local.p50) / 1e6, "ms", at_most(2.0))
 
 
-async def _run_turns(rs: Any, sessions: int, turns: int, concurrency: int) -> tuple[float, int]:
+async def _run_turns(
+    rs: Any, sessions: int, turns: int, concurrency: int
+) -> tuple[float, Counter[str]]:
     """Send ``turns`` turns to each of ``sessions`` sessions, ``concurrency`` sessions
-    at a time; (wall seconds, failed turns)."""
-    failed = 0
+    at a time; (wall seconds, failed turns by error type)."""
+    failed: Counter[str] = Counter()
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def one(i: int) -> None:
-        nonlocal failed
         async with limiter:
             for k in range(turns):
                 try:
-                    ok = (await rs.send(f"s{i}", f"turn {k}")).ok
-                except Exception:
-                    ok = False
-                failed += not ok
+                    result = await rs.send(f"s{i}", f"turn {k}")
+                except Exception as exc:  # counted and named in the table, never fatal
+                    failed[type(exc).__name__] += 1
+                    continue
+                if not result.ok:
+                    failed[f"failed turn: {result.error}"] += 1
 
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for i in range(sessions):
             tg.start_soon(one, i)
     return time.perf_counter() - t0, failed
+
+
+def _failures(failed: Counter[str]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in failed.most_common(3))
 
 
 async def throughput(ctx: BenchContext, res: BenchResult, url: str) -> None:
@@ -102,7 +110,9 @@ async def throughput(ctx: BenchContext, res: BenchResult, url: str) -> None:
                 await _run_turns(rs, hosts * 4, 2, 8)  # warm each host's pool
                 wall, failed = await _run_turns(rs, sessions, turns, 64)
         rates[hosts] = sessions * turns / wall
-        note = f"{sessions} sessions × {turns} turns" + (f", {failed} failed" if failed else "")
+        note = f"{sessions} sessions × {turns} turns"
+        if failed:
+            note += f"; failed: {_failures(failed)}"
         res.add(f"{hosts} host{'s' * (hosts > 1)} turns/s", rates[hosts], "turns/s", note=note)
     goal = None if ctx.quick else at_least(1.6)
     res.add("2 hosts vs 1", rates[2] / rates[1], "×", goal, note=f"{os.cpu_count()} cores")
@@ -120,7 +130,7 @@ async def many(ctx: BenchContext, res: BenchResult, url: str) -> None:
         wall, failed = await _run_turns(rs, sessions, 1, 2_000)
     res.add(f"{sessions:,} sessions × 50 ms model wall", wall, "s")
     res.add(f"{sessions:,} sessions turns/s", sessions / wall, "turns/s")
-    res.add("failed turns", failed, "turns", at_most(0))
+    res.add("failed turns", sum(failed.values()), "turns", at_most(0), note=_failures(failed))
 
 
 def run(ctx: BenchContext) -> BenchResult:
