@@ -61,8 +61,10 @@ async def hop(ctx: BenchContext, res: BenchResult, url: str) -> None:
         local = await _latencies(session.send, n)
     async with RaySessions(url, 1, num_cpus=0, manager={"store_secret": SECRET}) as rs:
         remote = await _latencies(lambda text: rs.send("hop-remote", text), n)
+        bare = await _latencies(lambda _: rs.info(), n)
     res.add_latency("in-process turn", local, "ms", mean_too=False)
     res.add_latency("through Ray turn", remote, "ms", mean_too=False)
+    res.add("Ray call alone p50", bare.p50 / 1e6, "ms", note="a host's info(): the hop, no turn")
     res.add("Ray hop added p50", (remote.p50 - local.p50) / 1e6, "ms", at_most(2.0))
 
 

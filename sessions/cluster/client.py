@@ -88,7 +88,9 @@ class RaySessions:
     bounds how long a host waits for another owner's lease; ``rehost_timeout`` how long
     a call keeps trying to reach a session's host before :class:`HostLost`.
     ``num_cpus``, ``restarts`` (Ray actor restarts), ``probe_interval`` and
-    ``probe_timeout`` (a host silent for this long is presumed dead) tune the hosts.
+    ``probe_timeout`` (a host silent for this long is presumed dead) tune the hosts;
+    ``max_in_flight`` bounds the calls this client runs on one host at once (more wait
+    here, so a flood of callers cannot starve a host and its health probe).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class RaySessions:
         restarts: int = 3,
         probe_interval: float = 1.0,
         probe_timeout: float = 5.0,
+        max_in_flight: int = 256,
         ray_init: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = check_store(store)
@@ -118,7 +121,13 @@ class RaySessions:
         self._takeover = takeover_wait if takeover_wait is not None else 3 * lease_ttl
         self.rehost_timeout = rehost_timeout if rehost_timeout is not None else 4 * lease_ttl
         self.placement = Placement(
-            hosts, per_node, num_cpus, restarts, probe_interval, probe_timeout
+            hosts,
+            per_node,
+            num_cpus,
+            restarts,
+            probe_interval,
+            probe_timeout,
+            max_in_flight=max_in_flight,
         )
         self._pool: HostPool | None = None
         self._watcher: asyncio.Task[None] | None = None

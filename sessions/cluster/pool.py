@@ -52,6 +52,9 @@ class Placement:
     probe_interval: float = 1.0
     probe_timeout: float = 5.0
     max_concurrency: int = 10_000
+    max_in_flight: int = 256
+    """Calls one client has running on one host at once; more wait in the client, so
+    a flood of callers cannot starve a host's event loop (and its health probe)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -61,6 +64,7 @@ class Host:
     id: str
     handle: Any
     node: str
+    limiter: anyio.CapacityLimiter
     gone: anyio.Event = field(default_factory=anyio.Event)
     failures: int = 0
 
@@ -138,7 +142,7 @@ class HostPool:
             max_concurrency=p.max_concurrency,
             scheduling_strategy=strategies.NodeAffinitySchedulingStrategy(node, soft=True),
         ).remote(host_id, *self._args)
-        host = Host(host_id, handle, node)
+        host = Host(host_id, handle, node, anyio.CapacityLimiter(p.max_in_flight))
         (await self.call(host, "info")).unwrap()  # serves: its store is open
         return host
 
@@ -215,8 +219,14 @@ class HostPool:
     async def call(self, host: Host, method: str, *args: Any) -> Reply:
         """Call ``host.method(*args)`` across the hop; :class:`Unreachable` when the actor
         fails or the host is suspected meanwhile."""
-        ref = getattr(host.handle, method).remote(*args)
+        async with host.limiter:
+            return await self._call(host, method, args)
+
+    async def _call(self, host: Host, method: str, args: tuple[Any, ...]) -> Reply:
         gone = host.gone
+        if gone.is_set():
+            raise Unreachable(f"host {host.id} presumed dead")
+        ref = getattr(host.handle, method).remote(*args)
         outcome: list[Any] = []
 
         async def wait_reply(scope: anyio.CancelScope) -> None:
