@@ -82,7 +82,7 @@ async def _run_turns(
                 try:
                     result = await rs.send(f"s{i}", f"turn {k}")
                 except Exception as exc:  # counted and named in the table, never fatal
-                    failed[type(exc).__name__] += 1
+                    failed[f"{type(exc).__name__} ({str(exc)[-60:]})"] += 1
                     continue
                 if not result.ok:
                     failed[f"failed turn: {result.error}"] += 1
