@@ -19,5 +19,6 @@ BENCHMARKS: tuple[str, ...] = (
     "store",
     "peers",
     "llm_adapters",
+    "ray_hop",
 )
 """Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""

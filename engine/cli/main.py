@@ -308,8 +308,8 @@ def _cmd_run(argv: Sequence[str]) -> int:
         return _run_session(args)
     from handlers import build_registry
 
-<<<<<<< HEAD
-    registry = build_registry()
+    llm = _llm(args)
+    registry = build_registry() if llm is None else build_registry(llm=llm)
     if args.graph is None:
         from engine.loader import load_graph
         from graphs import graph_source
@@ -317,14 +317,8 @@ def _cmd_run(argv: Sequence[str]) -> int:
         graph = load_graph(graph_source("turn.dot"), registry=registry)
     else:
         graph = _load(args.graph, registry)
-    engine = _engine(registry, args.verbose)
-=======
-    llm = _llm(args)
-    registry = build_registry() if llm is None else build_registry(llm=llm)
-    graph = _load(args.graph, registry)
     live = _live(llm, args.json)
     engine = _engine(registry, args.verbose, live)
->>>>>>> models
     configure_logging(args.verbose)
     return _one_turn(graph, engine, args.message, args.json, live, llm)
 
@@ -501,12 +495,8 @@ def _run_session(args: argparse.Namespace) -> int:
     from sessions.store import validate_session_id
 
     validate_session_id(args.session)
-<<<<<<< HEAD
-    if args.graph is not None and "{" in args.graph and not os.path.exists(args.graph):
-=======
     args.llm_adapter = _llm(args)
-    if "{" in args.graph and not os.path.exists(args.graph):
->>>>>>> models
+    if args.graph is not None and "{" in args.graph and not os.path.exists(args.graph):
         from engine.errors import GraphFileError
 
         raise GraphFileError(args.graph, "no such file")
