@@ -53,6 +53,8 @@ LLM_CALL = Declaration(
         Attr("system", "text", DEFAULT_SYSTEM, "the system prompt"),
         _HISTORY,
         _MAX_TOKENS,
+        Attr("model", "text", None, "the model for this node; wins over the session's"),
+        Attr("temperature", "float", None, "sampling temperature, 0 to 2; the model's default"),
         Attr(
             "prompt",
             "template",

@@ -98,6 +98,7 @@ def test_the_scan_finds_reads_and_defaults() -> None:
         "max_tokens": 0,
         "history": 20,
         "prompt": ...,
+        "model": ...,
         "system": ...,
     }
 

@@ -151,6 +151,14 @@ def _event_types() -> list[type]:
     return [t for t in getattr(union, "__args__", ()) if isinstance(t, type)]
 
 
+def _fields(cls: type) -> list[tuple[str, str]]:
+    """An event's fields and their annotated types: a dataclass or a msgspec struct."""
+    if dataclasses.is_dataclass(cls):
+        return [(f.name, str(f.type)) for f in dataclasses.fields(cls)]
+    hints = inspect.get_annotations(cls)
+    return [(name, str(hints.get(name, ""))) for name in getattr(cls, "__struct_fields__", ())]
+
+
 def events_page() -> str:
     """``docs/events.md``: every event type an observer receives, with its fields."""
     from engine import events
@@ -166,7 +174,7 @@ def events_page() -> str:
     for cls in _event_types():
         doc = _md(inspect.getdoc(cls) or "")
         lines += [f"## `{cls.__name__}`", "", doc, "", "| field | type |", "|---|---|"]
-        lines += [f"| `{f.name}` | `{_cell(str(f.type))}` |" for f in dataclasses.fields(cls)]
+        lines += [f"| `{name}` | `{_cell(kind)}` |" for name, kind in _fields(cls)]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 

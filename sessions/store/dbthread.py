@@ -1,16 +1,15 @@
 """One long-lived thread that owns a blocking database connection and runs calls in order.
 
-``anyio.to_thread.run_sync`` per call costs about 60-100 µs on the team's VM (a
-limiter, a worker-pool hand-off, a cancel scope); a SQLite commit without fsync costs
-about 150 µs, so the hand-off was a third of a turn's commit.  A dedicated thread fed by
+``anyio.to_thread.run_sync`` per call pays a limiter, a worker-pool hand-off and a
+cancel scope, a large share of a small SQLite commit.  A dedicated thread fed by
 a :class:`queue.SimpleQueue`, answering through ``loop.call_soon_threadsafe``, costs
 the two unavoidable thread wake-ups and little else.
 
 Calls run one at a time in submission order, so the connection is never used by two
 threads at once and a caller that submits after another sees its effects.
 
-Even those two wake-ups cost 60-150 µs on a VM, as much as the work of a small commit.
-So a caller may instead :meth:`DBThread.claim` the connection and use it in its own
+Even those two wake-ups can cost as much as the work of a small commit (``bench
+store`` measures it).  So a caller may instead :meth:`DBThread.claim` the connection and use it in its own
 thread, when no call is queued or running (so the order still holds); the thread's
 calls and claimed uses exclude each other through one lock.
 
