@@ -10,8 +10,8 @@ threads at once and a caller that submits after another sees its effects.
 
 Even those two wake-ups can cost as much as the work of a small commit (``bench
 store`` measures it).  So a caller may instead :meth:`DBThread.claim` the connection
-and use it in its own thread, when no call is queued or running (so the order still holds); the thread's
-calls and claimed uses exclude each other through one lock.
+and use it in its own thread, when no call is queued or running (so the order still
+holds); the thread's calls and claimed uses exclude each other through one lock.
 
 Cancellation: a caller cancelled while its call is still queued removes it (it never
 runs); a caller cancelled while its call runs stops waiting at once and the call
