@@ -56,7 +56,7 @@ class SessionHost:
         self._options = dict(manager)
         self._takeover_wait = takeover_wait
         self._manager: SessionManager | None = None
-        self._ready: asyncio.Event | None = None
+        self._started: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -82,12 +82,12 @@ class SessionHost:
 
     async def _mgr(self) -> SessionManager:
         """The running manager, started on first use."""
-        if self._ready is None:
-            self._ready, self._stop = asyncio.Event(), asyncio.Event()
+        if self._started is None:
+            self._started, self._stop = asyncio.Event(), asyncio.Event()
             self._runner = asyncio.get_running_loop().create_task(
-                self._serve(self._ready, self._stop)
+                self._serve(self._started, self._stop)
             )
-        await self._ready.wait()
+        await self._started.wait()
         if self._manager is None:
             raise self._failure or RuntimeError("the session manager stopped")
         return self._manager
