@@ -172,6 +172,10 @@ class KeywordMemory:
         best = _best([p[-self.scan :] for p in postings], limit)
         return tuple(_scored(items[i], score) for i, score in best)
 
+    def forget(self, session_id: str) -> None:
+        """Drop everything ``session_id`` remembered."""
+        self._sessions.pop(session_id, None)
+
     def count(self, session_id: str) -> int:
         """How many items ``session_id`` holds."""
         bucket = self._sessions.get(session_id)

@@ -1,0 +1,133 @@
+"""The SQLite store's recall memory: FTS5 with BM25 ranking, in the store's own file.
+
+A turn's items are written to ``memory_queue`` in the turn's transaction
+(:func:`queue`): one small table appended to, so remembering adds a page or so to the
+commit instead of the several an FTS5 insert writes.  Before a recall,
+:func:`index_pending` moves queued items into ``memory`` and ``memory_fts`` in one
+transaction of their own, so a recall always sees every committed item.  A crash
+between the two loses nothing: the queue is only emptied by the transaction that
+indexed it.  That transaction runs with ``synchronous=NORMAL`` (no fsync of its own):
+the index is derived data, and if a crash drops it, its items are still in the queue.
+
+Each FTS5 row holds the item's text and a ``scope`` column of two hashed words (the
+session's and the agent's, :func:`~sessions.store.recall.scope_token`), so a recall's
+``MATCH`` finds the scope and the query words in the index alone.  Plain functions
+over a :mod:`sqlite3` connection, run in the store's database thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Final
+
+from engine.messages import MemoryItem
+from sessions.store.recall import (
+    RECALL_WINDOW,
+    best,
+    item_of,
+    query_words,
+    row_of,
+    scope_token,
+)
+from sessions.store.sqlite_open import tx
+
+__all__ = ["index_pending", "queue", "recall", "remember", "wipe"]
+
+_QUEUE: Final = "INSERT INTO memory_queue (session_id, agent_id, kind, text, meta) VALUES "
+_MATCH: Final = (
+    "SELECT rowid, bm25(memory_fts, 1.0, 0.0) FROM memory_fts WHERE memory_fts MATCH ? "
+    f"ORDER BY rowid DESC LIMIT {RECALL_WINDOW}"
+)
+"""The newest matching items and their BM25 rank (the scope column weighs nothing)."""
+
+
+def queue(conn: sqlite3.Connection, sid: str, agent_id: str, items: Sequence[MemoryItem]) -> None:
+    """Queue ``items`` for ``sid`` inside the caller's (the turn's) transaction."""
+    values = [v for item in items for v in (sid, agent_id, *row_of(item))]
+    conn.execute(_QUEUE + ",".join(["(?,?,?,?,?)"] * len(items)), values)
+
+
+def _scope(sid: str, agent_id: str) -> str:
+    return f"{scope_token('s', sid)} {scope_token('a', agent_id)}"
+
+
+def index_pending(conn: sqlite3.Connection) -> int:
+    """Index every queued item (from any process); how many.  Its own transaction."""
+    if conn.execute("SELECT 1 FROM memory_queue LIMIT 1").fetchone() is None:
+        return 0
+    level = conn.execute("PRAGMA synchronous").fetchone()[0]
+    conn.execute("PRAGMA synchronous=NORMAL")  # see the module's docstring
+    try:
+        with tx(conn, immediate=True):
+            rows = conn.execute(
+                "SELECT session_id, agent_id, kind, text, meta FROM memory_queue ORDER BY id"
+            ).fetchall()
+            for sid, agent_id, kind, text, meta in rows:
+                cur = conn.execute(
+                    "INSERT INTO memory (session_id, agent_id, kind, text, meta) "
+                    "VALUES (?,?,?,?,?)",
+                    (sid, agent_id, kind, text, meta),
+                )
+                conn.execute(
+                    "INSERT INTO memory_fts (rowid, text, scope) VALUES (?,?,?)",
+                    (cur.lastrowid, text, _scope(sid, agent_id)),
+                )
+            conn.execute("DELETE FROM memory_queue")
+    finally:
+        conn.execute(f"PRAGMA synchronous={int(level)}")
+    return len(rows)
+
+
+def recall(
+    conn: sqlite3.Connection, query: str, sid: str, agent_id: str | None, limit: int
+) -> tuple[MemoryItem, ...]:
+    """Up to ``limit`` items for ``query`` in ``sid``'s memory (or ``agent_id``'s),
+    best BM25 rank first among the newest :data:`RECALL_WINDOW` matches."""
+    words = query_words(query)
+    if not words or limit <= 0:
+        return ()
+    index_pending(conn)
+    scope = scope_token("s", sid) if agent_id is None else scope_token("a", agent_id)
+    phrases = " OR ".join(f'"{w}"' for w in words)  # words are [a-z0-9]+: safe quoted
+    match = f"scope:{scope} AND text:({phrases})"
+    # bm25() is lower for better matches: negated, higher is better, as MemoryItem says.
+    ranked = best(((i, -r) for i, r in conn.execute(_MATCH, (match,))), limit)
+    if not ranked:
+        return ()
+    score = dict(ranked)
+    marks = ",".join("?" * len(ranked))
+    rows = conn.execute(
+        f"SELECT id, session_id, agent_id, kind, text, meta FROM memory WHERE id IN ({marks})",
+        list(score),
+    ).fetchall()
+    # The hashed scope word could in theory collide: the row's own ids decide.
+    found = {
+        r[0]: item_of(r[3], r[4], r[5], score[r[0]])
+        for r in rows
+        if (r[1] == sid if agent_id is None else r[2] == agent_id)
+    }
+    return tuple(found[i] for i, _ in ranked if i in found)
+
+
+def remember(conn: sqlite3.Connection, sid: str, items: Sequence[MemoryItem]) -> None:
+    """Remember ``items`` for ``sid`` outside a turn (its own transaction)."""
+    if not items:
+        return
+    with tx(conn, immediate=True):
+        row = conn.execute("SELECT agent_id FROM sessions WHERE id=?", (sid,)).fetchone()
+        queue(conn, sid, "default" if row is None else str(row[0]), items)
+
+
+def wipe(conn: sqlite3.Connection, sid: str) -> None:
+    """Forget everything ``sid`` remembered, inside the caller's transaction."""
+    conn.execute("DELETE FROM memory_queue WHERE session_id=?", (sid,))
+    rows = conn.execute(
+        "SELECT id, agent_id, text FROM memory WHERE session_id=?", (sid,)
+    ).fetchall()
+    # A contentless FTS5 table forgets a row given the very values it indexed.
+    conn.executemany(
+        "INSERT INTO memory_fts (memory_fts, rowid, text, scope) VALUES ('delete', ?, ?, ?)",
+        [(i, text, _scope(sid, agent_id)) for i, agent_id, text in rows],
+    )
+    conn.execute("DELETE FROM memory WHERE session_id=?", (sid,))
