@@ -24,9 +24,11 @@ Tables (both backends):
                   writes a turn's items to ``memory_queue`` (one small page in the
                   commit) and moves them into ``memory`` and the FTS5 index
                   ``memory_fts`` in a transaction of their own before the next recall
-                  (:mod:`sessions.store.sqlite_memory`).  Stores of version 3 held no
-                  durable memory (it lived in the process): migrating adds the empty
-                  tables, and their sessions and chains are untouched.
+                  (:mod:`sessions.store.sqlite_memory`); ``memory_terms`` (items per
+                  word) and ``memory_stats`` (items, words) are BM25's statistics.
+                  Stores of version 3 held no durable memory (it lived in the
+                  process): migrating adds the empty tables, and their sessions and
+                  chains are untouched.
 
 The text inside ``body`` columns is versioned apart from the schema: each record body
 names the canonical JSON format that wrote it (:mod:`sessions.store.codec`), so format
@@ -97,8 +99,17 @@ SQLITE: Final[dict[int, tuple[str, ...]]] = {
         f"CREATE TABLE memory ({_SQLITE_MEMORY})",
         "CREATE INDEX memory_by_session ON memory (session_id)",
         f"CREATE TABLE memory_queue ({_SQLITE_MEMORY})",
-        # Contentless: the text is in ``memory`` already; the index keeps what BM25 needs.
+        # Contentless: the text is in ``memory`` already.  FTS5 finds the matches;
+        # BM25's statistics are kept apart (its bm25() counts every match of every
+        # query word, a whole session's items for the scope word, on each recall).
         "CREATE VIRTUAL TABLE memory_fts USING fts5(text, scope, content='')",
+        "CREATE TABLE memory_terms (term TEXT PRIMARY KEY, docs INTEGER NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE memory_stats (
+            id INTEGER PRIMARY KEY CHECK (id = 0),
+            docs INTEGER NOT NULL,
+            tokens INTEGER NOT NULL
+        )""",
+        "INSERT INTO memory_stats VALUES (0, 0, 0)",
     ),
 }
 

@@ -13,16 +13,19 @@ The backends:
 * SQLite (:mod:`sessions.store.sqlite_memory`) ranks with FTS5's BM25 in the same file.
 * PostgreSQL (:mod:`sessions.store.pg_memory`) ranks with ``ts_rank`` over a GIN index.
 
-Both SQL backends rank the newest :data:`RECALL_WINDOW` items that share a keyword
-with the query (recall is recency-biased on purpose, like ``KeywordMemory``: the cost
-of one recall stays bounded however much a session or agent remembers).
+Both SQL backends rank (SQLite: :func:`bm25`; PostgreSQL: ``ts_rank``) the newest
+:data:`RECALL_WINDOW` items that share a keyword with the query (recall is
+recency-biased on purpose, like ``KeywordMemory``: the cost of one recall stays
+bounded however much a session or agent remembers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Protocol, runtime_checkable
 
 from engine.errors import AdapterError
@@ -35,17 +38,19 @@ __all__ = [
     "RecallStore",
     "StoreMemory",
     "best",
+    "bm25",
     "item_of",
     "pending_items",
     "query_words",
     "row_of",
     "scope_token",
+    "tokens",
 ]
 
 PENDING_KEY: Final = "memory.pending"
 """The context key where ``update_memory`` leaves what the turn's commit remembers
 (``handlers.memory.PENDING``; spelled out so that importing a store loads no handler)."""
-RECALL_WINDOW: Final = 128
+RECALL_WINDOW: Final = 64
 """How many of the newest matching items a SQL backend ranks for one recall."""
 
 MemoryRow = tuple[str, str, str]
@@ -147,6 +152,47 @@ def _pending_item(value: object) -> MemoryItem:
         raise AdapterError("memory", f"{PENDING_KEY} items need a 'text' string, not {value!r:.80}")
     meta = value.get("meta") or {}
     return MemoryItem(value["text"], str(value.get("kind") or "exchange"), 0.0, dict(meta))
+
+
+_TOKEN: Final = re.compile(r"[^\W_]+")
+K1: Final = 1.2
+B: Final = 0.75
+
+
+def tokens(text: str) -> list[str]:
+    """``text``'s words as FTS5's ``unicode61`` tokeniser splits them, lowercased."""
+    return _TOKEN.findall(text.lower())
+
+
+def bm25(
+    words: Sequence[str], docs: Mapping[str, int], total: int, avg_len: float
+) -> Callable[[str], float]:
+    """Okapi BM25 for the query ``words`` (FTS5's formula: k1 1.2, b 0.75, an IDF of at
+    least 1e-6): a function scoring one text.  ``docs`` counts the items holding each
+    word, ``total`` the items, ``avg_len`` their mean length in words.
+
+    The IDFs are worked out once per query; per text, one tokenising pass and a count
+    per query word (``list.count``, in C: a ``Counter`` per text costs more).
+    """
+    weights = [
+        (word, max(math.log((total - docs.get(word, 0) + 0.5) / (docs.get(word, 0) + 0.5)), 1e-6))
+        for word in words
+    ]
+    lengthen = K1 * B / (avg_len or 1.0)
+    base = K1 * (1 - B)
+    findall = _TOKEN.findall
+
+    def score(text: str) -> float:
+        found = findall(text.lower())
+        norm = base + lengthen * len(found)
+        total_score = 0.0
+        for word, idf in weights:
+            tf = found.count(word)
+            if tf:
+                total_score += idf * tf * (K1 + 1) / (tf + norm)
+        return total_score
+
+    return score
 
 
 def best(candidates: Iterable[tuple[int, float]], limit: int) -> list[tuple[int, float]]:

@@ -317,7 +317,9 @@ class SQLiteStore:
         session's, or with ``agent_id`` all that agent's sessions' (see
         :mod:`sessions.store.sqlite_memory`)."""
         validate_session_id(session_id)
-        return await self._run(recall, self._c.conn, query, session_id, agent_id, limit)
+        # Like a turn's small writes, run here when the database thread is idle (it
+        # may index queued items first: a write, rolled back whole if the lock is busy).
+        return await self._run_write(recall, self._c.conn, query, session_id, agent_id, limit)
 
     async def remember_memory(self, session_id: str, items: Sequence[MemoryItem]) -> None:
         """Remember ``items`` for the session now, outside a turn (own transaction)."""

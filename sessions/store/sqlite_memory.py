@@ -9,6 +9,11 @@ between the two loses nothing: the queue is only emptied by the transaction that
 indexed it.  That transaction runs with ``synchronous=NORMAL`` (no fsync of its own):
 the index is derived data, and if a crash drops it, its items are still in the queue.
 
+FTS5 finds the newest items of the scope holding a query word; :func:`recall` ranks
+them by BM25 in Python, from statistics kept in ``memory_terms`` and ``memory_stats``
+as items are indexed (FTS5's own ``bm25()`` would count, on every recall, every item
+holding each query word, the scope's word included: all of a session's items).
+
 Each FTS5 row holds the item's text and a ``scope`` column of two hashed words (the
 session's and the agent's, :func:`~sessions.store.recall.scope_token`), so a recall's
 ``MATCH`` finds the scope and the query words in the index alone.  Plain functions
@@ -18,6 +23,7 @@ over a :mod:`sqlite3` connection, run in the store's database thread.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from typing import Final
 
@@ -25,10 +31,12 @@ from engine.messages import MemoryItem
 from sessions.store.recall import (
     RECALL_WINDOW,
     best,
+    bm25,
     item_of,
     query_words,
     row_of,
     scope_token,
+    tokens,
 )
 from sessions.store.sqlite_open import tx
 
@@ -36,10 +44,11 @@ __all__ = ["index_pending", "queue", "recall", "remember", "wipe"]
 
 _QUEUE: Final = "INSERT INTO memory_queue (session_id, agent_id, kind, text, meta) VALUES "
 _MATCH: Final = (
-    "SELECT rowid, bm25(memory_fts, 1.0, 0.0) FROM memory_fts WHERE memory_fts MATCH ? "
+    "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? "
     f"ORDER BY rowid DESC LIMIT {RECALL_WINDOW}"
 )
-"""The newest matching items and their BM25 rank (the scope column weighs nothing)."""
+"""The newest items of the scope holding any query word (FTS5 walks its doclists from
+the newest end and stops there)."""
 
 
 def queue(conn: sqlite3.Connection, sid: str, agent_id: str, items: Sequence[MemoryItem]) -> None:
@@ -73,41 +82,60 @@ def index_pending(conn: sqlite3.Connection) -> int:
                     "INSERT INTO memory_fts (rowid, text, scope) VALUES (?,?,?)",
                     (cur.lastrowid, text, _scope(sid, agent_id)),
                 )
+            _count(conn, [r[3] for r in rows], 1)
             conn.execute("DELETE FROM memory_queue")
     finally:
         conn.execute(f"PRAGMA synchronous={int(level)}")
     return len(rows)
 
 
+def _count(conn: sqlite3.Connection, texts: Sequence[str], sign: int) -> None:
+    """Add (``sign`` 1) or take away (-1) ``texts`` in BM25's statistics."""
+    docs: Counter[str] = Counter()
+    length = 0
+    for text in texts:
+        words = tokens(text)
+        length += len(words)
+        docs.update(set(words))
+    conn.executemany(
+        "INSERT INTO memory_terms VALUES (?,?) "
+        "ON CONFLICT(term) DO UPDATE SET docs = docs + excluded.docs",
+        [(word, sign * n) for word, n in docs.items()],
+    )
+    conn.execute(
+        "UPDATE memory_stats SET docs = docs + ?, tokens = tokens + ?",
+        (sign * len(texts), sign * length),
+    )
+
+
 def recall(
     conn: sqlite3.Connection, query: str, sid: str, agent_id: str | None, limit: int
 ) -> tuple[MemoryItem, ...]:
     """Up to ``limit`` items for ``query`` in ``sid``'s memory (or ``agent_id``'s),
-    best BM25 rank first among the newest :data:`RECALL_WINDOW` matches."""
+    best BM25 score first among the newest :data:`RECALL_WINDOW` matches."""
     words = query_words(query)
     if not words or limit <= 0:
         return ()
     index_pending(conn)
     scope = scope_token("s", sid) if agent_id is None else scope_token("a", agent_id)
     phrases = " OR ".join(f'"{w}"' for w in words)  # words are [a-z0-9]+: safe quoted
-    match = f"scope:{scope} AND text:({phrases})"
-    # bm25() is lower for better matches: negated, higher is better, as MemoryItem says.
-    ranked = best(((i, -r) for i, r in conn.execute(_MATCH, (match,))), limit)
-    if not ranked:
+    ids = [r[0] for r in conn.execute(_MATCH, (f"scope:{scope} AND text:({phrases})",))]
+    if not ids:
         return ()
-    score = dict(ranked)
-    marks = ",".join("?" * len(ranked))
     rows = conn.execute(
-        f"SELECT id, session_id, agent_id, kind, text, meta FROM memory WHERE id IN ({marks})",
-        list(score),
+        f"SELECT id, session_id, agent_id, kind, text, meta FROM memory "
+        f"WHERE id IN ({','.join('?' * len(ids))})",
+        ids,
     ).fetchall()
     # The hashed scope word could in theory collide: the row's own ids decide.
-    found = {
-        r[0]: item_of(r[3], r[4], r[5], score[r[0]])
-        for r in rows
-        if (r[1] == sid if agent_id is None else r[2] == agent_id)
-    }
-    return tuple(found[i] for i, _ in ranked if i in found)
+    rows = [r for r in rows if (r[1] == sid if agent_id is None else r[2] == agent_id)]
+    total, length = conn.execute("SELECT docs, tokens FROM memory_stats").fetchone()
+    marks = ",".join("?" * len(words))
+    docs = dict(conn.execute(f"SELECT term, docs FROM memory_terms WHERE term IN ({marks})", words))
+    score = bm25(words, docs, total, length / total if total else 1.0)
+    ranked = best(((r[0], score(r[4])) for r in rows), limit)
+    by_id = {r[0]: r for r in rows}
+    return tuple(item_of(by_id[i][3], by_id[i][4], by_id[i][5], s) for i, s in ranked)
 
 
 def remember(conn: sqlite3.Connection, sid: str, items: Sequence[MemoryItem]) -> None:
@@ -125,6 +153,7 @@ def wipe(conn: sqlite3.Connection, sid: str) -> None:
     rows = conn.execute(
         "SELECT id, agent_id, text FROM memory WHERE session_id=?", (sid,)
     ).fetchall()
+    _count(conn, [text for _, _, text in rows], -1)
     # A contentless FTS5 table forgets a row given the very values it indexed.
     conn.executemany(
         "INSERT INTO memory_fts (memory_fts, rowid, text, scope) VALUES ('delete', ?, ?, ?)",
