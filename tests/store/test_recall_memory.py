@@ -6,16 +6,18 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from engine.graph import Node
 from engine.messages import MemoryItem
-from sessions import SessionManager
+from engine.registry import HandlerRegistry
+from sessions import Limits, SessionManager
 from sessions.store import SessionMeta, open_store
-from sessions.store.migrations import SCHEMA_VERSION, SQLITE
-from sessions.store.recall import StoreMemory
+from sessions.store.migrations import POSTGRES, SCHEMA_VERSION, SQLITE
+from sessions.store.recall import StoreMemory, bm25, tokens
 
 from . import SECRET, commit
 
@@ -225,3 +227,101 @@ async def test_a_version_3_sqlite_store_migrates(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     raw.close()
+
+
+class Crash(BaseException):
+    """Stands in for the process dying mid-turn (nothing catches it)."""
+
+
+CRASHES_AFTER_REMEMBERING = """digraph t {
+    start [shape=Mdiamond]
+    done [shape=Msquare]
+    classify [handler=classify]
+    update_memory [handler=update_memory]
+    boom [handler=boom]
+    format [handler=format, template="ok"]
+    start -> classify -> update_memory -> boom -> format -> done
+}"""
+
+
+def _crashing_registry(store: object, *, crash: bool) -> HandlerRegistry:
+    from handlers import build_registry
+
+    registry = build_registry(memory=StoreMemory(store))  # type: ignore[arg-type]
+
+    def boom(node: Node, ctx: Mapping[str, object]) -> None:
+        if crash:
+            raise Crash
+
+    registry.register("boom", boom)
+    return registry
+
+
+async def test_a_resumed_checkpoint_keeps_the_pending_memory(tmp_path: Path) -> None:
+    """The process died after update_memory: nothing is remembered yet; the turn
+    resumed from its checkpoint by a new process commits the item with the turn."""
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    limits = Limits(checkpoint=True)
+    for crash in (True, False):
+        store = open_store(url, secret=SECRET)
+        registry = _crashing_registry(store, crash=crash)
+        async with (
+            store,
+            SessionManager(
+                store, registry=registry, turn_graph=CRASHES_AFTER_REMEMBERING, limits=limits
+            ) as manager,
+        ):
+            if crash:
+                session = await manager.create("cp")
+                with pytest.raises(Crash):
+                    await session.send("the lighthouse keeper is Ada")
+                assert await store.recall_memory("lighthouse", session_id="cp") == ()  # type: ignore[attr-defined]
+                continue
+            session = await manager.get("cp")
+            result = await session.resume()
+            assert result is not None and result.ok
+            found = await store.recall_memory("lighthouse", session_id="cp")  # type: ignore[attr-defined]
+            assert _texts(found) == ["the lighthouse keeper is Ada"]
+
+
+def test_bm25_scores_match_fts5s_own() -> None:
+    """The Python BM25 gives FTS5's bm25() figures (negated) on the same corpus."""
+    texts = [
+        "the red fox jumps over the red fence",
+        "a red herring",
+        "foxes and hounds, hounds and foxes",
+        "nothing to see here at all, really nothing",
+        "fox fox fox",
+    ]
+    raw = sqlite3.connect(":memory:")
+    raw.execute("CREATE VIRTUAL TABLE t USING fts5(text)")
+    raw.executemany("INSERT INTO t (rowid, text) VALUES (?, ?)", enumerate(texts))
+    words = ("red", "fox")
+    expected = dict(raw.execute("SELECT rowid, -bm25(t) FROM t WHERE t MATCH 'red OR fox'"))
+    lengths = [len(tokens(t)) for t in texts]
+    docs = {w: sum(w in tokens(t) for t in texts) for w in words}
+    score = bm25(words, docs, len(texts), sum(lengths) / len(texts))
+    got = {i: score(t) for i, t in enumerate(texts) if score(t) > 0}
+    assert got.keys() == expected.keys()
+    for i, value in expected.items():
+        assert got[i] == pytest.approx(value, rel=1e-9)
+
+
+@pytest.mark.postgres
+async def test_a_version_3_postgres_store_migrates(pg_url: str) -> None:
+    """A PostgreSQL store written before recall memory gains the memory table."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        for step in (1, 2, 3):
+            for statement in POSTGRES[step]:
+                raw.execute(statement)
+        raw.execute("CREATE TABLE turngraph_schema (version INTEGER)")
+        raw.execute("INSERT INTO turngraph_schema VALUES (3)")
+    async with SessionManager(pg_url, store_secret=SECRET) as manager:
+        await (await manager.get_or_create("old")).send("migrations keep the kiwi")
+        found = await manager.store.recall_memory("kiwi", session_id="old")  # type: ignore[attr-defined]
+        assert _texts(found) == ["migrations keep the kiwi"]
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        row = raw.execute("SELECT max(version) FROM turngraph_schema").fetchone()
+        assert row == (SCHEMA_VERSION,)
