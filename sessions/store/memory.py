@@ -310,9 +310,8 @@ class MemoryStore:
         """Up to ``limit`` items for ``query`` by keyword overlap
         (:class:`~handlers.adapters.memory.KeywordMemory`): the session's, or with
         ``agent_id`` the best of each of that agent's sessions, merged."""
-        validate_session_id(session_id)
-        if agent_id is None:
-            return tuple(await self.memory.recall(query, session_id=session_id, limit=limit))
+        if agent_id is None:  # KeywordMemory gives a tuple; an unknown id has no memory
+            return await self.memory.recall(query, session_id=session_id, limit=limit)  # type: ignore[return-value]
         found: list[MemoryItem] = []
         for sid, s in self._sessions.items():
             if s.meta.agent_id == agent_id:

@@ -25,8 +25,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Final, Protocol, runtime_checkable
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol, runtime_checkable
 
 from engine.errors import AdapterError
 from engine.messages import MemoryItem
@@ -91,11 +91,14 @@ class StoreMemory:
     def __init__(self, store: RecallStore) -> None:
         self.store = store
 
-    async def recall(
+    def recall(
         self, query: str, *, session_id: str, limit: int = 5, agent_id: str | None = None
-    ) -> Sequence[MemoryItem]:
-        """Items relevant to ``query`` from the session's memory (or the agent's)."""
-        return await self.store.recall_memory(
+    ) -> Coroutine[Any, Any, Sequence[MemoryItem]]:
+        """Items relevant to ``query`` from the session's memory (or the agent's).
+
+        Returns the store's own awaitable: no coroutine of its own on every turn's path.
+        """
+        return self.store.recall_memory(
             query, session_id=session_id, agent_id=agent_id, limit=limit
         )
 
@@ -146,6 +149,9 @@ def pending_items(value: object) -> tuple[MemoryItem, ...]:
 
 
 def _pending_item(value: object) -> MemoryItem:
+    if type(value) is dict and type(value.get("text")) is str:  # update_memory's own
+        meta = value.get("meta") or {}
+        return MemoryItem(value["text"], value.get("kind") or "exchange", 0.0, meta)
     if isinstance(value, MemoryItem):
         return value
     if not isinstance(value, Mapping) or not isinstance(value.get("text"), str):

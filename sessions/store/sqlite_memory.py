@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from engine.messages import MemoryItem
+from sessions.errors import SessionNotFound
 from sessions.store.recall import (
     RECALL_WINDOW,
     best,
@@ -144,7 +145,9 @@ def remember(conn: sqlite3.Connection, sid: str, items: Sequence[MemoryItem]) ->
         return
     with tx(conn, immediate=True):
         row = conn.execute("SELECT agent_id FROM sessions WHERE id=?", (sid,)).fetchone()
-        queue(conn, sid, "default" if row is None else str(row[0]), items)
+        if row is None:
+            raise SessionNotFound(sid, "no such session")
+        queue(conn, sid, str(row[0]), items)
 
 
 def wipe(conn: sqlite3.Connection, sid: str) -> None:

@@ -325,3 +325,20 @@ async def test_a_version_3_postgres_store_migrates(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as raw:
         row = raw.execute("SELECT max(version) FROM turngraph_schema").fetchone()
         assert row == (SCHEMA_VERSION,)
+
+
+async def test_remembering_outside_a_turn(store_url: str) -> None:
+    """``StoreMemory.remember`` writes at once (its own transaction), for a session
+    that exists; the items are recalled like a turn's."""
+    from sessions.errors import SessionNotFound
+
+    async with open_store(store_url, secret=SECRET) as store:
+        await store.create(SessionMeta("s"))
+        memory = StoreMemory(store)  # type: ignore[arg-type]
+        await memory.remember(
+            [MemoryItem("otters hold hands", "fact", meta={"k": 1})], session_id="s"
+        )
+        (found,) = await memory.recall("otters", session_id="s")
+        assert (found.text, found.kind, dict(found.meta)) == ("otters hold hands", "fact", {"k": 1})
+        with pytest.raises(SessionNotFound):
+            await memory.remember([MemoryItem("lost")], session_id="nobody")
