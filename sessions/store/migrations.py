@@ -99,10 +99,10 @@ SQLITE: Final[dict[int, tuple[str, ...]]] = {
         f"CREATE TABLE memory ({_SQLITE_MEMORY})",
         "CREATE INDEX memory_by_session ON memory (session_id)",
         f"CREATE TABLE memory_queue ({_SQLITE_MEMORY})",
-        # Contentless: the text is in ``memory`` already.  FTS5 finds the matches;
-        # BM25's statistics are kept apart (its bm25() counts every match of every
-        # query word, a whole session's items for the scope word, on each recall).
-        "CREATE VIRTUAL TABLE memory_fts USING fts5(text, scope, content='')",
+        # Contentless (the text is in ``memory``), no column sizes: FTS5 only finds the
+        # matches; BM25's statistics are kept apart (its bm25() would count every
+        # match of every query word on each recall).
+        "CREATE VIRTUAL TABLE memory_fts USING fts5(words, content='', columnsize=0)",
         "CREATE TABLE memory_terms (term TEXT PRIMARY KEY, docs INTEGER NOT NULL) WITHOUT ROWID",
         """CREATE TABLE memory_stats (
             id INTEGER PRIMARY KEY CHECK (id = 0),
