@@ -26,6 +26,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any, Final, Protocol, runtime_checkable
 
 from engine.errors import AdapterError
@@ -170,6 +171,13 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+@lru_cache(maxsize=4096)
+def _cached_tokens(text: str) -> tuple[str, ...]:
+    """:func:`tokens`, remembered: recalls keep ranking a scope's newest items, so the
+    same texts come back from one recall to the next."""
+    return tuple(_TOKEN.findall(text.lower()))
+
+
 def bm25(
     words: Sequence[str], docs: Mapping[str, int], total: int, avg_len: float
 ) -> Callable[[str], float]:
@@ -178,7 +186,8 @@ def bm25(
     word, ``total`` the items, ``avg_len`` their mean length in words.
 
     The IDFs are worked out once per query; per text, one tokenising pass and a count
-    per query word (``list.count``, in C: a ``Counter`` per text costs more).
+    per query word (``tuple.count``, in C: a ``Counter`` per text costs more); the
+    tokens of the last 4,096 texts are kept.
     """
     weights = [
         (word, max(math.log((total - docs.get(word, 0) + 0.5) / (docs.get(word, 0) + 0.5)), 1e-6))
@@ -186,10 +195,9 @@ def bm25(
     ]
     lengthen = K1 * B / (avg_len or 1.0)
     base = K1 * (1 - B)
-    findall = _TOKEN.findall
 
     def score(text: str) -> float:
-        found = findall(text.lower())
+        found = _cached_tokens(text)
         norm = base + lengthen * len(found)
         total_score = 0.0
         for word, idf in weights:
