@@ -298,3 +298,20 @@ async def test_the_stream_works_on_a_durable_store(tmp_path: Path) -> None:
             items = await collect(session.stream("hi"))
         assert isinstance(items[-1], TurnResult) and items[-1].ok
         assert len(await store.turns("s1")) == 1
+
+
+async def test_the_portable_wakeup_works_too(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an asyncio loop (trio) the consumer sleeps on an anyio.Event instead."""
+    import sessions.stream
+
+    monkeypatch.setattr(sessions.stream, "_asyncio_loop", lambda: None)
+    gate = anyio.Event()
+    registry = reply_registry(llm_call=streaming_llm(("a", "b"), gate))
+    async with running(store, registry) as manager:
+        session = await manager.get_or_create("s1")
+        texts: list[str] = []
+        async for item in session.stream("hi"):
+            if isinstance(item, TextDelta):
+                texts.append(item.text)
+                gate.set()
+    assert texts == ["a", "b"]
