@@ -255,5 +255,7 @@ class TurnStream:
     def __del__(self) -> None:
         # ``break`` out of ``async for`` never calls aclose(): cancel on the way out.
         # Cancelling needs the event loop's thread; at interpreter exit there may be none.
-        with contextlib.suppress(RuntimeError):
-            self._feed.cancel()
+        feed = getattr(self, "_feed", None)  # None when __init__ refused its arguments
+        if feed is not None:
+            with contextlib.suppress(RuntimeError):
+                feed.cancel()
