@@ -84,6 +84,7 @@ class _Feed:
         "capacity",
         "committed",
         "done",
+        "ended",
         "error",
         "finished",
         "loop",
@@ -101,7 +102,8 @@ class _Feed:
         self.wakeup: anyio.Event | asyncio.Future[None] | None = None
         self.loop = _asyncio_loop()
         self.scope: anyio.CancelScope | None = None
-        self.finished = anyio.Event()
+        self.ended = False  # the turn's task has finished
+        self.finished: anyio.Event | None = None  # made only for a caller that waits
         self.result: TurnResult | None = None
         self.error: BaseException | None = None
         self.committed = False
@@ -159,8 +161,10 @@ class _Feed:
         finally:
             self.done = True
             self.scope = None
+            self.ended = True
             self.wake()
-            self.finished.set()
+            if self.finished is not None:
+                self.finished.set()
 
     def cancel(self) -> None:
         """Cancel the turn unless it reached its commit (or has not begun: then it never will)."""
@@ -168,8 +172,19 @@ class _Feed:
             return
         if self.scope is not None:
             self.scope.cancel()
-        elif not self.finished.is_set():
+        elif not self.ended:
             self.done = True
+
+    async def join(self) -> None:
+        """Wait until the turn's task has finished (shielded: a caller that leaves early
+        must still find the session idle)."""
+        if self.ended:
+            return
+        finished = self.finished
+        if finished is None:
+            finished = self.finished = anyio.Event()
+        with anyio.CancelScope(shield=True):
+            await finished.wait()
 
 
 class TurnStream:
@@ -207,10 +222,11 @@ class TurnStream:
 
     def _begin(self) -> None:
         feed, start = self._feed, self._start
+        if feed.done:  # closed before the first item was asked for: no task, ever
+            feed.ended = True
+        else:
+            self._spawn(lambda: feed.run(start))  # raises SessionClosed if the manager stopped
         self._started = True
-        if feed.done:
-            return  # closed before the first item was asked for
-        self._spawn(lambda: feed.run(start))
 
     def _last(self) -> TurnResult:
         """The result once the buffer is empty; the turn's error; else the end."""
@@ -220,8 +236,9 @@ class TurnStream:
             return feed.result
         if feed.error is not None:
             error, feed.error = feed.error, None
+            self._given = True
             raise error
-        if not self._given and self._started and feed.finished.is_set():
+        if not self._given and self._started and feed.ended:
             self._given = True  # cancelled from outside: say why once, then end
             raise SessionClosed(feed.session_id, "the turn was cancelled before it ended")
         raise StopAsyncIteration
@@ -236,9 +253,8 @@ class TurnStream:
         feed = self._feed
         self._given = True
         feed.cancel()
-        if self._started and not feed.finished.is_set():
-            with anyio.CancelScope(shield=True):  # the session must be idle when we return
-                await feed.finished.wait()
+        if self._started:
+            await feed.join()  # the session is idle when we return
         feed.buffer.clear()
 
     async def __aenter__(self) -> TurnStream:

@@ -20,6 +20,7 @@ from engine.events import (
     NodeCompleted,
     NodeStarted,
     RunCompleted,
+    RunStarted,
     TextDelta,
     TurnCommitted,
     current_emitter,
@@ -28,7 +29,7 @@ from engine.graph import Node
 from engine.messages import LLMResponse, Usage
 from engine.outcome import Outcome
 from handlers.adapters import ScriptedModel
-from sessions import SessionManager, TurnResult, UsageTotals
+from sessions import Limits, SessionManager, TurnResult, UsageTotals
 from sessions.errors import SessionClosed
 from sessions.store import open_store
 from sessions.store.base import Store
@@ -315,3 +316,35 @@ async def test_the_portable_wakeup_works_too(store: Store, monkeypatch: pytest.M
                 texts.append(item.text)
                 gate.set()
     assert texts == ["a", "b"]
+
+
+async def test_closing_before_or_after_iterating_is_harmless(store: Store) -> None:
+    async with running(store) as manager:
+        session = await manager.get_or_create("s1")
+        unused = session.stream("never")
+        await unused.aclose()
+        assert [item async for item in unused] == []
+        await unused.aclose()
+        done = session.stream("once")
+        items = [item async for item in done]
+        await done.aclose()
+        assert isinstance(items[-1], TurnResult) and items[-1].turn == 1
+        assert session.turn_count == 1
+
+
+async def test_an_error_is_raised_once_then_the_stream_ends(store: Store) -> None:
+    from sessions.errors import SessionBusy
+
+    gate = anyio.Event()
+    registry = reply_registry(llm_call=streaming_llm(("a",), gate))
+    async with running(store, registry, limits=Limits(queue_size=0)) as manager:
+        session = await manager.get_or_create("s1")
+        first = session.stream("first")
+        assert isinstance(await first.__anext__(), RunStarted)
+        await wait_until(lambda: session.busy)
+        second = session.stream("second")
+        with pytest.raises(SessionBusy):
+            await second.__anext__()
+        assert [item async for item in second] == []
+        gate.set()
+        assert (await collect(first))[-1].ok
