@@ -126,15 +126,16 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
     row summing the tokens of the turn."""
     from rich.table import Table
 
+    rows = trace_rows(trace)
+    usage = any("input_tokens" in r for r in rows)
     table = Table(title=title or None, title_justify="left")
     table.add_column("#", justify="right", style="dim")
-    table.add_column("node")
-    table.add_column("handler", style="cyan")
+    # On a narrow terminal the model column gives way before node and handler names do.
+    table.add_column("node", min_width=_widest(rows, "id"))
+    table.add_column("handler", style="cyan", min_width=_widest(rows, "handler"))
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("ms", justify="right")
-    rows = trace_rows(trace)
-    usage = any("input_tokens" in r for r in rows)
     if usage:
         table.add_column("model")
         table.add_column("tokens", justify="right")
@@ -167,6 +168,11 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
         total = ["", "total", "", "", "", f"{ms:.3f}", models, f"{tokens_in}/{tokens_out}"]
         table.add_row(*total, style="bold", end_section=True)
     return table
+
+
+def _widest(rows: Sequence[Mapping[str, Any]], key: str, cap: int = 24) -> int:
+    """The width of the longest ``key`` value in ``rows``, at most ``cap``."""
+    return min(cap, max((len(str(r.get(key, ""))) for r in rows), default=0))
 
 
 def usage_table(usage: Mapping[str, Any], title: str = "usage") -> Table:
