@@ -1,30 +1,36 @@
 """Writing DOT ids so that both :mod:`engine.dot` and Graphviz read back what was meant.
 
 The reader resolves ``\\"``, ``\\\\`` and ``\\n`` and keeps every other escape as
-written (``\\l`` and ``\\r``, left- and right-justified line ends; ``\\N``, ``\\G``...),
-so a value holding ``\\l`` must be written with a single backslash for Graphviz to
-justify the line, and only a backslash the reader would resolve is doubled.
+written, so a value holding ``\\l`` (a left-justified line end) came from ``\\l`` and
+must be written with a single backslash for Graphviz to justify the line.  Graphviz's
+label escapes (``\\l``, ``\\r``; ``\\N``, ``\\G``, ``\\E``, ``\\T``, ``\\H``, ``\\L``, the
+names it substitutes) stay single; every other backslash is doubled, so Graphviz
+shows it and the reader reads it back as one.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
-__all__ = ["attr_list", "quote"]
+if TYPE_CHECKING:
+    from engine.graph import Value
 
-# A backslash the reader would take as the start of an escape it resolves (or a line
-# continuation), or the last character (it would escape the closing quote).
-_RESOLVED = re.compile(r'\\(?=["\\n\r\n]|\Z)')
+__all__ = ["attr_list", "quote", "value_text"]
+
+# A backslash that does not start one of Graphviz's label escapes.
+_LITERAL = re.compile(r"\\(?![lrNGETHL])")
 
 
 def quote(text: str) -> str:
     """``text`` as a quoted DOT id that :func:`engine.dot.parse_dot` reads back as ``text``.
 
-    Escapes the reader keeps as written (``\\l``, ``\\r``, ``\\N``...) are written
-    unchanged, so Graphviz gives them their meaning when it draws the graph.
+    Graphviz's label escapes (``\\l``, ``\\r``, ``\\N``...) are written unchanged, so
+    it gives them their meaning when it draws the graph; other backslashes are doubled.
     """
-    escaped = _RESOLVED.sub(r"\\\\", text).replace('"', '\\"').replace("\n", "\\n")
+    escaped = _LITERAL.sub(r"\\\\", text).replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
 
 
@@ -32,3 +38,13 @@ def attr_list(items: Iterable[tuple[str, str]]) -> str:
     """`` [k="v", ...]`` for ``items`` (keys and values quoted), or "" when there are none."""
     parts = [f"{quote(k)}={quote(v)}" for k, v in items]
     return f" [{', '.join(parts)}]" if parts else ""
+
+
+def value_text(value: Value) -> str:
+    """A typed attribute value as DOT text the loader types back to ``value``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        ms = value / timedelta(milliseconds=1)
+        return f"{ms / 1000:g}s" if ms >= 1000 and ms % 1000 == 0 else f"{ms:g}ms"
+    return str(value)

@@ -57,11 +57,12 @@ def test_quote_reads_back_as_written(text: str) -> None:
         ("a\nb", '"a\\nb"'),
         ('say "hi"', '"say \\"hi\\""'),
         ("back\\", '"back\\\\"'),
+        ("back\\slash", '"back\\\\slash"'),  # not an escape: Graphviz shows it
         ("\\\\l", '"\\\\\\l"'),  # a backslash, then a left line end
     ],
 )
 def test_quote_keeps_graphviz_escapes(text: str, written: str) -> None:
-    """Only backslashes the reader resolves are doubled."""
+    """Graphviz's label escapes stay single; every other backslash is doubled."""
     assert quote(text) == written
 
 

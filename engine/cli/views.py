@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
-from engine.dot_write import attr_list, quote
+from engine.dot_write import attr_list, quote, value_text
 from engine.events import (
     Event,
     NodeFailed,
@@ -227,17 +226,8 @@ def _escape(text: str) -> str:
 # --------------------------------------------------------------------------- DOT
 
 
-def _value(value: Value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, timedelta):
-        ms = value / timedelta(milliseconds=1)
-        return f"{ms / 1000:g}s" if ms >= 1000 and ms % 1000 == 0 else f"{ms:g}ms"
-    return str(value)
-
-
 def _attrs(attrs: Mapping[str, Value]) -> str:
-    return attr_list((k, _value(v)) for k, v in attrs.items())
+    return attr_list((k, value_text(v)) for k, v in attrs.items())
 
 
 def graph_to_dot(graph: Graph) -> str:
