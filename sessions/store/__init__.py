@@ -88,7 +88,9 @@ def sqlite_path(url: str) -> Path:
     rest = url.partition("?")[0]
     rest = rest[len("sqlite:///") :] if rest.startswith("sqlite:///") else ""
     if not rest or rest.endswith("/"):
-        raise StoreError(url, "a SQLite URL needs a file: sqlite:///rel.db or sqlite:////abs.db")
+        raise StoreError(
+            redact_url(url), "a SQLite URL needs a file: sqlite:///rel.db or sqlite:////abs.db"
+        )
     return Path(rest)
 
 
@@ -103,7 +105,8 @@ def _sqlite(
     inline = _SWITCH.get(params.pop("inline_writes", "on").lower())
     if params or sync not in ("FULL", "NORMAL", "EXTRA") or inline is None:
         raise StoreError(
-            url, "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off only"
+            redact_url(url),
+            "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off only",
         )
     path = sqlite_path(url)
     return SQLiteStore(

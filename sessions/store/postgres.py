@@ -55,6 +55,7 @@ from sessions.store.pg_db import (
 )
 from sessions.store.pg_group import GroupWriter, WrittenRows
 from sessions.store.pg_read import PgReader
+from sessions.store.redact import redact_url
 from sessions.store.signing import Row, Signer, load_key
 
 __all__ = ["PostgresStore"]
@@ -105,12 +106,6 @@ def _turn_params(st: StateRow, rows: list[Row], token: int) -> tuple[Any, ...]:
     return (st.id, rseq, kind, key, body, prev_mac, mac, st.id, *_state_params(st, token))
 
 
-def _redact(url: str) -> str:
-    from sessions.store import redact_url
-
-    return redact_url(url)
-
-
 class PostgresStore:
     """A :class:`~sessions.store.base.Store` in PostgreSQL (``postgresql://...``)."""
 
@@ -128,7 +123,7 @@ class PostgresStore:
     ) -> None:
         """``group_commits`` is how many turn groups may run at once (0: every turn
         takes the locked path, one transaction each); ``clock`` measures leases."""
-        self.url = _redact(url)
+        self.url = redact_url(url)
         self._clock = clock
         self._secret = secret
         self._limits = limits or ImportLimits()
