@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import anyio.to_thread
 
-from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError
+from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError, StoreKeyMissing
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -150,9 +150,23 @@ class PostgresStore:
         if self._db.pool is not None:
             return
         await self._db.open(self._group.group.size, before=self._load_key)
+        if self._reader is None:  # no key file yet: only a store without sessions may make one
+            try:
+                async with self._db.tx(read=True) as c:
+                    used = await one(c, "SELECT 1 FROM sessions LIMIT 1", ())
+                if used is not None:
+                    load_key(self._secret, existing_store=self.url)  # raises StoreKeyMissing
+                self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)))
+            except BaseException:
+                await self._db.close()
+                raise
 
     def _load_key(self) -> None:
-        self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)))
+        try:
+            key = load_key(self._secret, existing_store=self.url)
+        except StoreKeyMissing:
+            return  # decided in open(), once the tables can be read
+        self._reader = PgReader(self.url, self._db, Signer(key))
 
     async def close(self) -> None:
         """Close the pools.  Idempotent."""

@@ -242,3 +242,66 @@ def test_scrub_hides_passwords_a_driver_echoes() -> None:
     text = 'bad "s3cr@t" near password=hunter2 and hunter2'
     assert "hunter2" not in scrub(text, url) and "s3cr@t" not in scrub(text, url)
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.postgres
+async def test_missing_key_of_a_postgres_store_with_sessions(pg_url: str) -> None:
+    """A store without sessions may make the key; one with sessions may not."""
+    async with open_store(pg_url):
+        pass
+    key_file_path().unlink()  # an empty store: a new key harms nothing
+    async with open_store(pg_url) as s:
+        await fill(s, "s1", 1)
+    key_file_path().unlink()
+    with pytest.raises(StoreKeyMissing, match="is missing"):
+        async with open_store(pg_url):
+            pass
+    assert not key_file_path().exists()
+
+
+@pytest.mark.postgres
+async def test_salvage_reads_a_tampered_postgres_session(pg_url: str) -> None:
+    import psycopg
+
+    from sessions.store.salvage import salvage
+
+    async with open_store(pg_url, secret=SECRET) as s:
+        await fill(s, "s1", 3)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE records SET body=replace(body, 'hello', 'HELLO') WHERE rseq=3")
+    found = await salvage(pg_url, _signer(SECRET), "s1")
+    assert (found.verified, found.stored, found.stopped_at) == (3, 9, 3)
+    assert [m.seq for m in found.messages] == [0, 1] and [t.turn for t in found.turns] == [1]
+    assert found.state_ok and "MAC mismatch" in (found.reason or "")
+
+
+@pytest.mark.parametrize(
+    ("edit", "stopped", "reason", "state_ok"),
+    [
+        ("DELETE FROM records WHERE rseq=4", 4, "gap", True),
+        ("UPDATE records SET mac=hex(mac) WHERE rseq=2", 2, "unsigned", True),
+        ("UPDATE sessions SET turn_count=99", None, "state MAC mismatch", False),
+    ],
+    ids=["deleted", "mac-as-text", "row-edited"],
+)
+async def test_salvage_of_sqlite_sessions(
+    tmp_path: Path, edit: str, stopped: int | None, reason: str, state_ok: bool
+) -> None:
+    import sqlite3
+
+    from sessions.store.salvage import salvage
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    async with open_store(url, secret=SECRET) as s:
+        await fill(s, "s1", 3)
+    conn = sqlite3.connect(tmp_path / "s.db")
+    with conn:
+        conn.execute(edit)
+    conn.close()
+    found = await salvage(url, _signer(SECRET), "s1")
+    assert found.stopped_at == stopped and reason in (found.reason or "")
+    assert found.state_ok is state_ok and not found.intact
+    assert found.verified == (9 if stopped is None else stopped)
