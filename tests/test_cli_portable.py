@@ -169,6 +169,13 @@ def test_import_from_another_machine_needs_its_key_file(
     assert key_a in line and "signed with key" in line and "--key-file" in line
     assert "edited" not in line
     key_file = str(tmp_path / "a" / "secret.key")
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(Path(key_file).read_bytes())
+    loose.chmod(0o644)  # readable by others: refused, naming the fix
+    line = _one_error(
+        capsys, ["sessions", "import", str(export), "--key-file", str(loose), "--store", b]
+    )
+    assert str(loose) in line and "chmod 600" in line
     argv = ["sessions", "import", str(export), "--key-file", key_file, "--store", b]
     assert cli.main(argv) == 0
     assert "imported session s1 (2 turns" in capsys.readouterr().out

@@ -112,8 +112,9 @@ def _salvage_dict(s: Any, last: int) -> dict[str, Any]:
 
 
 def summary_turns(messages: Sequence[Any], upto: int) -> list[int] | None:
-    """``[first, last]`` turn of the messages ``0..upto`` a summary replaced (or None)."""
-    if upto < 0 or upto >= len(messages) or not messages:
+    """``[first, last]`` turn of the messages ``0..upto`` a summary replaced (``None``
+    when they are not all in ``messages``)."""
+    if not 0 <= upto < len(messages):
         return None
     return [messages[0].turn, messages[upto].turn]
 

@@ -162,7 +162,7 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 
 
 async def _sessions_show(args: argparse.Namespace) -> int:
-    from engine.cli.recovery import salvage_show, summary_turns
+    from engine.cli.recovery import salvage_show
 
     if args.salvage:
         return await salvage_show(args, store_url(args.store))
@@ -174,11 +174,12 @@ async def _sessions_show(args: argparse.Namespace) -> int:
         turns = await store.turns(args.id, max(0, meta.turn_count - last), last)
         summary = None
         if loaded.summary is not None and meta.summary_upto >= 0:
-            ends = await store.messages(args.id, 0, 1) + await store.messages(
-                args.id, meta.summary_upto, 1
-            )
-            covered = [ends[0]] * meta.summary_upto + [ends[-1]]  # only the ends are read
-            summary = (meta.summary_upto, loaded.summary, summary_turns(covered, meta.summary_upto))
+            upto = meta.summary_upto
+            # Only the two ends of the replaced span are read, not all of it.
+            first = await store.messages(args.id, 0, 1)
+            last_one = await store.messages(args.id, upto, 1)
+            span = [first[0].turn, last_one[0].turn] if first and last_one else None
+            summary = (upto, loaded.summary, span)
     if args.json:
         doc = _meta_dict(meta)
         doc["verified_records"] = checked
@@ -256,19 +257,15 @@ async def _sessions_export(args: argparse.Namespace) -> int:
 
 async def _sessions_import(args: argparse.Namespace) -> int:
     from sessions.store import open_store, read_export
+    from sessions.store.export import rekey
+    from sessions.store.signing import Signer, load_key, read_key_file
 
     doc = read_export(args.file)
-    source = None
-    if args.key_file is not None:
-        from sessions.store.signing import Signer, read_key_file
-
-        source = Signer(read_key_file(args.key_file))  # before the store: a bad file makes nothing
+    # The key file is read before the store opens: a bad one leaves nothing made.
+    source = None if args.key_file is None else Signer(read_key_file(args.key_file))
     async with open_store(store_url(args.store)) as store:
         if source is not None:
-            from sessions.store.export import rekey
-            from sessions.store.signing import Signer, load_key
-
-            # the store is open, so its key exists (or was refused as missing)
+            # The store is open, so the local key exists (or was refused as missing).
             doc = rekey(doc, source, Signer(load_key()), args.file)
         meta = await store.import_(doc, replace=args.replace)
     print(f"imported session {meta.id} ({meta.turn_count} turns, {meta.message_count} messages)")
