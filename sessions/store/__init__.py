@@ -152,12 +152,13 @@ def open_store(
         try:
             from sessions.store.postgres import PostgresStore  # psycopg is an optional extra
         except ImportError as exc:
-            if not (exc.name or "").startswith("psycopg"):
+            # psycopg itself missing, or installed without its libpq binding ("no pq wrapper")
+            if not ((exc.name or "").startswith("psycopg") or "pq wrapper" in str(exc)):
                 raise
             raise StoreExtraMissing(
                 redact_url(url),
-                f"PostgreSQL stores need the postgres extra ({exc.name} is not installed): "
-                "pip install 'turngraph[postgres]'",
+                f"PostgreSQL stores need the postgres extra ({exc.name or 'libpq'} is not "
+                "installed): pip install 'turngraph[postgres]'",
             ) from None
         return PostgresStore(url, secret=secret, limits=limits, create=create, clock=clock)
     shown = redact_url(url)
