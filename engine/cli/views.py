@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
+from engine.dot_write import attr_list, quote, value_text
 from engine.events import (
     Event,
     NodeFailed,
@@ -226,23 +226,8 @@ def _escape(text: str) -> str:
 # --------------------------------------------------------------------------- DOT
 
 
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def _value(value: Value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, timedelta):
-        ms = value / timedelta(milliseconds=1)
-        return f"{ms / 1000:g}s" if ms >= 1000 and ms % 1000 == 0 else f"{ms:g}ms"
-    return str(value)
-
-
 def _attrs(attrs: Mapping[str, Value]) -> str:
-    parts = [f"{_quote(k)}={_quote(_value(v))}" for k, v in attrs.items()]
-    return f" [{', '.join(parts)}]" if parts else ""
+    return attr_list((k, value_text(v)) for k, v in attrs.items())
 
 
 def graph_to_dot(graph: Graph) -> str:
@@ -253,14 +238,14 @@ def graph_to_dot(graph: Graph) -> str:
     """
     lines = [
         f"// normalised by turngraph from {graph.path} (sha256 {graph.source_hash[:12]})",
-        f"digraph {_quote(graph.name or 'turn')} {{",
+        f"digraph {quote(graph.name or 'turn')} {{",
     ]
     if graph.attrs:
         lines.append(f"    graph{_attrs(graph.attrs)};")
     for node in graph.nodes.values():
         attrs: dict[str, Value] = {**node.attrs, "handler": node.handler, "shape": node.shape}
         attrs["label"] = f"{node.label or node.id}\n[{node.handler}]"
-        lines.append(f"    {_quote(node.id)}{_attrs(attrs)};")
+        lines.append(f"    {quote(node.id)}{_attrs(attrs)};")
     for edge in graph.edges:
         eattrs: dict[str, Value] = dict(edge.attrs)
         if edge.condition is not None:
@@ -270,6 +255,6 @@ def graph_to_dot(graph: Graph) -> str:
             shown = [edge.label] if edge.label else []
             shown.append(f"if {edge.condition.source}")
             eattrs["label"] = "\n".join(shown)
-        lines.append(f"    {_quote(edge.src)} -> {_quote(edge.dst)}{_attrs(eattrs)};")
+        lines.append(f"    {quote(edge.src)} -> {quote(edge.dst)}{_attrs(eattrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
