@@ -20,6 +20,7 @@ BENCHMARKS: tuple[str, ...] = (
     "recall_memory",
     "peers",
     "llm_adapters",
+    "concurrent_streams",
     "ray_hop",
 )
 """Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""
