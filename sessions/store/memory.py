@@ -354,7 +354,8 @@ class MemoryStore:
     async def export(self, session_id: str) -> dict[str, Any]:
         """The signed export document of the whole session."""
         s = self._get(session_id)
-        return build_doc(s.meta, s.messages, s.turns, s.summaries, s.checkpoint, self._sign)
+        memory = self._memory.items(session_id) if self._memory is not None else ()
+        return build_doc(s.meta, s.messages, s.turns, s.summaries, s.checkpoint, self._sign, memory)
 
     async def import_(self, doc: Mapping[str, Any], *, replace: bool = False) -> SessionMeta:
         """Verify ``doc`` completely, then store it (``ImportRejected``)."""
@@ -366,6 +367,8 @@ class MemoryStore:
         meta = _replace(plan.meta, version)
         if old is not None and self._memory is not None:
             self._memory.forget(meta.id)  # a replaced session remembers nothing of the old
+        if plan.memory:
+            await self.memory.remember(plan.memory, session_id=meta.id)
         self._sessions[meta.id] = _Session(
             meta, list(plan.messages), list(plan.turns), list(plan.summaries), plan.checkpoint
         )

@@ -16,11 +16,13 @@ from engine.messages import MemoryItem
 from sessions.store.recall import RECALL_WINDOW, item_of, query_words, row_of
 
 __all__ = [
+    "INSERT_SQL",
     "MEMORY_CTE",
     "group_sql",
     "memory_params",
     "recall_sql",
     "recalled",
+    "remembered",
     "ts_query",
     "turn_sql",
 ]
@@ -52,6 +54,21 @@ def memory_params(turns: Sequence[tuple[str, str, Sequence[MemoryItem]]]) -> tup
     """:data:`MEMORY_CTE`'s parameters for ``(session_id, agent_id, items)`` triples."""
     rows = [(sid, agent, *row_of(item)) for sid, agent, items in turns for item in items]
     return tuple(list(col) for col in zip(*rows, strict=True)) if rows else ([],) * 5
+
+
+INSERT_SQL: Final = (
+    "INSERT INTO memory (session_id, agent_id, kind, text, meta) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+)
+"""Remember items outside a turn (:func:`memory_params`)."""
+
+
+async def remembered(c: Any, sid: str) -> tuple[MemoryItem, ...]:
+    """Everything ``sid`` remembered, oldest first."""
+    cur = await c.execute(
+        "SELECT kind, text, meta FROM memory WHERE session_id=%s ORDER BY id", (sid,)
+    )
+    return tuple(item_of(kind, text, meta, 0.0) for kind, text, meta in await cur.fetchall())
 
 
 def recall_sql(agent: bool) -> str:

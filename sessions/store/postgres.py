@@ -55,7 +55,14 @@ from sessions.store.pg_db import (
     wipe,
 )
 from sessions.store.pg_group import GroupWriter, WrittenRows
-from sessions.store.pg_memory import memory_params, recall_sql, recalled, ts_query, turn_sql
+from sessions.store.pg_memory import (
+    INSERT_SQL,
+    memory_params,
+    recall_sql,
+    recalled,
+    ts_query,
+    turn_sql,
+)
 from sessions.store.pg_read import PgReader
 from sessions.store.redact import redact_url
 from sessions.store.signing import Row, Signer, load_key
@@ -450,10 +457,7 @@ class PostgresStore:
             row = await one(c, "SELECT agent_id FROM sessions WHERE id=%s", (session_id,))
             if row is None:
                 raise SessionNotFound(session_id, "no such session")
-            sql = "INSERT INTO memory (session_id, agent_id, kind, text, meta) " + (
-                "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
-            )
-            await c.execute(sql, memory_params([(session_id, str(row[0]), items)]))
+            await c.execute(INSERT_SQL, memory_params([(session_id, str(row[0]), items)]))
 
     # ------------------------------------------------------------------ export
 
@@ -483,4 +487,7 @@ class PostgresStore:
             if plan.checkpoint is not None:
                 body, mac = checkpoint_body(sid, plan.checkpoint, signer, self.url)
                 await c.execute("INSERT INTO checkpoints VALUES (%s,%s,%s)", (sid, body, mac))
+            if plan.memory:
+                params = memory_params([(sid, state.agent_id, plan.memory)])
+                await c.execute(INSERT_SQL, params)
         return state.to_meta(self.url)

@@ -326,6 +326,8 @@ class SQLiteCore:
             self._insert(sid, rows)
             if plan.checkpoint is not None:
                 self._insert_checkpoint(sid, plan.checkpoint)
+            if plan.memory:
+                queue_memory(self.conn, sid, state.agent_id, plan.memory)
         return state.to_meta(self.url)
 
     # ------------------------------------------------------------------ plumbing

@@ -41,7 +41,7 @@ from sessions.store.recall import (
 )
 from sessions.store.sqlite_open import tx
 
-__all__ = ["index_pending", "queue", "recall", "remember", "wipe"]
+__all__ = ["index_pending", "queue", "recall", "remember", "remembered", "wipe"]
 
 _QUEUE: Final = "INSERT INTO memory_queue (session_id, agent_id, kind, text, meta) VALUES "
 _MATCH: Final = (
@@ -141,6 +141,17 @@ def recall(
     ranked = best(((r[0], score(r[4])) for r in rows), limit)
     by_id = {r[0]: r for r in rows}
     return tuple(item_of(by_id[i][3], by_id[i][4], by_id[i][5], s) for i, s in ranked)
+
+
+def remembered(conn: sqlite3.Connection, sid: str) -> tuple[MemoryItem, ...]:
+    """Everything ``sid`` remembered, oldest first (indexed, then still queued)."""
+    rows = conn.execute(
+        "SELECT kind, text, meta FROM memory WHERE session_id=? ORDER BY id", (sid,)
+    ).fetchall()
+    rows += conn.execute(
+        "SELECT kind, text, meta FROM memory_queue WHERE session_id=? ORDER BY id", (sid,)
+    ).fetchall()
+    return tuple(item_of(kind, text, meta, 0.0) for kind, text, meta in rows)
 
 
 def remember(conn: sqlite3.Connection, sid: str, items: Sequence[MemoryItem]) -> None:

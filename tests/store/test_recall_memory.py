@@ -342,3 +342,23 @@ async def test_remembering_outside_a_turn(store_url: str) -> None:
         assert (found.text, found.kind, dict(found.meta)) == ("otters hold hands", "fact", {"k": 1})
         with pytest.raises(SessionNotFound):
             await memory.remember([MemoryItem("lost")], session_id="nobody")
+
+
+async def test_an_export_carries_the_memory(store_url: str, tmp_path: Path) -> None:
+    """A session's recall memory travels in its signed export: imported (here after
+    the session was deleted), it is recalled again; an edited item is refused."""
+    from sessions.errors import ImportRejected
+
+    async with SessionManager(store_url, store_secret=SECRET) as manager:
+        await (await manager.get_or_create("trip")).send("the passport is in the blue drawer")
+        store = manager.store
+        doc = await store.export("trip")
+        assert [m["text"] for m in doc["memory"]] == ["the passport is in the blue drawer"]
+        await manager.delete("trip")
+        assert await store.recall_memory("passport", session_id="trip") == ()  # type: ignore[attr-defined]
+        edited = {**doc, "memory": [{**doc["memory"][0], "text": "the passport is lost"}]}
+        with pytest.raises(ImportRejected):
+            await store.import_(edited)
+        await store.import_(doc)
+        found = await store.recall_memory("where is the passport", session_id="trip")  # type: ignore[attr-defined]
+        assert _texts(found) == ["the passport is in the blue drawer"]
