@@ -10,8 +10,10 @@ key has it replaced before it becomes an error.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -63,7 +65,8 @@ def endpoint_host(url: str) -> str:
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """A response's ``Retry-After`` (seconds or an HTTP date; ``retry-after-ms`` too)."""
+    """A response's ``Retry-After`` (seconds or an HTTP date; ``retry-after-ms`` too);
+    ``None`` when absent or unreadable."""
     if not headers:
         return None
     ms = headers.get("retry-after-ms")
@@ -76,10 +79,18 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     if not raw:
         return None
     try:
-        return max(0.0, float(raw))
+        seconds = float(raw)
     except ValueError:
-        when = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
-        return None if when is None else max(0.0, when.timestamp() - time.time())
+        pass
+    else:  # "inf" or "nan" say no wait one could honour
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (ValueError, TypeError, IndexError):  # neither seconds nor a date: no wait known
+        return None
+    if when.tzinfo is None:  # "-0000": a UTC time of unknown origin
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _server_message(exc: BaseException) -> str:
