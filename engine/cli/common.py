@@ -23,9 +23,11 @@ __all__ = [
     "PROG",
     "Parser",
     "UsageError",
+    "add_llm_options",
     "check_output",
     "configure_logging",
     "err",
+    "model_of",
     "one_line",
     "print_json",
     "store_url",
@@ -113,3 +115,25 @@ def store_url(arg: str | None) -> str:
     from sessions.store import default_store_url
 
     return arg or default_store_url()
+
+
+def add_llm_options(p: argparse.ArgumentParser) -> None:
+    """``--llm SPEC`` and ``--llm-base-url URL``: every command that calls the model."""
+    p.add_argument(
+        "--llm",
+        metavar="SPEC",
+        help="echo (default), openai:MODEL or anthropic:MODEL (default: $TURNGRAPH_LLM)",
+    )
+    p.add_argument(
+        "--llm-base-url", metavar="URL", help="the model server (an OpenAI-compatible one...)"
+    )
+
+
+def model_of(args: argparse.Namespace) -> Any:
+    """The model ``--llm`` (else ``$TURNGRAPH_LLM``) names; ``None`` for the offline default."""
+    from handlers.adapters.spec import ENV_SPEC, from_spec
+
+    spec = args.llm or os.environ.get(ENV_SPEC) or "echo"
+    if spec.strip().lower() == "echo" and args.llm_base_url is None:
+        return None
+    return from_spec(spec, base_url=args.llm_base_url)

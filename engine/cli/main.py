@@ -57,9 +57,11 @@ from engine.cli.common import (
     PROG,
     Parser,
     UsageError,
+    add_llm_options,
     check_output,
     configure_logging,
     err,
+    model_of,
     one_line,
     print_json,
     store_url,
@@ -155,16 +157,6 @@ def _engine(registry: HandlerRegistry, verbose: bool, live: LivePrinter | None =
 
         observers.append(StructlogObserver())
     return Engine(registry, observers=observers)
-
-
-def _llm(args: argparse.Namespace) -> Any:
-    """The model ``--llm`` (else ``$TURNGRAPH_LLM``) names; ``None`` for the offline default."""
-    from handlers.adapters.spec import ENV_SPEC, from_spec
-
-    spec = args.llm or os.environ.get(ENV_SPEC) or "echo"
-    if spec.strip().lower() == "echo" and args.llm_base_url is None:
-        return None
-    return from_spec(spec, base_url=args.llm_base_url)
 
 
 def _live(llm: Any, as_json: bool, prefix: str = "") -> LivePrinter | None:
@@ -289,14 +281,7 @@ def _run_parser() -> Parser:
     p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
-    p.add_argument(
-        "--llm",
-        metavar="SPEC",
-        help="echo (default), openai:MODEL or anthropic:MODEL (default: $TURNGRAPH_LLM)",
-    )
-    p.add_argument(
-        "--llm-base-url", metavar="URL", help="the model server (an OpenAI-compatible one...)"
-    )
+    add_llm_options(p)
     return p
 
 
@@ -314,7 +299,7 @@ def _cmd_run(argv: Sequence[str]) -> int:
         return _run_session(args)
     from handlers import build_registry
 
-    llm = _llm(args)
+    llm = model_of(args)
     registry = build_registry() if llm is None else build_registry(llm=llm)
     if args.graph is None:
         from engine.loader import load_graph
@@ -501,7 +486,7 @@ def _run_session(args: argparse.Namespace) -> int:
     from sessions.store import validate_session_id
 
     validate_session_id(args.session)
-    args.llm_adapter = _llm(args)
+    args.llm_adapter = model_of(args)
     if args.graph is not None and "{" in args.graph and not os.path.exists(args.graph):
         from engine.errors import GraphFileError
 
