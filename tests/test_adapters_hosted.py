@@ -466,3 +466,4 @@ async def test_a_garbled_retry_after_is_still_a_rate_limit(server: LLMServer, va
     assert info.value.retry_after is None
     assert "sk-secret-key-123" not in str(info.value)
     assert retry_after_seconds({"retry-after": value}) is None
+    assert retry_after_seconds({"retry-after-ms": value, "retry-after": "2"}) == 2.0
