@@ -17,6 +17,7 @@ from sessions.store.codec import KIND_MESSAGE, KIND_SUMMARY, KIND_TURN
 from sessions.store.durable import (
     STATE_COLUMNS,
     StateRow,
+    check_index,
     latest_summary,
     messages_of,
     open_checkpoint,
@@ -44,7 +45,7 @@ class PgReader:
         row = await one(c, sql, (sid,))
         if row is None:
             raise SessionNotFound(sid, "no such session")
-        return StateRow.of(row).check(self.signer, self.url)
+        return StateRow.of(row, self.url).check(self.signer, self.url)
 
     async def load(self, sid: str, recent: int) -> LoadedSession:
         """Metadata, the last ``recent`` messages, latest summary and checkpoint, verified."""
@@ -157,4 +158,6 @@ class PgReader:
 
     def _check_whole(self, st: StateRow, rows: list[Row]) -> Parts:
         chain = self._verified(st, rows, 0, (st.record_count, st.head_mac))
-        return split_chain(chain, self.url, st.id)
+        parts = split_chain(chain, self.url, st.id)
+        check_index(self.url, st.id, ((r, k, key, p, m) for r, k, key, _, p, m in rows))
+        return parts

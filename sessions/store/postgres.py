@@ -222,7 +222,7 @@ class PostgresStore:
                 (max(0, limit), max(0, offset)),
             )
             rows = await cur.fetchall()
-        return tuple(listed_meta(StateRow.of(r), self._r.signer, self.url) for r in rows)
+        return tuple(listed_meta(r, self._r.signer, self.url) for r in rows)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""

@@ -25,7 +25,6 @@ from sessions.store.durable import (
     WRITTEN_COLUMNS,
     StateRow,
     checkpoint_body,
-    listed_meta,
     plan_import,
     plan_state,
     plan_summary,
@@ -197,10 +196,7 @@ class SQLiteCore:
 
     def list_sessions(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
         """Sessions by id, each row's MAC checked (a failing row is listed as tampered)."""
-        rows = self.conn.execute(
-            f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
-        ).fetchall()
-        return tuple(listed_meta(StateRow.of(r), self.signer, self.url) for r in rows)
+        return self.reads.listing(offset, limit)
 
     def delete(self, sid: str) -> bool:
         """Delete a session and its records, keeping its last version; False if absent."""
