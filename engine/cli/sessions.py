@@ -6,7 +6,10 @@ Only ``import`` may create the store; the other actions refuse a store that does
 exist (``no such store: PATH``), so a mistyped path makes no folders or empty database.
 ``list`` shows a session whose metadata fails verification as ``ID (TAMPERED)``
 (``"tampered": true`` with ``--json``, the id alone) and warns on stderr, so one edited
-row never hides the rest; ``show`` of that session is refused.
+row never hides the rest (a row whose values cannot even be decoded, such as a MAC
+stored as text or invalid UTF-8, is listed the same way).  ``list`` exits 0 when it
+could list the store, tampered sessions or not: the warning says which, and
+``show ID`` (or ``verify``) of such a session exits 2 naming the problem.
 """
 
 from __future__ import annotations
