@@ -27,6 +27,7 @@ from sessions.store.durable import (
 from sessions.store.export import Parts, sign_doc
 from sessions.store.pg_db import Conn, PgDatabase, one
 from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
+from sessions.store.witness import Witness
 
 __all__ = ["PgReader"]
 
@@ -36,16 +37,34 @@ _ROW: Final = "rseq, kind, key, body, prev_mac, mac"
 class PgReader:
     """Verified reads of the store in ``db``, signed with ``signer``."""
 
-    def __init__(self, url: str, db: PgDatabase, signer: Signer) -> None:
+    def __init__(
+        self, url: str, db: PgDatabase, signer: Signer, witness: Witness | None = None
+    ) -> None:
         self.url, self.db, self.signer = url, db, signer
+        self.witness = witness
+        """The rollback witness every verified state row is checked against, if any."""
 
     async def state(self, c: Conn, sid: str, *, lock: bool = False) -> StateRow:
-        """The session's row, its MAC verified (``lock``: ``FOR UPDATE``)."""
+        """The session's row, its MAC verified and checked against the rollback
+        witness (``lock``: ``FOR UPDATE``)."""
         sql = f"SELECT {STATE_COLUMNS} FROM sessions WHERE id=%s" + (" FOR UPDATE" if lock else "")
         row = await one(c, sql, (sid,))
+        witness = self.witness
         if row is None:
+            if witness is not None:
+                witness.check_missing(sid)
             raise SessionNotFound(sid, "no such session")
-        return StateRow.of(row, self.url).check(self.signer, self.url)
+        st = StateRow.of(row, self.url).check(self.signer, self.url)
+        if witness is not None:
+            at = witness.behind(sid, st.record_count)
+            mac = None
+            if at is not None:
+                found = await one(
+                    c, "SELECT mac FROM records WHERE session_id=%s AND rseq=%s", (sid, at)
+                )
+                mac = None if found is None else bytes(found[0])
+            witness.check(sid, st.record_count, st.head_mac, mac)
+        return st
 
     async def load(self, sid: str, recent: int) -> LoadedSession:
         """Metadata, the last ``recent`` messages, latest summary and checkpoint, verified."""

@@ -56,6 +56,7 @@ from sessions.store.pg_db import (
 from sessions.store.pg_group import GroupWriter, WrittenRows
 from sessions.store.pg_read import PgReader
 from sessions.store.signing import Row, Signer, load_key
+from sessions.store.witness import Witness, witness_path
 
 __all__ = ["PostgresStore"]
 
@@ -125,9 +126,14 @@ class PostgresStore:
         create: bool = True,
         group_commits: int = 2,
         clock: Clock = time.time,
+        witness: bool = False,
     ) -> None:
         """``group_commits`` is how many turn groups may run at once (0: every turn
-        takes the locked path, one transaction each); ``clock`` measures leases."""
+        takes the locked path, one transaction each); ``clock`` measures leases.
+        ``witness`` keeps the heads this machine committed in a rollback witness
+        (:mod:`sessions.store.witness`) keyed by the URL without its password: off by
+        default, because a store shared by many machines is only witnessed for the
+        sessions each one wrote (``TURNGRAPH_WITNESS=on`` turns it on)."""
         self.url = _redact(url)
         self._clock = clock
         self._secret = secret
@@ -136,6 +142,7 @@ class PostgresStore:
             self.url, url, max_connections=max_connections, timeout=connect_timeout, create=create
         )
         self._reader: PgReader | None = None
+        self._use_witness = witness
         self._written = WrittenRows()
         self._group = GroupWriter(self.url, self._written, self._db.group_connection, group_commits)
 
@@ -157,11 +164,22 @@ class PostgresStore:
         await self._db.open(self._group.group.size, before=self._load_key)
 
     def _load_key(self) -> None:
-        self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)))
+        witness = None
+        if self._use_witness:
+            witness = Witness(witness_path(self.url), self.url)
+            witness.open()
+        self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)), witness)
+        self._written.witness = witness
+
+    @property
+    def _witness(self) -> Witness | None:
+        return None if self._reader is None else self._reader.witness
 
     async def close(self) -> None:
         """Close the pools.  Idempotent."""
         await self._db.close()
+        if self._witness is not None:
+            self._witness.close()
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -203,8 +221,12 @@ class PostgresStore:
         async with self._db.tx() as c:
             if await one(c, "SELECT 1 FROM sessions WHERE id=%s", (meta.id,)):
                 raise SessionExists(meta.id, "a session with this id already exists")
+            if self._witness is not None:
+                self._witness.check_missing(meta.id)
             state.version = await first_version(c, meta.id)
             await insert_state(c, state)
+        if self._witness is not None:
+            self._witness.reset(meta.id)
         return state.to_meta(self.url)
 
     async def exists(self, session_id: str) -> bool:
@@ -229,7 +251,10 @@ class PostgresStore:
         validate_session_id(session_id)
         self._written.forget(session_id)
         async with self._db.tx() as c:
-            return await wipe(c, session_id)
+            deleted = await wipe(c, session_id)
+        if self._witness is not None:
+            self._witness.drop(session_id)
+        return deleted
 
     # ------------------------------------------------------------------ leases
 
@@ -428,4 +453,6 @@ class PostgresStore:
             if plan.checkpoint is not None:
                 body, mac = checkpoint_body(sid, plan.checkpoint, signer, self.url)
                 await c.execute("INSERT INTO checkpoints VALUES (%s,%s,%s)", (sid, body, mac))
+        if self._witness is not None:
+            self._witness.reset(sid, state.record_count, state.head_mac)
         return state.to_meta(self.url)

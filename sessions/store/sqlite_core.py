@@ -35,6 +35,7 @@ from sessions.store.lease import Clock, check_token, grant, lease_end, not_holde
 from sessions.store.signing import Row, Signer
 from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
+from sessions.store.witness import Witness
 
 __all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "RememberedRows", "SQLiteCore"]
 
@@ -63,11 +64,15 @@ class RememberedRows:
     recently used :data:`REMEMBERED_MAX` of them (rows are never modified: a write
     changes a copy).  Only a hint: see :meth:`SQLiteCore._swap`."""
 
-    def __init__(self) -> None:
+    def __init__(self, witness: Witness | None = None) -> None:
         self.rows: dict[str, StateRow] = {}
+        self.witness = witness
 
     def remember(self, st: StateRow) -> None:
-        """Keep ``st`` (written or verified, and committed) as its session's latest row."""
+        """Keep ``st`` (written or verified, and committed) as its session's latest row,
+        and tell the rollback witness its head."""
+        if self.witness is not None:
+            self.witness.seen(st.id, st.record_count, st.head_mac)
         rows = self.rows
         rows.pop(st.id, None)
         rows[st.id] = st
@@ -97,10 +102,12 @@ class SQLiteCore:
         clock: Clock,
         limits: ImportLimits,
         post: Callable[[Callable[[], None]], None],
+        witness: Witness | None = None,
     ) -> None:
         self.url, self.path, self.conn, self.signer = url, path, conn, signer
-        self.reads = SQLiteReader(url, conn, signer)
-        self.remembered = RememberedRows()
+        self.reads = SQLiteReader(url, conn, signer, witness)
+        self.remembered = RememberedRows(witness)
+        self.witness = witness
         self._clock, self._limits, self._post = clock, limits, post
         self._busy_ms = self._busy_now = busy_ms  # the wanted and the current busy timeout
         self._writes = 0  # write transactions since the last checkpoint was queued
@@ -185,8 +192,12 @@ class SQLiteCore:
         with self._write():
             if self.conn.execute("SELECT 1 FROM sessions WHERE id=?", (meta.id,)).fetchone():
                 raise SessionExists(meta.id, "a session with this id already exists")
+            if self.witness is not None:
+                self.witness.check_missing(meta.id)
             state.version = self._first_version(meta.id)
             self._insert_state(state)
+        if self.witness is not None:
+            self.witness.reset(meta.id)
         self.remembered.remember(state)
         return state.to_meta(self.url)
 
@@ -202,7 +213,10 @@ class SQLiteCore:
         """Delete a session and its records, keeping its last version; False if absent."""
         self.remembered.forget(sid)
         with self._write():
-            return self._wipe(sid)
+            deleted = self._wipe(sid)
+        if self.witness is not None:
+            self.witness.drop(sid)
+        return deleted
 
     def load(self, sid: str, recent: int) -> LoadedSession:
         """Load verified (see :meth:`SQLiteReader.load`) and remember the row."""
@@ -318,6 +332,8 @@ class SQLiteCore:
             self._insert(sid, rows)
             if plan.checkpoint is not None:
                 self._insert_checkpoint(sid, plan.checkpoint)
+        if self.witness is not None:
+            self.witness.reset(sid, state.record_count, state.head_mac)
         return state.to_meta(self.url)
 
     # ------------------------------------------------------------------ plumbing

@@ -30,6 +30,7 @@ from sessions.store.durable import (
 from sessions.store.export import sign_doc
 from sessions.store.signing import GENESIS, Chain, Signer, Slim, verify_span
 from sessions.store.sqlite_open import tx
+from sessions.store.witness import Witness
 
 __all__ = ["SQLiteReader"]
 
@@ -47,8 +48,12 @@ _NEXT_OF_KIND: Final = (
 class SQLiteReader:
     """Verified reads over one open connection, signed with ``signer``."""
 
-    def __init__(self, url: str, conn: sqlite3.Connection, signer: Signer) -> None:
+    def __init__(
+        self, url: str, conn: sqlite3.Connection, signer: Signer, witness: Witness | None = None
+    ) -> None:
         self.url, self.conn, self.signer = url, conn, signer
+        self.witness = witness
+        """The rollback witness every verified state row is checked against, if any."""
 
     @contextmanager
     def _read(self, sid: str) -> Iterator[None]:
@@ -106,9 +111,28 @@ class SQLiteReader:
             f"SELECT {STATE_COLUMNS} FROM sessions WHERE id=?", (sid,)
         ).fetchone()
         if row is None:
+            if self.witness is not None:
+                self.witness.check_missing(sid)
             raise SessionNotFound(sid, "no such session")
         state = StateRow.of(row, self.url)
-        return state.check(self.signer, self.url) if check else state
+        if not check:
+            return state
+        state.check(self.signer, self.url)
+        if self.witness is not None:
+            self._check_witness(self.witness, state)
+        return state
+
+    def _check_witness(self, witness: Witness, st: StateRow) -> None:
+        """:class:`~engine.errors.RolledBack` unless ``st`` is at or past its witnessed
+        head (one more read, of one MAC, only when the store is ahead of the witness)."""
+        at = witness.behind(st.id, st.record_count)
+        mac = None
+        if at is not None:
+            row = self.conn.execute(
+                "SELECT mac FROM records WHERE session_id=? AND rseq=?", (st.id, at)
+            ).fetchone()
+            mac = row[0] if row is not None and type(row[0]) is bytes else None
+        witness.check(st.id, st.record_count, st.head_mac, mac)
 
     def load(self, sid: str, recent: int) -> tuple[LoadedSession, StateRow]:
         """Metadata, the last ``recent`` messages, summary and checkpoint, verified; and
