@@ -79,6 +79,7 @@ class Witness:
         self._partial = b""
         self._found = True
         self._warned = False
+        self._compacted = 0  # the size of the last compaction's file: grow past twice it
 
     def open(self) -> None:
         """Open (creating if needed, mode 0600 in a 0700 directory) and read the file."""
@@ -124,13 +125,14 @@ class Witness:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_SH)
             try:
-                if os.stat(self.path).st_ino != self._ino:  # compacted by another process
+                st = os.fstat(self._fd)
+                if st.st_nlink == 0:  # replaced by another process's compaction
                     self._reopen()
+                    st = os.fstat(self._fd)
                 os.write(self._fd, line)
-                big = os.fstat(self._fd).st_size > COMPACT_BYTES
             finally:
                 fcntl.flock(self._lock, fcntl.LOCK_UN)
-            if big:
+            if st.st_size > max(COMPACT_BYTES, 2 * self._compacted):
                 self._compact()
         except OSError as exc:
             # The commit is done; a witness that lags only weakens its own check.
@@ -140,22 +142,27 @@ class Witness:
         """Rewrite the log as one ``R`` line per session (exclusive lock, atomic)."""
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
-            self._refresh()
-            lines = [b"R %s %d %s\n" % (s.encode(), n, m.hex().encode())
-                     for s, (n, m) in self._heads.items()]  # fmt: skip
+            if os.fstat(self._fd).st_nlink == 0:  # another process compacted first
+                self._reopen()
+            else:
+                self._refresh()
+            data = _HEADER + b"".join(
+                b"R %s %d %s\n" % (s.encode(), n, m.hex().encode())
+                for s, (n, m) in self._heads.items()
+            )
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, _HEADER + b"".join(lines))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+            self._compacted = len(data)
             self._reopen()
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
