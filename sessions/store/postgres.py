@@ -250,11 +250,12 @@ class PostgresStore:
         """Delete a session and all its records; False if it did not exist."""
         validate_session_id(session_id)
         self._written.forget(session_id)
-        async with self._db.tx() as c:
-            deleted = await wipe(c, session_id)
         if self._witness is not None:
+            # Before the commit: a crash in between leaves a witness that knows less
+            # (a weaker check), never one that misses a session still stored.
             self._witness.drop(session_id)
-        return deleted
+        async with self._db.tx() as c:
+            return await wipe(c, session_id)
 
     # ------------------------------------------------------------------ leases
 
@@ -439,6 +440,8 @@ class PostgresStore:
         plan = await anyio.to_thread.run_sync(parse_doc, doc, signer, self._limits, self.url)
         sid = plan.meta.id
         self._written.forget(sid)
+        if self._witness is not None and replace:
+            self._witness.drop(sid)  # before, as in delete: the new head is set after
         async with self._db.tx() as c:
             row = await one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
             if row is not None and not replace:

@@ -212,11 +212,12 @@ class SQLiteCore:
     def delete(self, sid: str) -> bool:
         """Delete a session and its records, keeping its last version; False if absent."""
         self.remembered.forget(sid)
-        with self._write():
-            deleted = self._wipe(sid)
         if self.witness is not None:
+            # Before the commit: a crash in between leaves a witness that knows less
+            # (a weaker check), never one that misses a session still stored.
             self.witness.drop(sid)
-        return deleted
+        with self._write():
+            return self._wipe(sid)
 
     def load(self, sid: str, recent: int) -> LoadedSession:
         """Load verified (see :meth:`SQLiteReader.load`) and remember the row."""
@@ -319,6 +320,8 @@ class SQLiteCore:
         plan = parse_doc(doc, self.signer, self._limits, self.url)
         sid = plan.meta.id
         self.remembered.forget(sid)
+        if self.witness is not None and replace:
+            self.witness.drop(sid)  # before, as in delete: the new head is set after
         with self._write():
             row = self.conn.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
             if row is not None and not replace:
