@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,6 +238,44 @@ async def test_two_stores_share_one_witness_and_compaction(
     for sid in ("s1", "s2"):
         err = await _rolled_back(url, sid)
         assert (err.witnessed, err.stored) == (45, 30)
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+_WRITER = """
+import sys, anyio
+from sessions.store import open_store, witness
+from tests.store import SECRET, fill
+witness.COMPACT_BYTES = 2048  # compact often, while the other process appends
+async def main() -> None:
+    async with open_store(sys.argv[1], secret=SECRET) as s:
+        await fill(s, sys.argv[2], 40)
+anyio.run(main)
+"""
+
+
+def _run_writers(url: str, sids: tuple[str, ...]) -> list[int]:
+    """Run one writer process per session at once; their exit codes."""
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, url, sid], cwd=_ROOT) for sid in sids]
+    return [p.wait(timeout=300) for p in procs]
+
+
+async def test_two_processes_share_the_witness(tmp_path: Path) -> None:
+    """Two processes append to one store's witness at once, each compacting it under
+    the exclusive lock while the other appends: neither loses the other's heads (no
+    false alarm, and both rollbacks are caught)."""
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    await _filled(url, 2, "s1", "s2")
+    _copy(db, tmp_path / "saved.db")
+    assert _run_writers(url, ("s1", "s2")) == [0, 0]
+    [log] = _witness_files(tmp_path)
+    assert log.stat().st_size < 2 * 2048  # compacted: not 80 turns of lines
+    async with open_store(url, secret=SECRET) as s:
+        assert [(await s.load(sid)).meta.turn_count for sid in ("s1", "s2")] == [42, 42]
+    _put_back(tmp_path / "saved.db", db)
+    for sid in ("s1", "s2"):
+        err = await _rolled_back(url, sid)
+        assert (err.witnessed, err.stored) == (126, 6)
 
 
 def test_torn_and_foreign_lines_are_skipped(tmp_path: Path) -> None:
