@@ -33,6 +33,8 @@ from sessions.store.durable import (
 from sessions.store.export import ImportLimits, already_exists, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.signing import Row, Signer
+from sessions.store.sqlite_memory import queue as queue_memory
+from sessions.store.sqlite_memory import wipe as wipe_memory
 from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
 from sessions.store.witness import Witness
@@ -273,6 +275,8 @@ class SQLiteCore:
 
         with self._write():
             st = self._advance(sid, token, change)
+            if commit.memory:
+                queue_memory(self.conn, sid, st.agent_id, commit.memory)
             # A turn's commit ends its checkpoint, whoever saved it: a save does not
             # change the session row, so nothing here could prove there is none.
             self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
@@ -335,6 +339,8 @@ class SQLiteCore:
             self._insert(sid, rows)
             if plan.checkpoint is not None:
                 self._insert_checkpoint(sid, plan.checkpoint)
+            if plan.memory:
+                queue_memory(self.conn, sid, state.agent_id, plan.memory)
         if self.witness is not None:
             self.witness.reset(sid, state.record_count, state.head_mac)
         return state.to_meta(self.url)
@@ -426,6 +432,7 @@ class SQLiteCore:
         )
         self.conn.execute("DELETE FROM records WHERE session_id=?", (sid,))
         self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+        wipe_memory(self.conn, sid)
         return self.conn.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0
 
 

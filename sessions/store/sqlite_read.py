@@ -29,6 +29,7 @@ from sessions.store.durable import (
 )
 from sessions.store.export import sign_doc
 from sessions.store.signing import GENESIS, Chain, Signer, Slim, verify_span
+from sessions.store.sqlite_memory import remembered
 from sessions.store.sqlite_open import tx
 from sessions.store.witness import Witness
 
@@ -184,8 +185,9 @@ class SQLiteReader:
         """The signed export document of the whole session (verified as it is read)."""
         with self._read(sid):
             st, data, cp = self._whole(sid)
+            memory = remembered(self.conn, sid)
         parts = split_chain(data, self.url, sid)
-        return sign_doc(st.to_meta(self.url), parts, cp, self.signer)
+        return sign_doc(st.to_meta(self.url), parts, cp, self.signer, memory)
 
     def _whole(self, sid: str) -> tuple[StateRow, Chain, Checkpoint | None]:
         st = self.state(sid)
