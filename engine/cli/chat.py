@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,14 +48,11 @@ PROMPT = "you> "
 REPLY = "bot> "
 
 
-class Leave(BaseException):
-    """SIGTERM or SIGHUP: leave the chat, releasing the session, with ``code``.
+class Leave(SystemExit):
+    """SIGTERM or SIGHUP: leave the chat, releasing the session, with exit ``code``.
 
-    A BaseException so that no ``except Exception`` on the way out swallows it."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"signal {code - 128}")
-        self.code = code
+    A :class:`SystemExit` so that no ``except Exception`` on the way out swallows it,
+    and the command line turns it into its exit code wherever it surfaces."""
 
 
 def run_chat(args: argparse.Namespace, llm: Any) -> int:
@@ -64,19 +61,20 @@ def run_chat(args: argparse.Namespace, llm: Any) -> int:
 
     live = live_printer(llm, False, prefix=REPLY)
     manager = session_manager(args, llm, live)
-    with _signals() as left, Prompt(history_path()) as prompt:
+    with _signals() as left, Prompt(history_path()) as prompt, start_blocking_portal() as portal:
         try:
-            with start_blocking_portal() as portal:
+            with portal.wrap_async_context_manager(manager):
+                chat = _Chat(portal, manager, prompt, live)
                 try:
-                    with portal.wrap_async_context_manager(manager):
-                        chat = _Chat(portal, manager, prompt, live)
-                        code = chat.run(args.session)
-                finally:
-                    _closing(portal, llm)
-        except Leave as exc:
-            return exc.code
-        # A signal that came while the chat was closing is honoured, not lost.
-        return left[0] if left else code
+                    code = chat.run(args.session)
+                except Leave as exc:  # caught here, so the manager closes normally
+                    code = int(exc.code or 0)
+                except KeyboardInterrupt:  # Ctrl-C again while a turn was stopping
+                    code = EXIT_INTERRUPTED
+        finally:
+            _closing(portal, llm)
+    # A signal that came while the chat was closing is honoured, not lost.
+    return left[0] if left and code == 0 else code
 
 
 def _closing(portal: BlockingPortal, llm: Any) -> None:
@@ -141,67 +139,81 @@ class _Chat:
                 continue
             if line is None:
                 return 0
-            if not line.strip():
-                continue
-            item = slash.parse(line)
-            if isinstance(item, slash.Command):
-                if item.leaves:
-                    return 0
-                print(self.portal.call(slash.run, item, session))
-                continue
             try:
-                text = checked_message(item, "chat")
-            except BadMessage as exc:
-                self.prompt.forget_last()
-                err(str(exc))
-                continue
-            self._turn(text)
+                if self._handle(line):
+                    return 0
+            except KeyboardInterrupt:  # between the prompt and a turn: as at the prompt
+                print("\n(interrupted)", file=sys.stderr)
+
+    def _handle(self, line: str) -> bool:
+        """Run the command or turn ``line`` asks for; whether the chat ends."""
+        if not line.strip():
+            return False
+        item = slash.parse(line)
+        if isinstance(item, slash.Command):
+            if item.leaves:
+                return True
+            out = self._cancellable(slash.run, item, self.session)
+            print("(cancelled)" if out is None else out)
+            return False
+        try:
+            text = checked_message(item, "chat")
+        except BadMessage as exc:
+            self.prompt.forget_last()
+            err(str(exc))
+            return False
+        self._turn(text)
+        return False
+
+    def _cancellable(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``fn(*args)`` run on the loop; Ctrl-C cancels it and waits until it has
+        unwound (a second Ctrl-C meanwhile leaves the chat); ``None`` if cancelled."""
+        call = _Cancellable(fn, args)
+        future: Future[Any] = self.portal.start_task_soon(call.run)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            self.portal.call(call.cancel)
+            future.result()
+            return None
 
     def _turn(self, text: str) -> None:
-        """Run one turn; Ctrl-C cancels it (a second Ctrl-C while it stops: leave)."""
+        """Run one turn and print its reply; Ctrl-C cancels it, committing nothing."""
         from engine.cli.main import print_reply, run_failure_line
 
         live = self.live
         if live is not None:
             live.reset()
-        turn = _Turn(self.session, text)
-        future: Future[Any] = self.portal.start_task_soon(turn.run)
-        try:
-            result = future.result()
-        except KeyboardInterrupt:
-            self.portal.call(turn.cancel)
-            future.result()  # the turn unwinds: the session is idle again
-            if live is not None:
-                live.end_line()
+        result = self._cancellable(self.session.send, text)
+        if live is not None and (result is None or not result.ok):
+            live.end_line()
+        if result is None:
             err("(turn cancelled: nothing was committed)")
-            return
-        if result.ok:
+        elif result.ok:
             print_reply(result.reply, live, REPLY)
         else:
-            if live is not None:
-                live.end_line()
             err(run_failure_line(self.session.turn_graph, result.error, result.status))
 
 
-class _Turn:
-    """One turn that the main thread can cancel; both methods run on the loop."""
+class _Cancellable:
+    """A call the main thread can cancel; both methods run on the loop."""
 
-    def __init__(self, session: Any, text: str) -> None:
-        self.session = session
-        self.text = text
+    def __init__(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
         self.scope: anyio.CancelScope | None = None
         self.cancelled = False
 
     async def run(self) -> Any:
-        """The turn's result; ``None`` when it was cancelled."""
+        """The call's result; ``None`` when it was cancelled."""
         with anyio.CancelScope() as self.scope:
-            if self.cancelled:  # Ctrl-C came before the turn started
+            if self.cancelled:  # Ctrl-C came before it started
                 self.scope.cancel()
-            return await self.session.send(self.text)
+            return await self.fn(*self.args)
         return None
 
     def cancel(self) -> None:
-        """Cancel the turn, started or not."""
+        """Cancel the call, started or not."""
         self.cancelled = True
         if self.scope is not None:
             self.scope.cancel()

@@ -8,11 +8,12 @@ module importing from it would load a second copy (and its own ``UsageError``).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
 import sys
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from engine.errors import GraphValidationError, TurngraphError
 
@@ -27,6 +28,7 @@ __all__ = [
     "PROG",
     "BadMessage",
     "Parser",
+    "QuietPipe",
     "UsageError",
     "check_output",
     "checked_message",
@@ -36,6 +38,7 @@ __all__ = [
     "one_line",
     "print_json",
     "read_stdin_message",
+    "silence_stdout",
     "store_url",
 ]
 
@@ -203,3 +206,42 @@ def lease_ttl() -> float | None:
             "between 0.1 and 86400"
         )
     return ttl
+
+
+def silence_stdout() -> None:
+    """Point standard output at the null device: its reader has gone (``... | head -1``),
+    and what is still written (or buffered) must neither fail nor be reported."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    finally:
+        os.close(null)
+
+
+class QuietPipe(io.TextIOBase):
+    """``stream`` (standard output) for text written from inside a run, such as a reply
+    printed by an observer as it streams: when the reader has gone, standard output is
+    silenced (:func:`silence_stdout`) instead of the write failing the observer."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def writable(self) -> bool:
+        """Always: it is an output stream."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Write ``text``; nothing fails when the reader has gone."""
+        try:
+            self._stream.write(text)
+        except BrokenPipeError:
+            silence_stdout()
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush; nothing fails when the reader has gone."""
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            silence_stdout()

@@ -51,6 +51,7 @@ from engine.cli.common import (
     JSON_KEYS,
     PROG,
     Parser,
+    QuietPipe,
     UsageError,
     check_output,
     checked_message,
@@ -60,6 +61,7 @@ from engine.cli.common import (
     one_line,
     print_json,
     read_stdin_message,
+    silence_stdout,
     store_url,
 )
 from engine.errors import TurngraphError
@@ -169,9 +171,12 @@ def live_printer(llm: Any, as_json: bool, prefix: str = "") -> LivePrinter | Non
     """A printer of streamed text, for a model that streams and output that is not JSON."""
     if llm is None or as_json or not hasattr(llm, "respond"):
         return None
+    from typing import TextIO, cast
+
     from engine.cli.views import LivePrinter
 
-    return LivePrinter(prefix=prefix)
+    # A reader that leaves (`| head -1`) must not fail the observer: stdout goes quiet.
+    return LivePrinter(out=cast("TextIO", QuietPipe(sys.stdout)), prefix=prefix)
 
 
 def print_reply(reply: Any, live: LivePrinter | None, prefix: str = "") -> None:
@@ -578,7 +583,7 @@ def program() -> int:
         code = 0
     if _stdout_closed():
         # Python would report the unflushable stdout at exit; point it at /dev/null.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
     return code
 
 

@@ -10,15 +10,25 @@ escape sequences into output that a script reads.
 
 Ctrl-C at the prompt clears the line; a second Ctrl-C in a row (with nothing entered
 in between) leaves, as Node's REPL does.  Ctrl-D leaves.
+
+Python's readline waits for a key in ``select()`` and looks for signals only when that
+wait is interrupted, so a Ctrl-C that lands after the prompt is drawn but before the
+wait starts would be noticed only at the next key.  :class:`_Kicker` closes that gap:
+told of each SIGINT through :func:`signal.set_wakeup_fd`, it interrupts the main
+thread's wait a few times with SIGUSR1 (whose handler does nothing), so the pending
+Ctrl-C is handled at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
+from typing import Any
 
 __all__ = ["HISTORY_FILE", "HISTORY_LENGTH", "Interrupted", "Prompt"]
 
@@ -47,12 +57,15 @@ class Prompt:
         self.interactive = interactive
         self.history = history
         self._readline: ModuleType | None = None
+        self._kicker: _Kicker | None = None
         self._loaded = 0
         self._interrupts = 0
 
     def __enter__(self) -> Prompt:
         if self.interactive:
             self._readline = _import_readline()
+        if self._readline is not None:
+            self._kicker = _Kicker().start()
         rl = self._readline
         if rl is not None and self.history is not None:
             rl.set_history_length(HISTORY_LENGTH)
@@ -62,6 +75,9 @@ class Prompt:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._kicker is not None:
+            self._kicker.stop()
+            self._kicker = None
         self.save()
 
     def save(self) -> None:
@@ -119,3 +135,49 @@ def _import_readline() -> ModuleType | None:
     except ImportError:
         return None
     return readline
+
+
+class _Kicker:
+    """Interrupts the main thread's wait for a key after each SIGINT (see the module
+    docstring), from a daemon thread; only while the prompt is in use."""
+
+    KICKS = 20
+    PAUSE = 0.01  # seconds between kicks: the gap it closes is far shorter
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self._main = threading.main_thread().ident or 0
+        self._old_fd = -1
+        self._old_usr1: Any = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="chat-sigint", daemon=True)
+
+    def start(self) -> _Kicker:
+        """Take the wakeup fd and SIGUSR1 (main thread only); start watching."""
+        os.set_blocking(self._write, False)
+        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._old_usr1 = signal.signal(signal.SIGUSR1, _ignore)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Give the wakeup fd back, end the watcher, then give SIGUSR1 back (a kick
+        after that would kill the process)."""
+        signal.set_wakeup_fd(self._old_fd)
+        self._stopped.set()
+        os.close(self._write)  # the watcher reads end of file
+        self._thread.join()
+        os.close(self._read)
+        signal.signal(signal.SIGUSR1, self._old_usr1)
+
+    def _watch(self) -> None:
+        while data := os.read(self._read, 64):
+            if signal.SIGINT in data:
+                for _ in range(self.KICKS):
+                    if self._stopped.wait(self.PAUSE):
+                        return
+                    signal.pthread_kill(self._main, signal.SIGUSR1)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """SIGUSR1 only interrupts a wait; nothing to do."""
