@@ -3,7 +3,9 @@
 ::
 
     python -m engine.run [GRAPH.dot] -m TEXT [--json] [-v]  one turn, offline adapters
+                                                            (-m -: the message from stdin)
     python -m engine.run [GRAPH.dot] [-v]                   chat: an in-memory session
+                                                            (see :mod:`engine.cli.chat`)
     python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL]
                                                             a turn (or a chat) of a stored
                                                             session, created if new
@@ -27,8 +29,11 @@ The store defaults to ``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME`
 
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
-corrupt or tampered store or export, Graphviz missing for images); 130 interrupted;
-70 an internal bug.  Errors are one line on stderr (``path:line:col: error: ...`` for
+corrupt or tampered store or export, Graphviz missing for images, a message with
+control characters or bytes that are not UTF-8); 130 interrupted; 143 and 129 a chat
+ended by SIGTERM or SIGHUP; 70 an internal bug.  A closed pipe on stdout is quiet (0).
+``--json`` prints the keys :data:`~engine.cli.common.JSON_KEYS`, with or without a
+session; ``$TURNGRAPH_LEASE_TTL`` sets the lease of a stored session's turn or chat.  Errors are one line on stderr (``path:line:col: error: ...`` for
 graphs), never a traceback (``-v`` adds one for internal bugs, and node logs).
 
 Start-up is kept short by importing rich, the handlers and the session machinery only
