@@ -33,8 +33,9 @@ corrupt or tampered store or export, Graphviz missing for images, a message with
 control characters or bytes that are not UTF-8); 130 interrupted; 143 and 129 a chat
 ended by SIGTERM or SIGHUP; 70 an internal bug.  A closed pipe on stdout is quiet (0).
 ``--json`` prints the keys :data:`~engine.cli.common.JSON_KEYS`, with or without a
-session; ``$TURNGRAPH_LEASE_TTL`` sets the lease of a stored session's turn or chat.  Errors are one line on stderr (``path:line:col: error: ...`` for
-graphs), never a traceback (``-v`` adds one for internal bugs, and node logs).
+session; ``$TURNGRAPH_LEASE_TTL`` sets the lease of a stored session's turn or chat.
+Errors are one line on stderr (``path:line:col: error: ...`` for graphs), never a
+traceback (``-v`` adds one for internal bugs, and node logs).
 
 Start-up is kept short by importing rich, the handlers and the session machinery only
 in the commands that use them.  Only this module configures structlog.
