@@ -150,15 +150,19 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 
 
 async def _sessions_show(args: argparse.Namespace) -> int:
+    from sessions.usage import stored_usage
+
     last = max(1, args.last)
     async with _existing_store(args) as store:
         checked = await store.verify(args.id)  # tampering is an error, not a display
         loaded = await store.load(args.id, recent=last)
         meta = loaded.meta
         turns = await store.turns(args.id, max(0, meta.turn_count - last), last)
+        usage = (await stored_usage(store, args.id)).to_dict()  # every turn, not --last
     if args.json:
         doc = _meta_dict(meta)
         doc["verified_records"] = checked
+        doc["usage"] = usage
         doc["messages_shown"] = [
             {"seq": m.seq, "role": m.role, "content": m.content, "turn": m.turn}
             for m in loaded.recent
@@ -170,6 +174,10 @@ async def _sessions_show(args: argparse.Namespace) -> int:
         print_json(doc)
         return 0
     _print_session(meta, loaded.recent, turns, checked)
+    if usage["calls"]:
+        from engine.cli.views import print_renderable, usage_table
+
+        print_renderable(usage_table(usage, title=f"usage · {usage['turns']} turns"))
     return 0
 
 
