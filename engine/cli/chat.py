@@ -12,7 +12,10 @@ the main thread, which is where signals arrive:
   closes the session manager first, which releases the lease, so another process can
   take the session at once.
 
-Lines that start with ``/`` are commands (:mod:`engine.cli.slash`).
+Each turn runs through :meth:`Session.stream <sessions.Session.stream>`, so a streaming
+model's reply is printed as it arrives, and cancelling the turn unwinds the stream (the
+turn is not committed).  Lines that start with ``/`` are commands
+(:mod:`engine.cli.slash`).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def run_chat(args: argparse.Namespace, llm: Any) -> int:
     from engine.cli.main import live_printer, session_manager
 
     live = live_printer(llm, False, prefix=REPLY)
-    manager = session_manager(args, llm, live)
+    manager = session_manager(args, llm, None)  # the chat feeds `live` from the stream
     with _signals() as left, Prompt(history_path()) as prompt, start_blocking_portal() as portal:
         try:
             with portal.wrap_async_context_manager(manager):
@@ -184,7 +187,7 @@ class _Chat:
         live = self.live
         if live is not None:
             live.reset()
-        result = self._cancellable(self.session.send, text)
+        result = self._cancellable(_streamed, self.session, text, live)
         if live is not None and (result is None or not result.ok):
             live.end_line()
         if result is None:
@@ -193,6 +196,20 @@ class _Chat:
             print_reply(result.reply, live, REPLY)
         else:
             err(run_failure_line(self.session.turn_graph, result.error, result.status))
+
+
+async def _streamed(session: Any, text: str, live: LivePrinter | None) -> Any:
+    """One turn through ``session.stream``: its text printed by ``live`` as it arrives;
+    the :class:`~sessions.TurnResult`.  Cancelled, the stream unwinds the turn."""
+    from sessions import TurnResult
+
+    async with session.stream(text) as events:
+        async for event in events:
+            if isinstance(event, TurnResult):
+                return event
+            if live is not None:
+                live(event)
+    raise AssertionError("a turn stream ends with its TurnResult")
 
 
 class _Cancellable:
