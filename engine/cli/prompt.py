@@ -13,10 +13,10 @@ in between) leaves, as Node's REPL does.  Ctrl-D leaves.
 
 Python's readline waits for a key in ``select()`` and looks for signals only when that
 wait is interrupted, so a Ctrl-C that lands after the prompt is drawn but before the
-wait starts would be noticed only at the next key.  :class:`_Kicker` closes that gap:
-told of each SIGINT through :func:`signal.set_wakeup_fd`, it interrupts the main
-thread's wait a few times with SIGUSR1 (whose handler does nothing), so the pending
-Ctrl-C is handled at once.
+wait starts would be noticed only at the next key (so would SIGTERM and SIGHUP).
+:class:`_Kicker` closes that gap: told of each signal through
+:func:`signal.set_wakeup_fd`, it interrupts the main thread's wait a few times with
+SIGUSR1 (whose handler does nothing), so the pending signal is handled at once.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _import_readline() -> ModuleType | None:
 
 
 class _Kicker:
-    """Interrupts the main thread's wait for a key after each SIGINT (see the module
+    """Interrupts the main thread's wait for a key after each signal (see the module
     docstring), from a daemon thread; only while the prompt is in use."""
 
     KICKS = 20
@@ -172,7 +172,7 @@ class _Kicker:
 
     def _watch(self) -> None:
         while data := os.read(self._read, 64):
-            if signal.SIGINT in data:
+            if data.strip(bytes([signal.SIGUSR1])):  # SIGINT, SIGTERM, SIGHUP: not a kick
                 for _ in range(self.KICKS):
                     if self._stopped.wait(self.PAUSE):
                         return
