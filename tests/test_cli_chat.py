@@ -277,6 +277,23 @@ def test_ctrl_c_during_a_turn_cancels_it(
     assert "slow question" not in messages and messages[-1] == "again"
 
 
+def test_sigterm_during_a_turn_cancels_it_and_leaves(
+    terminals: list[Terminal], home: Path, slow_model: LLMServer
+) -> None:
+    """SIGTERM while the model thinks: the turn is cancelled (not waited for), nothing
+    is committed, the lease is released, exit 143."""
+    llm = ("--llm", "openai:m", "--llm-base-url", slow_model.url)
+    t = chat(terminals, home, "--session", "s1", *llm, TURNGRAPH_LEASE_TTL="600")
+    t.line("slow question")
+    _wait_for_request(slow_model, 1)
+    t.proc.send_signal(signal.SIGTERM)
+    assert t.wait() == 128 + signal.SIGTERM
+    assert "Traceback" not in t.screen()
+    assert turn_count(home, "s1") == 0
+    other = run(home, "-m", "next", "--session", "s1", TURNGRAPH_LEASE_TTL="600")
+    assert other.returncode == 0, other.stderr
+
+
 # --------------------------------------------------------------------------- leases
 
 

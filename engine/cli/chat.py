@@ -21,6 +21,7 @@ turn is not committed).  Lines that start with ``/`` are commands
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -170,15 +171,19 @@ class _Chat:
 
     def _cancellable(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """``fn(*args)`` run on the loop; Ctrl-C cancels it and waits until it has
-        unwound (a second Ctrl-C meanwhile leaves the chat); ``None`` if cancelled."""
+        unwound (a second Ctrl-C meanwhile leaves the chat); ``None`` if cancelled.
+        SIGTERM and SIGHUP cancel it too, then leave."""
         call = _Cancellable(fn, args)
         future: Future[Any] = self.portal.start_task_soon(call.run)
         try:
             return future.result()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Leave) as exc:
             self.portal.call(call.cancel)
-            future.result()
-            return None
+            if isinstance(exc, Leave):  # leaving: the turn must not hold up the exit
+                with contextlib.suppress(Exception):
+                    future.result()
+                raise
+            return future.result()  # None, or its result if it finished first
 
     def _turn(self, text: str) -> None:
         """Run one turn and print its reply; Ctrl-C cancels it, committing nothing."""
