@@ -216,21 +216,23 @@ def test_history_recalls_lines_and_outlives_the_chat(terminals: list[Terminal], 
 
 
 def test_ctrl_c_at_the_prompt_clears_the_line(terminals: list[Terminal], home: Path) -> None:
-    """Ctrl-C drops the half-typed line and prompts again; twice in a row leaves (130)."""
+    """Ctrl-C drops the half-typed line and prompts again (as often as wanted); on an
+    empty line it says how to leave, and a second one there leaves (130)."""
     t = chat(terminals, home, TURN)
-    t.expect("you> ")
-    t.type("half typed")
-    t.expect("half typed")
-    t.type("\x03")
-    t.expect("line cleared")
+    for typed in ("half typed", "more"):
+        t.expect("you> ")
+        t.type(typed)
+        t.expect(typed)
+        t.type("\x03")
+        t.expect("(line cleared)")
     t.line("next")
     t.expect("bot> echo: next")
     t.line("/history")
     shown = t.expect("[1] bot> echo: next")
-    assert "half typed" not in shown and "[1] you> next" in shown
+    assert "half typed" not in shown and "more" not in shown and "[1] you> next" in shown
     t.expect("you> ")
     t.type("\x03")
-    t.expect("line cleared")
+    t.expect("(Ctrl-C again, Ctrl-D or /quit to leave)")
     t.type("\x03")
     assert t.wait() == 130
     assert "Traceback" not in t.screen()
@@ -342,7 +344,7 @@ def test_leaving_releases_the_lease(
     t.expect("you> ")
     if how == "ctrl-c":
         t.type("\x03")
-        t.expect("line cleared")
+        t.expect("Ctrl-C again")
         t.type("\x03")
     else:
         t.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGHUP)

@@ -6,8 +6,8 @@ not only during a turn, so while the prompt waits the session manager keeps rene
 the session's lease and a chat left idle still owns its session.  The prompt blocks
 the main thread, which is where signals arrive:
 
-* Ctrl-C at the prompt clears the line (twice in a row: leave, exit 130); during a
-  turn it cancels that turn (nothing is committed, the session is idle again).
+* Ctrl-C at the prompt clears the line (twice on an empty line: leave, exit 130);
+  during a turn it cancels that turn (nothing is committed, the session is idle again).
 * Ctrl-D, ``/quit``, SIGTERM (exit 143) and SIGHUP (exit 129) leave; every way out
   closes the session manager first, which releases the lease, so another process can
   take the session at once.
@@ -139,7 +139,8 @@ class _Chat:
                 if exc.leave:
                     print(file=sys.stderr)
                     return EXIT_INTERRUPTED
-                print("\n(line cleared; Ctrl-C again, Ctrl-D or /quit to leave)", file=sys.stderr)
+                hint = "line cleared" if exc.typed else "Ctrl-C again, Ctrl-D or /quit to leave"
+                print(f"\n({hint})", file=sys.stderr)
                 continue
             if line is None:
                 return 0

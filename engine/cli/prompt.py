@@ -8,8 +8,8 @@ private (mode 0600: it holds what was typed) and at most ``HISTORY_LENGTH`` line
 Off a terminal (a pipe, a file) :mod:`readline` is not even imported, so it writes no
 escape sequences into output that a script reads.
 
-Ctrl-C at the prompt clears the line; a second Ctrl-C in a row (with nothing entered
-in between) leaves, as Node's REPL does.  Ctrl-D leaves.
+Ctrl-C at the prompt clears the line; on an empty line it says how to leave, and a
+second one there leaves, as Node's REPL does.  Ctrl-D leaves.
 
 Python's readline waits for a key in ``select()`` and looks for signals only when that
 wait is interrupted, so a Ctrl-C that lands after the prompt is drawn but before the
@@ -37,10 +37,12 @@ HISTORY_LENGTH = 1000
 
 
 class Interrupted(Exception):
-    """Ctrl-C at the prompt: the line was dropped (``leave``: the second one in a row)."""
+    """Ctrl-C at the prompt: ``typed`` text was dropped, or the line was empty (then
+    ``leave`` says whether it was the second time in a row)."""
 
-    def __init__(self, leave: bool) -> None:
+    def __init__(self, typed: bool, leave: bool) -> None:
         super().__init__("interrupted")
+        self.typed = typed
         self.leave = leave
 
 
@@ -113,8 +115,10 @@ class Prompt:
             print(file=sys.stderr)
             return None
         except KeyboardInterrupt:
-            self._interrupts += 1
-            raise Interrupted(leave=self._interrupts > 1) from None
+            # readline still holds the dropped line: text typed is only cleared.
+            typed = bool(self._readline and self._readline.get_line_buffer())
+            self._interrupts = 0 if typed else self._interrupts + 1
+            raise Interrupted(typed, leave=self._interrupts > 1) from None
         self._interrupts = 0
         return line
 
