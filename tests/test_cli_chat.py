@@ -309,17 +309,17 @@ def _lease_expires(home: Path, session: str) -> float:
 
 
 def test_an_idle_chat_keeps_its_lease(terminals: list[Terminal], home: Path) -> None:
-    """With a 1 s lease, a chat idle for several lease lengths still owns its session:
+    """With a 2 s lease, a chat idle for several lease lengths still owns its session:
     another process is refused as busy, and the chat's next line works."""
-    t = chat(terminals, home, "--session", "s1", TURNGRAPH_LEASE_TTL="1")
+    t = chat(terminals, home, "--session", "s1", TURNGRAPH_LEASE_TTL="2")
     t.line("hello")
     t.expect("bot> echo: hello")
     t.expect("you> ")
-    time.sleep(3.5)  # idle at the prompt for more than three lease lengths
+    time.sleep(7)  # idle at the prompt for more than three lease lengths
     now = time.time()
     expires = _lease_expires(home, "s1")
-    assert now < expires <= now + 1.5  # renewed while idle, by the short TTL
-    other = run(home, "-m", "intruder", "--session", "s1", TURNGRAPH_LEASE_TTL="1")
+    assert now < expires <= now + 2.5  # renewed while idle, by the short TTL
+    other = run(home, "-m", "intruder", "--session", "s1", TURNGRAPH_LEASE_TTL="2")
     assert other.returncode == 2
     assert "session 's1': leased by" in other.stderr and "Traceback" not in other.stderr
     t.type("still mine\r")
