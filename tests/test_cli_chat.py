@@ -186,8 +186,10 @@ def test_arrow_keys_edit_the_line(terminals: list[Terminal], home: Path) -> None
 
 
 def test_history_recalls_lines_and_outlives_the_chat(terminals: list[Terminal], home: Path) -> None:
-    """Up arrow recalls the last lines; they are saved in a private file; the next chat
-    finds them with Ctrl-R."""
+    """Up arrow recalls the last lines; they are saved in a private file (the last
+    1000 lines); the next chat finds them with Ctrl-R."""
+    history = home / "chat_history"
+    history.write_text("".join(f"old {i}\n" for i in range(1000)))
     t = chat(terminals, home, TURN)
     t.line("first line")
     t.expect("bot> echo: first line")
@@ -197,9 +199,9 @@ def test_history_recalls_lines_and_outlives_the_chat(terminals: list[Terminal], 
     t.expect("bot> echo: first line")
     t.line("/quit")
     assert t.wait() == 0
-    history = home / "chat_history"
     assert stat.S_IMODE(history.stat().st_mode) == 0o600
     lines = history.read_text().splitlines()
+    assert len(lines) == 1000 and lines[0] == "old 4"
     assert lines[-4:] == ["first line", "second", "first line", "/quit"]
 
     t = chat(terminals, home, TURN)

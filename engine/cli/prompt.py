@@ -99,10 +99,8 @@ class Prompt:
                 os.fchmod(fd, 0o600)
             finally:
                 os.close(fd)
-            if self._loaded + new < HISTORY_LENGTH:
-                rl.append_history_file(new, path)
-            else:  # rewritten whole, which keeps the file to HISTORY_LENGTH lines
-                rl.write_history_file(path)
+            # Appends, then trims the file to set_history_length's HISTORY_LENGTH lines.
+            rl.append_history_file(new, path)
             self._loaded += new
         except OSError as exc:
             print(f"warning: chat history not saved: {exc}", file=sys.stderr)
