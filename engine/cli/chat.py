@@ -40,8 +40,10 @@ from engine.cli.common import (
     BadMessage,
     checked_message,
     err,
+    one_line,
 )
 from engine.cli.prompt import HISTORY_FILE, Interrupted, Prompt
+from engine.errors import TurngraphError
 
 if TYPE_CHECKING:
     from engine.cli.views import LivePrinter
@@ -193,7 +195,15 @@ class _Chat:
         live = self.live
         if live is not None:
             live.reset()
-        result = self._cancellable(_streamed, self.session, text, live)
+        try:
+            result = self._cancellable(_streamed, self.session, text, live)
+        except TurngraphError as exc:  # the turn was refused or failed as a whole
+            if live is not None:
+                live.end_line()
+            if self.session.closed:  # fenced out or closed: this chat cannot go on
+                raise
+            err(one_line(exc))
+            return
         if live is not None and (result is None or not result.ok):
             live.end_line()
         if result is None:
