@@ -6,8 +6,8 @@ alike:
 
 * **off**: no telemetry (the default): no observer at all;
 * **API, no SDK**: ``Telemetry`` over the API's no-op tracer provider, what a process
-  that installed the extra but configured no SDK gets: the events are built and
-  observed, the spans are non-recording;
+  that installed the extra but configured no SDK gets: a non-recording turn span, and
+  so no observer and no events;
 * **SDK, recorded**: the SDK's ``TracerProvider`` with a simple processor into an
   in-memory exporter (cleared as it goes): every span built, ended and exported.
 

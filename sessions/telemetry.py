@@ -152,7 +152,13 @@ def telemetry_for(value: bool | Telemetry | None, llm: object) -> Telemetry | No
 
 
 class TurnSpans:
-    """One turn's spans: an observer of the turn's events, ended by :meth:`end`."""
+    """One turn's spans: an observer of the turn's events, ended by :meth:`end`.
+
+    Install it as an observer only when ``recording``: it is false without an SDK or when
+    the sampler dropped the turn, and then the turn's children would be dropped too (as
+    the default parent-based sampler does), so nobody needs its events and an unsampled
+    turn costs the engine nothing beyond the no-op turn span.
+    """
 
     __slots__ = (
         "_api",
@@ -165,6 +171,7 @@ class TurnSpans:
         "_reply",
         "_tel",
         "_text",
+        "recording",
         "span",
     )
 
@@ -182,6 +189,7 @@ class TurnSpans:
         if tel.capture_content:
             attrs["gen_ai.input.messages"] = _user_message(text)
         self.span: Span = tel._tracer.start_span(f"invoke_workflow {graph.name}", attributes=attrs)
+        self.recording = self.span.is_recording()
         self._ctx = api.set_span_in_context(self.span)
         self._nodes: dict[str, Span] = {}  # node id -> its open visit
         self._chat: dict[str, Span] = {}  # node id -> its open model call
@@ -306,9 +314,13 @@ class TurnSpans:
     def _node_ended(self, node_id: str, status: str, attempts: int, duration: float) -> None:
         span = self._nodes.get(node_id)
         if span is not None:
-            span.set_attribute("turngraph.node.status", status)
-            span.set_attribute("turngraph.node.attempts", attempts)
-            span.set_attribute("turngraph.node.duration", duration)
+            span.set_attributes(
+                {
+                    "turngraph.node.status": status,
+                    "turngraph.node.attempts": attempts,
+                    "turngraph.node.duration": duration,
+                }
+            )
 
     def _end_node(self, node_id: str, error: str | None) -> None:
         span = self._nodes.pop(node_id, None)

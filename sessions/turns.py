@@ -211,7 +211,8 @@ class TurnPipeline:
             return await self._run(text, turn, start_at, carried, prior, watch)
         spans = tel.turn(self._host.id, turn, self._host.turn_graph, text)
         try:
-            result = await self._run(text, turn, start_at, carried, prior, watch, spans)
+            observe = spans if spans.recording else None  # unsampled: no events at all
+            result = await self._run(text, turn, start_at, carried, prior, watch, observe)
         except BaseException as exc:  # cancelled or a store failure: the span still ends
             spans.end(None, exc)
             raise

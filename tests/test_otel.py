@@ -11,8 +11,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -21,11 +22,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 from engine.errors import MissingExtraError
 from engine.events import Event, NodeStarted
-from handlers.adapters import EchoModel, ToolBox, from_spec
+from engine.messages import LLMResponse, Usage
+from handlers.adapters import ChatRequest, EchoModel, ToolBox, from_spec
 from sessions import SessionManager
 from sessions.telemetry import CAPTURE_ENV, ENABLE_ENV, Telemetry
 from tests.llm_servers import Fail, LLMServer, Reply
@@ -279,6 +282,38 @@ async def test_off_by_default_and_on_with_the_env_variable(
     on = SessionManager("memory:", llm=EchoModel(name="echo-1"))
     assert on.telemetry is not None and on.telemetry.provider == "echo-1"
     assert SessionManager("memory:", telemetry=False).telemetry is None
+
+
+class _Probe:
+    """A streaming model that notes whether the engine offered it a text callback (it
+    does only when someone observes the run)."""
+
+    def __init__(self) -> None:
+        self.observed: list[bool] = []
+
+    async def complete(self, messages: Any, **kw: Any) -> LLMResponse:
+        return LLMResponse("ok", usage=Usage(1, 1), model="probe")
+
+    async def respond(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> LLMResponse:
+        self.observed.append(on_text is not None)
+        return LLMResponse("ok", usage=Usage(1, 1), model="probe")
+
+
+async def test_an_unsampled_turn_installs_no_observer(exporter: InMemorySpanExporter) -> None:
+    probe = _Probe()
+    dropped = TracerProvider(sampler=ALWAYS_OFF)
+    dropped.add_span_processor(SimpleSpanProcessor(exporter))
+    sampled = _telemetry(exporter)
+    for tel in (Telemetry(dropped), Telemetry(NoOpTracerProvider()), sampled):
+        async with SessionManager("memory:", llm=probe, log_nodes=False, telemetry=tel) as m:
+            assert (await (await m.get_or_create("u")).send("hi")).ok
+    assert probe.observed == [False, False, True]
+    assert {s.name for s in _named(exporter.get_finished_spans(), "invoke")} == {
+        "invoke_workflow turn"
+    }
+    assert len(_named(exporter.get_finished_spans(), "invoke")) == 1
 
 
 def test_a_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
