@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,45 @@ async def test_model_and_tool_calls_carry_the_genai_attributes_and_content_when_
     assert json.loads(str(t["gen_ai.tool.call.arguments"])) == {"a": 2, "b": 40}
     assert t["gen_ai.tool.call.result"] == "42"
     assert tool.status.status_code != StatusCode.ERROR
+
+
+async def test_each_tool_call_span_covers_its_own_call(
+    exporter: InMemorySpanExporter, server: LLMServer
+) -> None:
+    """Two calls in one round: each span starts before its tool runs and ends before the
+    next one starts (results are reported as each call returns)."""
+    ran: dict[str, int] = {}
+    tools = ToolBox()
+
+    @tools.tool(description="First.")
+    def first() -> str:
+        ran["first"] = time.time_ns()
+        return "1"
+
+    @tools.tool(description="Second.")
+    def second() -> str:
+        ran["second"] = time.time_ns()
+        return "2"
+
+    server.script(
+        Reply(tokens=("two calls",), tool_calls=(("a", "first", "{}"), ("b", "second", "{}"))),
+        Reply(tokens=("done",)),
+    )
+    llm = from_spec("openai:m", base_url=server.url)
+    tel = _telemetry(exporter)
+    async with SessionManager(
+        "memory:", llm=llm, tools=tools, turn_graph=TOOL_TURN, telemetry=tel
+    ) as manager:
+        assert (await (await manager.get_or_create("t")).send("go")).ok
+    await llm.aclose()  # type: ignore[attr-defined]
+    spans = exporter.get_finished_spans()
+    one, two = _named(spans, "execute_tool")
+    assert (one.name, two.name) == ("execute_tool first", "execute_tool second")
+    assert one.start_time is not None and one.end_time is not None
+    assert two.start_time is not None and two.end_time is not None
+    assert one.start_time <= ran["first"] <= one.end_time <= ran["second"] <= two.end_time
+    node = _parent_of(one, spans)
+    assert node is _parent_of(two, spans) and node.name == "node dispatch_tools"
 
 
 async def test_no_message_content_without_the_env_variable(
@@ -342,3 +382,38 @@ def test_the_cli_reports_a_missing_extra_in_one_line(tmp_path: Path) -> None:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'turngraph[otel]'" in lines[0], run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_the_cli_traces_session_turns_with_the_env_variable(tmp_path: Path) -> None:
+    """``TURNGRAPH_OTEL=1``: the CLI's turns land in the provider the process set up."""
+    code = (
+        "import sys\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import "
+        "InMemorySpanExporter\n"
+        "exporter = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(exporter))\n"
+        "trace.set_tracer_provider(provider)\n"
+        "from engine.cli.main import main\n"
+        "code = main(sys.argv[1:])\n"
+        "for s in exporter.get_finished_spans():\n"
+        "    print('SPAN', s.name, s.attributes.get('gen_ai.conversation.id', ''), "
+        "file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    env = {**os.environ, ENABLE_ENV: "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-c", code, "-m", "hi", "--session", "ann", "--store", store],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    spans = [line.split() for line in run.stderr.splitlines() if line.startswith("SPAN ")]
+    assert ["SPAN", "invoke_workflow", "turn", "ann"] in spans
+    assert ["SPAN", "node", "llm_call"] in spans
