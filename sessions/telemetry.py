@@ -35,7 +35,6 @@ from engine.events import (
     NodeFailed,
     NodeRetrying,
     NodeStarted,
-    RunFailed,
     TextDelta,
     ToolCallCompleted,
     ToolCallRequested,
@@ -224,8 +223,6 @@ class TurnSpans:
                 self._args[event.call_id] = json.dumps(dict(event.arguments), default=str)
         elif isinstance(event, ToolCallCompleted):
             self._tool(event)
-        elif isinstance(event, RunFailed):
-            self.span.set_attribute("turngraph.run.error", event.error)
 
     def _node_started(self, event: NodeStarted) -> None:
         span = self._child(
@@ -283,6 +280,7 @@ class TurnSpans:
                 "turngraph.retry.reason": event.reason,
             },
         )
+        self._mark[event.node_id] = time.time_ns()  # the next attempt's tool calls
         chat = self._chat.pop(event.node_id, None)
         if chat is not None:  # that model call failed; the next attempt is a new one
             self._reply.pop(event.node_id, None)
