@@ -16,12 +16,13 @@ nothing and takes the locked, verified path here, which raises the precise error
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
 import anyio.to_thread
 
+from engine.messages import MemoryItem
 from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError, StoreKeyMissing
 from sessions.store.base import (
     Checkpoint,
@@ -54,9 +55,18 @@ from sessions.store.pg_db import (
     wipe,
 )
 from sessions.store.pg_group import GroupWriter, WrittenRows
+from sessions.store.pg_memory import (
+    INSERT_SQL,
+    memory_params,
+    recall_sql,
+    recalled,
+    ts_query,
+    turn_sql,
+)
 from sessions.store.pg_read import PgReader
 from sessions.store.redact import redact_url
 from sessions.store.signing import Row, Signer, load_key
+from sessions.store.witness import Witness, witness_path
 
 __all__ = ["PostgresStore"]
 
@@ -79,6 +89,8 @@ _TURN_SQL: Final = (
     + _STATE_UPDATE
     + " RETURNING xmin::text"
 )
+_TURN_MEMORY_SQL: Final = turn_sql(_TURN_SQL, _STATE_UPDATE)
+""":data:`_TURN_SQL` that also remembers the turn's recall memory."""
 _NOT_OPEN: Final = "store is not open (call open() or use 'async with')"
 
 
@@ -106,6 +118,17 @@ def _turn_params(st: StateRow, rows: list[Row], token: int) -> tuple[Any, ...]:
     return (st.id, rseq, kind, key, body, prev_mac, mac, st.id, *_state_params(st, token))
 
 
+def _turn_statement(
+    st: StateRow, rows: list[Row], token: int, commit: TurnCommit
+) -> tuple[str, tuple[Any, ...]]:
+    """The locked path's statement and parameters, with the turn's memory if any."""
+    params = _turn_params(st, rows, token)
+    if not commit.memory:
+        return _TURN_SQL, params
+    remembered = memory_params([(st.id, st.agent_id, commit.memory)])
+    return _TURN_MEMORY_SQL, (*params[:8], *remembered, *params[8:])
+
+
 class PostgresStore:
     """A :class:`~sessions.store.base.Store` in PostgreSQL (``postgresql://...``)."""
 
@@ -120,9 +143,14 @@ class PostgresStore:
         create: bool = True,
         group_commits: int = 2,
         clock: Clock = time.time,
+        witness: bool = False,
     ) -> None:
         """``group_commits`` is how many turn groups may run at once (0: every turn
-        takes the locked path, one transaction each); ``clock`` measures leases."""
+        takes the locked path, one transaction each); ``clock`` measures leases.
+        ``witness`` keeps the heads this machine committed in a rollback witness
+        (:mod:`sessions.store.witness`) keyed by the URL without its password: off by
+        default, because a store shared by many machines is only witnessed for the
+        sessions each one wrote (``TURNGRAPH_WITNESS=on`` turns it on)."""
         self.url = redact_url(url)
         self._clock = clock
         self._secret = secret
@@ -131,6 +159,7 @@ class PostgresStore:
             self.url, url, max_connections=max_connections, timeout=connect_timeout, create=create
         )
         self._reader: PgReader | None = None
+        self._use_witness = witness
         self._written = WrittenRows()
         self._group = GroupWriter(self.url, self._written, self._db.group_connection, group_commits)
 
@@ -156,7 +185,7 @@ class PostgresStore:
                     used = await one(c, "SELECT 1 FROM sessions LIMIT 1", ())
                 if used is not None:
                     load_key(self._secret, existing_store=self.url)  # raises StoreKeyMissing
-                self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)))
+                self._set_reader(load_key(self._secret))
             except BaseException:
                 await self._db.close()
                 raise
@@ -166,11 +195,26 @@ class PostgresStore:
             key = load_key(self._secret, existing_store=self.url)
         except StoreKeyMissing:
             return  # decided in open(), once the tables can be read
-        self._reader = PgReader(self.url, self._db, Signer(key))
+        self._set_reader(key)
+
+    def _set_reader(self, key: bytes) -> None:
+        """The verified reader under ``key``, with the rollback witness if enabled."""
+        witness = None
+        if self._use_witness:
+            witness = Witness(witness_path(self.url), self.url)
+            witness.open()
+        self._reader = PgReader(self.url, self._db, Signer(key), witness)
+        self._written.witness = witness
+
+    @property
+    def _witness(self) -> Witness | None:
+        return None if self._reader is None else self._reader.witness
 
     async def close(self) -> None:
         """Close the pools.  Idempotent."""
         await self._db.close()
+        if self._witness is not None:
+            self._witness.close()
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -212,8 +256,12 @@ class PostgresStore:
         async with self._db.tx() as c:
             if await one(c, "SELECT 1 FROM sessions WHERE id=%s", (meta.id,)):
                 raise SessionExists(meta.id, "a session with this id already exists")
+            if self._witness is not None:
+                self._witness.check_missing(meta.id)
             state.version = await first_version(c, meta.id)
             await insert_state(c, state)
+        if self._witness is not None:
+            self._witness.reset(meta.id)
         return state.to_meta(self.url)
 
     async def exists(self, session_id: str) -> bool:
@@ -231,12 +279,16 @@ class PostgresStore:
                 (max(0, limit), max(0, offset)),
             )
             rows = await cur.fetchall()
-        return tuple(listed_meta(StateRow.of(r), self._r.signer, self.url) for r in rows)
+        return tuple(listed_meta(r, self._r.signer, self.url) for r in rows)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""
         validate_session_id(session_id)
         self._written.forget(session_id)
+        if self._witness is not None:
+            # Before the commit: a crash in between leaves a witness that knows less
+            # (a weaker check), never one that misses a session still stored.
+            self._witness.drop(session_id)
         async with self._db.tx() as c:
             return await wipe(c, session_id)
 
@@ -318,7 +370,7 @@ class PostgresStore:
             if tried is not None and st.state_mac == tried.state_mac:
                 return
             rows = plan_turn(st, commit, reads.signer, self.url, now=time.time())
-            cur = await c.execute(_TURN_SQL, _turn_params(st, rows, token))
+            cur = await c.execute(*_turn_statement(st, rows, token, commit))
             row = await cur.fetchone()
             if row is None:
                 raise Fenced(self.url, sid, token, st.version)
@@ -409,6 +461,34 @@ class PostgresStore:
         validate_session_id(session_id)
         return await self._r.verify(session_id)
 
+    # ------------------------------------------------------------------ recall memory
+
+    async def recall_memory(
+        self, query: str, *, session_id: str, agent_id: str | None = None, limit: int = 5
+    ) -> tuple[MemoryItem, ...]:
+        """Up to ``limit`` remembered items for ``query``, best ``ts_rank`` first: the
+        session's, or with ``agent_id`` all that agent's sessions' (see
+        :mod:`sessions.store.pg_memory`)."""
+        validate_session_id(session_id)
+        tsq = ts_query(query)
+        if tsq is None or limit <= 0:
+            return ()
+        scope = session_id if agent_id is None else agent_id
+        async with self._db.tx() as c:
+            cur = await c.execute(recall_sql(agent_id is not None), (tsq, scope, limit))
+            return recalled(await cur.fetchall())
+
+    async def remember_memory(self, session_id: str, items: Sequence[MemoryItem]) -> None:
+        """Remember ``items`` for the session now, outside a turn (own transaction)."""
+        validate_session_id(session_id)
+        if not items:
+            return
+        async with self._db.tx() as c:
+            row = await one(c, "SELECT agent_id FROM sessions WHERE id=%s", (session_id,))
+            if row is None:
+                raise SessionNotFound(session_id, "no such session")
+            await c.execute(INSERT_SQL, memory_params([(session_id, str(row[0]), items)]))
+
     # ------------------------------------------------------------------ export
 
     async def export(self, session_id: str) -> dict[str, Any]:
@@ -423,6 +503,8 @@ class PostgresStore:
         plan = await anyio.to_thread.run_sync(parse_doc, doc, signer, self._limits, self.url)
         sid = plan.meta.id
         self._written.forget(sid)
+        if self._witness is not None and replace:
+            self._witness.drop(sid)  # before, as in delete: the new head is set after
         async with self._db.tx() as c:
             row = await one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
             if row is not None and not replace:
@@ -437,4 +519,9 @@ class PostgresStore:
             if plan.checkpoint is not None:
                 body, mac = checkpoint_body(sid, plan.checkpoint, signer, self.url)
                 await c.execute("INSERT INTO checkpoints VALUES (%s,%s,%s)", (sid, body, mac))
+            if plan.memory:
+                params = memory_params([(sid, state.agent_id, plan.memory)])
+                await c.execute(INSERT_SQL, params)
+        if self._witness is not None:
+            self._witness.reset(sid, state.record_count, state.head_mac)
         return state.to_meta(self.url)

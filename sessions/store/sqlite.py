@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from engine.messages import MemoryItem
 from sessions.errors import StoreError, StorePathInvalid
 from sessions.store.base import (
     Checkpoint,
@@ -49,7 +50,9 @@ from sessions.store.export import ImportLimits
 from sessions.store.lease import Clock
 from sessions.store.signing import Signer, data_dir, load_key
 from sessions.store.sqlite_core import SQLiteCore
+from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
+from sessions.store.witness import Witness, witness_path
 
 __all__ = ["SQLiteStore", "check_sqlite_folder"]
 
@@ -71,6 +74,11 @@ class SQLiteStore:
     never blocks on the disk, for two thread wake-ups per write.  ``clock`` measures
     leases (tests pass a :class:`~sessions.store.lease.ManualClock`).
 
+    ``witness`` (default on; ``?witness=off`` or ``TURNGRAPH_WITNESS=off``) keeps each
+    session's chain head outside the database, beside the key
+    (:mod:`sessions.store.witness`), so a load of a session rolled back to an earlier
+    signed state raises :class:`~engine.errors.RolledBack`.
+
     A turn commit reads nothing: the store remembers each session's row as it last
     wrote or verified it, and writes only if the stored row is still exactly that one
     (:meth:`SQLiteCore._swap`); anything else takes the careful path (read, verify,
@@ -89,6 +97,7 @@ class SQLiteStore:
         create: bool = True,
         inline_writes: bool = True,
         clock: Clock = time.time,
+        witness: bool = True,
     ) -> None:
         self.url = url
         self.path = Path(path)
@@ -103,6 +112,8 @@ class SQLiteStore:
         self._clock = clock
         self._db: DBThread | None = None
         self._core: SQLiteCore | None = None
+        self._use_witness = witness
+        self._witness: Witness | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,14 +135,24 @@ class SQLiteStore:
         db = self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
         try:
             conn = await db.run(self._connect)
+            witness = self._open_witness()
         except BaseException:
             self._db = None
             await db.stop()
             raise
         self._core = SQLiteCore(
             self.url, self.path, conn, signer, busy_ms=self._busy_ms, clock=self._clock,
-            limits=self._limits, post=db.post,
+            limits=self._limits, post=db.post, witness=witness,
         )  # fmt: skip
+
+    def _open_witness(self) -> Witness | None:
+        """The rollback witness of this file (keyed by its absolute path), if enabled."""
+        if not self._use_witness:
+            return None
+        witness = Witness(witness_path(f"sqlite:{self.path.resolve()}"), self.url)
+        witness.open()
+        self._witness = witness
+        return witness
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -154,6 +175,9 @@ class SQLiteStore:
                         await db.run(core.close)
                 finally:
                     await db.stop()
+                    if self._witness is not None:
+                        self._witness.close()
+                        self._witness = None
 
     async def __aenter__(self) -> SQLiteStore:
         await self.open()
@@ -308,6 +332,24 @@ class SQLiteStore:
         """Verify the whole chain, the session state and the checkpoint."""
         validate_session_id(session_id)
         return await self._run(self._c.reads.verify, session_id)
+
+    # ------------------------------------------------------------------ recall memory
+
+    async def recall_memory(
+        self, query: str, *, session_id: str, agent_id: str | None = None, limit: int = 5
+    ) -> tuple[MemoryItem, ...]:
+        """Up to ``limit`` remembered items for ``query``, best BM25 rank first: the
+        session's, or with ``agent_id`` all that agent's sessions' (see
+        :mod:`sessions.store.sqlite_memory`)."""
+        validate_session_id(session_id)
+        # Like a turn's small writes, run here when the database thread is idle (it
+        # may index queued items first: a write, rolled back whole if the lock is busy).
+        return await self._run_write(recall, self._c.conn, query, session_id, agent_id, limit)
+
+    async def remember_memory(self, session_id: str, items: Sequence[MemoryItem]) -> None:
+        """Remember ``items`` for the session now, outside a turn (own transaction)."""
+        validate_session_id(session_id)
+        await self._run(remember, self._c.conn, session_id, tuple(items))
 
     # ------------------------------------------------------------------ export
 
