@@ -235,8 +235,9 @@ def test_internal_errors_are_one_line_exit_70(
 def test_chat_runs_a_turn_per_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each line is a turn; blank lines are skipped; /quit leaves with exit 0."""
-    lines = iter(["hello", "  ", "/tool calculator 1+1", "/quit", "never read"])
+    """Each line is a turn (`//` sends a line that starts with `/`); blank lines are
+    skipped; /quit leaves with exit 0."""
+    lines = iter(["hello", "  ", "//tool calculator 1+1", "/quit", "never read"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert cli.main([TOOL_TURN]) == 0
     out = capsys.readouterr().out
@@ -286,7 +287,7 @@ def test_chat_keeps_history_between_turns(
 def test_chat_interrupt_exits_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Ctrl-C leaves quietly with 130."""
+    """Ctrl-C twice in a row at the prompt leaves quietly with 130."""
 
     def interrupt(prompt: str = "") -> str:
         raise KeyboardInterrupt

@@ -312,8 +312,9 @@ async def _sessions_compact(args: argparse.Namespace) -> int:
         async with _existing_store(args) as store, SessionManager(store, llm=llm) as manager:
             result = await manager.compact(args.id)
     finally:
-        if llm is not None and hasattr(llm, "aclose"):
-            await llm.aclose()
+        from engine.cli.main import aclose_llm
+
+        await aclose_llm(llm)
     if result.messages_compacted == 0:
         print(f"session {args.id}: nothing compacted ({result.reason or 'nothing old enough'})")
     else:
