@@ -28,6 +28,12 @@ MAX_CHARS = 64 * 1024 * 1024
 """Longest DOT text read, in characters."""
 MAX_EDGES = 2_000_000
 """Most edges one graph may expand to (``{a b} -> {c d}`` is four)."""
+MAX_ATTRS = 8_000_000
+"""Most attribute values the ``node [...]`` / ``edge [...]`` defaults may be copied into.
+
+Each new node, each edge and each subgraph's scope gets its own copy of the defaults
+in force, so a long default list before many nodes grows as their product, not with
+the text (``node [a0=1 ... a99999=1]`` then 100,000 nodes is ten billion values)."""
 
 
 class DotLimitError(DotSyntaxError):
