@@ -226,7 +226,7 @@ def _parse(data: bytes, path: str) -> RawGraph:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        bad = GraphFileError(path, f"not UTF-8 text (bad byte at offset {exc.start})")
+        bad = GraphFileError(path, _not_utf8(data, exc.start))
         try:
             raw = parse_dot(data.decode("latin-1"), path)
         except DotSyntaxError:
@@ -238,6 +238,14 @@ def _parse(data: bytes, path: str) -> RawGraph:
     if is_latin1(raw.attrs) and not text.isascii():
         return parse_dot(data.decode("latin-1"), path)
     return raw
+
+
+def _not_utf8(data: bytes, offset: int) -> str:
+    """The reason for a file that is not UTF-8: the first bad byte, by line and column."""
+    line = data.count(b"\n", 0, offset) + 1
+    # Everything before the first bad byte is UTF-8: count characters, as DOT errors do.
+    col = len(data[data.rfind(b"\n", 0, offset) + 1 : offset].decode()) + 1
+    return f"not UTF-8 text (bad byte 0x{data[offset]:02x} at line {line}, column {col})"
 
 
 def _from_file(

@@ -79,7 +79,11 @@ def test_source_hash_is_sha256_of_the_bytes(tmp_path: Path) -> None:
         (b"", "empty file"),
         (b"  \n\t\n", "empty file"),
         (b"digraph { a\x00 }", "binary file (contains NUL bytes)"),
-        (b"digraph { a [x=\xff\xfe] }", "not UTF-8 text (bad byte at offset 15)"),
+        (b"digraph { a [x=\xff\xfe] }", "not UTF-8 text (bad byte 0xff at line 1, column 16)"),
+        (
+            b'digraph {\n a\n b [x="\xc3\xa9\xe9"] }',
+            "not UTF-8 text (bad byte 0xe9 at line 3, column 9)",
+        ),
     ],
 )
 def test_unusable_files(tmp_path: Path, content: bytes, reason: str) -> None:
