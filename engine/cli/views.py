@@ -36,6 +36,7 @@ __all__ = [
     "sessions_table",
     "trace_rows",
     "turns_table",
+    "usage_table",
 ]
 
 _STATUS_STYLE = {"success": "green", "fail": "red", "retry": "yellow", "partial": "yellow"}
@@ -120,21 +121,24 @@ class LivePrinter:
 
 
 def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = "") -> Table:
-    """One row per visited node: node, handler, status, attempts, milliseconds, and the
-    tokens (in/out) and model for visits that called one."""
+    """One row per visited node: node, handler, status, attempts, milliseconds; when a
+    visit called a model, its ``model`` and ``tokens`` (in/out) columns and a ``total``
+    row summing the tokens of the turn."""
     from rich.table import Table
 
+    rows = trace_rows(trace)
+    usage = any("input_tokens" in r for r in rows)
     table = Table(title=title or None, title_justify="left")
     table.add_column("#", justify="right", style="dim")
-    table.add_column("node")
-    table.add_column("handler", style="cyan")
+    # On a narrow terminal the model column gives way before node and handler names do.
+    table.add_column("node", min_width=_widest(rows, "id"))
+    table.add_column("handler", style="cyan", min_width=_widest(rows, "handler"))
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("ms", justify="right")
-    rows = trace_rows(trace)
-    usage = any("input_tokens" in r for r in rows)
     if usage:
-        table.add_column("tokens·model")
+        table.add_column("model")
+        table.add_column("tokens", justify="right")
     for i, row in enumerate(rows, 1):
         status = str(row.get("status", ""))
         shown = f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
@@ -150,11 +154,46 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
         ]
         if usage:
             if "input_tokens" in row:
-                model = _escape(str(row.get("model", "")))
-                cells.append(f"{row['input_tokens']}/{row['output_tokens']} {model}")
+                cells.append(_escape(str(row.get("model", ""))))
+                cells.append(f"{row['input_tokens']}/{row['output_tokens']}")
             else:
-                cells.append("")
+                cells += ["", ""]
         table.add_row(*cells)
+    if usage:
+        used = [r for r in rows if "input_tokens" in r]
+        tokens_in = sum(int(r["input_tokens"]) for r in used)
+        tokens_out = sum(int(r["output_tokens"]) for r in used)
+        ms = sum(float(r.get("duration_ms", 0.0)) for r in rows)
+        models = _escape(", ".join(dict.fromkeys(str(r.get("model", "")) for r in used)))
+        total = ["", "total", "", "", "", f"{ms:.3f}", models, f"{tokens_in}/{tokens_out}"]
+        table.add_row(*total, style="bold", end_section=True)
+    return table
+
+
+def _widest(rows: Sequence[Mapping[str, Any]], key: str, cap: int = 24) -> int:
+    """The width of the longest ``key`` value in ``rows``, at most ``cap``."""
+    return min(cap, max((len(str(r.get(key, ""))) for r in rows), default=0))
+
+
+def usage_table(usage: Mapping[str, Any], title: str = "usage") -> Table:
+    """Model usage by model and in total (a ``UsageTotals.to_dict()``): calls and tokens."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("model")
+    for name in ("calls", "input tokens", "output tokens"):
+        table.add_column(name, justify="right")
+    for model, m in usage["by_model"].items():
+        table.add_row(
+            _escape(model or "?"), str(m["calls"]), str(m["input_tokens"]), str(m["output_tokens"])
+        )
+    table.add_row(
+        "total",
+        str(usage["calls"]),
+        str(usage["input_tokens"]),
+        str(usage["output_tokens"]),
+        style="bold",
+    )
     return table
 
 
