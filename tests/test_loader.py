@@ -97,6 +97,19 @@ def test_unusable_files(tmp_path: Path, content: bytes, reason: str) -> None:
     assert str(info.value) == f"{path}: error: {reason}"
 
 
+def test_a_bom_is_dropped_from_a_latin1_graph_too(tmp_path: Path) -> None:
+    """A UTF-8 BOM before ``charset=latin1`` text is dropped, not read as an id 'ï»¿digraph'."""
+    body = 'digraph { charset=latin1; start [label="\xe9"]; start -> done }'
+    for name, data in [
+        ("utf8.dot", b"\xef\xbb\xbf" + body.encode("utf-8")),  # read as Latin-1: mojibake
+        ("latin1.dot", b"\xef\xbb\xbf" + body.encode("latin-1")),  # not UTF-8 at all
+    ]:
+        (tmp_path / name).write_bytes(data)
+        graph = load_graph(tmp_path / name)
+        expected = "\xe9" if name == "latin1.dot" else "\xc3\xa9"
+        assert graph.nodes["start"].label == expected
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     """A missing path and a directory are GraphFileErrors, not OSErrors."""
     with pytest.raises(GraphFileError, match="no such file"):
