@@ -39,8 +39,9 @@ defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles.
 
 **Encoding.** A file is UTF-8 (a BOM is dropped), unless its graph says
 ``charset=latin1`` (or ``latin-1``, ``l1``, ``iso-8859-1``): then, as in Graphviz,
-its bytes are Latin-1 (a UTF-8 BOM before them is dropped too).  At most :data:`MAX_BYTES` are read (:func:`read_dot`): a
-longer file, ``/dev/zero`` or an endless pipe is refused without reading it all.
+its bytes are Latin-1 (a UTF-8 BOM before them is dropped too).  At most
+:data:`MAX_BYTES` are read (:func:`read_dot`): a longer file, ``/dev/zero`` or an
+endless pipe is refused without reading it all.
 
 **Caching.** A file is cached by path and checked on every call by its
 modification time, size, inode and change time (one ``stat``), then by content
