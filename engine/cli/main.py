@@ -30,6 +30,9 @@ points it at any compatible server.  A hosted model's reply is printed as it str
 The store defaults to ``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME``
 (``~/.local/share/turngraph``); see :func:`sessions.store.open_store`.
 
+``TURNGRAPH_OTEL=1`` traces session turns with OpenTelemetry (the ``otel`` extra), into
+whatever tracer provider the process has (``opentelemetry-instrument`` configures one).
+
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
 corrupt or tampered store or export, a store's optional extra not installed, Graphviz
