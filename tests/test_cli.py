@@ -192,6 +192,20 @@ def test_dot_text_argument_is_still_a_path(capsys: pytest.CaptureFixture[str]) -
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["-m", "hi"], ["validate"], ["render"]])
+def test_a_graph_file_with_a_brace_in_its_name_is_read_as_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """``turn{1}.dot`` exists: run, validate and render read it, not its name as DOT text."""
+    path = tmp_path / "turn{1}.dot"
+    shutil.copy(TURN, path)
+    argv = [str(path), *command] if command[0] == "-m" else [*command, str(path)]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert {"-m": "echo: hi", "validate": "ok (", "render": 'digraph "turn"'}[command[0]] in out
+
+
 @pytest.mark.parametrize(
     "argv",
     [[], [TURN, "--json"], [TURN, "-m"], [TURN, "--bogus"], ["render"], ["validate"]],
