@@ -496,8 +496,11 @@ def _run_session(args: argparse.Namespace) -> int:
 
     validate_session_id(args.session)
     llm = model_of(args)
-    if args.graph is not None:
-        _require_file(args.graph)
+    if args.graph is not None and "{" in args.graph and not os.path.exists(args.graph):
+        # A path on the command line, never DOT text (see _load).
+        from engine.errors import GraphFileError
+
+        raise GraphFileError(args.graph, "no such file")
     configure_logging(args.verbose)
     if args.message is None:
         from engine.cli.chat import run_chat
