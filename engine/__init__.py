@@ -24,6 +24,7 @@ from engine.errors import (
     RunError,
     TransientAdapterError,
     TurngraphError,
+    TurnTimeout,
 )
 from engine.events import (
     Event,
@@ -78,6 +79,7 @@ __all__ = [
     "Status",
     "StructlogObserver",
     "TransientAdapterError",
+    "TurnTimeout",
     "TurngraphError",
     "Value",
     "load_graph",

@@ -19,7 +19,7 @@ from sessions.limits import Limits, validate_session_id
 from sessions.manager import SessionManager
 from sessions.session import Session, SessionRuntime
 from sessions.sessionlog import ReasoningStep
-from sessions.turns import Phase, TurnResult
+from sessions.turns import Phase, TurnResult, checked_input
 
 __all__ = [
     "CompactionResult",
@@ -35,6 +35,7 @@ __all__ = [
     "SessionRuntime",
     "Summarizer",
     "TurnResult",
+    "checked_input",
     "extract_summarizer",
     "llm_summarizer",
     "validate_session_id",

@@ -83,9 +83,10 @@ def _open_store(spec: Store | str | None, secret: bytes | str | None) -> tuple[S
 class SessionManager:
     """Creates, loads, hosts and closes sessions; an async context manager.
 
-    ``store`` is a :class:`~sessions.store.base.Store` (already open) or a store URL
-    (``memory:``, ``sqlite:///path.db``, ``postgresql://...``; the manager opens and
-    closes it); default ``memory:``.  ``llm``/``memory``/``tools`` are the adapters the
+    ``store`` is a :class:`~sessions.store.base.Store` or a store URL (``memory:``,
+    ``sqlite:///path.db``, ``postgresql://...``); default ``memory:``.  The manager opens
+    and closes a store it made from a URL or was handed unopened (``open_store(url)``);
+    one the caller opened stays open.  ``llm``/``memory``/``tools`` are the adapters the
     default registry is built with (:class:`~handlers.adapters.LLM`,
     :class:`~handlers.adapters.Memory`, :class:`~handlers.adapters.Tools`; offline
     defaults); ``registry`` replaces it.
@@ -155,7 +156,9 @@ class SessionManager:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> SessionManager:
-        if self._owns_store:
+        # A store made from a URL, or handed over unopened, is opened and closed here.
+        self._close_store = self._owns_store or not getattr(self.store, "is_open", True)
+        if self._close_store:
             await self.store.open()
         stack = contextlib.AsyncExitStack()
         self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -190,8 +193,12 @@ class SessionManager:
             if tg is not None:
                 tg.cancel_scope.cancel()
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
-            if self._owns_store:
+                # The block's own error is not handed to the task group (already
+                # cancelled): it would come back wrapped in an ExceptionGroup, and
+                # `except SessionNotFound:` around the block would miss it.  Python
+                # re-raises it as itself once this returns.
+                await stack.__aexit__(None, None, None)
+            if self._close_store:
                 await self.store.close()
         return None
 
@@ -224,10 +231,12 @@ class SessionManager:
         return await self._single_flight(sid, True, agent_id, type, config)
 
     async def get(self, session_id: str) -> Session:
-        """The live session, or load it from the store (``SessionNotFound``)."""
-        live = self._live.get(session_id)
-        if live is not None:
-            return live
+        """The live session, or load it from the store (``SessionNotFound``; a bad id:
+        ``InvalidSessionId``)."""
+        if isinstance(session_id, str):  # anything else is refused below, never hashed
+            live = self._live.get(session_id)
+            if live is not None:
+                return live
         sid = validate_session_id(session_id)
         return await self._single_flight(sid, False, "default", "primary", None)
 
@@ -239,10 +248,12 @@ class SessionManager:
         type: SessionType = "primary",
         config: dict[str, Any] | None = None,
     ) -> Session:
-        """The session, loaded or created; concurrent calls for one id share one load."""
-        live = self._live.get(session_id)
-        if live is not None:
-            return live
+        """The session, loaded or created; concurrent calls for one id share one load
+        (a bad id: ``InvalidSessionId``)."""
+        if isinstance(session_id, str):  # anything else is refused below, never hashed
+            live = self._live.get(session_id)
+            if live is not None:
+                return live
         sid = validate_session_id(session_id)
         return await self._single_flight(sid, None, agent_id, type, config)
 

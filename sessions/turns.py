@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
+import msgspec
 
 from engine.events import Observer, StructlogObserver
 from engine.graph import Graph, Node
@@ -30,7 +31,7 @@ from engine.outcome import NodeRecord, RunResult, RunStatus
 from engine.scopes import cancel_scope
 from sessions.checkpoints import Checkpoints
 from sessions.compaction import Compactor
-from sessions.errors import SessionBusy, SessionClosed
+from sessions.errors import InvalidInput, SessionBusy, SessionClosed, Unstorable
 from sessions.fifolock import FifoLock
 from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
@@ -41,7 +42,14 @@ from sessions.writer import SessionWriter
 if TYPE_CHECKING:
     from engine.runner import Engine
 
-__all__ = ["Phase", "TurnHost", "TurnPipeline", "TurnResult", "TurnRuntime"]
+__all__ = [
+    "Phase",
+    "TurnHost",
+    "TurnPipeline",
+    "TurnResult",
+    "TurnRuntime",
+    "checked_input",
+]
 
 Phase = Literal["idle", "processing", "awaiting_llm", "awaiting_tools"]
 
@@ -52,6 +60,28 @@ _PHASE_OF: dict[str, Phase] = {
     "dispatch_tools": "awaiting_tools",
 }
 _cancelled = anyio.get_cancelled_exc_class
+
+
+def checked_input(text: object, session_id: str) -> str:
+    """``text`` if it can be a turn's input, else :class:`~sessions.errors.InvalidInput`.
+
+    Every entry that starts a turn (``send``, a stream, the CLI, chat) calls this before
+    anything is written: a non-``str`` input would be committed and then fail every
+    later load, and a ``str`` with a lone surrogate cannot be encoded at all.  A
+    subclass of ``str`` is taken as its plain value.
+    """
+    if type(text) is not str:
+        if not isinstance(text, str):
+            raise InvalidInput(session_id, f"input must be a str, not {type(text).__name__}")
+        text = str.__str__(text)
+    if not text.isascii():  # ASCII (nearly every input) always encodes
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                session_id, f"input cannot be encoded as UTF-8 at index {exc.start}: {exc.reason}"
+            ) from None
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +189,7 @@ class TurnPipeline:
 
     async def send(self, text: str) -> TurnResult:
         """Run one turn with user input ``text`` (see :meth:`Session.send`)."""
+        text = checked_input(text, self._host.id)
         await self._enter()
         try:
             cp = self._checkpoints.resumable
@@ -262,27 +293,63 @@ class TurnPipeline:
         trace: tuple[Mapping[str, Any], ...] = tuple(map(NodeRecord.to_dict, result.trace))
         if prior:
             trace = prior + trace
-        graph_hash = self._host.turn_graph.source_hash
         if not result.ok:
-            error = str(result.error)
-            record = TurnRecord(turn, result.status, trace_id, graph_hash, trace, now, error=error)
-            await self._store(TurnCommit(record, ()), now)
-            return TurnResult("", "fail", turn, result.trace, result.error, trace_id)
+            error = result.error
+            await self._store_failed(turn, trace_id, trace, now, str(error))
+            return TurnResult("", "fail", turn, result.trace, error, trace_id)
         ctx = result.context
-        reply = ctx.get("reply")
-        reply = "" if reply is None else str(reply)
-        messages: tuple[Message, ...] = self._log.new_messages(
-            text, ctx.get("turn.messages"), reply, turn, now
-        )
-        record = TurnRecord(turn, "success", trace_id, graph_hash, trace, now)
-        changes = state_changes(ctx)
         state = self._state
-        await self._store(state.commit(record, messages, changes), now)
+        try:
+            # Handler values meet str() and the store's encoder here: any of them may
+            # refuse (a str() that raises, a set in working memory, nesting too deep).
+            reply = ctx.get("reply")
+            reply = "" if reply is None else str(reply)
+            messages: tuple[Message, ...] = self._log.new_messages(
+                text, ctx.get("turn.messages"), reply, turn, now
+            )
+            record = TurnRecord(turn, "success", trace_id, self._graph_hash(), trace, now)
+            changes = state_changes(ctx)
+            await self._store(state.commit(record, messages, changes), now)
+        except Unstorable as exc:
+            return await self._unstorable(turn, trace_id, trace, now, result, exc)
+        except Exception as exc:  # a handler value whose str() raised
+            bad = Unstorable(self._writer.url, self._host.id, "the turn's output", repr(exc))
+            bad.__cause__ = exc
+            return await self._unstorable(turn, trace_id, trace, now, result, bad)
         if changes:
             state.apply(changes)
         state.dirty = False  # the commit carried every change applied so far
         self._compactor.maybe_start()
         return TurnResult(reply, "success", turn, result.trace, None, trace_id)
+
+    def _graph_hash(self) -> str:
+        return self._host.turn_graph.source_hash
+
+    async def _unstorable(
+        self,
+        turn: int,
+        trace_id: str,
+        trace: tuple[Mapping[str, Any], ...],
+        now: float,
+        result: RunResult,
+        exc: Unstorable,
+    ) -> TurnResult:
+        """Fail the turn whose output cannot be stored: store it as failed, apply nothing."""
+        await self._store_failed(turn, trace_id, trace, now, str(exc))
+        return TurnResult("", "fail", turn, result.trace, exc, trace_id)
+
+    async def _store_failed(
+        self, turn: int, trace_id: str, trace: tuple[Mapping[str, Any], ...], now: float, error: str
+    ) -> None:
+        """Commit a failed turn's record (no messages); without its trace if the trace
+        itself cannot be stored, so the turn number is always taken."""
+        record = TurnRecord(turn, "fail", trace_id, self._graph_hash(), trace, now, error=error)
+        try:
+            await self._store(TurnCommit(record, ()), now)
+        except Unstorable:
+            if not trace:
+                raise
+            await self._store(TurnCommit(msgspec.structs.replace(record, trace=()), ()), now)
 
     async def _store(self, commit: TurnCommit, now: float) -> None:
         """Commit a turn to the store, then count it and log it in memory."""

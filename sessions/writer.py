@@ -34,6 +34,11 @@ class SessionWriter:
         self.token = token
         self._on_fenced = on_fenced
 
+    @property
+    def url(self) -> str:
+        """The store's URL (no password), for errors about this session's writes."""
+        return self._store.url
+
     async def append_turn(self, commit: TurnCommit) -> None:
         """Commit one turn (one store transaction)."""
         # The one write every turn makes: guarded inline, a call fewer than _guard.

@@ -44,12 +44,12 @@ import re
 from collections.abc import Iterable, Mapping
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, AnyStr, Final, get_args
+from typing import Any, AnyStr, Final, NamedTuple, get_args
 
 import msgspec
 from msgspec.structs import force_setattr
 
-from sessions.errors import InvalidSessionId
+from sessions.errors import InvalidSessionId, Unstorable
 from sessions.store.base import (
     EMPTY_META,
     Checkpoint,
@@ -57,6 +57,7 @@ from sessions.store.base import (
     Role,
     SessionMeta,
     SessionType,
+    TurnCommit,
     TurnRecord,
 )
 
@@ -66,11 +67,13 @@ __all__ = [
     "KIND_MESSAGE",
     "KIND_SUMMARY",
     "KIND_TURN",
+    "CommitJson",
     "ShapeError",
     "canonical_json",
     "canonical_json_v1",
     "checkpoint_from_dict",
     "checkpoint_to_dict",
+    "commit_json",
     "json_float",
     "json_int",
     "json_str",
@@ -554,6 +557,44 @@ def turn_json(t: TurnRecord) -> str:
             "error": t.error,
         }
     )
+
+
+class CommitJson(NamedTuple):
+    """A turn commit as the canonical JSON a store writes: ``records`` are
+    ``(kind, key, data JSON)`` in chain order (messages, then the turn record);
+    ``working_memory`` and ``goals`` are ``None`` when the commit leaves them."""
+
+    records: list[tuple[str, int, str]]
+    working_memory: str | None
+    goals: str | None
+
+
+def commit_json(commit: TurnCommit, url: str, session_id: str) -> CommitJson:
+    """Encode everything ``commit`` would store, or raise
+    :class:`~sessions.errors.Unstorable` naming the part that cannot be stored.
+
+    Every store runs this before it writes anything (the memory store too, so a value
+    is refused the same way everywhere): a commit that passes is readable by a later
+    load.  The cognitive mode is stored as plain text, so only its encoding is checked.
+    """
+    what = "a message"
+    try:
+        records = [(KIND_MESSAGE, m.seq, message_json(m)) for m in commit.messages]
+        what = "the turn's trace"
+        records.append((KIND_TURN, commit.record.turn, turn_json(commit.record)))
+        what = "working memory"
+        wm = commit.working_memory
+        wm_json = None if wm is None else canonical_json(wm)
+        what = "goals"
+        goals = commit.goals
+        goals_json = None if goals is None else canonical_json(list(goals))
+        mode = commit.cognitive_mode
+        if mode is not None and not mode.isascii():
+            what = "the cognitive mode"
+            mode.encode()
+    except (TypeError, ValueError) as exc:
+        raise Unstorable(url, session_id, what, str(exc)) from exc
+    return CommitJson(records, wm_json, goals_json)
 
 
 def trace_json(trace: Iterable[Mapping[str, Any]]) -> str | None:

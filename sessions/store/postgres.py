@@ -141,6 +141,11 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has run (and :meth:`close` has not)."""
+        return self._db.pool is not None
+
     async def open(self) -> None:
         """Check the server answers, open the pool, create or migrate the schema; refuse
         a newer schema.

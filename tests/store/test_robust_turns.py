@@ -1,0 +1,159 @@
+"""A caller cannot break a session: bad input, unstorable output, bad ids, escaping errors.
+
+Each case runs on ``memory:``, SQLite and PostgreSQL through a real
+:class:`~sessions.SessionManager`; after each refusal the session is loaded again by a
+fresh manager (as another process would) and must still take turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from engine.graph import Node
+from sessions import Limits, SessionManager
+from sessions.errors import InvalidInput, InvalidSessionId, SessionNotFound, Unstorable
+from sessions.store import open_store
+
+from ..sessions.session_kit import chain_graph, reply_registry
+from . import SECRET
+
+
+def _manager(url: str, **handlers: Any) -> SessionManager:
+    return SessionManager(
+        url,
+        registry=reply_registry(**handlers),
+        turn_graph=chain_graph(),
+        limits=Limits(compaction_threshold_tokens=None),
+        store_secret=SECRET,
+    )
+
+
+async def _reload_and_send(url: str) -> tuple[int, list[str]]:
+    """A fresh manager loads the session, takes one more turn, and reports what it holds."""
+    async with _manager(url) as m:
+        s = await m.get("s1")
+        result = await s.send("after")
+        assert result.ok and result.reply == "re: after"
+        return s.turn_count, [msg.content for msg in await s.all()]
+
+
+@pytest.mark.parametrize("bad", [5, None, 1.5, ["a"], b"bytes", "lone \ud800 surrogate"])
+async def test_send_refuses_what_is_not_a_str_before_writing(store_url: str, bad: object) -> None:
+    """send() with a non-str, or a str with a lone surrogate, raises InvalidInput and
+    writes nothing: the session loads and works afterwards."""
+    async with _manager(store_url) as m:
+        s = await m.get_or_create("s1")
+        assert (await s.send("hi")).ok
+        with pytest.raises(InvalidInput, match="s1"):
+            await s.send(bad)  # type: ignore[arg-type]
+        assert s.turn_count == 1 and s.phase == "idle"
+        assert (await s.send("again")).ok
+    if store_url != "memory:":
+        assert await _reload_and_send(store_url) == (
+            3,
+            ["hi", "re: hi", "again", "re: again", "after", "re: after"],
+        )
+
+
+class _BadStr:
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def _deep() -> list[Any]:
+    root: list[Any] = []
+    cur = root
+    for _ in range(20_000):
+        nxt: list[Any] = []
+        cur.append(nxt)
+        cur = nxt
+    return root
+
+
+_BAD_OUTPUTS: dict[str, dict[str, Any]] = {
+    "set in working memory": {"memory.working": {"tags": {1, 2}}},
+    "object in working memory": {"memory.working": {"obj": object()}},
+    "deep working memory": {"memory.working": {"deep": _deep()}},
+    "NaN in working memory": {"memory.working": {"x": float("nan")}},
+    "reply whose str() raises": {"reply": _BadStr()},
+    "bytes key": {"memory.working": {b"k": 1}},
+    "surrogate reply": {"reply": "x\udc80"},
+    "goal whose str() raises": {"goals": [_BadStr()]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_OUTPUTS))
+async def test_unstorable_output_fails_the_turn_and_keeps_the_session(
+    store_url: str, case: str
+) -> None:
+    """Handler output that cannot be stored fails that turn with Unstorable; nothing
+    unreadable is committed, working memory is unchanged, later turns work (here and
+    after a reload)."""
+    poison = {"on": True}
+
+    def fmt(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        if poison["on"] and ctx["session.input"] == "poison":
+            return _BAD_OUTPUTS[case]
+        return {"reply": f"re: {ctx['session.input']}", "memory.working": {"ok": 1}}
+
+    async with _manager(store_url, format=fmt) as m:
+        s = await m.get_or_create("s1")
+        assert (await s.send("hi")).ok
+        result = await s.send("poison")
+        assert result.status == "fail" and isinstance(result.error, Unstorable)
+        assert "s1" in str(result.error)
+        assert s.turn_count == 2 and dict(s.working_memory) == {"ok": 1}
+        assert (await s.send("next")).ok
+        assert [msg.content for msg in await s.all()] == ["hi", "re: hi", "next", "re: next"]
+    if store_url != "memory:":
+        turns, contents = await _reload_and_send(store_url)
+        assert turns == 4 and contents[-2:] == ["after", "re: after"]
+
+
+async def test_bad_session_ids_are_typed(store_url: str) -> None:
+    """get / get_or_create / create with a non-string id raise InvalidSessionId."""
+    async with _manager(store_url) as m:
+        for bad in (5, None, 1.5, b"s1", ["s1"]):
+            for call in (m.get, m.get_or_create):
+                with pytest.raises(InvalidSessionId):
+                    await call(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error", [SessionNotFound("nobody", "no such session"), ValueError("mine")]
+)
+async def test_errors_leave_the_manager_block_unwrapped(store_url: str, error: Exception) -> None:
+    """A typed error (or the user's own) raised inside ``async with SessionManager``
+    leaves the block as itself, not inside an ExceptionGroup."""
+
+    async def raise_inside() -> None:
+        async with _manager(store_url) as m:
+            await m.get_or_create("s1")
+            raise error
+
+    async def not_found_inside() -> None:
+        async with _manager(store_url) as m:
+            await m.get("nobody")
+
+    with pytest.raises(type(error)) as info:
+        await raise_inside()
+    assert info.value is error
+    with pytest.raises(SessionNotFound):
+        await not_found_inside()
+
+
+async def test_manager_opens_a_store_handed_to_it_unopened(store_url: str) -> None:
+    """SessionManager(store=open_store(url)) opens the store it was given unopened, and
+    closes it again on exit (a store opened by the caller stays open)."""
+    store = open_store(store_url, secret=SECRET)
+    async with SessionManager(
+        store, registry=reply_registry(), turn_graph=chain_graph(), store_secret=SECRET
+    ) as m:
+        assert (await (await m.get_or_create("s1")).send("hi")).ok
+    async with store:  # closed by the manager, so it can be opened again
+        async with SessionManager(store, registry=reply_registry(), turn_graph=chain_graph()) as m:
+            assert (await m.get("s1")).turn_count == 1
+        assert await store.exists("s1")  # still open: the caller opened it
