@@ -243,6 +243,7 @@ class TurnPipeline:
                 on_enter=self._on_enter,
                 start_at=start_at,
                 on_step=on_step,
+                time_limit=rt.limits.turn_timeout,
             )
         except _cancelled():
             if on_step is not None:
