@@ -277,9 +277,10 @@ class Engine:
                     plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter
                 )
             else:
-                exit_id = await self._walk_within(
-                    limit, plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter
-                )
+                where = [first]  # the node running when the deadline passes
+                entered = _tracking(where, on_enter)
+                walk = self._walk(plan, first, ctx, trace, rid, obs, on_step, entered, emitter)
+                exit_id = await _within(limit, where, walk)
         except RunError as exc:
             if obs:
                 failed_at = getattr(exc, "node_id", None)
@@ -305,31 +306,6 @@ class Engine:
         if obs:
             notify(obs, RunCompleted(rid, graph.name, exit_id, len(trace), _perf() - t0))
         return RunResult("success", ctx, tuple(trace), rid)
-
-    async def _walk_within(
-        self,
-        limit: float,
-        plan: _Plan,
-        node_id: str,
-        ctx: dict[str, Any],
-        trace: list[NodeRecord],
-        rid: str,
-        obs: tuple[Observer, ...],
-        on_step: OnStep | None,
-        on_enter: OnEnter | None,
-        emitter: Emitter | None,
-    ) -> str:
-        """:meth:`_walk` bounded by ``limit`` seconds; :class:`TurnTimeout` past it."""
-        where = [node_id]
-
-        def entered(node: Node) -> None:
-            where[0] = node.id
-            if on_enter is not None:
-                on_enter(node)
-
-        with anyio.move_on_after(limit):
-            return await self._walk(plan, node_id, ctx, trace, rid, obs, on_step, entered, emitter)
-        raise TurnTimeout(limit, where[0])
 
     async def _walk(
         self,
@@ -491,6 +467,25 @@ class Engine:
         if step.in_thread:
             return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
         return spec.fn(step.node, view)
+
+
+def _tracking(where: list[str], on_enter: OnEnter | None) -> OnEnter:
+    """An ``on_enter`` that also notes the node entered in ``where[0]``."""
+
+    def entered(node: Node) -> None:
+        where[0] = node.id
+        if on_enter is not None:
+            on_enter(node)
+
+    return entered
+
+
+async def _within(limit: float, where: list[str], walk: Awaitable[str]) -> str:
+    """Await ``walk`` for at most ``limit`` seconds; past it, :class:`TurnTimeout`
+    naming the node in ``where[0]``."""
+    with anyio.move_on_after(limit):
+        return await walk
+    raise TurnTimeout(limit, where[0])
 
 
 def _shorter(a: float | None, b: float | None) -> float | None:
