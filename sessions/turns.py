@@ -301,8 +301,8 @@ class TurnPipeline:
         ctx = result.context
         state = self._state
         try:
-            # Handler values meet str() and the store's encoder here: any of them may
-            # refuse (a str() that raises, a set in working memory, nesting too deep).
+            # Handler values meet str() here (a reply, a goal, a tool message): one
+            # that raises fails the turn like a value the store's encoder refuses.
             reply = ctx.get("reply")
             reply = "" if reply is None else str(reply)
             messages: tuple[Message, ...] = self._log.new_messages(
@@ -310,13 +310,15 @@ class TurnPipeline:
             )
             record = TurnRecord(turn, "success", trace_id, self._graph_hash(), trace, now)
             changes = state_changes(ctx)
-            await self._store(state.commit(record, messages, changes), now)
-        except Unstorable as exc:
-            return await self._unstorable(turn, trace_id, trace, now, result, exc)
-        except Exception as exc:  # a handler value whose str() raised
+            commit = state.commit(record, messages, changes)
+        except Exception as exc:
             bad = Unstorable(self._writer.url, self._host.id, "the turn's output", repr(exc))
             bad.__cause__ = exc
             return await self._unstorable(turn, trace_id, trace, now, result, bad)
+        try:
+            await self._store(commit, now)
+        except Unstorable as exc:  # refused by the store before it wrote anything
+            return await self._unstorable(turn, trace_id, trace, now, result, exc)
         if changes:
             state.apply(changes)
         state.dirty = False  # the commit carried every change applied so far
