@@ -114,8 +114,9 @@ class PgDatabase:
             raise StoreLocked(
                 self.url, f"gave up waiting {self._lock_ms} ms for a row lock (lock_timeout)"
             ) from exc
-        except psycopg.errors.ReadOnlySqlTransaction as exc:
-            raise StoreReadOnly(self.url, f"read-only: {exc}") from exc
+        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreReadOnly(self.url, f"read-only: writes are refused ({reason})") from exc
         except psycopg.Error as exc:
             raise StoreError(self.url, f"{type(exc).__name__}: {exc}") from exc
 
@@ -162,13 +163,15 @@ async def _migrate(url: str, c: Conn, *, create: bool) -> None:
     """Create or migrate the schema in transaction ``c``; refuse a newer one.  Without
     ``create`` a database without turngraph's tables is ``no such store``."""
     await c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-    if not create:
-        found = await one(c, "SELECT to_regclass('turngraph_schema')", ())
-        if found is None or found[0] is None:
+    found = await one(c, "SELECT to_regclass('turngraph_schema')", ())
+    if found is None or found[0] is None:
+        if not create:
             raise StoreError(url, "no such store: this database has no turngraph tables")
-    await c.execute("CREATE TABLE IF NOT EXISTS turngraph_schema (version INTEGER)")
+        await c.execute("CREATE TABLE IF NOT EXISTS turngraph_schema (version INTEGER)")
     row = await one(c, "SELECT max(version) FROM turngraph_schema", ())
     version = int(row[0] or 0) if row else 0
+    if version == SCHEMA_VERSION:
+        return  # current: no DDL at all, so a read-only role or transaction can open it
     if version > SCHEMA_VERSION:
         raise StoreVersionUnsupported(
             url,
