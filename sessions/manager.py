@@ -58,8 +58,14 @@ __all__ = ["SessionManager"]
 GraphSource = Graph | str | os.PathLike[str]
 
 
-def _default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def _owner(configured: str | None) -> str:
+    """This manager's name in leases: unique per instance, even when two processes (or
+    two managers) are configured with the same ``owner``, so the store's lease tells
+    them apart and the second gets ``SessionBusy`` instead of sharing the session."""
+    suffix = uuid.uuid4().hex[:8]
+    if configured is None:
+        return f"{socket.gethostname()}:{os.getpid()}:{suffix}"
+    return f"{configured}~{suffix}"
 
 
 def _load(source: GraphSource | None, default: str, registry: HandlerRegistry) -> Graph:
@@ -92,7 +98,11 @@ class SessionManager:
     defaults); ``registry`` replaces it.
     ``turn_graph``/``heartbeat_graph`` are graphs, paths or DOT text (defaults:
     ``graphs/turn.dot`` and ``graphs/heartbeat.dot``).  ``owner`` names this process in
-    leases.  ``auto_resume`` continues an interrupted turn as soon as its session loads.
+    leases; a random suffix makes each manager's name unique (:attr:`owner`), so two
+    managers configured alike never share a session.  ``lease_ttl`` (seconds) is how
+    long a lease outlives its holder: a crashed owner's sessions can be taken over
+    that long after its last renewal (it renews every ``lease_ttl / 3``).
+    ``auto_resume`` continues an interrupted turn as soon as its session loads.
     ``summarizer`` replaces the compaction summariser (default: ``llm`` through
     :func:`~sessions.compaction.llm_summarizer`; with no ``llm``, the offline
     :func:`~sessions.compaction.extract_summarizer`); ``store_secret`` is the HMAC key
@@ -128,7 +138,7 @@ class SessionManager:
         self.engine.check(self.turn_graph)
         self.heartbeat_graph = self._heartbeat(heartbeat_graph, registry)
         self.store, self._owns_store = _open_store(store, store_secret)
-        self.owner = owner or _default_owner()
+        self.owner = _owner(owner)
         self.lease_ttl = lease_ttl
         self.auto_resume = auto_resume
         self._summarizer = summarizer or (

@@ -14,8 +14,15 @@ import pytest
 
 from engine.graph import Node
 from sessions import Limits, SessionManager
-from sessions.errors import InvalidInput, InvalidSessionId, SessionNotFound, Unstorable
-from sessions.store import open_store
+from sessions.errors import (
+    InvalidInput,
+    InvalidSessionId,
+    SessionBusy,
+    SessionNotFound,
+    Unstorable,
+)
+from sessions.store import ManualClock, OpenStore, open_store
+from sessions.store.base import SessionMeta
 
 from ..sessions.session_kit import chain_graph, reply_registry
 from . import SECRET
@@ -157,3 +164,35 @@ async def test_manager_opens_a_store_handed_to_it_unopened(store_url: str) -> No
         async with SessionManager(store, registry=reply_registry(), turn_graph=chain_graph()) as m:
             assert (await m.get("s1")).turn_count == 1
         assert await store.exists("s1")  # still open: the caller opened it
+
+
+async def test_two_managers_with_the_same_owner_never_both_write(
+    store: OpenStore, clock: ManualClock
+) -> None:
+    """Two managers configured with one ``owner`` are still two lease holders: the
+    second gets SessionBusy while the first holds the session."""
+    async with (
+        SessionManager(store, registry=reply_registry(), turn_graph=chain_graph(), owner="w") as a,
+        SessionManager(store, registry=reply_registry(), turn_graph=chain_graph(), owner="w") as b,
+    ):
+        s = await a.get_or_create("s1")
+        with pytest.raises(SessionBusy):
+            await b.get_or_create("s1")
+        assert a.owner != b.owner and a.owner.startswith("w~")
+        assert (await s.send("only a writes")).ok
+
+
+async def test_a_crashed_owners_session_is_taken_over_after_its_lease_ttl(
+    store: OpenStore, clock: ManualClock
+) -> None:
+    """A holder that died without releasing (its lease left in the store) blocks the
+    session for at most ``lease_ttl`` seconds; then a new manager takes it over."""
+    await store.create(SessionMeta(id="s1"))
+    await store.acquire("s1", "crashed~1234", 5.0)  # what a killed process leaves behind
+    async with SessionManager(
+        store, registry=reply_registry(), turn_graph=chain_graph(), owner="crashed", lease_ttl=5.0
+    ) as m:
+        with pytest.raises(SessionBusy, match="crashed"):
+            await m.get_or_create("s1")
+        clock.advance(5.1)
+        assert (await (await m.get_or_create("s1")).send("taken over")).ok
