@@ -19,6 +19,7 @@ tree rooted at :class:`engine.errors.TurngraphError`.
         ├── StoreReadOnly          the store can be read but not written
         ├── StoreFull              the disk (or the database's size limit) is full
         ├── StoreLocked            a write waited too long for a row lock
+        ├── CommitUnknown          the connection broke mid-commit and stayed broken
         ├── SessionTampered        an HMAC chain does not verify
         ├── StoreVersionUnsupported
         ├── ThreadClosed           a call reached a stopped database thread (a caller bug)
@@ -33,6 +34,7 @@ from __future__ import annotations
 from engine.errors import TurngraphError
 
 __all__ = [
+    "CommitUnknown",
     "Fenced",
     "ImportRejected",
     "InvalidInput",
@@ -134,6 +136,13 @@ class StoreFull(StoreError):
 class StoreLocked(StoreError):
     """A write waited longer than the store's ``lock_timeout`` for a lock another
     writer holds; nothing was written."""
+
+
+class CommitUnknown(StoreError):
+    """The connection broke while a turn committed, and the store could not be reached
+    again to find out whether the server stored it.  Not a failure: the turn may be
+    stored.  The session reads what was stored before its next turn (and adopts the
+    turn if it was), so sending again never leaves two copies of one commit."""
 
 
 class SessionTampered(StoreError):

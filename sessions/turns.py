@@ -31,7 +31,14 @@ from engine.outcome import NodeRecord, RunResult, RunStatus
 from engine.scopes import cancel_scope
 from sessions.checkpoints import Checkpoints
 from sessions.compaction import Compactor
-from sessions.errors import InvalidInput, SessionBusy, SessionClosed, Unstorable
+from sessions.errors import (
+    CommitUnknown,
+    InvalidInput,
+    SessionBusy,
+    SessionClosed,
+    StoreError,
+    Unstorable,
+)
 from sessions.fifolock import FifoLock
 from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
@@ -150,6 +157,7 @@ class TurnPipeline:
         "_rt",
         "_state",
         "_turn_held",
+        "_unsure",
         "_waiting",
         "_writer",
     )
@@ -174,6 +182,7 @@ class TurnPipeline:
         self._lock = FifoLock()  # turns keep arrival order
         self._waiting = 0
         self._turn_held = False  # the lock is held by a turn (not a state write)
+        self._unsure = False  # a commit's outcome is unknown (CommitUnknown)
 
     @property
     def busy(self) -> bool:
@@ -192,6 +201,8 @@ class TurnPipeline:
         text = checked_input(text, self._host.id)
         await self._enter()
         try:
+            if self._unsure:
+                await self._catch_up()
             cp = self._checkpoints.resumable
             if cp is not None:
                 await self._checkpoints.abandon(cp, "superseded by a new turn")
@@ -205,6 +216,8 @@ class TurnPipeline:
             return None
         await self._enter()
         try:
+            if self._unsure:
+                await self._catch_up()
             cp = self._checkpoints.take()
             if cp is None or cp.turn != self._host.turn_count + 1:
                 return None
@@ -356,11 +369,37 @@ class TurnPipeline:
 
     async def _store(self, commit: TurnCommit, now: float) -> None:
         """Commit a turn to the store, then count it and log it in memory."""
-        await self._writer.append_turn(commit)
+        try:
+            await self._writer.append_turn(commit)
+        except CommitUnknown:
+            self._unsure = True  # the next turn first reads what was stored
+            raise
         host = self._host
         host.turn_count = commit.record.turn
         host.updated_at = now
         self._log.append(commit.messages, commit.record)
+
+    async def _catch_up(self) -> None:
+        """After :class:`~sessions.errors.CommitUnknown`: read the session's counters
+        from the store; if the unknown commit was stored, adopt it (its messages, record
+        and state) so the next turn follows it instead of colliding with it."""
+        host, log = self._host, self._log
+        store = self._writer.store
+        meta = (await store.load(host.id, recent=0)).meta
+        if meta.turn_count == host.turn_count + 1:
+            count = meta.message_count - log.next_seq
+            messages = await store.messages(host.id, log.next_seq, count) if count else ()
+            (record,) = await store.turns(host.id, host.turn_count, 1)
+            log.append(tuple(messages), record)
+            host.turn_count, host.updated_at = meta.turn_count, meta.updated_at
+            self._state.adopt(meta)
+        elif meta.turn_count != host.turn_count:
+            raise StoreError(
+                self._writer.url,
+                f"session {host.id!r}: the store has {meta.turn_count} turns, this "
+                f"process {host.turn_count}: load the session again",
+            )
+        self._unsure = False
 
     # ------------------------------------------------------------------ the lock
 

@@ -35,6 +35,11 @@ class SessionWriter:
         self._on_fenced = on_fenced
 
     @property
+    def store(self) -> Store:
+        """The store written to (a session reads it to learn an unknown commit's fate)."""
+        return self._store
+
+    @property
     def url(self) -> str:
         """The store's URL (no password), for errors about this session's writes."""
         return self._store.url

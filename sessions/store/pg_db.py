@@ -94,9 +94,12 @@ class PgDatabase:
     async def recover(self) -> None:
         """Replace the pooled connections that died (the server restarted, a proxy or
         an administrator cut them) before the next transaction borrows one."""
-        for pool in (self.pool, self.group_pool):
-            if pool is not None:
-                await pool.check()
+        try:
+            for pool in (self.pool, self.group_pool):
+                if pool is not None:
+                    await pool.check()
+        except psycopg.Error as exc:
+            raise StoreError(self.url, f"{type(exc).__name__}: {exc}") from exc
 
     @asynccontextmanager
     async def tx(self, *, read: bool = False) -> AsyncIterator[Conn]:

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import anyio.to_thread
 
-from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError
+from sessions.errors import CommitUnknown, Fenced, SessionExists, SessionNotFound, StoreError
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -322,8 +322,19 @@ class PostgresStore:
         except StoreError as exc:
             if not connection_lost(exc):
                 raise
+        else:
+            return
+        try:
             await self._db.recover()
             await self._write_locked(sid, commit, token, planned[-1] if planned else tried, [])
+        except StoreError as exc:
+            if not connection_lost(exc):
+                raise
+            raise CommitUnknown(
+                self.url,
+                f"session {sid!r}: the connection broke while turn {commit.record.turn} "
+                f"committed, and again while finding out whether it was stored ({exc.reason})",
+            ) from exc
 
     async def _write_locked(
         self,

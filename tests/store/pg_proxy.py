@@ -10,7 +10,9 @@ sends a message containing ``pattern`` (``b"COMMIT"``, or a statement's text):
 * ``when="request"``: the request is forwarded and both sockets close at once, so the
   server may or may not have run it by the time it notices.
 
-It cuts once per :meth:`arm`; ``cuts`` counts the cuts made.  Everything else passes
+It cuts once per :meth:`arm`; ``cuts`` counts the cuts made.  With ``then_refuse`` the
+cut also drops every other connection and refuses new ones (the server seems gone)
+until ``refusing`` is set back to ``False``.  Everything else passes
 through untouched, so libpq's startup, TLS refusal and authentication work as usual.
 """
 
@@ -30,6 +32,7 @@ class _Trap:
     pattern: bytes
     when: Literal["reply", "request"]
     keep: int
+    then_refuse: bool = False
 
 
 @dataclass
@@ -39,6 +42,7 @@ class PgProxy:
     host: str
     port: int
     cuts: int = 0
+    refusing: bool = False
     _trap: _Trap | None = None
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -65,10 +69,15 @@ class PgProxy:
         return urlunsplit(parts._replace(netloc=netloc_new))
 
     def arm(
-        self, pattern: bytes, when: Literal["reply", "request"] = "reply", keep: int = 1
+        self,
+        pattern: bytes,
+        when: Literal["reply", "request"] = "reply",
+        keep: int = 1,
+        *,
+        then_refuse: bool = False,
     ) -> None:
         """Cut the next connection whose client sends ``pattern`` (see the module)."""
-        self._trap = _Trap(pattern, when, keep)
+        self._trap = _Trap(pattern, when, keep, then_refuse)
 
     async def close(self) -> None:
         """Stop listening and drop every connection."""
@@ -80,6 +89,9 @@ class PgProxy:
                 await self._server.wait_closed()
 
     async def _serve(self, c_read: asyncio.StreamReader, c_write: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            c_write.transport.abort()
+            return
         try:
             s_read, s_write = await asyncio.open_connection(self.host, self.port)
         except OSError:
@@ -87,16 +99,18 @@ class PgProxy:
             return
         self._writers |= {c_write, s_write}
         keep: int | None = None  # set when this connection's client sent the pattern
+        refuse = False
         cut = asyncio.Event()
 
         async def upstream() -> None:
-            nonlocal keep
+            nonlocal keep, refuse
             while data := await c_read.read(65536):
                 trap = self._trap
                 s_write.write(data)
                 await s_write.drain()
                 if trap is not None and trap.pattern in data:
                     self._trap = None
+                    refuse = trap.then_refuse
                     if trap.when == "request":
                         cut.set()
                         return
@@ -118,6 +132,10 @@ class PgProxy:
             await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
             if cut.is_set():
                 self.cuts += 1
+                if refuse:
+                    self.refusing = True
+                    for w in tuple(self._writers):
+                        w.transport.abort()
         except (OSError, asyncio.CancelledError):
             pass
         finally:

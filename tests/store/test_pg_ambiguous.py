@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from sessions import Limits, SessionManager
-from sessions.errors import StoreLocked
+from sessions.errors import CommitUnknown, StoreError, StoreLocked
 from sessions.store.postgres import PostgresStore
 
 from ..sessions.session_kit import chain_graph, reply_registry
@@ -151,3 +151,44 @@ def test_lock_timeout_must_be_positive(pg_url: str) -> None:
     """``lock_timeout`` is seconds > 0."""
     with pytest.raises(ValueError, match="lock_timeout"):
         PostgresStore(pg_url, lock_timeout=0)
+
+
+@pytest.mark.parametrize("groups", [0, 2])
+async def test_an_unknown_outcome_is_resolved_before_the_next_turn(
+    pg_url: str, proxy: PgProxy, groups: int
+) -> None:
+    """The server committed, the answer was lost, and the server stayed unreachable
+    while the store tried to find out: CommitUnknown (not a failure).  Once the server
+    is back, the next send adopts the stored turn first, then follows it: no duplicate,
+    no wedge, memory and store agree."""
+    store = PostgresStore(
+        proxy.url(pg_url), secret=SECRET, group_commits=groups, connect_timeout=3.0
+    )
+    async with store, _manager(store) as m:
+        s = await m.get_or_create("s1")
+        assert (await s.send("zero")).ok
+        await m.close("s1")
+        s = await m.get("s1")  # the first turn after open: the locked path
+        proxy.arm(b"COMMIT", "reply", keep=1, then_refuse=True)
+        with pytest.raises(CommitUnknown, match="turn 2"):
+            await s.send("cut")
+        assert s.turn_count == 1 and s.phase == "idle"
+        proxy.refusing = False
+        errors: list[str] = []
+        for _ in range(10):  # the pool reconnects with backoff: a send may find it not yet
+            try:
+                nxt = await s.send("next")
+                break
+            except StoreError as exc:  # only PoolTimeout is expected here
+                errors.append(str(exc))
+        assert all("PoolTimeout" in e for e in errors)
+        assert nxt.ok and nxt.turn == 3 and s.turn_count == 3
+        assert [msg.content for msg in s.recent(6)] == [
+            "zero",
+            "re: zero",
+            "cut",
+            "re: cut",
+            "next",
+            "re: next",
+        ]
+    assert [k for k, _ in _stored_turns(pg_url, "s1")] == [1, 2, 3]
