@@ -8,6 +8,7 @@ fresh manager (as another process would) and must still take turns.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +197,20 @@ async def test_a_crashed_owners_session_is_taken_over_after_its_lease_ttl(
             await m.get_or_create("s1")
         clock.advance(5.1)
         assert (await (await m.get_or_create("s1")).send("taken over")).ok
+
+
+def test_the_cli_refuses_an_unencodable_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-m`` with bytes that are not UTF-8 (a lone surrogate in argv) and ``--session``:
+    one line naming the session, exit 2, nothing stored."""
+    from engine.cli.main import main
+    from graphs import graph_source
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    argv = [str(graph_source("turn.dot")), "-m", "bad \udcff byte", "--session", "s1"]
+    assert main([*argv, "--store", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s1" in err and "UTF-8" in err
+    assert main(["sessions", "show", "s1", "--store", url]) in (0, 2)
+    assert "bad" not in capsys.readouterr().out
