@@ -214,3 +214,15 @@ def test_the_cli_refuses_an_unencodable_message(
     assert err.count("\n") == 1 and "s1" in err and "UTF-8" in err
     assert main(["sessions", "show", "s1", "--store", url]) in (0, 2)
     assert "bad" not in capsys.readouterr().out
+
+
+async def test_stream_refuses_bad_input_before_it_starts(store_url: str) -> None:
+    """``session.stream()`` checks its input as ``send()`` does, when it is called."""
+    async with _manager(store_url) as m:
+        s = await m.get_or_create("s1")
+        for bad in (5, None, "x\ud800"):
+            with pytest.raises(InvalidInput):
+                s.stream(bad)  # type: ignore[arg-type]
+        assert s.turn_count == 0
+        events = [e async for e in s.stream("hi")]
+        assert events and s.turn_count == 1
