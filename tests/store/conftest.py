@@ -27,20 +27,6 @@ PG_URL = os.environ.get("TURNGRAPH_TEST_PG", "postgresql://postgres@127.0.0.1:54
 
 
 @pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """Leave structlog as found: the CLI, run in-process by some store tests, configures
-    it for good (and later tests would log, or not, by its level)."""
-    import structlog
-
-    was_configured, config = structlog.is_configured(), structlog.get_config()
-    yield
-    if was_configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
-
-
-@pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Key files and default stores land in tmp_path, never in the real home."""
     monkeypatch.setenv("TURNGRAPH_HOME", str(tmp_path / "home"))

@@ -7,6 +7,9 @@ fresh manager (as another process would) and must still take turns.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -199,21 +202,24 @@ async def test_a_crashed_owners_session_is_taken_over_after_its_lease_ttl(
         assert (await (await m.get_or_create("s1")).send("taken over")).ok
 
 
-def test_the_cli_refuses_an_unencodable_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_cli_refuses_an_unencodable_message(tmp_path: Path) -> None:
     """``-m`` with bytes that are not UTF-8 (a lone surrogate in argv) and ``--session``:
     one line naming the session, exit 2, nothing stored."""
-    from engine.cli.main import main
     from graphs import graph_source
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    argv = [str(graph_source("turn.dot")), "-m", "bad \udcff byte", "--session", "s1"]
-    assert main([*argv, "--store", url]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "s1" in err and "UTF-8" in err
-    assert main(["sessions", "show", "s1", "--store", url]) in (0, 2)
-    assert "bad" not in capsys.readouterr().out
+    argv: list[str | bytes] = [str(graph_source("turn.dot")), "-m", b"bad \xff byte"]
+    run = _cli(*argv, "--session", "s1", "--store", url)
+    assert run.returncode == 2 and run.stderr.count(b"\n") == 1
+    assert b"s1" in run.stderr and b"UTF-8" in run.stderr
+    assert b"bad" not in _cli("sessions", "show", "s1", "--store", url).stdout
+
+
+def _cli(*argv: str | bytes) -> subprocess.CompletedProcess[bytes]:
+    """``python -m engine.run ARGV`` in a child process (as a user runs it)."""
+    env = {**os.environ, "TURNGRAPH_SECRET": SECRET.decode()}
+    cmd = [sys.executable, "-m", "engine.run", *argv]
+    return subprocess.run(cmd, capture_output=True, env=env, timeout=120, check=False)
 
 
 async def test_stream_refuses_bad_input_before_it_starts(store_url: str) -> None:
