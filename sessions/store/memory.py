@@ -23,7 +23,7 @@ from sessions.store.base import (
     TurnCommit,
     TurnRecord,
 )
-from sessions.store.codec import canonical_json, commit_json, validate_session_id
+from sessions.store.codec import canonical_json, check_commit, validate_session_id
 from sessions.store.export import ImportLimits, already_exists, build_doc, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.signing import Signer, load_key
@@ -245,7 +245,7 @@ class MemoryStore:
                     f"session {session_id!r}: message seq {msg.seq} "
                     f"does not follow message_count {s.message_count + i}",
                 )
-        commit_json(commit, self.url, session_id)  # refused here as by the durable stores
+        check_commit(commit, self.url, session_id)  # refused here as by the durable stores
         s.messages.extend(commit.messages)
         s.turns.append(commit.record)
         s.checkpoint = None
