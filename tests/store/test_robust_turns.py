@@ -232,3 +232,53 @@ async def test_stream_refuses_bad_input_before_it_starts(store_url: str) -> None
         assert s.turn_count == 0
         events = [e async for e in s.stream("hi")]
         assert events and s.turn_count == 1
+
+
+_STEP = {"id": "n", "handler": "h", "status": "success", "attempts": 1, "duration_ms": 0.5}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"trace": ({**_STEP, "reason": "bad \udc80"},)},
+        {"trace": ({**_STEP, "usage": {1, 2}},)},
+        {"trace": ({**_STEP, "duration_ms": float("inf")},)},
+        {"trace": ({**_STEP, 3: "int key"},)},
+        {"error": "bad \ud800"},
+        {"content": "bad \ud800"},
+        {"meta": {"k": b"bytes"}},
+        {"working_memory": {"k": float("nan")}},
+        {"goals": ("ok", "bad \udc80")},
+        {"cognitive_mode": "bad \udc80"},
+    ],
+)
+def test_the_memory_stores_cheap_check_refuses_what_the_encoder_refuses(
+    change: dict[str, Any],
+) -> None:
+    """check_commit (memory store) and commit_json (durable stores) refuse alike."""
+    from types import MappingProxyType
+
+    from sessions.store.base import Message, TurnCommit, TurnRecord
+    from sessions.store.codec import check_commit, commit_json
+
+    def build(**kw: Any) -> TurnCommit:
+        meta = MappingProxyType(kw["meta"]) if "meta" in kw else None
+        msg = Message(0, "user", kw.get("content", "hi"), 1, 1.0)
+        if meta is not None:
+            msg = Message(0, "user", "hi", 1, 1.0, meta)
+        record = TurnRecord(
+            1, "success", "s:1", "g", kw.get("trace", (_STEP,)), 1.0, kw.get("error")
+        )
+        return TurnCommit(
+            record,
+            (msg,),
+            working_memory=kw.get("working_memory"),
+            goals=kw.get("goals"),
+            cognitive_mode=kw.get("cognitive_mode"),
+        )
+
+    check_commit(build(), "memory:", "s")  # a plain commit passes both
+    commit_json(build(), "memory:", "s")
+    for check in (check_commit, commit_json):
+        with pytest.raises(Unstorable):
+            check(build(**change), "memory:", "s")
