@@ -44,6 +44,7 @@ from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
 from sessions.state import SessionState, state_changes
 from sessions.store.base import Message, SessionType, TurnCommit, TurnRecord
+from sessions.store.recall import PENDING_KEY, pending_items
 from sessions.usage import UsageTotals
 from sessions.writer import SessionWriter
 
@@ -343,7 +344,8 @@ class TurnPipeline:
             )
             record = TurnRecord(turn, "success", trace_id, self._graph_hash(), trace, now)
             changes = state_changes(ctx)
-            commit = state.commit(record, messages, changes)
+            memory = pending_items(ctx.get(PENDING_KEY))  # update_memory's, for a store memory
+            commit = state.commit(record, messages, changes, memory)
         except Exception as exc:
             bad = Unstorable(self._writer.url, self._host.id, "the turn's output", repr(exc))
             bad.__cause__ = exc
