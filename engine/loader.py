@@ -32,7 +32,8 @@ exits); there must be at least one, and no edge may leave one.
 ids); ``blocking``
 (bool).  A node's unset retry settings come from the graph's
 ``default_max_retries`` and ``retry.*`` attributes, then :class:`RetryPolicy`'s
-defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles.
+defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles; its
+``turn_timeout`` (duration) bounds a whole run (read by :class:`~engine.Engine`).
 
 **Edge attributes:** ``label`` (text), ``weight`` (integer, default 0),
 ``condition`` (see :mod:`engine.conditions`; empty means none).

@@ -117,6 +117,11 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has run (and :meth:`close` has not)."""
+        return self._db is not None
+
     async def open(self) -> None:
         """Create the file (and its directory) if needed, set pragmas, migrate.
 
