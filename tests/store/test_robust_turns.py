@@ -204,14 +204,14 @@ async def test_a_crashed_owners_session_is_taken_over_after_its_lease_ttl(
 
 def test_the_cli_refuses_an_unencodable_message(tmp_path: Path) -> None:
     """``-m`` with bytes that are not UTF-8 (a lone surrogate in argv) and ``--session``:
-    one line naming the session, exit 2, nothing stored."""
+    one line naming the bad argument, exit 2, nothing stored."""
     from graphs import graph_source
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     argv: list[str | bytes] = [str(graph_source("turn.dot")), "-m", b"bad \xff byte"]
     run = _cli(*argv, "--session", "s1", "--store", url)
     assert run.returncode == 2 and run.stderr.count(b"\n") == 1
-    assert b"s1" in run.stderr and b"UTF-8" in run.stderr
+    assert run.stderr.startswith(b"-m: error:") and b"UTF-8" in run.stderr
     assert b"bad" not in _cli("sessions", "show", "s1", "--store", url).stdout
 
 
