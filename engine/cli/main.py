@@ -19,6 +19,9 @@
                                                             is tampered; --salvage: read a
                                                             tampered one up to its first bad
                                                             record)
+    python -m engine.run serve [--host H] [--port P] [--store URL] [--llm SPEC] [--graph G]
+                                                            the HTTP API (the serve extra;
+                                                            see engine/cli/serve.py)
 
 Without ``GRAPH.dot`` a turn runs the shipped ``turn.dot`` (:mod:`graphs`).  The
 installed console script ``turngraph`` is this command.
@@ -583,10 +586,17 @@ def _cmd_sessions(argv: Sequence[str]) -> int:
     return cmd_sessions(argv)
 
 
+def _cmd_serve(argv: Sequence[str]) -> int:
+    from engine.cli.serve import cmd_serve
+
+    return cmd_serve(argv)
+
+
 _COMMANDS: Mapping[str, Callable[[Sequence[str]], int]] = {
     "validate": _cmd_validate,
     "render": _cmd_render,
     "sessions": _cmd_sessions,
+    "serve": _cmd_serve,
 }
 
 
