@@ -12,6 +12,7 @@ import pytest
 
 from engine.server import create_app
 from sessions import SessionManager
+from sessions.store.base import SessionType
 
 from .serve_kit import Running
 
@@ -56,7 +57,7 @@ def test_sessions_are_listed_paged_and_filtered(db: str) -> None:
         async with SessionManager(db) as manager:
             for i in range(5):
                 agent = "a" if i % 2 else "b"
-                kind = "background" if i == 4 else "primary"
+                kind: SessionType = "background" if i == 4 else "primary"
                 await manager.create(f"s{i}", agent_id=agent, type=kind)
 
     anyio.run(seed)
