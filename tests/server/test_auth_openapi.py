@@ -1,0 +1,77 @@
+"""Bearer-token authentication, the non-loopback refusal, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from starlette.routing import Route
+
+from engine.cli.main import main
+from engine.cli.serve import is_loopback
+from engine.server import create_app
+from engine.server.openapi import document
+
+from .serve_kit import Running
+
+TOKEN = "s3cret-token-value"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/sessions", "/openapi.json", "/graphs"])
+def test_every_endpoint_needs_the_token_when_it_is_set(
+    db: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setenv("TURNGRAPH_API_TOKEN", TOKEN)
+    with Running(create_app(db, llm="echo")) as served:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+            refused = served.client.get(path, headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.json()["error"]["kind"] == "Unauthorized"
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert TOKEN not in refused.text
+        ok = served.client.get(path, headers={"authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+        assert served.client.get(path, headers={"authorization": f"bearer {TOKEN}"}).is_success
+
+
+def test_a_turn_with_the_token(db: str) -> None:
+    with Running(create_app(db, llm="echo", token=TOKEN)) as served:
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        assert served.client.post("/sessions/a/turns", json={"text": "x"}).status_code == 401
+        assert served.client.get("/sessions/a").status_code == 401
+        body = served.client.post("/sessions/a/turns", json={"text": "x"}, headers=auth).json()
+        assert body["reply"] == "echo: x"
+
+
+def test_serve_refuses_a_public_address_without_a_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TURNGRAPH_API_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TURNGRAPH_API_TOKEN" in err and "0.0.0.0" in err
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("example.com", False)],
+)  # fmt: skip
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_the_openapi_document_lists_every_route_and_method(served: Running) -> None:
+    doc = json.loads(served.client.get("/openapi.json").content)
+    assert doc["openapi"].startswith("3.") and doc == json.loads(json.dumps(document()))
+    served_routes: dict[str, set[str]] = {}
+    for route in served.app.routes:
+        assert isinstance(route, Route)
+        served_routes.setdefault(route.path, set()).update(
+            m.lower() for m in route.methods or () if m != "HEAD"
+        )
+    listed = {path: set(ops) for path, ops in doc["paths"].items()}
+    assert listed == served_routes
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            assert op["summary"] and "responses" in op
