@@ -118,17 +118,18 @@ def test_a_turn_past_the_grace_period_is_cancelled_whole(tmp_path: Path) -> None
 
         def post() -> None:
             # The connection is dropped when the grace runs out: expected.
-            with httpx.Client(base_url=url, timeout=GUARD) as c, contextlib.suppress(httpx.HTTPError):
-                c.post("/sessions/cut/turns", json={"text": "hi"})
+            client = httpx.Client(base_url=url, timeout=GUARD)
+            with client, contextlib.suppress(httpx.HTTPError):
+                client.post("/sessions/cut/turns", json={"text": "hi"})
 
-        client = threading.Thread(target=post)
+        poster = threading.Thread(target=post)
         try:
-            client.start()
+            poster.start()
             _wait_for("the model request", check=lambda: bool(model.requests))
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=GUARD)
         finally:
-            client.join(GUARD)
+            poster.join(GUARD)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
