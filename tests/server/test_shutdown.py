@@ -43,7 +43,7 @@ def _serve(model: LLMServer, db: str, *extra: str) -> tuple[subprocess.Popen[str
          "--llm", "openai:m", *extra],
         cwd=ROOT, env=_env(model), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
     return proc, line.split()[-1]
