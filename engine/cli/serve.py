@@ -4,6 +4,7 @@
 
     python -m engine.run serve [--host 127.0.0.1] [--port 8000] [--store URL] [--llm SPEC]
                                [--graph GRAPH.dot] [--grace 30] [--max-body BYTES]
+                               [--max-sessions N]
 
 Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port).
 With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
@@ -45,6 +46,9 @@ def _parser() -> Parser:
     p.add_argument(
         "--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body"
     )
+    p.add_argument(
+        "--max-sessions", type=int, default=1000, metavar="N", help="sessions hosted at once"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
     return p
 
@@ -59,8 +63,10 @@ def cmd_serve(argv: Sequence[str]) -> int:
             f"{PROG} serve: error: refusing to serve on {args.host} without "
             f"${TOKEN_ENV} (set a token, or bind a loopback address)"
         )
-    if not 0 <= args.port <= 65535 or args.grace < 0 or args.max_body < 1:
-        raise UsageError(f"{PROG} serve: error: --port, --grace or --max-body out of range")
+    if not 0 <= args.port <= 65535 or args.grace < 0 or min(args.max_body, args.max_sessions) < 1:
+        raise UsageError(
+            f"{PROG} serve: error: --port, --grace, --max-body or --max-sessions out of range"
+        )
     try:
         import anyio
 
@@ -73,7 +79,12 @@ def cmd_serve(argv: Sequence[str]) -> int:
         ) from None
     configure_logging(args.verbose)
     app = create_app(
-        args.store, llm=args.llm, graph=args.graph, max_body=args.max_body, grace=args.grace
+        args.store,
+        llm=args.llm,
+        graph=args.graph,
+        max_body=args.max_body,
+        grace=args.grace,
+        max_sessions=args.max_sessions,
     )
     server = Server(app, grace=args.grace, log_level="info" if args.verbose else "warning")
     sock = bind(args.host, args.port)

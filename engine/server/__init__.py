@@ -9,6 +9,6 @@ statuses; :mod:`engine.server.sse` writes turn events as Server-Sent Events.
 
 from __future__ import annotations
 
-from engine.server.app import MAX_BODY, TOKEN_ENV, create_app
+from engine.server.app import MAX_BODY, MAX_SESSIONS, TOKEN_ENV, create_app
 
-__all__ = ["MAX_BODY", "TOKEN_ENV", "create_app"]
+__all__ = ["MAX_BODY", "MAX_SESSIONS", "TOKEN_ENV", "create_app"]

@@ -34,13 +34,16 @@ from engine.server.state import ServerState
 if TYPE_CHECKING:
     from sessions import SessionManager
 
-__all__ = ["MAX_BODY", "TOKEN_ENV", "create_app"]
+__all__ = ["MAX_BODY", "MAX_SESSIONS", "TOKEN_ENV", "create_app"]
 
 TOKEN_ENV = "TURNGRAPH_API_TOKEN"
 """The environment variable holding the bearer token every request must carry."""
 
 MAX_BODY = 1 << 20
 """Default largest request body, in bytes (an import document counts too)."""
+
+MAX_SESSIONS = 1000
+"""Default most sessions one server hosts at once (see :func:`create_app`)."""
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -80,17 +83,16 @@ class BearerAuth:
 
 
 def _manager(
-    store: str | None, llm: str | None, graph: str | None, manager: SessionManager | None
+    store: str | None, llm: str | None, graph: str | None, max_sessions: int
 ) -> SessionManager:
-    if manager is not None:
-        return manager
-    from sessions import SessionManager
+    from sessions import Limits, SessionManager
     from sessions.store import default_store_url
 
     return SessionManager(
         store or os.environ.get("TURNGRAPH_STORE") or default_store_url(),
         llm=llm or os.environ.get("TURNGRAPH_LLM") or "echo",
         turn_graph=graph,
+        limits=Limits(max_active_sessions=max_sessions),
     )
 
 
@@ -103,6 +105,7 @@ def create_app(
     token: str | None = None,
     max_body: int = MAX_BODY,
     grace: float = 30.0,
+    max_sessions: int = MAX_SESSIONS,
 ) -> Starlette:
     """The turngraph HTTP API as a Starlette app.
 
@@ -113,10 +116,12 @@ def create_app(
     app enters and exits it).  ``token`` (default ``$TURNGRAPH_API_TOKEN``) turns on
     bearer authentication.  ``max_body`` caps request bodies (413 above it); ``grace``
     is how long shutdown waits for running turns before cancelling them.
+    ``max_sessions`` bounds the sessions hosted at once (idle ones are closed to make
+    room; a turn beyond it with every hosted session busy answers 429).
     """
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     st = ServerState(
-        _manager(store, llm, graph, manager),
+        manager or _manager(store, llm, graph, max_sessions),
         token=token.encode() if token else None,
         max_body=max_body,
         grace=grace,

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import anyio
 
 from engine.server.errors import ShuttingDown
+from sessions.errors import SessionLimitReached
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from sessions import SessionManager
+    from sessions import Session, SessionManager
 
 __all__ = ["ServerState"]
 
@@ -65,6 +66,18 @@ class ServerState:
             yield
         finally:
             self.leave()
+
+    async def open(self, session_id: str) -> Session:
+        """The session, hosted (created if new).  When the manager hosts as many
+        sessions as it may, the idle ones are closed first (their leases released; they
+        load again on their next request), so a server is never stuck at its limit."""
+        try:
+            return await self.manager.get_or_create(session_id)
+        except SessionLimitReached:
+            for session in self.manager.live:
+                if not session.busy and not session.queued:
+                    await self.manager.close(session.id)
+            return await self.manager.get_or_create(session_id)
 
     async def wait_idle(self) -> None:
         """Return once no turn is in flight."""

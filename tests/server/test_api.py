@@ -188,3 +188,12 @@ def test_a_missing_graphviz_answers_503(
     response = served.client.get("/graphs/turn.svg")
     assert response.status_code == 503 and _kind(response) == "GraphvizMissing"
     assert "graphviz" in response.json()["error"]["message"].lower()
+
+
+def test_idle_sessions_make_room_at_the_hosting_limit(db: str) -> None:
+    """Past ``max_sessions`` the idle hosted sessions are closed, not the request refused."""
+    with Running(create_app(db, llm="echo", max_sessions=2)) as served:
+        for i in range(5):
+            assert _turn(served, f"u{i}", "hi")["turn"] == 1
+        assert len(served.state.manager.live) <= 2
+        assert _turn(served, "u0", "back")["turn"] == 2  # reloaded from the store

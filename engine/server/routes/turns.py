@@ -52,7 +52,7 @@ async def post_turn(request: Request) -> Response:
     text = await _text(request, st)
     if st.draining:  # before the session is loaded (and its lease taken)
         raise ShuttingDown("the server is shutting down and takes no new turns")
-    session = await st.manager.get_or_create(sid)
+    session = await st.open(sid)
     if "text/event-stream" in request.headers.get("accept", ""):
         return _stream(st, session, text)
     with st.turn():
