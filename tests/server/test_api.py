@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from engine.server import create_app
+from engine.server.run import bind
 from sessions import SessionManager
 from sessions.store.base import SessionType
 
@@ -197,3 +199,13 @@ def test_idle_sessions_make_room_at_the_hosting_limit(db: str) -> None:
             assert _turn(served, f"u{i}", "hi")["turn"] == 1
         assert len(served.state.manager.live) <= 2
         assert _turn(served, "u0", "back")["turn"] == 2  # reloaded from the store
+
+
+def test_the_listening_socket_is_tcp_so_nagle_is_turned_off() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with Nagle on, a
+    response written in two parts waits ~40 ms for the client's delayed ACK."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
