@@ -13,7 +13,9 @@ GIL with the client measuring it).  Measured in one run:
   Server-Sent Events from one server process whose model is a loopback server
   (:mod:`bench.loopback_llm`, 50 ms to the first token); failed streams (no ``result``
   event, an ``error`` event, a non-200) and stalled ones (no ``result`` within 120 s)
-  are counted (goal 0);
+  are counted (goal 0); the same turns streamed in this process (``session.stream``,
+  no HTTP) are timed after, for scale: on a shared 2-core machine the model SDK's own
+  CPU per stream dominates both;
 * **memory per idle connection**: the server's RSS before and after ``N`` kept-alive
   connections have each made one request and sit idle, divided by ``N``.
 """
@@ -195,6 +197,35 @@ async def _streams(url: str, n: int) -> tuple[float, int, int, Stats, str]:
     return wall, len(errors), stalled[0], Stats.of(latencies or [0.0]), (errors or [""])[0]
 
 
+async def _in_process(model: str, n: int) -> tuple[float, int]:
+    """The same ``n`` streamed turns in this process (``session.stream``, no HTTP): the
+    wall time and the failures, for scale against the served ones."""
+    from handlers.adapters.spec import from_spec
+    from sessions import Limits, SessionManager
+
+    llm = from_spec("openai:m", base_url=model, api_key="no-key", timeout=_STALL)
+    failed = [0]
+    try:
+        limits = Limits(max_active_sessions=2 * n)
+        async with SessionManager("memory:", llm=llm, limits=limits) as manager:
+            sessions = [await manager.get_or_create(f"p{i}") for i in range(n)]
+
+            async def one(i: int) -> None:
+                async with sessions[i].stream("hello") as events:
+                    async for _ in events:
+                        pass
+                if events.result is None or not events.result.ok:
+                    failed[0] += 1
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+            return time.perf_counter() - t0, failed[0]
+    finally:
+        await llm.aclose()  # type: ignore[attr-defined]
+
+
 async def _idle(url: str, pid: int, n: int) -> float:
     """Bytes of server RSS per kept-alive idle connection (each made one request)."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -243,6 +274,7 @@ def run(ctx: BenchContext) -> BenchResult:
             with _server(*args, env=env) as (url, pid):
                 per_conn = anyio.run(_idle, url, pid, streams)  # first: a fresh heap
                 wall, failed, stalled, lat, first = anyio.run(_streams, url, streams)
+            local_wall, local_failed = anyio.run(_in_process, model, streams)
     http_stats, local_stats = Stats.of(http_ns), Stats.of(local_ns)
     res.add_latency("turn in-process", local_stats, mean_too=False)
     res.add_latency("turn over HTTP", http_stats, mean_too=False)
@@ -253,6 +285,8 @@ def run(ctx: BenchContext) -> BenchResult:
     res.add("SSE streams: failed", failed, "", at_most(0), note=first[:80])
     res.add("SSE streams: stalled", stalled, "", at_most(0))
     res.add("SSE streams: wall", wall * 1e3, "ms")
+    res.add("same turns in-process (session.stream): wall", local_wall * 1e3, "ms")
+    res.add("same turns in-process: failed", local_failed, "")
     res.add("SSE stream latency p50", lat.p50 / 1e6, "ms")
     res.add("SSE stream latency p99", lat.p99 / 1e6, "ms")
     res.add("server RSS per idle connection", per_conn / 1024, "KiB")
