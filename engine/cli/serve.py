@@ -91,4 +91,6 @@ def cmd_serve(argv: Sequence[str]) -> int:
     host, port = sock.getsockname()[:2]
     print(f"serving on http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
     anyio.run(server.serve, [sock])
+    if server.app_state.startup_error is not None:
+        raise server.app_state.startup_error  # one line on stderr, exit 2
     return 0 if server.started else 2

@@ -129,8 +129,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with st.manager, anyio.create_task_group() as tg:
-            st.tg = tg
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(st.manager)
+            except TurngraphError as exc:  # e.g. a store folder that does not exist
+                # Kept for the server to report as one line (engine.server.run); the
+                # app answers 503 meanwhile, never a traceback.
+                st.startup_error = exc
+                yield
+                return
+            tg = st.tg = await stack.enter_async_context(anyio.create_task_group())
             try:
                 yield
             finally:

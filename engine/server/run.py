@@ -61,6 +61,13 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.app_state: ServerState = app.state.turngraph
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up; when the app's manager failed to start, stop at once
+        (:meth:`serve` then returns and the caller reports ``app_state.startup_error``)."""
+        await super().startup(sockets)
+        if self.app_state.startup_error is not None:
+            self.should_exit = True
+
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does); callable from any thread."""
         self.app_state.draining = True

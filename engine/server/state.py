@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from engine.errors import TurngraphError
 from engine.server.errors import ShuttingDown
 from sessions.errors import SessionLimitReached
 
@@ -32,7 +33,17 @@ class ServerState:
     (:class:`~engine.server.errors.ShuttingDown`) while running ones finish.
     """
 
-    __slots__ = ("_idle", "draining", "grace", "manager", "max_body", "running", "tg", "token")
+    __slots__ = (
+        "_idle",
+        "draining",
+        "grace",
+        "manager",
+        "max_body",
+        "running",
+        "startup_error",
+        "tg",
+        "token",
+    )
 
     def __init__(
         self, manager: SessionManager, *, token: bytes | None, max_body: int, grace: float
@@ -44,6 +55,7 @@ class ServerState:
         self.draining = False
         self.running = 0
         self.tg: TaskGroup | None = None
+        self.startup_error: TurngraphError | None = None  # the manager failed to start
         self._idle: anyio.Event | None = None
 
     def enter(self) -> None:

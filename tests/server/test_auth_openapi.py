@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from starlette.routing import Route
@@ -75,3 +76,13 @@ def test_the_openapi_document_lists_every_route_and_method(served: Running) -> N
     for ops in doc["paths"].values():
         for op in ops.values():
             assert op["summary"] and "responses" in op
+
+
+def test_serve_reports_a_store_that_cannot_open_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'missing' / 'chat.db'}"
+    assert main(["serve", "--port", "0", "--store", store]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("serving on http://127.0.0.1:")
+    assert err.count("\n") == 1 and "missing" in err and "Traceback" not in err
