@@ -108,11 +108,14 @@ async def _sessions(url: str, n: int, store: str, deltas: list[int]) -> Wave:
     llm: Any = from_spec("openai:m", base_url=url, timeout=120.0)
     registry = build_registry(llm=llm)
     try:
+        # The observer is what a chat front end attaches: with it, llm_call streams.
         async with SessionManager(
-            store, registry=registry, lease_ttl=600.0, limits=Limits(max_active_sessions=n)
+            store,
+            registry=registry,
+            lease_ttl=600.0,
+            limits=Limits(max_active_sessions=n),
+            observers=(observer,),
         ) as manager:
-            # The observer a chat front end would attach: it makes llm_call stream.
-            manager.engine.observers = (observer,)
             sessions = [await manager.get_or_create(f"s{i}") for i in range(n)]
 
             async def one(i: int) -> None:

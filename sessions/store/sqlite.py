@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from engine.messages import MemoryItem
 from sessions.errors import StoreError, StorePathInvalid
 from sessions.store.base import (
     Checkpoint,
@@ -49,6 +50,7 @@ from sessions.store.export import ImportLimits
 from sessions.store.lease import Clock
 from sessions.store.signing import Signer, data_dir, load_key
 from sessions.store.sqlite_core import SQLiteCore
+from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
 
 __all__ = ["SQLiteStore", "check_sqlite_folder"]
@@ -308,6 +310,24 @@ class SQLiteStore:
         """Verify the whole chain, the session state and the checkpoint."""
         validate_session_id(session_id)
         return await self._run(self._c.reads.verify, session_id)
+
+    # ------------------------------------------------------------------ recall memory
+
+    async def recall_memory(
+        self, query: str, *, session_id: str, agent_id: str | None = None, limit: int = 5
+    ) -> tuple[MemoryItem, ...]:
+        """Up to ``limit`` remembered items for ``query``, best BM25 rank first: the
+        session's, or with ``agent_id`` all that agent's sessions' (see
+        :mod:`sessions.store.sqlite_memory`)."""
+        validate_session_id(session_id)
+        # Like a turn's small writes, run here when the database thread is idle (it
+        # may index queued items first: a write, rolled back whole if the lock is busy).
+        return await self._run_write(recall, self._c.conn, query, session_id, agent_id, limit)
+
+    async def remember_memory(self, session_id: str, items: Sequence[MemoryItem]) -> None:
+        """Remember ``items`` for the session now, outside a turn (own transaction)."""
+        validate_session_id(session_id)
+        await self._run(remember, self._c.conn, session_id, tuple(items))
 
     # ------------------------------------------------------------------ export
 

@@ -34,6 +34,8 @@ from sessions.store.durable import (
 from sessions.store.export import ImportLimits, already_exists, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.signing import Row, Signer
+from sessions.store.sqlite_memory import queue as queue_memory
+from sessions.store.sqlite_memory import wipe as wipe_memory
 from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
 
@@ -262,6 +264,8 @@ class SQLiteCore:
 
         with self._write():
             st = self._advance(sid, token, change)
+            if commit.memory:
+                queue_memory(self.conn, sid, st.agent_id, commit.memory)
             # A turn's commit ends its checkpoint, whoever saved it: a save does not
             # change the session row, so nothing here could prove there is none.
             self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
@@ -322,6 +326,8 @@ class SQLiteCore:
             self._insert(sid, rows)
             if plan.checkpoint is not None:
                 self._insert_checkpoint(sid, plan.checkpoint)
+            if plan.memory:
+                queue_memory(self.conn, sid, state.agent_id, plan.memory)
         return state.to_meta(self.url)
 
     # ------------------------------------------------------------------ plumbing
@@ -411,6 +417,7 @@ class SQLiteCore:
         )
         self.conn.execute("DELETE FROM records WHERE session_id=?", (sid,))
         self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+        wipe_memory(self.conn, sid)
         return self.conn.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0
 
 
