@@ -8,7 +8,8 @@ GIL with the client measuring it).  Measured in one run:
   ``POST /sessions/{id}/turns`` over one kept-alive loopback connection (stdlib
   ``http.client``: the leanest client, so the figure is the server's), alternating
   turn by turn so both see the same machine load; p50 of each and the difference
-  (goal ≤ 1 ms added);
+  (goal ≤ 1 ms added); and the app's own share, the same turn as a bare ASGI call in
+  this process (no socket, no uvicorn) against ``session.send``;
 * **concurrent SSE streams**: ``N`` clients (1,000) each stream one turn at once as
   Server-Sent Events from one server process whose model is a loopback server
   (:mod:`bench.loopback_llm`, 50 ms to the first token); failed streams (no ``result``
@@ -31,8 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -139,6 +141,62 @@ async def _interleaved(
     finally:
         client.conn.close()
     return http_ns, local_ns, server_cpu / n, local_cpu / n
+
+
+async def _asgi_added(n: int, warmup: int) -> tuple[Stats, Stats]:
+    """The app's own share: the same turn as an ASGI call in this process (no socket,
+    no uvicorn) against ``session.send``, alternating; p50s of each."""
+    from engine.server import create_app
+
+    app = create_app("memory:", llm="echo")
+    st = app.state.turngraph
+    body = b'{"text": "hello"}'
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/sessions/asgi/turns",
+        "raw_path": b"/sessions/asgi/turns",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"17")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+
+    async def call() -> None:
+        pending: list[MutableMapping[str, Any]] = [
+            {"type": "http.request", "body": body, "more_body": False}
+        ]
+
+        async def receive() -> MutableMapping[str, Any]:
+            return pending.pop() if pending else {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                raise RuntimeError(f"ASGI turn failed: {message['status']}")
+
+        await app(dict(scope), receive, send)
+
+    clock = time.perf_counter_ns
+    app_ns: list[int] = []
+    local_ns: list[int] = []
+    async with st.manager, anyio.create_task_group() as tg:
+        st.tg = tg
+        session = await st.manager.get_or_create("local")
+        for i in range(warmup + n):
+            t0 = clock()
+            await call()
+            t1 = clock()
+            await session.send("hello")
+            t2 = clock()
+            if i >= warmup:
+                app_ns.append(t1 - t0)
+                local_ns.append(t2 - t1)
+        tg.cancel_scope.cancel()
+    return Stats.of(app_ns), Stats.of(local_ns)
 
 
 # --------------------------------------------------------------------------- SSE streams
@@ -267,6 +325,7 @@ def run(ctx: BenchContext) -> BenchResult:
             http_ns, local_ns, server_cpu, local_cpu = anyio.run(
                 _interleaved, url, pid, turns, warmup
             )
+        app_stats, bare_stats = anyio.run(_asgi_added, turns, warmup)
         load = Load("openai", ttft=0.05, tokens=20, gap=0.0)
         with serving(load) as model:
             env = {"OPENAI_BASE_URL": model, "OPENAI_API_KEY": "no-key"}
@@ -279,6 +338,11 @@ def run(ctx: BenchContext) -> BenchResult:
     res.add_latency("turn in-process", local_stats, mean_too=False)
     res.add_latency("turn over HTTP", http_stats, mean_too=False)
     res.add("HTTP added, p50", (http_stats.p50 - local_stats.p50) / 1e3, "µs", at_most(1000))
+    res.add(
+        "app layer added, p50 (ASGI call in-process vs session.send)",
+        (app_stats.p50 - bare_stats.p50) / 1e3,
+        "µs",
+    )
     res.add("CPU per turn in-process", local_cpu / 1e3, "µs")
     res.add("server CPU per turn over HTTP", server_cpu / 1e3, "µs")
     res.add("HTTP added, server CPU per turn", (server_cpu - local_cpu) / 1e3, "µs")
