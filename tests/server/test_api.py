@@ -165,6 +165,10 @@ def test_draining_refuses_new_turns_with_503(served: Running) -> None:
     served.state.draining = True
     response = served.client.post("/sessions/dana/turns", json={"text": "more"})
     assert response.status_code == 503 and _kind(response) == "ShuttingDown"
+    streamed = served.client.post(
+        "/sessions/dana/turns", json={"text": "more"}, headers={"accept": "text/event-stream"}
+    )
+    assert streamed.status_code == 503 and _kind(streamed) == "ShuttingDown"
     assert served.client.get("/readyz").status_code == 503
     assert served.client.get("/sessions/dana").json()["turn_count"] == 1
     served.state.draining = False

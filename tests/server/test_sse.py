@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -103,7 +103,7 @@ def test_a_non_streamed_turn_over_the_model_server(served: Running, model: LLMSe
     assert body["reply"] == "fine" and body["usage"]["output_tokens"] == 1
 
 
-def test_a_stream_on_a_missing_manager_loop_is_refused(db: str, tmp_path: Path) -> None:
+def test_a_stream_on_a_missing_manager_loop_is_refused(db: str) -> None:
     """Before the lifespan starts there is no task group: a clear 503, not a crash."""
     app = create_app(db, llm="echo")
     transport = httpx.ASGITransport(app=app)
@@ -111,8 +111,6 @@ def test_a_stream_on_a_missing_manager_loop_is_refused(db: str, tmp_path: Path) 
     async def go() -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return await client.post("/sessions/x/turns", json={"text": "hi"}, headers=SSE)
-
-    import anyio
 
     response = anyio.run(go)
     assert response.status_code == 503 and response.json()["error"]["kind"] == "SessionClosed"
