@@ -600,6 +600,30 @@ def test_sessions_list_survives_a_tampered_session(
     one_error(capsys, ["sessions", "show", "s2", "--store", store], "MAC mismatch")
 
 
+def test_sessions_list_survives_rows_of_the_wrong_type_or_encoding(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows edited so that they cannot even be decoded (a MAC stored as text, a text
+    column holding invalid UTF-8) are listed as tampered among the others; exit 0."""
+    import sqlite3
+
+    for sid in ("s1", "s2", "s3", "s4"):
+        turn_json(capsys, "-m", "hi", "--session", sid, "--store", store)
+    db = sqlite3.connect(store.removeprefix("sqlite:///"))
+    with db:
+        db.execute("UPDATE sessions SET state_mac = hex(state_mac) WHERE id = 's2'")
+        db.execute("UPDATE sessions SET goals = CAST(goals AS BLOB) || X'FF' WHERE id = 's3'")
+    db.close()
+    assert cli.main(["sessions", "list", "--json", "--store", store]) == 0
+    captured = capsys.readouterr()
+    listed = [(s["id"], s["tampered"]) for s in json.loads(captured.out)]
+    assert listed == [("s1", False), ("s2", True), ("s3", True), ("s4", False)]
+    [warning] = captured.err.splitlines()
+    assert "s2, s3" in warning
+    one_error(capsys, ["sessions", "show", "s3", "--store", store], "UTF-8")
+    one_error(capsys, ["sessions", "show", "s2", "--store", store], "state_mac is str")
+
+
 def test_unreachable_postgres_is_one_line(
     store: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

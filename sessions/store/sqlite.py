@@ -52,6 +52,7 @@ from sessions.store.signing import Signer, data_dir, load_key
 from sessions.store.sqlite_core import SQLiteCore
 from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
+from sessions.store.witness import Witness, witness_path
 
 __all__ = ["SQLiteStore", "check_sqlite_folder"]
 
@@ -73,6 +74,11 @@ class SQLiteStore:
     never blocks on the disk, for two thread wake-ups per write.  ``clock`` measures
     leases (tests pass a :class:`~sessions.store.lease.ManualClock`).
 
+    ``witness`` (default on; ``?witness=off`` or ``TURNGRAPH_WITNESS=off``) keeps each
+    session's chain head outside the database, beside the key
+    (:mod:`sessions.store.witness`), so a load of a session rolled back to an earlier
+    signed state raises :class:`~engine.errors.RolledBack`.
+
     A turn commit reads nothing: the store remembers each session's row as it last
     wrote or verified it, and writes only if the stored row is still exactly that one
     (:meth:`SQLiteCore._swap`); anything else takes the careful path (read, verify,
@@ -91,6 +97,7 @@ class SQLiteStore:
         create: bool = True,
         inline_writes: bool = True,
         clock: Clock = time.time,
+        witness: bool = True,
     ) -> None:
         self.url = url
         self.path = Path(path)
@@ -105,6 +112,8 @@ class SQLiteStore:
         self._clock = clock
         self._db: DBThread | None = None
         self._core: SQLiteCore | None = None
+        self._use_witness = witness
+        self._witness: Witness | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,14 +135,24 @@ class SQLiteStore:
         db = self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
         try:
             conn = await db.run(self._connect)
+            witness = self._open_witness()
         except BaseException:
             self._db = None
             await db.stop()
             raise
         self._core = SQLiteCore(
             self.url, self.path, conn, signer, busy_ms=self._busy_ms, clock=self._clock,
-            limits=self._limits, post=db.post,
+            limits=self._limits, post=db.post, witness=witness,
         )  # fmt: skip
+
+    def _open_witness(self) -> Witness | None:
+        """The rollback witness of this file (keyed by its absolute path), if enabled."""
+        if not self._use_witness:
+            return None
+        witness = Witness(witness_path(f"sqlite:{self.path.resolve()}"), self.url)
+        witness.open()
+        self._witness = witness
+        return witness
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -156,6 +175,9 @@ class SQLiteStore:
                         await db.run(core.close)
                 finally:
                     await db.stop()
+                    if self._witness is not None:
+                        self._witness.close()
+                        self._witness = None
 
     async def __aenter__(self) -> SQLiteStore:
         await self.open()
