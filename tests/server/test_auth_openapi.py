@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from engine.server.openapi import document
 from .serve_kit import Running
 
 TOKEN = "s3cret-token-value"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/sessions", "/openapi.json", "/graphs"])
@@ -78,11 +82,21 @@ def test_the_openapi_document_lists_every_route_and_method(served: Running) -> N
             assert op["summary"] and "responses" in op
 
 
-def test_serve_reports_a_store_that_cannot_open_in_one_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_serve_reports_a_store_that_cannot_open_in_one_line(tmp_path: Path) -> None:
+    """In a process of its own: serving configures logging, which must not leak into
+    the other tests."""
     store = f"sqlite:///{tmp_path / 'missing' / 'chat.db'}"
-    assert main(["serve", "--port", "0", "--store", store]) == 2
-    out, err = capsys.readouterr()
-    assert out.startswith("serving on http://127.0.0.1:")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNGRAPH_API")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.run", "serve", "--port", "0", "--store", store],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.startswith("serving on http://127.0.0.1:")
+    err = proc.stderr
     assert err.count("\n") == 1 and "missing" in err and "Traceback" not in err
