@@ -29,7 +29,7 @@ from bench.harness import (
     result_document,
 )
 
-SLOW = {"cli", "store", "peers", "session", "ray_hop", "concurrent_streams"}
+SLOW = {"cli", "store", "peers", "session", "ray_hop", "concurrent_streams", "serve"}
 
 
 def quiet() -> Console:

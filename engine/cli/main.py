@@ -21,6 +21,9 @@
                                                             is tampered; --salvage: read a
                                                             tampered one up to its first bad
                                                             record)
+    python -m engine.run serve [--host H] [--port P] [--store URL] [--llm SPEC] [--graph G]
+                                                            the HTTP API (the serve extra;
+                                                            see engine/cli/serve.py)
 
 Without ``GRAPH.dot`` a turn runs the shipped ``turn.dot`` (:mod:`graphs`).  The
 installed console script ``turngraph`` is this command.
@@ -485,6 +488,15 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def _require_file(path: str) -> None:
+    """Refuse a missing path containing ``{``: load_graph would read it as DOT text, but
+    on the command line it is a path."""
+    if "{" in path and not os.path.exists(path):
+        from engine.errors import GraphFileError
+
+        raise GraphFileError(path, "no such file")
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -557,10 +569,17 @@ def _cmd_sessions(argv: Sequence[str]) -> int:
     return cmd_sessions(argv)
 
 
+def _cmd_serve(argv: Sequence[str]) -> int:
+    from engine.cli.serve import cmd_serve
+
+    return cmd_serve(argv)
+
+
 _COMMANDS: Mapping[str, Callable[[Sequence[str]], int]] = {
     "validate": _cmd_validate,
     "render": _cmd_render,
     "sessions": _cmd_sessions,
+    "serve": _cmd_serve,
 }
 
 
