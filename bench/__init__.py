@@ -20,5 +20,6 @@ BENCHMARKS: tuple[str, ...] = (
     "peers",
     "llm_adapters",
     "ray_hop",
+    "throughput",
 )
 """Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""

@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypedDict
 
 from bench import peers_mock as mock
 
-__all__ = ["PEERS", "Turn", "make_burr", "make_langgraph", "make_pydantic_graph"]
+__all__ = ["PEERS", "Turn", "lg_graph", "make_burr", "make_langgraph", "make_pydantic_graph"]
 
 Turn = Callable[[str], Awaitable[str]]
 Factory = Callable[[AsyncExitStack, Path], Awaitable[Turn]]
@@ -38,7 +38,8 @@ class _LGState(TypedDict, total=False):
     messages: Annotated[list[dict[str, Any]], operator.add]
 
 
-def _lg_graph(checkpointer: Any) -> Any:
+def lg_graph(checkpointer: Any) -> Any:
+    """The mock turn as a compiled LangGraph ``StateGraph`` saving to ``checkpointer``."""
     from langgraph.graph import END, START, StateGraph
 
     g: Any = StateGraph(_LGState)
@@ -67,14 +68,14 @@ def _lg_turn(graph: Any) -> Turn:
 
 async def make_langgraph(stack: AsyncExitStack, tmp: Path) -> Turn:
     """LangGraph, no checkpointer: every turn starts from empty state."""
-    return _lg_turn(_lg_graph(None))
+    return _lg_turn(lg_graph(None))
 
 
 async def make_langgraph_memory(stack: AsyncExitStack, tmp: Path) -> Turn:
     """LangGraph with ``InMemorySaver``: the thread's history is checkpointed in memory."""
     from langgraph.checkpoint.memory import InMemorySaver
 
-    return _lg_turn(_lg_graph(InMemorySaver()))
+    return _lg_turn(lg_graph(InMemorySaver()))
 
 
 async def make_langgraph_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
@@ -83,7 +84,7 @@ async def make_langgraph_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
 
     conn = sqlite3.connect(tmp / "langgraph.db", check_same_thread=False)
     stack.callback(conn.close)
-    return _lg_turn(_lg_graph(SqliteSaver(conn)))
+    return _lg_turn(lg_graph(SqliteSaver(conn)))
 
 
 async def make_langgraph_async_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
@@ -94,7 +95,7 @@ async def make_langgraph_async_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
 
     conn = await aiosqlite.connect(tmp / "langgraph-async.db")
     stack.push_async_callback(conn.close)
-    graph = _lg_graph(AsyncSqliteSaver(conn))
+    graph = lg_graph(AsyncSqliteSaver(conn))
     config = {"configurable": {"thread_id": "bench"}}
 
     async def turn(text: str) -> str:

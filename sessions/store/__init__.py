@@ -106,13 +106,16 @@ def _sqlite(
 ) -> SQLiteStore:
     """A SQLite store.  URL options: ``synchronous=NORMAL`` trades power-loss
     durability for speed; ``inline_writes=off`` keeps every write off the event loop's
-    thread (see :class:`SQLiteStore`)."""
+    thread; ``group_commit=off`` commits each turn alone (see :class:`SQLiteStore`)."""
     params = dict(parse_qsl(url.partition("?")[2]))
     sync = params.pop("synchronous", "FULL").upper()
     inline = _SWITCH.get(params.pop("inline_writes", "on").lower())
-    if params or sync not in ("FULL", "NORMAL", "EXTRA") or inline is None:
+    group = _SWITCH.get(params.pop("group_commit", "on").lower())
+    if params or sync not in ("FULL", "NORMAL", "EXTRA") or inline is None or group is None:
         raise StoreError(
-            url, "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off only"
+            url,
+            "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off, "
+            "group_commit=on|off only",
         )
     path = sqlite_path(url)
     return SQLiteStore(
@@ -123,6 +126,7 @@ def _sqlite(
         synchronous=sync,
         create=create,
         inline_writes=inline,
+        group_commit=group,
         clock=clock,
     )
 

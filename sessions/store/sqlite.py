@@ -49,6 +49,7 @@ from sessions.store.export import ImportLimits
 from sessions.store.lease import Clock
 from sessions.store.signing import Signer, load_key
 from sessions.store.sqlite_core import SQLiteCore
+from sessions.store.sqlite_group import GroupCommit, QueuedTurn
 from sessions.store.sqlite_open import connect, translate
 
 __all__ = ["SQLiteStore"]
@@ -71,6 +72,10 @@ class SQLiteStore:
     never blocks on the disk, for two thread wake-ups per write.  ``clock`` measures
     leases (tests pass a :class:`~sessions.store.lease.ManualClock`).
 
+    ``group_commit`` (default on; ``?group_commit=off``) lets turns of different
+    sessions that are ready together share one transaction and one fsync
+    (:mod:`sessions.store.sqlite_group`); off, each turn commits alone.
+
     A turn commit reads nothing: the store remembers each session's row as it last
     wrote or verified it, and writes only if the stored row is still exactly that one
     (:meth:`SQLiteCore._swap`); anything else takes the careful path (read, verify,
@@ -88,6 +93,7 @@ class SQLiteStore:
         busy_timeout: float = 10.0,
         create: bool = True,
         inline_writes: bool = True,
+        group_commit: bool = True,
         clock: Clock = time.time,
     ) -> None:
         self.url = url
@@ -100,6 +106,9 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._inline = inline_writes
+        self._group = GroupCommit(self._write_group) if group_commit else None
+        # The session whose turn alone was the last batch (None: several; "": none yet).
+        self._lone: str | None = ""
         self._clock = clock
         self._db: DBThread | None = None
         self._core: SQLiteCore | None = None
@@ -189,6 +198,11 @@ class SQLiteStore:
         """
         if self._inline:
             await anyio.lowlevel.checkpoint()
+        return await self._write_now(fn, *args)
+
+    async def _write_now(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`_run_write` after its yield: here if the thread is idle, else there."""
+        if self._inline:
             core, db = self._c, self._db  # after the yield: the store may have closed
             if db is not None and db.claim():
                 try:
@@ -241,9 +255,42 @@ class SQLiteStore:
     # ------------------------------------------------------------------ writes
 
     async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
-        """Append one turn in one transaction; ``Fenced`` (nothing written) if stale."""
+        """Append one turn; ``Fenced`` (nothing written) if stale.
+
+        With group commit, turns of other sessions queued meanwhile share its
+        transaction (:mod:`sessions.store.sqlite_group`); it returns once that has
+        committed.
+        """
         validate_session_id(session_id)
-        await self._run_write(self._c.append_turn, session_id, commit, token, time.time())
+        now = time.time()
+        if self._group is None:
+            await self._run_write(self._c.append_turn, session_id, commit, token, now)
+        else:
+            await self._group.commit(QueuedTurn(session_id, commit, token, now))
+
+    async def _write_group(self, batch: list[QueuedTurn]) -> None:
+        """Write one batch in one transaction in the database thread (one hand-off
+        for all its turns), or, when one session alone has been writing, its turn as
+        :meth:`append_turn` always did (in this thread if the database is idle).
+
+        A lone turn of another session than the last batch's goes to the thread too:
+        other sessions are at work, and blocking the loop for its fsync would stop
+        them from preparing the next batch meanwhile.
+        """
+        core, last = self._c, self._lone
+        self._lone = batch[0].sid if len(batch) == 1 else None
+        if len(batch) == 1 and last in ("", batch[0].sid):
+            t = batch[0]
+            try:
+                await self._write_now(core.append_turn, t.sid, t.commit, t.token, t.now)
+            except Exception as exc:
+                t.finish(exc)
+            else:
+                t.finish(None)
+            return
+        turns = [(t.sid, t.commit, t.token, t.now) for t in batch]
+        for t, error in zip(batch, await self._run(core.write_batch, turns), strict=True):
+            t.finish(error)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from operator import attrgetter
 from pathlib import Path
@@ -37,9 +37,11 @@ from sessions.store.signing import Row, Signer
 from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
 
-__all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "RememberedRows", "SQLiteCore"]
+__all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "BatchTurn", "RememberedRows", "SQLiteCore"]
 
 T = TypeVar("T")
+BatchTurn = tuple[str, TurnCommit, int, float]
+"""One turn of :meth:`SQLiteCore.write_batch`: session id, commit, token, time."""
 CHECKPOINT_WRITES: Final = 64
 """Write transactions after which a background WAL checkpoint is queued (a turn's
 commit writes 4-8 pages, so the log stays near SQLite's default 1,000 pages)."""
@@ -256,16 +258,55 @@ class SQLiteCore:
 
     def append_turn(self, sid: str, commit: TurnCommit, token: int, now: float) -> None:
         """Append one turn in one fenced transaction, ending any checkpoint."""
+        with self._write():
+            st = self.write_turn(sid, commit, token, now)
+        self.remembered.remember(st)
+
+    def write_turn(self, sid: str, commit: TurnCommit, token: int, now: float) -> StateRow:
+        """Write one turn's rows inside the caller's write transaction, fenced.
+
+        The one place a turn is written (alone by :meth:`append_turn`, in a group by
+        :meth:`write_batch`).  Returns the session's new row, to remember once the
+        transaction has committed.
+        """
 
         def change(st: StateRow) -> list[Row]:
             return plan_turn(st, commit, self.signer, self.url, now=now)
 
+        st = self._advance(sid, token, change)
+        # A turn's commit ends its checkpoint, whoever saved it: a save does not
+        # change the session row, so nothing here could prove there is none.
+        self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+        return st
+
+    def write_batch(self, turns: Sequence[BatchTurn]) -> list[Exception | None]:
+        """Write turns of different sessions in one transaction: one commit, one fsync.
+
+        Each turn is written in its own savepoint: a turn refused (fenced, not found,
+        data that cannot be stored) is rolled back alone and its error, as the store's,
+        takes its place in the returned list (``None``: written).  An error that ends
+        the transaction itself (the commit failing) is raised: then nothing was written.
+        """
+        conn, out, written = self.conn, list[Exception | None](), list[StateRow]()
         with self._write():
-            st = self._advance(sid, token, change)
-            # A turn's commit ends its checkpoint, whoever saved it: a save does not
-            # change the session row, so nothing here could prove there is none.
-            self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
-        self.remembered.remember(st)
+            for sid, commit, token, now in turns:
+                conn.execute("SAVEPOINT turn")
+                try:
+                    written.append(self.write_turn(sid, commit, token, now))
+                    out.append(None)
+                except Exception as exc:  # refused: this turn alone is undone
+                    if not conn.in_transaction:
+                        raise  # SQLite ended the transaction: every turn is undone
+                    conn.execute("ROLLBACK TO turn")
+                    self.remembered.forget(sid)
+                    out.append(self._as_store_error(exc))
+                conn.execute("RELEASE turn")
+        for st in written:
+            self.remembered.remember(st)
+        return out
+
+    def _as_store_error(self, exc: Exception) -> Exception:
+        return translate(self.url, self.path, exc) if isinstance(exc, sqlite3.Error) else exc
 
     def append_summary(self, sid: str, summary: Message, upto: int, token: int, now: float) -> None:
         """Append a compaction summary covering messages ``<= upto``."""

@@ -1,0 +1,203 @@
+"""Durable throughput: turns per second with 1, 10, 100 and 1,000 concurrent sessions.
+
+Every session sends its turns one after another (a turn is acknowledged before the
+next is sent) and all sessions run at once in one event loop, on the
+:mod:`bench.peers_mock` workload.  A turn counts when its store has made it durable:
+
+* turngraph with the SQLite store (WAL, ``synchronous=FULL``: an fsync covers every
+  acknowledged turn), with group commit and, for comparison, without it;
+* turngraph with PostgreSQL (skipped when unreachable) and with the memory store
+  (not durable: the ceiling the durable stores are measured against);
+* LangGraph with ``AsyncSqliteSaver`` (one connection, as its docs show) and
+  ``durability="exit"`` (one checkpoint write per run, as turngraph commits once per
+  turn: the like-for-like row) and ``durability="async"`` (per step, written in the
+  background while the next step runs).
+
+Targets (issue 17), same run: 100 sessions on SQLite FULL ≥ 20× LangGraph ``exit``
+and ≥ 0.6× turngraph's memory store.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench import peers_mock as mock
+from bench.engine_turn import turn_graph
+from bench.harness import BenchContext, BenchResult, at_least, bench_env
+from bench.store import PG_URL, pg_reachable, pg_schema
+
+NAME = "throughput"
+TITLE = "durable turns/s, 1 to 1,000 concurrent sessions: turngraph vs LangGraph (issue 17)"
+
+SQLITE = "turngraph SQLite FULL (group commit)"
+SQLITE_ALONE = "turngraph SQLite FULL (group commit off)"
+POSTGRES = "turngraph PostgreSQL"
+MEMORY = "turngraph memory store (not durable)"
+LG_EXIT = 'LangGraph + AsyncSqliteSaver, durability="exit"'
+LG_ASYNC = 'LangGraph + AsyncSqliteSaver, durability="async"'
+
+SendTurn = Callable[[int, str], Awaitable[None]]
+"""``await send(session_index, text)``: one acknowledged turn of that session."""
+Setup = Callable[[AsyncExitStack, Path, int], Awaitable[SendTurn]]
+
+
+def _turngraph(url: str) -> Setup:
+    async def setup(stack: AsyncExitStack, tmp: Path, sessions: int) -> SendTurn:
+        from bench.peers import session_mock_registry
+        from bench.session import manager
+
+        reg = session_mock_registry()
+        graph = turn_graph(reg)
+        m = await stack.enter_async_context(
+            manager(url.format(tmp=tmp), registry=reg, turn_graph=graph)
+        )
+        live = [await m.get_or_create(f"tp-{i}") for i in range(sessions)]
+
+        async def send(i: int, text: str) -> None:
+            result = await live[i].send(text)
+            if not result.ok:
+                raise RuntimeError(f"turn failed: {result.error!r}")
+
+        return send
+
+    return setup
+
+
+def _langgraph(durability: str) -> Setup:
+    async def setup(stack: AsyncExitStack, tmp: Path, sessions: int) -> SendTurn:
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        from bench.peers_impl import lg_graph
+
+        conn = await aiosqlite.connect(tmp / f"langgraph-{durability}.db")
+        stack.push_async_callback(conn.close)
+        # The same durability as ours: WAL with an fsync at every commit.
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        graph = lg_graph(AsyncSqliteSaver(conn))
+        configs = [{"configurable": {"thread_id": f"tp-{i}"}} for i in range(sessions)]
+
+        async def send(i: int, text: str) -> None:
+            await graph.ainvoke({"input": text}, configs[i], durability=durability)
+
+        return send
+
+    return setup
+
+
+async def _drive(send: SendTurn, sessions: int, turns: int, start: int) -> float:
+    """Every session sends ``turns`` turns, all sessions at once; the wall time."""
+
+    async def one(i: int) -> None:
+        for k in range(start, start + turns):
+            await send(i, mock.user_text(k))
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(sessions):
+            tg.start_soon(one, i)
+    return time.perf_counter() - t0
+
+
+async def rate(setup: Setup, sessions: int, turns: int) -> float:
+    """Durable turns/s of ``sessions`` sessions sending ``turns`` turns each, after one
+    untimed warm-up turn each (it creates the sessions' rows)."""
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as d:
+        async with AsyncExitStack() as stack:
+            send = await setup(stack, Path(d), sessions)
+            await _drive(send, sessions, 1, 0)
+            os.sync()  # earlier writes must not be flushed inside the timed window
+            wall = await _drive(send, sessions, turns, 1)
+    return sessions * turns / wall
+
+
+def workloads(ctx: BenchContext) -> tuple[tuple[int, int], ...]:
+    """(sessions, turns per session): about 1,000 turns at each level in full mode."""
+    return (
+        (1, ctx.n(1_000, 20)),
+        (10, ctx.n(100, 4)),
+        (100, ctx.n(20, 2)),
+        (1_000, ctx.n(4, 1)),
+    )
+
+
+def implementations(pg: str) -> dict[str, Setup | str]:
+    """Label → setup, or why it cannot run here."""
+    out: dict[str, Setup | str] = {
+        MEMORY: _turngraph("memory:"),
+        SQLITE: _turngraph("sqlite:///{tmp}/tg.db"),
+        SQLITE_ALONE: _turngraph("sqlite:///{tmp}/tg.db?group_commit=off"),
+    }
+    why = pg_reachable(PG_URL)
+    out[POSTGRES] = _turngraph(pg) if why is None else f"unreachable ({why})"
+    out[LG_EXIT] = _langgraph("exit")
+    out[LG_ASYNC] = _langgraph("async")
+    return out
+
+
+async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
+    impls = implementations(pg)
+    rates: dict[tuple[str, int], float] = {}
+    levels = workloads(ctx)
+    with ctx.progress("implementations × sessions", len(impls) * len(levels)) as advance:
+        for label, setup in impls.items():
+            for sessions, turns in levels:
+                advance(1)
+                if isinstance(setup, str):
+                    res.skip(f"{label}, {sessions} sessions", f"skipped: {setup}")
+                    continue
+                try:
+                    got = await rate(setup, sessions, turns)
+                except ImportError as exc:
+                    res.skip(f"{label}, {sessions} sessions", f"not available: {exc.name}")
+                    continue
+                rates[label, sessions] = got
+                res.add(f"{label}, {sessions} sessions", got, "turns/s")
+    res.params.update(workloads=[list(w) for w in levels])
+    _compare(ctx, res, rates, [s for s, _ in levels])
+
+
+def _compare(
+    ctx: BenchContext, res: BenchResult, rates: dict[tuple[str, int], float], levels: list[int]
+) -> None:
+    labels = dict.fromkeys(label for label, _ in rates)
+    for label in labels:
+        row: dict[str, Any] = {"implementation": label}
+        for n in levels:
+            row[f"{n} sessions turns/s"] = rates.get((label, n))
+        res.comparison.append(row)
+    full = not ctx.quick
+    for other, goal, what in ((LG_EXIT, 20.0, "LangGraph exit"), (MEMORY, 0.6, "memory store")):
+        name = f"100 sessions: SQLite FULL / {what}"
+        if (SQLITE, 100) in rates and (other, 100) in rates:
+            ratio = rates[SQLITE, 100] / rates[other, 100]
+            res.add(name, ratio, "×", at_least(goal) if full else None)
+        else:
+            res.skip(name, "not measured")
+    res.notes.append(
+        "each session sends its turns one after another, all sessions at once; "
+        "SQLite rows run WAL with synchronous=FULL (LangGraph's connection too)"
+    )
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    """Measure every implementation at every level of concurrency."""
+    res = BenchResult(NAME, TITLE)
+    t0 = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-throughput-") as d,
+        bench_env(Path(d)),
+        pg_schema(PG_URL) as pg,
+    ):
+        anyio.run(_main, ctx, res, pg)
+    res.seconds = time.perf_counter() - t0
+    return res
