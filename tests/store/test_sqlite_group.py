@@ -150,3 +150,35 @@ def test_a_bad_group_commit_option_is_refused(tmp_path: Path) -> None:
     """An unknown value names the option."""
     with pytest.raises(StoreError, match="group_commit"):
         open_store(f"sqlite:///{tmp_path / 'g.db'}?group_commit=sometimes", secret=SECRET)
+
+
+async def test_each_sessions_order_holds_under_1000_concurrent_sends(tmp_path: Path) -> None:
+    """1,000 sends at once (100 to each of 10 sessions) on one SQLite store: each
+    session stores its inputs in the order they were sent, in shared transactions."""
+    from sessions import Limits, SessionManager
+
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    limits = Limits(max_active_sessions=20, queue_size=200, max_messages=10_000)
+    async with SessionManager(url, limits=limits, log_nodes=False, store_secret=SECRET) as m:
+        sessions = [await m.get_or_create(f"s{i}") for i in range(10)]
+        store = m.store
+        assert isinstance(store, SQLiteStore) and store._group is not None
+        commits = count_commits(store)
+        replies: dict[str, list[str]] = {s.id: [] for s in sessions}
+
+        async def send(i: int, k: int) -> None:
+            result = await sessions[i].send(f"{k}")
+            assert result.ok, result.error
+            replies[sessions[i].id].append(f"{k}")  # the order the turns were answered
+
+        async with anyio.create_task_group() as tg:
+            for k in range(100):
+                for i in range(10):
+                    tg.start_soon(send, i, k)
+        for s in sessions:
+            stored = await store.messages(s.id, 0, 1_000)
+            inputs = [msg.content for msg in stored if msg.role == "user"]
+            assert inputs == [str(k) for k in range(100)], s.id
+            assert replies[s.id] == inputs
+            assert await store.verify(s.id) > 0
+        assert len(commits) < 1_000  # the sends were grouped
