@@ -56,11 +56,11 @@ def lg_graph(checkpointer: Any) -> Any:
     return g.compile(checkpointer=checkpointer)
 
 
-def _lg_turn(graph: Any) -> Turn:
+def _lg_turn(graph: Any, **options: Any) -> Turn:
     config = {"configurable": {"thread_id": "bench"}}
 
     async def turn(text: str) -> str:
-        out = graph.invoke({"input": text}, config)
+        out = graph.invoke({"input": text}, config, **options)
         return str(out["output"])
 
     return turn
@@ -85,6 +85,16 @@ async def make_langgraph_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
     conn = sqlite3.connect(tmp / "langgraph.db", check_same_thread=False)
     stack.callback(conn.close)
     return _lg_turn(lg_graph(SqliteSaver(conn)))
+
+
+async def make_langgraph_sqlite_exit(stack: AsyncExitStack, tmp: Path) -> Turn:
+    """LangGraph with ``SqliteSaver`` and ``durability="exit"``: one checkpoint write per
+    run (per turn), as turngraph commits once per turn: the like-for-like row."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(tmp / "langgraph-exit.db", check_same_thread=False)
+    stack.callback(conn.close)
+    return _lg_turn(lg_graph(SqliteSaver(conn)), durability="exit")
 
 
 async def make_langgraph_async_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
@@ -192,21 +202,40 @@ def _burr_actions() -> dict[str, Any]:
     return dict(zip(mock.STEPS, fns, strict=True))
 
 
-async def make_burr(stack: AsyncExitStack, tmp: Path) -> Turn:
-    """Burr: function actions over its immutable ``State``; one ``run`` per turn."""
+def _burr_app(persister: Any = None) -> Any:
     from burr.core import ApplicationBuilder
 
     steps = mock.STEPS
     builder: Any = ApplicationBuilder  # untyped upstream
-    app: Any = (
+    b: Any = (
         builder()
         .with_actions(**_burr_actions())
         .with_transitions(*itertools.pairwise(steps), ("done", "classify"))
         .with_state(messages=[])
         .with_entrypoint("classify")
-        .build()
     )
+    if persister is not None:
+        b = b.with_state_persister(persister).with_identifiers(app_id="bench")
+    return b.build()
 
+
+async def make_burr(stack: AsyncExitStack, tmp: Path) -> Turn:
+    """Burr: function actions over its immutable ``State``; one ``run`` per turn."""
+    return _burr_turn(_burr_app())
+
+
+async def make_burr_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
+    """Burr with its ``SQLitePersister``: the state saved (committed) after every step,
+    the only schedule Burr offers."""
+    from burr.core.persistence import SQLitePersister
+
+    persister: Any = SQLitePersister(str(tmp / "burr.db"))
+    persister.initialize()
+    stack.callback(persister.cleanup)
+    return _burr_turn(_burr_app(persister))
+
+
+def _burr_turn(app: Any) -> Turn:
     async def turn(text: str) -> str:
         _, _, state = app.run(halt_after=["done"], inputs={"text": text})
         return str(state["output"])
@@ -218,11 +247,16 @@ PEERS: dict[str, tuple[str, Factory]] = {
     "LangGraph (no checkpointer)": ("langgraph", make_langgraph),
     "LangGraph + InMemorySaver": ("langgraph", make_langgraph_memory),
     "LangGraph + SqliteSaver": ("langgraph.checkpoint.sqlite", make_langgraph_sqlite),
+    'LangGraph + SqliteSaver, durability="exit"': (
+        "langgraph.checkpoint.sqlite",
+        make_langgraph_sqlite_exit,
+    ),
     "LangGraph async + AsyncSqliteSaver": (
         "langgraph.checkpoint.sqlite.aio",
         make_langgraph_async_sqlite,
     ),
     "pydantic-graph": ("pydantic_graph", make_pydantic_graph),
     "Burr": ("burr", make_burr),
+    "Burr + SQLitePersister": ("burr", make_burr_sqlite),
 }
 """Label → (distribution module to report the version of, factory)."""
