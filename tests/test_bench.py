@@ -29,7 +29,7 @@ from bench.harness import (
     result_document,
 )
 
-SLOW = {"cli", "store", "peers", "session", "ray_hop"}
+SLOW = {"cli", "store", "peers", "session", "ray_hop", "throughput"}
 
 
 def quiet() -> Console:
