@@ -106,7 +106,7 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._inline = inline_writes
-        self._group = GroupCommit(self._write_group) if group_commit else None
+        self._group = GroupCommit(self._write_here, self._write_group) if group_commit else None
         # The session whose turn alone was the last batch (None: several; "": none yet).
         self._lone: str | None = ""
         self._clock = clock
@@ -198,11 +198,6 @@ class SQLiteStore:
         """
         if self._inline:
             await anyio.lowlevel.checkpoint()
-        return await self._write_now(fn, *args)
-
-    async def _write_now(self, fn: Callable[..., T], *args: Any) -> T:
-        """:meth:`_run_write` after its yield: here if the thread is idle, else there."""
-        if self._inline:
             core, db = self._c, self._db  # after the yield: the store may have closed
             if db is not None and db.claim():
                 try:
@@ -268,21 +263,43 @@ class SQLiteStore:
         else:
             await self._group.commit(QueuedTurn(session_id, commit, token, now))
 
-    async def _write_group(self, batch: list[QueuedTurn]) -> None:
-        """Write one batch in one transaction in the database thread (one hand-off
-        for all its turns), or, when one session alone has been writing, its turn as
-        :meth:`append_turn` always did (in this thread if the database is idle).
+    def _write_here(self, batch: list[QueuedTurn]) -> bool:
+        """Write a lone turn in this thread, as :meth:`append_turn` always did, when one
+        session alone has been writing and the database thread is idle; ``False``
+        (nothing written) sends the batch to :meth:`_write_group`.
 
-        A lone turn of another session than the last batch's goes to the thread too:
+        A lone turn of another session than the last batch's goes to the thread:
         other sessions are at work, and blocking the loop for its fsync would stop
         them from preparing the next batch meanwhile.
         """
-        core, last = self._c, self._lone
-        self._lone = batch[0].sid if len(batch) == 1 else None
-        if len(batch) == 1 and last in ("", batch[0].sid):
+        last, lone = self._lone, batch[0].sid if len(batch) == 1 else None
+        self._lone = lone
+        core, db = self._core, self._db
+        if lone is None or last not in ("", lone) or not self._inline or core is None:
+            return False
+        if db is None or not db.claim():
+            return False
+        t = batch[0]
+        try:
+            done, _ = core.try_inline(core.append_turn, (t.sid, t.commit, t.token, t.now))
+        except Exception as exc:
+            done = True
+            t.finish(exc)
+        else:
+            if done:
+                t.finish(None)
+        finally:
+            db.release()
+        return done
+
+    async def _write_group(self, batch: list[QueuedTurn]) -> None:
+        """Write one batch in one transaction in the database thread: one hand-off
+        for all its turns (a lone one as :meth:`append_turn` always did)."""
+        core = self._c
+        if len(batch) == 1:
             t = batch[0]
             try:
-                await self._write_now(core.append_turn, t.sid, t.commit, t.token, t.now)
+                await self._run(core.append_turn, t.sid, t.commit, t.token, t.now)
             except Exception as exc:
                 t.finish(exc)
             else:

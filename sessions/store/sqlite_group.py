@@ -63,11 +63,13 @@ Writer = Callable[[list[QueuedTurn]], Awaitable[None]]
 class GroupCommit:
     """The queue of turns and the rule for who writes the next batch (see the module).
 
-    ``write`` writes one batch; it runs shielded from cancellation, so a leader that is
-    cancelled still finishes the batch it took (its other turns' callers wait for it).
+    ``write_here`` may write a batch at once, without waiting (``True`` if it did);
+    else ``write`` writes it, shielded from cancellation, so a leader that is cancelled
+    still finishes the batch it took (its other turns' callers wait for it).
     """
 
-    def __init__(self, write: Writer) -> None:
+    def __init__(self, write_here: Callable[[list[QueuedTurn]], bool], write: Writer) -> None:
+        self._write_here = write_here
         self._write = write
         self._queue: deque[QueuedTurn] = deque()
         self._writing = False
@@ -96,6 +98,9 @@ class GroupCommit:
         try:
             await anyio.lowlevel.checkpoint()
             batch = self._take()
+            if self._write_here(batch):  # it never waits: nothing to shield
+                self.batches += 1
+                return
             with anyio.CancelScope(shield=True):
                 try:
                     await self._write(batch)
@@ -122,6 +127,8 @@ class GroupCommit:
 
     def _take(self) -> list[QueuedTurn]:
         """The next batch: queued turns in order, at most one per session."""
+        if len(self._queue) == 1:
+            return [self._queue.popleft()]
         queue, batch, later, seen = self._queue, list[QueuedTurn](), list[QueuedTurn](), set()
         while queue and len(batch) < BATCH_MAX:
             turn = queue.popleft()
