@@ -104,10 +104,12 @@ class GroupCommit:
             with anyio.CancelScope(shield=True):
                 try:
                     await self._write(batch)
-                except Exception as exc:  # the whole batch failed: each caller gets it
+                except BaseException as exc:  # the whole batch failed: each caller gets it
                     for turn in batch:
                         if not turn.done:
                             turn.finish(exc)
+                    if not isinstance(exc, Exception):
+                        raise
             self.batches += 1
         finally:
             self._writing = False

@@ -3,6 +3,8 @@ and every guarantee still holds per turn (isolation of refused turns, order, fen
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -182,3 +184,38 @@ async def test_each_sessions_order_holds_under_1000_concurrent_sends(tmp_path: P
             assert replies[s.id] == inputs
             assert await store.verify(s.id) > 0
         assert len(commits) < 1_000  # the sends were grouped
+
+
+async def test_a_turn_cancelled_while_queued_is_not_written(store: SQLiteStore) -> None:
+    """A caller cancelled while its turn waits for the next batch: nothing of it is
+    written; the turns queued around it commit."""
+    tokens = await new_sessions(store, 3)
+    db = store._db
+    assert db is not None
+    started, gate = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        gate.wait(30)
+
+    group = store._group
+    assert group is not None
+    before = group.batches
+    db.post(busy)  # the first batch waits behind this in the database thread
+    await anyio.to_thread.run_sync(started.wait)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(store.append_turn, "s0", commit(1, 0), token=tokens["s0"]))
+        await anyio.wait_all_tasks_blocked()  # s0's batch is written (waiting in the thread)
+        with anyio.CancelScope() as scope:
+            tg.start_soon(
+                functools.partial(store.append_turn, "s2", commit(1, 0), token=tokens["s2"])
+            )
+            scope.cancel()
+            await store.append_turn("s1", commit(1, 0), token=tokens["s1"])
+        assert scope.cancelled_caught
+        gate.set()
+    assert group.batches - before == 2  # s0's, then s2's: s1 left the queue
+    assert [(await store.load(sid)).meta.turn_count for sid in ("s0", "s1", "s2")] == [1, 0, 1]
+    assert await store.verify("s0") == await store.verify("s2") == 3
+    await store.append_turn("s1", commit(1, 0), token=tokens["s1"])
+    assert await store.verify("s1") == 3
