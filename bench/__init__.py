@@ -19,6 +19,7 @@ BENCHMARKS: tuple[str, ...] = (
     "store",
     "peers",
     "llm_adapters",
+    "concurrent_streams",
     "ray_hop",
     "throughput",
 )

@@ -7,19 +7,39 @@
 * the first ``load_graph`` in a fresh process against a later one of the same file
   (goal: ≤ 50 ms more);
 * ``python -m engine.run graphs/turn.dot -m hi`` with a warm graph cache against
-  ``python -c pass`` (goal: ≤ 0.25 s more).
+  ``python -c pass`` (goal: ≤ 0.25 s more), wall and CPU time;
+* pydot's own parser on the same nested and chain inputs, side by side, each run in a
+  subprocess killed at :data:`PYDOT_CAP` seconds (pydot's time doubles per level of
+  nesting: depth 12 would take minutes).
+
+Subprocesses run with bytecode caching on (``PYTHONDONTWRITEBYTECODE`` removed), as
+an installed package has its modules compiled: otherwise every run would time Python
+compiling turngraph's sources, which no user pays.
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.cli import CLI_ARGS, ROOT, _env, _time_cmd
+from bench.cli import CLI_ARGS, ROOT, _env
 from bench.harness import BenchContext, BenchResult, Stats, at_most, bench_env
+
+PYDOT_CAP = 20.0
+"""Seconds pydot may spend on one input before it is stopped and shown as ``> cap``."""
+PYDOT_PARSE = """
+import sys, time
+import pydot
+text = open(sys.argv[1], encoding="utf-8").read()
+t0 = time.perf_counter()
+graphs = pydot.graph_from_dot_data(text)
+print(time.perf_counter() - t0 if graphs else "failed")
+"""
 
 NAME = "dot_read"
 TITLE = "DOT reader: nesting, chains, first parse, warm CLI"
@@ -50,6 +70,28 @@ def chain(edges: int, salt: int = 0) -> str:
     return f"digraph G{salt} {{\n{body}}}\n"
 
 
+def _env_compiled() -> dict[str, str]:
+    env = _env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def _pydot_seconds(text: str, cap: float) -> float | None:
+    """pydot's parse time for ``text`` in a fresh process; None past ``cap`` seconds."""
+    with tempfile.NamedTemporaryFile("w", suffix=".dot", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", PYDOT_PARSE, f.name], cwd=ROOT, env=_env_compiled(),
+                capture_output=True, text=True, timeout=cap + 10, check=True,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return None
+    secs = float(out.stdout) if out.stdout.strip() != "failed" else None
+    return secs if secs is not None and secs <= cap else None
+
+
 def _median_seconds(fn: object, n: int) -> float:
     samples = []
     for _ in range(n):
@@ -59,15 +101,37 @@ def _median_seconds(fn: object, n: int) -> float:
     return Stats.of(samples).p50 / 1e9
 
 
+def _compare(
+    res: BenchResult, what: str, ours: float, text: str, cap: float, skip: str = ""
+) -> bool:
+    """Add a side-by-side row (ours vs pydot); whether pydot finished within ``cap``."""
+    theirs = None if skip else _pydot_seconds(text, cap)
+    res.comparison.append({
+        "input": what,
+        "turngraph ms": ours * 1e3,
+        "pydot ms": theirs * 1e3 if theirs is not None else skip or f"> {cap:g} s (stopped)",
+        "pydot / turngraph": theirs / ours if theirs is not None else None,
+    })  # fmt: skip
+    return theirs is not None
+
+
 def _nesting(res: BenchResult, ctx: BenchContext) -> None:
     from engine.dot import parse_dot
 
     per: list[float] = []
-    for depth in (8, 12, 16, 20):
+    pydot_done = True
+    depths = (8, 12, 16, 20)
+    for depth in depths:
         text, statements = nested(depth)
         secs = _median_seconds(lambda t=text: parse_dot(t), ctx.n(51, 3))
         per.append(secs / statements * 1e6)
         res.add(f"nested depth {depth} ({statements} statements)", secs * 1e3, "ms")
+        # Each level doubles pydot's time: past the cap once, deeper is not tried.
+        if ctx.quick:
+            skip = "not run (quick)"
+        else:
+            skip = "" if pydot_done else "not run (a shallower one was stopped)"
+        pydot_done = _compare(res, f"nested depth {depth}", secs, text, PYDOT_CAP, skip)
     res.add("µs per statement, depth 20 / depth 8", per[-1] / per[0], "×", at_most(2.0))
 
 
@@ -75,18 +139,25 @@ def _chains(res: BenchResult, ctx: BenchContext) -> None:
     from engine.dot import parse_dot
 
     sizes = (1_000, 10_000, 100_000) if not ctx.quick else (1_000, 10_000)
+    pydot_done = True
     for size in sizes:
         runs = ctx.n(5 if size < 100_000 else 3, 1)
-        texts = iter([chain(size, salt) for salt in range(runs)])
-        secs = _median_seconds(lambda it=texts: parse_dot(next(it)), runs)
+        texts = [chain(size, salt) for salt in range(runs)]
+        remaining = iter(texts)
+        secs = _median_seconds(lambda it=remaining: parse_dot(next(it)), runs)
         res.add(f"chain of {size} edges, µs per edge", secs / size * 1e6, "µs", at_most(20))
+        if ctx.quick:
+            skip = "not run (quick)"
+        else:
+            skip = "" if pydot_done else "not run (a shorter one was stopped)"
+        pydot_done = _compare(res, f"chain of {size} edges", secs, texts[0], PYDOT_CAP, skip)
 
 
 def _first_parse(res: BenchResult, ctx: BenchContext) -> None:
     firsts, laters = [], []
     for _ in range(ctx.n(5, 1)):
         out = subprocess.run(
-            [sys.executable, "-c", FIRST_VS_LATER], cwd=ROOT, env=_env(),
+            [sys.executable, "-c", FIRST_VS_LATER], cwd=ROOT, env=_env_compiled(),
             capture_output=True, text=True, timeout=120, check=True,
         )  # fmt: skip
         first, later = map(float, out.stdout.split())
@@ -99,20 +170,44 @@ def _first_parse(res: BenchResult, ctx: BenchContext) -> None:
     res.add("first minus later", first_ms - later_ms, "ms", at_most(50))
 
 
+def _timed_runs(args: tuple[str, ...], n: int) -> tuple[list[float], list[float], int]:
+    """``python *args`` once untimed (fills caches), then ``n`` times: wall and CPU
+    seconds of each run (CPU: user + system of the child), and the last exit code."""
+    cmd, env = [sys.executable, *args], _env_compiled()
+    code = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=60).returncode
+    walls, cpus = [], []
+    for _ in range(n):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        code = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=60).returncode
+        walls.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return walls, cpus, code
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def _warm_cli(res: BenchResult, ctx: BenchContext) -> None:
-    n = ctx.n(7, 1)
+    n = ctx.n(9, 1)
     with tempfile.TemporaryDirectory(prefix="bench-dot-") as home, bench_env(Path(home)):
-        bare = Stats.of(_time_cmd(("-c", "pass"), n)[0]).p50 / 1e9
-        samples, last = _time_cmd(CLI_ARGS, n)  # its untimed first run fills the cache
-        if last.returncode != 0:
-            res.skip("warm CLI", f"exit {last.returncode}")
+        bare_wall, bare_cpu, _ = _timed_runs(("-c", "pass"), n)
+        walls, cpus, code = _timed_runs(CLI_ARGS, n)  # its untimed first run fills the cache
+        if code != 0:
+            res.skip("warm CLI", f"exit {code}")
             return
         cached = any((Path(home) / "graph-cache").iterdir())
-        wall = Stats.of(samples).p50 / 1e9
-    res.add("python -c pass", bare, "s")
-    res.add("engine.run graphs/turn.dot -m hi, warm graph cache", wall, "s")
-    res.add("CLI minus python -c pass", wall - bare, "s", at_most(0.25))
+    res.add("python -c pass, wall", _median(bare_wall), "s")
+    res.add("engine.run graphs/turn.dot -m hi, warm graph cache, wall", _median(walls), "s")
+    res.add(
+        "CLI minus python -c pass, wall", _median(walls) - _median(bare_wall), "s", at_most(0.25)
+    )
+    res.add("CLI minus python -c pass, wall, fastest runs", min(walls) - min(bare_wall), "s")
+    res.add("CLI minus python -c pass, CPU", _median(cpus) - _median(bare_cpu), "s")
     res.notes.append("graph cache entry written" if cached else "no graph cache entry written")
+    res.notes.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 def run(ctx: BenchContext) -> BenchResult:

@@ -19,18 +19,14 @@ Messages API (each only when its SDK is installed):
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from bench.harness import BenchContext, BenchResult, Stats, at_most, time_sync
+from bench.loopback_llm import spawn
 from engine.events import Emitter, Event, TextDelta
 
 NAME = "llm_adapters"
@@ -174,35 +170,14 @@ def _emitter_cost(n: int) -> Stats:
     return Stats.of([s / batch for s in time_sync(thousand, n, warmup=5)])
 
 
-@contextmanager
-def _server(provider: str, tokens: int) -> Iterator[str]:
-    """A loopback provider in a process of its own (no GIL shared with the client)."""
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.llm_servers", provider, str(tokens)],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
-
-
 def _measure(provider: str, ctx: BenchContext, res: BenchResult) -> None:
     n = ctx.n(300, 15)
-    with _server(provider, 3) as url:
+    with spawn("tests.llm_servers", provider, "3") as url:
         sdk, ours = anyio.run(_overhead, provider, url, n)
         res.add(f"{provider}: bare SDK call p50", sdk.p50 / 1e3, "µs")
         res.add(f"{provider}: adapter call p50", ours.p50 / 1e3, "µs")
         res.add(f"{provider}: adapter / SDK, p50", ours.p50 / sdk.p50, "×", at_most(1.1))
-    with _server(provider, _TOKENS) as url:
+    with spawn("tests.llm_servers", provider, str(_TOKENS)) as url:
         chunks = anyio.run(_record, provider, url)
     bare, ours, per_token = anyio.run(_engine_stream, provider, chunks, ctx.n(100, 5))
     added = (ours.p50 - bare.p50) / 1e6

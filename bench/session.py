@@ -13,7 +13,9 @@ default ``graphs/turn.dot`` and the offline built-in handlers (``EchoModel``,
 * turn latency with heartbeats every 10 ms ≤ 1.2× without;
 * the four session types within 5 % of each other; switching the active session ≤ 5 µs;
 * memory: 10 sessions × 1,000 messages of ~1 KB ≤ 25 MB and 1,000 live sessions × 20
-  messages ≤ 60 MB above baseline (tracemalloc); 100 create/close cycles grow RSS < 1 MB.
+  messages ≤ 60 MB above baseline (tracemalloc); 100 create/close cycles grow RSS < 1 MB;
+* streaming (issue 10, :mod:`bench.session_stream`): ``session.stream`` vs
+  ``session.send``; first token added by engine + session ≤ 0.5 ms; ≤ 5 µs a delta.
 
 Quick mode shrinks every workload; targets that depend on the workload's size are then
 not applied.
@@ -50,6 +52,7 @@ from bench.harness import (
 )
 from bench.peers_impl import Turn
 from bench.peers_mock import user_text
+from bench.session_stream import streaming
 
 if TYPE_CHECKING:
     from sessions import Session, SessionManager
@@ -334,6 +337,7 @@ PARTS: tuple[Callable[[BenchContext, BenchResult], Awaitable[None]], ...] = (
     switching,
     create_close_cycles,
     memory,
+    streaming,
 )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "TextDelta",
     "ToolCallCompleted",
     "ToolCallRequested",
+    "TurnCommitted",
     "current_emitter",
 ]
 
@@ -161,6 +162,23 @@ class ToolCallCompleted:
     is_error: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TurnCommitted:
+    """A session's turn is in its store: the last event of a turn, after the commit.
+
+    ``run_id`` is the turn's trace id; ``status`` is ``success`` or ``fail`` (a failed
+    turn's record is committed too, with no message); ``seq`` is the sequence number the
+    session's next message will take, so the turn's messages all have lower ones.
+    Sessions deliver it; a bare engine run has no store and never does.
+    """
+
+    run_id: str
+    session_id: str
+    turn: int
+    seq: int
+    status: str
+
+
 Event = (
     RunStarted
     | RunCompleted
@@ -172,6 +190,7 @@ Event = (
     | TextDelta
     | ToolCallRequested
     | ToolCallCompleted
+    | TurnCommitted
 )
 Observer = Callable[[Event], None]
 

@@ -39,7 +39,8 @@ defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles.
 
 **Encoding.** A file is UTF-8 (a BOM is dropped), unless its graph says
 ``charset=latin1`` (or ``latin-1``, ``l1``, ``iso-8859-1``): then, as in Graphviz,
-its bytes are Latin-1.
+its bytes are Latin-1.  At most :data:`MAX_BYTES` are read (:func:`read_dot`): a
+longer file, ``/dev/zero`` or an endless pipe is refused without reading it all.
 
 **Caching.** A file is cached by path and checked on every call by its
 modification time, size, inode and change time (one ``stat``), then by content
@@ -80,10 +81,13 @@ from engine.validate import (
 if TYPE_CHECKING:  # the reader is imported only when a graph must be read
     from engine.dot import RawEdge, RawGraph, RawNode
 
-__all__ = ["CACHE_SIZE", "clear_cache", "load_graph"]
+__all__ = ["CACHE_SIZE", "MAX_BYTES", "clear_cache", "load_graph", "read_dot"]
 
 CACHE_SIZE = 128
 """Graphs kept per cache (files by path, graphs by content hash)."""
+MAX_BYTES = 64 * 1024 * 1024
+"""Largest graph file read; :func:`read_dot` reads at most one byte more to know."""
+_CHUNK = 1024 * 1024
 
 SHAPE_HANDLERS: Mapping[str, str] = {
     "mdiamond": "start",
@@ -125,7 +129,7 @@ class _LRU(Generic[K, V]):
             self._data.clear()
 
 
-_Stamp = tuple[int, int, int, int]
+_Stamp = tuple[int, int, int, int] | None  # None: not a regular file, never cached
 _FILES: _LRU[tuple[str, str], tuple[_Stamp, Graph]] = _LRU(CACHE_SIZE)
 _GRAPHS: _LRU[tuple[str, str], Graph] = _LRU(CACHE_SIZE)
 
@@ -174,20 +178,45 @@ def _stamp(shown: str) -> _Stamp:
         raise GraphFileError(shown, exc.strerror or type(exc).__name__) from None
     if stat.S_ISDIR(st.st_mode):
         raise GraphFileError(shown, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        return None  # a pipe or device says nothing by its stat about what it will yield
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
-def _read(shown: str) -> bytes:
+def read_dot(path: str, limit: int | None = None) -> bytes:
+    """The bytes of the graph file ``path``, reading at most ``limit + 1`` of them.
+
+    ``limit`` defaults to :data:`MAX_BYTES`.  A longer file, ``/dev/zero`` or a pipe
+    that never ends is a :class:`~engine.errors.GraphFileError` naming ``path``, as
+    are an empty, binary or unreadable file.  A FIFO nobody writes to reads as empty
+    instead of blocking (it is opened non-blocking, then read blocking).
+    """
+    limit = MAX_BYTES if limit is None else limit
+    chunks: list[bytes] = []
+    left = limit + 1
     try:
-        with open(shown, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.set_blocking(fd, True)
+            while left > 0 and (chunk := os.read(fd, min(left, _CHUNK))):
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
     except OSError as exc:
-        raise GraphFileError(shown, exc.strerror or type(exc).__name__) from None
+        raise GraphFileError(path, exc.strerror or type(exc).__name__) from None
+    if left <= 0:
+        raise GraphFileError(path, f"larger than {_size(limit)}: not read")
+    data = b"".join(chunks)
     if not data.strip():
-        raise GraphFileError(shown, "empty file")
+        raise GraphFileError(path, "empty file")
     if b"\0" in data:
-        raise GraphFileError(shown, "binary file (contains NUL bytes)")
+        raise GraphFileError(path, "binary file (contains NUL bytes)")
     return data
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n} bytes"
 
 
 def _parse(data: bytes, path: str) -> RawGraph:
@@ -217,11 +246,12 @@ def _from_file(
     # The cwd is part of a relative path's key; abspath() would cost more than the stat.
     key = (shown, "") if os.path.isabs(shown) else (shown, os.getcwd())
     stamp = _stamp(shown)
-    hit = _FILES.get(key)
+    hit = _FILES.get(key) if stamp is not None else None
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    graph = _from_data(_read(shown), shown, registry, cache_dir)
-    _FILES.put(key, (stamp, graph))
+    graph = _from_data(read_dot(shown), shown, registry, cache_dir)
+    if stamp is not None:
+        _FILES.put(key, (stamp, graph))
     return graph
 
 

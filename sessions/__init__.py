@@ -19,15 +19,19 @@ from sessions.limits import Limits, validate_session_id
 from sessions.manager import SessionManager
 from sessions.session import Session, SessionRuntime
 from sessions.sessionlog import ReasoningStep
+from sessions.stream import STREAM_BUFFER, TurnStream
 from sessions.turns import Phase, TurnResult
+from sessions.usage import ModelUsage, UsageTotals
 
 __all__ = [
+    "STREAM_BUFFER",
     "CompactionResult",
     "Heartbeat",
     "HistoryView",
     "Limits",
     "MessagePage",
     "MessageWindow",
+    "ModelUsage",
     "Phase",
     "ReasoningStep",
     "Session",
@@ -35,6 +39,8 @@ __all__ = [
     "SessionRuntime",
     "Summarizer",
     "TurnResult",
+    "TurnStream",
+    "UsageTotals",
     "extract_summarizer",
     "llm_summarizer",
     "validate_session_id",

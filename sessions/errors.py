@@ -17,7 +17,12 @@ tree rooted at :class:`engine.errors.TurngraphError`.
         ├── SessionTampered        an HMAC chain does not verify
         ├── StoreVersionUnsupported
         ├── ThreadClosed           a call reached a stopped database thread (a caller bug)
+        ├── StoreExtraMissing      the store's optional extra is not installed
+        ├── StorePathInvalid       a store path whose folder is missing or not a folder
+        ├── StoreKeyMissing        the key file of an existing store is gone
+        ├── ExportPathRefused      ``export -o`` names something that is not a regular file
         └── ImportRejected
+            └── ImportKeyMismatch  signed with another key (both key ids named)
 
 ``Fenced`` is a ``SessionBusy`` because to the caller both mean "someone else holds this
 session"; it is also a ``StoreError`` because the store detected it.
@@ -28,7 +33,9 @@ from __future__ import annotations
 from engine.errors import TurngraphError
 
 __all__ = [
+    "ExportPathRefused",
     "Fenced",
+    "ImportKeyMismatch",
     "ImportRejected",
     "InvalidSessionId",
     "SessionBusy",
@@ -40,6 +47,9 @@ __all__ = [
     "SessionTampered",
     "StoreCorrupt",
     "StoreError",
+    "StoreExtraMissing",
+    "StoreKeyMissing",
+    "StorePathInvalid",
     "StoreVersionUnsupported",
 ]
 
@@ -111,6 +121,38 @@ class StoreVersionUnsupported(StoreError):
 
 class ImportRejected(StoreError):
     """An export document failed its signature, schema or size checks."""
+
+
+class ImportKeyMismatch(ImportRejected):
+    """An export signed with another key than the one verifying it (not an edited file).
+
+    ``doc_key_id`` is the id the document names, ``key_id`` the verifying key's.
+    """
+
+    def __init__(self, url: str, doc_key_id: str, key_id: str, hint: str) -> None:
+        super().__init__(
+            url,
+            f"import rejected: the document was signed with key {doc_key_id}, "
+            f"not with key {key_id} ({hint})",
+        )
+        self.doc_key_id = doc_key_id
+        self.key_id = key_id
+
+
+class StoreExtraMissing(StoreError):
+    """The store's URL needs an optional extra that is not installed."""
+
+
+class StorePathInvalid(StoreError):
+    """A store path that cannot be used: its folder is missing, or is not a folder."""
+
+
+class StoreKeyMissing(StoreError):
+    """The key file of an existing store is missing (a new key would not verify it)."""
+
+
+class ExportPathRefused(StoreError):
+    """An export target that is not a regular file (a device, symlink, folder...)."""
 
 
 class Fenced(SessionBusy, StoreError):

@@ -19,13 +19,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from engine.errors import GraphValidationError
+from engine.events import Observer
 from engine.graph import Graph
 from engine.loader import load_graph
 from engine.logs import log
@@ -71,6 +72,22 @@ def _load(source: GraphSource | None, default: str, registry: HandlerRegistry) -
     return load_graph(source, registry=registry)
 
 
+def _model(llm: LLM | str | None) -> tuple[LLM | None, bool]:
+    """The model adapter to use and whether this manager built it (and so must close it)."""
+    if not isinstance(llm, str):
+        return llm, False
+    from handlers.adapters.spec import from_spec
+
+    return from_spec(llm), True
+
+
+async def _aclose(llm: object) -> None:
+    """Close a model adapter's connections (hosted adapters have ``aclose``)."""
+    close = getattr(llm, "aclose", None)
+    if close is not None:
+        await close()
+
+
 def _open_store(spec: Store | str | None, secret: bytes | str | None) -> tuple[Store, bool]:
     """The store to use and whether this manager opened it (and so must close it)."""
     if spec is not None and not isinstance(spec, str):
@@ -88,7 +105,11 @@ class SessionManager:
     closes it); default ``memory:``.  ``llm``/``memory``/``tools`` are the adapters the
     default registry is built with (:class:`~handlers.adapters.LLM`,
     :class:`~handlers.adapters.Memory`, :class:`~handlers.adapters.Tools`; offline
-    defaults); ``registry`` replaces it.
+    defaults); ``registry`` replaces it.  ``llm`` may also be a spec such as
+    ``"openai:gpt-4.1-mini"`` (:func:`~handlers.adapters.spec.from_spec`): the manager
+    then owns the adapter it builds and closes it on exit (an adapter passed in stays
+    the caller's to close).  ``observers`` watch every run of the manager's engine, and
+    hear :class:`~engine.events.TurnCommitted` after each turn's commit.
     ``turn_graph``/``heartbeat_graph`` are graphs, paths or DOT text (defaults:
     ``graphs/turn.dot`` and ``graphs/heartbeat.dot``).  ``owner`` names this process in
     leases.  ``auto_resume`` continues an interrupted turn as soon as its session loads.
@@ -102,7 +123,7 @@ class SessionManager:
         self,
         store: Store | str | None = None,
         *,
-        llm: LLM | None = None,
+        llm: LLM | str | None = None,
         memory: Memory | None = None,
         tools: Tools | None = None,
         registry: HandlerRegistry | None = None,
@@ -115,14 +136,19 @@ class SessionManager:
         auto_resume: bool = False,
         summarizer: Summarizer | None = None,
         store_secret: bytes | str | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
+        llm, self._owns_llm = _model(llm)
+        self.llm = llm
         if registry is None:
             from handlers import build_registry
 
             registry = build_registry(llm=llm, memory=memory, tools=tools)
         self.limits = limits or Limits()
         self.registry = registry
-        self.engine = Engine(registry, max_steps=self.limits.max_steps_per_turn)
+        self.engine = Engine(
+            registry, observers=observers, max_steps=self.limits.max_steps_per_turn
+        )
         self.turn_graph = _load(turn_graph, "turn.dot", registry)
         self.engine.check(self.turn_graph)
         self.heartbeat_graph = self._heartbeat(heartbeat_graph, registry)
@@ -191,8 +217,12 @@ class SessionManager:
                 tg.cancel_scope.cancel()
             if stack is not None:
                 await stack.__aexit__(exc_type, exc, tb)
-            if self._owns_store:
-                await self.store.close()
+            try:
+                if self._owns_store:
+                    await self.store.close()
+            finally:
+                if self._owns_llm:
+                    await _aclose(self.llm)
         return None
 
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:

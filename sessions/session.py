@@ -6,7 +6,8 @@ its sessions.  The session itself holds its identity and public counters, and wi
 together:
 
 * :class:`~sessions.turns.TurnPipeline`: the FIFO lock and the turns (context, run,
-  checkpoint, commit); ``await session.send(text)`` runs one;
+  checkpoint, commit); ``await session.send(text)`` runs one, ``session.stream(text)``
+  runs one as an async iterator of its events (:mod:`sessions.stream`);
 * :class:`~sessions.state.SessionState`: working memory, goals, cognitive mode, and
   heartbeat results waiting to be applied or stored;
 * :class:`~sessions.sessionlog.SessionLog`: the bounded in-memory messages, turn records
@@ -38,7 +39,9 @@ from sessions.limits import Limits
 from sessions.sessionlog import ReasoningStep, SessionLog
 from sessions.state import SessionState
 from sessions.store.base import Checkpoint, LoadedSession, Message, SessionType, Store, TurnRecord
+from sessions.stream import STREAM_BUFFER, TurnStream
 from sessions.turns import Phase, TurnPipeline, TurnResult
+from sessions.usage import UsageTotals, stored_usage
 from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
@@ -190,7 +193,10 @@ class Session:
             self, runtime, writer, log, state, self._checkpoints, self._compactor
         )
         self.heartbeat = Heartbeat(
-            self.id, self._run_heartbeat, self._turns.offer_state, limits.heartbeat_max_backoff
+            self.id,
+            lambda: _run_heartbeat(self, runtime.engine, state, log),
+            self._turns.offer_state,
+            limits.heartbeat_max_backoff,
         )
 
     def __repr__(self) -> str:
@@ -297,6 +303,20 @@ class Session:
         """
         return await self._turns.send(text)
 
+    def stream(self, text: str, *, buffer: int = STREAM_BUFFER) -> TurnStream:
+        """Run one turn like :meth:`send`, as an async iterator of its events, the
+        :class:`TurnResult` last (see :mod:`sessions.stream` for the buffer of ``buffer``
+        events and leaving early).  The turn starts when iteration starts."""
+        if self.closed:
+            raise SessionClosed(self.id, "closed")
+        turns = self._turns
+        return TurnStream(self.id, lambda watch: turns.send(text, watch), self._rt.spawn, buffer)
+
+    async def usage(self) -> UsageTotals:
+        """Model tokens of every stored turn, by model; read from the store, so it counts
+        turns of earlier processes too (and failed turns: their tokens were spent)."""
+        return await stored_usage(self._rt.store, self.id)
+
     async def resume(self) -> TurnResult | None:
         """Continue the turn a crashed process left at its checkpoint; ``None`` if none."""
         return await self._turns.resume()
@@ -339,33 +359,6 @@ class Session:
         """Stop the heartbeat timer (idempotent)."""
         self.heartbeat.stop()
 
-    async def _run_heartbeat(self) -> Mapping[str, Any]:
-        """One heartbeat run on a snapshot of the session (its history: the newest
-        :data:`HEARTBEAT_HISTORY` entries), outside the session lock."""
-        graph = self.heartbeat_graph
-        assert graph is not None
-        n = self.heartbeat.runs + 1
-        state = self._state
-        context = {
-            "session.id": self.id,
-            "session.agent_id": self.agent_id,
-            "session.type": self.type,
-            "session.turn_count": self.turn_count,
-            "session.phase": self.phase,
-            "session.goals": state.goals,
-            "session.working_memory": MappingProxyType(dict(state.working_memory)),
-            "session.cognitive_mode": state.cognitive_mode,
-            # A snapshot (turns may append meanwhile), of the newest entries only: a
-            # heartbeat must cost the same at message 20 and message 20,000.
-            "session.history": self._log.history[-HEARTBEAT_HISTORY:],
-            "session.config": self.config,
-            "session.trace_id": f"{self.id}:hb:{n}",
-        }
-        result = await self._rt.engine.run(graph, context, run_id=f"{self.id}:hb:{n}")
-        if not result.ok:
-            raise result.error or RuntimeError(f"heartbeat {result.status}")
-        return result.context
-
     # ------------------------------------------------------------------ lifecycle
 
     def _fenced(self, exc: Fenced) -> None:
@@ -390,3 +383,33 @@ class Session:
             await self._turns.drain()
         finally:
             closing.set()
+
+
+async def _run_heartbeat(
+    session: Session, engine: Engine, state: SessionState, log: SessionLog
+) -> Mapping[str, Any]:
+    """One heartbeat run on a snapshot of ``session`` (its history: the newest
+    :data:`HEARTBEAT_HISTORY` entries), outside the session lock."""
+    graph = session.heartbeat_graph
+    assert graph is not None
+    n = session.heartbeat.runs + 1
+    sid = session.id
+    context = {
+        "session.id": sid,
+        "session.agent_id": session.agent_id,
+        "session.type": session.type,
+        "session.turn_count": session.turn_count,
+        "session.phase": session.phase,
+        "session.goals": state.goals,
+        "session.working_memory": MappingProxyType(dict(state.working_memory)),
+        "session.cognitive_mode": state.cognitive_mode,
+        # A snapshot (turns may append meanwhile), of the newest entries only: a
+        # heartbeat must cost the same at message 20 and message 20,000.
+        "session.history": log.history[-HEARTBEAT_HISTORY:],
+        "session.config": session.config,
+        "session.trace_id": f"{sid}:hb:{n}",
+    }
+    result = await engine.run(graph, context, run_id=f"{sid}:hb:{n}")
+    if not result.ok:
+        raise result.error or RuntimeError(f"heartbeat {result.status}")
+    return result.context

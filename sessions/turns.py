@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 
-from engine.events import Observer, StructlogObserver
+from engine.events import Observer, StructlogObserver, TurnCommitted, notify
 from engine.graph import Graph, Node
 from engine.outcome import NodeRecord, RunResult, RunStatus
 from engine.scopes import cancel_scope
@@ -36,6 +36,7 @@ from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
 from sessions.state import SessionState, state_changes
 from sessions.store.base import Message, SessionType, TurnCommit, TurnRecord
+from sessions.usage import UsageTotals
 from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ _cancelled = anyio.get_cancelled_exc_class
 class TurnResult:
     """How one turn ended: the reply, ``status`` (success/fail), its number and node trace.
 
-    ``error`` is the run's error when it failed (a :class:`~engine.errors.RunError`).
+    ``error`` is the run's error when it failed (a :class:`~engine.errors.RunError`);
+    :attr:`usage` sums the model tokens of the trace's node visits.
     """
 
     reply: str
@@ -72,6 +74,12 @@ class TurnResult:
     def ok(self) -> bool:
         """True when the turn reached an exit node and was committed."""
         return self.status == "success"
+
+    @property
+    def usage(self) -> UsageTotals:
+        """The turn's model usage: tokens in and out, by model (computed on demand, so
+        a turn whose usage nobody reads pays nothing for it)."""
+        return UsageTotals.of((self.trace,))
 
 
 class TurnHost(Protocol):
@@ -157,14 +165,16 @@ class TurnPipeline:
 
     # ------------------------------------------------------------------ turns
 
-    async def send(self, text: str) -> TurnResult:
-        """Run one turn with user input ``text`` (see :meth:`Session.send`)."""
+    async def send(self, text: str, watch: Observer | None = None) -> TurnResult:
+        """Run one turn with user input ``text`` (see :meth:`Session.send`); ``watch``
+        observes this turn's events, :class:`TurnCommitted` last (see
+        :meth:`Session.stream`)."""
         await self._enter()
         try:
             cp = self._checkpoints.resumable
             if cp is not None:
                 await self._checkpoints.abandon(cp, "superseded by a new turn")
-            return await self._turn(text, self._host.turn_count + 1)
+            return await self._turn(text, self._host.turn_count + 1, watch=watch)
         finally:
             await self._leave()
 
@@ -191,6 +201,7 @@ class TurnPipeline:
         start_at: str | None = None,
         carried: Mapping[str, Any] | None = None,
         prior: tuple[Mapping[str, Any], ...] = (),
+        watch: Observer | None = None,
     ) -> TurnResult:
         """Run the graph for ``turn`` and commit it (caller holds the lock)."""
         host = self._host
@@ -203,12 +214,15 @@ class TurnPipeline:
         on_step = (
             self._checkpoints.hook(text, turn, trace_id, prior) if rt.limits.checkpoint else None
         )
+        observers = self._observers(turn, trace_id)
+        if watch is not None:
+            observers = (*observers, watch)
         try:
             result = await rt.engine.run(
                 host.turn_graph,
                 context,
                 run_id=trace_id,
-                observers=self._observers(turn, trace_id),
+                observers=observers,
                 on_enter=self._on_enter,
                 start_at=start_at,
                 on_step=on_step,
@@ -219,6 +233,12 @@ class TurnPipeline:
             raise
         with cancel_scope(shield=True):  # commit and apply are one step or none
             committed = await self._commit(text, turn, trace_id, result, prior)
+        # Only now, and never when nobody listens (the engine's observers are the
+        # manager's; ``observers`` this turn's): the turn is in the store.
+        if observers or rt.engine.observers:
+            seq = self._log.next_seq
+            event = TurnCommitted(trace_id, host.id, turn, seq, committed.status)
+            notify(rt.engine.observers + observers, event)
         return committed
 
     def _context(self, text: str, turn: int, trace_id: str) -> dict[str, Any]:

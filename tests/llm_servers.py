@@ -2,7 +2,8 @@
 wire formats, for tests and benchmarks: real sockets, real HTTP/1.1, real SSE.
 
 A server plays a *script*: each request takes the next item (a :class:`Reply`, a
-:class:`Fail`, a :class:`Cut` stream, :class:`Raw` bytes or a :class:`Hang`), or
+:class:`Fail`, a :class:`Cut` stream, a :class:`Held` stream, :class:`Raw` bytes or a
+:class:`Hang`), or
 ``default`` when the script is empty.  Every request is recorded (path, headers, JSON
 body) so tests can check what the adapter sent.  A reply is JSON or, when the request
 asks ``"stream": true``, SSE in chunked transfer encoding, with tool calls and usage.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Cut", "Fail", "Hang", "LLMServer", "Raw", "Reply", "Request"]
+__all__ = ["Cut", "Fail", "Hang", "Held", "LLMServer", "Raw", "Reply", "Request"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,18 @@ class Hang:
     then: Reply = field(default_factory=Reply)
 
 
-Item = Reply | Fail | Cut | Raw | Hang
+@dataclass(frozen=True, eq=False)
+class Held:
+    """A streamed reply that stops after ``after`` text tokens and holds the stream open
+    until ``release`` is set (or the server stops), then sends the rest: a test proves a
+    client saw the first tokens while the server had not finished."""
+
+    reply: Reply = field(default_factory=Reply)
+    after: int = 1
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+Item = Reply | Fail | Cut | Raw | Hang | Held
 
 
 @dataclass(frozen=True)
@@ -246,6 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(item.status, item.body, item.content_type)
         elif isinstance(item, Cut):
             self._stream(item.reply, cut=item)
+        elif isinstance(item, Held):
+            self._stream(item.reply, held=item)
         elif stream:
             self._stream(item)
         else:
@@ -264,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
-    def _stream(self, reply: Reply, cut: Cut | None = None) -> None:
+    def _stream(self, reply: Reply, cut: Cut | None = None, held: Held | None = None) -> None:
         sse = _anthropic_sse if self.server.owner.provider == "anthropic" else _openai_sse
         head, tail = sse(reply)
         self.send_response(200)
@@ -274,16 +288,26 @@ class _Handler(BaseHTTPRequestHandler):
         frames = head + tail
         if cut is not None:
             frames = head[: len(head) - len(reply.tokens) + cut.after]
-        # All frames in one write: the server answers at once (each frame is still its
-        # own chunk and SSE event, as a provider sends them).
-        self.wfile.write(b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames))
-        self.wfile.flush()
+        if held is not None:
+            split = len(head) - len(reply.tokens) + held.after
+            self._chunks(frames[:split])
+            owner = self.server.owner
+            while not (held.release.wait(0.05) or owner._stopping.is_set()):
+                pass
+            frames = frames[split:]
+        self._chunks(frames)
         if cut is not None and not cut.clean:
             # Drop the connection mid-body: no terminating chunk.
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _chunks(self, frames: list[bytes]) -> None:
+        # All frames in one write: the server answers at once (each frame is still its
+        # own chunk and SSE event, as a provider sends them).
+        self.wfile.write(b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames))
         self.wfile.flush()
 
 

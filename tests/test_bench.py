@@ -29,7 +29,7 @@ from bench.harness import (
     result_document,
 )
 
-SLOW = {"cli", "store", "peers", "session", "ray_hop", "throughput"}
+SLOW = {"cli", "store", "peers", "session", "ray_hop", "concurrent_streams", "throughput"}
 
 
 def quiet() -> Console:
@@ -215,3 +215,19 @@ def test_engine_turn_reports_the_issue_targets() -> None:
     assert (p50.unit, p50.target) == ("µs", at_most(40))
     assert res.metric("turn, no-op sync handlers p99").target == at_most(150)
     assert res.params["nodes"] == 7
+
+
+def test_the_session_bench_measures_streaming() -> None:
+    """The streaming part: stream vs send, first token and per-delta cost, all measured."""
+    import anyio
+
+    from bench.session import PARTS
+    from bench.session_stream import streaming
+
+    assert streaming in PARTS
+    res = BenchResult("session", "streaming")
+    anyio.run(streaming, BenchContext(quick=True, console=quiet()), res)
+    first = res.metric("stream: first token added by engine + session p50")
+    assert (first.unit, first.target) == ("ms", at_most(0.5))
+    assert res.metric("stream: cost per delta p50 (model yields per token)").target == at_most(5)
+    assert all(m.value is not None and math.isfinite(m.value) for m in res.metrics)

@@ -547,7 +547,8 @@ def test_read_only_actions_never_create_a_store(
     store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A mistyped SQLite path is "no such store" for list/show/export/delete/compact,
-    creating neither folders nor a database; a turn (a write) still creates it."""
+    creating neither folders nor a database; a turn (a write) refuses the missing folder
+    and creates the database once the folder exists."""
     missing = tmp_path / "nonexist" / "dir" / "x.db"
     url = f"sqlite:///{missing}"
     for argv in (
@@ -560,6 +561,9 @@ def test_read_only_actions_never_create_a_store(
     ):
         one_error(capsys, ["sessions", *argv, "--store", url], f"no such store: {missing}")
     assert not (tmp_path / "nonexist").exists()
+    one_error(capsys, [TURN, "-m", "hi", "--session", "s1", "--store", url], "does not exist")
+    assert not (tmp_path / "nonexist").exists()
+    missing.parent.mkdir(parents=True)
     turn_json(capsys, "-m", "hi", "--session", "s1", "--store", url)
     assert missing.is_file()
     assert cli.main(["sessions", "list", "--json", "--store", url]) == 0

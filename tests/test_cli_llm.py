@@ -59,7 +59,9 @@ def test_one_turn_streams_the_reply_and_shows_usage(server: LLMServer) -> None:
     assert lines[0] == "Bonjour à tous"
     assert "Bonjour à tous" not in "\n".join(lines[1:])  # printed once, as it streamed
     row = next(line for line in lines if " llm_call " in line)
-    assert "40/3 served" in row
+    assert [c.strip() for c in row.split("│")][-3:-1] == ["served", "40/3"]
+    total = next(line for line in lines if " total " in line)
+    assert [c.strip() for c in total.split("│")][-3:-1] == ["served", "40/3"]
     assert proc.stderr == ""
     body = server.requests[0].body
     assert body["stream"] is True and body["model"] == "cli-model"

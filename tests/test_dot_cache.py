@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -162,30 +159,6 @@ def test_an_unwritable_cache_only_costs_time(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     graph = load_graph(DOT, cache_dir=blocker / "cache")
     assert graph.start == "start"
-
-
-def test_a_warm_cli_run_imports_no_parser(tmp_path: Path) -> None:
-    """With the graph cached, a CLI turn imports neither pydot, pyparsing nor the reader."""
-    env = {**os.environ, "TURNGRAPH_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    graph = str(ROOT / "graphs" / "turn.dot")
-    probe = (
-        "import sys, runpy\n"
-        f"sys.argv = ['engine.run', {graph!r}, '-m', 'hi']\n"
-        "try:\n    runpy.run_module('engine.run', run_name='__main__')\n"
-        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "loaded = [m for m in ('pydot', 'pyparsing', 'networkx', 'engine.dot') "
-        "if m in sys.modules]\n"
-        "print('LOADED', loaded, file=sys.stderr)\n"
-    )
-    runs = [
-        subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
-        for _ in range(2)
-    ]
-    for run in runs:
-        assert run.returncode == 0, run.stderr
-    assert "LOADED ['engine.dot']" in runs[0].stderr  # the first run had to read it
-    assert "LOADED []" in runs[1].stderr
-    assert list((tmp_path / "graph-cache").iterdir())
 
 
 def test_the_cache_keeps_at_most_max_entries(

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine.errors import GraphValidationError, Issue
+from engine.dot_write import attr_list, quote
+from engine.errors import GraphError, GraphValidationError, Issue
 
 if TYPE_CHECKING:
     from engine.dot import RawGraph
@@ -39,10 +40,11 @@ class Checked:
 
 
 def _source(path: str) -> str | None:
+    from engine.loader import read_dot  # bounded: never more than a graph file may hold
+
     try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            return f.read()
-    except OSError:
+        return read_dot(path).decode("utf-8-sig", errors="replace")
+    except GraphError:
         return None
 
 
@@ -80,14 +82,8 @@ def strict(issues: Sequence[Issue]) -> tuple[Issue, ...]:
 _ERROR_STYLE = {"color": "red", "fontcolor": "red", "penwidth": "2"}
 
 
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
 def _attrs(attrs: Mapping[str, str | None]) -> str:
-    parts = [f"{_quote(k)}={_quote(v)}" for k, v in attrs.items() if v is not None]
-    return f" [{', '.join(parts)}]" if parts else ""
+    return attr_list((k, v) for k, v in attrs.items() if v is not None)
 
 
 _SHOWN = 60
@@ -123,17 +119,17 @@ def marked_dot(raw: RawGraph, issues: Sequence[Issue]) -> str:
     title = f"{raw.name or 'graph'}: {errors} error(s), {len(issues) - errors} warning(s)"
     label = "\n".join([title, *whole])
     graph_attrs = {**raw.attrs, "label": label, "labelloc": "t", "fontcolor": "red"}
-    lines = [f"digraph {_quote(raw.name or 'turn')} {{", f"    graph{_attrs(graph_attrs)};"]
+    lines = [f"digraph {quote(raw.name or 'turn')} {{", f"    graph{_attrs(graph_attrs)};"]
     for node in raw.nodes.values():
         attrs = dict(node.attrs)
         if node.id in on_node:
             attrs.update(_marks(on_node[node.id]))
-        lines.append(f"    {_quote(node.id)}{_attrs(attrs)};")
+        lines.append(f"    {quote(node.id)}{_attrs(attrs)};")
     for edge in raw.edges:
         attrs = dict(edge.attrs)
         if (edge.src, edge.dst) in on_edge:
             attrs.update(_marks(on_edge[(edge.src, edge.dst)]))
-        lines.append(f"    {_quote(edge.src)} -> {_quote(edge.dst)}{_attrs(attrs)};")
+        lines.append(f"    {quote(edge.src)} -> {quote(edge.dst)}{_attrs(attrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

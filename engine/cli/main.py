@@ -13,7 +13,12 @@
                                                             a failing graph is drawn with its
                                                             problems in red (exit 2)
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
-                                  import FILE [--replace]|delete ID|compact ID
+                                  import FILE [--replace] [--key-file K]|delete ID|
+                                  compact ID|verify [ID] [--json]|show --salvage ID
+                                                            (verify: exit 2 if any session
+                                                            is tampered; --salvage: read a
+                                                            tampered one up to its first bad
+                                                            record)
 
 Without ``GRAPH.dot`` a turn runs the shipped ``turn.dot`` (:mod:`graphs`).  The
 installed console script ``turngraph`` is this command.
@@ -27,7 +32,8 @@ The store defaults to ``$TURNGRAPH_STORE``, else SQLite under ``$TURNGRAPH_HOME`
 
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
-corrupt or tampered store or export, Graphviz missing for images); 130 interrupted;
+corrupt or tampered store or export, a store's optional extra not installed, Graphviz
+missing for images); 130 interrupted;
 70 an internal bug.  Errors are one line on stderr (``path:line:col: error: ...`` for
 graphs), never a traceback (``-v`` adds one for internal bugs, and node logs).
 

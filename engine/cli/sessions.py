@@ -1,12 +1,15 @@
-"""``python -m engine.run sessions ...``: list, show, export, import, delete, compact
-stored sessions, with rich tables.  Every action opens the store named by ``--store``
+"""``python -m engine.run sessions ...``: list, show, verify, export, import, delete,
+compact stored sessions, with rich tables.  Every action opens the store named by ``--store``
 (default ``$TURNGRAPH_STORE``, else SQLite in the data directory) and closes it.
 
 Only ``import`` may create the store; the other actions refuse a store that does not
 exist (``no such store: PATH``), so a mistyped path makes no folders or empty database.
 ``list`` shows a session whose metadata fails verification as ``ID (TAMPERED)``
 (``"tampered": true`` with ``--json``, the id alone) and warns on stderr, so one edited
-row never hides the rest; ``show`` of that session is refused.
+row never hides the rest; ``show`` of that session is refused, ``show --salvage`` reads
+it up to its first bad record and ``verify`` names that record
+(:mod:`engine.cli.recovery`).  ``import --key-file K`` takes an export signed on another
+machine: verified with that machine's key file, re-signed with the local key.
 """
 
 from __future__ import annotations
@@ -40,12 +43,21 @@ def _sessions_parser() -> Parser:
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
     show.add_argument("-n", "--last", type=int, default=20, help="messages/turns to show")
+    show.add_argument(
+        "--salvage", action="store_true", help="read a tampered session up to its first bad record"
+    )
+    ver = sub.add_parser("verify", help="check sessions' chains (exit 2 if any is tampered)")
+    ver.add_argument("id", nargs="?", help="one session (default: all)")
+    ver.add_argument("--json", action="store_true")
     exp = sub.add_parser("export", help="write a signed JSON export")
     exp.add_argument("id")
     exp.add_argument("-o", "--output", metavar="FILE", required=True, help="- for stdout")
     imp = sub.add_parser("import", help="verify and store an export file")
     imp.add_argument("file")
     imp.add_argument("--replace", action="store_true", help="overwrite an existing session")
+    imp.add_argument(
+        "--key-file", metavar="K", help="the exporting machine's key file (re-signed locally)"
+    )
     for name, text in (("delete", "delete a session"), ("compact", "summarise old messages")):
         sub.add_parser(name, help=text).add_argument("id")
     for action in sub.choices.values():  # the shared options work after the action too
@@ -150,15 +162,30 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 
 
 async def _sessions_show(args: argparse.Namespace) -> int:
+    from engine.cli.recovery import salvage_show
+    from sessions.usage import stored_usage
+
+    if args.salvage:
+        return await salvage_show(args, store_url(args.store))
     last = max(1, args.last)
     async with _existing_store(args) as store:
-        checked = await store.verify(args.id)  # tampering is an error, not a display
+        checked = await _verified(store, args.id)  # tampering is an error, not a display
         loaded = await store.load(args.id, recent=last)
         meta = loaded.meta
         turns = await store.turns(args.id, max(0, meta.turn_count - last), last)
+        usage = (await stored_usage(store, args.id)).to_dict()  # every turn, not --last
+        summary = None
+        if loaded.summary is not None and meta.summary_upto >= 0:
+            upto = meta.summary_upto
+            # Only the two ends of the replaced span are read, not all of it.
+            first = await store.messages(args.id, 0, 1)
+            last_one = await store.messages(args.id, upto, 1)
+            span = [first[0].turn, last_one[0].turn] if first and last_one else None
+            summary = (upto, loaded.summary, span)
     if args.json:
         doc = _meta_dict(meta)
         doc["verified_records"] = checked
+        doc["usage"] = usage
         doc["messages_shown"] = [
             {"seq": m.seq, "role": m.role, "content": m.content, "turn": m.turn}
             for m in loaded.recent
@@ -167,20 +194,38 @@ async def _sessions_show(args: argparse.Namespace) -> int:
             {"turn": t.turn, "status": t.status, "nodes": list(t.trace), "error": t.error}
             for t in turns
         ]
+        doc["summary"] = None
+        if summary is not None:
+            upto, message, span = summary
+            doc["summary"] = {"upto_seq": upto, "turns": span, "content": message.content}
         print_json(doc)
         return 0
-    _print_session(meta, loaded.recent, turns, checked)
+    _print_session(meta, loaded.recent, turns, checked, summary)
+    if usage["calls"]:
+        from engine.cli.views import print_renderable, usage_table
+
+        print_renderable(usage_table(usage, title=f"usage · {usage['turns']} turns"))
     return 0
 
 
-def _print_session(meta: Any, messages: Sequence[Any], turns: Sequence[Any], checked: int) -> None:
+def _print_session(
+    meta: Any,
+    messages: Sequence[Any],
+    turns: Sequence[Any],
+    checked: int,
+    summary: tuple[int, Any, list[int] | None] | None,
+) -> None:
     from rich.table import Table
 
+    from engine.cli.recovery import compaction_note
     from engine.cli.views import print_renderable, sessions_table, turns_table
 
     print_renderable(
         sessions_table([meta], title=f"session {meta.id} · {checked} records verified")
     )
+    if summary is not None:
+        upto, message, span = summary
+        print(f"[{compaction_note(upto, span)}] {message.content}")
     table = Table(title="messages", title_justify="left")
     for name in ("seq", "turn", "role", "content"):
         table.add_column(name, justify="right" if name in ("seq", "turn") else "left")
@@ -188,6 +233,19 @@ def _print_session(meta: Any, messages: Sequence[Any], turns: Sequence[Any], che
         table.add_row(str(m.seq), str(m.turn), m.role, m.content.replace("[", r"\["))
     print_renderable(table)
     print_renderable(turns_table(turns))
+
+
+async def _verified(store: Any, session_id: str) -> int:
+    """``store.verify``; a tampered session's error points at ``show --salvage``."""
+    from sessions.errors import SessionTampered
+
+    try:
+        return int(await store.verify(session_id))
+    except SessionTampered as exc:
+        hint = f"`{PROG} sessions show --salvage {session_id}` shows what precedes it"
+        raise SessionTampered(
+            exc.url, session_id, exc.record, f"{exc.reason.split(': ', 1)[-1]} ({hint})"
+        ) from None
 
 
 async def _sessions_export(args: argparse.Namespace) -> int:
@@ -206,12 +264,26 @@ async def _sessions_export(args: argparse.Namespace) -> int:
 
 async def _sessions_import(args: argparse.Namespace) -> int:
     from sessions.store import open_store, read_export
+    from sessions.store.export import rekey
+    from sessions.store.signing import Signer, load_key, read_key_file
 
     doc = read_export(args.file)
+    # The key file is read before the store opens: a bad one leaves nothing made.
+    source = None if args.key_file is None else Signer(read_key_file(args.key_file))
     async with open_store(store_url(args.store)) as store:
+        if source is not None:
+            # The store is open, so the local key exists (or was refused as missing).
+            doc = rekey(doc, source, Signer(load_key()), args.file)
         meta = await store.import_(doc, replace=args.replace)
     print(f"imported session {meta.id} ({meta.turn_count} turns, {meta.message_count} messages)")
     return 0
+
+
+async def _sessions_verify(args: argparse.Namespace) -> int:
+    from engine.cli.recovery import verify_sessions
+
+    async with _existing_store(args) as store:
+        return await verify_sessions(store, args.id, args.json)
 
 
 async def _sessions_delete(args: argparse.Namespace) -> int:
@@ -243,6 +315,7 @@ async def _sessions_compact(args: argparse.Namespace) -> int:
 ACTIONS: Mapping[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "list": _sessions_list,
     "show": _sessions_show,
+    "verify": _sessions_verify,
     "export": _sessions_export,
     "import": _sessions_import,
     "delete": _sessions_delete,

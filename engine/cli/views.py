@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
+from engine.dot_write import attr_list, quote, value_text
 from engine.events import (
     Event,
     NodeFailed,
@@ -36,6 +36,7 @@ __all__ = [
     "sessions_table",
     "trace_rows",
     "turns_table",
+    "usage_table",
 ]
 
 _STATUS_STYLE = {"success": "green", "fail": "red", "retry": "yellow", "partial": "yellow"}
@@ -120,21 +121,24 @@ class LivePrinter:
 
 
 def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = "") -> Table:
-    """One row per visited node: node, handler, status, attempts, milliseconds, and the
-    tokens (in/out) and model for visits that called one."""
+    """One row per visited node: node, handler, status, attempts, milliseconds; when a
+    visit called a model, its ``model`` and ``tokens`` (in/out) columns and a ``total``
+    row summing the tokens of the turn."""
     from rich.table import Table
 
+    rows = trace_rows(trace)
+    usage = any("input_tokens" in r for r in rows)
     table = Table(title=title or None, title_justify="left")
     table.add_column("#", justify="right", style="dim")
-    table.add_column("node")
-    table.add_column("handler", style="cyan")
+    # On a narrow terminal the model column gives way before node and handler names do.
+    table.add_column("node", min_width=_widest(rows, "id"))
+    table.add_column("handler", style="cyan", min_width=_widest(rows, "handler"))
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("ms", justify="right")
-    rows = trace_rows(trace)
-    usage = any("input_tokens" in r for r in rows)
     if usage:
-        table.add_column("tokens·model")
+        table.add_column("model")
+        table.add_column("tokens", justify="right")
     for i, row in enumerate(rows, 1):
         status = str(row.get("status", ""))
         shown = f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
@@ -150,11 +154,46 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
         ]
         if usage:
             if "input_tokens" in row:
-                model = _escape(str(row.get("model", "")))
-                cells.append(f"{row['input_tokens']}/{row['output_tokens']} {model}")
+                cells.append(_escape(str(row.get("model", ""))))
+                cells.append(f"{row['input_tokens']}/{row['output_tokens']}")
             else:
-                cells.append("")
+                cells += ["", ""]
         table.add_row(*cells)
+    if usage:
+        used = [r for r in rows if "input_tokens" in r]
+        tokens_in = sum(int(r["input_tokens"]) for r in used)
+        tokens_out = sum(int(r["output_tokens"]) for r in used)
+        ms = sum(float(r.get("duration_ms", 0.0)) for r in rows)
+        models = _escape(", ".join(dict.fromkeys(str(r.get("model", "")) for r in used)))
+        total = ["", "total", "", "", "", f"{ms:.3f}", models, f"{tokens_in}/{tokens_out}"]
+        table.add_row(*total, style="bold", end_section=True)
+    return table
+
+
+def _widest(rows: Sequence[Mapping[str, Any]], key: str, cap: int = 24) -> int:
+    """The width of the longest ``key`` value in ``rows``, at most ``cap``."""
+    return min(cap, max((len(str(r.get(key, ""))) for r in rows), default=0))
+
+
+def usage_table(usage: Mapping[str, Any], title: str = "usage") -> Table:
+    """Model usage by model and in total (a ``UsageTotals.to_dict()``): calls and tokens."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("model")
+    for name in ("calls", "input tokens", "output tokens"):
+        table.add_column(name, justify="right")
+    for model, m in usage["by_model"].items():
+        table.add_row(
+            _escape(model or "?"), str(m["calls"]), str(m["input_tokens"]), str(m["output_tokens"])
+        )
+    table.add_row(
+        "total",
+        str(usage["calls"]),
+        str(usage["input_tokens"]),
+        str(usage["output_tokens"]),
+        style="bold",
+    )
     return table
 
 
@@ -226,23 +265,8 @@ def _escape(text: str) -> str:
 # --------------------------------------------------------------------------- DOT
 
 
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def _value(value: Value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, timedelta):
-        ms = value / timedelta(milliseconds=1)
-        return f"{ms / 1000:g}s" if ms >= 1000 and ms % 1000 == 0 else f"{ms:g}ms"
-    return str(value)
-
-
 def _attrs(attrs: Mapping[str, Value]) -> str:
-    parts = [f"{_quote(k)}={_quote(_value(v))}" for k, v in attrs.items()]
-    return f" [{', '.join(parts)}]" if parts else ""
+    return attr_list((k, value_text(v)) for k, v in attrs.items())
 
 
 def graph_to_dot(graph: Graph) -> str:
@@ -253,14 +277,14 @@ def graph_to_dot(graph: Graph) -> str:
     """
     lines = [
         f"// normalised by turngraph from {graph.path} (sha256 {graph.source_hash[:12]})",
-        f"digraph {_quote(graph.name or 'turn')} {{",
+        f"digraph {quote(graph.name or 'turn')} {{",
     ]
     if graph.attrs:
         lines.append(f"    graph{_attrs(graph.attrs)};")
     for node in graph.nodes.values():
         attrs: dict[str, Value] = {**node.attrs, "handler": node.handler, "shape": node.shape}
         attrs["label"] = f"{node.label or node.id}\n[{node.handler}]"
-        lines.append(f"    {_quote(node.id)}{_attrs(attrs)};")
+        lines.append(f"    {quote(node.id)}{_attrs(attrs)};")
     for edge in graph.edges:
         eattrs: dict[str, Value] = dict(edge.attrs)
         if edge.condition is not None:
@@ -270,6 +294,6 @@ def graph_to_dot(graph: Graph) -> str:
             shown = [edge.label] if edge.label else []
             shown.append(f"if {edge.condition.source}")
             eattrs["label"] = "\n".join(shown)
-        lines.append(f"    {_quote(edge.src)} -> {_quote(edge.dst)}{_attrs(eattrs)};")
+        lines.append(f"    {quote(edge.src)} -> {quote(edge.dst)}{_attrs(eattrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from sessions.errors import StoreError
+from sessions.errors import StoreError, StoreExtraMissing
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -37,6 +37,7 @@ from sessions.store.codec import validate_session_id
 from sessions.store.export import ImportLimits, read_export, write_export
 from sessions.store.lease import Clock, ManualClock
 from sessions.store.memory import MemoryStore
+from sessions.store.redact import redact_url
 from sessions.store.signing import data_dir, load_key
 from sessions.store.sqlite import SQLiteStore
 
@@ -82,22 +83,14 @@ def default_store_url() -> str:
     return os.environ.get("TURNGRAPH_STORE") or f"sqlite:///{data_dir() / 'turngraph.db'}"
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print or log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def sqlite_path(url: str) -> Path:
     """The file of a ``sqlite:///`` URL (``sqlite:////abs`` is absolute)."""
     rest = url.partition("?")[0]
     rest = rest[len("sqlite:///") :] if rest.startswith("sqlite:///") else ""
     if not rest or rest.endswith("/"):
-        raise StoreError(url, "a SQLite URL needs a file: sqlite:///rel.db or sqlite:////abs.db")
+        raise StoreError(
+            redact_url(url), "a SQLite URL needs a file: sqlite:///rel.db or sqlite:////abs.db"
+        )
     return Path(rest)
 
 
@@ -113,7 +106,7 @@ def _sqlite(
     group = _SWITCH.get(params.pop("group_commit", "on").lower())
     if params or sync not in ("FULL", "NORMAL", "EXTRA") or inline is None or group is None:
         raise StoreError(
-            url,
+            redact_url(url),
             "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off, "
             "group_commit=on|off only",
         )
@@ -159,11 +152,21 @@ def open_store(
         return _sqlite(url, secret, limits, create, clock)
     scheme = urlsplit(url).scheme
     if scheme in ("postgresql", "postgres"):
-        from sessions.store.postgres import PostgresStore  # psycopg is an optional extra
-
+        try:
+            from sessions.store.postgres import PostgresStore  # psycopg is an optional extra
+        except ImportError as exc:
+            # psycopg itself missing, or installed without its libpq binding ("no pq wrapper")
+            if not ((exc.name or "").startswith("psycopg") or "pq wrapper" in str(exc)):
+                raise
+            raise StoreExtraMissing(
+                redact_url(url),
+                f"PostgreSQL stores need the postgres extra ({exc.name or 'libpq'} is not "
+                "installed): pip install 'turngraph[postgres]'",
+            ) from None
         return PostgresStore(url, secret=secret, limits=limits, create=create, clock=clock)
+    shown = redact_url(url)
     raise StoreError(
-        redact_url(url),
-        f"unknown store URL scheme {scheme or url!r}; "
+        shown,
+        f"unknown store URL scheme {scheme or shown!r}; "
         "use memory:, sqlite:///path.db or postgresql://...",
     )

@@ -3,6 +3,7 @@
 ::
 
     {"format": "turngraph.session", "schema": 2, "exported_at": 1763700000.0,
+     "key_id": "3f2a...",                                           # since 0.x; optional
      "meta": {...}, "messages": [...], "turns": [...],
      "summaries": [{"upto": 41, "message": {...}}], "checkpoint": {...},   # optional
      "signature": "<hex HMAC-SHA256 over the canonical JSON of everything else>"}
@@ -10,6 +11,13 @@
 :func:`parse_doc` checks size, signature, schema and shape *before* anything is written,
 so an import either stores a whole verified session or nothing.  The store re-chains
 the records with its own key.
+
+``key_id`` names the key that signed the document (:func:`~sessions.store.signing.key_id`,
+never the key), so a document from another machine is refused as
+:class:`~engine.errors.ImportKeyMismatch` naming both keys, not as an edited file;
+:func:`rekey` verifies it with that machine's key and re-signs it with the local one.
+Documents written before key ids (schema 1, and schema 2 without ``key_id``) still
+import; the field is covered by the signature like every other.
 
 The schema names the canonical JSON format the signature covers: schema 2 (written
 now) is format 2, schema 1 (written before it) format 1
@@ -23,6 +31,7 @@ import contextlib
 import hmac
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sessions.errors import ImportRejected, InvalidSessionId
+from sessions.errors import (
+    ExportPathRefused,
+    ImportKeyMismatch,
+    ImportRejected,
+    InvalidSessionId,
+)
 from sessions.store.base import Checkpoint, Message, SessionMeta, TurnRecord
 from sessions.store.codec import (
     KIND_MESSAGE,
@@ -62,6 +76,7 @@ __all__ = [
     "chain_items",
     "parse_doc",
     "read_export",
+    "rekey",
     "sign_doc",
     "write_export",
 ]
@@ -138,6 +153,7 @@ def sign_doc(
         "format": FORMAT,
         "schema": SCHEMA,
         "exported_at": time.time(),
+        "key_id": signer.key_id,
         "meta": meta_to_dict(meta),
         "messages": parts.messages,
         "turns": parts.turns,
@@ -155,6 +171,21 @@ def parse_doc(doc: Any, signer: Signer, limits: ImportLimits, url: str) -> Impor
     def reject(reason: str) -> ImportRejected:
         return ImportRejected(url, f"import rejected: {reason}")
 
+    try:
+        _check_signed(doc, signer, limits, url, reject)
+        return _decode(doc)
+    except InvalidSessionId as exc:
+        raise reject(f"bad session id: {exc.reason}") from None
+    except ShapeError as exc:
+        raise reject(str(exc)) from None
+    except RecursionError:  # a hostile document nested past what Python can walk
+        raise reject("the document nests too deeply") from None
+
+
+def _check_signed(
+    doc: Any, signer: Signer, limits: ImportLimits, url: str, reject: Callable[[str], Exception]
+) -> None:
+    """Format, schema, sizes and signature (under ``signer``) of an export document."""
     if not isinstance(doc, Mapping):
         raise reject("the document is not a JSON object")
     if doc.get("format") != FORMAT:
@@ -162,14 +193,39 @@ def parse_doc(doc: Any, signer: Signer, limits: ImportLimits, url: str) -> Impor
     schema = doc.get("schema")
     if type(schema) is not int or schema not in _SIGNED_TEXT:
         raise reject(f"schema {schema!r} is not supported (this code reads 1 to {SCHEMA})")
+    kid = doc.get("key_id")
+    if kid is not None and not (
+        isinstance(kid, str) and len(kid) == 16 and all(c in "0123456789abcdef" for c in kid)
+    ):
+        raise reject("key_id must be 16 lowercase hex digits")
     _check_sizes(doc, limits, reject)
-    _check_signature(doc, _SIGNED_TEXT[schema], signer, limits, reject)
+    _check_signature(doc, _SIGNED_TEXT[schema], signer, limits, url, reject)
+
+
+def rekey(
+    doc: Any, source: Signer, target: Signer, url: str, limits: ImportLimits | None = None
+) -> dict[str, Any]:
+    """``doc`` verified under ``source`` (the key it was signed with, e.g. from another
+    machine's key file) and signed again under ``target`` (the local store's key).
+
+    :class:`~engine.errors.ImportKeyMismatch` if ``doc`` names a key other than
+    ``source``; :class:`~engine.errors.ImportRejected` if it fails verification.  The
+    records are unchanged; only ``key_id`` and ``signature`` are replaced.
+    """
+    limits = limits or ImportLimits()
+
+    def reject(reason: str) -> ImportRejected:
+        return ImportRejected(url, f"import rejected: {reason}")
+
     try:
-        return _decode(doc)
-    except InvalidSessionId as exc:
-        raise reject(f"bad session id: {exc.reason}") from None
-    except ShapeError as exc:
-        raise reject(str(exc)) from None
+        _check_signed(doc, source, limits, url, reject)
+    except RecursionError:
+        raise reject("the document nests too deeply") from None
+    rest = {k: v for k, v in doc.items() if k != "signature"}
+    rest["key_id"] = target.key_id
+    # Re-signed in the schema's own canonical format, so format-1 documents stay valid.
+    rest["signature"] = target.tagged(_TAG, _SIGNED_TEXT[rest["schema"]](rest)).hex()
+    return rest
 
 
 def _check_sizes(doc: Mapping[str, Any], limits: ImportLimits, reject: Any) -> None:
@@ -190,6 +246,7 @@ def _check_signature(
     signed_text: Callable[[Any], str],
     signer: Signer,
     limits: ImportLimits,
+    url: str,
     reject: Any,
 ) -> None:
     sig = doc.get("signature")
@@ -202,8 +259,16 @@ def _check_signature(
         raise reject(f"the document is not plain JSON: {exc}") from None
     if len(text.encode()) > limits.max_bytes:
         raise reject(f"the document exceeds the limit of {limits.max_bytes} bytes")
-    if not hmac.compare_digest(signer.tagged(_TAG, text).hex(), sig):
+    if hmac.compare_digest(signer.tagged(_TAG, text).hex(), sig):
+        return
+    kid = doc.get("key_id")
+    if kid is None:  # written before key ids: the two causes cannot be told apart
         raise reject("bad signature (document edited, or signed with another key)")
+    if kid != signer.key_id:
+        raise ImportKeyMismatch(
+            url, kid, signer.key_id, "import it with --key-file naming the exporting key"
+        )
+    raise reject(f"bad signature: the document was edited after key {kid} signed it")
 
 
 def _decode(doc: Mapping[str, Any]) -> ImportPlan:
@@ -266,12 +331,14 @@ def write_export(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
     """
     target = Path(path)
     data = canonical_json(doc) + "\n"
+    _check_replaceable(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _check_replaceable(target)  # again, just before: the name may have changed since
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -283,6 +350,28 @@ def write_export(path: str | os.PathLike[str], doc: Mapping[str, Any]) -> Path:
     finally:
         os.close(dir_fd)
     return target
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace anything but a regular file (``-o /dev/null`` as root must not
+    swap the system's device node for a file; a symlink or folder is not ours either)."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ExportPathRefused(str(target), f"refusing to replace it: it is {kind}")
+
+
+_KINDS: Final = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 _MAX_FILE: Final = ImportLimits().max_bytes
@@ -304,6 +393,8 @@ def read_export(path: str | os.PathLike[str], *, max_bytes: int = _MAX_FILE) -> 
         raise ImportRejected(where, f"export file exceeds {max_bytes} bytes")
     try:
         doc = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ImportRejected(where, "export file nests too deeply to be an export") from None
     except UnicodeDecodeError:
         raise ImportRejected(where, "export file is binary, not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:

@@ -21,6 +21,7 @@ from sessions.errors import StoreError, StoreVersionUnsupported
 from sessions.store.durable import STATE_COLUMNS, StateRow
 from sessions.store.migrations import POSTGRES, SCHEMA_VERSION
 from sessions.store.pg_group import set_up_group_connection
+from sessions.store.redact import scrub
 from sessions.store.signing import Row
 
 __all__ = ["Conn", "PgDatabase", "first_version", "insert_records", "insert_state", "one", "wipe"]
@@ -108,19 +109,22 @@ class PgDatabase:
             await pool.open(wait=True, timeout=self._timeout)
         except Exception as exc:
             await pool.close()
-            raise StoreError(self.url, f"cannot connect to PostgreSQL: {exc}") from exc
+            reason = scrub(str(exc), self._conninfo)
+            raise StoreError(self.url, f"cannot connect to PostgreSQL: {reason}") from None
         return pool
 
     async def _probe(self) -> None:
         """One direct connection, closed at once; failure is a one-reason StoreError."""
         extra: dict[str, Any] = {}
-        if "connect_timeout" not in conninfo_to_dict(self._conninfo):
-            extra["connect_timeout"] = max(2, math.ceil(self._timeout))  # libpq: >= 2 s
         try:
+            if "connect_timeout" not in conninfo_to_dict(self._conninfo):
+                extra["connect_timeout"] = max(2, math.ceil(self._timeout))  # libpq: >= 2 s
             conn = await psycopg.AsyncConnection.connect(self._conninfo, **extra)
         except psycopg.Error as exc:
+            # `from None`: the driver's text may quote the connection string it rejected
             reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            raise StoreError(self.url, f"cannot connect to PostgreSQL: {reason}") from exc
+            reason = scrub(reason, self._conninfo)
+            raise StoreError(self.url, f"cannot connect to PostgreSQL: {reason}") from None
         await conn.close()
 
 

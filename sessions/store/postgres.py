@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import anyio.to_thread
 
-from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError
+from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError, StoreKeyMissing
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -55,6 +55,7 @@ from sessions.store.pg_db import (
 )
 from sessions.store.pg_group import GroupWriter, WrittenRows
 from sessions.store.pg_read import PgReader
+from sessions.store.redact import redact_url
 from sessions.store.signing import Row, Signer, load_key
 
 __all__ = ["PostgresStore"]
@@ -105,12 +106,6 @@ def _turn_params(st: StateRow, rows: list[Row], token: int) -> tuple[Any, ...]:
     return (st.id, rseq, kind, key, body, prev_mac, mac, st.id, *_state_params(st, token))
 
 
-def _redact(url: str) -> str:
-    from sessions.store import redact_url
-
-    return redact_url(url)
-
-
 class PostgresStore:
     """A :class:`~sessions.store.base.Store` in PostgreSQL (``postgresql://...``)."""
 
@@ -128,7 +123,7 @@ class PostgresStore:
     ) -> None:
         """``group_commits`` is how many turn groups may run at once (0: every turn
         takes the locked path, one transaction each); ``clock`` measures leases."""
-        self.url = _redact(url)
+        self.url = redact_url(url)
         self._clock = clock
         self._secret = secret
         self._limits = limits or ImportLimits()
@@ -155,9 +150,23 @@ class PostgresStore:
         if self._db.pool is not None:
             return
         await self._db.open(self._group.group.size, before=self._load_key)
+        if self._reader is None:  # no key file yet: only a store without sessions may make one
+            try:
+                async with self._db.tx(read=True) as c:
+                    used = await one(c, "SELECT 1 FROM sessions LIMIT 1", ())
+                if used is not None:
+                    load_key(self._secret, existing_store=self.url)  # raises StoreKeyMissing
+                self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)))
+            except BaseException:
+                await self._db.close()
+                raise
 
     def _load_key(self) -> None:
-        self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)))
+        try:
+            key = load_key(self._secret, existing_store=self.url)
+        except StoreKeyMissing:
+            return  # decided in open(), once the tables can be read
+        self._reader = PgReader(self.url, self._db, Signer(key))
 
     async def close(self) -> None:
         """Close the pools.  Idempotent."""

@@ -28,7 +28,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from sessions.errors import SessionTampered, StoreError, StoreVersionUnsupported
+from sessions.errors import (
+    SessionTampered,
+    StoreError,
+    StoreKeyMissing,
+    StoreVersionUnsupported,
+)
 from sessions.store.codec import CODEC_VERSION, CODEC_VERSIONS, record_suffix, record_version
 
 __all__ = [
@@ -41,7 +46,9 @@ __all__ = [
     "data_dir",
     "derive_key",
     "key_file_path",
+    "key_id",
     "load_key",
+    "read_key_file",
     "verify_span",
 ]
 
@@ -61,6 +68,7 @@ RawSlim = tuple[str, bytes, bytes]
 """A chain record as a bulk read fetches it: ``(kind, UTF-8 body, mac)``."""
 
 _KEY_CONTEXT: Final = b"turngraph.key.v1\x00"
+_KEY_ID_CONTEXT: Final = b"turngraph.key-id.v1\x00"
 _BLOCK: Final = 64  # SHA-256's block size, HMAC's key pad length
 
 
@@ -80,13 +88,36 @@ def derive_key(raw: bytes) -> bytes:
     return hashlib.sha256(_KEY_CONTEXT + raw).digest()
 
 
-def load_key(secret: bytes | str | None = None) -> bytes:
+def key_id(key: bytes) -> str:
+    """A key's public name: 16 hex digits of a domain-separated SHA-256 of it.
+
+    Safe to print and to put in export documents: it names the key without revealing
+    it (a different hash domain than the HMAC's, so it is no MAC of anything).
+    """
+    return hashlib.sha256(_KEY_ID_CONTEXT + key).hexdigest()[:16]
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """The HMAC key held by a key file (``secret.key`` copied from another machine).
+
+    :class:`~engine.errors.StoreError` naming the file if it is missing, empty or
+    readable by group or others.
+    """
+    return derive_key(_read_key_file(Path(path)))
+
+
+def load_key(secret: bytes | str | None = None, *, existing_store: str | None = None) -> bytes:
     """The store key: ``secret`` if given, else ``$TURNGRAPH_SECRET``, else the key file.
 
     The key file is created on first use with mode 0600, written whole to a private
-    temp file and hard-linked into place, so two processes racing to create it agree
-    on one key and neither ever reads a half-written one.  A key file that group or others
+    temp file, fsynced, hard-linked into place and its folder fsynced, so two processes
+    racing to create it agree on one key, neither ever reads a half-written one, and a
+    crash cannot lose a key a store already depends on.  A key file that group or others
     may read is refused with a :class:`~engine.errors.StoreError` saying how to fix it.
+
+    ``existing_store`` (the URL of a store that already holds data) forbids creating
+    the key: its absence is :class:`~engine.errors.StoreKeyMissing`, because a new key
+    would make every stored session read as tampered.
     """
     if secret is None:
         secret = os.environ.get("TURNGRAPH_SECRET") or None
@@ -95,13 +126,29 @@ def load_key(secret: bytes | str | None = None) -> bytes:
         if not raw:
             raise StoreError("<secret>", "the store secret is empty")
         return derive_key(raw)
-    return derive_key(_read_or_create_key_file(key_file_path()))
+    path = key_file_path()
+    if existing_store is not None and not path.exists():
+        raise StoreKeyMissing(
+            existing_store,
+            f"the store exists but its key file {path} is missing; restore it (or set "
+            "TURNGRAPH_SECRET to the store's secret): a new key would make every "
+            "session read as tampered",
+        )
+    return derive_key(_read_or_create_key_file(path))
 
 
 def _read_or_create_key_file(path: Path) -> bytes:
     if not path.exists():
         _create_key_file(path)
     return _read_key_file(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _create_key_file(path: Path) -> None:
@@ -117,6 +164,7 @@ def _create_key_file(path: Path) -> None:
             os.link(tmp, path)
     finally:
         os.unlink(tmp)
+    _fsync_dir(path.parent)  # the link (and the temp file's removal) survive a crash
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -144,9 +192,10 @@ class Signer:
     a bare hash state is far cheaper than copying an HMAC object (identical bytes).
     """
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_inner", "_outer", "key_id")
 
     def __init__(self, key: bytes) -> None:
+        self.key_id = key_id(key)
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
         key = key.ljust(_BLOCK, b"\x00")

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
-from sessions.errors import StoreError
+from sessions.errors import StoreError, StorePathInvalid
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -47,12 +47,12 @@ from sessions.store.dbthread import DBThread
 from sessions.store.durable import checkpoint_body
 from sessions.store.export import ImportLimits
 from sessions.store.lease import Clock
-from sessions.store.signing import Signer, load_key
+from sessions.store.signing import Signer, data_dir, load_key
 from sessions.store.sqlite_core import SQLiteCore
 from sessions.store.sqlite_group import GroupCommit, QueuedTurn
 from sessions.store.sqlite_open import connect, translate
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "check_sqlite_folder"]
 
 T = TypeVar("T")
 
@@ -126,7 +126,10 @@ class SQLiteStore:
             return
         if not self._may_create and not self.path.exists():
             raise StoreError(self.url, f"no such store: {self.path}")
-        signer = Signer(load_key(self._secret))
+        if self._may_create:
+            check_sqlite_folder(self.url, self.path)
+        existing = self.path.is_file() and self.path.stat().st_size > 0
+        signer = Signer(load_key(self._secret, existing_store=self.url if existing else None))
         db = self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
         try:
             conn = await db.run(self._connect)
@@ -380,3 +383,22 @@ class SQLiteStore:
     async def import_(self, doc: Mapping[str, Any], *, replace: bool = False) -> SessionMeta:
         """Verify ``doc`` completely, then store it in one transaction, re-chained."""
         return await self._run(self._c.import_, doc, replace)
+
+
+def check_sqlite_folder(url: str, path: Path) -> None:
+    """Refuse a store file whose folder does not exist, or is not a folder.
+
+    Only the data directory (the default store's home) is created when missing; a
+    mistyped ``--store`` path must not silently grow a directory tree.
+    """
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if folder.absolute() == data_dir().absolute() and not folder.exists():
+        return  # the data directory: made on first use
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise StorePathInvalid(
+                url, f"{above} is a file, not a folder: {path} cannot be created under it"
+            )
+    raise StorePathInvalid(url, f"folder {folder} does not exist (create it first)")

@@ -16,6 +16,7 @@ from sessions.errors import (
     SessionTampered,
     StoreCorrupt,
     StoreError,
+    StorePathInvalid,
     StoreVersionUnsupported,
 )
 from sessions.store import (
@@ -45,12 +46,16 @@ def test_relative_and_absolute_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert isinstance(fast, SQLiteStore) and fast.path == tmp_path / "f.db"
 
 
-async def test_parent_directory_is_created(tmp_path: Path) -> None:
-    """Opening a store in a directory that does not exist yet creates it."""
-    async with open_store(f"sqlite:///{tmp_path}/a/b/s.db", secret=SECRET) as s:
+async def test_missing_parent_directory_is_refused(tmp_path: Path) -> None:
+    """A store in a folder that does not exist is an error, not a new directory tree
+    (only the data directory is made: tests/store/test_portable.py)."""
+    with pytest.raises(StorePathInvalid, match="does not exist"):
+        async with open_store(f"sqlite:///{tmp_path}/a/b/s.db", secret=SECRET):
+            pass
+    assert not (tmp_path / "a").exists()
+    async with open_store(f"sqlite:///{tmp_path}/s.db", secret=SECRET) as s:
         await s.create(SessionMeta(id="x"))
-    assert (tmp_path / "a" / "b" / "s.db").is_file()
-    assert stat.S_IMODE((tmp_path / "a" / "b" / "s.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "s.db").stat().st_mode) == 0o600
 
 
 async def test_read_only_open_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
@@ -60,6 +65,7 @@ async def test_read_only_open_of_a_missing_file_creates_nothing(tmp_path: Path) 
     with pytest.raises(StoreError, match=f"no such store: {path}"):
         await open_store(f"sqlite:///{path}", create=False).open()
     assert not (tmp_path / "no").exists() and not (tmp_path / "home").exists()
+    path.parent.mkdir(parents=True)
     async with open_store(f"sqlite:///{path}", secret=SECRET) as s:
         await s.create(SessionMeta(id="x"))
     async with open_store(f"sqlite:///{path}", secret=SECRET, create=False) as s:

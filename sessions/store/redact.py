@@ -1,0 +1,78 @@
+"""One redaction of store URLs and libpq connection strings, used wherever one is shown.
+
+A PostgreSQL password can sit in three places: the URL's ``user:pw@``, a URL query
+parameter (``?password=pw``), or a libpq keyword string (``host=h password=pw``, the
+value possibly quoted: ``password='a b\\'c'``).  :func:`redact_url` replaces each with
+``***``; errors, log lines and table titles print only its result.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+__all__ = ["REDACTED", "redact_url", "scrub"]
+
+REDACTED: Final = "***"
+
+# A keyword DSN's password value: single-quoted (backslash escapes) or bare.
+_KEYWORD: Final = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)", re.IGNORECASE)
+# A URL query parameter named password (up to the next & or #).
+_QUERY: Final = re.compile(r"((?:^|[?&;])password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` (a store URL or a libpq keyword string) with every password as ``***``.
+
+    Safe to print or log.  Anything not parseable as a URL is treated as a keyword
+    string, so a malformed URL never leaks what it holds either.
+    """
+    if "://" not in url:
+        return _KEYWORD.sub(rf"\g<1>{REDACTED}", url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed netloc (bad port, brackets): hide all credentials
+        return _hide_userinfo(url)
+    query = _QUERY.sub(rf"\g<1>{REDACTED}", parts.query)
+    if password is None and query == parts.query:
+        return url  # nothing to hide: keep the text as given (sqlite:/// stays as is)
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
+    return urlunsplit(parts._replace(query=query))
+
+
+def _hide_userinfo(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    netloc, sep, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    tail = _QUERY.sub(rf"\g<1>{REDACTED}", tail)
+    return f"{scheme}://{netloc}{sep}{tail}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error message about ``url``) with ``url``'s passwords hidden.
+
+    A driver may echo part of a connection string it could not parse; every password
+    ``url`` holds is replaced wherever it appears, then keyword forms are redacted.
+    """
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return _KEYWORD.sub(rf"\g<1>{REDACTED}", text)
+
+
+def _passwords(url: str) -> set[str]:
+    found = {m.group(2).strip("'") for m in _KEYWORD.finditer(url)}
+    if "://" in url:
+        try:
+            parts = urlsplit(url)
+            if parts.password:
+                found |= {parts.password, unquote(parts.password)}
+            found |= {v for k, v in parse_qsl(parts.query) if k.lower() == "password"}
+        except ValueError:
+            pass
+        found |= {unquote(m.group(0).split("=", 1)[1]) for m in _QUERY.finditer(url)}
+    return {s for s in found if s}
