@@ -128,7 +128,7 @@ async def rate(setup: Setup, sessions: int, turns: int) -> float:
 
 def workloads(ctx: BenchContext) -> tuple[tuple[int, int], ...]:
     """(sessions, turns per session): 500 to 4,000 turns a level in full mode; quick
-    mode stops at 100 sessions.  LangGraph rows send a tenth of the turns (at least
+    mode stops at 100 sessions.  LangGraph rows send a quarter of the turns (at least
     one per session): they run tens of turns a second."""
     if ctx.quick:
         return ((1, 10), (10, 1), (100, 1))
@@ -189,7 +189,7 @@ async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
                     res.skip(f"{label}, {sessions} sessions", f"skipped: {setup}")
                     continue
                 if label in (LG_EXIT, LG_ASYNC):  # tens of turns/s: fewer of them
-                    turns = max(1, turns // 10)
+                    turns = max(1, turns // 4)
                 try:
                     got = await rate(setup, sessions, turns)
                 except ImportError as exc:
@@ -221,7 +221,7 @@ def _compare(
     res.notes.append(
         "each session sends its turns one after another, all sessions at once; "
         "SQLite rows run WAL with synchronous=FULL (LangGraph's connection too); "
-        "LangGraph rows send a tenth of the turns (at least one per session)"
+        "LangGraph rows send a quarter of the turns (at least one per session)"
     )
 
 
