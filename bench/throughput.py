@@ -195,10 +195,20 @@ async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
                 except ImportError as exc:
                     res.skip(f"{label}, {sessions} sessions", f"not available: {exc.name}")
                     continue
+                except Exception as exc:  # reported in the table; the other rows still run
+                    res.skip(f"{label}, {sessions} sessions", f"failed: {_cause(exc)}")
+                    continue
                 rates[label, sessions] = got
                 res.add(f"{label}, {sessions} sessions", got, "turns/s")
     res.params.update(workloads=[list(w) for w in levels])
     _compare(ctx, res, rates, [s for s, _ in levels])
+
+
+def _cause(exc: BaseException) -> str:
+    """The first error inside task groups, as ``Type: message``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _compare(
