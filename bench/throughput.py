@@ -137,7 +137,9 @@ def workloads(ctx: BenchContext) -> tuple[tuple[int, int], ...]:
 
 async def one_session(ctx: BenchContext, res: BenchResult) -> None:
     """One session's turn p50 on SQLite FULL with group commit on and off (today's
-    path), timed in alternating blocks so both see the same machine."""
+    path), timed in alternating blocks so both see the same machine (each first in
+    half of them: with an fsync per turn, the store measured first in a block was
+    slower whichever it was)."""
     from bench.session import timed_turns
 
     samples: dict[str, list[int]] = {SQLITE: [], SQLITE_ALONE: []}
@@ -150,7 +152,9 @@ async def one_session(ctx: BenchContext, res: BenchResult) -> None:
                 )
                 live[label] = await m.get_or_create("one")
             for block in range(ctx.n(10, 2)):
-                for label, session in live.items():
+                order = list(live.items())
+                # Each goes first in half the blocks: the first of a pair measured slower.
+                for label, session in order if block % 2 else order[::-1]:
                     turns = await timed_turns(session, ctx.n(100, 5), start=block * 100)
                     samples[label].extend(turns)
     p50 = {label: Stats.of(got).p50 / 1e3 for label, got in samples.items()}
