@@ -17,6 +17,7 @@ BENCHMARKS: tuple[str, ...] = (
     "cli",
     "session",
     "store",
+    "recall_memory",
     "peers",
     "llm_adapters",
     "concurrent_streams",

@@ -21,6 +21,7 @@ What a session puts in (read-only for handlers):
 ``session.history``          read-only sequence of earlier messages: objects with ``.role``
                              and ``.content`` (``sessions.store.base.Message``) or dicts
 ``session.id``               the session id (memory is partitioned by it)
+``session.agent_id``         the session's agent (``recall scope=agent`` searches its sessions)
 ``session.turn_count``       turns completed before this one
 ``session.goals``            the session's goals (sequence of ``str``)
 ``session.working_memory``   the session's working memory (mapping)
@@ -33,6 +34,8 @@ What a session takes out after the run:
 ``memory.working``           optional dict of working-memory *updates* (merged by the session)
 ``turn.messages``            optional list of extra ``{role, content[, meta]}`` dicts (tool
                              calls and results) appended to the history before the reply
+``memory.pending``           ``{text, kind, meta}`` dicts that ``update_memory`` left for
+                             the store's recall memory, committed with the turn
 ===========================  ===============================================================
 
 Keys the built-ins exchange among themselves: ``input.text``, ``input.empty``,

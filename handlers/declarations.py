@@ -39,8 +39,17 @@ CLASSIFY = Declaration(
 
 RECALL = Declaration(
     summary="Finds the memory items relevant to the input, best first (none for an empty input).",
-    attrs=(Attr("limit", "int", 5, "at most this many items; 0: recall nothing"),),
-    reads=("input.text", "session.input", "session.id"),
+    attrs=(
+        Attr("limit", "int", 5, "at most this many items; 0: recall nothing"),
+        Attr(
+            "scope",
+            "text",
+            "session",
+            "session: this session's memory; agent: every session of its agent "
+            "(needs the store's memory, SessionManager's default)",
+        ),
+    ),
+    reads=("input.text", "session.input", "session.id", "session.agent_id"),
     writes=("recall.items",),
 )
 
@@ -119,7 +128,9 @@ FORMAT = Declaration(
 
 UPDATE_MEMORY = Declaration(
     summary="Remembers the exchange (not blocked or empty input) and sets working "
-    "memory's last intent and topic.",
+    "memory's last intent and topic.  With the store's memory the exchange goes into "
+    "``memory.pending`` and is written in the turn's own commit (a failed turn "
+    "remembers nothing).",
     attrs=(Attr("topic_words", "int", 3, "keywords of the input kept as the topic"),),
     reads=(
         "input.text",
@@ -129,8 +140,9 @@ UPDATE_MEMORY = Declaration(
         "intent",
         "session.id",
         "session.turn_count",
+        "memory.pending",
     ),
-    writes=("memory.working", "memory.stored"),
+    writes=("memory.working", "memory.stored", "memory.pending"),
 )
 
 CHECK_GOALS = Declaration(

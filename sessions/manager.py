@@ -97,6 +97,14 @@ def _open_store(spec: Store | str | None, secret: bytes | str | None) -> tuple[S
     return open_store(spec or "memory:", secret=secret), True
 
 
+def _store_memory(store: Store) -> Memory | None:
+    """The store's recall memory as the registry's adapter (``None``: a store that
+    keeps none, and the handlers' in-process default is used)."""
+    from sessions.store.recall import RecallStore, StoreMemory
+
+    return StoreMemory(store) if isinstance(store, RecallStore) else None
+
+
 class SessionManager:
     """Creates, loads, hosts and closes sessions; an async context manager.
 
@@ -105,7 +113,9 @@ class SessionManager:
     closes it); default ``memory:``.  ``llm``/``memory``/``tools`` are the adapters the
     default registry is built with (:class:`~handlers.adapters.LLM`,
     :class:`~handlers.adapters.Memory`, :class:`~handlers.adapters.Tools`; offline
-    defaults); ``registry`` replaces it.  ``llm`` may also be a spec such as
+    defaults; the default memory is the store's recall memory, durable on SQLite and
+    PostgreSQL and written in each turn's transaction); ``registry`` replaces it.
+    ``llm`` may also be a spec such as
     ``"openai:gpt-4.1-mini"`` (:func:`~handlers.adapters.spec.from_spec`): the manager
     then owns the adapter it builds and closes it on exit (an adapter passed in stays
     the caller's to close).  ``observers`` watch every run of the manager's engine, and
@@ -138,11 +148,13 @@ class SessionManager:
         store_secret: bytes | str | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
+        self.store, self._owns_store = _open_store(store, store_secret)
         llm, self._owns_llm = _model(llm)
         self.llm = llm
         if registry is None:
             from handlers import build_registry
 
+            memory = memory if memory is not None else _store_memory(self.store)
             registry = build_registry(llm=llm, memory=memory, tools=tools)
         self.limits = limits or Limits()
         self.registry = registry
@@ -152,7 +164,6 @@ class SessionManager:
         self.turn_graph = _load(turn_graph, "turn.dot", registry)
         self.engine.check(self.turn_graph)
         self.heartbeat_graph = self._heartbeat(heartbeat_graph, registry)
-        self.store, self._owns_store = _open_store(store, store_secret)
         self.owner = owner or _default_owner()
         self.lease_ttl = lease_ttl
         self.auto_resume = auto_resume

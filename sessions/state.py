@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from engine.logs import log
+from engine.messages import MemoryItem
 from sessions.errors import Fenced
 from sessions.store.base import Message, SessionMeta, TurnCommit, TurnRecord
 from sessions.writer import SessionWriter
@@ -79,13 +80,18 @@ class SessionState:
         self.pending: StateChanges | None = None
 
     def commit(
-        self, record: TurnRecord, messages: tuple[Message, ...], changes: Mapping[str, Any]
+        self,
+        record: TurnRecord,
+        messages: tuple[Message, ...],
+        changes: Mapping[str, Any],
+        memory: tuple[MemoryItem, ...] = (),
     ) -> TurnCommit:
-        """The store commit of a turn: its record and messages, plus the state when the
-        turn changed it or a change is not stored yet (so once it is stored, nothing
-        applied is unstored: the caller applies ``changes`` and clears :attr:`dirty`)."""
+        """The store commit of a turn: its record, messages and recall ``memory``, plus
+        the state when the turn changed it or a change is not stored yet (so once it is
+        stored, nothing applied is unstored: the caller applies ``changes`` and clears
+        :attr:`dirty`)."""
         if not changes and not self.dirty:
-            return TurnCommit(record, messages)
+            return TurnCommit(record, messages, memory=memory)
         wm: dict[str, Any] = dict(self.working_memory)
         merge_memory(wm, changes.get("memory.working"))
         return TurnCommit(
@@ -94,6 +100,7 @@ class SessionState:
             working_memory=wm,
             goals=changes.get("goals", self.goals),
             cognitive_mode=changes.get("cognitive_mode", self.cognitive_mode),
+            memory=memory,
         )
 
     def apply(self, changes: Mapping[str, Any]) -> bool:

@@ -36,6 +36,7 @@ from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
 from sessions.state import SessionState, state_changes
 from sessions.store.base import Message, SessionType, TurnCommit, TurnRecord
+from sessions.store.recall import PENDING_KEY, pending_items
 from sessions.usage import UsageTotals
 from sessions.writer import SessionWriter
 
@@ -297,7 +298,8 @@ class TurnPipeline:
         record = TurnRecord(turn, "success", trace_id, graph_hash, trace, now)
         changes = state_changes(ctx)
         state = self._state
-        await self._store(state.commit(record, messages, changes), now)
+        memory = pending_items(ctx.get(PENDING_KEY))  # update_memory's, for a store memory
+        await self._store(state.commit(record, messages, changes, memory), now)
         if changes:
             state.apply(changes)
         state.dirty = False  # the commit carried every change applied so far

@@ -33,6 +33,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from engine.messages import MemoryItem
+
 __all__ = [
     "EMPTY_META",
     "Checkpoint",
@@ -95,7 +97,8 @@ class TurnCommit(msgspec.Struct, frozen=True):
 
     ``record.turn`` is the session's new ``turn_count``.  ``messages`` continue the
     session's ``seq``.  ``working_memory``, ``goals`` and ``cognitive_mode`` are the
-    session's new values when the turn changed them, else ``None``.
+    session's new values when the turn changed them, else ``None``.  ``memory`` is
+    what the turn remembers (recall memory), written in the same transaction.
     """
 
     record: TurnRecord
@@ -103,6 +106,7 @@ class TurnCommit(msgspec.Struct, frozen=True):
     working_memory: Mapping[str, Any] | None = None
     goals: tuple[str, ...] | None = None
     cognitive_mode: str | None = None
+    memory: tuple[MemoryItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

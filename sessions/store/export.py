@@ -6,6 +6,7 @@
      "key_id": "3f2a...",                                           # since 0.x; optional
      "meta": {...}, "messages": [...], "turns": [...],
      "summaries": [{"upto": 41, "message": {...}}], "checkpoint": {...},   # optional
+     "memory": [{"text": "...", "kind": "exchange", "meta": {...}}],      # optional
      "signature": "<hex HMAC-SHA256 over the canonical JSON of everything else>"}
 
 :func:`parse_doc` checks size, signature, schema and shape *before* anything is written,
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from engine.messages import MemoryItem
 from sessions.errors import (
     ExportPathRefused,
     ImportKeyMismatch,
@@ -113,6 +115,8 @@ class ImportPlan:
     turns: tuple[TurnRecord, ...]
     summaries: tuple[tuple[int, Message], ...]
     checkpoint: Checkpoint | None
+    memory: tuple[MemoryItem, ...] = ()
+    """The session's recall memory, oldest first (documents without ``memory``: none)."""
 
 
 def build_doc(
@@ -122,8 +126,9 @@ def build_doc(
     summaries: Sequence[tuple[int, Message]],
     checkpoint: Checkpoint | None,
     signer: Signer,
+    memory: Sequence[MemoryItem] = (),
 ) -> dict[str, Any]:
-    """The signed export document of a session's records."""
+    """The signed export document of a session's records (and recall ``memory``)."""
     return sign_doc(
         meta,
         Parts(
@@ -133,6 +138,7 @@ def build_doc(
         ),
         checkpoint,
         signer,
+        memory,
     )
 
 
@@ -146,9 +152,15 @@ class Parts:
 
 
 def sign_doc(
-    meta: SessionMeta, parts: Parts, checkpoint: Checkpoint | None, signer: Signer
+    meta: SessionMeta,
+    parts: Parts,
+    checkpoint: Checkpoint | None,
+    signer: Signer,
+    memory: Sequence[MemoryItem] = (),
 ) -> dict[str, Any]:
-    """The signed export document of records already in dict form."""
+    """The signed export document of records already in dict form, and the session's
+    recall ``memory`` (a ``memory`` list only when there is any, so a document of a
+    session without memory reads in code older than it)."""
     doc: dict[str, Any] = {
         "format": FORMAT,
         "schema": SCHEMA,
@@ -161,6 +173,8 @@ def sign_doc(
     }
     if checkpoint is not None:
         doc["checkpoint"] = checkpoint_to_dict(checkpoint)
+    if memory:
+        doc["memory"] = [memory_to_dict(item) for item in memory]
     doc["signature"] = signer.tagged(_TAG, canonical_json(doc)).hex()
     return doc
 
@@ -239,6 +253,11 @@ def _check_sizes(doc: Mapping[str, Any], limits: ImportLimits, reject: Any) -> N
             raise reject(f"{key!r} must be a list")
         if len(items) > limit:
             raise reject(f"{len(items)} {key} exceed the limit of {limit}")
+    memory = doc.get("memory", [])
+    if not isinstance(memory, list):
+        raise reject("'memory' must be a list")
+    if len(memory) > limits.max_messages:
+        raise reject(f"{len(memory)} memory items exceed the limit of {limits.max_messages}")
 
 
 def _check_signature(
@@ -288,7 +307,25 @@ def _decode(doc: Mapping[str, Any]) -> ImportPlan:
         raise ShapeError("a summary covers messages that do not exist")
     if meta.summary_upto != (summaries[-1][0] if summaries else -1):
         raise ShapeError("meta summary_upto does not match the last summary")
-    return ImportPlan(meta, messages, turns, summaries, checkpoint)
+    memory = tuple(memory_from_dict(m) for m in doc.get("memory", ()))
+    return ImportPlan(meta, messages, turns, summaries, checkpoint, memory)
+
+
+def memory_to_dict(item: MemoryItem) -> dict[str, Any]:
+    """A recall memory item as an export holds it (its score is not kept)."""
+    return {"text": item.text, "kind": item.kind, "meta": dict(item.meta)}
+
+
+def memory_from_dict(value: Any) -> MemoryItem:
+    """An exported memory item back; :class:`ShapeError` if it is not one."""
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("text"), str)
+        or not isinstance(value.get("kind"), str)
+        or not isinstance(value.get("meta"), dict)
+    ):
+        raise ShapeError("a memory item must be {'text': str, 'kind': str, 'meta': {...}}")
+    return MemoryItem(value["text"], value["kind"], 0.0, value["meta"])
 
 
 def _summary(value: Any) -> tuple[int, Message]:

@@ -9,11 +9,12 @@ export or import first needs it (so ``memory:`` never creates a key file otherwi
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from engine.messages import MemoryItem
 from sessions.errors import SessionExists, SessionNotFound, StoreError
 from sessions.store.base import (
     Checkpoint,
@@ -27,6 +28,9 @@ from sessions.store.codec import validate_session_id
 from sessions.store.export import ImportLimits, already_exists, build_doc, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.signing import Signer, load_key
+
+if TYPE_CHECKING:
+    from handlers.adapters.memory import KeywordMemory
 
 __all__ = ["MemoryStore"]
 
@@ -117,6 +121,7 @@ class MemoryStore:
         clock: Clock = time.time,
     ) -> None:
         self.url = url
+        self._memory: KeywordMemory | None = None
         self._clock = clock
         """The time leases are measured by (tests pass a :class:`ManualClock`)."""
         self._secret = secret
@@ -140,6 +145,16 @@ class MemoryStore:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    @property
+    def memory(self) -> KeywordMemory:
+        """The recall memory, in this process like everything else here (made on first
+        use: a store that never recalls loads no handler code)."""
+        if self._memory is None:
+            from handlers.adapters.memory import KeywordMemory
+
+            self._memory = KeywordMemory()
+        return self._memory
 
     def _get(self, session_id: str) -> _Session:
         # Only valid ids are ever stored, so a hit needs no validation; a miss is
@@ -196,6 +211,8 @@ class MemoryStore:
         session made again under the id starts above it (no token is issued twice)."""
         s = self._sessions.pop(validate_session_id(session_id), None)
         if s is not None:
+            if self._memory is not None:
+                self._memory.forget(session_id)
             self._fences[session_id] = max(self._fences.get(session_id, -1), s.version)
         return s is not None
 
@@ -248,6 +265,8 @@ class MemoryStore:
         s.turn_count = commit.record.turn
         s.message_count += len(commit.messages)
         s.set_state(commit.working_memory, commit.goals, commit.cognitive_mode or None)
+        if commit.memory:
+            await self.memory.remember(commit.memory, session_id=session_id)
 
     async def update_state(
         self,
@@ -283,6 +302,27 @@ class MemoryStore:
         """Drop the checkpoint."""
         self._fenced(session_id, token).checkpoint = None
 
+    # ------------------------------------------------------------------ recall memory
+
+    async def recall_memory(
+        self, query: str, *, session_id: str, agent_id: str | None = None, limit: int = 5
+    ) -> tuple[MemoryItem, ...]:
+        """Up to ``limit`` items for ``query`` by keyword overlap
+        (:class:`~handlers.adapters.memory.KeywordMemory`): the session's, or with
+        ``agent_id`` the best of each of that agent's sessions, merged."""
+        if agent_id is None:  # KeywordMemory gives a tuple; an unknown id has no memory
+            return await self.memory.recall(query, session_id=session_id, limit=limit)  # type: ignore[return-value]
+        found: list[MemoryItem] = []
+        for sid, s in self._sessions.items():
+            if s.meta.agent_id == agent_id:
+                found.extend(await self.memory.recall(query, session_id=sid, limit=limit))
+        return tuple(sorted(found, key=lambda item: -item.score)[: max(0, limit)])
+
+    async def remember_memory(self, session_id: str, items: Sequence[MemoryItem]) -> None:
+        """Remember ``items`` for the session now, outside a turn."""
+        self._get(session_id)
+        await self.memory.remember(items, session_id=session_id)
+
     # ------------------------------------------------------------------ reads
 
     async def load(self, session_id: str, *, recent: int = 50) -> LoadedSession:
@@ -314,7 +354,8 @@ class MemoryStore:
     async def export(self, session_id: str) -> dict[str, Any]:
         """The signed export document of the whole session."""
         s = self._get(session_id)
-        return build_doc(s.meta, s.messages, s.turns, s.summaries, s.checkpoint, self._sign)
+        memory = self._memory.items(session_id) if self._memory is not None else ()
+        return build_doc(s.meta, s.messages, s.turns, s.summaries, s.checkpoint, self._sign, memory)
 
     async def import_(self, doc: Mapping[str, Any], *, replace: bool = False) -> SessionMeta:
         """Verify ``doc`` completely, then store it (``ImportRejected``)."""
@@ -324,6 +365,10 @@ class MemoryStore:
             raise already_exists(self.url, plan.meta.id)
         version = self._fences.get(plan.meta.id, -1) + 1 if old is None else old.version + 1
         meta = _replace(plan.meta, version)
+        if old is not None and self._memory is not None:
+            self._memory.forget(meta.id)  # a replaced session remembers nothing of the old
+        if plan.memory:
+            await self.memory.remember(plan.memory, session_id=meta.id)
         self._sessions[meta.id] = _Session(
             meta, list(plan.messages), list(plan.turns), list(plan.summaries), plan.checkpoint
         )

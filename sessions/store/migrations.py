@@ -18,6 +18,17 @@ Tables (both backends):
 ``fences``        (version 3) the last version of each deleted session id: a session
                   made again under that id starts above it, so no lease token is ever
                   issued twice for one id and a stale owner stays fenced out.
+``memory``        (version 4) recall memory: one row per remembered item (session,
+                  agent, kind, text, meta as JSON), written in its turn's transaction.
+                  PostgreSQL indexes it with a generated ``tsvector`` and GIN.  SQLite
+                  writes a turn's items to ``memory_queue`` (one small page in the
+                  commit) and moves them into ``memory`` and the FTS5 index
+                  ``memory_fts`` in a transaction of their own before the next recall
+                  (:mod:`sessions.store.sqlite_memory`); ``memory_terms`` (items per
+                  word) and ``memory_stats`` (items, words) are BM25's statistics.
+                  Stores of version 3 held no durable memory (it lived in the
+                  process): migrating adds the empty tables, and their sessions and
+                  chains are untouched.
 
 The text inside ``body`` columns is versioned apart from the schema: each record body
 names the canonical JSON format that wrote it (:mod:`sessions.store.codec`), so format
@@ -30,7 +41,13 @@ from typing import Final
 
 __all__ = ["POSTGRES", "SCHEMA_VERSION", "SQLITE"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
+
+_SQLITE_MEMORY: Final = (
+    "id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, agent_id TEXT NOT NULL, "
+    "kind TEXT NOT NULL, text TEXT NOT NULL, meta TEXT NOT NULL"
+)
+"""The columns of SQLite's ``memory`` and of its ``memory_queue`` (the same rows)."""
 
 SQLITE: Final[dict[int, tuple[str, ...]]] = {
     1: (
@@ -78,6 +95,22 @@ SQLITE: Final[dict[int, tuple[str, ...]]] = {
         "CREATE UNIQUE INDEX records_summaries ON records (session_id, key) WHERE kind = 'summary'",
     ),
     3: ("CREATE TABLE fences (id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID",),
+    4: (
+        f"CREATE TABLE memory ({_SQLITE_MEMORY})",
+        "CREATE INDEX memory_by_session ON memory (session_id)",
+        f"CREATE TABLE memory_queue ({_SQLITE_MEMORY})",
+        # Contentless (the text is in ``memory``), no column sizes: FTS5 only finds the
+        # matches; BM25's statistics are kept apart (its bm25() would count every
+        # match of every query word on each recall).
+        "CREATE VIRTUAL TABLE memory_fts USING fts5(words, content='', columnsize=0)",
+        "CREATE TABLE memory_terms (term TEXT PRIMARY KEY, docs INTEGER NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE memory_stats (
+            id INTEGER PRIMARY KEY CHECK (id = 0),
+            docs INTEGER NOT NULL,
+            tokens INTEGER NOT NULL
+        )""",
+        "INSERT INTO memory_stats VALUES (0, 0, 0)",
+    ),
 }
 
 POSTGRES: Final[dict[int, tuple[str, ...]]] = {
@@ -121,4 +154,18 @@ POSTGRES: Final[dict[int, tuple[str, ...]]] = {
     ),
     2: (),  # SQLite's index change only: PostgreSQL keeps (session_id, kind, key)
     3: ("CREATE TABLE fences (id TEXT PRIMARY KEY, version BIGINT NOT NULL)",),
+    4: (
+        """CREATE TABLE memory (
+            id BIGSERIAL PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            agent_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            meta TEXT NOT NULL,
+            tsv tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
+        )""",
+        "CREATE INDEX memory_tsv ON memory USING GIN (tsv)",
+        "CREATE INDEX memory_by_session ON memory (session_id, id)",
+        "CREATE INDEX memory_by_agent ON memory (agent_id, id)",
+    ),
 }

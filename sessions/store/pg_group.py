@@ -19,12 +19,22 @@ from typing import Any, Final
 import anyio
 import psycopg
 
+from engine.messages import MemoryItem
 from sessions.errors import StoreError
 from sessions.store.base import TurnCommit
 from sessions.store.durable import WRITTEN_COLUMNS, StateRow, plan_turn
+from sessions.store.pg_memory import group_sql, memory_params
 from sessions.store.signing import Row, Signer
 
-__all__ = ["GROUP_MAX", "GROUP_SQL", "GroupCommit", "GroupTurn", "GroupWriter", "WrittenRows"]
+__all__ = [
+    "GROUP_MAX",
+    "GROUP_MEMORY_SQL",
+    "GROUP_SQL",
+    "GroupCommit",
+    "GroupTurn",
+    "GroupWriter",
+    "WrittenRows",
+]
 
 Conn = psycopg.AsyncConnection[Any]
 GROUP_MAX: Final = 256  # turns in one group commit: bounds one statement's size
@@ -61,6 +71,9 @@ a row lock held elsewhere (:func:`set_up_group_connection`), so one busy session
 cannot hold up the group for long.
 """
 
+GROUP_MEMORY_SQL: Final = group_sql(GROUP_SQL)
+""":data:`GROUP_SQL` that also remembers the turns' recall memory (same transaction)."""
+
 
 @dataclass(slots=True, eq=False)
 class GroupTurn:
@@ -85,6 +98,7 @@ class GroupTurn:
     done: bool | None = None
     xmin: str = ""
     lead: bool = False
+    memory: tuple[MemoryItem, ...] = ()
 
 
 def group_params(group: list[GroupTurn]) -> tuple[Any, ...]:
@@ -99,6 +113,14 @@ def group_params(group: list[GroupTurn]) -> tuple[Any, ...]:
         *([getattr(st, name) for st, *_ in states] for name in WRITTEN_COLUMNS),
         *(list(col) for col in zip(*rows, strict=True)),
     )
+
+
+def _statement(group: list[GroupTurn]) -> tuple[str, tuple[Any, ...]]:
+    """The group's statement and parameters, with its memory insert if any turn has one."""
+    if not any(t.memory for t in group):
+        return GROUP_SQL, group_params(group)
+    remembered = [(t.state.id, t.state.agent_id, t.memory) for t in group]
+    return GROUP_MEMORY_SQL, (*group_params(group), *memory_params(remembered))
 
 
 class GroupCommit:
@@ -277,7 +299,7 @@ class GroupWriter:
         except StoreError:  # the locked path decides, on the stored row
             self.written.forget(sid)
             return None
-        return GroupTurn(st, rows, token, xmin, old.state_mac)
+        return GroupTurn(st, rows, token, xmin, old.state_mac, memory=commit.memory)
 
     async def _write(self, group: list[GroupTurn]) -> None:
         """One statement (one transaction) for ``group``; mark the turns it wrote.
@@ -287,7 +309,7 @@ class GroupWriter:
         """
         try:
             async with self._connection() as conn:
-                cur = await conn.execute(GROUP_SQL, group_params(group))
+                cur = await conn.execute(*_statement(group))
                 written: dict[str, str] = dict(await cur.fetchall())
         except (psycopg.Error, StoreError):
             written = {}

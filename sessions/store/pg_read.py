@@ -25,6 +25,7 @@ from sessions.store.durable import (
 )
 from sessions.store.export import Parts, sign_doc
 from sessions.store.pg_db import Conn, PgDatabase, one
+from sessions.store.pg_memory import remembered
 from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
 
 __all__ = ["PgReader"]
@@ -83,8 +84,10 @@ class PgReader:
     async def export(self, sid: str) -> dict[str, Any]:
         """The signed export document of the whole session (verified as it is read)."""
         st, parts, cp = await self._whole(sid)
+        async with self.db.tx() as c:
+            memory = await remembered(c, sid)
         meta = st.to_meta(self.url)
-        return await anyio.to_thread.run_sync(sign_doc, meta, parts, cp, self.signer)
+        return await anyio.to_thread.run_sync(sign_doc, meta, parts, cp, self.signer, memory)
 
     async def _checkpoint(self, c: Conn, sid: str) -> Checkpoint | None:
         row = await one(c, "SELECT body, mac FROM checkpoints WHERE session_id=%s", (sid,))

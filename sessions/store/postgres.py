@@ -16,12 +16,13 @@ nothing and takes the locked, verified path here, which raises the precise error
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
 import anyio.to_thread
 
+from engine.messages import MemoryItem
 from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError, StoreKeyMissing
 from sessions.store.base import (
     Checkpoint,
@@ -54,6 +55,14 @@ from sessions.store.pg_db import (
     wipe,
 )
 from sessions.store.pg_group import GroupWriter, WrittenRows
+from sessions.store.pg_memory import (
+    INSERT_SQL,
+    memory_params,
+    recall_sql,
+    recalled,
+    ts_query,
+    turn_sql,
+)
 from sessions.store.pg_read import PgReader
 from sessions.store.redact import redact_url
 from sessions.store.signing import Row, Signer, load_key
@@ -79,6 +88,8 @@ _TURN_SQL: Final = (
     + _STATE_UPDATE
     + " RETURNING xmin::text"
 )
+_TURN_MEMORY_SQL: Final = turn_sql(_TURN_SQL, _STATE_UPDATE)
+""":data:`_TURN_SQL` that also remembers the turn's recall memory."""
 _NOT_OPEN: Final = "store is not open (call open() or use 'async with')"
 
 
@@ -104,6 +115,17 @@ def _turn_params(st: StateRow, rows: list[Row], token: int) -> tuple[Any, ...]:
     """:data:`_TURN_SQL`'s parameters: the rows as six column arrays, then the state."""
     rseq, kind, key, body, prev_mac, mac = (list(col) for col in zip(*rows, strict=True))
     return (st.id, rseq, kind, key, body, prev_mac, mac, st.id, *_state_params(st, token))
+
+
+def _turn_statement(
+    st: StateRow, rows: list[Row], token: int, commit: TurnCommit
+) -> tuple[str, tuple[Any, ...]]:
+    """The locked path's statement and parameters, with the turn's memory if any."""
+    params = _turn_params(st, rows, token)
+    if not commit.memory:
+        return _TURN_SQL, params
+    remembered = memory_params([(st.id, st.agent_id, commit.memory)])
+    return _TURN_MEMORY_SQL, (*params[:8], *remembered, *params[8:])
 
 
 class PostgresStore:
@@ -318,7 +340,7 @@ class PostgresStore:
             if tried is not None and st.state_mac == tried.state_mac:
                 return
             rows = plan_turn(st, commit, reads.signer, self.url, now=time.time())
-            cur = await c.execute(_TURN_SQL, _turn_params(st, rows, token))
+            cur = await c.execute(*_turn_statement(st, rows, token, commit))
             row = await cur.fetchone()
             if row is None:
                 raise Fenced(self.url, sid, token, st.version)
@@ -409,6 +431,34 @@ class PostgresStore:
         validate_session_id(session_id)
         return await self._r.verify(session_id)
 
+    # ------------------------------------------------------------------ recall memory
+
+    async def recall_memory(
+        self, query: str, *, session_id: str, agent_id: str | None = None, limit: int = 5
+    ) -> tuple[MemoryItem, ...]:
+        """Up to ``limit`` remembered items for ``query``, best ``ts_rank`` first: the
+        session's, or with ``agent_id`` all that agent's sessions' (see
+        :mod:`sessions.store.pg_memory`)."""
+        validate_session_id(session_id)
+        tsq = ts_query(query)
+        if tsq is None or limit <= 0:
+            return ()
+        scope = session_id if agent_id is None else agent_id
+        async with self._db.tx() as c:
+            cur = await c.execute(recall_sql(agent_id is not None), (tsq, scope, limit))
+            return recalled(await cur.fetchall())
+
+    async def remember_memory(self, session_id: str, items: Sequence[MemoryItem]) -> None:
+        """Remember ``items`` for the session now, outside a turn (own transaction)."""
+        validate_session_id(session_id)
+        if not items:
+            return
+        async with self._db.tx() as c:
+            row = await one(c, "SELECT agent_id FROM sessions WHERE id=%s", (session_id,))
+            if row is None:
+                raise SessionNotFound(session_id, "no such session")
+            await c.execute(INSERT_SQL, memory_params([(session_id, str(row[0]), items)]))
+
     # ------------------------------------------------------------------ export
 
     async def export(self, session_id: str) -> dict[str, Any]:
@@ -437,4 +487,7 @@ class PostgresStore:
             if plan.checkpoint is not None:
                 body, mac = checkpoint_body(sid, plan.checkpoint, signer, self.url)
                 await c.execute("INSERT INTO checkpoints VALUES (%s,%s,%s)", (sid, body, mac))
+            if plan.memory:
+                params = memory_params([(sid, state.agent_id, plan.memory)])
+                await c.execute(INSERT_SQL, params)
         return state.to_meta(self.url)

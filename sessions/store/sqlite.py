@@ -23,9 +23,10 @@ checkpointed in the database thread, so no write runs a checkpoint in the loop.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from engine.messages import MemoryItem
 from sessions.errors import StoreError, StorePathInvalid
 from sessions.store.base import (
     Checkpoint,
@@ -50,6 +52,7 @@ from sessions.store.lease import Clock
 from sessions.store.signing import Signer, data_dir, load_key
 from sessions.store.sqlite_core import SQLiteCore
 from sessions.store.sqlite_group import GroupCommit, QueuedTurn
+from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
 
 __all__ = ["SQLiteStore", "check_sqlite_folder"]
@@ -106,7 +109,8 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._inline = inline_writes
-        self._group = GroupCommit(self._write_here, self._write_group) if group_commit else None
+        lone = functools.partial(_write_lone, self)
+        self._group = GroupCommit(lone, self._write_group) if group_commit else None
         # The session whose turn alone was the last batch (None: several; "": none yet).
         self._lone: str | None = ""
         self._clock = clock
@@ -266,35 +270,6 @@ class SQLiteStore:
         else:
             await self._group.commit(QueuedTurn(session_id, commit, token, now))
 
-    def _write_here(self, batch: list[QueuedTurn]) -> bool:
-        """Write a lone turn in this thread, as :meth:`append_turn` always did, when one
-        session alone has been writing and the database thread is idle; ``False``
-        (nothing written) sends the batch to :meth:`_write_group`.
-
-        A lone turn of another session than the last batch's goes to the thread:
-        other sessions are at work, and blocking the loop for its fsync would stop
-        them from preparing the next batch meanwhile.
-        """
-        last, lone = self._lone, batch[0].sid if len(batch) == 1 else None
-        self._lone = lone
-        core, db = self._core, self._db
-        if lone is None or last not in ("", lone) or not self._inline or core is None:
-            return False
-        if db is None or not db.claim():
-            return False
-        t = batch[0]
-        try:
-            done, _ = core.try_inline(core.append_turn, (t.sid, t.commit, t.token, t.now))
-        except Exception as exc:
-            done = True
-            t.finish(exc)
-        else:
-            if done:
-                t.finish(None)
-        finally:
-            db.release()
-        return done
-
     async def _write_group(self, batch: list[QueuedTurn]) -> None:
         """Write one batch in one transaction in the database thread: one hand-off
         for all its turns (a lone one as :meth:`append_turn` always did)."""
@@ -373,6 +348,24 @@ class SQLiteStore:
         validate_session_id(session_id)
         return await self._run(self._c.reads.verify, session_id)
 
+    # ------------------------------------------------------------------ recall memory
+
+    async def recall_memory(
+        self, query: str, *, session_id: str, agent_id: str | None = None, limit: int = 5
+    ) -> tuple[MemoryItem, ...]:
+        """Up to ``limit`` remembered items for ``query``, best BM25 rank first: the
+        session's, or with ``agent_id`` all that agent's sessions' (see
+        :mod:`sessions.store.sqlite_memory`)."""
+        validate_session_id(session_id)
+        # Like a turn's small writes, run here when the database thread is idle (it
+        # may index queued items first: a write, rolled back whole if the lock is busy).
+        return await self._run_write(recall, self._c.conn, query, session_id, agent_id, limit)
+
+    async def remember_memory(self, session_id: str, items: Sequence[MemoryItem]) -> None:
+        """Remember ``items`` for the session now, outside a turn (own transaction)."""
+        validate_session_id(session_id)
+        await self._run(remember, self._c.conn, session_id, tuple(items))
+
     # ------------------------------------------------------------------ export
 
     async def export(self, session_id: str) -> dict[str, Any]:
@@ -402,3 +395,33 @@ def check_sqlite_folder(url: str, path: Path) -> None:
                 url, f"{above} is a file, not a folder: {path} cannot be created under it"
             )
     raise StorePathInvalid(url, f"folder {folder} does not exist (create it first)")
+
+
+def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
+    """Write a lone turn in this thread, as :meth:`SQLiteStore.append_turn` always did,
+    when one session alone has been writing and the database thread is idle; ``False``
+    (nothing written) sends the batch to :meth:`SQLiteStore._write_group`.
+
+    A lone turn of another session than the last batch's goes to the thread:
+    other sessions are at work, and blocking the loop for its fsync would stop
+    them from preparing the next batch meanwhile.
+    """
+    last, lone = store._lone, batch[0].sid if len(batch) == 1 else None
+    store._lone = lone
+    core, db = store._core, store._db
+    if lone is None or last not in ("", lone) or not store._inline or core is None:
+        return False
+    if db is None or not db.claim():
+        return False
+    t = batch[0]
+    try:
+        done, _ = core.try_inline(core.append_turn, (t.sid, t.commit, t.token, t.now))
+    except Exception as exc:
+        done = True
+        t.finish(exc)
+    else:
+        if done:
+            t.finish(None)
+    finally:
+        db.release()
+    return done

@@ -34,6 +34,8 @@ from sessions.store.durable import (
 from sessions.store.export import ImportLimits, already_exists, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.signing import Row, Signer
+from sessions.store.sqlite_memory import queue as queue_memory
+from sessions.store.sqlite_memory import wipe as wipe_memory
 from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
 
@@ -280,6 +282,8 @@ class SQLiteCore:
             return plan_turn(st, commit, self.signer, self.url, now=now)
 
         st = self._advance(sid, token, change)
+        if commit.memory:
+            queue_memory(self.conn, sid, st.agent_id, commit.memory)
         if end_checkpoint:
             # A turn's commit ends its checkpoint, whoever saved it: a save does not
             # change the session row, so nothing here could prove there is none.
@@ -363,6 +367,8 @@ class SQLiteCore:
             self._insert(sid, rows)
             if plan.checkpoint is not None:
                 self._insert_checkpoint(sid, plan.checkpoint)
+            if plan.memory:
+                queue_memory(self.conn, sid, state.agent_id, plan.memory)
         return state.to_meta(self.url)
 
     # ------------------------------------------------------------------ plumbing
@@ -454,6 +460,7 @@ class SQLiteCore:
         )
         self.conn.execute("DELETE FROM records WHERE session_id=?", (sid,))
         self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
+        wipe_memory(self.conn, sid)
         return self.conn.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0
 
 

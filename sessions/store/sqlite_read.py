@@ -25,6 +25,7 @@ from sessions.store.durable import (
 )
 from sessions.store.export import sign_doc
 from sessions.store.signing import GENESIS, Chain, Signer, Slim, verify_span
+from sessions.store.sqlite_memory import remembered
 from sessions.store.sqlite_open import tx
 
 __all__ = ["SQLiteReader"]
@@ -101,8 +102,9 @@ class SQLiteReader:
         """The signed export document of the whole session (verified as it is read)."""
         with tx(self.conn, immediate=False):
             st, data, cp = self._whole(sid)
+            memory = remembered(self.conn, sid)
         parts = split_chain(data, self.url, sid)
-        return sign_doc(st.to_meta(self.url), parts, cp, self.signer)
+        return sign_doc(st.to_meta(self.url), parts, cp, self.signer, memory)
 
     def _whole(self, sid: str) -> tuple[StateRow, Chain, Checkpoint | None]:
         st = self.state(sid)
