@@ -219,3 +219,20 @@ async def test_a_turn_cancelled_while_queued_is_not_written(store: SQLiteStore) 
     assert await store.verify("s0") == await store.verify("s2") == 3
     await store.append_turn("s1", commit(1, 0), token=tokens["s1"])
     assert await store.verify("s1") == 3
+
+
+async def test_turns_in_a_batch_keep_their_recall_memory(store: SQLiteStore) -> None:
+    """Each turn of a batch writes what it remembers (recall memory) with its rows."""
+    from engine.messages import MemoryItem
+
+    tokens = await new_sessions(store, 3)
+    commits = count_commits(store)
+    turns = [
+        (sid, commit(1, 0, memory=(MemoryItem(f"zebra number {sid}"),)), tok)
+        for sid, tok in tokens.items()
+    ]
+    assert await outcomes(store, turns) == [None] * 3
+    assert len(commits) == 1
+    for sid in tokens:
+        found = await store.recall_memory("zebra", session_id=sid)
+        assert [item.text for item in found] == [f"zebra number {sid}"]
