@@ -16,6 +16,8 @@ default ``graphs/turn.dot`` and the offline built-in handlers (``EchoModel``,
   messages ≤ 60 MB above baseline (tracemalloc); 100 create/close cycles grow RSS < 1 MB;
 * streaming (issue 10, :mod:`bench.session_stream`): ``session.stream`` vs
   ``session.send``; first token added by engine + session ≤ 0.5 ms; ≤ 5 µs a delta.
+* tracing (issue 14, :mod:`bench.session_otel`): a turn with OpenTelemetry off, on over
+  the no-op API, on over the SDK; the p50 each adds (measured, no target).
 
 Quick mode shrinks every workload; targets that depend on the workload's size are then
 not applied.
@@ -52,6 +54,7 @@ from bench.harness import (
 )
 from bench.peers_impl import Turn
 from bench.peers_mock import user_text
+from bench.session_otel import tracing
 from bench.session_stream import streaming
 
 if TYPE_CHECKING:
@@ -338,6 +341,7 @@ PARTS: tuple[Callable[[BenchContext, BenchResult], Awaitable[None]], ...] = (
     create_close_cycles,
     memory,
     streaming,
+    tracing,
 )
 
 

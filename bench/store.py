@@ -109,8 +109,21 @@ async def _sqlite_commits(ctx: BenchContext, res: BenchResult, store: Store) -> 
     await commit_series(store, "commits-warm-up", ctx.n(300, 10))
     samples = await commit_series(store, "commits", n)
     res.add_latency("SQLite turn commit", Stats.of(samples), p50=250, p99=2_000)
+    await _witness_off_commits(ctx, res, store)
     target = None if ctx.quick else at_most(1.15)
     res.add(f"SQLite commit growth: last/first 50 of {n}", growth_ratio(samples, 50), "×", target)
+
+
+async def _witness_off_commits(ctx: BenchContext, res: BenchResult, store: Store) -> None:
+    """The same commits on a store without the rollback witness, measured right after
+    the default's: the difference is the witness's per-turn cost."""
+    from sessions.store import open_store
+
+    path = Path(str(getattr(store, "path", "")))
+    async with open_store(f"sqlite:///{path.with_name('no-witness.db')}?witness=off") as other:
+        await commit_series(other, "commits-warm-up", ctx.n(300, 10))
+        samples = await commit_series(other, "commits", ctx.n(3_000, 50))
+    res.add_latency("SQLite turn commit, witness off", Stats.of(samples))
 
 
 async def _sqlite_loads(ctx: BenchContext, res: BenchResult, store: Store) -> dict[int, str]:

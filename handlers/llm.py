@@ -215,10 +215,12 @@ class DispatchTools:
     async def __call__(self, node: Node, context: Mapping[str, Any]) -> Outcome:
         calls: Sequence[ToolCall] = context.get("llm.tool_calls") or ()
         calls = tuple(calls)[: attr_int(node, "max_calls", 8)]
-        results = [await _run_tool(self.tools, c) for c in calls]
         emitter = current_emitter()
-        if emitter is not None:
-            for r in results:
+        results = []
+        for c in calls:
+            r = await _run_tool(self.tools, c)
+            results.append(r)
+            if emitter is not None:  # as each returns: observers can time each call
                 emitter.tool_result(r.call_id, r.name, r.content, r.is_error)
         messages = list(context.get("turn.messages") or ())
         if calls:

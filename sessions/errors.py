@@ -15,6 +15,7 @@ tree rooted at :class:`engine.errors.TurngraphError`.
     └── StoreError                 the durable store
         ├── StoreCorrupt
         ├── SessionTampered        an HMAC chain does not verify
+        │   └── RolledBack         the chain verifies, but ends before its witnessed head
         ├── StoreVersionUnsupported
         ├── ThreadClosed           a call reached a stopped database thread (a caller bug)
         ├── StoreExtraMissing      the store's optional extra is not installed
@@ -38,6 +39,7 @@ __all__ = [
     "ImportKeyMismatch",
     "ImportRejected",
     "InvalidSessionId",
+    "RolledBack",
     "SessionBusy",
     "SessionClosed",
     "SessionError",
@@ -113,6 +115,26 @@ class SessionTampered(StoreError):
         super().__init__(url, f"session {session_id!r} record {record}: {reason}")
         self.session_id = session_id
         self.record = record
+
+
+class RolledBack(SessionTampered):
+    """A session verifies, but it is older than the head its witness recorded: the
+    database (or the session's rows) was put back to an earlier, validly signed state.
+
+    ``witnessed`` and ``stored`` are the record counts of the witnessed head and of the
+    store's head (``stored`` is 0 for a session missing from the store).
+    """
+
+    def __init__(self, url: str, session_id: str, witnessed: int, stored: int, why: str) -> None:
+        super().__init__(
+            url,
+            session_id,
+            max(0, witnessed - 1),
+            f"rolled back: the witness recorded {witnessed} records, the store has "
+            f"{stored} ({why})",
+        )
+        self.witnessed = witnessed
+        self.stored = stored
 
 
 class StoreVersionUnsupported(StoreError):

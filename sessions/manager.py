@@ -49,6 +49,7 @@ from sessions.errors import (
 from sessions.limits import Limits, validate_session_id
 from sessions.session import Session, SessionRuntime
 from sessions.store.base import SessionMeta, SessionType, Store
+from sessions.telemetry import Telemetry, telemetry_for
 
 if TYPE_CHECKING:
     from handlers.adapters import LLM, Memory, Tools
@@ -126,7 +127,10 @@ class SessionManager:
     ``summarizer`` replaces the compaction summariser (default: ``llm`` through
     :func:`~sessions.compaction.llm_summarizer`; with no ``llm``, the offline
     :func:`~sessions.compaction.extract_summarizer`); ``store_secret`` is the HMAC key
-    for a store opened from a URL (default: the configured key).
+    for a store opened from a URL (default: the configured key).  ``telemetry``
+    traces each turn with OpenTelemetry (the ``otel`` extra; see
+    :mod:`sessions.telemetry`): ``True``, a :class:`~sessions.telemetry.Telemetry`, or
+    ``None`` (the default) to follow the ``TURNGRAPH_OTEL`` environment variable.
     """
 
     def __init__(
@@ -147,9 +151,11 @@ class SessionManager:
         summarizer: Summarizer | None = None,
         store_secret: bytes | str | None = None,
         observers: Sequence[Observer] = (),
+        telemetry: bool | Telemetry | None = None,
     ) -> None:
         self.store, self._owns_store = _open_store(store, store_secret)
         llm, self._owns_llm = _model(llm)
+        self.telemetry = telemetry_for(telemetry, llm)
         self.llm = llm
         if registry is None:
             from handlers import build_registry
@@ -207,6 +213,7 @@ class SessionManager:
             self._summarizer,
             self._log_nodes,
             self._lost,
+            self.telemetry,
         )
         self._tg.start_soon(self._renew_leases)
         return self

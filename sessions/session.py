@@ -46,6 +46,7 @@ from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
     from engine.runner import Engine
+    from sessions.telemetry import Telemetry
 
 __all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult"]
 
@@ -80,7 +81,8 @@ class SessionRuntime:
     ``True``/``False`` forces per-node structlog logging on/off; ``None`` logs only when
     structlog was configured with a level filter enabling ``info`` (checked per turn).
     ``on_fenced`` is told when a session learns another process took it over (the
-    manager drops it from its live set).
+    manager drops it from its live set).  ``telemetry`` traces turns
+    (:mod:`sessions.telemetry`).
     """
 
     engine: Engine
@@ -92,6 +94,8 @@ class SessionRuntime:
     summarize: Summarizer
     log_nodes: bool | None = None
     on_fenced: Callable[[Session, Fenced], None] | None = None
+    telemetry: Telemetry | None = None
+    """Makes each turn's OpenTelemetry spans; ``None``: no tracing, no cost."""
 
     def logging(self) -> bool:
         """Whether this turn should log its nodes."""

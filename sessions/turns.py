@@ -42,6 +42,7 @@ from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
     from engine.runner import Engine
+    from sessions.telemetry import Telemetry
 
 __all__ = ["Phase", "TurnHost", "TurnPipeline", "TurnResult", "TurnRuntime"]
 
@@ -104,6 +105,7 @@ class TurnRuntime(Protocol):
 
     engine: Engine
     limits: Limits
+    telemetry: Telemetry | None
 
     def logging(self) -> bool:
         """Whether this turn should log its nodes."""
@@ -204,6 +206,30 @@ class TurnPipeline:
         prior: tuple[Mapping[str, Any], ...] = (),
         watch: Observer | None = None,
     ) -> TurnResult:
+        """:meth:`_run` the turn, inside its span when the manager traces turns."""
+        tel = self._rt.telemetry
+        if tel is None:
+            return await self._run(text, turn, start_at, carried, prior, watch)
+        spans = tel.turn(self._host.id, turn, self._host.turn_graph, text)
+        try:
+            observe = spans if spans.recording else None  # unsampled: no events at all
+            result = await self._run(text, turn, start_at, carried, prior, watch, observe)
+        except BaseException as exc:  # cancelled or a store failure: the span still ends
+            spans.end(None, exc)
+            raise
+        spans.end(result)
+        return result
+
+    async def _run(
+        self,
+        text: str,
+        turn: int,
+        start_at: str | None,
+        carried: Mapping[str, Any] | None,
+        prior: tuple[Mapping[str, Any], ...],
+        watch: Observer | None,
+        spans: Observer | None = None,
+    ) -> TurnResult:
         """Run the graph for ``turn`` and commit it (caller holds the lock)."""
         host = self._host
         trace_id = host.trace_id = f"{host.id}:{turn}"
@@ -216,6 +242,8 @@ class TurnPipeline:
             self._checkpoints.hook(text, turn, trace_id, prior) if rt.limits.checkpoint else None
         )
         observers = self._observers(turn, trace_id)
+        if spans is not None:
+            observers = (*observers, spans)
         if watch is not None:
             observers = (*observers, watch)
         try:

@@ -231,3 +231,19 @@ def test_the_session_bench_measures_streaming() -> None:
     assert (first.unit, first.target) == ("ms", at_most(0.5))
     assert res.metric("stream: cost per delta p50 (model yields per token)").target == at_most(5)
     assert all(m.value is not None and math.isfinite(m.value) for m in res.metrics)
+
+
+def test_the_session_bench_measures_tracing() -> None:
+    """The tracing part: a turn with OpenTelemetry off, over the no-op API, over the SDK."""
+    import anyio
+
+    from bench.session import PARTS
+    from bench.session_otel import tracing
+
+    assert tracing in PARTS
+    res = BenchResult("session", "tracing")
+    anyio.run(tracing, BenchContext(quick=True, console=quiet()), res)
+    for mode in ("off", "API, no SDK", "SDK, recorded"):
+        assert res.metric(f"otel: turn, tracing {mode} p50").unit == "µs"
+    added = res.metric("otel: p50 added per turn, SDK, recorded")
+    assert added.value is not None and math.isfinite(added.value)

@@ -192,6 +192,20 @@ def test_dot_text_argument_is_still_a_path(capsys: pytest.CaptureFixture[str]) -
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["-m", "hi"], ["validate"], ["render"]])
+def test_a_graph_file_with_a_brace_in_its_name_is_read_as_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """``turn{1}.dot`` exists: run, validate and render read it, not its name as DOT text."""
+    path = tmp_path / "turn{1}.dot"
+    shutil.copy(TURN, path)
+    argv = [str(path), *command] if command[0] == "-m" else [*command, str(path)]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert {"-m": "echo: hi", "validate": "ok (", "render": 'digraph "turn"'}[command[0]] in out
+
+
 @pytest.mark.parametrize(
     "argv",
     [[], [TURN, "--json"], [TURN, "-m"], [TURN, "--bogus"], ["render"], ["validate"]],
@@ -235,8 +249,9 @@ def test_internal_errors_are_one_line_exit_70(
 def test_chat_runs_a_turn_per_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each line is a turn; blank lines are skipped; /quit leaves with exit 0."""
-    lines = iter(["hello", "  ", "/tool calculator 1+1", "/quit", "never read"])
+    """Each line is a turn (`//` sends a line that starts with `/`); blank lines are
+    skipped; /quit leaves with exit 0."""
+    lines = iter(["hello", "  ", "//tool calculator 1+1", "/quit", "never read"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert cli.main([TOOL_TURN]) == 0
     out = capsys.readouterr().out
@@ -286,7 +301,7 @@ def test_chat_keeps_history_between_turns(
 def test_chat_interrupt_exits_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Ctrl-C leaves quietly with 130."""
+    """Ctrl-C twice in a row at the prompt leaves quietly with 130."""
 
     def interrupt(prompt: str = "") -> str:
         raise KeyboardInterrupt
@@ -598,6 +613,30 @@ def test_sessions_list_survives_a_tampered_session(
     captured = capsys.readouterr()
     assert "s2 (TAMPERED)" in captured.out and "s3" in captured.out
     one_error(capsys, ["sessions", "show", "s2", "--store", store], "MAC mismatch")
+
+
+def test_sessions_list_survives_rows_of_the_wrong_type_or_encoding(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows edited so that they cannot even be decoded (a MAC stored as text, a text
+    column holding invalid UTF-8) are listed as tampered among the others; exit 0."""
+    import sqlite3
+
+    for sid in ("s1", "s2", "s3", "s4"):
+        turn_json(capsys, "-m", "hi", "--session", sid, "--store", store)
+    db = sqlite3.connect(store.removeprefix("sqlite:///"))
+    with db:
+        db.execute("UPDATE sessions SET state_mac = hex(state_mac) WHERE id = 's2'")
+        db.execute("UPDATE sessions SET goals = CAST(goals AS BLOB) || X'FF' WHERE id = 's3'")
+    db.close()
+    assert cli.main(["sessions", "list", "--json", "--store", store]) == 0
+    captured = capsys.readouterr()
+    listed = [(s["id"], s["tampered"]) for s in json.loads(captured.out)]
+    assert listed == [("s1", False), ("s2", True), ("s3", True), ("s4", False)]
+    [warning] = captured.err.splitlines()
+    assert "s2, s3" in warning
+    one_error(capsys, ["sessions", "show", "s3", "--store", store], "UTF-8")
+    one_error(capsys, ["sessions", "show", "s2", "--store", store], "state_mac is str")
 
 
 def test_unreachable_postgres_is_one_line(

@@ -6,10 +6,13 @@ Only ``import`` may create the store; the other actions refuse a store that does
 exist (``no such store: PATH``), so a mistyped path makes no folders or empty database.
 ``list`` shows a session whose metadata fails verification as ``ID (TAMPERED)``
 (``"tampered": true`` with ``--json``, the id alone) and warns on stderr, so one edited
-row never hides the rest; ``show`` of that session is refused, ``show --salvage`` reads
-it up to its first bad record and ``verify`` names that record
-(:mod:`engine.cli.recovery`).  ``import --key-file K`` takes an export signed on another
-machine: verified with that machine's key file, re-signed with the local key.
+row never hides the rest (a row whose values cannot even be decoded, such as a MAC
+stored as text or invalid UTF-8, is listed the same way).  ``list`` exits 0 when it
+could list the store, tampered sessions or not: the warning says which.  ``show`` of
+such a session is refused (exit 2, naming the problem), ``show --salvage`` reads it up
+to its first bad record and ``verify`` names that record (:mod:`engine.cli.recovery`).
+``import --key-file K`` takes an export signed on another machine: verified with that
+machine's key file, re-signed with the local key.
 """
 
 from __future__ import annotations

@@ -104,11 +104,12 @@ def _sqlite(
     sync = params.pop("synchronous", "FULL").upper()
     inline = _SWITCH.get(params.pop("inline_writes", "on").lower())
     group = _SWITCH.get(params.pop("group_commit", "on").lower())
-    if params or sync not in ("FULL", "NORMAL", "EXTRA") or inline is None or group is None:
+    witness = _SWITCH.get(params.pop("witness", _witness_default(url, "on")).lower())
+    if params or sync not in ("FULL", "NORMAL", "EXTRA") or None in (inline, group, witness):
         raise StoreError(
             redact_url(url),
             "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off, "
-            "group_commit=on|off only",
+            "group_commit=on|off, witness=on|off only",
         )
     path = sqlite_path(url)
     return SQLiteStore(
@@ -118,10 +119,19 @@ def _sqlite(
         limits=limits,
         synchronous=sync,
         create=create,
-        inline_writes=inline,
-        group_commit=group,
+        inline_writes=bool(inline),
+        group_commit=bool(group),
         clock=clock,
+        witness=bool(witness),
     )
+
+
+def _witness_default(url: str, default: str) -> str:
+    """``$TURNGRAPH_WITNESS`` (on/off), else ``default``; anything else is refused."""
+    value = os.environ.get("TURNGRAPH_WITNESS", "").strip().lower() or default
+    if value not in _SWITCH:
+        raise StoreError(redact_url(url), f"TURNGRAPH_WITNESS must be on or off, not {value!r}")
+    return value
 
 
 _SWITCH: Final = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
@@ -163,7 +173,10 @@ def open_store(
                 f"PostgreSQL stores need the postgres extra ({exc.name or 'libpq'} is not "
                 "installed): pip install 'turngraph[postgres]'",
             ) from None
-        return PostgresStore(url, secret=secret, limits=limits, create=create, clock=clock)
+        witness = _SWITCH[_witness_default(url, "off")]
+        return PostgresStore(
+            url, secret=secret, limits=limits, create=create, clock=clock, witness=witness
+        )
     shown = redact_url(url)
     raise StoreError(
         shown,

@@ -47,6 +47,7 @@ from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
 __all__ = [
     "STATE_COLUMNS",
     "StateRow",
+    "check_index",
     "checkpoint_body",
     "latest_summary",
     "listed_meta",
@@ -149,8 +150,16 @@ class StateRow:
         return row.sealed(signer)
 
     @classmethod
-    def of(cls, values: Sequence[Any]) -> StateRow:
-        """A row fetched with ``SELECT {STATE_COLUMNS}``."""
+    def of(cls, values: Sequence[Any], url: str) -> StateRow:
+        """A row fetched with ``SELECT {STATE_COLUMNS}``.
+
+        Raises :class:`~engine.errors.SessionTampered` if a column holds a value of
+        another type than the store writes (SQLite keeps whatever type an edit stores:
+        a MAC as text, a count as text, a NULL where the constraint was dropped), so
+        nothing downstream meets a type it cannot handle.
+        """
+        if len(values) != len(_COLUMN_TYPES) or not all(map(isinstance, values, _COLUMN_TYPES)):
+            raise _bad_row(url, values)
         row = cls(*values)
         row.head_mac, row.state_mac = bytes(row.head_mac), bytes(row.state_mac)
         return row
@@ -254,6 +263,30 @@ class StateRow:
             cognitive_mode=self.cognitive_mode,
             summary_upto=self.summary_upto,
         )
+
+
+_NUMBER: Final = (int, float)
+_MAC: Final = (bytes, memoryview)
+_COLUMN_TYPES: Final[tuple[type | tuple[type, ...], ...]] = (
+    str, str, str, _NUMBER, _NUMBER, int, int, int, _MAC, str, str, str, str, int, _MAC,
+    int, (str, type(None)), _NUMBER,
+)  # fmt: skip
+"""The types a ``sessions`` row's columns hold as the store writes them, in
+:data:`STATE_COLUMNS` order (PostgreSQL ``bytea`` may arrive as a ``memoryview``)."""
+
+
+def _bad_row(url: str, values: Sequence[Any]) -> SessionTampered:
+    """The error for a session row whose columns are not of the written types."""
+    names = STATE_COLUMNS.split(", ")
+    wrong = [
+        f"{name} is {type(v).__name__}"
+        for name, v, t in zip(names, values, _COLUMN_TYPES, strict=False)
+        if not isinstance(v, t)
+    ]
+    first = values[0] if values else None
+    sid = first if isinstance(first, str) else repr(first)
+    what = ", ".join(wrong) or f"{len(values)} columns"
+    return SessionTampered(url, sid, -1, f"session row edited in the database: {what}")
 
 
 _state_values: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*STATE_COLUMNS.split(", "))
@@ -364,12 +397,13 @@ def plan_state(
     state.sealed(signer)
 
 
-def listed_meta(row: StateRow, signer: Signer, url: str) -> SessionMeta:
-    """A listing entry: the verified metadata, or the id alone flagged ``tampered``."""
+def listed_meta(values: Sequence[Any], signer: Signer, url: str) -> SessionMeta:
+    """A listing entry of a fetched ``sessions`` row: the verified metadata, or the id
+    alone flagged ``tampered`` (an id that is not even text is shown as its ``repr``)."""
     try:
-        return row.check(signer, url).to_meta(url)
-    except SessionTampered:
-        return SessionMeta(id=row.id, tampered=True)
+        return StateRow.of(values, url).check(signer, url).to_meta(url)
+    except SessionTampered as exc:
+        return SessionMeta(id=exc.session_id, tampered=True)
 
 
 def plan_summary(
@@ -478,6 +512,8 @@ def checkpoint_body(sid: str, cp: Checkpoint, signer: Signer, url: str) -> tuple
 
 def open_checkpoint(sid: str, body: str, mac: bytes, signer: Signer, url: str) -> Checkpoint:
     """Verify and decode a stored checkpoint (:class:`~engine.errors.SessionTampered`)."""
+    if type(body) is not str or not isinstance(mac, _MAC):
+        raise SessionTampered(url, sid, -1, "checkpoint edited in the database (column types)")
     if not mac or not hmac.compare_digest(signer.tagged(b"checkpoint", body), bytes(mac)):
         raise SessionTampered(url, sid, -1, "checkpoint MAC mismatch")
     try:
@@ -500,6 +536,30 @@ def plan_import(plan: ImportPlan, signer: Signer, version: int) -> tuple[StateRo
     state.summary_upto = meta.summary_upto
     state.version = version
     return state.sealed(signer), rows
+
+
+def check_index(url: str, sid: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Check the unsigned columns of a whole verified chain: ``(rseq, kind, key,
+    prev_mac, mac)`` rows.
+
+    ``rseq`` counts from 0, a message's ``key`` is its ``seq`` (0, 1, ...), a turn
+    record's its number (1, 2, ...), a summary's its own ``rseq``; ``prev_mac`` repeats
+    the previous record's MAC.  The MACs do not cover these columns (the signed bodies
+    and the chain itself say the same), so an edit of one cannot change what a read
+    returns, only make a lookup miss; ``verify`` still refuses it.
+    """
+    next_key, prev = {KIND_MESSAGE: 0, KIND_TURN: 1}, GENESIS
+    for at, (rseq, kind, key, prev_mac, mac) in enumerate(rows):
+        want = rseq if kind == KIND_SUMMARY else next_key.get(kind)
+        if rseq != at or want is None or key != want or type(key) is not int:
+            raise SessionTampered(
+                url, sid, at, f"index columns edited (rseq {rseq!r}, kind {kind!r}, key {key!r})"
+            )
+        if not isinstance(prev_mac, bytes | memoryview) or bytes(prev_mac) != prev:
+            raise SessionTampered(url, sid, at, "prev_mac column edited")
+        if kind != KIND_SUMMARY:
+            next_key[kind] = key + 1
+        prev = bytes(mac)
 
 
 def split_chain(chain: Chain, url: str, sid: str) -> Parts:

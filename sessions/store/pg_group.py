@@ -25,6 +25,7 @@ from sessions.store.base import TurnCommit
 from sessions.store.durable import WRITTEN_COLUMNS, StateRow, plan_turn
 from sessions.store.pg_memory import group_sql, memory_params
 from sessions.store.signing import Row, Signer
+from sessions.store.witness import Witness
 
 __all__ = [
     "GROUP_MAX",
@@ -245,9 +246,13 @@ class WrittenRows:
 
     def __init__(self) -> None:
         self.rows: dict[str, tuple[StateRow, str]] = {}
+        self.witness: Witness | None = None
+        """The rollback witness told each committed head, if the store keeps one."""
 
     def remember(self, st: StateRow, xmin: str) -> None:
         """Keep ``st`` as the row written last (committed as row version ``xmin``)."""
+        if self.witness is not None:
+            self.witness.seen(st.id, st.record_count, st.head_mac)
         rows = self.rows
         rows.pop(st.id, None)
         if len(rows) >= _WRITTEN_MAX:

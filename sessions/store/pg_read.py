@@ -17,6 +17,7 @@ from sessions.store.codec import KIND_MESSAGE, KIND_SUMMARY, KIND_TURN
 from sessions.store.durable import (
     STATE_COLUMNS,
     StateRow,
+    check_index,
     latest_summary,
     messages_of,
     open_checkpoint,
@@ -27,6 +28,7 @@ from sessions.store.export import Parts, sign_doc
 from sessions.store.pg_db import Conn, PgDatabase, one
 from sessions.store.pg_memory import remembered
 from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
+from sessions.store.witness import Witness
 
 __all__ = ["PgReader"]
 
@@ -36,16 +38,34 @@ _ROW: Final = "rseq, kind, key, body, prev_mac, mac"
 class PgReader:
     """Verified reads of the store in ``db``, signed with ``signer``."""
 
-    def __init__(self, url: str, db: PgDatabase, signer: Signer) -> None:
+    def __init__(
+        self, url: str, db: PgDatabase, signer: Signer, witness: Witness | None = None
+    ) -> None:
         self.url, self.db, self.signer = url, db, signer
+        self.witness = witness
+        """The rollback witness every verified state row is checked against, if any."""
 
     async def state(self, c: Conn, sid: str, *, lock: bool = False) -> StateRow:
-        """The session's row, its MAC verified (``lock``: ``FOR UPDATE``)."""
+        """The session's row, its MAC verified and checked against the rollback
+        witness (``lock``: ``FOR UPDATE``)."""
         sql = f"SELECT {STATE_COLUMNS} FROM sessions WHERE id=%s" + (" FOR UPDATE" if lock else "")
         row = await one(c, sql, (sid,))
+        witness = self.witness
         if row is None:
+            if witness is not None:
+                witness.check_missing(sid)
             raise SessionNotFound(sid, "no such session")
-        return StateRow.of(row).check(self.signer, self.url)
+        st = StateRow.of(row, self.url).check(self.signer, self.url)
+        if witness is not None:
+            at = witness.behind(sid, st.record_count)
+            mac = None
+            if at is not None:
+                found = await one(
+                    c, "SELECT mac FROM records WHERE session_id=%s AND rseq=%s", (sid, at)
+                )
+                mac = None if found is None else bytes(found[0])
+            witness.check(sid, st.record_count, st.head_mac, mac)
+        return st
 
     async def load(self, sid: str, recent: int) -> LoadedSession:
         """Metadata, the last ``recent`` messages, latest summary and checkpoint, verified."""
@@ -160,4 +180,6 @@ class PgReader:
 
     def _check_whole(self, st: StateRow, rows: list[Row]) -> Parts:
         chain = self._verified(st, rows, 0, (st.record_count, st.head_mac))
-        return split_chain(chain, self.url, st.id)
+        parts = split_chain(chain, self.url, st.id)
+        check_index(self.url, st.id, ((r, k, key, p, m) for r, k, key, _, p, m in rows))
+        return parts

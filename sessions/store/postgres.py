@@ -66,6 +66,7 @@ from sessions.store.pg_memory import (
 from sessions.store.pg_read import PgReader
 from sessions.store.redact import redact_url
 from sessions.store.signing import Row, Signer, load_key
+from sessions.store.witness import Witness, witness_path
 
 __all__ = ["PostgresStore"]
 
@@ -142,9 +143,14 @@ class PostgresStore:
         create: bool = True,
         group_commits: int = 2,
         clock: Clock = time.time,
+        witness: bool = False,
     ) -> None:
         """``group_commits`` is how many turn groups may run at once (0: every turn
-        takes the locked path, one transaction each); ``clock`` measures leases."""
+        takes the locked path, one transaction each); ``clock`` measures leases.
+        ``witness`` keeps the heads this machine committed in a rollback witness
+        (:mod:`sessions.store.witness`) keyed by the URL without its password: off by
+        default, because a store shared by many machines is only witnessed for the
+        sessions each one wrote (``TURNGRAPH_WITNESS=on`` turns it on)."""
         self.url = redact_url(url)
         self._clock = clock
         self._secret = secret
@@ -153,6 +159,7 @@ class PostgresStore:
             self.url, url, max_connections=max_connections, timeout=connect_timeout, create=create
         )
         self._reader: PgReader | None = None
+        self._use_witness = witness
         self._written = WrittenRows()
         self._group = GroupWriter(self.url, self._written, self._db.group_connection, group_commits)
 
@@ -178,7 +185,7 @@ class PostgresStore:
                     used = await one(c, "SELECT 1 FROM sessions LIMIT 1", ())
                 if used is not None:
                     load_key(self._secret, existing_store=self.url)  # raises StoreKeyMissing
-                self._reader = PgReader(self.url, self._db, Signer(load_key(self._secret)))
+                self._set_reader(load_key(self._secret))
             except BaseException:
                 await self._db.close()
                 raise
@@ -188,11 +195,26 @@ class PostgresStore:
             key = load_key(self._secret, existing_store=self.url)
         except StoreKeyMissing:
             return  # decided in open(), once the tables can be read
-        self._reader = PgReader(self.url, self._db, Signer(key))
+        self._set_reader(key)
+
+    def _set_reader(self, key: bytes) -> None:
+        """The verified reader under ``key``, with the rollback witness if enabled."""
+        witness = None
+        if self._use_witness:
+            witness = Witness(witness_path(self.url), self.url)
+            witness.open()
+        self._reader = PgReader(self.url, self._db, Signer(key), witness)
+        self._written.witness = witness
+
+    @property
+    def _witness(self) -> Witness | None:
+        return None if self._reader is None else self._reader.witness
 
     async def close(self) -> None:
         """Close the pools.  Idempotent."""
         await self._db.close()
+        if self._witness is not None:
+            self._witness.close()
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -234,8 +256,12 @@ class PostgresStore:
         async with self._db.tx() as c:
             if await one(c, "SELECT 1 FROM sessions WHERE id=%s", (meta.id,)):
                 raise SessionExists(meta.id, "a session with this id already exists")
+            if self._witness is not None:
+                self._witness.check_missing(meta.id)
             state.version = await first_version(c, meta.id)
             await insert_state(c, state)
+        if self._witness is not None:
+            self._witness.reset(meta.id)
         return state.to_meta(self.url)
 
     async def exists(self, session_id: str) -> bool:
@@ -253,12 +279,16 @@ class PostgresStore:
                 (max(0, limit), max(0, offset)),
             )
             rows = await cur.fetchall()
-        return tuple(listed_meta(StateRow.of(r), self._r.signer, self.url) for r in rows)
+        return tuple(listed_meta(r, self._r.signer, self.url) for r in rows)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""
         validate_session_id(session_id)
         self._written.forget(session_id)
+        if self._witness is not None:
+            # Before the commit: a crash in between leaves a witness that knows less
+            # (a weaker check), never one that misses a session still stored.
+            self._witness.drop(session_id)
         async with self._db.tx() as c:
             return await wipe(c, session_id)
 
@@ -473,6 +503,8 @@ class PostgresStore:
         plan = await anyio.to_thread.run_sync(parse_doc, doc, signer, self._limits, self.url)
         sid = plan.meta.id
         self._written.forget(sid)
+        if self._witness is not None and replace:
+            self._witness.drop(sid)  # before, as in delete: the new head is set after
         async with self._db.tx() as c:
             row = await one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
             if row is not None and not replace:
@@ -490,4 +522,6 @@ class PostgresStore:
             if plan.memory:
                 params = memory_params([(sid, state.agent_id, plan.memory)])
                 await c.execute(INSERT_SQL, params)
+        if self._witness is not None:
+            self._witness.reset(sid, state.record_count, state.head_mac)
         return state.to_meta(self.url)

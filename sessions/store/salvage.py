@@ -172,7 +172,7 @@ async def salvage(url: str, signer: Signer, session_id: str) -> Salvage:
     state, rows = await anyio.to_thread.run_sync(read, url, session_id)
     if state is None:
         raise SessionNotFound(session_id, "no such session")
-    return salvage_rows(shown, signer, session_id, StateRow.of(state), rows)
+    return salvage_rows(shown, signer, session_id, StateRow.of(state, shown), rows)
 
 
 def _read_sqlite(url: str, session_id: str) -> tuple[Any, list[Row]]:

@@ -252,7 +252,9 @@ class Signer:
                 if not (body.endswith(at + tail) or body.endswith(at + old)):
                     return False
                 r += 1
-        except TypeError:  # a NULL or non-bytes MAC column: the careful check names it
+        # A NULL or a value of another type in a column (SQLite stores any): the
+        # careful check names it.
+        except (TypeError, AttributeError):
             return False
         return True
 
@@ -332,6 +334,8 @@ def _fast(
     """:meth:`Signer.check_chain` plus the unsigned columns' consistency, or ``None``."""
     if not rows:
         return []
+    if not all(map(_typed, rows)):
+        return None
     if prev is None:
         prev = bytes(rows[0][4] or b"")
     links = [prev] + [m for *_, m in rows[:-1]]
@@ -341,6 +345,27 @@ def _fast(
         return None
     slim = [(k, b, m) for _, k, _, b, _, m in rows]
     return slim if signer.check_chain(session_id, slim, first, prev) else None
+
+
+_ROW_TYPES: Final[tuple[type | tuple[type, ...], ...]] = (
+    int, str, int, str, (bytes, memoryview), (bytes, memoryview),
+)  # fmt: skip
+"""The types of a stored record's columns, as the store writes them."""
+_COLUMNS: Final = ("rseq", "kind", "key", "body", "prev_mac", "mac")
+
+
+def _typed(row: Row) -> bool:
+    """Whether every column of ``row`` holds the type the store writes."""
+    return len(row) == 6 and all(map(isinstance, row, _ROW_TYPES))
+
+
+def _wrong_types(row: Row) -> str:
+    """Which columns of ``row`` hold another type (a NULL, a MAC as text...)."""
+    return ", ".join(
+        f"{name} is {type(v).__name__}"
+        for name, v, t in zip(_COLUMNS, row, _ROW_TYPES, strict=False)
+        if not isinstance(v, t)
+    )
 
 
 def _diagnose(
@@ -353,7 +378,11 @@ def _diagnose(
     def bad(record: int, reason: str) -> SessionTampered:
         return SessionTampered(url, session_id, record, reason)
 
-    for rseq, kind, _key, body, prev_mac, mac in rows:
+    for row in rows:
+        if not _typed(row):
+            at = row[0] if row and type(row[0]) is int else r
+            raise bad(at, f"record edited in the database: {_wrong_types(row)}")
+        rseq, kind, _key, body, prev_mac, mac = row
         if rseq != r:
             raise bad(r, "record is missing (the chain has a gap)")
         if not mac or not prev_mac:

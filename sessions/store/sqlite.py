@@ -54,6 +54,7 @@ from sessions.store.sqlite_core import SQLiteCore
 from sessions.store.sqlite_group import GroupCommit, QueuedTurn
 from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
+from sessions.store.witness import Witness, witness_path
 
 __all__ = ["SQLiteStore", "check_sqlite_folder"]
 
@@ -79,6 +80,11 @@ class SQLiteStore:
     sessions that are ready together share one transaction and one fsync
     (:mod:`sessions.store.sqlite_group`); off, each turn commits alone.
 
+    ``witness`` (default on; ``?witness=off`` or ``TURNGRAPH_WITNESS=off``) keeps each
+    session's chain head outside the database, beside the key
+    (:mod:`sessions.store.witness`), so a load of a session rolled back to an earlier
+    signed state raises :class:`~engine.errors.RolledBack`.
+
     A turn commit reads nothing: the store remembers each session's row as it last
     wrote or verified it, and writes only if the stored row is still exactly that one
     (:meth:`SQLiteCore._swap`); anything else takes the careful path (read, verify,
@@ -98,6 +104,7 @@ class SQLiteStore:
         inline_writes: bool = True,
         group_commit: bool = True,
         clock: Clock = time.time,
+        witness: bool = True,
     ) -> None:
         self.url = url
         self.path = Path(path)
@@ -110,12 +117,15 @@ class SQLiteStore:
         self._busy_ms = int(busy_timeout * 1000)
         self._inline = inline_writes
         lone = functools.partial(_write_lone, self)
-        self._group = GroupCommit(lone, self._write_group) if group_commit else None
+        batch = functools.partial(_write_batch, self)
+        self._group = GroupCommit(lone, batch) if group_commit else None
         # The session whose turn alone was the last batch (None: several; "": none yet).
         self._lone: str | None = ""
         self._clock = clock
         self._db: DBThread | None = None
         self._core: SQLiteCore | None = None
+        self._use_witness = witness
+        self._witness: Witness | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,14 +147,24 @@ class SQLiteStore:
         db = self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
         try:
             conn = await db.run(self._connect)
+            witness = self._open_witness()
         except BaseException:
             self._db = None
             await db.stop()
             raise
         self._core = SQLiteCore(
             self.url, self.path, conn, signer, busy_ms=self._busy_ms, clock=self._clock,
-            limits=self._limits, post=db.post,
+            limits=self._limits, post=db.post, witness=witness,
         )  # fmt: skip
+
+    def _open_witness(self) -> Witness | None:
+        """The rollback witness of this file (keyed by its absolute path), if enabled."""
+        if not self._use_witness:
+            return None
+        witness = Witness(witness_path(f"sqlite:{self.path.resolve()}"), self.url)
+        witness.open()
+        self._witness = witness
+        return witness
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -167,6 +187,9 @@ class SQLiteStore:
                         await db.run(core.close)
                 finally:
                     await db.stop()
+                    if self._witness is not None:
+                        self._witness.close()
+                        self._witness = None
 
     async def __aenter__(self) -> SQLiteStore:
         await self.open()
@@ -269,23 +292,6 @@ class SQLiteStore:
             await self._run_write(self._c.append_turn, session_id, commit, token, now)
         else:
             await self._group.commit(QueuedTurn(session_id, commit, token, now))
-
-    async def _write_group(self, batch: list[QueuedTurn]) -> None:
-        """Write one batch in one transaction in the database thread: one hand-off
-        for all its turns (a lone one as :meth:`append_turn` always did)."""
-        core = self._c
-        if len(batch) == 1:
-            t = batch[0]
-            try:
-                await self._run(core.append_turn, t.sid, t.commit, t.token, t.now)
-            except Exception as exc:
-                t.finish(exc)
-            else:
-                t.finish(None)
-            return
-        turns = [(t.sid, t.commit, t.token, t.now) for t in batch]
-        for t, error in zip(batch, await self._run(core.write_batch, turns), strict=True):
-            t.finish(error)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
@@ -400,7 +406,7 @@ def check_sqlite_folder(url: str, path: Path) -> None:
 def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
     """Write a lone turn in this thread, as :meth:`SQLiteStore.append_turn` always did,
     when one session alone has been writing and the database thread is idle; ``False``
-    (nothing written) sends the batch to :meth:`SQLiteStore._write_group`.
+    (nothing written) sends the batch to :func:`_write_batch`.
 
     A lone turn of another session than the last batch's goes to the thread:
     other sessions are at work, and blocking the loop for its fsync would stop
@@ -425,3 +431,21 @@ def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
     finally:
         db.release()
     return done
+
+
+async def _write_batch(store: SQLiteStore, batch: list[QueuedTurn]) -> None:
+    """Write one batch in one transaction in the database thread: one hand-off
+    for all its turns (a lone one as :meth:`SQLiteStore.append_turn` always did)."""
+    core = store._c
+    if len(batch) == 1:
+        t = batch[0]
+        try:
+            await store._run(core.append_turn, t.sid, t.commit, t.token, t.now)
+        except Exception as exc:
+            t.finish(exc)
+        else:
+            t.finish(None)
+        return
+    turns = [(t.sid, t.commit, t.token, t.now) for t in batch]
+    for t, error in zip(batch, await store._run(core.write_batch, turns), strict=True):
+        t.finish(error)

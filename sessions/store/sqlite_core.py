@@ -25,7 +25,6 @@ from sessions.store.durable import (
     WRITTEN_COLUMNS,
     StateRow,
     checkpoint_body,
-    listed_meta,
     plan_import,
     plan_state,
     plan_summary,
@@ -38,6 +37,7 @@ from sessions.store.sqlite_memory import queue as queue_memory
 from sessions.store.sqlite_memory import wipe as wipe_memory
 from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
+from sessions.store.witness import Witness
 
 __all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "BatchTurn", "RememberedRows", "SQLiteCore"]
 
@@ -69,11 +69,15 @@ class RememberedRows:
     recently used :data:`REMEMBERED_MAX` of them (rows are never modified: a write
     changes a copy).  Only a hint: see :meth:`SQLiteCore._swap`."""
 
-    def __init__(self) -> None:
+    def __init__(self, witness: Witness | None = None) -> None:
         self.rows: dict[str, StateRow] = {}
+        self.witness = witness
 
     def remember(self, st: StateRow) -> None:
-        """Keep ``st`` (written or verified, and committed) as its session's latest row."""
+        """Keep ``st`` (written or verified, and committed) as its session's latest row,
+        and tell the rollback witness its head."""
+        if self.witness is not None:
+            self.witness.seen(st.id, st.record_count, st.head_mac)
         rows = self.rows
         rows.pop(st.id, None)
         rows[st.id] = st
@@ -103,10 +107,12 @@ class SQLiteCore:
         clock: Clock,
         limits: ImportLimits,
         post: Callable[[Callable[[], None]], None],
+        witness: Witness | None = None,
     ) -> None:
         self.url, self.path, self.conn, self.signer = url, path, conn, signer
-        self.reads = SQLiteReader(url, conn, signer)
-        self.remembered = RememberedRows()
+        self.reads = SQLiteReader(url, conn, signer, witness)
+        self.remembered = RememberedRows(witness)
+        self.witness = witness
         self._clock, self._limits, self._post = clock, limits, post
         self._busy_ms = self._busy_now = busy_ms  # the wanted and the current busy timeout
         self._writes = 0  # write transactions since the last checkpoint was queued
@@ -193,8 +199,12 @@ class SQLiteCore:
         with self._write():
             if self.conn.execute("SELECT 1 FROM sessions WHERE id=?", (meta.id,)).fetchone():
                 raise SessionExists(meta.id, "a session with this id already exists")
+            if self.witness is not None:
+                self.witness.check_missing(meta.id)
             state.version = self._first_version(meta.id)
             self._insert_state(state)
+        if self.witness is not None:
+            self.witness.reset(meta.id)
         self.remembered.remember(state)
         return state.to_meta(self.url)
 
@@ -204,14 +214,15 @@ class SQLiteCore:
 
     def list_sessions(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
         """Sessions by id, each row's MAC checked (a failing row is listed as tampered)."""
-        rows = self.conn.execute(
-            f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
-        ).fetchall()
-        return tuple(listed_meta(StateRow.of(r), self.signer, self.url) for r in rows)
+        return self.reads.listing(offset, limit)
 
     def delete(self, sid: str) -> bool:
         """Delete a session and its records, keeping its last version; False if absent."""
         self.remembered.forget(sid)
+        if self.witness is not None:
+            # Before the commit: a crash in between leaves a witness that knows less
+            # (a weaker check), never one that misses a session still stored.
+            self.witness.drop(sid)
         with self._write():
             return self._wipe(sid)
 
@@ -354,6 +365,8 @@ class SQLiteCore:
         plan = parse_doc(doc, self.signer, self._limits, self.url)
         sid = plan.meta.id
         self.remembered.forget(sid)
+        if self.witness is not None and replace:
+            self.witness.drop(sid)  # before, as in delete: the new head is set after
         with self._write():
             row = self.conn.execute("SELECT version FROM sessions WHERE id=?", (sid,)).fetchone()
             if row is not None and not replace:
@@ -369,6 +382,8 @@ class SQLiteCore:
                 self._insert_checkpoint(sid, plan.checkpoint)
             if plan.memory:
                 queue_memory(self.conn, sid, state.agent_id, plan.memory)
+        if self.witness is not None:
+            self.witness.reset(sid, state.record_count, state.head_mac)
         return state.to_meta(self.url)
 
     # ------------------------------------------------------------------ plumbing

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hmac
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 from sessions.errors import SessionNotFound, SessionTampered
-from sessions.store.base import Checkpoint, LoadedSession, Message, TurnRecord
+from sessions.store.base import Checkpoint, LoadedSession, Message, SessionMeta, TurnRecord
 from sessions.store.codec import KIND_MESSAGE, KIND_SUMMARY, KIND_TURN, messages_of_bodies
 from sessions.store.durable import (
     STATE_COLUMNS,
     StateRow,
+    check_index,
     latest_summary,
+    listed_meta,
     messages_of,
     open_checkpoint,
     split_chain,
@@ -27,10 +31,14 @@ from sessions.store.export import sign_doc
 from sessions.store.signing import GENESIS, Chain, Signer, Slim, verify_span
 from sessions.store.sqlite_memory import remembered
 from sessions.store.sqlite_open import tx
+from sessions.store.witness import Witness
 
 __all__ = ["SQLiteReader"]
 
 _ROW: Final = "rseq, kind, key, body, prev_mac, mac"
+_INDEX: Final = (
+    "SELECT rseq, kind, key, prev_mac, mac FROM records WHERE session_id=? ORDER BY rseq"
+)
 _END: Final = 2**62  # past any rseq: "through the head"
 _NEXT_OF_KIND: Final = (
     "SELECT rseq, key FROM records WHERE session_id=? AND rseq>=? AND rseq<? AND kind=? "
@@ -41,8 +49,62 @@ _NEXT_OF_KIND: Final = (
 class SQLiteReader:
     """Verified reads over one open connection, signed with ``signer``."""
 
-    def __init__(self, url: str, conn: sqlite3.Connection, signer: Signer) -> None:
+    def __init__(
+        self, url: str, conn: sqlite3.Connection, signer: Signer, witness: Witness | None = None
+    ) -> None:
         self.url, self.conn, self.signer = url, conn, signer
+        self.witness = witness
+        """The rollback witness every verified state row is checked against, if any."""
+
+    @contextmanager
+    def _read(self, sid: str) -> Iterator[None]:
+        """One read snapshot (``BEGIN``) of session ``sid``.
+
+        A ``TEXT`` value that is not UTF-8 (only an edit made behind the store writes
+        one) makes :mod:`sqlite3` fail the fetch; it becomes the
+        :class:`~engine.errors.SessionTampered` of this session.
+        """
+        try:
+            with tx(self.conn, immediate=False):
+                yield
+        except sqlite3.OperationalError as exc:
+            if not _undecodable(exc):
+                raise
+            raise SessionTampered(self.url, sid, -1, _NOT_UTF8) from None
+
+    def listing(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
+        """Sessions by id, each row's MAC checked (a failing row is listed as tampered).
+
+        A row holding text that is not UTF-8 fails the whole fetch, so then the rows are
+        read one by one and only the undecodable ones are listed as tampered.
+        """
+        sql = f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?"
+        try:
+            rows = self.conn.execute(sql, (limit, offset)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not _undecodable(exc):
+                raise
+            return self._listing_row_by_row(offset, limit)
+        return tuple(listed_meta(r, self.signer, self.url) for r in rows)
+
+    def _listing_row_by_row(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
+        keys = self.conn.execute(
+            "SELECT CAST(id AS BLOB) FROM sessions ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+        ).fetchall()
+        out = []
+        for (key,) in keys:
+            sid = bytes(key).decode(errors="backslashreplace")
+            try:
+                row = self.conn.execute(
+                    f"SELECT {STATE_COLUMNS} FROM sessions WHERE CAST(id AS BLOB)=?", (key,)
+                ).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _undecodable(exc):
+                    raise
+                out.append(SessionMeta(id=sid, tampered=True))
+                continue
+            out.append(listed_meta(row, self.signer, self.url))
+        return tuple(out)
 
     def state(self, sid: str, *, check: bool = True) -> StateRow:
         """The session's row (``SessionNotFound``), its MAC verified unless not ``check``."""
@@ -50,14 +112,33 @@ class SQLiteReader:
             f"SELECT {STATE_COLUMNS} FROM sessions WHERE id=?", (sid,)
         ).fetchone()
         if row is None:
+            if self.witness is not None:
+                self.witness.check_missing(sid)
             raise SessionNotFound(sid, "no such session")
-        state = StateRow.of(row)
-        return state.check(self.signer, self.url) if check else state
+        state = StateRow.of(row, self.url)
+        if not check:
+            return state
+        state.check(self.signer, self.url)
+        if self.witness is not None:
+            self._check_witness(self.witness, state)
+        return state
+
+    def _check_witness(self, witness: Witness, st: StateRow) -> None:
+        """:class:`~engine.errors.RolledBack` unless ``st`` is at or past its witnessed
+        head (one more read, of one MAC, only when the store is ahead of the witness)."""
+        at = witness.behind(st.id, st.record_count)
+        mac = None
+        if at is not None:
+            row = self.conn.execute(
+                "SELECT mac FROM records WHERE session_id=? AND rseq=?", (st.id, at)
+            ).fetchone()
+            mac = row[0] if row is not None and type(row[0]) is bytes else None
+        witness.check(st.id, st.record_count, st.head_mac, mac)
 
     def load(self, sid: str, recent: int) -> tuple[LoadedSession, StateRow]:
         """Metadata, the last ``recent`` messages, summary and checkpoint, verified; and
         the verified row (for the store to remember)."""
-        with tx(self.conn, immediate=False):
+        with self._read(sid):
             st = self.state(sid)
             msgs = self._tail(st, max(0, min(recent, st.message_count)))
             summary = self._summary(st)
@@ -73,7 +154,7 @@ class SQLiteReader:
 
     def messages(self, sid: str, offset: int, limit: int) -> tuple[Message, ...]:
         """Messages ``offset <= seq < offset + limit``, verified."""
-        with tx(self.conn, immediate=False):
+        with self._read(sid):
             st = self.state(sid)
             end = min(offset + limit, st.message_count)
             if offset >= end:
@@ -83,7 +164,7 @@ class SQLiteReader:
 
     def turns(self, sid: str, offset: int, limit: int) -> tuple[TurnRecord, ...]:
         """Turn records ``offset+1 ... offset+limit``, verified."""
-        with tx(self.conn, immediate=False):
+        with self._read(sid):
             st = self.state(sid)
             end = min(offset + limit, st.turn_count)
             if offset >= end:
@@ -93,14 +174,16 @@ class SQLiteReader:
 
     def verify(self, sid: str) -> int:
         """Verify the whole chain, the session row and the checkpoint; the record count."""
-        with tx(self.conn, immediate=False):
+        with self._read(sid):
             st, data, _ = self._whole(sid)
+            index = self.conn.execute(_INDEX, (sid,)).fetchall()
         split_chain(data, self.url, sid)
+        check_index(self.url, sid, index)
         return st.record_count
 
     def export(self, sid: str) -> dict[str, Any]:
         """The signed export document of the whole session (verified as it is read)."""
-        with tx(self.conn, immediate=False):
+        with self._read(sid):
             st, data, cp = self._whole(sid)
             memory = remembered(self.conn, sid)
         parts = split_chain(data, self.url, sid)
@@ -176,7 +259,10 @@ class SQLiteReader:
         span again and raises the error that names the problem.
         """
         rows = self.conn.execute(
-            "SELECT kind, CAST(body AS BLOB), mac FROM records "
+            # A body of another storage class (BLOB) reads as NULL and fails here, as
+            # it does on every other path, even if its bytes are the signed ones.
+            "SELECT kind, CASE typeof(body) WHEN 'text' THEN CAST(body AS BLOB) END, mac "
+            "FROM records "
             "WHERE session_id=? AND rseq BETWEEN ? AND ? ORDER BY rseq",
             (st.id, first, _END),
         ).fetchall()
@@ -228,7 +314,15 @@ class SQLiteReader:
         row = self.conn.execute(
             "SELECT prev_mac FROM records WHERE session_id=? AND rseq=?", (sid, rseq)
         ).fetchone()
-        return None if row is None or not row[0] else bytes(row[0])
+        return None if row is None or type(row[0]) is not bytes or not row[0] else row[0]
+
+
+_NOT_UTF8: Final = "a stored text is not valid UTF-8 (edited in the database)"
+
+
+def _undecodable(exc: sqlite3.OperationalError) -> bool:
+    """Whether :mod:`sqlite3` failed to decode a ``TEXT`` value as UTF-8."""
+    return str(exc).startswith("Could not decode to UTF-8")
 
 
 def _at_head(st: StateRow, first: int, rows: list[Slim], prev: bytes | None) -> bool:

@@ -114,7 +114,7 @@ async def test_every_session_verifies_and_reads_back(old: OpenStore) -> None:
 def _state_row(db: Path, sid: str) -> StateRow:
     with sqlite3.connect(db) as c:
         [row] = c.execute(f"SELECT {STATE_COLUMNS} FROM sessions WHERE id=?", (sid,))
-    return StateRow.of(row)
+    return StateRow.of(row, "u")
 
 
 async def test_a_row_signed_over_format_1_text_verifies_until_its_next_write(
