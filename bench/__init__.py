@@ -23,5 +23,6 @@ BENCHMARKS: tuple[str, ...] = (
     "concurrent_streams",
     "serve",
     "ray_hop",
+    "throughput",
 )
 """Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""
