@@ -269,12 +269,20 @@ def _attrs(attrs: Mapping[str, Value]) -> str:
     return attr_list((k, value_text(v)) for k, v in attrs.items())
 
 
-def graph_to_dot(graph: Graph) -> str:
+def graph_to_dot(
+    graph: Graph,
+    node_marks: Mapping[str, Mapping[str, Value]] | None = None,
+    edge_marks: Mapping[tuple[str, str], Mapping[str, Value]] | None = None,
+) -> str:
     """The graph as normalised DOT: defaults applied, subgraphs flattened, values typed,
     each node's handler and each conditional edge's condition shown in its label.
 
-    Loading the output again gives a graph that routes the same way.
+    Loading the output again gives a graph that routes the same way.  ``node_marks``
+    and ``edge_marks`` (by node id, by ``(src, dst)``) add drawing attributes over the
+    node's or edge's own, e.g. a turn's path (:func:`engine.cli.trace_dot.traced_dot`).
     """
+    node_marks = node_marks or {}
+    edge_marks = edge_marks or {}
     lines = [
         f"// normalised by turngraph from {graph.path} (sha256 {graph.source_hash[:12]})",
         f"digraph {quote(graph.name or 'turn')} {{",
@@ -284,6 +292,7 @@ def graph_to_dot(graph: Graph) -> str:
     for node in graph.nodes.values():
         attrs: dict[str, Value] = {**node.attrs, "handler": node.handler, "shape": node.shape}
         attrs["label"] = f"{node.label or node.id}\n[{node.handler}]"
+        attrs.update(node_marks.get(node.id, {}))
         lines.append(f"    {quote(node.id)}{_attrs(attrs)};")
     for edge in graph.edges:
         eattrs: dict[str, Value] = dict(edge.attrs)
@@ -294,6 +303,7 @@ def graph_to_dot(graph: Graph) -> str:
             shown = [edge.label] if edge.label else []
             shown.append(f"if {edge.condition.source}")
             eattrs["label"] = "\n".join(shown)
+        eattrs.update(edge_marks.get((edge.src, edge.dst), {}))
         lines.append(f"    {quote(edge.src)} -> {quote(edge.dst)}{_attrs(eattrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"

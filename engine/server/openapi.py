@@ -60,6 +60,13 @@ def _op(summary: str, ok: str = "200", *, params: list[Any] | None = None, **ext
     return {"summary": summary, "parameters": params or [], "responses": responses, **extra}
 
 
+def _page(summary: str, params: list[Any]) -> Any:
+    """A viewer page: HTML, not JSON (errors are HTML pages too)."""
+    op = _op(summary, params=params)
+    op["responses"]["200"]["content"] = {"text/html": {"schema": {"type": "string"}}}
+    return op
+
+
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -89,6 +96,8 @@ def document() -> dict[str, Any]:
     turn_n = {"name": "n", "in": "path", "required": True, "schema": {"type": "integer"}}
     graph = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     replace = {"name": "replace", "in": "query", "schema": {"type": "boolean"}}
+    q = {"name": "q", "in": "query", "schema": {"type": "string"}}
+    offset = _PAGE[0]
     return {
         "openapi": "3.1.0",
         "info": {"title": "turngraph", "version": "1"},
@@ -130,5 +139,12 @@ def document() -> dict[str, Any]:
             "/healthz": {"get": _op("The process answers")},
             "/readyz": {"get": _op("The store answers and the server is not draining")},
             "/openapi.json": {"get": _op("This document")},
+            "/": {"get": _page("The trace viewer: sessions, searched by ?q=", [q, offset])},
+            "/ui/sessions/{session_id}": {
+                "get": _page("The trace viewer: one conversation by turn", [*sid, offset])
+            },
+            "/ui/sessions/{session_id}/turns/{n}": {
+                "get": _page("The trace viewer: one turn's path and node visits", [*sid, turn_n])
+            },
         },
     }

@@ -7,23 +7,21 @@ no ``dot`` installed the SVG route answers 503 (``GraphvizMissing``).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.cli.views import graph_to_dot
 from engine.graph import Graph
-from engine.server.errors import GraphvizMissing, NotFound
+from engine.server.draw import draw_svg
+from engine.server.errors import NotFound
 from engine.server.http import json, state
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "graphs_of"]
 
 
-def _graphs(request: Request) -> dict[str, Graph]:
+def graphs_of(request: Request) -> dict[str, Graph]:
+    """The server's graphs by name: ``turn``, and ``heartbeat`` when it has one."""
     manager = state(request).manager
     found = {"turn": manager.turn_graph}
     if manager.heartbeat_graph is not None:
@@ -43,7 +41,7 @@ async def list_graphs(request: Request) -> Response:
                     "nodes": list(graph.nodes),
                     "svg": f"/graphs/{name}.svg",
                 }
-                for name, graph in _graphs(request).items()
+                for name, graph in graphs_of(request).items()
             ]
         }
     )
@@ -52,18 +50,11 @@ async def list_graphs(request: Request) -> Response:
 async def graph_svg(request: Request) -> Response:
     """``GET /graphs/{name}.svg``: the graph drawn by Graphviz."""
     name = request.path_params["name"]
-    graph = _graphs(request).get(name)
+    graph = graphs_of(request).get(name)
     if graph is None:
         raise NotFound(f"graph {name!r}: no such graph (see /graphs)")
-    exe = shutil.which("dot")
-    if exe is None:
-        raise GraphvizMissing("drawing a graph needs Graphviz's `dot` program; install graphviz")
-    proc = await anyio.run_process(
-        [exe, "-Tsvg"], input=graph_to_dot(graph).encode(), check=False, stderr=subprocess.PIPE
-    )
-    if proc.returncode != 0:
-        raise GraphvizMissing(f"dot failed to draw graph {name!r} (exit {proc.returncode})")
-    return Response(proc.stdout, media_type="image/svg+xml")
+    svg = await draw_svg(graph_to_dot(graph), f"graph {name!r}")
+    return Response(svg, media_type="image/svg+xml")
 
 
 ROUTES = [

@@ -1,0 +1,81 @@
+"""A turn's path drawn on its graph: the nodes it visited, the edges it took, its failure.
+
+Both the web trace viewer (``/ui/sessions/{id}/turns/{n}``) and ``python -m engine.run
+render GRAPH --trace SESSION:TURN`` draw this DOT with Graphviz, so the picture is the
+same in both.  Each marked node and edge also gets an SVG ``id`` and ``class``
+(``tg-visited``, ``tg-retried``, ``tg-failed``; ``tg-taken`` on edges), so a page or a
+test can find them in the SVG.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from engine.cli.views import graph_to_dot
+from engine.graph import Graph, Value
+
+__all__ = ["node_state", "traced_dot"]
+
+VISITED = "#d8ecff"
+RETRIED = "#ffe3a3"
+FAILED = "#ff6b6b"
+TAKEN = "#1f6feb"
+
+_FILL = {"tg-visited": VISITED, "tg-retried": RETRIED, "tg-failed": FAILED}
+_FAILING = ("fail",)
+
+
+def node_state(visits: Sequence[Mapping[str, Any]]) -> str:
+    """``tg-failed`` when a visit failed, else ``tg-retried`` when one took more than
+    one attempt, else ``tg-visited``."""
+    if any(v.get("status") in _FAILING for v in visits):
+        return "tg-failed"
+    if any(int(v.get("attempts", 1)) > 1 for v in visits):
+        return "tg-retried"
+    return "tg-visited"
+
+
+def _node_marks(visits: Sequence[Mapping[str, Any]], node_id: str) -> dict[str, Value]:
+    state = node_state(visits)
+    attempts = sum(int(v.get("attempts", 1)) for v in visits)
+    notes = [f"visited {len(visits)}x"] if len(visits) > 1 else []
+    if attempts > len(visits):
+        notes.append(f"{attempts} attempts")
+    marks: dict[str, Value] = {
+        "style": "filled,bold",
+        "fillcolor": _FILL[state],
+        "penwidth": 2.5,
+        "color": FAILED if state == "tg-failed" else TAKEN,
+        "id": f"{state}-{node_id}",
+        "class": state,
+    }
+    if state == "tg-retried":
+        marks["peripheries"] = 2  # a double border: visible without colour too
+    if notes:
+        marks["xlabel"] = ", ".join(notes)
+    return marks
+
+
+def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]]) -> str:
+    """``graph`` as DOT with the path of ``trace`` (stored node-visit dicts, in order)
+    highlighted: visited nodes filled (red when failed, double-bordered when retried),
+    the edges between consecutive visits drawn thick and blue.  Visits of nodes the
+    graph no longer has (it changed since the turn) are skipped."""
+    visits: dict[str, list[Mapping[str, Any]]] = {}
+    for visit in trace:
+        visits.setdefault(str(visit.get("id")), []).append(visit)
+    node_marks = {nid: _node_marks(vs, nid) for nid, vs in visits.items() if nid in graph.nodes}
+    edge_marks: dict[tuple[str, str], dict[str, Value]] = {}
+    steps = [str(v.get("id")) for v in trace]
+    for n, (src, dst) in enumerate(itertools.pairwise(steps), start=1):
+        if (src, dst) not in edge_marks:
+            edge_marks[(src, dst)] = {
+                "color": TAKEN,
+                "penwidth": 3,
+                "id": f"tg-taken-{src}-{dst}",
+                "class": "tg-taken",
+                "taillabel": str(n),
+            }
+    return graph_to_dot(graph, node_marks, edge_marks)

@@ -1,0 +1,283 @@
+"""The web trace viewer: server-rendered pages, no JavaScript.
+
+* ``/`` — the sessions, with a search box (``?q=`` matches id or agent, any case);
+* ``/ui/sessions/{id}`` — one conversation, its messages grouped by turn;
+* ``/ui/sessions/{id}/turns/{n}`` — one turn: its graph drawn by Graphviz with the path
+  the turn took highlighted (:func:`engine.cli.trace_dot.traced_dot`) and a table of
+  each node visit (handler, status, attempts, duration, and the context keys it changed
+  when its trace records them).
+
+Pages read the store only (no lease is taken).  An error is a page with the same
+status the JSON API would answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from engine.cli.trace_dot import node_state, traced_dot
+from engine.errors import TurngraphError
+from engine.graph import Graph
+from engine.server.draw import draw_svg
+from engine.server.errors import BadRequest, NotFound, status_of
+from engine.server.html import esc, link, page, path_part, table
+from engine.server.http import page as paging
+from engine.server.http import state
+from engine.server.routes.graphs import graphs_of
+from engine.server.routes.sessions import session_id
+from sessions.store.base import Message, Store, TurnRecord
+
+__all__ = ["ROUTES"]
+
+_SCAN = 500  # sessions read per store page while searching
+_SHOWN = 100  # rows on one page
+_CHANGED = ("changed", "updates", "changed_keys")  # trace keys naming what a visit wrote
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _html_errors(fn: Handler) -> Handler:
+    """A typed error as a short HTML page with its API status (never a traceback)."""
+
+    @wraps(fn)
+    async def run(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except TurngraphError as exc:
+            body = f'<p class="fail">{esc(type(exc).__name__)}: {esc(exc)}</p>'
+            return page("error", body, status_of(exc))
+
+    return run
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ms(value: Any) -> str:
+    return f"{float(value):.2f} ms"
+
+
+def _session_href(sid: str) -> str:
+    return f"/ui/sessions/{path_part(sid)}"
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@_html_errors
+async def sessions_page(request: Request) -> Response:
+    """``GET /?q=&offset=``: the sessions, filtered by ``q`` (id or agent, any case)."""
+    offset, _ = paging(request)
+    q = request.query_params.get("q", "").strip()
+    store = state(request).manager.store
+    metas = await _search(store, q.lower(), offset)
+    rows = [
+        [
+            link(_session_href(m.id), m.id),
+            esc(m.agent_id),
+            esc(m.type),
+            esc(m.turn_count),
+            esc(m.message_count),
+            esc(_when(m.updated_at)),
+        ]
+        if not m.tampered
+        else [esc(m.id), '<span class="fail">tampered</span>', "", "", "", ""]
+        for m in metas
+    ]
+    form = (
+        '<form method="get" action="/"><input type="search" name="q" '
+        f'value="{esc(q)}" placeholder="session id or agent"> <button>search</button></form>'
+    )
+    more = ""
+    if len(metas) == _SHOWN:
+        more = link(f"/?q={path_part(q)}&offset={offset + _SHOWN}", "next page")
+    shown = table(["session", "agent", "type", "turns", "messages", "updated"], rows)
+    empty = '<p class="muted">no sessions match</p>' if not rows else ""
+    return page("sessions", form + shown + empty + more)
+
+
+async def _search(store: Store, q: str, offset: int) -> list[Any]:
+    """Up to ``_SHOWN`` sessions from ``offset`` among those matching ``q``."""
+    if not q:
+        return list(await store.list_sessions(offset, _SHOWN))
+    matched: list[Any] = []
+    skip, start = offset, 0
+    while len(matched) < _SHOWN:
+        chunk = await store.list_sessions(start, _SCAN)
+        for meta in chunk:
+            if q in meta.id.lower() or q in (meta.agent_id or "").lower():
+                if skip:
+                    skip -= 1
+                elif len(matched) < _SHOWN:
+                    matched.append(meta)
+        if len(chunk) < _SCAN:
+            break
+        start += _SCAN
+    return matched
+
+
+# --------------------------------------------------------------------------- session
+
+
+@_html_errors
+async def session_page(request: Request) -> Response:
+    """``GET /ui/sessions/{id}?offset=``: the conversation, messages grouped by turn
+    (the latest ``_SHOWN`` messages unless ``offset`` says where to start)."""
+    sid = session_id(request)
+    store = state(request).manager.store
+    meta = (await store.load(sid, recent=0)).meta
+    raw = request.query_params.get("offset")
+    offset = paging(request)[0] if raw is not None else max(0, meta.message_count - _SHOWN)
+    msgs = await store.messages(sid, offset, _SHOWN)
+    numbers = sorted({m.turn for m in msgs if m.turn > 0})
+    records: dict[int, TurnRecord] = {}
+    if numbers:
+        found = await store.turns(sid, numbers[0] - 1, numbers[-1] - numbers[0] + 1)
+        records = {r.turn: r for r in found}
+    parts = [
+        f"<p>agent {esc(meta.agent_id)} · {esc(meta.type)} · {esc(meta.turn_count)} turns · "
+        f"{esc(meta.message_count)} messages · updated {esc(_when(meta.updated_at))}</p>"
+    ]
+    if offset > 0:
+        back = max(0, offset - _SHOWN)
+        parts.append(f"<p>{link(f'{_session_href(sid)}?offset={back}', 'earlier messages')}</p>")
+    current = -1
+    for m in msgs:
+        if m.turn != current:
+            current = m.turn
+            parts.append(_turn_heading(sid, current, records.get(current)))
+        parts.append(f'<div class="msg {esc(m.role)}"><b>{esc(m.role)}</b>: {esc(m.content)}</div>')
+    if offset + _SHOWN < meta.message_count:
+        later = f"{_session_href(sid)}?offset={offset + _SHOWN}"
+        parts.append(f"<p>{link(later, 'later messages')}</p>")
+    return page(f"session {sid}", "".join(parts))
+
+
+def _turn_heading(sid: str, n: int, record: TurnRecord | None) -> str:
+    if n == 0:
+        return "<h3>outside turns</h3>"
+    title = link(f"{_session_href(sid)}/turns/{n}", f"turn {n}")
+    if record is None:
+        return f"<h3>{title}</h3>"
+    total = sum(float(v.get("duration_ms", 0.0)) for v in record.trace)
+    cls = "fail" if record.status != "success" else ""
+    return (
+        f'<h3 class="{cls}">{title} · {esc(record.status)} · {len(record.trace)} nodes · '
+        f"{esc(_ms(total))}</h3>"
+    )
+
+
+# --------------------------------------------------------------------------- turn
+
+
+@_html_errors
+async def turn_page(request: Request) -> Response:
+    """``GET /ui/sessions/{id}/turns/{n}``: the turn's path on its graph, its visits."""
+    sid = session_id(request)
+    raw = request.path_params["n"]
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest(f"turn {raw!r}: expected a turn number from 1")
+    n = int(raw)
+    store = state(request).manager.store
+    found = await store.turns(sid, n - 1, 1)
+    if not found:
+        await store.load(sid, recent=0)  # SessionNotFound when there is no such session
+        raise NotFound(f"session {sid!r}: no turn {n} (not committed)")
+    record = found[0]
+    graph, note = _graph_for(graphs_of(request), record.graph_hash)
+    svg = await draw_svg(traced_dot(graph, record.trace), f"turn {n} of session {sid!r}")
+    said = await _turn_messages(store, sid, n)
+    total = sum(float(v.get("duration_ms", 0.0)) for v in record.trace)
+    parts = [
+        f"<p>{link(_session_href(sid), f'session {sid}')} · status <b>{esc(record.status)}</b>"
+        f" · {len(record.trace)} node visits · {esc(_ms(total))} · {esc(_when(record.ts))}"
+        f" · trace {esc(record.trace_id)}</p>",
+    ]
+    if record.error:
+        parts.append(f'<p class="fail">error: {esc(record.error)}</p>')
+    parts += [
+        f'<div class="msg {esc(m.role)}"><b>{esc(m.role)}</b>: {esc(m.content)}</div>' for m in said
+    ]
+    if note:
+        parts.append(f'<p class="muted">{esc(note)}</p>')
+    # Graphviz's SVG is markup we asked for: node labels inside it are escaped by dot.
+    parts.append(f'<div class="graph">{_svg_body(svg)}</div>')
+    parts.append(_visits_table(record.trace))
+    return page(f"turn {n} of {sid}", "".join(parts))
+
+
+def _graph_for(graphs: Mapping[str, Graph], graph_hash: str) -> tuple[Graph, str]:
+    """The server's graph the turn ran on (by content hash); else the turn graph, and a
+    note saying the drawing is of today's graph."""
+    for graph in graphs.values():
+        if graph.source_hash == graph_hash:
+            return graph, ""
+    graph = graphs["turn"]
+    return graph, (
+        f"the turn ran on graph {graph_hash[:12] or '?'}, which this server no longer has; "
+        f"drawn on its current turn graph {graph.source_hash[:12]}"
+    )
+
+
+def _svg_body(svg: bytes) -> str:
+    """The ``<svg>`` element alone (Graphviz writes an XML prolog and a doctype first)."""
+    text = svg.decode()
+    start = text.find("<svg")
+    return text[start:] if start >= 0 else ""
+
+
+async def _turn_messages(store: Store, sid: str, n: int) -> list[Message]:
+    """The messages turn ``n`` wrote.  Turns write messages in order, so the first one
+    is found by bisecting ``seq`` on the turn number (a few reads even for a long
+    session); messages outside turns (turn 0) sort first."""
+    lo, hi = 0, (await store.load(sid, recent=0)).meta.message_count
+    while lo < hi:
+        mid = (lo + hi) // 2
+        probe = await store.messages(sid, mid, 1)
+        if probe and probe[0].turn < n:
+            lo = mid + 1
+        else:
+            hi = mid
+    window = await store.messages(sid, lo, 32)
+    return [m for m in window if m.turn == n]
+
+
+def _visits_table(trace: Sequence[Mapping[str, Any]]) -> str:
+    changed = any(any(k in v for k in _CHANGED) for v in trace)
+    head = ["#", "node", "handler", "status", "attempts", "duration"]
+    head += ["context keys changed"] if changed else []
+    head += ["model", "tokens in/out", "reason"]
+    rows, classes = [], []
+    for i, v in enumerate(trace, start=1):
+        state_ = node_state([v])
+        row = [
+            esc(i),
+            f'<span class="node" id="visit-{i}">{esc(v.get("id"))}</span>',
+            esc(v.get("handler", "")),
+            esc(v.get("status", "")),
+            esc(v.get("attempts", 1)),
+            esc(_ms(v.get("duration_ms", 0.0))),
+        ]
+        if changed:
+            keys: Any = next((v[k] for k in _CHANGED if k in v), [])
+            row.append(esc(", ".join(map(str, keys))))
+        tokens = f"{v['input_tokens']}/{v['output_tokens']}" if "input_tokens" in v else ""
+        row += [esc(v.get("model", "")), esc(tokens), esc(v.get("reason", ""))]
+        rows.append(row)
+        classes.append({"tg-failed": "fail", "tg-retried": "retry"}.get(state_, ""))
+    return "<h2>node visits</h2>" + table(head, rows, classes)
+
+
+ROUTES = [
+    Route("/", sessions_page, methods=["GET"]),
+    Route("/ui/sessions/{session_id}", session_page, methods=["GET"]),
+    Route("/ui/sessions/{session_id}/turns/{n}", turn_page, methods=["GET"]),
+]

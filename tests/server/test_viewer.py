@@ -1,0 +1,124 @@
+"""The web trace viewer over real HTTP: sessions list and search, a conversation, a
+turn's highlighted path drawn by Graphviz (real ``dot``) and its node-visit table."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from engine.errors import AdapterError
+from engine.graph import Node, RetryPolicy
+from engine.outcome import Outcome
+from engine.registry import HandlerRegistry
+from engine.server import create_app
+from engine.testing import ScriptedHandler, build_graph
+from sessions import SessionManager
+
+from .serve_kit import Running
+
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+
+
+def svg_ids(page: str) -> list[str]:
+    """The ``id`` of each ``<g>`` in the page's inline SVG, unescaped."""
+    return [html.unescape(i) for i in re.findall(r'<g id="([^"]*)"', page)]
+
+
+def _turn(served: Running, sid: str, text: str) -> None:
+    response = served.client.post(f"/sessions/{sid}/turns", json={"text": text})
+    assert response.status_code == 200, response.text
+
+
+def test_the_sessions_page_lists_and_searches_sessions(served: Running) -> None:
+    for sid in ("alice-1", "alice-2", "bob"):
+        _turn(served, sid, "hi")
+    everyone = served.client.get("/")
+    assert everyone.status_code == 200 and everyone.headers["content-type"].startswith("text/html")
+    assert all(f'href="/ui/sessions/{sid}"' in everyone.text for sid in ("alice-1", "bob"))
+    found = served.client.get("/", params={"q": "ALICE"}).text
+    assert "/ui/sessions/alice-2" in found and "/ui/sessions/bob" not in found
+    assert 'value="ALICE"' in found
+    assert "no sessions match" in served.client.get("/", params={"q": "zed"}).text
+
+
+def test_the_conversation_page_shows_messages_by_turn_escaped(served: Running) -> None:
+    _turn(served, "carol", "<script>alert(1)</script>")
+    _turn(served, "carol", "second")
+    text = served.client.get("/ui/sessions/carol").text
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert 'href="/ui/sessions/carol/turns/1"' in text and "turn 2</a> · success" in text
+    assert "echo: second" in text and re.search(r"\d+\.\d\d ms", text)
+
+
+@needs_dot
+def test_the_turn_page_draws_the_path_taken_and_the_visits(served: Running) -> None:
+    _turn(served, "dave", "hello")
+    response = served.client.get("/ui/sessions/dave/turns/1")
+    assert response.status_code == 200
+    text = response.text
+    ids = svg_ids(text)
+    path = ["start", "classify", "recall", "llm_call", "format", "update_memory", "done"]
+    assert {f"tg-visited-{n}" for n in path} == {i for i in ids if i.startswith("tg-visited-")}
+    assert "tg-taken-classify-recall" in ids and "tg-taken-llm_call-format" in ids
+    # The branch the turn did not take stays plain.
+    assert not any("reject" in i for i in ids) and "<title>reject</title>" in text
+    assert "echo: hello" in text  # the reply
+    assert re.search(r"<td>llm_call</td><td>success</td><td>1</td><td>\d+\.\d\d ms</td>", text)
+    assert "<?xml" not in text  # the SVG is inline, without its prolog
+
+
+@pytest.fixture
+def flaky(db: str) -> Iterator[Running]:
+    """A server whose turn graph retries ``llm_call`` once, and whose ``format`` fails
+    on inputs saying "break" (a typed adapter error, so the turn fails whole)."""
+
+    def fmt(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        if "break" in ctx["session.input"]:
+            raise AdapterError("format", "the template engine broke")
+        return {"reply": f"re: {ctx['session.input']}"}
+
+    def nothing(node: Node, ctx: Mapping[str, Any]) -> None:
+        return None
+
+    llm = ScriptedHandler(Outcome("retry", reason="rate limited"), None)
+    registry = HandlerRegistry(
+        {"start": nothing, "classify": nothing, "llm_call": llm, "format": fmt, "done": nothing}
+    )
+    retry = RetryPolicy(max_retries=2, initial_delay=0.001, jitter=False)
+    graph = build_graph(
+        ("start", "classify", "llm_call", "format", "done"), nodes={"llm_call": {"retry": retry}}
+    )
+    manager = SessionManager(db, registry=registry, turn_graph=graph)
+    with Running(create_app(manager=manager)) as running:
+        yield running
+
+
+@needs_dot
+def test_a_retried_node_and_the_failing_node_are_marked(flaky: Running) -> None:
+    _turn(flaky, "erin", "please break")
+    text = flaky.client.get("/ui/sessions/erin/turns/1").text
+    ids = svg_ids(text)
+    assert "tg-retried-llm_call" in ids and "tg-failed-format" in ids
+    assert "tg-visited-classify" in ids and not any(i.endswith("-done") for i in ids)
+    assert "status <b>fail</b>" in text and "the template engine broke" in text
+    assert re.search(r'<tr class="retry">.*?<td>llm_call</td><td>success</td><td>2</td>', text)
+    assert re.search(r'<tr class="fail">.*?<td>format</td><td>fail</td>', text)
+
+
+def test_missing_sessions_and_turns_are_html_errors(served: Running) -> None:
+    _turn(served, "frank", "hi")
+    for url, status in (
+        ("/ui/sessions/nobody", 404),
+        ("/ui/sessions/frank/turns/2", 404),
+        ("/ui/sessions/frank/turns/0", 400),
+        ("/ui/sessions/bad%20id", 400),
+    ):
+        response = served.client.get(url)
+        assert response.status_code == status, url
+        assert response.headers["content-type"].startswith("text/html")
+        assert "Traceback" not in response.text
