@@ -14,6 +14,8 @@
     python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz);
                                                             a failing graph is drawn with its
                                                             problems in red (exit 2)
+    python -m engine.run render GRAPH.dot --trace SESSION:TURN [--store URL] [-o FILE]
+                                                            a stored turn's path highlighted
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
                                   import FILE [--replace] [--key-file K]|delete ID|
                                   compact ID|verify [ID] [--json]|show --salvage ID
@@ -410,6 +412,12 @@ def _cmd_render(argv: Sequence[str]) -> int:
     p.add_argument(
         "-o", "--output", metavar="FILE", help=".dot/.gv/.svg/.png/.pdf (default: stdout)"
     )
+    p.add_argument(
+        "--trace",
+        metavar="SESSION:TURN",
+        help="highlight the path a stored turn took (visited nodes, retries, the failure)",
+    )
+    p.add_argument("--store", metavar="URL", help="the store holding --trace's session")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     out: str | None = args.output if args.output not in (None, "-") else None
@@ -417,7 +425,13 @@ def _cmd_render(argv: Sequence[str]) -> int:
     if fmt is None:
         known = ", ".join(_FORMATS)
         raise UsageError(f"{PROG} render: error: {out}: unknown output format (use {known})")
-    text, problems = _render_text(args.graph)
+    if args.trace is not None:
+        from engine.cli.render_trace import traced_render
+
+        _require_file(args.graph)
+        text, problems = traced_render(args.graph, args.trace, args.store), 0
+    else:
+        text, problems = _render_text(args.graph)
     if out is None:
         sys.stdout.write(text)
     else:
