@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from engine.errors import AdapterError
+from engine.graph import Node, RetryPolicy
+from engine.outcome import Outcome
+from engine.registry import HandlerRegistry
 from engine.server import create_app
+from engine.testing import ScriptedHandler, build_graph
+from sessions import SessionManager
 
 from .serve_kit import Running
 
@@ -28,4 +35,30 @@ def db(tmp_path: Path) -> str:
 def served(db: str) -> Iterator[Running]:
     """The app (echo model, SQLite store) served on a free loopback port."""
     with Running(create_app(db, llm="echo", max_body=4096)) as running:
+        yield running
+
+
+@pytest.fixture
+def flaky(db: str) -> Iterator[Running]:
+    """A server whose turn graph retries ``llm_call`` once, and whose ``format`` fails
+    on inputs saying "break" (a typed adapter error, so the turn fails whole)."""
+
+    def fmt(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        if "break" in ctx["session.input"]:
+            raise AdapterError("format", "the template engine broke")
+        return {"reply": f"re: {ctx['session.input']}"}
+
+    def nothing(node: Node, ctx: Mapping[str, Any]) -> None:
+        return None
+
+    llm = ScriptedHandler(Outcome("retry", reason="rate limited"), None)
+    registry = HandlerRegistry(
+        {"start": nothing, "classify": nothing, "llm_call": llm, "format": fmt, "done": nothing}
+    )
+    retry = RetryPolicy(max_retries=2, initial_delay=0.001, jitter=False)
+    graph = build_graph(
+        ("start", "classify", "llm_call", "format", "done"), nodes={"llm_call": {"retry": retry}}
+    )
+    manager = SessionManager(db, registry=registry, turn_graph=graph)
+    with Running(create_app(manager=manager)) as running:
         yield running
