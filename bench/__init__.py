@@ -22,6 +22,7 @@ BENCHMARKS: tuple[str, ...] = (
     "llm_adapters",
     "concurrent_streams",
     "serve",
+    "viewer",
     "ray_hop",
     "throughput",
 )
