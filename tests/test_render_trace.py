@@ -102,3 +102,14 @@ def test_bad_traces_are_one_line_and_exit_2(
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_graph_that_fails_validation_carries_no_trace(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.dot"
+    bad.write_text("digraph bad { start [shape=Mdiamond]; work [handler=nope]; start -> work }")
+    assert cli.main(["render", str(bad), "--trace", "alice:1", "--store", store]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "fails validation" in captured.err
+    assert "render it without --trace" in captured.err
