@@ -92,7 +92,7 @@ def test_a_changed_graph_is_drawn_with_a_warning(
         ("alice:0", "expected SESSION:TURN"),
         ("alice:2", "session 'alice': no turn 2 (not committed)"),
         ("nobody:1", "no such session"),
-        ("bad id:1", "bad id"),
+        ("bad id:1", "session 'bad id': must be 1-128 characters"),
     ],
 )
 def test_bad_traces_are_one_line_and_exit_2(
