@@ -13,7 +13,8 @@ validate (:mod:`engine.validate`).  Every problem is reported at once in one
 
 **Handlers.** A node's handler is its ``handler=`` attribute, else its ``type=``,
 else its shape (``Mdiamond`` → ``start``, ``Msquare`` → ``exit``, ``diamond`` →
-``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``; shape names
+``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``, ``component``
+→ ``parallel``, ``tripleoctagon`` → ``parallel.fan_in``; shape names
 in any case), else its id.  With a ``registry`` every handler must be registered
 (an unknown handler is an error naming the node and its line); without one, any
 name is accepted and the engine checks later.
@@ -95,6 +96,8 @@ SHAPE_HANDLERS: Mapping[str, str] = {
     "diamond": "conditional",
     "parallelogram": "tool",
     "hexagon": "human",
+    "component": "parallel",
+    "tripleoctagon": "parallel.fan_in",
 }
 EXIT_HANDLERS = frozenset({"exit", "done"})
 

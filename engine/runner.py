@@ -25,14 +25,16 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import anyio
 
+from engine.branches import FAN_OUT, find_fan_in, join_spec
 from engine.errors import (
+    GoalGateUnmet,
     GraphValidationError,
     HandlerError,
     HandlerTimeout,
@@ -57,6 +59,7 @@ from engine.events import (
 )
 from engine.graph import Graph, Node
 from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
+from engine.parallel import Fan, Walk, run_branches
 from engine.registry import HandlerRegistry, HandlerSpec
 from engine.scopes import call_with_deadline
 
@@ -74,6 +77,7 @@ the context: the hook for checkpoints and streaming."""
 
 _perf = time.perf_counter
 _FAILED: frozenset[str] = frozenset({"fail", "retry"})
+_MET: frozenset[str] = frozenset({"success", "partial"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,17 @@ class _Step:
     targets: frozenset[str]
     default: str | None
     on_fail: str | None
+    fan: Fan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """A ``goal_gate`` node: where to go while it has not succeeded, and how often."""
+
+    node_id: str
+    status_key: str
+    target: str | None
+    max_tries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +113,7 @@ class _Plan:
     start: str
     steps: Mapping[str, _Step]
     max_steps: int
+    gates: tuple[_Gate, ...] = ()
 
 
 def _norm_label(label: str) -> str:
@@ -124,7 +140,55 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
         targets=frozenset(e.dst for e in plain),
         default=plain[0].dst if plain else None,
         on_fail=node.retry_target or node.fallback_retry_target,
+        fan=_compile_fan(graph, node) if node.handler == FAN_OUT else None,
     )
+
+
+def _compile_fan(graph: Graph, node: Node) -> Fan:
+    fan_in, problems = find_fan_in(node.id, graph.nodes, graph.edges, graph.exits)
+    join = join_spec(graph.nodes[fan_in]) if fan_in is not None else "no fan-in"
+    if fan_in is None or isinstance(join, str):  # load_graph refuses these graphs
+        why = problems[0] if problems else join
+        issue = Issue("error", f"node {node.id!r}: fan-out {why}", graph.path, node.line)
+        raise GraphValidationError(graph.path, (issue,))
+    branches = tuple(e.dst for e in graph.out_edges(node.id))
+    width = node.attrs.get("max_parallel")
+    return Fan(branches, fan_in, width if isinstance(width, int) else len(branches), join)
+
+
+def _compile_gates(graph: Graph) -> tuple[_Gate, ...]:
+    fallback = graph.attrs.get("retry_target")
+    gates = []
+    for node in graph.nodes.values():
+        if node.attrs.get("goal_gate") is True:
+            target = node.retry_target or node.fallback_retry_target
+            if target is None and isinstance(fallback, str):
+                target = fallback
+            tries = node.attrs.get("max_retries")
+            gates.append(
+                _Gate(
+                    node.id,
+                    f"node.{node.id}.status",
+                    target,
+                    tries if isinstance(tries, int) else 3,
+                )
+            )
+    return tuple(gates)
+
+
+def _unmet_gate(
+    gates: tuple[_Gate, ...], ctx: Mapping[str, Any], exit_id: str, tries: dict[str, int]
+) -> str:
+    """Where to go instead of exiting (raises when a gate is out of retries); "" when met."""
+    for gate in gates:
+        if ctx.get(gate.status_key) in _MET:
+            continue
+        done = tries.get(gate.node_id, 0)
+        if gate.target is None or done >= gate.max_tries:
+            raise GoalGateUnmet(gate.node_id, exit_id, done)
+        tries[gate.node_id] = done + 1
+        return gate.target
+    return ""
 
 
 def _as_outcome(value: object, node: Node) -> Outcome:
@@ -219,7 +283,7 @@ class Engine:
             raise GraphValidationError(graph.path, tuple(issues))
         # The engine's bound is the operator's safety limit: a graph may only tighten it.
         max_steps = min(graph.max_steps or self.max_steps, self.max_steps)
-        return _Plan(graph, graph.start, MappingProxyType(steps), max_steps)
+        return _Plan(graph, graph.start, MappingProxyType(steps), max_steps, _compile_gates(graph))
 
     # ------------------------------------------------------------------ run
 
@@ -290,18 +354,25 @@ class Engine:
         self,
         plan: _Plan,
         node_id: str,
-        ctx: dict[str, Any],
+        ctx: MutableMapping[str, Any],
         trace: list[NodeRecord],
         rid: str,
         obs: tuple[Observer, ...],
         on_step: OnStep | None,
         on_enter: OnEnter | None,
         emitter: Emitter | None = None,
+        stop: str | None = None,
+        branch: str | None = None,
     ) -> str:
-        """The loop: run a node, apply its outcome, choose the next; returns the exit id."""
+        """The loop: run a node, apply its outcome, choose the next; returns the exit id.
+
+        A branch of a fan-out walks with ``stop`` (its fan-in: returns before entering
+        it) and ``branch`` (its name, put in its records and events).
+        """
         view = MappingProxyType(ctx)
         steps = plan.steps
         max_steps = plan.max_steps
+        gate_tries: dict[str, int] | None = None
         while True:
             if len(trace) >= max_steps:
                 raise MaxStepsExceeded(max_steps, node_id)
@@ -310,7 +381,7 @@ class Engine:
                 on_enter(step.node)
             if emitter is not None:
                 emitter.node_id = node_id
-            outcome, record, error = await self._visit(step, view, rid, obs)
+            outcome, record, error = await self._visit(step, view, rid, obs, branch)
             trace.append(record)
             if outcome.updates:
                 ctx.update(outcome.updates)
@@ -319,11 +390,29 @@ class Engine:
             ctx["preferred_label"] = outcome.preferred_label or ""
             ctx[step.status_key] = status
             nxt = self._choose(step, outcome, status, view, error, record)
+            if step.fan is not None and nxt is not None and status not in _FAILED:
+                await run_branches(step.fan, self._brancher(plan, rid, obs, step.fan), ctx, trace)
+                nxt = step.fan.fan_in
+            if nxt is None and plan.gates:  # an exit: every goal gate must have succeeded
+                gate_tries = {} if gate_tries is None else gate_tries
+                nxt = _unmet_gate(plan.gates, view, node_id, gate_tries) or None
             if on_step is not None:
                 await on_step(record, nxt, view)
-            if nxt is None:
+            if nxt is None or (stop is not None and nxt == stop):
                 return node_id
             node_id = nxt
+
+    def _brancher(self, plan: _Plan, rid: str, obs: tuple[Observer, ...], fan: Fan) -> Walk:
+        """The step loop for one branch of ``fan``: no hooks, stopping at its fan-in."""
+
+        async def walk(
+            first: str, ctx: MutableMapping[str, Any], trace: list[NodeRecord], name: str
+        ) -> str:
+            return await self._walk(
+                plan, first, ctx, trace, rid, obs, None, None, None, fan.fan_in, name
+            )
+
+        return walk
 
     @staticmethod
     def _choose(
@@ -362,12 +451,17 @@ class Engine:
     # ------------------------------------------------------------------ one node
 
     async def _visit(
-        self, step: _Step, view: Mapping[str, Any], rid: str, obs: tuple[Observer, ...]
+        self,
+        step: _Step,
+        view: Mapping[str, Any],
+        rid: str,
+        obs: tuple[Observer, ...],
+        branch: str | None = None,
     ) -> tuple[Outcome, NodeRecord, HandlerError | None]:
         """Run one node under its retry policy; never raises a node failure."""
         node = step.node
         if obs:
-            notify(obs, NodeStarted(rid, node.id, node.handler))
+            notify(obs, NodeStarted(rid, node.id, node.handler, branch))
         t0 = _perf()
         attempt = 1
         while True:
@@ -388,7 +482,14 @@ class Engine:
             attempt += 1
         status: Status = "fail" if outcome.status == "retry" else outcome.status
         record = NodeRecord(
-            node.id, node.handler, status, attempt, _perf() - t0, outcome.reason, outcome.usage
+            node.id,
+            node.handler,
+            status,
+            attempt,
+            _perf() - t0,
+            outcome.reason,
+            outcome.usage,
+            branch,
         )
         if obs:
             if status == "fail":

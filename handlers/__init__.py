@@ -82,6 +82,8 @@ BUILTIN_NAMES = frozenset(
         "exit",
         "done",
         "conditional",
+        "parallel",
+        "parallel.fan_in",
         "classify",
         "recall",
         "llm_call",
