@@ -282,9 +282,12 @@ def _reach_issues(
 ) -> list[Issue]:
     succ: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
-    for e in edges:
-        succ.setdefault(e.src, []).append(e.dst)
-        pred.setdefault(e.dst, []).append(e.src)
+    links = [(e.src, e.dst) for e in edges]
+    # A retry target is reached without an edge (a failure, an unmet goal gate).
+    links += [(n.id, t) for n in nodes.values() for t in _targets(n) if t in nodes]
+    for src, dst in links:
+        succ.setdefault(src, []).append(dst)
+        pred.setdefault(dst, []).append(src)
     issues: list[Issue] = []
     if len(starts) == 1:
         reached = _reachable(starts[:1], succ)
@@ -297,6 +300,10 @@ def _reach_issues(
             if node_id not in reaching:
                 issues.append(_node_issue(path, node, "no path from here to an exit"))
     return issues
+
+
+def _targets(node: Node) -> tuple[str, ...]:
+    return tuple(t for t in (node.retry_target, node.fallback_retry_target) if t is not None)
 
 
 def _target_issues(path: str, nodes: Mapping[str, Node]) -> list[Issue]:
