@@ -144,7 +144,19 @@ FAN_IN = Declaration(
 )
 """The fan-in's declaration (its ``timeout`` bounds the wait for the branches)."""
 
-_ENGINE_HANDLERS = {"parallel": PARALLEL, "parallel.fan_in": FAN_IN}
+SUBGRAPH = Declaration(
+    summary="Runs another graph as one step (a node with ``graph=``): the child sees "
+    "the mapped ``inputs`` and the ``session.*`` values; the mapped ``outputs`` are the "
+    "node's updates; its nodes are traced as ``node/child``.",
+    attrs=(
+        Attr("graph", "text", None, "the DOT file, relative to this graph's file"),
+        Attr("inputs", "text", None, 'keys passed in: "a,b=c" (child b gets parent c)'),
+        Attr("outputs", "text", None, 'keys passed out: "reply,x=y" (parent x gets child y)'),
+    ),
+)
+"""A sub-graph node's declaration (the engine runs the child: :mod:`engine.subgraphs`)."""
+
+_ENGINE_HANDLERS = {"parallel": PARALLEL, "parallel.fan_in": FAN_IN, "subgraph": SUBGRAPH}
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -26,11 +26,12 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
 import anyio
+import msgspec
 
 from engine.branches import FAN_OUT, find_fan_in, join_spec
 from engine.errors import (
@@ -62,6 +63,7 @@ from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
 from engine.parallel import Fan, Walk, run_branches
 from engine.registry import HandlerRegistry, HandlerSpec
 from engine.scopes import call_with_deadline
+from engine.subgraphs import child_context, key_map, outputs_of
 
 __all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnEnter", "OnStep"]
 
@@ -95,6 +97,16 @@ class _Step:
     default: str | None
     on_fail: str | None
     fan: Fan | None = None
+    sub: _Sub | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sub:
+    """A sub-graph node: the child's plan and the keys mapped in and out."""
+
+    plan: _Plan
+    inputs: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +290,12 @@ class Engine:
                     )
                 )
                 continue
-            steps[node.id] = _compile_step(graph, node, self.registry.get(node.handler))
+            step = _compile_step(graph, node, self.registry.get(node.handler))
+            child = graph.subgraphs.get(node.id)
+            if child is not None:
+                sub = _Sub(self._plan(child), key_map(node, "inputs"), key_map(node, "outputs"))
+                step = replace(step, sub=sub)
+            steps[node.id] = step
         if issues:
             raise GraphValidationError(graph.path, tuple(issues))
         # The engine's bound is the operator's safety limit: a graph may only tighten it.
@@ -381,7 +398,12 @@ class Engine:
                 on_enter(step.node)
             if emitter is not None:
                 emitter.node_id = node_id
-            outcome, record, error = await self._visit(step, view, rid, obs, branch)
+            if step.sub is None:
+                outcome, record, error = await self._visit(step, view, rid, obs, branch)
+            else:
+                outcome, record, error = await self._visit_sub(
+                    step, step.sub, view, trace, rid, obs, emitter, branch
+                )
             trace.append(record)
             if outcome.updates:
                 ctx.update(outcome.updates)
@@ -480,31 +502,39 @@ class Engine:
                 notify(obs, NodeRetrying(rid, node.id, node.handler, attempt, delay, why))
             await self._sleep(delay)
             attempt += 1
-        status: Status = "fail" if outcome.status == "retry" else outcome.status
-        record = NodeRecord(
-            node.id,
-            node.handler,
-            status,
-            attempt,
-            _perf() - t0,
-            outcome.reason,
-            outcome.usage,
-            branch,
-        )
+        return outcome, _finish(node, outcome, attempt, t0, rid, obs, branch), error
+
+    async def _visit_sub(
+        self,
+        step: _Step,
+        sub: _Sub,
+        view: Mapping[str, Any],
+        trace: list[NodeRecord],
+        rid: str,
+        obs: tuple[Observer, ...],
+        emitter: Emitter | None,
+        branch: str | None,
+    ) -> tuple[Outcome, NodeRecord, HandlerError | None]:
+        """Run a sub-graph node: the child graph's walk, traced as ``node/child``."""
+        node = step.node
         if obs:
-            if status == "fail":
-                reason = outcome.reason or "failed"
-                notify(
-                    obs, NodeFailed(rid, node.id, node.handler, attempt, record.duration, reason)
-                )
-            else:
-                notify(
-                    obs,
-                    NodeCompleted(
-                        rid, node.id, node.handler, status, attempt, record.duration, record.usage
-                    ),
-                )
-        return outcome, record, error
+            notify(obs, NodeStarted(rid, node.id, node.handler, branch))
+        t0 = _perf()
+        child = child_context(sub.inputs, view)
+        records: list[NodeRecord] = []
+        error: HandlerError | None = None
+        plan = sub.plan
+        try:
+            await self._walk(plan, plan.start, child, records, rid, obs, None, None, emitter)
+            outcome = Outcome("success", outputs_of(sub.outputs, child))
+        except RunError as exc:
+            reason = f"sub-graph {plan.graph.path}: {exc}"
+            outcome = Outcome("fail", reason=reason)
+            error = HandlerError(node.id, node.handler, 1, reason, exc)
+            error.__cause__ = exc
+        prefix = node.id + "/"
+        trace.extend(msgspec.structs.replace(r, node_id=prefix + r.node_id) for r in records)
+        return outcome, _finish(node, outcome, 1, t0, rid, obs, branch), error
 
     async def _attempt(
         self, step: _Step, view: Mapping[str, Any], attempt: int
@@ -547,6 +577,34 @@ class Engine:
         if step.in_thread:
             return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
         return spec.fn(step.node, view)
+
+
+def _finish(
+    node: Node,
+    outcome: Outcome,
+    attempt: int,
+    t0: float,
+    rid: str,
+    obs: tuple[Observer, ...],
+    branch: str | None,
+) -> NodeRecord:
+    """The visit's record, told to the observers."""
+    status: Status = "fail" if outcome.status == "retry" else outcome.status
+    record = NodeRecord(
+        node.id, node.handler, status, attempt, _perf() - t0, outcome.reason, outcome.usage, branch
+    )
+    if obs:
+        if status == "fail":
+            reason = outcome.reason or "failed"
+            notify(obs, NodeFailed(rid, node.id, node.handler, attempt, record.duration, reason))
+        else:
+            notify(
+                obs,
+                NodeCompleted(
+                    rid, node.id, node.handler, status, attempt, record.duration, record.usage
+                ),
+            )
+    return record
 
 
 def _wait_too_long(

@@ -94,6 +94,9 @@ _TEXT_ATTRS = (
     "fallback_retry_target",
     "join",
     "merge",
+    "graph",
+    "inputs",
+    "outputs",
 )
 _RETRY_KINDS: dict[str, Kind] = {
     "retry.initial_delay": "duration",

@@ -84,6 +84,7 @@ BUILTIN_NAMES = frozenset(
         "conditional",
         "parallel",
         "parallel.fan_in",
+        "subgraph",
         "classify",
         "recall",
         "llm_call",
