@@ -17,6 +17,12 @@ Edge selection after a node (DESIGN.md §4), first match wins:
 3. the unconditional edge whose label is the handler's ``preferred_label``;
 4. the handler's ``suggested_next``, if an unconditional edge leads there;
 5. the best unconditional edge (highest ``weight``, then target id).
+
+Three kinds of node extend the loop without copying it, each compiled into its step so
+a plain node pays one attribute test: a fan-out runs its branches as walks of this same
+loop in a task group (:mod:`engine.parallel`), a sub-graph node runs the child graph's
+walk as its visit (:mod:`engine.subgraphs`), and at an exit every ``goal_gate`` must have
+succeeded, else the walk goes on from the gate's retry target.
 """
 
 from __future__ import annotations
