@@ -15,7 +15,8 @@
     │   ├── JoinError              a parallel fan-in could not join: node, policy, branches
     │   │   ├── JoinTimeout        the fan-in's ``timeout`` passed first
     │   │   └── MergeConflict      two branches wrote one key with no ``merge`` declared
-    │   └── GoalGateUnmet          an exit was reached with a ``goal_gate`` not succeeded
+    │   ├── GoalGateUnmet          an exit was reached with a ``goal_gate`` not succeeded
+    │   └── TurnTimeout            a whole run exceeded its deadline (``turn_timeout``)
     ├── AdapterError               an LLM, memory or tools backend failed
     │   ├── TransientAdapterError  ...and trying again may help (retryable)
     │   ├── LLMSpecError           ``--llm`` / ``from_spec`` names no known model provider
@@ -73,6 +74,7 @@ __all__ = [
     "StreamInterrupted",
     "TransientAdapterError",
     "TransientProviderError",
+    "TurnTimeout",
     "TurngraphError",
 ]
 
@@ -251,6 +253,20 @@ class GoalGateUnmet(RunError):
         self.node_id = node_id
         self.exit_id = exit_id
         self.tries = tries
+
+
+class TurnTimeout(RunError):
+    """A whole run did not reach an exit within its deadline.
+
+    ``timeout`` is the deadline in seconds, ``node_id`` the node that was running when
+    it passed (``None`` if none had started).
+    """
+
+    def __init__(self, timeout: float, node_id: str | None) -> None:
+        where = f" in node {node_id!r}" if node_id is not None else ""
+        super().__init__(f"turn timed out after {timeout:g}s{where}")
+        self.timeout = timeout
+        self.node_id = node_id
 
 
 # --------------------------------------------------------------------------- adapters
