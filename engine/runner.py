@@ -453,13 +453,20 @@ class Engine:
             node_id = nxt
 
     def _brancher(self, plan: _Plan, rid: str, obs: tuple[Observer, ...], fan: Fan) -> Walk:
-        """The step loop for one branch of ``fan``: no hooks, stopping at its fan-in."""
+        """The step loop for one branch of ``fan``: no hooks, stopping at its fan-in.
+
+        An observed branch gets an emitter of its own, set in its task's context only,
+        so a handler streaming in one branch names its own node, not a sibling's.
+        """
 
         async def walk(
             first: str, ctx: MutableMapping[str, Any], trace: list[NodeRecord], name: str
         ) -> str:
+            emitter = Emitter(obs, rid) if obs else None
+            if emitter is not None:
+                EMITTER.set(emitter)  # a task group task runs in a copy of the context
             return await self._walk(
-                plan, first, ctx, trace, rid, obs, None, None, None, fan.fan_in, name
+                plan, first, ctx, trace, rid, obs, None, None, emitter, fan.fan_in, name
             )
 
         return walk

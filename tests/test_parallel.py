@@ -13,6 +13,7 @@ import pytest
 
 from engine import Engine, GraphValidationError, HandlerRegistry, Node, NodeStarted, load_graph
 from engine.errors import JoinError, JoinTimeout, MergeConflict
+from engine.events import TextDelta, current_emitter
 from engine.testing import RecordingObserver
 
 Ctx = Mapping[str, Any]
@@ -235,3 +236,24 @@ def test_nested_parallel_and_bad_join_are_refused() -> None:
     text = str(info.value)
     assert "branch 'f2' reaches fan-out 'f2': nested parallel is not supported" in text
     assert "node 'j': fan-in join 'most'" in text
+
+
+async def test_a_handler_streaming_in_a_branch_names_its_own_node() -> None:
+    barrier = Barrier(3)
+
+    async def work(node: Node, ctx: Ctx) -> dict[str, Any]:
+        await barrier(node, ctx)  # all three branches are inside a handler at once
+        emitter = current_emitter()
+        assert emitter is not None
+        emitter.text(node.id)
+        return {f"out.{node.id}": 1}
+
+    obs = RecordingObserver()
+    with anyio.fail_after(5):
+        result = await engine_with(work).run(load_graph(fan_graph()), observers=[obs])
+    assert result.ok, result.error
+    assert sorted((e.node_id, e.text) for e in obs.of_type(TextDelta)) == [
+        ("a", "a"),
+        ("b", "b"),
+        ("c", "c"),
+    ]
