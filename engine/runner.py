@@ -71,7 +71,7 @@ from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
 from engine.parallel import Fan, Walk, run_branches
 from engine.registry import HandlerRegistry, HandlerSpec
 from engine.scopes import call_with_deadline
-from engine.subgraphs import child_context, key_map, outputs_of
+from engine.subgraphs import Prefixed, child_context, key_map, outputs_of
 
 __all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnEnter", "OnStep"]
 
@@ -559,15 +559,24 @@ class Engine:
         records: list[NodeRecord] = []
         error: HandlerError | None = None
         plan = sub.plan
+        prefix = node.id + "/"
+        # The child's events, streamed text included, name its nodes as the trace does.
+        child_obs = (Prefixed(obs, prefix),) if obs else obs
+        child_emitter = Emitter(child_obs, rid) if obs else None
+        token = EMITTER.set(child_emitter) if emitter is not None else None
         try:
-            await self._walk(plan, plan.start, child, records, rid, obs, None, None, emitter)
+            await self._walk(
+                plan, plan.start, child, records, rid, child_obs, None, None, child_emitter
+            )
             outcome = Outcome("success", outputs_of(sub.outputs, child))
         except RunError as exc:
             reason = f"sub-graph {plan.graph.path}: {exc}"
             outcome = Outcome("fail", reason=reason)
             error = HandlerError(node.id, node.handler, 1, reason, exc)
             error.__cause__ = exc
-        prefix = node.id + "/"
+        finally:
+            if token is not None:
+                EMITTER.reset(token)
         trace.extend(msgspec.structs.replace(r, node_id=prefix + r.node_id) for r in records)
         return outcome, _finish(node, outcome, 1, t0, rid, obs, branch), error
 

@@ -12,16 +12,20 @@ turn values; only what it maps out (``outputs="reply,x=y"``: parent ``x`` ← ch
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
+
+import msgspec
 
 from engine.errors import GraphError, GraphValidationError, Issue
+from engine.events import Event, Observer, notify
 from engine.graph import Graph, Node
 
-__all__ = ["SUBGRAPH", "attach_subgraphs", "child_context", "key_map", "outputs_of"]
+__all__ = ["SUBGRAPH", "Prefixed", "attach_subgraphs", "child_context", "key_map", "outputs_of"]
 
 SUBGRAPH = "subgraph"
 """The handler name of a node with a ``graph`` attribute (and no ``handler``)."""
@@ -52,6 +56,27 @@ def child_context(pairs: tuple[tuple[str, str], ...], ctx: Mapping[str, Any]) ->
 def outputs_of(pairs: tuple[tuple[str, str], ...], child: Mapping[str, Any]) -> dict[str, Any]:
     """The parent's updates: the mapped outputs the child run set."""
     return {dest: child[source] for dest, source in pairs if source in child}
+
+
+class Prefixed:
+    """An observer that passes events on with ``prefix`` before their ``node_id``."""
+
+    __slots__ = ("observers", "prefix")
+
+    def __init__(self, observers: tuple[Observer, ...], prefix: str) -> None:
+        self.observers = observers
+        self.prefix = prefix
+
+    def __call__(self, event: Event) -> None:
+        """Rename the event's node (events without one pass unchanged)."""
+        node_id = getattr(event, "node_id", None)
+        if isinstance(node_id, str):
+            new = self.prefix + node_id
+            if isinstance(event, msgspec.Struct):
+                event = msgspec.structs.replace(event, node_id=new)
+            elif dataclasses.is_dataclass(event):
+                event = dataclasses.replace(cast(Any, event), node_id=new)
+        notify(self.observers, event)
 
 
 def _issue(graph: Graph, node: Node, message: str) -> Issue:

@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, GraphValidationError, HandlerError, HandlerRegistry, Node, load_graph
+from engine import (
+    Engine,
+    GraphValidationError,
+    HandlerError,
+    HandlerRegistry,
+    Node,
+    NodeStarted,
+    load_graph,
+)
+from engine.events import TextDelta, current_emitter
+from engine.testing import RecordingObserver
 
 Ctx = Mapping[str, Any]
 
@@ -32,6 +42,9 @@ def parent(ref: str = "parts/child.dot", extra: str = "") -> str:
 
 
 def shout(node: Node, ctx: Ctx) -> dict[str, Any]:
+    emitter = current_emitter()
+    if emitter is not None:
+        emitter.text("loud")
     if ctx.get("text") == "fail":
         raise RuntimeError("cannot shout")
     return {"loud": str(ctx.get("text")).upper(), "leaked": True}
@@ -95,3 +108,14 @@ def test_same_files_give_the_same_graph_object(tmp_path: Path) -> None:
     write(tmp_path, "parts/child.dot", CHILD)
     main = write(tmp_path, "main.dot", parent())
     assert load_graph(main) is load_graph(main)
+
+
+async def test_child_events_name_the_child_nodes_under_the_parent(tmp_path: Path) -> None:
+    write(tmp_path, "parts/child.dot", CHILD)
+    obs = RecordingObserver()
+    graph = load_graph(write(tmp_path, "main.dot", parent()))
+    result = await engine().run(graph, {"question": "hi"}, observers=[obs])
+    assert result.ok, result.error
+    started = [e.node_id for e in obs.of_type(NodeStarted)]
+    assert started == ["start", "sub", "sub/start", "sub/shout", "sub/done", "done"]
+    assert [(e.node_id, e.text) for e in obs.of_type(TextDelta)] == [("sub/shout", "loud")]
