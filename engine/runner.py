@@ -47,6 +47,7 @@ from engine.errors import (
     HandlerError,
     HandlerTimeout,
     Issue,
+    JoinError,
     MaxStepsExceeded,
     NoRouteError,
     RunError,
@@ -441,8 +442,7 @@ class Engine:
             ctx[step.status_key] = status
             nxt = self._choose(step, outcome, status, view, error, record)
             if step.fan is not None and nxt is not None and status not in _FAILED:
-                await run_branches(step.fan, self._brancher(plan, rid, obs, step.fan), ctx, trace)
-                nxt = step.fan.fan_in
+                nxt = await self._fan_out(plan, step, step.fan, ctx, trace, rid, obs)
             if nxt is None and plan.gates:  # an exit: every goal gate must have succeeded
                 gate_tries = {} if gate_tries is None else gate_tries
                 nxt = _unmet_gate(plan.gates, view, node_id, gate_tries) or None
@@ -451,6 +451,27 @@ class Engine:
             if nxt is None or (stop is not None and nxt == stop):
                 return node_id
             node_id = nxt
+
+    async def _fan_out(
+        self,
+        plan: _Plan,
+        step: _Step,
+        fan: Fan,
+        ctx: MutableMapping[str, Any],
+        trace: list[NodeRecord],
+        rid: str,
+        obs: tuple[Observer, ...],
+    ) -> str:
+        """Run ``fan``'s branches; the fan-in next, or the fan-out's retry target when
+        the join failed and it has one (the failure is then the fan-out's status)."""
+        try:
+            await run_branches(fan, self._brancher(plan, rid, obs, fan), ctx, trace)
+        except JoinError:
+            if step.on_fail is None:
+                raise
+            ctx["outcome"] = ctx[step.status_key] = "fail"
+            return step.on_fail
+        return fan.fan_in
 
     def _brancher(self, plan: _Plan, rid: str, obs: tuple[Observer, ...], fan: Fan) -> Walk:
         """The step loop for one branch of ``fan``: no hooks, stopping at its fan-in.

@@ -257,3 +257,20 @@ async def test_a_handler_streaming_in_a_branch_names_its_own_node() -> None:
         ("b", "b"),
         ("c", "c"),
     ]
+
+
+async def test_a_failed_join_goes_to_the_fan_outs_retry_target() -> None:
+    async def work(node: Node, ctx: Ctx) -> None:
+        if node.id == "a":
+            raise RuntimeError("a broke")
+
+    src = fan_graph(extra="retry_target=recover").replace(
+        "join -> done", "join -> done\n      recover -> done"
+    )
+    result = await engine_with(work, recover=lambda node, ctx: {"recovered": True}).run(
+        load_graph(src)
+    )
+    assert result.ok, result.error
+    assert result.context["recovered"] is True
+    assert result.context["node.fan.status"] == "fail"
+    assert [r.node_id for r in result.trace][-2:] == ["recover", "done"]
