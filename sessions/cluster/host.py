@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from engine.outcome import NodeRecord
@@ -167,6 +167,37 @@ class SessionHost:
             if done is not None:
                 return turn_reply(done)
         return turn_reply(await session.send(text))
+
+    async def stream(self, session_id: str, text: str, expect: int | None) -> AsyncIterator[Any]:
+        """Run one turn like :meth:`send`, yielding its events as they happen
+        (:meth:`sessions.Session.stream`), then last the :class:`Reply` holding its
+        :class:`TurnResult` or its error.  Called as a Ray streaming generator; when the
+        caller cancels it, the turn is cancelled unless it has committed.  A turn the
+        previous host committed (see ``expect``) is answered alone, without events."""
+        try:
+            session = await self._session(session_id)
+            if expect is not None and session.turn_count >= expect:
+                done = await _committed(session, expect, text)
+                if done is not None:
+                    yield turn_reply(done)
+                    return
+        except _Moved:
+            yield Reply(moved=True)
+            return
+        except Exception as exc:
+            yield Reply(error=pack_error(exc))
+            return
+        last: Reply
+        try:
+            async with session.stream(text) as events:
+                async for item in events:
+                    if isinstance(item, TurnResult):
+                        last = turn_reply(item)
+                    else:
+                        yield item
+        except Exception as exc:
+            last = Reply(error=pack_error(exc))
+        yield last
 
     async def messages(self, session_id: str, offset: int, limit: int) -> Reply:
         """A page of the session's messages (:meth:`sessions.Session.messages`)."""

@@ -19,7 +19,7 @@ import contextlib
 import importlib
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,9 @@ from sessions.cluster.host import SessionHost
 from sessions.cluster.wire import Reply
 
 __all__ = ["Host", "HostPool", "Placement", "Unreachable"]
+
+_END = object()
+"""What :func:`_next_ref` answers when the host's generator has ended."""
 
 _GIVE_UP = 60
 """Failed probes in a row after which a host is forgotten (its actor is gone for good)."""
@@ -223,15 +226,45 @@ class HostPool:
             return await self._call(host, method, args)
 
     async def _call(self, host: Host, method: str, args: tuple[Any, ...]) -> Reply:
-        gone = host.gone
-        if gone.is_set():
+        if host.gone.is_set():
             raise Unreachable(f"host {host.id} presumed dead")
-        ref = getattr(host.handle, method).remote(*args)
+        reply: Reply = await self._race(host, getattr(host.handle, method).remote(*args))
+        return reply
+
+    async def stream(self, host: Host, method: str, *args: Any) -> AsyncGenerator[Any, None]:
+        """The items ``host.method(*args)`` yields, as Ray streams them across the hop
+        (the method is an async generator); :class:`Unreachable` as for :meth:`call`.
+        Leaving early cancels the host's generator."""
+        # A token of its own: the consumer's task may make other calls while it iterates.
+        token = object()
+        await host.limiter.acquire_on_behalf_of(token)
+        refs: Any = None
+        try:
+            if host.gone.is_set():
+                raise Unreachable(f"host {host.id} presumed dead")
+            refs = getattr(host.handle, method).options(num_returns="streaming").remote(*args)
+            while True:
+                ref = await self._race(host, _next_ref(refs))
+                if ref is _END:
+                    refs = None
+                    return
+                yield await self._race(host, ref)
+        finally:
+            host.limiter.release_on_behalf_of(token)
+            if refs is not None:
+                # The consumer left (or the host failed): stop the turn over there.
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(refs)
+
+    async def _race(self, host: Host, waitable: Awaitable[Any]) -> Any:
+        """``await waitable``, or :class:`Unreachable` when it fails in Ray or the host is
+        presumed dead first."""
+        gone = host.gone
         outcome: list[Any] = []
 
         async def wait_reply(scope: anyio.CancelScope) -> None:
             try:
-                outcome.append(await ref)
+                outcome.append(await waitable)
             except self._ray.exceptions.RayError as exc:
                 outcome.append(Unreachable(f"host {host.id}: {type(exc).__name__}"))
             scope.cancel()
@@ -247,8 +280,7 @@ class HostPool:
             raise Unreachable(f"host {host.id} presumed dead")
         if isinstance(outcome[0], Unreachable):
             raise outcome[0]
-        reply: Reply = outcome[0]
-        return reply
+        return outcome[0]
 
     # ------------------------------------------------------------------ health
 
@@ -308,3 +340,11 @@ class HostPool:
                 tg.start_soon(stop_one, host)
         self.hosts.clear()
         self._publish()
+
+
+async def _next_ref(refs: Any) -> Any:
+    """The next object ref of a Ray streaming generator, or :data:`_END`."""
+    try:
+        return await refs.__anext__()
+    except StopAsyncIteration:
+        return _END
