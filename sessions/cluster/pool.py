@@ -275,8 +275,10 @@ class HostPool:
         # One future the host's death can fail (Host.mark_gone), fed by the reply's: no
         # task per call to watch for the death (that cost more than the Ray call).
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        source = waitable.as_future() if hasattr(waitable, "as_future") else None
-        if source is None:
+        source: asyncio.Future[Any]
+        if hasattr(waitable, "future"):  # an ObjectRef (its concurrent future, wrapped)
+            source = asyncio.wrap_future(waitable.future())
+        else:
             source = asyncio.ensure_future(waitable)
         ray_error = self._ray.exceptions.RayError
 
