@@ -21,6 +21,8 @@ BENCHMARKS: tuple[str, ...] = (
     "peers",
     "llm_adapters",
     "concurrent_streams",
+    "serve",
     "ray_hop",
+    "throughput",
 )
 """Benchmark module names under ``bench``, in the order ``python -m bench`` runs them."""

@@ -8,7 +8,10 @@ handlers, and a full session turn (built-in offline handlers) committing to a SQ
 store, the like-for-like rival of LangGraph's ``SqliteSaver``.
 
 Target (issue 4): our SQLite session turn ≥ 30× faster than LangGraph + SqliteSaver
-(ratio of medians).  A peer that is not installed is skipped with the reason.
+(ratio of medians).  Reported beside it (issue 17), like for like: LangGraph with
+``durability="exit"`` (one checkpoint write per turn, as turngraph commits once per
+turn) and Burr with its ``SQLitePersister``.  A peer that is not installed is
+skipped with the reason.
 """
 
 from __future__ import annotations
@@ -46,13 +49,17 @@ OURS_SQLITE = "turngraph session + SQLite store"
 OURS_SQLITE_NORMAL = "turngraph session + SQLite (synchronous=NORMAL)"
 OURS_MEMORY = "turngraph session + memory store"
 LG_SQLITE = "LangGraph + SqliteSaver"
+LG_SQLITE_EXIT = 'LangGraph + SqliteSaver, durability="exit"'
+BURR_SQLITE = "Burr + SQLitePersister"
 
 _DISTS = {
     "LangGraph (no checkpointer)": "langgraph",
     "LangGraph + InMemorySaver": "langgraph",
     LG_SQLITE: "langgraph-checkpoint-sqlite",
+    LG_SQLITE_EXIT: "langgraph-checkpoint-sqlite",
     "pydantic-graph": "pydantic-graph",
-    "Burr": "burr",
+    "Burr": "apache-burr",
+    BURR_SQLITE: "apache-burr",
     OURS_ENGINE: "turngraph",
     OURS_SQLITE: "turngraph",
     OURS_SQLITE_NORMAL: "turngraph",
@@ -213,8 +220,10 @@ async def _main(ctx: BenchContext, res: BenchResult) -> None:
     _summarise(res, stats)
     res.notes.append(
         "every row runs the same mock workload (bench/peers_mock.py); turngraph sessions "
-        "commit one SQLite transaction per turn, LangGraph's SqliteSaver one per step; "
-        "both SQLite rows named without 'NORMAL' run WAL with synchronous=FULL"
+        "commit one SQLite transaction per turn, LangGraph's SqliteSaver one per step "
+        '(durability="exit": one per turn), Burr\'s SQLitePersister one per step; '
+        "turngraph's and LangGraph's SQLite rows named without 'NORMAL' run WAL with "
+        "synchronous=FULL, Burr's its default rollback journal"
     )
     res.notes.append("LangGraph without a checkpointer keeps no history between turns")
 
@@ -234,13 +243,17 @@ def _summarise(res: BenchResult, stats: dict[str, tuple[Stats, float]]) -> None:
                 ratio_col: s.p50 / stats[base][0].p50 if base in stats else None,
             }
         )
-    name = "speedup: our SQLite session turn vs LangGraph + SqliteSaver (p50)"
-    if OURS_SQLITE in stats and LG_SQLITE in stats:
-        ratio = stats[LG_SQLITE][0].p50 / stats[OURS_SQLITE][0].p50
-        res.add(name, ratio, "×", at_least(30))
-    else:
-        missing = [k for k in (OURS_SQLITE, LG_SQLITE) if k not in stats]
-        res.skip(name, f"not measured: {', '.join(missing)} unavailable")
+    for peer, what, target in (
+        (LG_SQLITE, "LangGraph + SqliteSaver (per step)", at_least(30)),
+        (LG_SQLITE_EXIT, 'LangGraph + SqliteSaver durability="exit" (like for like)', None),
+        (BURR_SQLITE, "Burr + SQLitePersister", None),
+    ):
+        name = f"speedup: our SQLite session turn vs {what} (p50)"
+        if OURS_SQLITE in stats and peer in stats:
+            res.add(name, stats[peer][0].p50 / stats[OURS_SQLITE][0].p50, "×", target)
+        else:
+            missing = [k for k in (OURS_SQLITE, peer) if k not in stats]
+            res.skip(name, f"not measured: {', '.join(missing)} unavailable")
 
 
 def run(ctx: BenchContext) -> BenchResult:

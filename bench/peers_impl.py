@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypedDict
 
 from bench import peers_mock as mock
 
-__all__ = ["PEERS", "Turn", "make_burr", "make_langgraph", "make_pydantic_graph"]
+__all__ = ["PEERS", "Turn", "lg_graph", "make_burr", "make_langgraph", "make_pydantic_graph"]
 
 Turn = Callable[[str], Awaitable[str]]
 Factory = Callable[[AsyncExitStack, Path], Awaitable[Turn]]
@@ -38,7 +38,8 @@ class _LGState(TypedDict, total=False):
     messages: Annotated[list[dict[str, Any]], operator.add]
 
 
-def _lg_graph(checkpointer: Any) -> Any:
+def lg_graph(checkpointer: Any) -> Any:
+    """The mock turn as a compiled LangGraph ``StateGraph`` saving to ``checkpointer``."""
     from langgraph.graph import END, START, StateGraph
 
     g: Any = StateGraph(_LGState)
@@ -55,11 +56,11 @@ def _lg_graph(checkpointer: Any) -> Any:
     return g.compile(checkpointer=checkpointer)
 
 
-def _lg_turn(graph: Any) -> Turn:
+def _lg_turn(graph: Any, **options: Any) -> Turn:
     config = {"configurable": {"thread_id": "bench"}}
 
     async def turn(text: str) -> str:
-        out = graph.invoke({"input": text}, config)
+        out = graph.invoke({"input": text}, config, **options)
         return str(out["output"])
 
     return turn
@@ -67,14 +68,14 @@ def _lg_turn(graph: Any) -> Turn:
 
 async def make_langgraph(stack: AsyncExitStack, tmp: Path) -> Turn:
     """LangGraph, no checkpointer: every turn starts from empty state."""
-    return _lg_turn(_lg_graph(None))
+    return _lg_turn(lg_graph(None))
 
 
 async def make_langgraph_memory(stack: AsyncExitStack, tmp: Path) -> Turn:
     """LangGraph with ``InMemorySaver``: the thread's history is checkpointed in memory."""
     from langgraph.checkpoint.memory import InMemorySaver
 
-    return _lg_turn(_lg_graph(InMemorySaver()))
+    return _lg_turn(lg_graph(InMemorySaver()))
 
 
 async def make_langgraph_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
@@ -83,7 +84,17 @@ async def make_langgraph_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
 
     conn = sqlite3.connect(tmp / "langgraph.db", check_same_thread=False)
     stack.callback(conn.close)
-    return _lg_turn(_lg_graph(SqliteSaver(conn)))
+    return _lg_turn(lg_graph(SqliteSaver(conn)))
+
+
+async def make_langgraph_sqlite_exit(stack: AsyncExitStack, tmp: Path) -> Turn:
+    """LangGraph with ``SqliteSaver`` and ``durability="exit"``: one checkpoint write per
+    run (per turn), as turngraph commits once per turn: the like-for-like row."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(tmp / "langgraph-exit.db", check_same_thread=False)
+    stack.callback(conn.close)
+    return _lg_turn(lg_graph(SqliteSaver(conn)), durability="exit")
 
 
 async def make_langgraph_async_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
@@ -94,7 +105,7 @@ async def make_langgraph_async_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
 
     conn = await aiosqlite.connect(tmp / "langgraph-async.db")
     stack.push_async_callback(conn.close)
-    graph = _lg_graph(AsyncSqliteSaver(conn))
+    graph = lg_graph(AsyncSqliteSaver(conn))
     config = {"configurable": {"thread_id": "bench"}}
 
     async def turn(text: str) -> str:
@@ -191,21 +202,40 @@ def _burr_actions() -> dict[str, Any]:
     return dict(zip(mock.STEPS, fns, strict=True))
 
 
-async def make_burr(stack: AsyncExitStack, tmp: Path) -> Turn:
-    """Burr: function actions over its immutable ``State``; one ``run`` per turn."""
+def _burr_app(persister: Any = None) -> Any:
     from burr.core import ApplicationBuilder
 
     steps = mock.STEPS
     builder: Any = ApplicationBuilder  # untyped upstream
-    app: Any = (
+    b: Any = (
         builder()
         .with_actions(**_burr_actions())
         .with_transitions(*itertools.pairwise(steps), ("done", "classify"))
         .with_state(messages=[])
         .with_entrypoint("classify")
-        .build()
     )
+    if persister is not None:
+        b = b.with_state_persister(persister).with_identifiers(app_id="bench")
+    return b.build()
 
+
+async def make_burr(stack: AsyncExitStack, tmp: Path) -> Turn:
+    """Burr: function actions over its immutable ``State``; one ``run`` per turn."""
+    return _burr_turn(_burr_app())
+
+
+async def make_burr_sqlite(stack: AsyncExitStack, tmp: Path) -> Turn:
+    """Burr with its ``SQLitePersister``: the state saved (committed) after every step,
+    the only schedule Burr offers."""
+    from burr.core.persistence import SQLitePersister
+
+    persister: Any = SQLitePersister(str(tmp / "burr.db"))
+    persister.initialize()
+    stack.callback(persister.cleanup)
+    return _burr_turn(_burr_app(persister))
+
+
+def _burr_turn(app: Any) -> Turn:
     async def turn(text: str) -> str:
         _, _, state = app.run(halt_after=["done"], inputs={"text": text})
         return str(state["output"])
@@ -217,11 +247,16 @@ PEERS: dict[str, tuple[str, Factory]] = {
     "LangGraph (no checkpointer)": ("langgraph", make_langgraph),
     "LangGraph + InMemorySaver": ("langgraph", make_langgraph_memory),
     "LangGraph + SqliteSaver": ("langgraph.checkpoint.sqlite", make_langgraph_sqlite),
+    'LangGraph + SqliteSaver, durability="exit"': (
+        "langgraph.checkpoint.sqlite",
+        make_langgraph_sqlite_exit,
+    ),
     "LangGraph async + AsyncSqliteSaver": (
         "langgraph.checkpoint.sqlite.aio",
         make_langgraph_async_sqlite,
     ),
     "pydantic-graph": ("pydantic_graph", make_pydantic_graph),
     "Burr": ("burr", make_burr),
+    "Burr + SQLitePersister": ("burr", make_burr_sqlite),
 }
 """Label → (distribution module to report the version of, factory)."""

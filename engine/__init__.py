@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         RunError,
         TransientAdapterError,
         TurngraphError,
+        TurnTimeout,
     )
     from engine.events import (
         Event,
@@ -88,6 +89,7 @@ _SOURCES: dict[str, str] = {
     "Status": "engine.outcome",
     "StructlogObserver": "engine.events",
     "TransientAdapterError": "engine.errors",
+    "TurnTimeout": "engine.errors",
     "TurngraphError": "engine.errors",
     "Value": "engine.graph",
     "load_graph": "engine.loader",
@@ -145,6 +147,7 @@ __all__ = [
     "Status",
     "StructlogObserver",
     "TransientAdapterError",
+    "TurnTimeout",
     "TurngraphError",
     "Value",
     "load_graph",

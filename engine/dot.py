@@ -51,8 +51,9 @@ The dialect is Graphviz's, read faithfully:
 
 A syntax error raises :class:`~engine.errors.DotSyntaxError` with the line, column
 and source line; nothing is ever printed.  Past :data:`MAX_DEPTH` nested subgraphs,
-:data:`MAX_CHARS` characters or :data:`MAX_EDGES` edges, :class:`DotLimitError` (a
-``DotSyntaxError``) names where.
+:data:`MAX_CHARS` characters, :data:`MAX_EDGES` edges or :data:`MAX_ATTRS` copied
+default values, :class:`DotLimitError` (a ``DotSyntaxError``) names where, before
+building what is past the limit.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.dot_lexer import (
+    MAX_ATTRS,
     MAX_CHARS,
     MAX_DEPTH,
     MAX_EDGES,
@@ -73,6 +75,7 @@ from engine.dot_lexer import (
 )
 
 __all__ = [
+    "MAX_ATTRS",
     "MAX_CHARS",
     "MAX_DEPTH",
     "MAX_EDGES",
@@ -167,6 +170,7 @@ class _Reader:
         self.raw = RawGraph("", True, False, {})
         self.edges: list[tuple[int, RawEdge]] = []
         self.ops = 0
+        self.copied = 0  # attribute values copied from defaults, bounded by MAX_ATTRS
         self.depth = 0
         self.sorted = True
 
@@ -255,6 +259,7 @@ class _Reader:
         if lex.keyword() == "subgraph":
             lex.advance()
             name = lex.ident()
+        self.copy(len(scope.node) + len(scope.edge), lex.tok.pos)
         inner = scope.child()
         self.body(inner)
         self.raw.subgraphs.append(RawSubgraph(decode_id(name or ""), inner.own))
@@ -305,6 +310,11 @@ class _Reader:
             self.ops += 1
             if self.edges and self.edges[-1][0] > index:
                 self.sorted = False
+            pairs = len(ends[i]) * len(ends[i + 1])
+            # Checked before expanding: one `{...} -> {...}` can be a product of millions.
+            if len(self.edges) + pairs > MAX_EDGES:
+                raise lex.error(op.pos, f"more than {MAX_EDGES} edges", DotLimitError)
+            self.copy(pairs * len(base), op.pos)
             line, col = lex.where(op.pos)
             for src, tail in ends[i]:
                 for dst, head in ends[i + 1]:
@@ -314,18 +324,24 @@ class _Reader:
                     if head is not None:
                         attrs.setdefault("headport", head)
                     self.edges.append((index, RawEdge(src, dst, attrs, line, col, op.text)))
-            if len(self.edges) > MAX_EDGES:
-                raise lex.error(op.pos, f"more than {MAX_EDGES} edges", DotLimitError)
 
     def ensure(self, node_id: str, start: int, scope: Scope) -> RawNode:
         """The node named ``node_id``, created with the defaults in force if new."""
         scope.members[node_id] = None
         node = self.raw.nodes.get(node_id)
         if node is None:
+            self.copy(len(scope.node), start)
             line, col = self.lex.where(start)
             node = RawNode(node_id, dict(scope.node), line, col)
             self.raw.nodes[node_id] = node
         return node
+
+    def copy(self, values: int, pos: int) -> None:
+        """Count ``values`` default values about to be copied (at ``pos``) against MAX_ATTRS."""
+        self.copied += values
+        if self.copied > MAX_ATTRS:
+            reason = f"defaults copied into more than {MAX_ATTRS} attribute values"
+            raise self.lex.error(pos, reason, DotLimitError)
 
     def attr_lists(self) -> RawAttrs:
         """``[k=v, k2; flag] [...]``: every list's items, decoded, in order."""

@@ -11,7 +11,8 @@
     │   ├── HandlerError           a node failed: node id, attempt, cause
     │   │   └── HandlerTimeout     a node exceeded its ``timeout``
     │   ├── NoRouteError           no edge could be taken out of a node
-    │   └── MaxStepsExceeded       a cycle ran past ``max_steps``
+    │   ├── MaxStepsExceeded       a cycle ran past ``max_steps``
+    │   └── TurnTimeout            a whole run exceeded its deadline (``turn_timeout``)
     ├── AdapterError               an LLM, memory or tools backend failed
     │   ├── TransientAdapterError  ...and trying again may help (retryable)
     │   ├── LLMSpecError           ``--llm`` / ``from_spec`` names no known model provider
@@ -65,6 +66,7 @@ __all__ = [
     "StreamInterrupted",
     "TransientAdapterError",
     "TransientProviderError",
+    "TurnTimeout",
     "TurngraphError",
 ]
 
@@ -193,6 +195,20 @@ class MaxStepsExceeded(RunError):
     def __init__(self, max_steps: int, node_id: str) -> None:
         super().__init__(f"run exceeded max_steps={max_steps} at node {node_id!r}")
         self.max_steps = max_steps
+        self.node_id = node_id
+
+
+class TurnTimeout(RunError):
+    """A whole run did not reach an exit within its deadline.
+
+    ``timeout`` is the deadline in seconds, ``node_id`` the node that was running when
+    it passed (``None`` if none had started).
+    """
+
+    def __init__(self, timeout: float, node_id: str | None) -> None:
+        where = f" in node {node_id!r}" if node_id is not None else ""
+        super().__init__(f"turn timed out after {timeout:g}s{where}")
+        self.timeout = timeout
         self.node_id = node_id
 
 

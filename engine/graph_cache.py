@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from datetime import timedelta
 from functools import cache
@@ -34,12 +35,14 @@ from engine.conditions import ConditionSyntaxError, compile_condition
 from engine.errors import Issue
 from engine.graph import NO_RETRY, Condition, Edge, Graph, Node, RetryPolicy, Value
 
-__all__ = ["FORMAT", "MAX_ENTRIES", "entry_path", "load_entry", "store_entry"]
+__all__ = ["FORMAT", "MAX_ENTRIES", "MAX_ENTRY_BYTES", "entry_path", "load_entry", "store_entry"]
 
 FORMAT = 1
 """Bumped whenever the entry layout changes."""
 MAX_ENTRIES = 256
 """Entries kept; writing one more removes the least recently written."""
+MAX_ENTRY_BYTES = 256 * 1024 * 1024
+"""Largest entry read; a bigger file is ignored unread."""
 
 _READER_MODULES = ("dot.py", "dot_lexer.py", "loader.py", "validate.py", "conditions.py")
 _Val = str | int | float | bool | list[int]  # a timedelta is [days, seconds, microseconds]
@@ -126,11 +129,28 @@ def entry_path(directory: str | os.PathLike[str], digest: str) -> Path:
 def load_entry(directory: str | os.PathLike[str], digest: str, path: str) -> Graph | None:
     """The cached graph for ``digest``, shown as ``path``; None if absent or bad."""
     try:
-        data = entry_path(directory, digest).read_bytes()
+        data = _read_regular(entry_path(directory, digest))
+        if data is None:
+            return None
         entry = _DECODER.decode(data)
         return _graph(entry, digest, path)
-    except (OSError, msgspec.ValidationError, msgspec.DecodeError, _BadEntry):
+    except (OSError, OverflowError, msgspec.ValidationError, msgspec.DecodeError, _BadEntry):
         return None
+
+
+def _read_regular(entry: Path) -> bytes | None:
+    """The bytes of ``entry`` if it is a regular file no bigger than :data:`MAX_ENTRY_BYTES`.
+
+    Only :func:`store_entry` writes here, and only regular files: a symlink, FIFO or
+    device put in its place (``/dev/zero``, a pipe nobody writes to) is ignored
+    instead of read forever or waited on.
+    """
+    fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+            return None
+        return f.read(MAX_ENTRY_BYTES + 1)
 
 
 class _BadEntry(Exception):

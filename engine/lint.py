@@ -68,7 +68,13 @@ ENGINE_NODE_ATTRS: tuple[Attr, ...] = (
         "retries after a retryable failure (graph default: default_max_retries)",
     ),
     *_RETRY_ATTRS,
-    Attr("timeout", "duration", None, "the handler's time limit per attempt; 0: none"),
+    Attr(
+        "timeout",
+        "duration",
+        None,
+        "the handler's time limit per attempt (a sync handler then runs in a worker thread,"
+        " abandoned past it); 0: none",
+    ),
     Attr("retry_target", "text", None, "node to go to when this one fails"),
     Attr("fallback_retry_target", "text", None, "node to go to when retry_target is unset"),
     Attr("blocking", "bool", False, "run a sync handler in a worker thread"),
@@ -84,6 +90,12 @@ ENGINE_EDGE_ATTRS: tuple[Attr, ...] = (
 
 ENGINE_GRAPH_ATTRS: tuple[Attr, ...] = (
     Attr("max_steps", "int", None, "most nodes one run may visit (bounds cycles)"),
+    Attr(
+        "turn_timeout",
+        "duration",
+        None,
+        "time limit of a whole run (TurnTimeout past it); may only tighten the caller's",
+    ),
     Attr("default_max_retries", "int", 0, "max_retries of nodes that do not set it"),
     *_RETRY_ATTRS,
 )

@@ -32,15 +32,17 @@ exits); there must be at least one, and no edge may leave one.
 ids); ``blocking``
 (bool).  A node's unset retry settings come from the graph's
 ``default_max_retries`` and ``retry.*`` attributes, then :class:`RetryPolicy`'s
-defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles.
+defaults.  The graph's ``max_steps`` (integer ≥ 1) bounds cycles; its
+``turn_timeout`` (duration) bounds a whole run (read by :class:`~engine.Engine`).
 
 **Edge attributes:** ``label`` (text), ``weight`` (integer, default 0),
 ``condition`` (see :mod:`engine.conditions`; empty means none).
 
 **Encoding.** A file is UTF-8 (a BOM is dropped), unless its graph says
 ``charset=latin1`` (or ``latin-1``, ``l1``, ``iso-8859-1``): then, as in Graphviz,
-its bytes are Latin-1.  At most :data:`MAX_BYTES` are read (:func:`read_dot`): a
-longer file, ``/dev/zero`` or an endless pipe is refused without reading it all.
+its bytes are Latin-1 (a UTF-8 BOM before them is dropped too).  At most
+:data:`MAX_BYTES` are read (:func:`read_dot`): a longer file, ``/dev/zero`` or an
+endless pipe is refused without reading it all.
 
 **Caching.** A file is cached by path and checked on every call by its
 modification time, size, inode and change time (one ``stat``), then by content
@@ -226,9 +228,9 @@ def _parse(data: bytes, path: str) -> RawGraph:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        bad = GraphFileError(path, f"not UTF-8 text (bad byte at offset {exc.start})")
+        bad = GraphFileError(path, _not_utf8(data, exc.start))
         try:
-            raw = parse_dot(data.decode("latin-1"), path)
+            raw = parse_dot(_latin1(data), path)
         except DotSyntaxError:
             raise bad from None
         if not is_latin1(raw.attrs):
@@ -236,8 +238,21 @@ def _parse(data: bytes, path: str) -> RawGraph:
         return raw
     raw = parse_dot(text, path)
     if is_latin1(raw.attrs) and not text.isascii():
-        return parse_dot(data.decode("latin-1"), path)
+        return parse_dot(_latin1(data), path)
     return raw
+
+
+def _latin1(data: bytes) -> str:
+    """``data`` as Latin-1 text, a UTF-8 BOM dropped (as it is from UTF-8 text)."""
+    return data.removeprefix(b"\xef\xbb\xbf").decode("latin-1")
+
+
+def _not_utf8(data: bytes, offset: int) -> str:
+    """The reason for a file that is not UTF-8: the first bad byte, by line and column."""
+    line = data.count(b"\n", 0, offset) + 1
+    # Everything before the first bad byte is UTF-8: count characters, as DOT errors do.
+    col = len(data[data.rfind(b"\n", 0, offset) + 1 : offset].decode()) + 1
+    return f"not UTF-8 text (bad byte 0x{data[offset]:02x} at line {line}, column {col})"
 
 
 def _from_file(

@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -41,6 +42,7 @@ from engine.errors import (
     NoRouteError,
     RunError,
     TransientAdapterError,
+    TurnTimeout,
 )
 from engine.events import (
     EMITTER,
@@ -98,6 +100,7 @@ class _Plan:
     start: str
     steps: Mapping[str, _Step]
     max_steps: int
+    turn_timeout: float | None
 
 
 def _norm_label(label: str) -> str:
@@ -116,7 +119,10 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
     return _Step(
         node=node,
         spec=spec,
-        in_thread=not spec.is_async and (spec.blocking or node.blocking),
+        # A sync handler with a timeout runs in a worker thread: inline, nothing could
+        # interrupt it.  Past the deadline the node fails; the thread is abandoned.
+        in_thread=not spec.is_async
+        and (spec.blocking or node.blocking or node.timeout is not None),
         is_exit=node.id in graph.exits,
         status_key=f"node.{node.id}.status",
         conds=conds,
@@ -219,7 +225,9 @@ class Engine:
             raise GraphValidationError(graph.path, tuple(issues))
         # The engine's bound is the operator's safety limit: a graph may only tighten it.
         max_steps = min(graph.max_steps or self.max_steps, self.max_steps)
-        return _Plan(graph, graph.start, MappingProxyType(steps), max_steps)
+        limit = graph.attrs.get("turn_timeout")
+        turn_timeout = limit.total_seconds() or None if isinstance(limit, timedelta) else None
+        return _Plan(graph, graph.start, MappingProxyType(steps), max_steps, turn_timeout)
 
     # ------------------------------------------------------------------ run
 
@@ -233,6 +241,7 @@ class Engine:
         start_at: str | None = None,
         on_step: OnStep | None = None,
         on_enter: OnEnter | None = None,
+        time_limit: float | None = None,
     ) -> RunResult:
         """Run ``graph`` from its start (or ``start_at``) to an exit.
 
@@ -240,6 +249,11 @@ class Engine:
         live view of it.  Node failures end in ``RunResult(status="fail", error=...)``;
         cancellation is re-raised after observers hear of it.  ``on_enter`` is called
         with each node before it runs; ``on_step`` is awaited after it ran.
+
+        ``time_limit`` (seconds) bounds the whole run, and so does the graph's
+        ``turn_timeout`` attribute (the shorter wins: a graph may tighten the caller's
+        bound, never lift it).  Past it the running node is cancelled where it waits
+        and the run fails with :class:`~engine.errors.TurnTimeout`.
         """
         plan = self._plan(graph)
         if start_at is not None and start_at not in plan.steps:
@@ -257,9 +271,16 @@ class Engine:
             notify(obs, RunStarted(rid, graph.name, start_at or plan.start))
         try:
             first = start_at or plan.start
-            exit_id = await self._walk(
-                plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter
-            )
+            limit = _shorter(plan.turn_timeout, time_limit)
+            if limit is None:
+                exit_id = await self._walk(
+                    plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter
+                )
+            else:
+                where = [first]  # the node running when the deadline passes
+                entered = _tracking(where, on_enter)
+                walk = self._walk(plan, first, ctx, trace, rid, obs, on_step, entered, emitter)
+                exit_id = await _within(limit, where, walk)
         except RunError as exc:
             if obs:
                 failed_at = getattr(exc, "node_id", None)
@@ -446,6 +467,32 @@ class Engine:
         if step.in_thread:
             return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
         return spec.fn(step.node, view)
+
+
+def _tracking(where: list[str], on_enter: OnEnter | None) -> OnEnter:
+    """An ``on_enter`` that also notes the node entered in ``where[0]``."""
+
+    def entered(node: Node) -> None:
+        where[0] = node.id
+        if on_enter is not None:
+            on_enter(node)
+
+    return entered
+
+
+async def _within(limit: float, where: list[str], walk: Awaitable[str]) -> str:
+    """Await ``walk`` for at most ``limit`` seconds; past it, :class:`TurnTimeout`
+    naming the node in ``where[0]``."""
+    with anyio.move_on_after(limit):
+        return await walk
+    raise TurnTimeout(limit, where[0])
+
+
+def _shorter(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional bounds (``None``: unbounded)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _wait_too_long(

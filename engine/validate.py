@@ -108,6 +108,7 @@ GRAPH_KINDS: Mapping[str, Kind] = {
     **dict.fromkeys(_TEXT_ATTRS, "text"),
     **_RETRY_KINDS,
     "max_steps": "positive",
+    "turn_timeout": "duration",
     "default_max_retries": "count",
 }
 

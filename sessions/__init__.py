@@ -20,7 +20,7 @@ from sessions.manager import SessionManager
 from sessions.session import Session, SessionRuntime
 from sessions.sessionlog import ReasoningStep
 from sessions.stream import STREAM_BUFFER, TurnStream
-from sessions.turns import Phase, TurnResult
+from sessions.turns import Phase, TurnResult, checked_input
 from sessions.usage import ModelUsage, UsageTotals
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "TurnResult",
     "TurnStream",
     "UsageTotals",
+    "checked_input",
     "extract_summarizer",
     "llm_summarizer",
     "validate_session_id",

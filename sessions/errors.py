@@ -6,6 +6,7 @@ tree rooted at :class:`engine.errors.TurngraphError`.
     TurngraphError                 (engine.errors)
     ├── SessionError               session id, not found, busy, limits
     │   ├── InvalidSessionId
+    │   ├── InvalidInput           send() input that is not a str, or cannot be encoded
     │   ├── SessionNotFound
     │   ├── SessionExists
     │   ├── SessionBusy
@@ -14,6 +15,11 @@ tree rooted at :class:`engine.errors.TurngraphError`.
     │   └── SessionClosed
     └── StoreError                 the durable store
         ├── StoreCorrupt
+        ├── Unstorable             a turn's values cannot be stored (not JSON, too deep)
+        ├── StoreReadOnly          the store can be read but not written
+        ├── StoreFull              the disk (or the database's size limit) is full
+        ├── StoreLocked            a write waited too long for a row lock
+        ├── CommitUnknown          the connection broke mid-commit and stayed broken
         ├── SessionTampered        an HMAC chain does not verify
         │   └── RolledBack         the chain verifies, but ends before its witnessed head
         ├── StoreVersionUnsupported
@@ -34,10 +40,12 @@ from __future__ import annotations
 from engine.errors import TurngraphError
 
 __all__ = [
+    "CommitUnknown",
     "ExportPathRefused",
     "Fenced",
     "ImportKeyMismatch",
     "ImportRejected",
+    "InvalidInput",
     "InvalidSessionId",
     "RolledBack",
     "SessionBusy",
@@ -50,9 +58,13 @@ __all__ = [
     "StoreCorrupt",
     "StoreError",
     "StoreExtraMissing",
+    "StoreFull",
     "StoreKeyMissing",
+    "StoreLocked",
     "StorePathInvalid",
+    "StoreReadOnly",
     "StoreVersionUnsupported",
+    "Unstorable",
 ]
 
 
@@ -70,6 +82,11 @@ class SessionError(TurngraphError):
 
 class InvalidSessionId(SessionError):
     """A session id outside the safe charset or length (``../etc``, empty, NUL...)."""
+
+
+class InvalidInput(SessionError):
+    """A turn's input is not a ``str``, or is a ``str`` that cannot be encoded as UTF-8
+    (a lone surrogate).  Refused before anything is written."""
 
 
 class SessionNotFound(SessionError):
@@ -106,6 +123,38 @@ class StoreError(TurngraphError):
 
 class StoreCorrupt(StoreError):
     """The store's data cannot be read (truncated, not a database, bad JSON...)."""
+
+
+class Unstorable(StoreError):
+    """What a turn would store cannot be stored: not JSON (a set, bytes, an object, a
+    non-``str`` key), NaN, a lone surrogate, or nested too deeply.  Nothing is written."""
+
+    def __init__(self, url: str, session_id: str, what: str, cause: str) -> None:
+        super().__init__(url, f"session {session_id!r}: {what} is not JSON-serialisable: {cause}")
+        self.session_id = session_id
+        self.what = what
+
+
+class StoreReadOnly(StoreError):
+    """The store is read-only (a read-only file, directory, mount or database role):
+    reads work, this write was refused."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store (or the database's size limit) is full; nothing was
+    written.  ``url`` names the file."""
+
+
+class StoreLocked(StoreError):
+    """A write waited longer than the store's ``lock_timeout`` for a lock another
+    writer holds; nothing was written."""
+
+
+class CommitUnknown(StoreError):
+    """The connection broke while a turn committed, and the store could not be reached
+    again to find out whether the server stored it.  Not a failure: the turn may be
+    stored.  The session reads what was stored before its next turn (and adopts the
+    turn if it was), so sending again never leaves two copies of one commit."""
 
 
 class SessionTampered(StoreError):

@@ -39,7 +39,10 @@ class Limits:
     hosts at once (one more raises :class:`~engine.errors.SessionLimitReached`; 10 suits
     interactive use, raise it for servers). ``max_steps_per_turn`` bounds the nodes one turn
     may visit, so a cycle cannot run forever (a turn graph's own ``max_steps`` attribute may
-    lower it, never raise it).
+    lower it, never raise it).  ``turn_timeout`` (seconds; ``None``: unbounded) bounds one
+    turn's run: past it the running node is cancelled and the turn fails with
+    :class:`~engine.errors.TurnTimeout`, the session idle again (a graph's own
+    ``turn_timeout`` attribute may shorten it).
     """
 
     max_messages: int = 1000
@@ -53,6 +56,7 @@ class Limits:
     trace_window: int = 100
     heartbeat_max_backoff: float = 300.0
     max_steps_per_turn: int = DEFAULT_MAX_STEPS
+    turn_timeout: float | None = 600.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -64,5 +68,7 @@ class Limits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
+        if self.turn_timeout is not None and not self.turn_timeout > 0:
+            raise ValueError("Limits.turn_timeout must be > 0 seconds (or None)")
         if self.queue_size < 0 or self.keep_recent_turns < 0 or self.trace_window < 1:
             raise ValueError("Limits.queue_size/keep_recent_turns must be >= 0, trace_window >= 1")

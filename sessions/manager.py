@@ -60,8 +60,14 @@ __all__ = ["SessionManager"]
 GraphSource = Graph | str | os.PathLike[str]
 
 
-def _default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def _owner(configured: str | None) -> str:
+    """This manager's name in leases: unique per instance, even when two processes (or
+    two managers) are configured with the same ``owner``, so the store's lease tells
+    them apart and the second gets ``SessionBusy`` instead of sharing the session."""
+    suffix = uuid.uuid4().hex[:8]
+    if configured is None:
+        return f"{socket.gethostname()}:{os.getpid()}:{suffix}"
+    return f"{configured}~{suffix}"
 
 
 def _load(source: GraphSource | None, default: str, registry: HandlerRegistry) -> Graph:
@@ -109,9 +115,10 @@ def _store_memory(store: Store) -> Memory | None:
 class SessionManager:
     """Creates, loads, hosts and closes sessions; an async context manager.
 
-    ``store`` is a :class:`~sessions.store.base.Store` (already open) or a store URL
-    (``memory:``, ``sqlite:///path.db``, ``postgresql://...``; the manager opens and
-    closes it); default ``memory:``.  ``llm``/``memory``/``tools`` are the adapters the
+    ``store`` is a :class:`~sessions.store.base.Store` or a store URL (``memory:``,
+    ``sqlite:///path.db``, ``postgresql://...``); default ``memory:``.  The manager opens
+    and closes a store it made from a URL or was handed unopened (``open_store(url)``);
+    one the caller opened stays open.  ``llm``/``memory``/``tools`` are the adapters the
     default registry is built with (:class:`~handlers.adapters.LLM`,
     :class:`~handlers.adapters.Memory`, :class:`~handlers.adapters.Tools`; offline
     defaults; the default memory is the store's recall memory, durable on SQLite and
@@ -123,7 +130,11 @@ class SessionManager:
     hear :class:`~engine.events.TurnCommitted` after each turn's commit.
     ``turn_graph``/``heartbeat_graph`` are graphs, paths or DOT text (defaults:
     ``graphs/turn.dot`` and ``graphs/heartbeat.dot``).  ``owner`` names this process in
-    leases.  ``auto_resume`` continues an interrupted turn as soon as its session loads.
+    leases; a random suffix makes each manager's name unique (:attr:`owner`), so two
+    managers configured alike never share a session.  ``lease_ttl`` (seconds) is how
+    long a lease outlives its holder: a crashed owner's sessions can be taken over
+    that long after its last renewal (it renews every ``lease_ttl / 3``).
+    ``auto_resume`` continues an interrupted turn as soon as its session loads.
     ``summarizer`` replaces the compaction summariser (default: ``llm`` through
     :func:`~sessions.compaction.llm_summarizer`; with no ``llm``, the offline
     :func:`~sessions.compaction.extract_summarizer`); ``store_secret`` is the HMAC key
@@ -154,6 +165,7 @@ class SessionManager:
         telemetry: bool | Telemetry | None = None,
     ) -> None:
         self.store, self._owns_store = _open_store(store, store_secret)
+        self._close_store = False  # set on entry: whether exit closes the store
         llm, self._owns_llm = _model(llm)
         self.telemetry = telemetry_for(telemetry, llm)
         self.llm = llm
@@ -170,7 +182,7 @@ class SessionManager:
         self.turn_graph = _load(turn_graph, "turn.dot", registry)
         self.engine.check(self.turn_graph)
         self.heartbeat_graph = self._heartbeat(heartbeat_graph, registry)
-        self.owner = owner or _default_owner()
+        self.owner = _owner(owner)
         self.lease_ttl = lease_ttl
         self.auto_resume = auto_resume
         self._summarizer = summarizer or (
@@ -198,7 +210,9 @@ class SessionManager:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> SessionManager:
-        if self._owns_store:
+        # A store made from a URL, or handed over unopened, is opened and closed here.
+        self._close_store = self._owns_store or not getattr(self.store, "is_open", True)
+        if self._close_store:
             await self.store.open()
         stack = contextlib.AsyncExitStack()
         self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -234,9 +248,13 @@ class SessionManager:
             if tg is not None:
                 tg.cancel_scope.cancel()
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                # The block's own error is not handed to the task group (already
+                # cancelled): it would come back wrapped in an ExceptionGroup, and
+                # `except SessionNotFound:` around the block would miss it.  Python
+                # re-raises it as itself once this returns.
+                await stack.__aexit__(None, None, None)
             try:
-                if self._owns_store:
+                if self._close_store:
                     await self.store.close()
             finally:
                 if self._owns_llm:
@@ -272,10 +290,12 @@ class SessionManager:
         return await self._single_flight(sid, True, agent_id, type, config)
 
     async def get(self, session_id: str) -> Session:
-        """The live session, or load it from the store (``SessionNotFound``)."""
-        live = self._live.get(session_id)
-        if live is not None:
-            return live
+        """The live session, or load it from the store (``SessionNotFound``; a bad id:
+        ``InvalidSessionId``)."""
+        if isinstance(session_id, str):  # anything else is refused below, never hashed
+            live = self._live.get(session_id)
+            if live is not None:
+                return live
         sid = validate_session_id(session_id)
         return await self._single_flight(sid, False, "default", "primary", None)
 
@@ -287,10 +307,12 @@ class SessionManager:
         type: SessionType = "primary",
         config: dict[str, Any] | None = None,
     ) -> Session:
-        """The session, loaded or created; concurrent calls for one id share one load."""
-        live = self._live.get(session_id)
-        if live is not None:
-            return live
+        """The session, loaded or created; concurrent calls for one id share one load
+        (a bad id: ``InvalidSessionId``)."""
+        if isinstance(session_id, str):  # anything else is refused below, never hashed
+            live = self._live.get(session_id)
+            if live is not None:
+                return live
         sid = validate_session_id(session_id)
         return await self._single_flight(sid, None, agent_id, type, config)
 

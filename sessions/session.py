@@ -40,7 +40,7 @@ from sessions.sessionlog import ReasoningStep, SessionLog
 from sessions.state import SessionState
 from sessions.store.base import Checkpoint, LoadedSession, Message, SessionType, Store, TurnRecord
 from sessions.stream import STREAM_BUFFER, TurnStream
-from sessions.turns import Phase, TurnPipeline, TurnResult
+from sessions.turns import Phase, TurnPipeline, TurnResult, checked_input
 from sessions.usage import UsageTotals, stored_usage
 from sessions.writer import SessionWriter
 
@@ -300,10 +300,16 @@ class Session:
         """Run one turn with user input ``text``; turns on one session run in arrival order.
 
         Raises :class:`SessionBusy` when ``Limits.queue_size`` turns already wait,
-        :class:`SessionClosed` once the session is closed.  A failing graph returns a
-        failed :class:`TurnResult` (history unchanged); store errors propagate
-        (:class:`~engine.errors.Fenced` after closing the session).  A checkpoint still
-        waiting for :meth:`resume` is abandoned and reported first (see the class).
+        :class:`SessionClosed` once the session is closed, and
+        :class:`~sessions.errors.InvalidInput` (nothing written) when ``text`` is not a
+        ``str`` or cannot be encoded.  A failing graph returns a failed
+        :class:`TurnResult` (history unchanged): so does a turn past
+        ``Limits.turn_timeout`` (error :class:`~engine.errors.TurnTimeout`) and one whose
+        output cannot be stored (error :class:`~sessions.errors.Unstorable`).  Store
+        errors propagate (:class:`~engine.errors.Fenced` after closing the session;
+        :class:`~sessions.errors.CommitUnknown` when the commit's fate could not be
+        learnt: the next turn learns it first).  A checkpoint still waiting for
+        :meth:`resume` is abandoned and reported first (see the class).
         """
         return await self._turns.send(text)
 
@@ -313,6 +319,7 @@ class Session:
         events and leaving early).  The turn starts when iteration starts."""
         if self.closed:
             raise SessionClosed(self.id, "closed")
+        text = checked_input(text, self.id)  # refused here, before the stream exists
         turns = self._turns
         return TurnStream(self.id, lambda watch: turns.send(text, watch), self._rt.spawn, buffer)
 

@@ -79,6 +79,15 @@ class SessionState:
         self.dirty = False
         self.pending: StateChanges | None = None
 
+    def adopt(self, meta: SessionMeta) -> None:
+        """Take working memory, goals and mode as the store has them (a turn committed
+        without this process learning of it); nothing is left unstored."""
+        self.working_memory.clear()  # the same dict: handlers hold its view
+        self.working_memory.update(meta.working_memory)
+        self.goals = tuple(meta.goals)
+        self.cognitive_mode = meta.cognitive_mode
+        self.dirty = False
+
     def commit(
         self,
         record: TurnRecord,

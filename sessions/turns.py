@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
+import msgspec
 
 from engine.events import Observer, StructlogObserver, TurnCommitted, notify
 from engine.graph import Graph, Node
@@ -30,7 +31,14 @@ from engine.outcome import NodeRecord, RunResult, RunStatus
 from engine.scopes import cancel_scope
 from sessions.checkpoints import Checkpoints
 from sessions.compaction import Compactor
-from sessions.errors import SessionBusy, SessionClosed
+from sessions.errors import (
+    CommitUnknown,
+    InvalidInput,
+    SessionBusy,
+    SessionClosed,
+    StoreError,
+    Unstorable,
+)
 from sessions.fifolock import FifoLock
 from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
@@ -44,7 +52,14 @@ if TYPE_CHECKING:
     from engine.runner import Engine
     from sessions.telemetry import Telemetry
 
-__all__ = ["Phase", "TurnHost", "TurnPipeline", "TurnResult", "TurnRuntime"]
+__all__ = [
+    "Phase",
+    "TurnHost",
+    "TurnPipeline",
+    "TurnResult",
+    "TurnRuntime",
+    "checked_input",
+]
 
 Phase = Literal["idle", "processing", "awaiting_llm", "awaiting_tools"]
 
@@ -55,6 +70,28 @@ _PHASE_OF: dict[str, Phase] = {
     "dispatch_tools": "awaiting_tools",
 }
 _cancelled = anyio.get_cancelled_exc_class
+
+
+def checked_input(text: object, session_id: str) -> str:
+    """``text`` if it can be a turn's input, else :class:`~sessions.errors.InvalidInput`.
+
+    Every entry that starts a turn (``send``, a stream, the CLI, chat) calls this before
+    anything is written: a non-``str`` input would be committed and then fail every
+    later load, and a ``str`` with a lone surrogate cannot be encoded at all.  A
+    subclass of ``str`` is taken as its plain value.
+    """
+    if type(text) is not str:
+        if not isinstance(text, str):
+            raise InvalidInput(session_id, f"input must be a str, not {type(text).__name__}")
+        text = str.__str__(text)
+    if not text.isascii():  # ASCII (nearly every input) always encodes
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                session_id, f"input cannot be encoded as UTF-8 at index {exc.start}: {exc.reason}"
+            ) from None
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +168,7 @@ class TurnPipeline:
         "_rt",
         "_state",
         "_turn_held",
+        "_unsure",
         "_waiting",
         "_writer",
     )
@@ -155,6 +193,7 @@ class TurnPipeline:
         self._lock = FifoLock()  # turns keep arrival order
         self._waiting = 0
         self._turn_held = False  # the lock is held by a turn (not a state write)
+        self._unsure = False  # a commit's outcome is unknown (CommitUnknown)
 
     @property
     def busy(self) -> bool:
@@ -172,8 +211,11 @@ class TurnPipeline:
         """Run one turn with user input ``text`` (see :meth:`Session.send`); ``watch``
         observes this turn's events, :class:`TurnCommitted` last (see
         :meth:`Session.stream`)."""
+        text = checked_input(text, self._host.id)
         await self._enter()
         try:
+            if self._unsure:
+                await self._catch_up()
             cp = self._checkpoints.resumable
             if cp is not None:
                 await self._checkpoints.abandon(cp, "superseded by a new turn")
@@ -187,6 +229,8 @@ class TurnPipeline:
             return None
         await self._enter()
         try:
+            if self._unsure:
+                await self._catch_up()
             cp = self._checkpoints.take()
             if cp is None or cp.turn != self._host.turn_count + 1:
                 return None
@@ -255,6 +299,7 @@ class TurnPipeline:
                 on_enter=self._on_enter,
                 start_at=start_at,
                 on_step=on_step,
+                time_limit=rt.limits.turn_timeout,
             )
         except _cancelled():
             if on_step is not None:
@@ -311,36 +356,100 @@ class TurnPipeline:
         trace: tuple[Mapping[str, Any], ...] = tuple(map(NodeRecord.to_dict, result.trace))
         if prior:
             trace = prior + trace
-        graph_hash = self._host.turn_graph.source_hash
         if not result.ok:
-            error = str(result.error)
-            record = TurnRecord(turn, result.status, trace_id, graph_hash, trace, now, error=error)
-            await self._store(TurnCommit(record, ()), now)
-            return TurnResult("", "fail", turn, result.trace, result.error, trace_id)
+            error = result.error
+            await self._store_failed(turn, trace_id, trace, now, str(error))
+            return TurnResult("", "fail", turn, result.trace, error, trace_id)
         ctx = result.context
-        reply = ctx.get("reply")
-        reply = "" if reply is None else str(reply)
-        messages: tuple[Message, ...] = self._log.new_messages(
-            text, ctx.get("turn.messages"), reply, turn, now
-        )
-        record = TurnRecord(turn, "success", trace_id, graph_hash, trace, now)
-        changes = state_changes(ctx)
         state = self._state
-        memory = pending_items(ctx.get(PENDING_KEY))  # update_memory's, for a store memory
-        await self._store(state.commit(record, messages, changes, memory), now)
+        try:
+            # Handler values meet str() here (a reply, a goal, a tool message): one
+            # that raises fails the turn like a value the store's encoder refuses.
+            reply = ctx.get("reply")
+            reply = "" if reply is None else str(reply)
+            messages: tuple[Message, ...] = self._log.new_messages(
+                text, ctx.get("turn.messages"), reply, turn, now
+            )
+            record = TurnRecord(turn, "success", trace_id, self._graph_hash(), trace, now)
+            changes = state_changes(ctx)
+            memory = pending_items(ctx.get(PENDING_KEY))  # update_memory's, for a store memory
+            commit = state.commit(record, messages, changes, memory)
+        except Exception as exc:
+            bad = Unstorable(self._writer.url, self._host.id, "the turn's output", repr(exc))
+            bad.__cause__ = exc
+            return await self._unstorable(turn, trace_id, trace, now, result, bad)
+        try:
+            await self._store(commit, now)
+        except Unstorable as exc:  # refused by the store before it wrote anything
+            return await self._unstorable(turn, trace_id, trace, now, result, exc)
         if changes:
             state.apply(changes)
         state.dirty = False  # the commit carried every change applied so far
         self._compactor.maybe_start()
         return TurnResult(reply, "success", turn, result.trace, None, trace_id)
 
+    def _graph_hash(self) -> str:
+        return self._host.turn_graph.source_hash
+
+    async def _unstorable(
+        self,
+        turn: int,
+        trace_id: str,
+        trace: tuple[Mapping[str, Any], ...],
+        now: float,
+        result: RunResult,
+        exc: Unstorable,
+    ) -> TurnResult:
+        """Fail the turn whose output cannot be stored: store it as failed, apply nothing."""
+        await self._store_failed(turn, trace_id, trace, now, str(exc))
+        return TurnResult("", "fail", turn, result.trace, exc, trace_id)
+
+    async def _store_failed(
+        self, turn: int, trace_id: str, trace: tuple[Mapping[str, Any], ...], now: float, error: str
+    ) -> None:
+        """Commit a failed turn's record (no messages); without its trace if the trace
+        itself cannot be stored, so the turn number is always taken."""
+        record = TurnRecord(turn, "fail", trace_id, self._graph_hash(), trace, now, error=error)
+        try:
+            await self._store(TurnCommit(record, ()), now)
+        except Unstorable:
+            if not trace:
+                raise
+            await self._store(TurnCommit(msgspec.structs.replace(record, trace=()), ()), now)
+
     async def _store(self, commit: TurnCommit, now: float) -> None:
         """Commit a turn to the store, then count it and log it in memory."""
-        await self._writer.append_turn(commit)
+        try:
+            await self._writer.append_turn(commit)
+        except CommitUnknown:
+            self._unsure = True  # the next turn first reads what was stored
+            raise
         host = self._host
         host.turn_count = commit.record.turn
         host.updated_at = now
         self._log.append(commit.messages, commit.record)
+
+    async def _catch_up(self) -> None:
+        """After :class:`~sessions.errors.CommitUnknown`: read the session's counters
+        from the store; if the unknown commit was stored, adopt it (its messages, record
+        and state) so the next turn follows it instead of colliding with it."""
+        host, log = self._host, self._log
+        store = self._writer.store
+        meta = (await store.load(host.id, recent=0)).meta
+        if meta.turn_count == host.turn_count + 1:
+            count = meta.message_count - log.next_seq
+            messages = await store.messages(host.id, log.next_seq, count) if count else ()
+            (record,) = await store.turns(host.id, host.turn_count, 1)
+            log.append(tuple(messages), record)
+            host.turn_count, host.updated_at = meta.turn_count, meta.updated_at
+            self._state.adopt(meta)
+        elif meta.turn_count != host.turn_count:
+            raise StoreError(
+                self._writer.url,
+                f"session {host.id!r}: the store has {meta.turn_count} turns, this "
+                f"process {host.turn_count}: load the session again",
+            )
+        self._unsure = False
 
     # ------------------------------------------------------------------ the lock
 

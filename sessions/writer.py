@@ -34,6 +34,16 @@ class SessionWriter:
         self.token = token
         self._on_fenced = on_fenced
 
+    @property
+    def store(self) -> Store:
+        """The store written to (a session reads it to learn an unknown commit's fate)."""
+        return self._store
+
+    @property
+    def url(self) -> str:
+        """The store's URL (no password), for errors about this session's writes."""
+        return self._store.url
+
     async def append_turn(self, commit: TurnCommit) -> None:
         """Commit one turn (one store transaction)."""
         # The one write every turn makes: guarded inline, a call fewer than _guard.

@@ -454,3 +454,16 @@ def test_the_cli_start_does_not_import_an_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("value", ["soon", "in a minute", "Wed, 99 Foo 2015", "1e999", "nan"])
+async def test_a_garbled_retry_after_is_still_a_rate_limit(server: LLMServer, value: str) -> None:
+    """A 429 whose Retry-After is neither seconds nor a date is a RateLimited with no
+    wait known (it was a bare ValueError out of the date parser)."""
+    server.script(Fail(429, "slow down", (("retry-after", value),)))
+    with pytest.raises(RateLimited) as info:
+        await model_at(server, api_key="sk-secret-key-123").respond(HI)
+    assert info.value.retry_after is None
+    assert "sk-secret-key-123" not in str(info.value)
+    assert retry_after_seconds({"retry-after": value}) is None
+    assert retry_after_seconds({"retry-after-ms": value, "retry-after": "2"}) == 2.0

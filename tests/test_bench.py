@@ -29,7 +29,16 @@ from bench.harness import (
     result_document,
 )
 
-SLOW = {"cli", "store", "peers", "session", "ray_hop", "concurrent_streams"}
+SLOW = {
+    "cli",
+    "store",
+    "peers",
+    "session",
+    "ray_hop",
+    "concurrent_streams",
+    "serve",
+    "throughput",
+}
 
 
 def quiet() -> Console:

@@ -192,6 +192,20 @@ def test_dot_text_argument_is_still_a_path(capsys: pytest.CaptureFixture[str]) -
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["-m", "hi"], ["validate"], ["render"]])
+def test_a_graph_file_with_a_brace_in_its_name_is_read_as_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """``turn{1}.dot`` exists: run, validate and render read it, not its name as DOT text."""
+    path = tmp_path / "turn{1}.dot"
+    shutil.copy(TURN, path)
+    argv = [str(path), *command] if command[0] == "-m" else [*command, str(path)]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert {"-m": "echo: hi", "validate": "ok (", "render": 'digraph "turn"'}[command[0]] in out
+
+
 @pytest.mark.parametrize(
     "argv",
     [[], [TURN, "--json"], [TURN, "-m"], [TURN, "--bogus"], ["render"], ["validate"]],
@@ -235,8 +249,9 @@ def test_internal_errors_are_one_line_exit_70(
 def test_chat_runs_a_turn_per_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each line is a turn; blank lines are skipped; /quit leaves with exit 0."""
-    lines = iter(["hello", "  ", "/tool calculator 1+1", "/quit", "never read"])
+    """Each line is a turn (`//` sends a line that starts with `/`); blank lines are
+    skipped; /quit leaves with exit 0."""
+    lines = iter(["hello", "  ", "//tool calculator 1+1", "/quit", "never read"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert cli.main([TOOL_TURN]) == 0
     out = capsys.readouterr().out
@@ -286,7 +301,7 @@ def test_chat_keeps_history_between_turns(
 def test_chat_interrupt_exits_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Ctrl-C leaves quietly with 130."""
+    """Ctrl-C twice in a row at the prompt leaves quietly with 130."""
 
     def interrupt(prompt: str = "") -> str:
         raise KeyboardInterrupt

@@ -154,3 +154,23 @@ def test_a_bad_spec_is_exit_2() -> None:
     proc = program(TURN, "-m", "hi", "--llm", "gpt-4")
     assert proc.returncode == 2
     assert "unknown provider 'gpt-4'" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_sessions_compact_summarises_with_the_chosen_model(
+    server: LLMServer, tmp_path: Path
+) -> None:
+    """``sessions compact --llm`` asks the model for the summary (it had no --llm and
+    always used the offline extract, whatever model the chat had used)."""
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    server.default = Reply(tokens=("fine",))
+    for i in range(6):
+        proc = program(TURN, "-m", f"message number {i}", "--session", "c1", "--store", store)
+        assert proc.returncode == 0, proc.stderr
+    server.default = Reply(tokens=("A short summary.",))
+    proc = program("sessions", "compact", "c1", "--store", store, *llm(server))
+    assert proc.returncode == 0, proc.stderr
+    assert "c1: compacted 4 messages" in proc.stdout
+    prompt = server.requests[-1].body["messages"][-1]["content"]
+    assert "message number 0" in prompt and server.requests[-1].body["model"] == "cli-model"
+    proc = program("sessions", "show", "c1", "--store", store, "--json")
+    assert "A short summary." in proc.stdout

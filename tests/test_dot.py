@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tracemalloc
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import engine.dot
-from engine.dot import MAX_DEPTH, DotLimitError, RawGraph, decode_id, parse_dot
+from engine.dot import (
+    MAX_ATTRS,
+    MAX_DEPTH,
+    MAX_EDGES,
+    DotLimitError,
+    RawGraph,
+    decode_id,
+    parse_dot,
+)
 from engine.errors import DotSyntaxError, GraphFileError
 from engine.graph import Graph
 from engine.loader import load_graph
@@ -339,6 +348,55 @@ def test_edges_past_the_limit_are_refused(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(DotLimitError) as info:
         parse_dot("digraph {\n a -> b\n {c d e} -> {f g h i} }")
     assert (info.value.line, info.value.col) == (3, 10)
+
+
+def test_one_fan_out_past_the_edge_limit_is_refused_before_it_is_built() -> None:
+    """``{2000 nodes} -> {2000 nodes}`` (4M edges, 24 KB of text) is refused unexpanded."""
+    side = 2000
+    assert side * side > MAX_EDGES
+    heads = " ".join(f"a{i}" for i in range(side))
+    tails = " ".join(f"b{i}" for i in range(side))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DotLimitError, match=f"more than {MAX_EDGES} edges") as info:
+            parse_dot(f"digraph {{\n {{{heads}}}\n -> {{{tails}}} }}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (info.value.line, info.value.col) == (3, 2)
+    assert peak < 20 * 2**20  # the 4M edges (gigabytes) were never made
+
+
+def test_defaults_copied_into_many_nodes_are_bounded() -> None:
+    """3,000 node defaults before 3,000 nodes is 9M values from 40 KB: refused, with its line."""
+    n = 3000
+    assert n * n > MAX_ATTRS
+    defaults = " ".join(f"a{i}=1" for i in range(n))
+    text = f"digraph {{\n node [{defaults}]\n" + "".join(f"n{i}\n" for i in range(n)) + "}"
+    with pytest.raises(DotLimitError, match="defaults copied into more than") as info:
+        parse_dot(text, "wide.dot")
+    assert info.value.line == 2 + MAX_ATTRS // n + 1  # the first node past the limit
+    assert info.value.path == "wide.dot"
+
+
+@pytest.mark.parametrize(
+    "stmts",
+    [
+        "{} {} {} {}",
+        "a -> b; a -> b; a -> b; a -> b; a -> b; a -> b",
+        "a -> {b c}",
+        "a b c d e f g h",
+    ],
+    ids=["subgraphs", "edges", "fan-out", "nodes"],
+)
+def test_every_copy_of_the_defaults_counts(monkeypatch: pytest.MonkeyPatch, stmts: str) -> None:
+    """Subgraph scopes, edges and nodes each take a copy of the defaults in force."""
+    monkeypatch.setattr(engine.dot, "MAX_ATTRS", 11)
+    defaults = "node [p=1 q=2 r=3]; edge [x=1 y=2 z=3]"
+    with pytest.raises(DotLimitError):
+        parse_dot(f"digraph {{ {defaults}; {stmts} }}")
+    monkeypatch.setattr(engine.dot, "MAX_ATTRS", 24)
+    parse_dot(f"digraph {{ {defaults}; {stmts} }}")
 
 
 # --------------------------------------------------------------------------- Graphviz gaps

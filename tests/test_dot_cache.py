@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -128,6 +129,54 @@ def test_a_well_formed_entry_that_does_not_hold_together_is_ignored(
     edit(doc)  # type: ignore[operator]
     entry.write_text(json.dumps(doc))
     assert load_entry(tmp_path, graph.source_hash, str(path)) is None
+
+
+@pytest.mark.parametrize("days", [10**9, -(10**9)])
+def test_an_entry_with_an_out_of_range_duration_is_ignored(tmp_path: Path, days: int) -> None:
+    """A duration no timedelta can hold is a bad entry, not an OverflowError."""
+    path = tmp_path / "g.dot"
+    path.write_text(DOT)
+    graph = load_graph(path, cache_dir=tmp_path)
+    entry = entry_path(tmp_path, graph.source_hash)
+    doc = json.loads(entry.read_bytes())
+    for node in doc["nodes"]:
+        if "timeout" in node[2]:
+            node[2]["timeout"] = [days, 0, 0]
+    entry.write_text(json.dumps(doc))
+    assert load_entry(tmp_path, graph.source_hash, str(path)) is None
+    clear_cache()
+    _same(load_graph(path, cache_dir=tmp_path), graph)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "symlink"])
+def test_an_entry_that_is_not_a_regular_file_is_never_read(tmp_path: Path, kind: str) -> None:
+    """A FIFO, a link to /dev/zero or any symlink in an entry's place is skipped at once."""
+    cache = tmp_path / "cache"
+    graph = load_graph(DOT, cache_dir=cache)
+    entry = entry_path(cache, graph.source_hash)
+    good = entry.read_bytes()
+    entry.unlink()
+    if kind == "fifo":
+        os.mkfifo(entry)  # nobody writes to it: reading it would wait forever
+    elif kind == "dev_zero":
+        entry.symlink_to("/dev/zero")  # endless: reading it would fill memory
+    else:
+        (tmp_path / "elsewhere.json").write_bytes(good)
+        entry.symlink_to(tmp_path / "elsewhere.json")
+    assert load_entry(cache, graph.source_hash, "<string>") is None
+    clear_cache()
+    _same(load_graph(DOT, cache_dir=cache), graph)
+
+
+def test_an_entry_past_the_size_limit_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry bigger than MAX_ENTRY_BYTES is ignored without being read into memory."""
+    graph = load_graph(DOT, cache_dir=tmp_path)
+    entry = entry_path(tmp_path, graph.source_hash)
+    assert load_entry(tmp_path, graph.source_hash, "<string>") is not None
+    monkeypatch.setattr(engine.graph_cache, "MAX_ENTRY_BYTES", entry.stat().st_size - 1)
+    assert load_entry(tmp_path, graph.source_hash, "<string>") is None
 
 
 def test_concurrent_writers_leave_one_whole_entry(tmp_path: Path) -> None:

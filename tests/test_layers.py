@@ -1,5 +1,6 @@
 """Imports run one way: engine (core) ← handlers ← sessions ← the command line
-(``engine/cli/``, entered through ``engine/run.py``).
+(``engine/cli/``, entered through ``engine/run.py``) and, beside it at the top, the
+HTTP server (``engine/server/``).
 
 Every module is parsed with :mod:`ast`, so imports inside functions, under
 ``TYPE_CHECKING`` and through ``importlib.import_module("...")`` count as much as the
@@ -19,12 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "handlers", "sessions")
 CLI = "engine.cli"
 CLI_ENTRY = "engine.run"  # the entry point the product brief fixes: part of the CLI layer
+SERVER = "engine.server"  # the HTTP API: a top-layer client of sessions, like the CLI
 
 FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     # layer: what no module of it may import
-    "engine": ("handlers", "sessions", CLI),
-    "handlers": ("sessions", CLI),
-    "sessions": (CLI,),
+    "engine": ("handlers", "sessions", CLI, SERVER),
+    "handlers": ("sessions", CLI, SERVER),
+    "sessions": (CLI, SERVER),
 }
 
 
@@ -97,8 +99,9 @@ def _within(name: str, package: str) -> bool:
 
 
 def layer(name: str) -> str | None:
-    """The layer a module belongs to: the CLI, or its top-level package if one of ours."""
-    if _within(name, CLI) or _within(name, CLI_ENTRY):
+    """The layer a module belongs to: the CLI (and the server beside it), or its
+    top-level package if one of ours."""
+    if _within(name, CLI) or _within(name, CLI_ENTRY) or _within(name, SERVER):
         return "cli"
     top = name.split(".")[0]
     return top if top in PACKAGES else None
@@ -187,6 +190,8 @@ def _tree(tmp_path: Path, files: Mapping[str, str]) -> list[Import]:
         ("handlers/basic.py", "from sessions.session import Session\n", "sessions"),
         ("handlers/basic.py", "from engine import cli\n", CLI),
         ("sessions/manager.py", "from engine.cli.common import err\n", CLI),
+        ("sessions/manager.py", "from engine.server.app import create_app\n", SERVER),
+        ("handlers/llm.py", "import engine.server\n", SERVER),
     ],
 )
 def test_the_checker_finds_an_upward_import(

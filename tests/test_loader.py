@@ -79,7 +79,11 @@ def test_source_hash_is_sha256_of_the_bytes(tmp_path: Path) -> None:
         (b"", "empty file"),
         (b"  \n\t\n", "empty file"),
         (b"digraph { a\x00 }", "binary file (contains NUL bytes)"),
-        (b"digraph { a [x=\xff\xfe] }", "not UTF-8 text (bad byte at offset 15)"),
+        (b"digraph { a [x=\xff\xfe] }", "not UTF-8 text (bad byte 0xff at line 1, column 16)"),
+        (
+            b'digraph {\n a\n b [x="\xc3\xa9\xe9"] }',
+            "not UTF-8 text (bad byte 0xe9 at line 3, column 9)",
+        ),
     ],
 )
 def test_unusable_files(tmp_path: Path, content: bytes, reason: str) -> None:
@@ -91,6 +95,19 @@ def test_unusable_files(tmp_path: Path, content: bytes, reason: str) -> None:
     assert info.value.reason == reason
     assert info.value.path == str(path)
     assert str(info.value) == f"{path}: error: {reason}"
+
+
+def test_a_bom_is_dropped_from_a_latin1_graph_too(tmp_path: Path) -> None:
+    """A UTF-8 BOM before ``charset=latin1`` text is dropped, not read as an id 'ï»¿digraph'."""
+    body = 'digraph { charset=latin1; start [label="\xe9"]; start -> done }'
+    for name, data in [
+        ("utf8.dot", b"\xef\xbb\xbf" + body.encode("utf-8")),  # read as Latin-1: mojibake
+        ("latin1.dot", b"\xef\xbb\xbf" + body.encode("latin-1")),  # not UTF-8 at all
+    ]:
+        (tmp_path / name).write_bytes(data)
+        graph = load_graph(tmp_path / name)
+        expected = "\xe9" if name == "latin1.dot" else "\xc3\xa9"
+        assert graph.nodes["start"].label == expected
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

@@ -51,17 +51,20 @@ def _source(path: str) -> str | None:
 def check_file(path: str, registry: HandlerRegistry) -> Checked:
     """Every problem of the graph at ``path``; raises the loader's other GraphErrors
     (a missing, binary or unparsable file), which have nothing more to say."""
+    from pathlib import Path
+
     from engine.lint import lint_graph
     from engine.loader import load_graph
 
+    source = Path(path)  # not the str: load_graph reads a str holding "{" as DOT text
     try:
-        loaded = load_graph(path, registry=registry)
+        loaded = load_graph(source, registry=registry)
         graph: Graph | None = loaded
         issues = list(loaded.warnings)
     except GraphValidationError as exc:
         issues = list(exc.issues)
         try:  # the file's only errors may be unknown handlers: check the rest anyway
-            graph = load_graph(path)
+            graph = load_graph(source)
             issues += graph.warnings
         except GraphValidationError:
             graph = None

@@ -8,10 +8,12 @@ module importing from it would load a second copy (and its own ``UsageError``).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import sys
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from engine.errors import GraphValidationError, TurngraphError
 
@@ -20,14 +22,25 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_RUN_FAILED",
+    "JSON_KEYS",
+    "LEASE_TTL_ENV",
+    "MAX_MESSAGE_BYTES",
     "PROG",
+    "BadMessage",
     "Parser",
+    "QuietPipe",
     "UsageError",
+    "add_llm_options",
     "check_output",
+    "checked_message",
     "configure_logging",
     "err",
+    "lease_ttl",
+    "model_of",
     "one_line",
     "print_json",
+    "read_stdin_message",
+    "silence_stdout",
     "store_url",
 ]
 
@@ -36,10 +49,29 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 PROG = "python -m engine.run"
+LEASE_TTL_ENV = "TURNGRAPH_LEASE_TTL"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+JSON_KEYS = (
+    "status",
+    "reply",
+    "graph",
+    "run_id",
+    "session_id",
+    "turn",
+    "trace_id",
+    "usage",
+    "nodes",
+    "error",
+)
+"""The keys of a turn's ``--json`` object, in order, with or without ``--session``."""
 
 
 class UsageError(TurngraphError):
     """Bad command-line arguments (argparse's complaint, as one line)."""
+
+
+class BadMessage(UsageError):
+    """A message (``-m``, standard input or a chat line) that cannot be a turn's input."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -113,3 +145,127 @@ def store_url(arg: str | None) -> str:
     from sessions.store import default_store_url
 
     return arg or default_store_url()
+
+
+def add_llm_options(p: argparse.ArgumentParser) -> None:
+    """``--llm SPEC`` and ``--llm-base-url URL``: every command that calls the model."""
+    p.add_argument(
+        "--llm",
+        metavar="SPEC",
+        help="echo (default), openai:MODEL or anthropic:MODEL (default: $TURNGRAPH_LLM)",
+    )
+    p.add_argument(
+        "--llm-base-url", metavar="URL", help="the model server (an OpenAI-compatible one...)"
+    )
+
+
+def model_of(args: argparse.Namespace) -> Any:
+    """The model ``--llm`` (else ``$TURNGRAPH_LLM``) names; ``None`` for the offline default."""
+    from handlers.adapters.spec import ENV_SPEC, from_spec
+
+    spec = args.llm or os.environ.get(ENV_SPEC) or "echo"
+    if spec.strip().lower() == "echo" and args.llm_base_url is None:
+        return None
+    return from_spec(spec, base_url=args.llm_base_url)
+
+
+# Control characters other than the line breaks and tab (as handlers/classify.py
+# blocks them): a terminal's escape sequences, NULs and the like, refused here with a
+# message before a turn is spent on them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def checked_message(text: str, where: str) -> str:
+    """``text`` if it can be a turn's input, else :class:`BadMessage` naming ``where``
+    (``-m``, ``standard input``, ``chat``).  One check for every way a message arrives:
+    bytes that were not UTF-8 (argv and stdin decode them to lone surrogates) and
+    control characters other than tab and line breaks are refused before anything is sent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadMessage(
+            f"{where}: error: the message is not valid UTF-8 (at character {exc.start})"
+        ) from None
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise BadMessage(
+            f"{where}: error: the message contains a control character "
+            f"({bad.group()!r} at character {bad.start()})"
+        )
+    return text
+
+
+def read_stdin_message(stream: BinaryIO, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """The message ``-m -`` reads: all of ``stream``, UTF-8, at most ``limit`` bytes
+    (``/dev/zero`` is refused, not read until memory runs out), one final newline
+    dropped as a shell's ``$(...)`` does."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise BadMessage(f"standard input: error: the message is longer than {limit} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadMessage(
+            f"standard input: error: the message is not valid UTF-8 (at byte {exc.start})"
+        ) from None
+    if text.endswith("\n"):
+        text = text[:-1].removesuffix("\r")
+    return checked_message(text, "standard input")
+
+
+def lease_ttl() -> float | None:
+    """``$TURNGRAPH_LEASE_TTL`` in seconds (how long a session stays ours without a
+    renewal, and so how long a crashed chat's session stays busy), else ``None`` for the
+    session manager's default."""
+    raw = os.environ.get(LEASE_TTL_ENV)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = -1.0
+    if not 0.1 <= ttl <= 86400:  # also refuses nan and inf
+        raise UsageError(
+            f"{PROG}: error: {LEASE_TTL_ENV}={raw!r} is not a number of seconds "
+            "between 0.1 and 86400"
+        )
+    return ttl
+
+
+def silence_stdout() -> None:
+    """Point standard output at the null device: its reader has gone (``... | head -1``),
+    and what is still written (or buffered) must neither fail nor be reported."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    finally:
+        os.close(null)
+
+
+class QuietPipe(io.TextIOBase):
+    """``stream`` (standard output) for text written from inside a run, such as a reply
+    printed by an observer as it streams: when the reader has gone, standard output is
+    silenced (:func:`silence_stdout`) instead of the write failing the observer."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def writable(self) -> bool:
+        """Always: it is an output stream."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Write ``text``; nothing fails when the reader has gone."""
+        try:
+            self._stream.write(text)
+        except BrokenPipeError:
+            silence_stdout()
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush; nothing fails when the reader has gone."""
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            silence_stdout()

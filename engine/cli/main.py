@@ -3,7 +3,9 @@
 ::
 
     python -m engine.run [GRAPH.dot] -m TEXT [--json] [-v]  one turn, offline adapters
+                                                            (-m -: the message from stdin)
     python -m engine.run [GRAPH.dot] [-v]                   chat: an in-memory session
+                                                            (see :mod:`engine.cli.chat`)
     python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL]
                                                             a turn (or a chat) of a stored
                                                             session, created if new
@@ -19,6 +21,9 @@
                                                             is tampered; --salvage: read a
                                                             tampered one up to its first bad
                                                             record)
+    python -m engine.run serve [--host H] [--port P] [--store URL] [--llm SPEC] [--graph G]
+                                                            the HTTP API (the serve extra;
+                                                            see engine/cli/serve.py)
 
 Without ``GRAPH.dot`` a turn runs the shipped ``turn.dot`` (:mod:`graphs`).  The
 installed console script ``turngraph`` is this command.
@@ -36,9 +41,13 @@ whatever tracer provider the process has (``opentelemetry-instrument`` configure
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
 corrupt or tampered store or export, a store's optional extra not installed, Graphviz
-missing for images); 130 interrupted;
-70 an internal bug.  Errors are one line on stderr (``path:line:col: error: ...`` for
-graphs), never a traceback (``-v`` adds one for internal bugs, and node logs).
+missing for images, a message with control characters or bytes that are not UTF-8);
+130 interrupted; 143 and 129 a chat ended by SIGTERM or SIGHUP; 70 an internal bug.
+A closed pipe on stdout is quiet (0).  ``--json`` prints the keys
+:data:`~engine.cli.common.JSON_KEYS`, with or without a session;
+``$TURNGRAPH_LEASE_TTL`` sets the lease of a stored session's turn or chat.  Errors
+are one line on stderr (``path:line:col: error: ...`` for graphs), never a traceback
+(``-v`` adds one for internal bugs, and node logs).
 
 Start-up is kept short by importing rich, the handlers and the session machinery only
 in the commands that use them.  Only this module configures structlog.
@@ -57,14 +66,22 @@ from engine.cli.common import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_RUN_FAILED,
+    JSON_KEYS,
     PROG,
     Parser,
+    QuietPipe,
     UsageError,
+    add_llm_options,
     check_output,
+    checked_message,
     configure_logging,
     err,
+    lease_ttl,
+    model_of,
     one_line,
     print_json,
+    read_stdin_message,
+    silence_stdout,
     store_url,
 )
 from engine.errors import TurngraphError
@@ -125,21 +142,14 @@ def _exit_code(exc: BaseException, verbose: bool) -> int:
 # --------------------------------------------------------------------------- shared
 
 
-def _require_file(path: str) -> None:
-    """Refuse a missing path containing ``{``: load_graph would read it as DOT text, but
-    on the command line it is a path."""
-    if "{" in path and not os.path.exists(path):
-        from engine.errors import GraphFileError
-
-        raise GraphFileError(path, "no such file")
-
-
 def _load(path: str, registry: HandlerRegistry) -> Graph:
     """The graph at ``path``, checked against ``registry``; only files, never DOT text."""
-    _require_file(path)
+    from pathlib import Path
+
     from engine.loader import load_graph
 
-    return load_graph(path, registry=registry, cache_dir=_graph_cache_dir())
+    # A Path, not the str: load_graph reads a str holding "{" as DOT text.
+    return load_graph(Path(path), registry=registry, cache_dir=_graph_cache_dir())
 
 
 def _graph_cache_dir() -> str:
@@ -160,26 +170,19 @@ def _engine(registry: HandlerRegistry, verbose: bool, live: LivePrinter | None =
     return Engine(registry, observers=observers)
 
 
-def _llm(args: argparse.Namespace) -> Any:
-    """The model ``--llm`` (else ``$TURNGRAPH_LLM``) names; ``None`` for the offline default."""
-    from handlers.adapters.spec import ENV_SPEC, from_spec
-
-    spec = args.llm or os.environ.get(ENV_SPEC) or "echo"
-    if spec.strip().lower() == "echo" and args.llm_base_url is None:
-        return None
-    return from_spec(spec, base_url=args.llm_base_url)
-
-
-def _live(llm: Any, as_json: bool, prefix: str = "") -> LivePrinter | None:
+def live_printer(llm: Any, as_json: bool, prefix: str = "") -> LivePrinter | None:
     """A printer of streamed text, for a model that streams and output that is not JSON."""
     if llm is None or as_json or not hasattr(llm, "respond"):
         return None
+    from typing import TextIO, cast
+
     from engine.cli.views import LivePrinter
 
-    return LivePrinter(prefix=prefix)
+    # A reader that leaves (`| head -1`) must not fail the observer: stdout goes quiet.
+    return LivePrinter(out=cast("TextIO", QuietPipe(sys.stdout)), prefix=prefix)
 
 
-def _print_reply(reply: Any, live: LivePrinter | None, prefix: str = "") -> None:
+def print_reply(reply: Any, live: LivePrinter | None, prefix: str = "") -> None:
     """The reply, unless it was already printed as it streamed."""
     text = reply if reply is not None else ""
     if live is not None and live.started:
@@ -207,7 +210,7 @@ def turn_context(
     }
 
 
-def _failure_line(graph: Graph, error: BaseException | None, status: str) -> str:
+def run_failure_line(graph: Graph, error: BaseException | None, status: str) -> str:
     """``path:line:col: error: ...`` for the node a run failed at."""
     node = graph.nodes.get(str(getattr(error, "node_id", "")))
     where = f"{graph.path}:{node.line}:{node.col}" if node else graph.path
@@ -230,9 +233,11 @@ def report_turn(
 
     ok = status == "success"
     if as_json:
-        doc: dict[str, Any] = {"status": status, "reply": reply, "graph": graph.path}
-        doc.update(extra)
-        if doc.get("usage") is None:
+        # The same keys for every turn (JSON_KEYS, null when absent), with or without
+        # a session, so a script reads one shape.
+        doc: dict[str, Any] = dict.fromkeys(JSON_KEYS)
+        doc.update(status=status, reply=reply, graph=graph.path, **extra)
+        if doc["usage"] is None:
             from engine.outcome import total_usage
 
             doc["usage"] = total_usage(trace)
@@ -242,7 +247,7 @@ def report_turn(
         print_json(doc)
     else:
         if ok:
-            _print_reply(reply, live)
+            print_reply(reply, live)
         elif live is not None:
             live.end_line()
         where = ""
@@ -250,7 +255,7 @@ def report_turn(
             where = f"session {extra['session_id']} · turn {extra['turn']} · "
         print_renderable(nodes_table(trace, title=f"{where}{graph.path} · {status}"))
     if not ok:
-        err(_failure_line(graph, error, status))
+        err(run_failure_line(graph, error, status))
         return EXIT_RUN_FAILED
     return 0
 
@@ -287,19 +292,14 @@ def _run_parser() -> Parser:
         epilog=f"other commands: {PROG} validate|render|sessions --help",
     )
     p.add_argument("graph", nargs="?", help="the .dot turn graph (default: the shipped turn.dot)")
-    p.add_argument("-m", "--message", help="run one turn with this input and exit")
+    p.add_argument(
+        "-m", "--message", help="run one turn with this input and exit (-: read standard input)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (with -m)")
     p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
-    p.add_argument(
-        "--llm",
-        metavar="SPEC",
-        help="echo (default), openai:MODEL or anthropic:MODEL (default: $TURNGRAPH_LLM)",
-    )
-    p.add_argument(
-        "--llm-base-url", metavar="URL", help="the model server (an OpenAI-compatible one...)"
-    )
+    add_llm_options(p)
     return p
 
 
@@ -309,15 +309,16 @@ def _cmd_run(argv: Sequence[str]) -> int:
         raise UsageError(f"{PROG}: error: --json needs -m TEXT (see --help)")
     if args.graph is None and args.message is None and args.session is None:
         raise UsageError(f"{PROG}: error: a chat needs GRAPH.dot or --session ID (see --help)")
-    if args.message is None and args.session is None and args.store is None:
+    message = args.message = _message(args.message)
+    if message is None and args.session is None and args.store is None:
         # A chat is a session kept in memory: the same history window, working
         # memory and compaction as a stored one, gone when the chat ends.
         args.session, args.store = "cli", "memory:"
-    if args.session is not None or args.store is not None:
+    if message is None or args.session is not None or args.store is not None:
         return _run_session(args)
     from handlers import build_registry
 
-    llm = _llm(args)
+    llm = model_of(args)
     registry = build_registry() if llm is None else build_registry(llm=llm)
     if args.graph is None:
         from engine.loader import load_graph
@@ -326,10 +327,17 @@ def _cmd_run(argv: Sequence[str]) -> int:
         graph = load_graph(graph_source("turn.dot"), registry=registry)
     else:
         graph = _load(args.graph, registry)
-    live = _live(llm, args.json)
+    live = live_printer(llm, args.json)
     engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
-    return _one_turn(graph, engine, args.message, args.json, live, llm)
+    return _one_turn(graph, engine, message, args.json, live, llm)
+
+
+def _message(arg: str | None) -> str | None:
+    """The message of ``-m``: checked, and read from standard input for ``-m -``."""
+    if arg == "-":
+        return read_stdin_message(sys.stdin.buffer)
+    return arg if arg is None else checked_message(arg, "-m")
 
 
 def _one_turn(
@@ -346,26 +354,16 @@ def _one_turn(
         try:
             return await engine.run(graph, turn_context(text))
         finally:
-            await _aclose(llm)
+            await aclose_llm(llm)
 
     return _report_run(graph, anyio.run(turn), as_json, live)
 
 
-async def _aclose(llm: Any) -> None:
+async def aclose_llm(llm: Any) -> None:
     """Close a hosted model's connections on the loop that opened them."""
     close = getattr(llm, "aclose", None)
     if close is not None:
         await close()
-
-
-def read_line(prompt: str) -> str | None:
-    """One line from the terminal, or None at end of input or ``/quit``."""
-    try:
-        line = input(prompt)
-    except EOFError:
-        print(file=sys.stderr)
-        return None
-    return None if line.strip() in ("/quit", "/exit") else line
 
 
 # --------------------------------------------------------------------------- validate
@@ -385,7 +383,6 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     failed = False
     for path in args.graphs:
         try:
-            _require_file(path)
             checked = check_file(path, registry)
         except GraphError as exc:
             failed = True
@@ -442,7 +439,6 @@ def _render_text(path: str) -> tuple[str, int]:
     from engine.cli.views import graph_to_dot
     from handlers import build_registry
 
-    _require_file(path)
     checked = check_file(path, build_registry())
     if checked.graph is not None:
         for issue in checked.issues:
@@ -492,6 +488,15 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def _require_file(path: str) -> None:
+    """Refuse a missing path containing ``{``: load_graph would read it as DOT text, but
+    on the command line it is a path."""
+    if "{" in path and not os.path.exists(path):
+        from engine.errors import GraphFileError
+
+        raise GraphFileError(path, "no such file")
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -499,84 +504,62 @@ def _run_session(args: argparse.Namespace) -> int:
     """One turn (``-m``) or a chat on a stored session; history comes from the store."""
     if args.session is None:
         raise UsageError(f"{PROG}: error: --store needs --session ID (see --help)")
-    import anyio
-
     from sessions.store import validate_session_id
 
     validate_session_id(args.session)
-    args.llm_adapter = _llm(args)
+    llm = model_of(args)
     if args.graph is not None and "{" in args.graph and not os.path.exists(args.graph):
+        # A path on the command line, never DOT text (see _load).
         from engine.errors import GraphFileError
 
         raise GraphFileError(args.graph, "no such file")
     configure_logging(args.verbose)
-    return anyio.run(_session_main, args)
+    if args.message is None:
+        from engine.cli.chat import run_chat
+
+        return run_chat(args, llm)
+    import anyio
+
+    return anyio.run(_session_turn, args, llm)
 
 
-async def _session_main(args: argparse.Namespace) -> int:
+def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None) -> Any:
+    """The :class:`~sessions.SessionManager` of a session's turn or chat: ``--store``,
+    the graph, the model, ``$TURNGRAPH_LEASE_TTL``, and ``live`` printing the reply."""
     from sessions import SessionManager
 
-    llm = args.llm_adapter
+    ttl = lease_ttl()
+    options: dict[str, Any] = {} if ttl is None else {"lease_ttl": ttl}
     manager = SessionManager(
-        store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm
+        store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm, **options
     )
-    chat = args.message is None
-    live = _live(llm, args.json, prefix="bot> " if chat else "")
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
+    return manager
+
+
+async def _session_turn(args: argparse.Namespace, llm: Any) -> int:
+    """One turn of a stored session, reported as a graph run is."""
+    live = live_printer(llm, args.json)
+    manager = session_manager(args, llm, live)
     try:
-        return await _session_loop(manager, args, live)
+        async with manager:
+            session = await manager.get_or_create(args.session)
+            result = await session.send(args.message)
     finally:
-        await _aclose(llm)
-
-
-async def _session_loop(manager: Any, args: argparse.Namespace, live: LivePrinter | None) -> int:
-    chat = args.message is None
-    async with manager:
-        session = await manager.get_or_create(args.session)
-        if not chat:
-            return await _session_turn(manager.turn_graph, session, args.message, args.json, live)
-        where = "in memory" if manager.store.url.startswith("memory:") else manager.store.url
-        n = session.turn_count
-        turns = f"{n} turn{'' if n == 1 else 's'}"
-        print(f"session {session.id} ({turns}, {where}); /quit or Ctrl-D to leave")
-        while (line := read_line("you> ")) is not None:
-            if line.strip():
-                await _session_turn(manager.turn_graph, session, line, False, live, chat=True)
-    return 0
-
-
-async def _session_turn(
-    graph: Graph,
-    session: Any,
-    text: str,
-    as_json: bool,
-    live: LivePrinter | None = None,
-    *,
-    chat: bool = False,
-) -> int:
-    if live is not None:
-        live.reset()
-    result = await session.send(text)
-    if chat:
-        if result.ok:
-            _print_reply(result.reply, live, "bot> ")
-        else:
-            if live is not None:
-                live.end_line()
-            err(_failure_line(graph, result.error, result.status))
-        return 0 if result.ok else EXIT_RUN_FAILED
+        await aclose_llm(llm)
     return report_turn(
-        graph,
+        manager.turn_graph,
         status=result.status,
         reply=result.reply if result.ok else None,
         trace=result.trace,
         error=result.error,
-        as_json=as_json,
+        as_json=args.json,
         live=live,
         session_id=session.id,
         turn=result.turn,
         trace_id=result.trace_id,
+        run_id=result.trace_id,
     )
 
 
@@ -586,10 +569,17 @@ def _cmd_sessions(argv: Sequence[str]) -> int:
     return cmd_sessions(argv)
 
 
+def _cmd_serve(argv: Sequence[str]) -> int:
+    from engine.cli.serve import cmd_serve
+
+    return cmd_serve(argv)
+
+
 _COMMANDS: Mapping[str, Callable[[Sequence[str]], int]] = {
     "validate": _cmd_validate,
     "render": _cmd_render,
     "sessions": _cmd_sessions,
+    "serve": _cmd_serve,
 }
 
 
@@ -606,7 +596,7 @@ def program() -> int:
         code = 0
     if _stdout_closed():
         # Python would report the unflushable stdout at exit; point it at /dev/null.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
     return code
 
 

@@ -24,9 +24,11 @@ from typing import Any
 from engine.cli.common import (
     PROG,
     Parser,
+    add_llm_options,
     check_output,
     configure_logging,
     err,
+    model_of,
     print_json,
     store_url,
 )
@@ -61,8 +63,10 @@ def _sessions_parser() -> Parser:
     imp.add_argument(
         "--key-file", metavar="K", help="the exporting machine's key file (re-signed locally)"
     )
-    for name, text in (("delete", "delete a session"), ("compact", "summarise old messages")):
-        sub.add_parser(name, help=text).add_argument("id")
+    sub.add_parser("delete", help="delete a session").add_argument("id")
+    compact = sub.add_parser("compact", help="summarise old messages (with --llm, by the model)")
+    compact.add_argument("id")
+    add_llm_options(compact)
     for action in sub.choices.values():  # the shared options work after the action too
         action.add_argument("--store", metavar="URL", default=argparse.SUPPRESS)
         action.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -302,8 +306,15 @@ async def _sessions_delete(args: argparse.Namespace) -> int:
 async def _sessions_compact(args: argparse.Namespace) -> int:
     from sessions import SessionManager
 
-    async with _existing_store(args) as store, SessionManager(store) as manager:
-        result = await manager.compact(args.id)
+    # The model a chat with --llm summarised with, so a compaction from here matches it.
+    llm = model_of(args)
+    try:
+        async with _existing_store(args) as store, SessionManager(store, llm=llm) as manager:
+            result = await manager.compact(args.id)
+    finally:
+        from engine.cli.main import aclose_llm
+
+        await aclose_llm(llm)
     if result.messages_compacted == 0:
         print(f"session {args.id}: nothing compacted ({result.reason or 'nothing old enough'})")
     else:

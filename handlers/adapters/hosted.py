@@ -10,8 +10,10 @@ key has it replaced before it becomes an error.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -62,24 +64,37 @@ def endpoint_host(url: str) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
+def _number(text: str | None) -> float | None:
+    """``text`` as a finite number of at least 0; ``None`` when it is none ("inf" and
+    "nan" say no wait one could honour)."""
+    try:
+        value = float(text) if text else math.nan
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """A response's ``Retry-After`` (seconds or an HTTP date; ``retry-after-ms`` too)."""
+    """A response's ``Retry-After`` (seconds or an HTTP date; ``retry-after-ms`` too);
+    ``None`` when absent or unreadable."""
     if not headers:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
+    ms = _number(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000.0
     raw = headers.get("retry-after")
     if not raw:
         return None
+    seconds = _number(raw)
+    if seconds is not None:
+        return seconds
     try:
-        return max(0.0, float(raw))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
-        return None if when is None else max(0.0, when.timestamp() - time.time())
+        when = email.utils.parsedate_to_datetime(raw)
+    except (ValueError, TypeError, IndexError):  # neither seconds nor a date: no wait known
+        return None
+    if when.tzinfo is None:  # "-0000": a UTC time of unknown origin
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _server_message(exc: BaseException) -> str:

@@ -99,16 +99,17 @@ def _sqlite(
 ) -> SQLiteStore:
     """A SQLite store.  URL options: ``synchronous=NORMAL`` trades power-loss
     durability for speed; ``inline_writes=off`` keeps every write off the event loop's
-    thread (see :class:`SQLiteStore`)."""
+    thread; ``group_commit=off`` commits each turn alone (see :class:`SQLiteStore`)."""
     params = dict(parse_qsl(url.partition("?")[2]))
     sync = params.pop("synchronous", "FULL").upper()
     inline = _SWITCH.get(params.pop("inline_writes", "on").lower())
+    group = _SWITCH.get(params.pop("group_commit", "on").lower())
     witness = _SWITCH.get(params.pop("witness", _witness_default(url, "on")).lower())
-    if params or sync not in ("FULL", "NORMAL", "EXTRA") or None in (inline, witness):
+    if params or sync not in ("FULL", "NORMAL", "EXTRA") or None in (inline, group, witness):
         raise StoreError(
             redact_url(url),
             "SQLite URL options: synchronous=FULL|NORMAL|EXTRA, inline_writes=on|off, "
-            "witness=on|off only",
+            "group_commit=on|off, witness=on|off only",
         )
     path = sqlite_path(url)
     return SQLiteStore(
@@ -119,6 +120,7 @@ def _sqlite(
         synchronous=sync,
         create=create,
         inline_writes=bool(inline),
+        group_commit=bool(group),
         clock=clock,
         witness=bool(witness),
     )

@@ -44,12 +44,12 @@ import re
 from collections.abc import Iterable, Mapping
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, AnyStr, Final, get_args
+from typing import Any, AnyStr, Final, NamedTuple, get_args
 
 import msgspec
 from msgspec.structs import force_setattr
 
-from sessions.errors import InvalidSessionId
+from sessions.errors import InvalidSessionId, Unstorable
 from sessions.store.base import (
     EMPTY_META,
     Checkpoint,
@@ -57,6 +57,7 @@ from sessions.store.base import (
     Role,
     SessionMeta,
     SessionType,
+    TurnCommit,
     TurnRecord,
 )
 
@@ -66,11 +67,14 @@ __all__ = [
     "KIND_MESSAGE",
     "KIND_SUMMARY",
     "KIND_TURN",
+    "CommitJson",
     "ShapeError",
     "canonical_json",
     "canonical_json_v1",
+    "check_commit",
     "checkpoint_from_dict",
     "checkpoint_to_dict",
+    "commit_json",
     "json_float",
     "json_int",
     "json_str",
@@ -554,6 +558,114 @@ def turn_json(t: TurnRecord) -> str:
             "error": t.error,
         }
     )
+
+
+class CommitJson(NamedTuple):
+    """A turn commit as the canonical JSON a store writes: ``records`` are
+    ``(kind, key, data JSON)`` in chain order (messages, then the turn record);
+    ``working_memory`` and ``goals`` are ``None`` when the commit leaves them."""
+
+    records: list[tuple[str, int, str]]
+    working_memory: str | None
+    goals: str | None
+
+
+def commit_json(commit: TurnCommit, url: str, session_id: str) -> CommitJson:
+    """Encode everything ``commit`` would store, or raise
+    :class:`~sessions.errors.Unstorable` naming the part that cannot be stored.
+
+    Every store runs this before it writes anything (the memory store too, so a value
+    is refused the same way everywhere): a commit that passes is readable by a later
+    load.  The cognitive mode is stored as plain text, so only its encoding is checked.
+    """
+    what = "a message"
+    try:
+        records = [(KIND_MESSAGE, m.seq, message_json(m)) for m in commit.messages]
+        what = "the turn's trace"
+        records.append((KIND_TURN, commit.record.turn, turn_json(commit.record)))
+        what = "working memory"
+        wm = commit.working_memory
+        wm_json = None if wm is None else canonical_json(wm)
+        what = "goals"
+        goals = commit.goals
+        goals_json = None if goals is None else canonical_json(list(goals))
+        mode = commit.cognitive_mode
+        if mode is not None and not mode.isascii():
+            what = "the cognitive mode"
+            mode.encode()
+    except (TypeError, ValueError) as exc:
+        raise Unstorable(url, session_id, what, str(exc)) from exc
+    return CommitJson(records, wm_json, goals_json)
+
+
+def check_commit(commit: TurnCommit, url: str, session_id: str) -> None:
+    """Raise :class:`~sessions.errors.Unstorable` exactly when :func:`commit_json` would,
+    without writing the JSON (the memory store keeps objects, not text).
+
+    What the engine and the session build has fixed types (the trace's flat steps, a
+    message without metadata): for those only the strings' encoding is checked, and
+    ASCII needs no check at all.  Anything else (working memory, goals, message
+    metadata, a step of another shape) takes :func:`commit_json`'s own encoding.
+    """
+    try:
+        if (
+            all(map(_plain_message, commit.messages))
+            and all(map(_flat_step, commit.record.trace))
+            and _flat_step(_turn_strings(commit.record))
+        ):
+            wm, goals = commit.working_memory, commit.goals
+            if wm is not None:
+                _check_plain(wm)
+                _ENCODE(wm)  # the encoder refuses lone surrogates
+            if goals is not None:
+                _check_plain(goals)
+                _ENCODE(goals)
+            mode = commit.cognitive_mode
+            if mode is None or mode.isascii():
+                return
+    except (TypeError, ValueError, RecursionError):
+        pass  # commit_json says what is wrong
+    commit_json(commit, url, session_id)
+
+
+def _turn_strings(t: TurnRecord) -> dict[str, Any]:
+    return {"status": t.status, "trace_id": t.trace_id, "error": t.error}
+
+
+def _plain_message(m: Message) -> bool:
+    """A message of exact types without metadata whose content encodes."""
+    content = m.content
+    return (
+        m.meta is EMPTY_META
+        and type(content) is str
+        and type(m.role) is str
+        and (content.isascii() or _encodes(content))
+    )
+
+
+def _flat_step(step: Mapping[str, Any]) -> bool:
+    """A flat mapping of ``str`` keys to leaves (finite floats, encodable strings)."""
+    for key, value in step.items():
+        kind = type(value)
+        if type(key) is not str or not key.isascii():
+            return False
+        if kind is str:
+            if not value.isascii() and not _encodes(value):
+                return False
+        elif kind is float:
+            if value - value != 0.0:
+                return False
+        elif kind is not int and kind is not bool and value is not None:
+            return False
+    return True
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def trace_json(trace: Iterable[Mapping[str, Any]]) -> str | None:

@@ -17,7 +17,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Final
 
-from sessions.errors import Fenced, SessionTampered, StoreError
+from sessions.errors import Fenced, SessionTampered, StoreError, Unstorable
 from sessions.store.base import Checkpoint, Message, SessionMeta, TurnCommit, TurnRecord
 from sessions.store.codec import (
     KIND_MESSAGE,
@@ -28,18 +28,17 @@ from sessions.store.codec import (
     canonical_json_v1,
     checkpoint_from_dict,
     checkpoint_to_dict,
+    commit_json,
     json_float,
     json_int,
     json_str,
     message_from_dict,
-    message_json,
     message_to_dict,
     messages_from_dicts,
     record_body_json,
     record_data,
     record_datas,
     turn_from_dict,
-    turn_json,
 )
 from sessions.store.export import ImportPlan, Parts, chain_items
 from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
@@ -293,7 +292,7 @@ _state_values: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*STATE_
 
 
 def _not_json(url: str, sid: str, what: str, exc: Exception) -> StoreError:
-    return StoreError(url, f"session {sid!r}: {what} is not JSON-serialisable: {exc}")
+    return Unstorable(url, sid, what, str(exc))
 
 
 def _json(value: Any) -> str:
@@ -347,18 +346,12 @@ def plan_turn(
                 f"session {state.id!r}: message seq {m.seq} does not "
                 f"follow message_count {state.message_count + i}",
             )
-    try:
-        items = [(KIND_MESSAGE, m.seq, message_json(m)) for m in commit.messages]
-        items.append((KIND_TURN, commit.record.turn, turn_json(commit.record)))
-        rows = _chain_rows(state, signer, items)
-        if commit.working_memory is not None:
-            state.working_memory = _json(commit.working_memory)
-        if commit.goals is not None:
-            state.goals = _json(list(commit.goals))
-    except (TypeError, ValueError) as exc:
-        raise StoreError(
-            url, f"session {state.id!r}: turn is not JSON-serialisable: {exc}"
-        ) from exc
+    encoded = commit_json(commit, url, state.id)  # before state changes: all or nothing
+    rows = _chain_rows(state, signer, encoded.records)
+    if encoded.working_memory is not None:
+        state.working_memory = encoded.working_memory
+    if encoded.goals is not None:
+        state.goals = encoded.goals
     if commit.cognitive_mode is not None:
         state.cognitive_mode = commit.cognitive_mode
     state.turn_count = commit.record.turn

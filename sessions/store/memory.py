@@ -15,7 +15,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from engine.messages import MemoryItem
-from sessions.errors import SessionExists, SessionNotFound, StoreError
+from sessions.errors import SessionExists, SessionNotFound, StoreError, Unstorable
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -24,7 +24,7 @@ from sessions.store.base import (
     TurnCommit,
     TurnRecord,
 )
-from sessions.store.codec import validate_session_id
+from sessions.store.codec import canonical_json, check_commit, validate_session_id
 from sessions.store.export import ImportLimits, already_exists, build_doc, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
 from sessions.store.signing import Signer, load_key
@@ -130,6 +130,9 @@ class MemoryStore:
         self._sessions: dict[str, _Session] = {}
         self._fences: dict[str, int] = {}
         """The last version of each deleted session id (see ``delete``)."""
+
+    is_open = True
+    """Always: there is nothing to connect to."""
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -259,6 +262,7 @@ class MemoryStore:
                     f"session {session_id!r}: message seq {msg.seq} "
                     f"does not follow message_count {s.message_count + i}",
                 )
+        check_commit(commit, self.url, session_id)  # refused here as by the durable stores
         s.messages.extend(commit.messages)
         s.turns.append(commit.record)
         s.checkpoint = None
@@ -278,7 +282,12 @@ class MemoryStore:
         token: int,
     ) -> None:
         """Replace working memory, goals and/or mode (``None``: unchanged); fenced."""
-        self._fenced(session_id, token).set_state(working_memory, goals, cognitive_mode)
+        s = self._fenced(session_id, token)
+        try:  # what a durable store could not write is refused here too
+            canonical_json({"m": working_memory, "g": goals, "c": cognitive_mode})
+        except (TypeError, ValueError) as exc:
+            raise Unstorable(self.url, session_id, "session state", str(exc)) from exc
+        s.set_state(working_memory, goals, cognitive_mode)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int

@@ -17,14 +17,23 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from sessions.errors import StoreError, StoreVersionUnsupported
+from sessions.errors import StoreError, StoreLocked, StoreReadOnly, StoreVersionUnsupported
 from sessions.store.durable import STATE_COLUMNS, StateRow
 from sessions.store.migrations import POSTGRES, SCHEMA_VERSION
 from sessions.store.pg_group import set_up_group_connection
 from sessions.store.redact import scrub
 from sessions.store.signing import Row
 
-__all__ = ["Conn", "PgDatabase", "first_version", "insert_records", "insert_state", "one", "wipe"]
+__all__ = [
+    "Conn",
+    "PgDatabase",
+    "connection_lost",
+    "first_version",
+    "insert_records",
+    "insert_state",
+    "one",
+    "wipe",
+]
 
 Conn = psycopg.AsyncConnection[Any]
 _MIGRATION_LOCK: Final = 0x7475726E  # "turn": serialises schema creation across processes
@@ -35,10 +44,18 @@ class PgDatabase:
     """The pools of one store; ``url`` (password removed) names it in errors."""
 
     def __init__(
-        self, url: str, conninfo: str, *, max_connections: int, timeout: float, create: bool
+        self,
+        url: str,
+        conninfo: str,
+        *,
+        max_connections: int,
+        timeout: float,
+        create: bool,
+        lock_timeout: float = 10.0,
     ) -> None:
         self.url, self._conninfo = url, conninfo
         self._max, self._timeout, self._may_create = max_connections, timeout, create
+        self._lock_ms = max(1, round(lock_timeout * 1000))
         self.pool: AsyncConnectionPool | None = None
         self.group_pool: AsyncConnectionPool | None = None
 
@@ -53,7 +70,7 @@ class PgDatabase:
         """
         await self._probe()
         before()
-        self.pool = await self._open_pool(self._max)
+        self.pool = await self._open_pool(self._max, self._set_up)
         try:
             if group_connections:
                 self.group_pool = await self._open_pool(group_connections, set_up_group_connection)
@@ -71,6 +88,20 @@ class PgDatabase:
             if pool is not None:
                 await pool.close()
 
+    async def _set_up(self, conn: Conn) -> None:
+        """A main-pool connection waits at most ``lock_timeout`` for a row lock."""
+        await conn.execute(f"SET lock_timeout = {self._lock_ms}")
+
+    async def recover(self) -> None:
+        """Replace the pooled connections that died (the server restarted, a proxy or
+        an administrator cut them) before the next transaction borrows one."""
+        try:
+            for pool in (self.pool, self.group_pool):
+                if pool is not None:
+                    await pool.check()
+        except psycopg.Error as exc:
+            raise StoreError(self.url, f"{type(exc).__name__}: {exc}") from exc
+
     @asynccontextmanager
     async def tx(self, *, read: bool = False) -> AsyncIterator[Conn]:
         """One transaction on a pooled connection (``read``: ``REPEATABLE READ``, so a
@@ -83,6 +114,13 @@ class PgDatabase:
                 if read:
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 yield conn
+        except psycopg.errors.LockNotAvailable as exc:
+            raise StoreLocked(
+                self.url, f"gave up waiting {self._lock_ms} ms for a row lock (lock_timeout)"
+            ) from exc
+        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreReadOnly(self.url, f"read-only: writes are refused ({reason})") from exc
         except psycopg.Error as exc:
             raise StoreError(self.url, f"{type(exc).__name__}: {exc}") from exc
 
@@ -132,13 +170,15 @@ async def _migrate(url: str, c: Conn, *, create: bool) -> None:
     """Create or migrate the schema in transaction ``c``; refuse a newer one.  Without
     ``create`` a database without turngraph's tables is ``no such store``."""
     await c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-    if not create:
-        found = await one(c, "SELECT to_regclass('turngraph_schema')", ())
-        if found is None or found[0] is None:
+    found = await one(c, "SELECT to_regclass('turngraph_schema')", ())
+    if found is None or found[0] is None:
+        if not create:
             raise StoreError(url, "no such store: this database has no turngraph tables")
-    await c.execute("CREATE TABLE IF NOT EXISTS turngraph_schema (version INTEGER)")
+        await c.execute("CREATE TABLE IF NOT EXISTS turngraph_schema (version INTEGER)")
     row = await one(c, "SELECT max(version) FROM turngraph_schema", ())
     version = int(row[0] or 0) if row else 0
+    if version == SCHEMA_VERSION:
+        return  # current: no DDL at all, so a read-only role or transaction can open it
     if version > SCHEMA_VERSION:
         raise StoreVersionUnsupported(
             url,
@@ -151,6 +191,18 @@ async def _migrate(url: str, c: Conn, *, create: bool) -> None:
     if version != SCHEMA_VERSION:
         await c.execute("DELETE FROM turngraph_schema")
         await c.execute("INSERT INTO turngraph_schema VALUES (%s)", (SCHEMA_VERSION,))
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the psycopg error it wraps) means the connection broke, so a
+    transaction in flight may or may not have committed."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    if not isinstance(cause, psycopg.OperationalError):
+        return False
+    state = cause.sqlstate
+    # No SQLSTATE: the client lost the socket.  08: connection exceptions; 57P: the
+    # server shut the session down (terminated backend, restart).
+    return state is None or state.startswith(("08", "57P"))
 
 
 async def one(c: Conn, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -23,7 +23,14 @@ from typing import Any, Final
 import anyio.to_thread
 
 from engine.messages import MemoryItem
-from sessions.errors import Fenced, SessionExists, SessionNotFound, StoreError, StoreKeyMissing
+from sessions.errors import (
+    CommitUnknown,
+    Fenced,
+    SessionExists,
+    SessionNotFound,
+    StoreError,
+    StoreKeyMissing,
+)
 from sessions.store.base import (
     Checkpoint,
     LoadedSession,
@@ -48,6 +55,7 @@ from sessions.store.lease import Clock, check_token, grant, lease_end, not_holde
 from sessions.store.pg_db import (
     Conn,
     PgDatabase,
+    connection_lost,
     first_version,
     insert_records,
     insert_state,
@@ -144,26 +152,37 @@ class PostgresStore:
         group_commits: int = 2,
         clock: Clock = time.time,
         witness: bool = False,
+        lock_timeout: float = 10.0,
     ) -> None:
         """``group_commits`` is how many turn groups may run at once (0: every turn
         takes the locked path, one transaction each); ``clock`` measures leases.
         ``witness`` keeps the heads this machine committed in a rollback witness
         (:mod:`sessions.store.witness`) keyed by the URL without its password: off by
         default, because a store shared by many machines is only witnessed for the
-        sessions each one wrote (``TURNGRAPH_WITNESS=on`` turns it on)."""
+        sessions each one wrote (``TURNGRAPH_WITNESS=on`` turns it on).
+        ``lock_timeout`` (seconds) bounds a write's wait for a row lock another
+        transaction holds (:class:`~sessions.errors.StoreLocked` past it)."""
+        if not lock_timeout > 0:
+            raise ValueError("lock_timeout must be > 0 seconds")
         self.url = redact_url(url)
         self._clock = clock
         self._secret = secret
         self._limits = limits or ImportLimits()
         self._db = PgDatabase(
-            self.url, url, max_connections=max_connections, timeout=connect_timeout, create=create
-        )
+            self.url, url, max_connections=max_connections, timeout=connect_timeout,
+            create=create, lock_timeout=lock_timeout,
+        )  # fmt: skip
         self._reader: PgReader | None = None
         self._use_witness = witness
         self._written = WrittenRows()
         self._group = GroupWriter(self.url, self._written, self._db.group_connection, group_commits)
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has run (and :meth:`close` has not)."""
+        return self._db.pool is not None
 
     async def open(self) -> None:
         """Check the server answers, open the pool, create or migrate the schema; refuse
@@ -357,12 +376,48 @@ class PostgresStore:
     async def _append_locked(
         self, sid: str, commit: TurnCommit, token: int, tried: StateRow | None
     ) -> None:
+        """:meth:`_write_locked`, once more on a fresh connection if the first broke.
+
+        A broken connection leaves the outcome unknown: the server may have committed
+        before its answer was lost.  The second attempt tells: it reads the row under
+        its lock, and finds either the row the first attempt planned (committed: the
+        turn is done, not written twice) or the row before it (not committed: written
+        now).  Dead pooled connections are replaced first.
+        """
+        planned: list[StateRow] = []
+        try:
+            await self._write_locked(sid, commit, token, tried, planned)
+        except StoreError as exc:
+            if not connection_lost(exc):
+                raise
+        else:
+            return
+        try:
+            await self._db.recover()
+            await self._write_locked(sid, commit, token, planned[-1] if planned else tried, [])
+        except StoreError as exc:
+            if not connection_lost(exc):
+                raise
+            raise CommitUnknown(
+                self.url,
+                f"session {sid!r}: the connection broke while turn {commit.record.turn} "
+                f"committed, and again while finding out whether it was stored ({exc.reason})",
+            ) from exc
+
+    async def _write_locked(
+        self,
+        sid: str,
+        commit: TurnCommit,
+        token: int,
+        tried: StateRow | None,
+        planned: list[StateRow],
+    ) -> None:
         """Lock and verify the row, check the token, then one write (4 round trips).
 
-        ``tried`` is the row a refused group commit would have written: if the stored
-        row is exactly that (the group's statement committed but its answer was lost,
-        e.g. to a cancelled leader), the turn is already written and is not appended
-        again.
+        ``tried`` is a row an earlier attempt would have written (a refused group
+        commit, a connection that broke): if the stored row is exactly that, the turn
+        is already written and is not appended again.  The row this attempt plans is
+        put in ``planned`` before it is sent.
         """
         reads = self._r
         async with self._db.tx() as c:
@@ -370,6 +425,7 @@ class PostgresStore:
             if tried is not None and st.state_mac == tried.state_mac:
                 return
             rows = plan_turn(st, commit, reads.signer, self.url, now=time.time())
+            planned.append(st)
             cur = await c.execute(*_turn_statement(st, rows, token, commit))
             row = await cur.fetchone()
             if row is None:

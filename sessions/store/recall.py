@@ -34,6 +34,7 @@ from engine.messages import MemoryItem
 
 __all__ = [
     "PENDING_KEY",
+    "QUERY_WORDS",
     "RECALL_WINDOW",
     "MemoryRow",
     "RecallStore",
@@ -53,6 +54,10 @@ PENDING_KEY: Final = "memory.pending"
 (``handlers.memory.PENDING``; spelled out so that importing a store loads no handler)."""
 RECALL_WINDOW: Final = 64
 """How many of the newest matching items a SQL backend ranks for one recall."""
+QUERY_WORDS: Final = 128
+"""The most distinct words a recall looks for (the query's first ones): a pasted
+document as the query would otherwise make one ``OR`` of thousands of terms, which
+PostgreSQL refuses (stack depth) and which costs a scan per word on either backend."""
 
 MemoryRow = tuple[str, str, str]
 """A remembered item as the SQL stores keep it: ``(kind, text, meta as JSON)``."""
@@ -116,7 +121,8 @@ def scope_token(kind: str, value: str) -> str:
 
 def query_words(query: str) -> tuple[str, ...]:
     """The words a recall looks for: the query's keywords, split at apostrophes the
-    way both full-text tokenisers split them (``don't`` is ``don`` and ``t``)."""
+    way both full-text tokenisers split them (``don't`` is ``don`` and ``t``), at most
+    :data:`QUERY_WORDS` of them."""
     from handlers.adapters.memory import distinct_keywords  # cached: no handler at import
 
     words: dict[str, None] = {}
@@ -124,7 +130,9 @@ def query_words(query: str) -> tuple[str, ...]:
         for part in word.split("'"):
             if part:
                 words[part] = None
-    return tuple(words)
+        if len(words) >= QUERY_WORDS:
+            break
+    return tuple(words)[:QUERY_WORDS]
 
 
 def row_of(item: MemoryItem) -> MemoryRow:

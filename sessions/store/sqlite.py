@@ -23,6 +23,7 @@ checkpointed in the database thread, so no write runs a checkpoint in the loop.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,7 @@ from sessions.store.export import ImportLimits
 from sessions.store.lease import Clock
 from sessions.store.signing import Signer, data_dir, load_key
 from sessions.store.sqlite_core import SQLiteCore
+from sessions.store.sqlite_group import GroupCommit, QueuedTurn
 from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
 from sessions.store.witness import Witness, witness_path
@@ -74,6 +76,10 @@ class SQLiteStore:
     never blocks on the disk, for two thread wake-ups per write.  ``clock`` measures
     leases (tests pass a :class:`~sessions.store.lease.ManualClock`).
 
+    ``group_commit`` (default on; ``?group_commit=off``) lets turns of different
+    sessions that are ready together share one transaction and one fsync
+    (:mod:`sessions.store.sqlite_group`); off, each turn commits alone.
+
     ``witness`` (default on; ``?witness=off`` or ``TURNGRAPH_WITNESS=off``) keeps each
     session's chain head outside the database, beside the key
     (:mod:`sessions.store.witness`), so a load of a session rolled back to an earlier
@@ -96,6 +102,7 @@ class SQLiteStore:
         busy_timeout: float = 10.0,
         create: bool = True,
         inline_writes: bool = True,
+        group_commit: bool = True,
         clock: Clock = time.time,
         witness: bool = True,
     ) -> None:
@@ -109,6 +116,11 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._inline = inline_writes
+        lone = functools.partial(_write_lone, self)
+        batch = functools.partial(_write_batch, self)
+        self._group = GroupCommit(lone, batch) if group_commit else None
+        # The session whose turn alone was the last batch (None: several; "": none yet).
+        self._lone: str | None = ""
         self._clock = clock
         self._db: DBThread | None = None
         self._core: SQLiteCore | None = None
@@ -116,6 +128,11 @@ class SQLiteStore:
         self._witness: Witness | None = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has run (and :meth:`close` has not)."""
+        return self._db is not None
 
     async def open(self) -> None:
         """Create the file (and its directory) if needed, set pragmas, migrate.
@@ -268,9 +285,18 @@ class SQLiteStore:
     # ------------------------------------------------------------------ writes
 
     async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
-        """Append one turn in one transaction; ``Fenced`` (nothing written) if stale."""
+        """Append one turn; ``Fenced`` (nothing written) if stale.
+
+        With group commit, turns of other sessions queued meanwhile share its
+        transaction (:mod:`sessions.store.sqlite_group`); it returns once that has
+        committed.
+        """
         validate_session_id(session_id)
-        await self._run_write(self._c.append_turn, session_id, commit, token, time.time())
+        now = time.time()
+        if self._group is None:
+            await self._run_write(self._c.append_turn, session_id, commit, token, now)
+        else:
+            await self._group.commit(QueuedTurn(session_id, commit, token, now))
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
@@ -380,3 +406,51 @@ def check_sqlite_folder(url: str, path: Path) -> None:
                 url, f"{above} is a file, not a folder: {path} cannot be created under it"
             )
     raise StorePathInvalid(url, f"folder {folder} does not exist (create it first)")
+
+
+def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
+    """Write a lone turn in this thread, as :meth:`SQLiteStore.append_turn` always did,
+    when one session alone has been writing and the database thread is idle; ``False``
+    (nothing written) sends the batch to :func:`_write_batch`.
+
+    A lone turn of another session than the last batch's goes to the thread:
+    other sessions are at work, and blocking the loop for its fsync would stop
+    them from preparing the next batch meanwhile.
+    """
+    last, lone = store._lone, batch[0].sid if len(batch) == 1 else None
+    store._lone = lone
+    core, db = store._core, store._db
+    if lone is None or last not in ("", lone) or not store._inline or core is None:
+        return False
+    if db is None or not db.claim():
+        return False
+    t = batch[0]
+    try:
+        done, _ = core.try_inline(core.append_turn, (t.sid, t.commit, t.token, t.now))
+    except Exception as exc:
+        done = True
+        t.finish(exc)
+    else:
+        if done:
+            t.finish(None)
+    finally:
+        db.release()
+    return done
+
+
+async def _write_batch(store: SQLiteStore, batch: list[QueuedTurn]) -> None:
+    """Write one batch in one transaction in the database thread: one hand-off
+    for all its turns (a lone one as :meth:`SQLiteStore.append_turn` always did)."""
+    core = store._c
+    if len(batch) == 1:
+        t = batch[0]
+        try:
+            await store._run(core.append_turn, t.sid, t.commit, t.token, t.now)
+        except Exception as exc:
+            t.finish(exc)
+        else:
+            t.finish(None)
+        return
+    turns = [(t.sid, t.commit, t.token, t.now) for t in batch]
+    for t, error in zip(batch, await store._run(core.write_batch, turns), strict=True):
+        t.finish(error)

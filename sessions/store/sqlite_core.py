@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from operator import attrgetter
 from pathlib import Path
@@ -39,9 +39,11 @@ from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
 from sessions.store.witness import Witness
 
-__all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "RememberedRows", "SQLiteCore"]
+__all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "BatchTurn", "RememberedRows", "SQLiteCore"]
 
 T = TypeVar("T")
+BatchTurn = tuple[str, TurnCommit, int, float]
+"""One turn of :meth:`SQLiteCore.write_batch`: session id, commit, token, time."""
 CHECKPOINT_WRITES: Final = 64
 """Write transactions after which a background WAL checkpoint is queued (a turn's
 commit writes 4-8 pages, so the log stays near SQLite's default 1,000 pages)."""
@@ -57,6 +59,7 @@ _INSERTS: Final = tuple(
     "INSERT INTO records VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * n) for n in range(1, 9)
 )
 """``INSERT`` statements of 1 to 8 rows (a turn writes 3 or so)."""
+_END_CHECKPOINT: Final = "DELETE FROM checkpoints WHERE session_id=?"
 _changed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*WRITTEN_COLUMNS)
 _signed: Final[Callable[[StateRow], tuple[Any, ...]]] = attrgetter(*_SIGNED)
 
@@ -116,6 +119,8 @@ class SQLiteCore:
         self._unsaved = False  # written since the last checkpoint ran
         self.checkpoints = 0
         """How many background WAL checkpoints ran (tests look at it)."""
+        self.deferred: list[tuple[Any, ...]] | None = None
+        """Records planned but not yet inserted, while a batch writes its turns."""
 
     # ------------------------------------------------------------------ calls
 
@@ -269,18 +274,54 @@ class SQLiteCore:
 
     def append_turn(self, sid: str, commit: TurnCommit, token: int, now: float) -> None:
         """Append one turn in one fenced transaction, ending any checkpoint."""
+        with self._write():
+            st = self.write_turn(sid, commit, token, now)
+        self.remembered.remember(st)
+
+    def write_turn(
+        self, sid: str, commit: TurnCommit, token: int, now: float, *, end_checkpoint: bool = True
+    ) -> StateRow:
+        """Write one turn's rows inside the caller's write transaction, fenced.
+
+        The one place a turn is written (alone by :meth:`append_turn`, in a group by
+        :meth:`write_batch`).  Returns the session's new row, to remember once the
+        transaction has committed.  ``end_checkpoint=False``: the caller deletes the
+        session's checkpoint itself (a batch deletes all of its sessions' at once).
+        """
 
         def change(st: StateRow) -> list[Row]:
             return plan_turn(st, commit, self.signer, self.url, now=now)
 
-        with self._write():
-            st = self._advance(sid, token, change)
-            if commit.memory:
-                queue_memory(self.conn, sid, st.agent_id, commit.memory)
+        st = self._advance(sid, token, change)
+        if commit.memory:
+            queue_memory(self.conn, sid, st.agent_id, commit.memory)
+        if end_checkpoint:
             # A turn's commit ends its checkpoint, whoever saved it: a save does not
             # change the session row, so nothing here could prove there is none.
-            self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
-        self.remembered.remember(st)
+            self.conn.execute(_END_CHECKPOINT, (sid,))
+        return st
+
+    def write_batch(self, turns: Sequence[BatchTurn]) -> list[Exception | None]:
+        """Write turns of different sessions in one transaction: one commit, one fsync.
+
+        Returns, per turn, ``None`` (written) or the error that refused it (fenced, not
+        found, data that cannot be stored), as the store's: a refused turn writes
+        nothing and the others are written.  An error that ends the transaction itself
+        (the commit failing) is raised: then nothing was written.
+
+        First all turns are tried together in one savepoint (their records inserted by
+        one statement); if any fails, that is undone and each turn is written in a
+        savepoint of its own, so only the turns at fault are refused.
+        """
+        with self._write():
+            written = _all_at_once(self, turns)
+            out: list[Exception | None] = [None] * len(turns)
+            if written is None:
+                written, out = _one_by_one(self, turns)
+            self.conn.executemany(_END_CHECKPOINT, [(st.id,) for st in written])
+        for st in written:
+            self.remembered.remember(st)
+        return out
 
     def append_summary(self, sid: str, summary: Message, upto: int, token: int, now: float) -> None:
         """Append a compaction summary covering messages ``<= upto``."""
@@ -402,7 +443,9 @@ class SQLiteCore:
         return (new, rows) if self.conn.execute(_SWAP, args).rowcount == 1 else None
 
     def _insert(self, sid: str, rows: list[Row]) -> None:
-        if 0 < len(rows) <= len(_INSERTS):  # a turn's few rows: one statement, one step
+        if self.deferred is not None:  # a batch inserts every turn's records at once
+            self.deferred.extend((sid, *r) for r in rows)
+        elif 0 < len(rows) <= len(_INSERTS):  # a turn's few rows: one statement, one step
             self.conn.execute(_INSERTS[len(rows) - 1], [v for r in rows for v in (sid, *r)])
         else:
             self.conn.executemany(_INSERTS[0], [(sid, *r) for r in rows])
@@ -434,6 +477,50 @@ class SQLiteCore:
         self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
         wipe_memory(self.conn, sid)
         return self.conn.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0
+
+
+def _all_at_once(core: SQLiteCore, turns: Sequence[BatchTurn]) -> list[StateRow] | None:
+    """Every turn written in one savepoint, all records in one ``executemany``; or
+    ``None`` (all of it undone) if any turn failed."""
+    conn, records = core.conn, list[tuple[Any, ...]]()
+    conn.execute("SAVEPOINT batch")
+    core.deferred = records
+    try:
+        written = [core.write_turn(*turn, end_checkpoint=False) for turn in turns]
+        core.deferred = None
+        conn.executemany(_INSERTS[0], records)
+    except Exception:
+        if not conn.in_transaction:
+            raise  # SQLite ended the transaction: every turn is undone
+        conn.execute("ROLLBACK TO batch")
+        return None
+    finally:
+        core.deferred = None
+        if conn.in_transaction:
+            conn.execute("RELEASE batch")
+    return written
+
+
+def _one_by_one(
+    core: SQLiteCore, turns: Sequence[BatchTurn]
+) -> tuple[list[StateRow], list[Exception | None]]:
+    """Each turn in a savepoint of its own: the rows written, and per turn its error."""
+    conn, written, out = core.conn, list[StateRow](), list[Exception | None]()
+    for sid, commit, token, now in turns:
+        conn.execute("SAVEPOINT turn")
+        try:
+            written.append(core.write_turn(sid, commit, token, now, end_checkpoint=False))
+            out.append(None)
+        except Exception as exc:  # refused: this turn alone is undone
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO turn")
+            core.remembered.forget(sid)
+            if isinstance(exc, sqlite3.Error):
+                exc = translate(core.url, core.path, exc)
+            out.append(exc)
+        conn.execute("RELEASE turn")
+    return written, out
 
 
 def _weak(method: Callable[[], None]) -> Callable[[], None]:

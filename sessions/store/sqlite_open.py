@@ -6,6 +6,7 @@ Plain functions over :mod:`sqlite3`, run in the store's database thread.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -13,10 +14,16 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
 
-from sessions.errors import StoreCorrupt, StoreError, StoreVersionUnsupported
+from sessions.errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreVersionUnsupported,
+)
 from sessions.store.migrations import SCHEMA_VERSION, SQLITE
 
-__all__ = ["AUTOCHECKPOINT_PAGES", "busy", "connect", "translate", "tx"]
+__all__ = ["AUTOCHECKPOINT_PAGES", "busy", "connect", "connect_read_only", "translate", "tx"]
 
 _HEADER: Final = b"SQLite format 3\x00"
 AUTOCHECKPOINT_PAGES: Final = 4000
@@ -32,6 +39,81 @@ def connect(
     checked is an error, not made again.
     """
     _precheck(url, path)
+    try:
+        return _connect_rw(url, path, create=create, synchronous=synchronous, busy_ms=busy_ms)
+    except (sqlite3.OperationalError, PermissionError, OSError) as exc:
+        if not _on_read_only(path, exc):
+            raise
+    return connect_read_only(url, path, busy_ms=busy_ms)
+
+
+def _on_read_only(path: Path, exc: BaseException) -> bool:
+    """Whether opening ``path`` for writing failed because it, its folder or its mount
+    is read-only (then it can still be opened for reading)."""
+    if isinstance(exc, OSError) and exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return False
+    if not path.is_file():
+        return False
+    return not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK)
+
+
+def connect_read_only(url: str, path: Path, *, busy_ms: int) -> sqlite3.Connection:
+    """Open the existing database at ``path`` for reading only.
+
+    ``mode=ro`` first: it reads the write-ahead log too, but needs its ``-shm`` file
+    (made by the last writer, or creatable here).  When the folder cannot hold one,
+    ``immutable=1``: SQLite then reads the main file alone, so only when no log with
+    unmerged commits sits beside it (else those commits would silently be missing).
+    Every write on the connection fails (:class:`~sessions.errors.StoreReadOnly`).
+    """
+    base = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    modes = ["mode=ro"]
+    if not wal.exists() or wal.stat().st_size == 0:
+        modes.append("mode=ro&immutable=1")
+    last: sqlite3.Error | None = None
+    for mode in modes:
+        conn = sqlite3.connect(
+            f"{base}?{mode}", isolation_level=None, check_same_thread=False,
+            timeout=busy_ms / 1000, uri=True,
+        )  # fmt: skip
+        try:
+            conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            last = exc
+            continue
+        try:
+            _check_read_only_version(url, path, version)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+    raise StoreReadOnly(
+        url,
+        f"{path}: read-only, and its write-ahead log cannot be read here ({last}); "
+        "open it once where it is writable to merge the log",
+    )
+
+
+def _check_read_only_version(url: str, path: Path, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreVersionUnsupported(
+            url,
+            f"{path}: schema version {version} is newer than this code supports "
+            f"({SCHEMA_VERSION}); upgrade turngraph to open it",
+        )
+    if version < SCHEMA_VERSION:
+        raise StoreReadOnly(
+            url, f"{path}: read-only, and its schema (version {version}) needs an upgrade"
+        )
+
+
+def _connect_rw(
+    url: str, path: Path, *, create: bool, synchronous: str, busy_ms: int
+) -> sqlite3.Connection:
+    """:func:`connect` for reading and writing."""
     if create:
         _create_private(path)
         target = str(path)
@@ -118,6 +200,11 @@ def translate(url: str, path: Path, exc: sqlite3.Error) -> StoreError:
     """SQLite's error ``exc`` as the store's: locked, corrupt, or another store error,
     each naming the file."""
     text = str(exc)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return StoreReadOnly(url, f"{path}: read-only: writes are refused ({text})")
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        return StoreFull(url, f"{path}: disk full: nothing was written ({text})")
     if busy(exc):
         return StoreError(url, f"{path}: database is locked ({text})")
     if isinstance(exc, sqlite3.DatabaseError) and (

@@ -207,7 +207,7 @@ async def test_fenced_while_checkpointing_closes_and_unlists(tmp_path: Path) -> 
         session = await first.create("contested")
         assert (await session.send("mine")).ok
         session.start_heartbeat(60.0)
-        await first.store.release("contested", "one", session.token)
+        await first.store.release("contested", first.owner, session.token)
         async with sqlite_manager(db, _registry(), graph, limits=limits, owner="two") as second:
             await second.get("contested")
             with pytest.raises(Fenced):

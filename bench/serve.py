@@ -1,0 +1,362 @@
+"""The HTTP API (issue 14): what a turn over HTTP adds, many SSE streams, idle connections.
+
+The server is ``python -m engine.run serve`` in a process of its own (so it shares no
+GIL with the client measuring it).  Measured in one run:
+
+* **turn over HTTP vs in-process**: the same turn (offline ``echo`` model, ``memory:``
+  store, shipped ``turn.dot``) sent by ``session.send`` in this process, and by
+  ``POST /sessions/{id}/turns`` over one kept-alive loopback connection (stdlib
+  ``http.client``: the leanest client, so the figure is the server's), alternating
+  turn by turn so both see the same machine load; p50 of each and the difference
+  (goal ≤ 1 ms added); and the app's own share, the same turn as a bare ASGI call in
+  this process (no socket, no uvicorn) against ``session.send``;
+* **concurrent SSE streams**: ``N`` clients (1,000) each stream one turn at once as
+  Server-Sent Events from one server process whose model is a loopback server
+  (:mod:`bench.loopback_llm`, 50 ms to the first token); failed streams (no ``result``
+  event, an ``error`` event, a non-200) and stalled ones (no ``result`` within 120 s)
+  are counted (goal 0); the same turns streamed in this process (``session.stream``,
+  no HTTP) are timed after, for scale: on a shared 2-core machine the model SDK's own
+  CPU per stream dominates both;
+* **memory per idle connection**: the server's RSS before and after ``N`` kept-alive
+  connections have each made one request and sit idle, divided by ``N``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench.harness import BenchContext, BenchResult, Stats, at_most, bench_env
+from bench.loopback_llm import Load, serving
+
+NAME = "serve"
+TITLE = "HTTP API: a turn over HTTP vs in-process; 1,000 concurrent SSE streams; idle connections"
+
+_ROOT = Path(__file__).resolve().parent.parent
+_STALL = 120.0
+"""Seconds after which a stream that has not ended counts as stalled."""
+
+
+@contextlib.contextmanager
+def _server(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """``python -m engine.run serve --port 0 ARGS`` in its own process: (base URL, pid)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.run", "serve", "--port", "0", *args],
+        cwd=_ROOT,
+        env={**os.environ, "PYTHONPATH": str(_ROOT), **(env or {})},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("serving on "):
+            raise RuntimeError(f"the server did not start: {line!r}")
+        yield line.split()[-1], proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time (user + system) process ``pid`` has used, in nanoseconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# --------------------------------------------------------------------------- one turn
+
+
+class _Http:
+    """``POST /sessions/http/turns`` over one kept-alive connection (stdlib client)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def turn(self) -> None:
+        self.conn.request("POST", "/sessions/http/turns", b'{"text": "hello"}', _JSON_HEADERS)
+        response = self.conn.getresponse()
+        data = response.read()
+        if response.status != 200 or b'"status":"success"' not in data:
+            raise RuntimeError(f"turn failed: {response.status} {data[:200]!r}")
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def _interleaved(
+    url: str, pid: int, n: int, warmup: int
+) -> tuple[list[int], list[int], float, float]:
+    """``n`` turns each way, alternating (so both see the same machine load):
+    nanoseconds per HTTP turn and per in-process turn, and the CPU nanoseconds per turn
+    of the server process and of the in-process turn (load-independent figures)."""
+    from sessions import SessionManager
+
+    client = _Http(url)
+    clock = time.perf_counter_ns
+    http_ns: list[int] = []
+    local_ns: list[int] = []
+    cpu = time.thread_time_ns
+    local_cpu = server_cpu = 0
+    try:
+        async with SessionManager("memory:", llm="echo") as manager:
+            session = await manager.get_or_create("local")
+            for i in range(warmup + n):
+                if i == warmup:
+                    server_cpu, local_cpu = -_cpu_ns(pid), 0
+                t0 = clock()
+                client.turn()  # blocking, on purpose: nothing else runs meanwhile
+                t1 = clock()
+                c0 = cpu()
+                await session.send("hello")
+                local_cpu += cpu() - c0
+                t2 = clock()
+                if i >= warmup:
+                    http_ns.append(t1 - t0)
+                    local_ns.append(t2 - t1)
+            server_cpu += _cpu_ns(pid)
+    finally:
+        client.conn.close()
+    return http_ns, local_ns, server_cpu / n, local_cpu / n
+
+
+async def _asgi_added(n: int, warmup: int) -> tuple[Stats, Stats]:
+    """The app's own share: the same turn as an ASGI call in this process (no socket,
+    no uvicorn) against ``session.send``, alternating; p50s of each."""
+    from engine.server import create_app
+
+    app = create_app("memory:", llm="echo")
+    st = app.state.turngraph
+    body = b'{"text": "hello"}'
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/sessions/asgi/turns",
+        "raw_path": b"/sessions/asgi/turns",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"17")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+
+    async def call() -> None:
+        pending: list[MutableMapping[str, Any]] = [
+            {"type": "http.request", "body": body, "more_body": False}
+        ]
+
+        async def receive() -> MutableMapping[str, Any]:
+            return pending.pop() if pending else {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                raise RuntimeError(f"ASGI turn failed: {message['status']}")
+
+        await app(dict(scope), receive, send)
+
+    clock = time.perf_counter_ns
+    app_ns: list[int] = []
+    local_ns: list[int] = []
+    async with st.manager, anyio.create_task_group() as tg:
+        st.tg = tg
+        session = await st.manager.get_or_create("local")
+        for i in range(warmup + n):
+            t0 = clock()
+            await call()
+            t1 = clock()
+            await session.send("hello")
+            t2 = clock()
+            if i >= warmup:
+                app_ns.append(t1 - t0)
+                local_ns.append(t2 - t1)
+        tg.cancel_scope.cancel()
+    return Stats.of(app_ns), Stats.of(local_ns)
+
+
+# --------------------------------------------------------------------------- SSE streams
+
+
+async def _sse_turn(host: str, port: int, sid: str) -> None:
+    """One streamed turn on a fresh connection; raises unless it ends with ``result``."""
+    reader, writer = await asyncio.open_connection(host, port)
+    body = b'{"text": "hello"}'
+    writer.write(
+        f"POST /sessions/{sid}/turns HTTP/1.1\r\nhost: {host}\r\n"
+        "accept: text/event-stream\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+        + body
+    )
+    try:
+        seen = b""
+        while b"event: result\n" not in seen and b"event: error\n" not in seen:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            seen += chunk
+        if not seen.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(seen.split(b"\r\n", 1)[0].decode(errors="replace"))
+        if b"event: result\n" not in seen:
+            raise RuntimeError("the stream ended without a result event")
+    finally:
+        writer.close()
+
+
+async def _streams(url: str, n: int) -> tuple[float, int, int, Stats, str]:
+    """``n`` streams at once: (wall, failed, stalled, latencies, first error)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    latencies: list[float] = []
+    errors: list[str] = []
+    stalled = [0]
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            with anyio.fail_after(_STALL):
+                await _sse_turn(host, int(port), f"sse{i}")
+        except TimeoutError:
+            stalled[0] += 1
+            return
+        except Exception as exc:  # counted, not fatal to the wave
+            errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        latencies.append(time.perf_counter_ns() - t0)
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    wall = time.perf_counter() - t0
+    return wall, len(errors), stalled[0], Stats.of(latencies or [0.0]), (errors or [""])[0]
+
+
+async def _in_process(model: str, n: int) -> tuple[float, int]:
+    """The same ``n`` streamed turns in this process (``session.stream``, no HTTP): the
+    wall time and the failures, for scale against the served ones."""
+    from handlers.adapters.spec import from_spec
+    from sessions import Limits, SessionManager
+
+    llm = from_spec("openai:m", base_url=model, api_key="no-key", timeout=_STALL)
+    failed = [0]
+    try:
+        limits = Limits(max_active_sessions=2 * n)
+        async with SessionManager("memory:", llm=llm, limits=limits) as manager:
+            sessions = [await manager.get_or_create(f"p{i}") for i in range(n)]
+
+            async def one(i: int) -> None:
+                async with sessions[i].stream("hello") as events:
+                    async for _ in events:
+                        pass
+                if events.result is None or not events.result.ok:
+                    failed[0] += 1
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+            return time.perf_counter() - t0, failed[0]
+    finally:
+        await llm.aclose()  # type: ignore[attr-defined]
+
+
+async def _idle(url: str, pid: int, n: int) -> float:
+    """Bytes of server RSS per kept-alive idle connection (each made one request)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    await asyncio.sleep(0.5)
+    before = _rss(pid)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(n):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET /healthz HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+            await reader.readuntil(b'{"status":"ok"}')
+            writers.append(writer)
+        after = _rss(pid)
+    finally:
+        for writer in writers:
+            writer.close()
+    return (after - before) / n
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    """Measure the three parts in one run (see the module)."""
+    res = BenchResult(NAME, TITLE)
+    t0 = time.perf_counter()
+    try:
+        import openai  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        res.unavailable = f"{exc.name} is not installed: pip install 'turngraph[serve,openai]'"
+        return res
+    turns, streams = ctx.n(2000, 200), ctx.n(1000, 50)
+    warmup = ctx.n(200, 20)
+    res.params.update(turns=turns, streams=streams, ttft_ms=50, store="memory:")
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as d, bench_env(Path(d)):
+        with _server("--store", "memory:", "--llm", "echo") as (url, pid):
+            http_ns, local_ns, server_cpu, local_cpu = anyio.run(
+                _interleaved, url, pid, turns, warmup
+            )
+        app_stats, bare_stats = anyio.run(_asgi_added, turns, warmup)
+        load = Load("openai", ttft=0.05, tokens=20, gap=0.0)
+        with serving(load) as model:
+            env = {"OPENAI_BASE_URL": model, "OPENAI_API_KEY": "no-key"}
+            args = ("--store", "memory:", "--llm", "openai:m", "--max-sessions", str(2 * streams))
+            with _server(*args, env=env) as (url, pid):
+                per_conn = anyio.run(_idle, url, pid, streams)  # first: a fresh heap
+                wall, failed, stalled, lat, first = anyio.run(_streams, url, streams)
+            local_wall, local_failed = anyio.run(_in_process, model, streams)
+    http_stats, local_stats = Stats.of(http_ns), Stats.of(local_ns)
+    res.add_latency("turn in-process", local_stats, mean_too=False)
+    res.add_latency("turn over HTTP", http_stats, mean_too=False)
+    res.add("HTTP added, p50", (http_stats.p50 - local_stats.p50) / 1e3, "µs", at_most(1000))
+    res.add(
+        "app layer added, p50 (ASGI call in-process vs session.send)",
+        (app_stats.p50 - bare_stats.p50) / 1e3,
+        "µs",
+    )
+    res.add("CPU per turn in-process", local_cpu / 1e3, "µs")
+    res.add("server CPU per turn over HTTP", server_cpu / 1e3, "µs")
+    res.add("HTTP added, server CPU per turn", (server_cpu - local_cpu) / 1e3, "µs")
+    res.add("SSE streams: failed", failed, "", at_most(0), note=first[:80])
+    res.add("SSE streams: stalled", stalled, "", at_most(0))
+    res.add("SSE streams: wall", wall * 1e3, "ms")
+    res.add("same turns in-process (session.stream): wall", local_wall * 1e3, "ms")
+    res.add("same turns in-process: failed", local_failed, "")
+    res.add("SSE stream latency p50", lat.p50 / 1e6, "ms")
+    res.add("SSE stream latency p99", lat.p99 / 1e6, "ms")
+    res.add("server RSS per idle connection", per_conn / 1024, "KiB")
+    res.notes.append(
+        "HTTP: stdlib http.client on one kept-alive loopback connection to a server process "
+        "of its own; in-process: session.send on the same graph, model and store kind"
+    )
+    res.seconds = time.perf_counter() - t0
+    return res

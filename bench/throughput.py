@@ -1,0 +1,253 @@
+"""Durable throughput: turns per second with 1, 10, 100 and 1,000 concurrent sessions.
+
+Every session sends its turns one after another (a turn is acknowledged before the
+next is sent) and all sessions run at once in one event loop, on the
+:mod:`bench.peers_mock` workload.  A turn counts when its store has made it durable:
+
+* turngraph with the SQLite store (WAL, ``synchronous=FULL``: an fsync covers every
+  acknowledged turn), with group commit and, for comparison, without it;
+* turngraph with PostgreSQL (skipped when unreachable) and with the memory store
+  (not durable: the ceiling the durable stores are measured against);
+* LangGraph with ``AsyncSqliteSaver`` (one connection, as its docs show) and
+  ``durability="exit"`` (one checkpoint write per run, as turngraph commits once per
+  turn: the like-for-like row) and ``durability="async"`` (per step, written in the
+  background while the next step runs).
+
+Targets (issue 17), same run: 100 sessions on SQLite FULL ≥ 20× LangGraph ``exit``
+and ≥ 0.6× turngraph's memory store; one session's turn p50 with group commit within
+10 % of the same store without it (today's path), timed in alternating blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from bench import peers_mock as mock
+from bench.engine_turn import turn_graph
+from bench.harness import BenchContext, BenchResult, Stats, at_least, at_most, bench_env
+from bench.store import PG_URL, pg_reachable, pg_schema
+
+if TYPE_CHECKING:
+    from sessions import Session, SessionManager
+
+NAME = "throughput"
+TITLE = "durable turns/s, 1 to 1,000 concurrent sessions: turngraph vs LangGraph (issue 17)"
+
+SQLITE = "turngraph SQLite FULL (group commit)"
+SQLITE_ALONE = "turngraph SQLite FULL (group commit off)"
+POSTGRES = "turngraph PostgreSQL"
+MEMORY = "turngraph memory store (not durable)"
+LG_EXIT = 'LangGraph + AsyncSqliteSaver, durability="exit"'
+LG_ASYNC = 'LangGraph + AsyncSqliteSaver, durability="async"'
+
+SendTurn = Callable[[int, str], Awaitable[None]]
+"""``await send(session_index, text)``: one acknowledged turn of that session."""
+Setup = Callable[[AsyncExitStack, Path, int], Awaitable[SendTurn]]
+
+
+def _mock_manager(url: str) -> AbstractAsyncContextManager[SessionManager]:
+    """A manager on ``url`` running the mock workload's handlers."""
+    from bench.peers import session_mock_registry
+    from bench.session import manager
+
+    reg = session_mock_registry()
+    return manager(url, registry=reg, turn_graph=turn_graph(reg))
+
+
+def _turngraph(url: str) -> Setup:
+    async def setup(stack: AsyncExitStack, tmp: Path, sessions: int) -> SendTurn:
+        m = await stack.enter_async_context(_mock_manager(url.format(tmp=tmp)))
+        live = [await m.get_or_create(f"tp-{i}") for i in range(sessions)]
+
+        async def send(i: int, text: str) -> None:
+            result = await live[i].send(text)
+            if not result.ok:
+                raise RuntimeError(f"turn failed: {result.error!r}")
+
+        return send
+
+    return setup
+
+
+def _langgraph(durability: str) -> Setup:
+    async def setup(stack: AsyncExitStack, tmp: Path, sessions: int) -> SendTurn:
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        from bench.peers_impl import lg_graph
+
+        conn = await aiosqlite.connect(tmp / f"langgraph-{durability}.db")
+        stack.push_async_callback(conn.close)
+        # The same durability as ours: WAL with an fsync at every commit.
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        graph = lg_graph(AsyncSqliteSaver(conn))
+        configs = [{"configurable": {"thread_id": f"tp-{i}"}} for i in range(sessions)]
+
+        async def send(i: int, text: str) -> None:
+            await graph.ainvoke({"input": text}, configs[i], durability=durability)
+
+        return send
+
+    return setup
+
+
+async def _drive(send: SendTurn, sessions: int, turns: int, start: int) -> float:
+    """Every session sends ``turns`` turns, all sessions at once; the wall time."""
+
+    async def one(i: int) -> None:
+        for k in range(start, start + turns):
+            await send(i, mock.user_text(k))
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(sessions):
+            tg.start_soon(one, i)
+    return time.perf_counter() - t0
+
+
+async def rate(setup: Setup, sessions: int, turns: int) -> float:
+    """Durable turns/s of ``sessions`` sessions sending ``turns`` turns each, after one
+    untimed warm-up turn each (it creates the sessions' rows)."""
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as d:
+        async with AsyncExitStack() as stack:
+            send = await setup(stack, Path(d), sessions)
+            await _drive(send, sessions, 1, 0)
+            os.sync()  # earlier writes must not be flushed inside the timed window
+            wall = await _drive(send, sessions, turns, 1)
+    return sessions * turns / wall
+
+
+def workloads(ctx: BenchContext) -> tuple[tuple[int, int], ...]:
+    """(sessions, turns per session): 500 to 4,000 turns a level in full mode; quick
+    mode stops at 100 sessions.  LangGraph rows send a quarter of the turns (at least
+    one per session): they run tens of turns a second."""
+    if ctx.quick:
+        return ((1, 10), (10, 1), (100, 1))
+    return ((1, 500), (10, 50), (100, 20), (1_000, 4))
+
+
+async def one_session(ctx: BenchContext, res: BenchResult) -> None:
+    """One session's turn p50 on SQLite FULL with group commit on and off (today's
+    path), timed in alternating blocks so both see the same machine (each first in
+    half of them: with an fsync per turn, the store measured first in a block was
+    slower whichever it was)."""
+    from bench.session import timed_turns
+
+    samples: dict[str, list[int]] = {SQLITE: [], SQLITE_ALONE: []}
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as d:
+        async with AsyncExitStack() as stack:
+            live: dict[str, Session] = {}
+            for label, options in ((SQLITE, ""), (SQLITE_ALONE, "?group_commit=off")):
+                m = await stack.enter_async_context(
+                    _mock_manager(f"sqlite:///{d}/{label[:3]}{len(live)}.db{options}")
+                )
+                live[label] = await m.get_or_create("one")
+            for block in range(ctx.n(10, 2)):
+                order = list(live.items())
+                # Each goes first in half the blocks: the first of a pair measured slower.
+                for label, session in order if block % 2 else order[::-1]:
+                    turns = await timed_turns(session, ctx.n(100, 5), start=block * 100)
+                    samples[label].extend(turns)
+    p50 = {label: Stats.of(got).p50 / 1e3 for label, got in samples.items()}
+    for label, value in p50.items():
+        res.add(f"one session turn p50, {label}", value, "µs")
+    target = None if ctx.quick else at_most(1.10)
+    res.add(
+        "one session turn p50: group commit on / off", p50[SQLITE] / p50[SQLITE_ALONE], "×", target
+    )
+
+
+def implementations(pg: str) -> dict[str, Setup | str]:
+    """Label → setup, or why it cannot run here."""
+    out: dict[str, Setup | str] = {
+        MEMORY: _turngraph("memory:"),
+        SQLITE: _turngraph("sqlite:///{tmp}/tg.db"),
+        SQLITE_ALONE: _turngraph("sqlite:///{tmp}/tg.db?group_commit=off"),
+    }
+    why = pg_reachable(PG_URL)
+    out[POSTGRES] = _turngraph(pg) if why is None else f"unreachable ({why})"
+    out[LG_EXIT] = _langgraph("exit")
+    out[LG_ASYNC] = _langgraph("async")
+    return out
+
+
+async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
+    await one_session(ctx, res)
+    impls = implementations(pg)
+    rates: dict[tuple[str, int], float] = {}
+    levels = workloads(ctx)
+    with ctx.progress("implementations × sessions", len(impls) * len(levels)) as advance:
+        for label, setup in impls.items():
+            for sessions, turns in levels:
+                advance(1)
+                if isinstance(setup, str):
+                    res.skip(f"{label}, {sessions} sessions", f"skipped: {setup}")
+                    continue
+                if label in (LG_EXIT, LG_ASYNC):  # tens of turns/s: fewer of them
+                    turns = max(1, turns // 4)
+                try:
+                    got = await rate(setup, sessions, turns)
+                except ImportError as exc:
+                    res.skip(f"{label}, {sessions} sessions", f"not available: {exc.name}")
+                    continue
+                except Exception as exc:  # reported in the table; the other rows still run
+                    res.skip(f"{label}, {sessions} sessions", f"failed: {_cause(exc)}")
+                    continue
+                rates[label, sessions] = got
+                res.add(f"{label}, {sessions} sessions", got, "turns/s")
+    res.params.update(workloads=[list(w) for w in levels])
+    _compare(ctx, res, rates, [s for s, _ in levels])
+
+
+def _cause(exc: BaseException) -> str:
+    """The first error inside task groups, as ``Type: message``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _compare(
+    ctx: BenchContext, res: BenchResult, rates: dict[tuple[str, int], float], levels: list[int]
+) -> None:
+    labels = dict.fromkeys(label for label, _ in rates)
+    for label in labels:
+        row: dict[str, Any] = {"implementation": label}
+        for n in levels:
+            row[f"{n} sessions turns/s"] = rates.get((label, n))
+        res.comparison.append(row)
+    full = not ctx.quick
+    for other, goal, what in ((LG_EXIT, 20.0, "LangGraph exit"), (MEMORY, 0.6, "memory store")):
+        name = f"100 sessions: SQLite FULL / {what}"
+        if (SQLITE, 100) in rates and (other, 100) in rates:
+            ratio = rates[SQLITE, 100] / rates[other, 100]
+            res.add(name, ratio, "×", at_least(goal) if full else None)
+        else:
+            res.skip(name, "not measured")
+    res.notes.append(
+        "each session sends its turns one after another, all sessions at once; "
+        "SQLite rows run WAL with synchronous=FULL (LangGraph's connection too); "
+        "LangGraph rows send a quarter of the turns (at least one per session)"
+    )
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    """Measure every implementation at every level of concurrency."""
+    res = BenchResult(NAME, TITLE)
+    t0 = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-throughput-") as d,
+        bench_env(Path(d)),
+        pg_schema(PG_URL) as pg,
+    ):
+        anyio.run(_main, ctx, res, pg)
+    res.seconds = time.perf_counter() - t0
+    return res

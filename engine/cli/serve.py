@@ -1,0 +1,96 @@
+"""``python -m engine.run serve``: the HTTP API on uvicorn (the ``serve`` extra).
+
+::
+
+    python -m engine.run serve [--host 127.0.0.1] [--port 8000] [--store URL] [--llm SPEC]
+                               [--graph GRAPH.dot] [--grace 30] [--max-body BYTES]
+                               [--max-sessions N]
+
+Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port).
+With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
+without it the server refuses any host but a loopback one (exit 2).  SIGTERM or Ctrl-C
+drains it (see :mod:`engine.server.run`) and it exits 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+
+from engine.cli.common import PROG, Parser, UsageError, configure_logging
+
+__all__ = ["cmd_serve", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parser() -> Parser:
+    p = Parser(prog=f"{PROG} serve", description="Serve the HTTP API (needs the serve extra).")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--store", metavar="URL", help="store URL (default $TURNGRAPH_STORE)")
+    p.add_argument("--llm", metavar="SPEC", help="model spec (default $TURNGRAPH_LLM, else echo)")
+    p.add_argument("--graph", metavar="GRAPH.dot", help="turn graph (default turn.dot)")
+    p.add_argument(
+        "--grace", type=float, default=30.0, help="seconds running turns get at shutdown"
+    )
+    p.add_argument(
+        "--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body"
+    )
+    p.add_argument(
+        "--max-sessions", type=int, default=1000, metavar="N", help="sessions hosted at once"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
+    return p
+
+
+def cmd_serve(argv: Sequence[str]) -> int:
+    """Run the server until SIGTERM/SIGINT; 0 after a graceful shutdown."""
+    args = _parser().parse_args(argv)
+    from engine.server.app import TOKEN_ENV
+
+    if not os.environ.get(TOKEN_ENV) and not is_loopback(args.host):
+        raise UsageError(
+            f"{PROG} serve: error: refusing to serve on {args.host} without "
+            f"${TOKEN_ENV} (set a token, or bind a loopback address)"
+        )
+    if not 0 <= args.port <= 65535 or args.grace < 0 or min(args.max_body, args.max_sessions) < 1:
+        raise UsageError(
+            f"{PROG} serve: error: --port, --grace, --max-body or --max-sessions out of range"
+        )
+    try:
+        import anyio
+
+        from engine.server import create_app
+        from engine.server.run import Server, bind
+    except ImportError as exc:
+        raise UsageError(
+            f"{PROG} serve: error: needs the `serve` extra ({exc.name} is not installed): "
+            'pip install "turngraph[serve]"'
+        ) from None
+    configure_logging(args.verbose)
+    app = create_app(
+        args.store,
+        llm=args.llm,
+        graph=args.graph,
+        max_body=args.max_body,
+        grace=args.grace,
+        max_sessions=args.max_sessions,
+    )
+    server = Server(app, grace=args.grace, log_level="info" if args.verbose else "warning")
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    print(f"serving on http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
+    anyio.run(server.serve, [sock])
+    if server.app_state.startup_error is not None:
+        raise server.app_state.startup_error  # one line on stderr, exit 2
+    return 0 if server.started else 2

@@ -1,0 +1,64 @@
+"""Request and response helpers the routes share: bounded JSON bodies, paging, replies."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.responses import Response
+
+from engine.server.errors import BadRequest, BodyTooLarge
+from engine.server.sse import encode
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from engine.server.state import ServerState
+
+__all__ = ["json", "page", "read_json", "state"]
+
+_decode = msgspec.json.Decoder().decode
+
+
+def state(request: Request) -> ServerState:
+    """The server's shared state (set by :func:`engine.server.create_app`)."""
+    found: ServerState = request.app.state.turngraph
+    return found
+
+
+def json(body: Any, status: int = 200) -> Response:
+    """``body`` as a JSON response (msgspec: dataclasses and structs encode too)."""
+    return Response(encode(body), status, media_type="application/json")
+
+
+async def read_json(request: Request, max_body: int) -> Any:
+    """The request's JSON body; :class:`BodyTooLarge` as soon as it passes ``max_body``
+    bytes (a declared ``Content-Length`` is checked before anything is read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body:
+        raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {max_body}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body:
+            raise BodyTooLarge(f"request body is over the limit of {max_body} bytes")
+        chunks.append(chunk)
+    try:
+        return _decode(b"".join(chunks))
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _int(request: Request, name: str, default: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > high:
+        raise BadRequest(f"query parameter {name}={raw!r}: expected an integer 0..{high}")
+    return int(raw)
+
+
+def page(request: Request, default_limit: int = 100, max_limit: int = 1000) -> tuple[int, int]:
+    """``(offset, limit)`` from the query string, checked (:class:`BadRequest`)."""
+    return _int(request, "offset", 0, 2**62), _int(request, "limit", default_limit, max_limit)

@@ -1,0 +1,150 @@
+"""``/sessions/{id}/turns``: run a turn (JSON or a live SSE stream) and read past turns.
+
+**A client that leaves.**  A turn is never cut by its client: a plain request's turn
+runs on in its request task, and a streamed turn runs in the server's task group apart
+from the response, so when the client disconnects mid-stream the turn still finishes
+and commits whole (or fails whole: nothing of it is stored).  Its outcome is then
+read with ``GET /sessions/{id}/turns/{n}``.  Only shutdown past its grace period
+cancels a turn, and a cancelled turn stores nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from engine.events import Event
+from engine.server.errors import BadRequest, NotFound, ShuttingDown, error_body
+from engine.server.http import json, page, read_json, state
+from engine.server.routes.sessions import session_id
+from engine.server.sse import event_frame, frame, result_json
+from engine.server.state import ServerState
+from sessions import Session, TurnResult
+from sessions.stream import TurnStream
+
+__all__ = ["ROUTES"]
+
+Item = Event | TurnResult | BaseException
+
+
+async def _text(request: Request, st: ServerState) -> str:
+    body = await read_json(request, st.max_body)
+    if not isinstance(body, dict):
+        raise BadRequest('request body must be a JSON object like {"text": "..."}')
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise BadRequest(f'"text" must be a string, not {type(text).__name__}')
+    return text
+
+
+async def post_turn(request: Request) -> Response:
+    """``POST /sessions/{id}/turns`` ``{"text": ...}``: run one turn (created if new)."""
+    sid = session_id(request)
+    st = state(request)
+    text = await _text(request, st)
+    if st.draining:  # before the session is loaded (and its lease taken)
+        raise ShuttingDown("the server is shutting down and takes no new turns")
+    session = await st.open(sid)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return _stream(st, session, text)
+    with st.turn():
+        result = await session.send(text)
+    return json(result_json(sid, result))
+
+
+def _stream(st: ServerState, session: Session, text: str) -> Response:
+    """The turn as SSE; the turn itself runs in the server's task group (see module)."""
+    if st.tg is None:
+        raise ShuttingDown("the server is not running")
+    send, receive = anyio.create_memory_object_stream[Item](math.inf)
+    events = session.stream(text)
+    st.enter()  # counted from now: the pump leaves when the turn has ended
+    st.tg.start_soon(_pump, st, events, send)
+    return StreamingResponse(
+        _frames(session.id, receive),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+async def _pump(st: ServerState, events: TurnStream, send: MemoryObjectSendStream[Item]) -> None:
+    """Run the turn to its end, handing each item on while the client listens."""
+    try:
+        with send:
+            async with events:
+                try:
+                    async for item in events:
+                        _offer(send, item)
+                except Exception as exc:  # the turn could not run: the client hears why
+                    _offer(send, exc)
+    finally:
+        st.leave()
+
+
+def _offer(send: MemoryObjectSendStream[Item], item: Item) -> None:
+    # The client left: the turn goes on to its commit all the same.
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        send.send_nowait(item)
+
+
+async def _frames(sid: str, receive: MemoryObjectReceiveStream[Item]) -> AsyncIterator[bytes]:
+    with receive:
+        async for item in receive:
+            if isinstance(item, TurnResult):
+                yield frame("result", result_json(sid, item))
+            elif isinstance(item, BaseException):
+                yield frame("error", error_body(item))
+            else:
+                yield event_frame(item)
+
+
+def _turn_json(record: Any) -> dict[str, Any]:
+    return {
+        "turn": record.turn,
+        "status": record.status,
+        "trace_id": record.trace_id,
+        "graph_hash": record.graph_hash,
+        "ts": record.ts,
+        "error": record.error,
+        "trace": list(record.trace),
+    }
+
+
+async def list_turns(request: Request) -> Response:
+    """``GET /sessions/{id}/turns?offset&limit``: committed turns with their node traces."""
+    sid = session_id(request)
+    offset, limit = page(request)
+    store = state(request).manager.store
+    found = await store.turns(sid, offset, limit)
+    if not found:
+        await store.load(sid, recent=0)  # SessionNotFound when there is no such session
+    return json({"offset": offset, "limit": limit, "turns": [_turn_json(t) for t in found]})
+
+
+async def get_turn(request: Request) -> Response:
+    """``GET /sessions/{id}/turns/{n}``: one committed turn (1-based) and its node trace."""
+    sid = session_id(request)
+    raw = request.path_params["n"]
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest(f"turn {raw!r}: expected a turn number from 1")
+    store = state(request).manager.store
+    found = await store.turns(sid, int(raw) - 1, 1)
+    if not found:
+        await store.load(sid, recent=0)
+        raise NotFound(f"session {sid!r}: no turn {raw} (not committed)")
+    return json(_turn_json(found[0]))
+
+
+ROUTES = [
+    Route("/sessions/{session_id}/turns", post_turn, methods=["POST"]),
+    Route("/sessions/{session_id}/turns", list_turns, methods=["GET"]),
+    Route("/sessions/{session_id}/turns/{n}", get_turn, methods=["GET"]),
+]

@@ -1,0 +1,98 @@
+"""What one server process shares between its requests: the manager, the turns in flight.
+
+The app owns one :class:`~sessions.SessionManager` for its lifetime (the lifespan
+opens and closes it) and one task group in which streamed turns run apart from their
+requests: a client that leaves mid-stream does not cancel its turn, which finishes and
+commits (or fails whole), and is read back with ``GET /sessions/{id}/turns/{n}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import anyio
+
+from engine.errors import TurngraphError
+from engine.server.errors import ShuttingDown
+from sessions.errors import SessionLimitReached
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from sessions import Session, SessionManager
+
+__all__ = ["ServerState"]
+
+
+class ServerState:
+    """The manager, the task group of streamed turns, and the draining flag.
+
+    ``draining`` is set when shutdown begins (SIGTERM): new turns answer 503
+    (:class:`~engine.server.errors.ShuttingDown`) while running ones finish.
+    """
+
+    __slots__ = (
+        "_idle",
+        "draining",
+        "grace",
+        "manager",
+        "max_body",
+        "running",
+        "startup_error",
+        "tg",
+        "token",
+    )
+
+    def __init__(
+        self, manager: SessionManager, *, token: bytes | None, max_body: int, grace: float
+    ) -> None:
+        self.manager = manager
+        self.token = token
+        self.max_body = max_body
+        self.grace = grace
+        self.draining = False
+        self.running = 0
+        self.tg: TaskGroup | None = None
+        self.startup_error: TurngraphError | None = None  # the manager failed to start
+        self._idle: anyio.Event | None = None
+
+    def enter(self) -> None:
+        """Count one turn in flight; refuse it while draining."""
+        if self.draining:
+            raise ShuttingDown("the server is shutting down and takes no new turns")
+        self.running += 1
+
+    def leave(self) -> None:
+        """A turn counted by :meth:`enter` has ended."""
+        self.running -= 1
+        if self.running == 0 and self._idle is not None:
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """:meth:`enter` and :meth:`leave` around a block."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    async def open(self, session_id: str) -> Session:
+        """The session, hosted (created if new).  When the manager hosts as many
+        sessions as it may, the idle ones are closed first (their leases released; they
+        load again on their next request), so a server is never stuck at its limit."""
+        try:
+            return await self.manager.get_or_create(session_id)
+        except SessionLimitReached:
+            for session in self.manager.live:
+                if not session.busy and not session.queued:
+                    await self.manager.close(session.id)
+            return await self.manager.get_or_create(session_id)
+
+    async def wait_idle(self) -> None:
+        """Return once no turn is in flight."""
+        while self.running:
+            self._idle = anyio.Event()
+            await self._idle.wait()

@@ -1,0 +1,238 @@
+"""SQLite group commit: concurrent turns of different sessions share one transaction,
+and every guarantee still holds per turn (isolation of refused turns, order, fencing)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sessions.errors import Fenced, StoreError
+from sessions.store import SQLiteStore, open_store
+from sessions.store.base import SessionMeta, TurnCommit
+
+from . import SECRET, commit
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """An open SQLite store (FULL, group commit on, the default)."""
+    async with open_store(f"sqlite:///{tmp_path / 'g.db'}", secret=SECRET) as s:
+        assert isinstance(s, SQLiteStore)
+        yield s
+
+
+def count_commits(store: SQLiteStore) -> list[str]:
+    """Every ``COMMIT`` statement the store's connection runs from now on."""
+    seen: list[str] = []
+    core = store._core
+    assert core is not None
+    core.conn.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+async def new_sessions(store: SQLiteStore, n: int) -> dict[str, int]:
+    """``n`` sessions ``s0``... with their leases: id → token."""
+    out: dict[str, int] = {}
+    for i in range(n):
+        await store.create(SessionMeta(id=f"s{i}"))
+        out[f"s{i}"] = await store.acquire(f"s{i}", "w", 60.0)
+    return out
+
+
+async def outcomes(store: SQLiteStore, turns: list[tuple[str, TurnCommit, int]]) -> list[object]:
+    """Append every turn at once; each one's ``None`` or the error it raised."""
+    got: list[object] = [None] * len(turns)
+
+    async def one(i: int, sid: str, c: TurnCommit, token: int) -> None:
+        try:
+            await store.append_turn(sid, c, token=token)
+        except StoreError as exc:
+            got[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, (sid, c, token) in enumerate(turns):
+            tg.start_soon(one, i, sid, c, token)
+    return got
+
+
+async def test_concurrent_turns_share_transactions(store: SQLiteStore) -> None:
+    """50 sessions' turns sent at once take fewer commits (fsyncs) than turns."""
+    tokens = await new_sessions(store, 50)
+    commits = count_commits(store)
+    got = await outcomes(store, [(sid, commit(1, 0), tok) for sid, tok in tokens.items()])
+    assert got == [None] * 50
+    assert 1 <= len(commits) < 50
+    for sid in tokens:
+        assert [t.turn for t in await store.turns(sid)] == [1]
+        assert await store.verify(sid) == 3
+
+
+async def test_a_refused_turn_in_a_batch_fails_alone(store: SQLiteStore) -> None:
+    """In one batch: a fenced turn and a turn whose data cannot be stored each raise
+    their own typed error and write nothing; the other turns commit."""
+    tokens = await new_sessions(store, 4)
+    stale = tokens["s1"]
+    await store.release("s1", "w", stale)  # the version moves on: ``stale`` is fenced
+    commits = count_commits(store)
+    turns = [
+        ("s0", commit(1, 0), tokens["s0"]),
+        ("s1", commit(1, 0), stale),
+        ("s2", commit(1, 0, working_memory={"not json": {1, 2}}), tokens["s2"]),
+        ("s3", commit(1, 0), tokens["s3"]),
+    ]
+    got = await outcomes(store, turns)
+    assert len(commits) == 1  # one transaction held all four
+    assert got[0] is None and got[3] is None
+    assert isinstance(got[1], Fenced) and "s1" in str(got[1])
+    assert type(got[2]) is StoreError and "not JSON-serialisable" in str(got[2])
+    for sid, turns_stored in (("s0", 1), ("s1", 0), ("s2", 0), ("s3", 1)):
+        loaded = await store.load(sid, recent=10)
+        assert loaded.meta.turn_count == turns_stored
+        assert len(loaded.recent) == 2 * turns_stored
+        assert await store.verify(sid) == 3 * turns_stored
+    # The refused sessions are intact: their next turn (with a good token) commits.
+    token = await store.acquire("s1", "w", 60.0)
+    await store.append_turn("s1", commit(1, 0), token=token)
+    await store.append_turn("s2", commit(1, 0), token=tokens["s2"])
+    assert await store.verify("s1") == await store.verify("s2") == 3
+
+
+async def test_a_sessions_turns_queued_together_keep_their_order(store: SQLiteStore) -> None:
+    """Two turns of one session queued at once go in two batches, in queue order."""
+    tokens = await new_sessions(store, 3)
+    group = store._group
+    assert group is not None
+    turns = [("s0", commit(1, 0), tokens["s0"]), ("s1", commit(1, 0), tokens["s1"])]
+    turns += [("s0", commit(2, 2), tokens["s0"]), ("s2", commit(1, 0), tokens["s2"])]
+    before = group.batches
+    assert await outcomes(store, turns) == [None] * 4
+    assert group.batches - before == 2
+    assert [t.turn for t in await store.turns("s0")] == [1, 2]
+    assert await store.verify("s0") == 6
+
+
+async def test_a_batch_whose_commit_fails_writes_and_acknowledges_nothing(
+    store: SQLiteStore,
+) -> None:
+    """If the transaction itself fails, every turn of the batch raises and none is kept."""
+    tokens = await new_sessions(store, 3)
+    core = store._core
+    assert core is not None
+    # A trigger that aborts the transaction when the third session's turn is written.
+    core.conn.execute(
+        "CREATE TEMP TRIGGER boom BEFORE INSERT ON records WHEN NEW.session_id='s2' "
+        "BEGIN SELECT RAISE(ROLLBACK, 'disk on fire'); END"
+    )
+    got = await outcomes(store, [(sid, commit(1, 0), tok) for sid, tok in tokens.items()])
+    assert all(isinstance(e, StoreError) and "disk on fire" in str(e) for e in got), got
+    core.conn.execute("DROP TRIGGER boom")
+    for sid, tok in tokens.items():
+        assert (await store.load(sid)).meta.turn_count == 0
+        await store.append_turn(sid, commit(1, 0), token=tok)  # remembered rows not stale
+        assert await store.verify(sid) == 3
+
+
+async def test_group_commit_can_be_turned_off(tmp_path: Path) -> None:
+    """``?group_commit=off``: every turn commits alone."""
+    url = f"sqlite:///{tmp_path / 'g.db'}?group_commit=off"
+    async with open_store(url, secret=SECRET) as s:
+        assert isinstance(s, SQLiteStore) and s._group is None
+        tokens = await new_sessions(s, 5)
+        commits = count_commits(s)
+        await outcomes(s, [(sid, commit(1, 0), tok) for sid, tok in tokens.items()])
+        assert len(commits) == 5
+
+
+def test_a_bad_group_commit_option_is_refused(tmp_path: Path) -> None:
+    """An unknown value names the option."""
+    with pytest.raises(StoreError, match=r"group_commit=on\|off"):
+        open_store(f"sqlite:///{tmp_path / 'g.db'}?group_commit=sometimes", secret=SECRET)
+
+
+async def test_each_sessions_order_holds_under_1000_concurrent_sends(tmp_path: Path) -> None:
+    """1,000 sends at once (100 to each of 10 sessions) on one SQLite store: each
+    session stores its inputs in the order they were sent, in shared transactions."""
+    from sessions import Limits, SessionManager
+
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    limits = Limits(max_active_sessions=20, queue_size=200, max_messages=10_000)
+    async with SessionManager(url, limits=limits, log_nodes=False, store_secret=SECRET) as m:
+        sessions = [await m.get_or_create(f"s{i}") for i in range(10)]
+        store = m.store
+        assert isinstance(store, SQLiteStore) and store._group is not None
+        commits = count_commits(store)
+        replies: dict[str, list[str]] = {s.id: [] for s in sessions}
+
+        async def send(i: int, k: int) -> None:
+            result = await sessions[i].send(f"{k}")
+            assert result.ok, result.error
+            replies[sessions[i].id].append(f"{k}")  # the order the turns were answered
+
+        async with anyio.create_task_group() as tg:
+            for k in range(100):
+                for i in range(10):
+                    tg.start_soon(send, i, k)
+        for s in sessions:
+            stored = await store.messages(s.id, 0, 1_000)
+            inputs = [msg.content for msg in stored if msg.role == "user"]
+            assert inputs == [str(k) for k in range(100)], s.id
+            assert replies[s.id] == inputs
+            assert await store.verify(s.id) > 0
+        assert len(commits) < 1_000  # the sends were grouped
+
+
+async def test_a_turn_cancelled_while_queued_is_not_written(store: SQLiteStore) -> None:
+    """A caller cancelled while its turn waits for the next batch: nothing of it is
+    written; the turns queued around it commit."""
+    tokens = await new_sessions(store, 3)
+    db = store._db
+    assert db is not None
+    started, gate = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        gate.wait(30)
+
+    group = store._group
+    assert group is not None
+    before = group.batches
+    db.post(busy)  # the first batch waits behind this in the database thread
+    await anyio.to_thread.run_sync(started.wait)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(store.append_turn, "s0", commit(1, 0), token=tokens["s0"]))
+        await anyio.wait_all_tasks_blocked()  # s0's batch is written (waiting in the thread)
+        with anyio.CancelScope() as scope:
+            tg.start_soon(
+                functools.partial(store.append_turn, "s2", commit(1, 0), token=tokens["s2"])
+            )
+            scope.cancel()
+            await store.append_turn("s1", commit(1, 0), token=tokens["s1"])
+        assert scope.cancelled_caught
+        gate.set()
+    assert group.batches - before == 2  # s0's, then s2's: s1 left the queue
+    assert [(await store.load(sid)).meta.turn_count for sid in ("s0", "s1", "s2")] == [1, 0, 1]
+    assert await store.verify("s0") == await store.verify("s2") == 3
+    await store.append_turn("s1", commit(1, 0), token=tokens["s1"])
+    assert await store.verify("s1") == 3
+
+
+async def test_turns_in_a_batch_keep_their_recall_memory(store: SQLiteStore) -> None:
+    """Each turn of a batch writes what it remembers (recall memory) with its rows."""
+    from engine.messages import MemoryItem
+
+    tokens = await new_sessions(store, 3)
+    commits = count_commits(store)
+    turns = [
+        (sid, commit(1, 0, memory=(MemoryItem(f"zebra number {sid}"),)), tok)
+        for sid, tok in tokens.items()
+    ]
+    assert await outcomes(store, turns) == [None] * 3
+    assert len(commits) == 1
+    for sid in tokens:
+        found = await store.recall_memory("zebra", session_id=sid)
+        assert [item.text for item in found] == [f"zebra number {sid}"]
