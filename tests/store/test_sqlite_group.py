@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sessions.errors import Fenced, StoreError
+from sessions.errors import Fenced, StoreError, Unstorable
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta, TurnCommit
 
@@ -89,7 +89,7 @@ async def test_a_refused_turn_in_a_batch_fails_alone(store: SQLiteStore) -> None
     assert len(commits) == 1  # one transaction held all four
     assert got[0] is None and got[3] is None
     assert isinstance(got[1], Fenced) and "s1" in str(got[1])
-    assert type(got[2]) is StoreError and "not JSON-serialisable" in str(got[2])
+    assert type(got[2]) is Unstorable and "not JSON-serialisable" in str(got[2])
     for sid, turns_stored in (("s0", 1), ("s1", 0), ("s2", 0), ("s3", 1)):
         loaded = await store.load(sid, recent=10)
         assert loaded.meta.turn_count == turns_stored
