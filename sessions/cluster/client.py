@@ -273,15 +273,16 @@ class RaySessions:
                 given = False
                 items = pool.stream(host, "stream", sid, text, known + 1)
                 try:
-                    async for item in items:
-                        if not isinstance(item, Reply):
-                            given = True
-                            yield item
-                        elif not item.moved:
-                            result: TurnResult = item.unwrap()
-                            self._turns[sid] = result.turn
-                            yield result
-                            return
+                    async for batch in items:
+                        for item in batch:
+                            if not isinstance(item, Reply):
+                                given = True
+                                yield item
+                            elif not item.moved:
+                                result: TurnResult = item.unwrap()
+                                self._turns[sid] = result.turn
+                                yield result
+                                return
                 except Unreachable:
                     if given:
                         self._turns.pop(sid, None)  # reload the count from the store
