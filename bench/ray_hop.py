@@ -74,7 +74,7 @@ async def hop(ctx: BenchContext, res: BenchResult, url: str) -> None:
         "Ray stream hop added p50",
         (remote_stream.p50 - local_stream.p50) / 1e6,
         "ms",
-        note="a whole turn's events drained (one Ray object per event)",
+        note="a whole turn's events drained (one Ray object per burst)",
     )
 
 
