@@ -227,6 +227,10 @@ async def test_store_under_a_regular_file_names_the_url(tmp_path: Path) -> None:
         "postgresql://u@127.0.0.1:1/db?sslmode=disable&PassWord=hunter2&x=1",
         "host=127.0.0.1 port=1 password=hunter2 dbname=db",
         "host=127.0.0.1 password='hunter2 x' dbname=db",
+        # the client key's passphrase, and a parameter name libpq percent-decodes
+        "postgresql://u@127.0.0.1:1/db?sslpassword=hunter2",
+        "postgresql://u@127.0.0.1:1/db?pass%77ord=hunter2&sslmode=disable",
+        "host=127.0.0.1 port=1 sslpassword=hunter2 dbname=db",
     ],
 )
 async def test_no_password_in_store_errors(url: str) -> None:
