@@ -11,7 +11,8 @@ finds the store behind it raises :class:`~engine.errors.RolledBack`.
 Where: ``$TURNGRAPH_HOME/witness/<digest>.log``, beside the key file (an attacker who
 can replace the database file but not the data directory cannot rewind both), one file
 per store, named by the SHA-256 of the store's identity (a SQLite file's absolute path,
-a PostgreSQL URL without its password).
+the database, user and schema options a PostgreSQL URL reaches, without its
+password, TLS or timeout settings).
 
 Format and cost: one line per advance, appended with ``O_APPEND`` (``A sid records mac``;
 ``R`` resets a session's head, for a create or an import; ``D`` forgets a deleted one).
