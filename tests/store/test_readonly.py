@@ -162,3 +162,21 @@ async def test_a_read_only_postgres_role_reads_without_ddl(pg_url: str) -> None:
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute(f'DROP OWNED BY "{role}"')
             admin.execute(f'DROP ROLE "{role}"')
+
+
+async def test_a_read_only_data_folder_still_reads_with_its_witness(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store, key and rollback witness all on one read-only mount (a backup mounted to
+    be inspected): the store opens and reads, checked against the witness read-only
+    (it used to refuse to open at all: the witness could not be opened for writing)."""
+    monkeypatch.setenv("TURNGRAPH_HOME", str(folder / "home"))
+    db = folder / "s.db"
+    url = f"sqlite:///{db}"
+    async with open_store(url, secret=SECRET) as store, _manager(store) as m:
+        s = await m.get_or_create("s1")
+        assert (await s.send("hello")).ok
+    _make_read_only(folder)
+    async with open_store(url, secret=SECRET, create=False) as store:
+        assert [meta.id for meta in await store.list_sessions()] == ["s1"]
+        assert (await store.load("s1")).meta.turn_count == 1
