@@ -53,9 +53,10 @@ def redact_url(url: str) -> str:
     query = _redact_query(parts.query)
     if password is None and query == parts.query:
         return url  # nothing to hide: keep the text as given (sqlite:/// stays as is)
-    if password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
+    if password is None:  # only the query: urlunsplit would drop an empty host's '//'
+        return url.replace(f"?{parts.query}", f"?{query}", 1)
+    host = parts.netloc.rsplit("@", 1)[1]
+    parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
     return urlunsplit(parts._replace(query=query))
 
 

@@ -246,6 +246,10 @@ def test_scrub_hides_passwords_a_driver_echoes() -> None:
     text = 'bad "s3cr@t" near password=hunter2 and hunter2'
     assert "hunter2" not in scrub(text, url) and "s3cr@t" not in scrub(text, url)
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+    # a socket URL (empty host) keeps its '//' when only its query is redacted
+    assert redact_url("postgresql:///db?host=/run&password=pw") == (
+        "postgresql:///db?host=/run&password=***"
+    )
 
 
 # --------------------------------------------------------------------------- PostgreSQL
