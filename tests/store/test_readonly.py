@@ -169,6 +169,7 @@ async def test_a_read_only_postgres_role_reads_without_ddl(pg_url: str) -> None:
             admin.execute(f'DROP ROLE "{role}"')
 
 
+@pytest.mark.skipif(not ROOT, reason="a read-only mount (EROFS) needs root to remount")
 async def test_a_read_only_data_folder_still_reads_with_its_witness(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
