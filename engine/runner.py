@@ -686,8 +686,12 @@ def _tracking(where: list[str], on_enter: OnEnter | None) -> OnEnter:
 async def _within(limit: float, where: list[str], walk: Awaitable[str]) -> str:
     """Await ``walk`` for at most ``limit`` seconds; past it, :class:`TurnTimeout`
     naming the node in ``where[0]``."""
-    with anyio.move_on_after(limit):
-        return await walk
+    with anyio.move_on_after(limit) as scope:
+        exit_id = await walk
+        # A plain handler run inline cannot be interrupted, and the walk may end with
+        # no await left to deliver the cancellation: a run that overran still fails.
+        if anyio.current_time() < scope.deadline:
+            return exit_id
     raise TurnTimeout(limit, where[0])
 
 

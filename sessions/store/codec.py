@@ -120,10 +120,13 @@ def validate_session_id(session_id: object) -> str:
 
     Safe means 1..128 characters from ``[A-Za-z0-9._-]``, not starting with ``.``
     (so never ``..``, a hidden file, or a path), raising
-    :class:`~engine.errors.InvalidSessionId` otherwise.
+    :class:`~engine.errors.InvalidSessionId` otherwise.  A ``str`` subclass is
+    returned as its plain value.
     """
-    if not isinstance(session_id, str):
-        raise InvalidSessionId(repr(session_id), "a session id must be a string")
+    if type(session_id) is not str:
+        if not isinstance(session_id, str):
+            raise InvalidSessionId(repr(session_id), "a session id must be a string")
+        session_id = str.__str__(session_id)  # a subclass: its plain value, one key
     if not _ID_RE.fullmatch(session_id) or session_id.startswith("."):
         raise InvalidSessionId(
             session_id, "must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"

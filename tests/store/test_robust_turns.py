@@ -134,6 +134,22 @@ async def test_bad_session_ids_are_typed(store_url: str) -> None:
                     await call(bad)  # type: ignore[arg-type]
 
 
+class _Id(str):
+    """A ``str`` subclass, as an enum or a typed-id library hands out."""
+
+
+async def test_a_str_subclass_id_is_its_plain_value(store_url: str) -> None:
+    """An id that is a ``str`` subclass names the same session as its plain value on
+    every store (the memory store said "no such session" right after creating it)."""
+    async with _manager(store_url) as m:
+        s = await m.get_or_create(_Id("s1"))
+        assert (await s.send("hi")).ok and type(s.id) is str
+        assert await m.get(_Id("s1")) is s
+        assert (await m.store.load(_Id("s1"))).meta.turn_count == 1
+    if store_url != "memory:":
+        assert (await _reload_and_send(store_url))[0] == 2
+
+
 @pytest.mark.parametrize(
     "error", [SessionNotFound("nobody", "no such session"), ValueError("mine")]
 )
