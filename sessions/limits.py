@@ -42,7 +42,8 @@ class Limits:
     lower it, never raise it).  ``turn_timeout`` (seconds; ``None``: unbounded) bounds one
     turn's run: past it the running node is cancelled and the turn fails with
     :class:`~engine.errors.TurnTimeout`, the session idle again (a graph's own
-    ``turn_timeout`` attribute may shorten it).
+    ``turn_timeout`` attribute may shorten it).  A plain handler run inline (no node
+    ``timeout``, not ``blocking``) cannot be cancelled: the turn fails when it returns.
     """
 
     max_messages: int = 1000

@@ -94,6 +94,19 @@ async def test_graph_turn_timeout_fails_a_run_that_never_ends() -> None:
     assert result.error.node_id == "work" and result.error.timeout == pytest.approx(0.1)
 
 
+async def test_turn_timeout_fails_a_run_an_inline_sync_handler_overran() -> None:
+    """A plain handler with no ``timeout`` runs inline and cannot be interrupted; when it
+    returns past the turn's deadline the run still fails with TurnTimeout (it used to
+    succeed: the cancellation had no await left to land on)."""
+
+    def work(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        threading.Event().wait(0.3)  # blocks the loop's thread past the 50 ms deadline
+        return {"late": True}
+
+    result = await Engine(_registry(work)).run(_graph(graph='graph [turn_timeout="50ms"];'))
+    assert result.status == "fail" and isinstance(result.error, TurnTimeout)
+
+
 async def test_graph_turn_timeout_only_tightens_the_callers_bound() -> None:
     """The shorter of the caller's ``time_limit`` and the graph's ``turn_timeout`` wins."""
 

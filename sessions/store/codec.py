@@ -49,6 +49,7 @@ from typing import Any, AnyStr, Final, NamedTuple, get_args
 import msgspec
 from msgspec.structs import force_setattr
 
+from engine.messages import MemoryItem
 from sessions.errors import InvalidSessionId, Unstorable
 from sessions.store.base import (
     EMPTY_META,
@@ -119,10 +120,13 @@ def validate_session_id(session_id: object) -> str:
 
     Safe means 1..128 characters from ``[A-Za-z0-9._-]``, not starting with ``.``
     (so never ``..``, a hidden file, or a path), raising
-    :class:`~engine.errors.InvalidSessionId` otherwise.
+    :class:`~engine.errors.InvalidSessionId` otherwise.  A ``str`` subclass is
+    returned as its plain value.
     """
-    if not isinstance(session_id, str):
-        raise InvalidSessionId(repr(session_id), "a session id must be a string")
+    if type(session_id) is not str:
+        if not isinstance(session_id, str):
+            raise InvalidSessionId(repr(session_id), "a session id must be a string")
+        session_id = str.__str__(session_id)  # a subclass: its plain value, one key
     if not _ID_RE.fullmatch(session_id) or session_id.startswith("."):
         raise InvalidSessionId(
             session_id, "must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'"
@@ -593,7 +597,10 @@ def commit_json(commit: TurnCommit, url: str, session_id: str) -> CommitJson:
         if mode is not None and not mode.isascii():
             what = "the cognitive mode"
             mode.encode()
-    except (TypeError, ValueError) as exc:
+        if commit.memory:
+            what = "recall memory"
+            _check_memory(commit.memory)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise Unstorable(url, session_id, what, str(exc)) from exc
     return CommitJson(records, wm_json, goals_json)
 
@@ -620,12 +627,28 @@ def check_commit(commit: TurnCommit, url: str, session_id: str) -> None:
             if goals is not None:
                 _check_plain(goals)
                 _ENCODE(goals)
+            if commit.memory:
+                _check_memory(commit.memory)
             mode = commit.cognitive_mode
             if mode is None or mode.isascii():
                 return
     except (TypeError, ValueError, RecursionError):
         pass  # commit_json says what is wrong
     commit_json(commit, url, session_id)
+
+
+def _check_memory(items: tuple[MemoryItem, ...]) -> None:
+    """Raise ``TypeError`` or ``ValueError`` if an item of recall memory cannot be
+    stored as :func:`~sessions.store.recall.row_of` stores it: a text or kind that is
+    not a ``str`` or holds a lone surrogate, meta that is not JSON."""
+    for item in items:
+        for text in (item.text, item.kind):
+            if type(text) is not str:
+                raise TypeError(f"{type(text).__name__} where text was expected")
+            if not text.isascii():
+                text.encode()  # a lone surrogate cannot be stored (or bound by a driver)
+        if item.meta:
+            json.dumps(dict(item.meta), separators=(",", ":"))
 
 
 def _turn_strings(t: TurnRecord) -> dict[str, Any]:

@@ -164,8 +164,10 @@ class MemoryStore:
         # validated for the right error (a bad id, not "no such session").
         s = self._sessions.get(session_id) if type(session_id) is str else None
         if s is None:
-            validate_session_id(session_id)
-            raise SessionNotFound(session_id, "no such session")
+            session_id = validate_session_id(session_id)
+            s = self._sessions.get(session_id)  # a str subclass, as its plain value
+            if s is None:
+                raise SessionNotFound(session_id, "no such session")
         return s
 
     def _fenced(self, session_id: str, token: int) -> _Session:

@@ -1,8 +1,9 @@
 """One redaction of store URLs and libpq connection strings, used wherever one is shown.
 
 A PostgreSQL password can sit in three places: the URL's ``user:pw@``, a URL query
-parameter (``?password=pw``), or a libpq keyword string (``host=h password=pw``, the
-value possibly quoted: ``password='a b\\'c'``).  :func:`redact_url` replaces each with
+parameter (``?password=pw``, also ``sslpassword`` for the client key, the name possibly
+percent-encoded, which libpq decodes), or a libpq keyword string (``host=h password=pw``,
+the value possibly quoted: ``password='a b\\'c'``).  :func:`redact_url` replaces each with
 ``***``; errors, log lines and table titles print only its result.
 """
 
@@ -17,9 +18,23 @@ __all__ = ["REDACTED", "redact_url", "scrub"]
 REDACTED: Final = "***"
 
 # A keyword DSN's password value: single-quoted (backslash escapes) or bare.
-_KEYWORD: Final = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)", re.IGNORECASE)
-# A URL query parameter named password (up to the next & or #).
-_QUERY: Final = re.compile(r"((?:^|[?&;])password=)[^&#]*", re.IGNORECASE)
+_KEYWORD: Final = re.compile(
+    r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)", re.IGNORECASE
+)
+# A URL query parameter (up to the next & or #): any name, matched once decoded.
+_QUERY: Final = re.compile(r"((?:^|[?&;])([^=&#;?]*)=)([^&#]*)")
+# The libpq parameters that hold a secret (``sslpassword`` unlocks the client's key).
+_SECRET_NAMES: Final = frozenset({"password", "sslpassword"})
+
+
+def _is_secret(name: str) -> bool:
+    return unquote(name).strip().lower() in _SECRET_NAMES
+
+
+def _redact_query(query: str) -> str:
+    return _QUERY.sub(
+        lambda m: f"{m.group(1)}{REDACTED}" if _is_secret(m.group(2)) else m.group(0), query
+    )
 
 
 def redact_url(url: str) -> str:
@@ -35,12 +50,13 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:  # a malformed netloc (bad port, brackets): hide all credentials
         return _hide_userinfo(url)
-    query = _QUERY.sub(rf"\g<1>{REDACTED}", parts.query)
+    query = _redact_query(parts.query)
     if password is None and query == parts.query:
         return url  # nothing to hide: keep the text as given (sqlite:/// stays as is)
-    if password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
+    if password is None:  # only the query: urlunsplit would drop an empty host's '//'
+        return url.replace(f"?{parts.query}", f"?{query}", 1)
+    host = parts.netloc.rsplit("@", 1)[1]
+    parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
     return urlunsplit(parts._replace(query=query))
 
 
@@ -49,7 +65,7 @@ def _hide_userinfo(url: str) -> str:
     netloc, sep, tail = rest.partition("/")
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    tail = _QUERY.sub(rf"\g<1>{REDACTED}", tail)
+    tail = _redact_query(tail)
     return f"{scheme}://{netloc}{sep}{tail}"
 
 
@@ -71,8 +87,10 @@ def _passwords(url: str) -> set[str]:
             parts = urlsplit(url)
             if parts.password:
                 found |= {parts.password, unquote(parts.password)}
-            found |= {v for k, v in parse_qsl(parts.query) if k.lower() == "password"}
+            found |= {v for k, v in parse_qsl(parts.query) if _is_secret(k)}
         except ValueError:
             pass
-        found |= {unquote(m.group(0).split("=", 1)[1]) for m in _QUERY.finditer(url)}
+        for m in _QUERY.finditer(url):
+            if _is_secret(m.group(2)):
+                found |= {m.group(3), unquote(m.group(3))}
     return {s for s in found if s}

@@ -11,7 +11,8 @@ finds the store behind it raises :class:`~engine.errors.RolledBack`.
 Where: ``$TURNGRAPH_HOME/witness/<digest>.log``, beside the key file (an attacker who
 can replace the database file but not the data directory cannot rewind both), one file
 per store, named by the SHA-256 of the store's identity (a SQLite file's absolute path,
-a PostgreSQL URL without its password).
+the database, user and schema options a PostgreSQL URL reaches, without its
+password, TLS or timeout settings).
 
 Format and cost: one line per advance, appended with ``O_APPEND`` (``A sid records mac``;
 ``R`` resets a session's head, for a create or an import; ``D`` forgets a deleted one).
@@ -32,6 +33,7 @@ warning is logged once), never an error.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -78,15 +80,25 @@ class Witness:
         self._offset = 0
         self._partial = b""
         self._found = True
+        self._read_only = False
         self._warned = False
         self._compacted = 0  # the size of the last compaction's file: grow past twice it
 
     def open(self) -> None:
         """Open (creating if needed, mode 0600 in a 0700 directory) and read the file."""
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._found = self.path.exists()
-            self._lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._found = self.path.exists()
+                self._lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.EROFS:
+                    raise
+                # A read-only mount (a backup being inspected): its stores can only be
+                # read, so the witness is only read too; nothing to lock against.
+                self._read_only = self._found = self.path.exists()
+                if not self._read_only:
+                    return  # nothing witnessed here: not checked
             self._reopen()
         except OSError as exc:
             self.close()
@@ -120,7 +132,7 @@ class Witness:
         self._append(b"D %s\n" % sid.encode())
 
     def _append(self, line: bytes) -> None:
-        if self._fd < 0:
+        if self._fd < 0 or self._read_only:
             return
         try:
             fcntl.flock(self._lock, fcntl.LOCK_SH)
@@ -238,10 +250,13 @@ class Witness:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        if self._read_only:
+            fd = os.open(self.path, os.O_RDONLY)
+        else:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._fd, self._ino = fd, os.fstat(fd).st_ino
         self._heads, self._offset, self._partial = {}, 0, b""
-        if os.fstat(fd).st_size == 0:
+        if os.fstat(fd).st_size == 0 and not self._read_only:
             os.write(fd, _HEADER)
         self._refresh()
 

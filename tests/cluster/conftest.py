@@ -13,7 +13,7 @@ import importlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import psycopg
@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _unreachable(reason: str) -> None:
+def _unreachable(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)
@@ -66,6 +66,8 @@ def pg_schema_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """A head and two worker nodes on 127.0.0.1, the driver connected to them."""
+    # Not installed by scripts/test (a 79 MB wheel and a minute of cluster tests on top of a
+    # suite near its time budget on a shared 2-core machine): skipped unless installed.
     ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
     cluster_utils = importlib.import_module("ray.cluster_utils")
     c = cluster_utils.Cluster(

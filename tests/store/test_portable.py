@@ -227,6 +227,10 @@ async def test_store_under_a_regular_file_names_the_url(tmp_path: Path) -> None:
         "postgresql://u@127.0.0.1:1/db?sslmode=disable&PassWord=hunter2&x=1",
         "host=127.0.0.1 port=1 password=hunter2 dbname=db",
         "host=127.0.0.1 password='hunter2 x' dbname=db",
+        # the client key's passphrase, and a parameter name libpq percent-decodes
+        "postgresql://u@127.0.0.1:1/db?sslpassword=hunter2",
+        "postgresql://u@127.0.0.1:1/db?pass%77ord=hunter2&sslmode=disable",
+        "host=127.0.0.1 port=1 sslpassword=hunter2 dbname=db",
     ],
 )
 async def test_no_password_in_store_errors(url: str) -> None:
@@ -242,6 +246,10 @@ def test_scrub_hides_passwords_a_driver_echoes() -> None:
     text = 'bad "s3cr@t" near password=hunter2 and hunter2'
     assert "hunter2" not in scrub(text, url) and "s3cr@t" not in scrub(text, url)
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+    # a socket URL (empty host) keeps its '//' when only its query is redacted
+    assert redact_url("postgresql:///db?host=/run&password=pw") == (
+        "postgresql:///db?host=/run&password=***"
+    )
 
 
 # --------------------------------------------------------------------------- PostgreSQL

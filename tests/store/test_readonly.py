@@ -70,6 +70,14 @@ def folder(tmp_path: Path) -> Iterator[Path]:
                 p.chmod(0o700)
 
 
+async def _one_turn_then_read_only(url: str, folder: Path) -> None:
+    """Session s1 takes one turn ("hello"); then ``folder`` turns read-only."""
+    async with open_store(url, secret=SECRET) as store, _manager(store) as m:
+        s = await m.get_or_create("s1")
+        assert (await s.send("hello")).ok
+    _make_read_only(folder)
+
+
 def _make_read_only(folder: Path) -> None:
     if ROOT:
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
@@ -84,10 +92,7 @@ async def test_a_read_only_sqlite_store_reads_and_refuses_writes(folder: Path) -
     StoreReadOnly naming the file; ``sessions list``/``show`` work from the CLI."""
     db = folder / "s.db"
     url = f"sqlite:///{db}"
-    async with open_store(url, secret=SECRET) as store, _manager(store) as m:
-        s = await m.get_or_create("s1")
-        assert (await s.send("hello")).ok
-    _make_read_only(folder)
+    await _one_turn_then_read_only(url, folder)
     async with open_store(url, secret=SECRET, create=False) as store:
         assert [meta.id for meta in await store.list_sessions()] == ["s1"]
         loaded = await store.load("s1")
@@ -162,3 +167,19 @@ async def test_a_read_only_postgres_role_reads_without_ddl(pg_url: str) -> None:
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute(f'DROP OWNED BY "{role}"')
             admin.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.mark.skipif(not ROOT, reason="a read-only mount (EROFS) needs root to remount")
+async def test_a_read_only_data_folder_still_reads_with_its_witness(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store, key and rollback witness all on one read-only mount (a backup mounted to
+    be inspected): the store opens and reads, checked against the witness read-only
+    (it used to refuse to open at all: the witness could not be opened for writing)."""
+    monkeypatch.setenv("TURNGRAPH_HOME", str(folder / "home"))
+    db = folder / "s.db"
+    url = f"sqlite:///{db}"
+    await _one_turn_then_read_only(url, folder)
+    async with open_store(url, secret=SECRET, create=False) as store:
+        assert [meta.id for meta in await store.list_sessions()] == ["s1"]
+        assert (await store.load("s1")).meta.turn_count == 1

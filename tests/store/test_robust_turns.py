@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from engine.graph import Node
+from engine.messages import MemoryItem
 from sessions import Limits, SessionManager
 from sessions.errors import (
     InvalidInput,
@@ -29,7 +30,7 @@ from sessions.store import ManualClock, OpenStore, open_store
 from sessions.store.base import SessionMeta
 
 from ..sessions.session_kit import chain_graph, reply_registry
-from . import SECRET
+from . import SECRET, commit
 
 
 def _manager(url: str, **handlers: Any) -> SessionManager:
@@ -131,6 +132,22 @@ async def test_bad_session_ids_are_typed(store_url: str) -> None:
             for call in (m.get, m.get_or_create):
                 with pytest.raises(InvalidSessionId):
                     await call(bad)  # type: ignore[arg-type]
+
+
+class _Id(str):
+    """A ``str`` subclass, as an enum or a typed-id library hands out."""
+
+
+async def test_a_str_subclass_id_is_its_plain_value(store_url: str) -> None:
+    """An id that is a ``str`` subclass names the same session as its plain value on
+    every store (the memory store said "no such session" right after creating it)."""
+    async with _manager(store_url) as m:
+        s = await m.get_or_create(_Id("s1"))
+        assert (await s.send("hi")).ok and type(s.id) is str
+        assert await m.get(_Id("s1")) is s
+        assert (await m.store.load(_Id("s1"))).meta.turn_count == 1
+    if store_url != "memory:":
+        assert (await _reload_and_send(store_url))[0] == 2
 
 
 @pytest.mark.parametrize(
@@ -282,3 +299,24 @@ def test_the_memory_stores_cheap_check_refuses_what_the_encoder_refuses(
     for check in (check_commit, commit_json):
         with pytest.raises(Unstorable):
             check(build(**change), "memory:", "s")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [MemoryItem("a lone \ud800 surrogate"), MemoryItem("ok", "fact", 0.0, {"x": {1, 2}})],
+    ids=["surrogate-text", "set-in-meta"],
+)
+async def test_recall_memory_that_cannot_be_stored_is_unstorable(
+    store: OpenStore, item: MemoryItem
+) -> None:
+    """Every backend refuses a turn whose recall memory cannot be stored with
+    Unstorable naming the session (not a driver's UnicodeEncodeError or json's
+    TypeError), writes nothing, and takes the next turn."""
+    await store.create(SessionMeta(id="m1"))
+    token = await store.acquire("m1", "w", 60.0)
+    with pytest.raises(Unstorable, match="'m1': recall memory") as info:
+        await store.append_turn("m1", commit(1, 0, memory=(item,)), token=token)
+    assert info.value.session_id == "m1"
+    assert (await store.load("m1")).meta.turn_count == 0
+    await store.append_turn("m1", commit(1, 0, memory=(MemoryItem("zebra"),)), token=token)
+    assert (await store.load("m1")).meta.turn_count == 1

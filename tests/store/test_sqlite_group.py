@@ -236,3 +236,33 @@ async def test_turns_in_a_batch_keep_their_recall_memory(store: SQLiteStore) -> 
     for sid in tokens:
         found = await store.recall_memory("zebra", session_id=sid)
         assert [item.text for item in found] == [f"zebra number {sid}"]
+
+
+async def test_a_turn_whose_recall_memory_cannot_be_stored_fails_alone(
+    store: SQLiteStore,
+) -> None:
+    """In one batch: a memory text with a lone surrogate and memory meta that is not
+    JSON each raise Unstorable (typed, naming the session) and write nothing; the other
+    turn commits with its memory."""
+    from engine.messages import MemoryItem
+
+    tokens = await new_sessions(store, 3)
+    commits = count_commits(store)
+    memories = [
+        (MemoryItem("bad \ud800 text"),),
+        (MemoryItem("ok", "fact", 0.0, {"x": {1, 2}}),),
+        (MemoryItem("zebra fine"),),
+    ]
+    turns = [
+        (sid, commit(1, 0, memory=memory), tok)
+        for (sid, tok), memory in zip(tokens.items(), memories, strict=True)
+    ]
+    got = await outcomes(store, turns)
+    assert len(commits) == 1
+    assert [type(e) for e in got] == [Unstorable, Unstorable, type(None)]
+    assert [e.session_id for e in got if isinstance(e, Unstorable)] == ["s0", "s1"]
+    assert "recall memory" in str(got[0])
+    assert [(await store.load(sid)).meta.turn_count for sid in tokens] == [0, 0, 1]
+    found = await store.recall_memory("zebra", session_id="s2")
+    assert [item.text for item in found] == ["zebra fine"]
+    assert await store.recall_memory("ok", session_id="s1") == ()

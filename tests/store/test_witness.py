@@ -124,6 +124,27 @@ async def test_delete_recreate_and_import_are_not_rollbacks(durable: OpenStore) 
     assert (await durable.load("s1")).meta.turn_count == 1
 
 
+@pytest.mark.postgres
+async def test_one_postgres_store_spelled_two_ways_is_one_witness(pg_url: str) -> None:
+    """A tool that reaches the same database with the password in the query and an
+    application name (here: deletes and recreates s1) advances the same witness as the
+    worker's URL does, so the worker sees no false rollback; a real one is still caught."""
+    other = f"{pg_url}&password=hunter2&application_name=tool"
+    raw = Raw(pg_url)
+    await _filled(pg_url, 4, "s1")
+    async with open_store(other, secret=SECRET) as s:
+        assert await s.delete("s1")
+        await fill(s, "s1", 1)
+    async with open_store(pg_url, secret=SECRET) as s:
+        assert (await s.load("s1")).meta.turn_count == 1
+    [old] = raw.execute(f"SELECT {STATE_COLUMNS} FROM sessions WHERE id='s1'")
+    await _filled(other, 2, "s1")
+    raw.execute("DELETE FROM records WHERE session_id='s1' AND rseq>=3")
+    _put_row_back(raw, old)
+    err = await _rolled_back(pg_url)
+    assert (err.witnessed, err.stored) == (9, 3)
+
+
 async def test_session_missing_from_an_older_store(durable_url: str, raw: Raw) -> None:
     """A session that vanished without a delete through the store (its rows removed,
     or an older database put back) is RolledBack on load and on create, not silently
