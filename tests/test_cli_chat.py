@@ -401,6 +401,17 @@ def test_slash_commands(home: Path) -> None:
     assert turn_count(home, "s1") == 2
 
 
+def test_history_refuses_digits_int_cannot_read(home: Path) -> None:
+    """'²' is a digit to str.isdigit() but not to int(): refused, not an internal error."""
+    proc = run(
+        home, "--session", "s1", stdin="/history \u00b2\n/history 99999999999999999999\n".encode()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "/history: N must be a positive whole number, not '\u00b2'" in proc.stdout
+    assert "internal error" not in proc.stderr
+    assert proc.stdout.count("no messages yet") == 1
+
+
 def test_a_chat_line_with_control_characters_is_refused_and_not_sent(home: Path) -> None:
     proc = run(home, "--session", "s1", stdin=b"bad\x01line\nfine\n")
     assert proc.returncode == 0
