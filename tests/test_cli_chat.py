@@ -462,6 +462,32 @@ def test_bad_messages_are_refused(home: Path, args: list[str], stdin: bytes, err
     assert run(home, "sessions", "show", "s1").returncode == 2  # never created
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["-m", "-"], "standard input: error: -m - reads standard input, which is closed\n"),
+        (
+            ["--session", "s1"],
+            "python -m engine.run: error: a chat reads standard input, which is closed\n",
+        ),
+    ],
+)
+def test_closed_standard_input_is_bad_input(home: Path, args: list[str], error: str) -> None:
+    """Started with standard input closed (``<&-``, where sys.stdin is None): one line,
+    exit 2, not an internal error."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.run", *args],
+        cwd=ROOT,
+        env=_env(home),
+        stdin=None,
+        capture_output=True,
+        timeout=LIMIT,
+        check=False,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert (proc.returncode, proc.stderr.decode()) == (2, error)
+
+
 def test_a_message_not_utf8_in_argv_is_refused(home: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "engine.run", "-m", b"caf\xe9"],
