@@ -289,8 +289,10 @@ sys.meta_path.insert(0, _Blocked())
             [TURN, "-m", "hi", "--session", "s", "--store", "postgres://h/db"],
             "postgres",
         ),
+        ("starlette", ["serve", "--port", "0"], "serve"),
+        ("uvicorn", ["serve", "--port", "0"], "serve"),
     ],
-    ids=["postgres-sessions", "postgres-turn"],
+    ids=["postgres-sessions", "postgres-turn", "serve-starlette", "serve-uvicorn"],
 )
 def test_a_missing_extra_is_one_line_naming_pip_install(
     tmp_path: Path, blocked: str, argv: list[str], extra: str
