@@ -59,13 +59,30 @@ async def hop(ctx: BenchContext, res: BenchResult, url: str) -> None:
     async with SessionManager(url, store_secret=SECRET) as manager:
         session = await manager.get_or_create("hop-local")
         local = await _latencies(session.send, n)
+        local_stream = await _latencies(lambda text: _drain(session.stream(text)), n)
     async with RaySessions(url, 1, num_cpus=0, manager={"store_secret": SECRET}) as rs:
         remote = await _latencies(lambda text: rs.send("hop-remote", text), n)
         bare = await _latencies(lambda _: rs.info(), n)
+        remote_stream = await _latencies(lambda text: _drain(rs.stream("hop-str", text)), n)
     res.add_latency("in-process turn", local, "ms", mean_too=False)
     res.add_latency("through Ray turn", remote, "ms", mean_too=False)
     res.add("Ray call alone p50", bare.p50 / 1e6, "ms", note="a host's info(): the hop, no turn")
     res.add("Ray hop added p50", (remote.p50 - local.p50) / 1e6, "ms", at_most(2.0))
+    res.add_latency("in-process stream", local_stream, "ms", mean_too=False)
+    res.add_latency("through Ray stream", remote_stream, "ms", mean_too=False)
+    res.add(
+        "Ray stream hop added p50",
+        (remote_stream.p50 - local_stream.p50) / 1e6,
+        "ms",
+        note="a whole turn's events drained (one Ray object per burst)",
+    )
+
+
+async def _drain(events: Any) -> None:
+    """Consume a turn's stream to its end (its TurnResult)."""
+    async with events:
+        async for _ in events:
+            pass
 
 
 async def _run_turns(

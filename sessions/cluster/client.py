@@ -26,13 +26,14 @@ import asyncio
 import contextlib
 import importlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
+from engine.events import Event
 from sessions.cluster.errors import (
     ClusterStoreRefused,
     ClusterUnavailable,
@@ -40,6 +41,8 @@ from sessions.cluster.errors import (
     RayNotInstalled,
 )
 from sessions.cluster.pool import Host, HostPool, Placement, Unreachable
+from sessions.cluster.streaming import ClusterStream
+from sessions.cluster.wire import Reply
 from sessions.fifolock import FifoLock
 from sessions.history import MessagePage
 from sessions.limits import Limits, validate_session_id
@@ -192,17 +195,25 @@ class RaySessions:
     async def _call(self, session_id: str, method: str, *args: Any) -> Any:
         """``method`` on the session's host, following it to a survivor if it dies."""
         pool = self._hosts()
+        async for host in self._tries(session_id):
+            try:
+                reply = await pool.call(host, method, session_id, *args)
+            except Unreachable:
+                await pool.suspect(host)
+                continue
+            if not reply.moved:
+                return reply.unwrap()
+        raise AssertionError("unreachable: _tries ends by raising HostLost")
+
+    async def _tries(self, session_id: str) -> AsyncIterator[Host]:
+        """The host to try for the session, again after each failed try (the caller
+        suspects a host that failed), until ``rehost_timeout``: then :class:`HostLost`."""
+        pool = self._hosts()
         deadline = time.monotonic() + self.rehost_timeout
         while True:
             host = pool.route(session_id)
             if host is not None:
-                try:
-                    reply = await pool.call(host, method, session_id, *args)
-                except Unreachable:
-                    await pool.suspect(host)
-                else:
-                    if not reply.moved:
-                        return reply.unwrap()
+                yield host
             left = deadline - time.monotonic()
             if left <= 0:
                 raise HostLost(session_id, "no live host answered in time")
@@ -242,6 +253,43 @@ class RaySessions:
             result: TurnResult = await self._call(sid, "send", text, known + 1)
             self._turns[sid] = result.turn
             return result
+
+    def stream(self, session_id: str, text: str) -> ClusterStream:
+        """Run one turn like :meth:`send`, as an async iterator of the same events as
+        :meth:`sessions.Session.stream` yields in one process, the :class:`TurnResult`
+        last (see :mod:`sessions.cluster.streaming`).  The turn starts when iteration
+        starts.  A host lost before the first event is followed to its survivor; one
+        lost after it raises :class:`HostLost` (the turn may or may not be stored: read
+        :meth:`messages`)."""
+        return ClusterStream(self._stream(validate_session_id(session_id), text))
+
+    async def _stream(self, sid: str, text: str) -> AsyncGenerator[Event | TurnResult, None]:
+        pool = self._hosts()
+        async with self._in_order(sid):
+            known = self._turns.get(sid)
+            if known is None:
+                known = self._turns[sid] = await self._call(sid, "open")
+            async for host in self._tries(sid):
+                given = False
+                items = pool.stream(host, "stream", sid, text, known + 1)
+                try:
+                    async for batch in items:
+                        for item in batch:
+                            if not isinstance(item, Reply):
+                                given = True
+                                yield item
+                            elif not item.moved:
+                                result: TurnResult = item.unwrap()
+                                self._turns[sid] = result.turn
+                                yield result
+                                return
+                except Unreachable:
+                    if given:
+                        self._turns.pop(sid, None)  # reload the count from the store
+                        raise HostLost(sid, "its host died while streaming a turn") from None
+                    await pool.suspect(host)
+                finally:
+                    await items.aclose()  # leaving early cancels the host's generator
 
     async def messages(self, session_id: str, offset: int = 0, limit: int = 100) -> MessagePage:
         """A page of the session's messages (:meth:`sessions.Session.messages`)."""

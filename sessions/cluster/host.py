@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from engine.outcome import NodeRecord
@@ -167,6 +167,54 @@ class SessionHost:
             if done is not None:
                 return turn_reply(done)
         return turn_reply(await session.send(text))
+
+    async def stream(self, session_id: str, text: str, expect: int | None) -> AsyncIterator[Any]:
+        """Run one turn like :meth:`send`, yielding its events as they happen
+        (:meth:`sessions.Session.stream`) in lists of those ready at once, the last list
+        ending with the :class:`Reply` holding its :class:`TurnResult` or its error.
+        Called as a Ray streaming generator; when the caller cancels it, the turn is
+        cancelled unless it has committed.  A turn the previous host committed (see
+        ``expect``) is answered alone, without events."""
+        try:
+            session = await self._session(session_id)
+            if expect is not None and session.turn_count >= expect:
+                done = await _committed(session, expect, text)
+                if done is not None:
+                    yield [turn_reply(done)]
+                    return
+        except _Moved:
+            yield [Reply(moved=True)]
+            return
+        except Exception as exc:
+            yield [Reply(error=pack_error(exc))]
+            return
+        # A pump fills a queue and each yield takes all that is queued: one Ray object
+        # per burst of events rather than per event (each object costs about a ms).
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async with session.stream(text) as events:
+                    async for item in events:
+                        if isinstance(item, TurnResult):
+                            queue.put_nowait(turn_reply(item))
+                        else:
+                            queue.put_nowait(item)
+            except Exception as exc:
+                queue.put_nowait(Reply(error=pack_error(exc)))
+
+        task = asyncio.get_running_loop().create_task(pump())
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                yield batch
+                if isinstance(batch[-1], Reply):
+                    return
+        finally:
+            task.cancel()  # left early: the stream's exit cancels the uncommitted turn
+            await asyncio.gather(task, return_exceptions=True)
 
     async def messages(self, session_id: str, offset: int, limit: int) -> Reply:
         """A page of the session's messages (:meth:`sessions.Session.messages`)."""

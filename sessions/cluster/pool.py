@@ -15,11 +15,12 @@ Ray is imported by the caller and passed in; nothing here imports it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,9 @@ from sessions.cluster.host import SessionHost
 from sessions.cluster.wire import Reply
 
 __all__ = ["Host", "HostPool", "Placement", "Unreachable"]
+
+_END = object()
+"""What :func:`_next_ref` answers when the host's generator has ended."""
 
 _GIVE_UP = 60
 """Failed probes in a row after which a host is forgotten (its actor is gone for good)."""
@@ -67,6 +71,16 @@ class Host:
     limiter: anyio.CapacityLimiter
     gone: anyio.Event = field(default_factory=anyio.Event)
     failures: int = 0
+    waiters: set[asyncio.Future[Any]] = field(default_factory=set)
+    """The calls awaiting this host's answer now."""
+
+    def mark_gone(self) -> None:
+        """Presume the host dead: every call awaiting it raises :class:`Unreachable`."""
+        self.gone.set()
+        waiters, self.waiters = self.waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(Unreachable(f"host {self.id} presumed dead"))
 
 
 class HostPool:
@@ -179,7 +193,7 @@ class HostPool:
     async def suspect(self, host: Host) -> None:
         """``host`` failed: stop routing to it now and tell the others (the watcher lets
         it back in if it answers again)."""
-        host.gone.set()
+        host.mark_gone()
         if host.id in self.members:
             await self._set_members()
 
@@ -210,7 +224,7 @@ class HostPool:
             for host_id in members:
                 tg.start_soon(tell, self.hosts[host_id])
         for host in lost:
-            host.gone.set()
+            host.mark_gone()
         if lost:  # members changed again: tell the rest
             await self._set_members()
 
@@ -223,32 +237,71 @@ class HostPool:
             return await self._call(host, method, args)
 
     async def _call(self, host: Host, method: str, args: tuple[Any, ...]) -> Reply:
-        gone = host.gone
-        if gone.is_set():
+        if host.gone.is_set():
             raise Unreachable(f"host {host.id} presumed dead")
-        ref = getattr(host.handle, method).remote(*args)
-        outcome: list[Any] = []
-
-        async def wait_reply(scope: anyio.CancelScope) -> None:
-            try:
-                outcome.append(await ref)
-            except self._ray.exceptions.RayError as exc:
-                outcome.append(Unreachable(f"host {host.id}: {type(exc).__name__}"))
-            scope.cancel()
-
-        async def wait_gone(scope: anyio.CancelScope) -> None:
-            await gone.wait()
-            scope.cancel()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait_reply, tg.cancel_scope)
-            tg.start_soon(wait_gone, tg.cancel_scope)
-        if not outcome:
-            raise Unreachable(f"host {host.id} presumed dead")
-        if isinstance(outcome[0], Unreachable):
-            raise outcome[0]
-        reply: Reply = outcome[0]
+        reply: Reply = await self._race(host, getattr(host.handle, method).remote(*args))
         return reply
+
+    async def stream(self, host: Host, method: str, *args: Any) -> AsyncGenerator[Any, None]:
+        """The items ``host.method(*args)`` yields, as Ray streams them across the hop
+        (the method is an async generator); :class:`Unreachable` as for :meth:`call`.
+        Leaving early cancels the host's generator."""
+        # A token of its own: the consumer's task may make other calls while it iterates.
+        token = object()
+        await host.limiter.acquire_on_behalf_of(token)
+        refs: Any = None
+        try:
+            if host.gone.is_set():
+                raise Unreachable(f"host {host.id} presumed dead")
+            refs = getattr(host.handle, method).options(num_returns="streaming").remote(*args)
+            while True:
+                ref = await self._race(host, _next_ref(refs))
+                if ref is _END:
+                    refs = None
+                    return
+                yield await self._race(host, ref)
+        finally:
+            host.limiter.release_on_behalf_of(token)
+            if refs is not None:
+                # The consumer left (or the host failed): stop the turn over there.
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(refs)
+
+    async def _race(self, host: Host, waitable: Any) -> Any:
+        """``await waitable`` (an object ref, or a coroutine), or :class:`Unreachable`
+        when it fails in Ray or the host is presumed dead first."""
+        if host.gone.is_set():
+            raise Unreachable(f"host {host.id} presumed dead")
+        # One future the host's death can fail (Host.mark_gone), fed by the reply's: no
+        # task per call to watch for the death (that cost more than the Ray call).
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        source: asyncio.Future[Any]
+        if hasattr(waitable, "future"):  # an ObjectRef (its concurrent future, wrapped)
+            source = asyncio.wrap_future(waitable.future())
+        else:
+            source = asyncio.ensure_future(waitable)
+        ray_error = self._ray.exceptions.RayError
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            if waiter.done():
+                return
+            if done.cancelled():
+                waiter.set_exception(Unreachable(f"host {host.id}: call cancelled"))
+            elif (exc := done.exception()) is not None:
+                if isinstance(exc, ray_error):
+                    exc = Unreachable(f"host {host.id}: {type(exc).__name__}")
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(done.result())
+
+        source.add_done_callback(settle)
+        host.waiters.add(waiter)
+        try:
+            return await waiter
+        finally:
+            host.waiters.discard(waiter)
+            if not source.done():
+                source.cancel()
 
     # ------------------------------------------------------------------ health
 
@@ -308,3 +361,11 @@ class HostPool:
                 tg.start_soon(stop_one, host)
         self.hosts.clear()
         self._publish()
+
+
+async def _next_ref(refs: Any) -> Any:
+    """The next object ref of a Ray streaming generator, or :data:`_END`."""
+    try:
+        return await refs.__anext__()
+    except StopAsyncIteration:
+        return _END

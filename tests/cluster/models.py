@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
-from handlers.adapters.llm import EchoModel
+from engine.messages import LLMResponse
+from handlers.adapters.llm import ChatRequest, EchoModel
 
 SLOW = "slow:"
 """An input starting with this takes ``SlowOnRequest.seconds`` in the model."""
@@ -25,3 +27,18 @@ class SlowOnRequest(EchoModel):
         if messages and str(messages[-1].get("content", "")).startswith(SLOW):
             await anyio.sleep(self.seconds)
         return await super().complete(messages, **kw)
+
+    async def respond(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> LLMResponse:
+        """Answer like :meth:`complete`, streaming the reply word by word to ``on_text``
+        (so a streamed turn has text deltas to carry across the hop)."""
+        response: LLMResponse = await self.complete(
+            request.messages, system=request.system, max_tokens=request.max_tokens
+        )
+        if on_text is not None:
+            *words, last = response.text.split(" ")
+            for piece in [*(w + " " for w in words), last]:
+                on_text(piece)
+                await anyio.lowlevel.checkpoint()
+        return response

@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import pytest_asyncio
 
+from engine.events import NodeStarted, TextDelta, TurnCommitted
+from sessions import SessionManager, TurnResult
 from sessions.cluster import HostLost, RaySessions
 from sessions.store import OpenStore, open_store
 
 from .conftest import NODE, SECRET
-from .models import SLOW
+from .models import SLOW, SlowOnRequest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -140,6 +143,55 @@ async def test_concurrent_callers_every_turn_stored_once_in_order(
     for sid in sids:
         assert [results[sid, k] for k in range(3)] == [1, 2, 3]
         assert await user_texts(store, sid) == [(k + 1, f"{sid}/{k}") for k in range(3)]
+
+
+def shape(item: Any) -> tuple[str, dict[str, Any]]:
+    """An event or result without what differs between two runs of the same turn
+    (run and session ids, durations)."""
+    fields = msgspec.to_builtins(item)
+    if isinstance(item, TurnResult):
+        fields = {k: fields[k] for k in ("reply", "status", "turn")}
+    for key in ("run_id", "session_id", "trace_id", "duration"):
+        fields.pop(key, None)
+    return type(item).__name__, fields
+
+
+async def test_stream_yields_the_same_events_as_in_process(
+    client: RaySessions, pg_schema_url: str
+) -> None:
+    """A turn streamed across the hop yields the events a stream in one process yields
+    for the same turn, text deltas included, TurnCommitted then the TurnResult last."""
+    text = "stream me across the hop"
+    async with SessionManager(pg_schema_url, store_secret=SECRET, llm=SlowOnRequest()) as m:
+        local = await m.get_or_create("stream-local")
+        async with local.stream(text) as events:
+            expected = [shape(e) async for e in events]
+    async with client.stream("stream-remote", text) as remote:
+        items = [item async for item in remote]
+    assert [shape(i) for i in items] == expected
+    assert isinstance(items[-1], TurnResult) and items[-1].ok and remote.result is items[-1]
+    assert isinstance(items[-2], TurnCommitted) and items[-2].turn == 1
+    assert "".join(i.text for i in items if isinstance(i, TextDelta)) == items[-1].reply
+    assert (await client.send("stream-remote", "then a send")).turn == 2
+
+
+async def test_stream_left_early_cancels_the_turn_on_its_host(
+    client: RaySessions, store: OpenStore
+) -> None:
+    """Leaving a stream before the turn commits cancels it on the host: nothing of it
+    is stored, the session is idle, and its next turn takes the next number."""
+    sid = "stream-cut"
+    await client.send(sid, "warm")
+    async with client.stream(sid, f"{SLOW} cut") as events:
+        async for event in events:
+            if isinstance(event, NodeStarted) and event.node_id == "llm_call":
+                break
+    with anyio.fail_after(10):
+        while sid in {s for i in await client.info() for s in i["busy"]}:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+    result = await client.send(sid, "next")
+    assert result.ok and result.turn == 2
+    assert await user_texts(store, sid) == [(1, "warm"), (2, "next")]
 
 
 async def test_host_killed_then_node_removed_sessions_continue(
