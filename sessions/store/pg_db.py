@@ -32,17 +32,12 @@ __all__ = [
     "insert_records",
     "insert_state",
     "one",
-    "store_identity",
     "wipe",
 ]
 
 Conn = psycopg.AsyncConnection[Any]
 _MIGRATION_LOCK: Final = 0x7475726E  # "turn": serialises schema creation across processes
 _NOT_OPEN: Final = "store is not open (call open() or use 'async with')"
-# The parameters that choose which database and schema a connection reaches, unlike
-# how it gets there (password, TLS, timeouts, application name), which two processes
-# sharing one store may spell differently.
-_WHERE: Final = ("host", "hostaddr", "port", "dbname", "user", "options")
 
 
 class PgDatabase:
@@ -169,19 +164,6 @@ class PgDatabase:
             reason = scrub(reason, self._conninfo)
             raise StoreError(self.url, f"cannot connect to PostgreSQL: {reason}") from None
         await conn.close()
-
-
-def store_identity(conninfo: str) -> str:
-    """The name of the store ``conninfo`` reaches (its rollback witness is kept under it):
-    the same however the password is given (``user:pw@``, ``?password=``, none and
-    ``PGPASSWORD``) and whatever else the URL adds, so that every process of this machine
-    checks and advances one witness.  It holds no password."""
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.Error:  # open() has refused it already; never reached in practice
-        params = {}
-    where = " ".join(f"{k}={params[k]}" for k in _WHERE if params.get(k) is not None)
-    return f"postgresql: {where}"
 
 
 async def _migrate(url: str, c: Conn, *, create: bool) -> None:

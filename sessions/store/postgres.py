@@ -60,7 +60,6 @@ from sessions.store.pg_db import (
     insert_records,
     insert_state,
     one,
-    store_identity,
     wipe,
 )
 from sessions.store.pg_group import GroupWriter, WrittenRows
@@ -158,8 +157,7 @@ class PostgresStore:
         """``group_commits`` is how many turn groups may run at once (0: every turn
         takes the locked path, one transaction each); ``clock`` measures leases.
         ``witness`` keeps the heads this machine committed in a rollback witness
-        (:mod:`sessions.store.witness`) keyed by the database and schema the URL reaches
-        (:func:`~sessions.store.pg_db.store_identity`, no password): off by
+        (:mod:`sessions.store.witness`) keyed by the URL without its password: off by
         default, because a store shared by many machines is only witnessed for the
         sessions each one wrote (``TURNGRAPH_WITNESS=on`` turns it on).
         ``lock_timeout`` (seconds) bounds a write's wait for a row lock another
@@ -167,7 +165,6 @@ class PostgresStore:
         if not lock_timeout > 0:
             raise ValueError("lock_timeout must be > 0 seconds")
         self.url = redact_url(url)
-        self._identity = store_identity(url)
         self._clock = clock
         self._secret = secret
         self._limits = limits or ImportLimits()
@@ -223,7 +220,7 @@ class PostgresStore:
         """The verified reader under ``key``, with the rollback witness if enabled."""
         witness = None
         if self._use_witness:
-            witness = Witness(witness_path(self._identity), self.url)
+            witness = Witness(witness_path(self.url), self.url)
             witness.open()
         self._reader = PgReader(self.url, self._db, Signer(key), witness)
         self._written.witness = witness

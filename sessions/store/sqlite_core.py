@@ -18,7 +18,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from sessions.errors import SessionExists, SessionNotFound, StoreError, Unstorable
+from sessions.errors import SessionExists, SessionNotFound, StoreError
 from sessions.store.base import Checkpoint, LoadedSession, Message, SessionMeta, TurnCommit
 from sessions.store.durable import (
     STATE_COLUMNS,
@@ -294,12 +294,7 @@ class SQLiteCore:
 
         st = self._advance(sid, token, change)
         if commit.memory:
-            try:
-                queue_memory(self.conn, sid, st.agent_id, commit.memory)
-            except (TypeError, ValueError, RecursionError) as exc:
-                # Raised while binding (before the statement ran): a lone surrogate in
-                # a text, meta that is not JSON; typed, so a batch refuses this turn alone.
-                raise Unstorable(self.url, sid, "recall memory", str(exc)) from exc
+            queue_memory(self.conn, sid, st.agent_id, commit.memory)
         if end_checkpoint:
             # A turn's commit ends its checkpoint, whoever saved it: a save does not
             # change the session row, so nothing here could prove there is none.
