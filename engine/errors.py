@@ -12,6 +12,10 @@
     │   │   └── HandlerTimeout     a node exceeded its ``timeout``
     │   ├── NoRouteError           no edge could be taken out of a node
     │   ├── MaxStepsExceeded       a cycle ran past ``max_steps``
+    │   ├── JoinError              a parallel fan-in could not join: node, policy, branches
+    │   │   ├── JoinTimeout        the fan-in's ``timeout`` passed first
+    │   │   └── MergeConflict      two branches wrote one key with no ``merge`` declared
+    │   ├── GoalGateUnmet          an exit was reached with a ``goal_gate`` not succeeded
     │   └── TurnTimeout            a whole run exceeded its deadline (``turn_timeout``)
     ├── AdapterError               an LLM, memory or tools backend failed
     │   ├── TransientAdapterError  ...and trying again may help (retryable)
@@ -44,14 +48,18 @@ from typing import Literal
 __all__ = [
     "AdapterError",
     "DotSyntaxError",
+    "GoalGateUnmet",
     "GraphError",
     "GraphFileError",
     "GraphValidationError",
     "HandlerError",
     "HandlerTimeout",
     "Issue",
+    "JoinError",
+    "JoinTimeout",
     "LLMSpecError",
     "MaxStepsExceeded",
+    "MergeConflict",
     "MissingExtraError",
     "NoRouteError",
     "ProviderAuthError",
@@ -196,6 +204,55 @@ class MaxStepsExceeded(RunError):
         super().__init__(f"run exceeded max_steps={max_steps} at node {node_id!r}")
         self.max_steps = max_steps
         self.node_id = node_id
+
+
+class JoinError(RunError):
+    """A fan-in could not join its branches under its ``join`` policy."""
+
+    def __init__(self, node_id: str, policy: str, reason: str, branches: tuple[str, ...]) -> None:
+        super().__init__(f"parallel join at node {node_id!r} (join={policy}) failed: {reason}")
+        self.node_id = node_id
+        self.policy = policy
+        self.reason = reason
+        self.branches = branches
+        """The branches at fault (failed, unfinished or conflicting), in branch order."""
+
+
+class JoinTimeout(JoinError):
+    """The fan-in's ``timeout`` passed before its policy was met."""
+
+    def __init__(
+        self, node_id: str, policy: str, timeout: float, branches: tuple[str, ...]
+    ) -> None:
+        names = ", ".join(repr(b) for b in branches)
+        super().__init__(
+            node_id, policy, f"timed out after {timeout:g}s waiting for {names}", branches
+        )
+        self.timeout = timeout
+
+
+class MergeConflict(JoinError):
+    """Two branches wrote the same context key and the fan-in declares no ``merge``."""
+
+    def __init__(self, node_id: str, policy: str, key: str, branches: tuple[str, str]) -> None:
+        reason = (
+            f"branches {branches[0]!r} and {branches[1]!r} both wrote {key!r}; "
+            "declare merge=last_writer or merge=list on the fan-in"
+        )
+        super().__init__(node_id, policy, reason, branches)
+        self.key = key
+
+
+class GoalGateUnmet(RunError):
+    """The run reached an exit while a ``goal_gate`` node had not succeeded."""
+
+    def __init__(self, node_id: str, exit_id: str, tries: int) -> None:
+        super().__init__(
+            f"goal gate {node_id!r} not met at exit {exit_id!r} (after {tries} retries)"
+        )
+        self.node_id = node_id
+        self.exit_id = exit_id
+        self.tries = tries
 
 
 class TurnTimeout(RunError):

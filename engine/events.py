@@ -80,11 +80,12 @@ class RunFailed:
 
 @dataclass(frozen=True, slots=True)
 class NodeStarted:
-    """A node's handler is about to run (attempt 1)."""
+    """A node's handler is about to run (attempt 1); ``branch``: its parallel branch."""
 
     run_id: str
     node_id: str
     handler: str
+    branch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

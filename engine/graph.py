@@ -147,6 +147,8 @@ class Graph:
     warnings: tuple[Issue, ...] = ()
     max_steps: int | None = None
     default_retry: RetryPolicy = NO_RETRY
+    subgraphs: Mapping[str, Graph] = field(default_factory=lambda: MappingProxyType({}))
+    """Node id → the graph its ``graph=`` attribute names (:mod:`engine.subgraphs`)."""
 
     def out_edges(self, node_id: str) -> tuple[Edge, ...]:
         """Edges leaving ``node_id`` in source order (a graph query: not for hot paths)."""

@@ -78,6 +78,13 @@ ENGINE_NODE_ATTRS: tuple[Attr, ...] = (
     Attr("retry_target", "text", None, "node to go to when this one fails"),
     Attr("fallback_retry_target", "text", None, "node to go to when retry_target is unset"),
     Attr("blocking", "bool", False, "run a sync handler in a worker thread"),
+    Attr(
+        "goal_gate",
+        "bool",
+        False,
+        "must have succeeded before the run may exit; else go to retry_target "
+        "(at most max_retries times, 3 when unset), else the run fails",
+    ),
 )
 """Node attributes the engine itself reads (every node may carry them)."""
 
@@ -97,6 +104,7 @@ ENGINE_GRAPH_ATTRS: tuple[Attr, ...] = (
         "time limit of a whole run (TurnTimeout past it); may only tighten the caller's",
     ),
     Attr("default_max_retries", "int", 0, "max_retries of nodes that do not set it"),
+    Attr("retry_target", "text", None, "where an unmet goal gate without its own goes"),
     *_RETRY_ATTRS,
 )
 """Graph attributes the engine reads (``retry.*`` are defaults for every node)."""

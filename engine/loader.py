@@ -13,7 +13,8 @@ validate (:mod:`engine.validate`).  Every problem is reported at once in one
 
 **Handlers.** A node's handler is its ``handler=`` attribute, else its ``type=``,
 else its shape (``Mdiamond`` → ``start``, ``Msquare`` → ``exit``, ``diamond`` →
-``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``; shape names
+``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``, ``component``
+→ ``parallel``, ``tripleoctagon`` → ``parallel.fan_in``; shape names
 in any case), else its id.  With a ``registry`` every handler must be registered
 (an unknown handler is an error naming the node and its line); without one, any
 name is accepted and the engine checks later.
@@ -97,6 +98,8 @@ SHAPE_HANDLERS: Mapping[str, str] = {
     "diamond": "conditional",
     "parallelogram": "tool",
     "hexagon": "human",
+    "component": "parallel",
+    "tripleoctagon": "parallel.fan_in",
 }
 EXIT_HANDLERS = frozenset({"exit", "done"})
 
@@ -134,12 +137,14 @@ class _LRU(Generic[K, V]):
 _Stamp = tuple[int, int, int, int] | None  # None: not a regular file, never cached
 _FILES: _LRU[tuple[str, str], tuple[_Stamp, Graph]] = _LRU(CACHE_SIZE)
 _GRAPHS: _LRU[tuple[str, str], Graph] = _LRU(CACHE_SIZE)
+_WITH_SUBS: _LRU[tuple[str, ...], Graph] = _LRU(CACHE_SIZE)
 
 
 def clear_cache() -> None:
     """Forget every cached graph (the next load parses again)."""
     _FILES.clear()
     _GRAPHS.clear()
+    _WITH_SUBS.clear()
 
 
 def load_graph(
@@ -156,6 +161,16 @@ def load_graph(
     :class:`~engine.errors.GraphFileError`, :class:`~engine.errors.DotSyntaxError` or
     :class:`~engine.errors.GraphValidationError` (all :class:`GraphError`).
     """
+    return _load(source, registry, cache_dir, ())
+
+
+def _load(
+    source: str | os.PathLike[str],
+    registry: Collection[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    stack: tuple[str, ...],
+) -> Graph:
+    """:func:`load_graph` with the files being loaded above it (sub-graph cycles)."""
     if isinstance(source, str) and "{" in source:
         data = source.encode("utf-8", "surrogatepass")
         graph = _from_data(data, "<string>", registry, cache_dir, source)
@@ -165,7 +180,28 @@ def load_graph(
         missing = handler_issues(graph.path, graph.nodes, registry)
         if missing:
             raise GraphValidationError(graph.path, tuple(missing))
+    if any("graph" in n.attrs for n in graph.nodes.values()):
+        graph = _with_subgraphs(graph, stack, registry, cache_dir)
     return graph
+
+
+def _with_subgraphs(
+    graph: Graph,
+    stack: tuple[str, ...],
+    registry: Collection[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Graph:
+    """``graph`` with its sub-graphs, the same object while none of the files changed."""
+    from engine.subgraphs import attach_subgraphs
+
+    full = attach_subgraphs(graph, stack, lambda p, st: _load(p, registry, cache_dir, st))
+    # Engines compile a plan per Graph object: hand back the same one for the same files.
+    key = (graph.source_hash, graph.path, *(g.source_hash for g in full.subgraphs.values()))
+    known = _WITH_SUBS.get(key)
+    if known is not None and all(known.subgraphs[k] is v for k, v in full.subgraphs.items()):
+        return known
+    _WITH_SUBS.put(key, full)
+    return full
 
 
 # --------------------------------------------------------------------------- reading
@@ -417,6 +453,8 @@ def _handler(node_id: str, attrs: Mapping[str, Value]) -> str:
         name = _text(attrs, key)
         if name and name.strip():
             return name.strip()
+    if _text(attrs, "graph"):
+        return "subgraph"
     shape = (_text(attrs, "shape") or "").lower()
     return SHAPE_HANDLERS.get(shape, node_id)
 

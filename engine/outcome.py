@@ -59,6 +59,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
     reason: str | None = None
     usage: Usage | None = None
     """Model tokens and model name of the visit, when its handler called a model."""
+    branch: str | None = None
+    """The parallel branch the visit ran in (its first node's id); None outside one."""
 
     @property
     def duration_ms(self) -> float:
@@ -79,6 +81,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
         }
         if self.reason is not None:
             d["reason"] = self.reason
+        if self.branch is not None:
+            d["branch"] = self.branch
         usage = self.usage
         if usage is not None:
             d["model"] = usage.model

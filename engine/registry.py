@@ -7,8 +7,9 @@ cost nothing at run time; ``validate`` uses them to catch typos exactly
 (:mod:`engine.lint`) and the reference pages are generated from them.
 
 A new registry already knows the structural handlers ``start``, ``exit``, ``done``
-and ``conditional`` (no-ops: routing happens on their edges), so a custom graph needs
-no boilerplate; registering one of those names replaces the default without
+and ``conditional`` (no-ops: routing happens on their edges), and the fan-out and
+fan-in ``parallel`` and ``parallel.fan_in`` (the engine runs their branches), so a
+custom graph needs no boilerplate; registering one of those names replaces the default without
 ``replace=True``.
 """
 
@@ -112,6 +113,51 @@ STRUCTURAL = Declaration(
 
 _STRUCTURAL_NAMES = ("start", "exit", "done", "conditional")
 
+PARALLEL = Declaration(
+    summary="A fan-out (``shape=component``): the engine runs each outgoing edge's target "
+    "as a branch, concurrently, on its own copy-on-write view of the context, until "
+    "every branch reaches the one fan-in (``shape=tripleoctagon``).",
+    attrs=(Attr("max_parallel", "int", None, "at most this many branches at once; default all"),),
+)
+"""The fan-out's declaration: the engine itself runs its branches (:mod:`engine.parallel`)."""
+
+FAN_IN = Declaration(
+    summary="A fan-in (``shape=tripleoctagon``): where a fan-out's branches join.  "
+    "``join`` says when the wait ends (the other branches are cancelled), ``merge`` "
+    "how the branches' writes reach the context.",
+    attrs=(
+        Attr(
+            "join",
+            "text",
+            "wait_all",
+            "wait_all: every branch must succeed; first_success: the first to succeed "
+            "wins; quorum=N: N successes",
+        ),
+        Attr(
+            "merge",
+            "text",
+            None,
+            "last_writer: later branches (edge order) win; list: a list per key; "
+            "unset: two branches writing one key fail the join",
+        ),
+    ),
+)
+"""The fan-in's declaration (its ``timeout`` bounds the wait for the branches)."""
+
+SUBGRAPH = Declaration(
+    summary="Runs another graph as one step (a node with ``graph=``): the child sees "
+    "the mapped ``inputs`` and the ``session.*`` values; the mapped ``outputs`` are the "
+    "node's updates; its nodes are traced as ``node/child``.",
+    attrs=(
+        Attr("graph", "text", None, "the DOT file, relative to this graph's file"),
+        Attr("inputs", "text", None, 'keys passed in: "a,b=c" (child b gets parent c)'),
+        Attr("outputs", "text", None, 'keys passed out: "reply,x=y" (parent x gets child y)'),
+    ),
+)
+"""A sub-graph node's declaration (the engine runs the child: :mod:`engine.subgraphs`)."""
+
+_ENGINE_HANDLERS = {"parallel": PARALLEL, "parallel.fan_in": FAN_IN, "subgraph": SUBGRAPH}
+
 
 def _is_async(fn: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(fn):
@@ -143,7 +189,9 @@ class HandlerRegistry:
         self._specs: dict[str, HandlerSpec] = {
             n: HandlerSpec(n, _noop, False, declaration=STRUCTURAL) for n in _STRUCTURAL_NAMES
         }
-        self._defaults: set[str] = set(_STRUCTURAL_NAMES)
+        for name, declared in _ENGINE_HANDLERS.items():
+            self._specs[name] = HandlerSpec(name, _noop, False, declaration=declared)
+        self._defaults: set[str] = set(_STRUCTURAL_NAMES) | set(_ENGINE_HANDLERS)
         for name, fn in (handlers or {}).items():
             self.register(name, fn)
 

@@ -17,6 +17,12 @@ Edge selection after a node (DESIGN.md §4), first match wins:
 3. the unconditional edge whose label is the handler's ``preferred_label``;
 4. the handler's ``suggested_next``, if an unconditional edge leads there;
 5. the best unconditional edge (highest ``weight``, then target id).
+
+Three kinds of node extend the loop without copying it, each compiled into its step so
+a plain node pays one attribute test: a fan-out runs its branches as walks of this same
+loop in a task group (:mod:`engine.parallel`), a sub-graph node runs the child graph's
+walk as its visit (:mod:`engine.subgraphs`), and at an exit every ``goal_gate`` must have
+succeeded, else the walk goes on from the gate's retry target.
 """
 
 from __future__ import annotations
@@ -25,19 +31,23 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
 import anyio
+import msgspec
 
+from engine.branches import FAN_OUT, find_fan_in, join_spec
 from engine.errors import (
+    GoalGateUnmet,
     GraphValidationError,
     HandlerError,
     HandlerTimeout,
     Issue,
+    JoinError,
     MaxStepsExceeded,
     NoRouteError,
     RunError,
@@ -59,8 +69,10 @@ from engine.events import (
 )
 from engine.graph import Graph, Node
 from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
+from engine.parallel import Fan, Walk, run_branches
 from engine.registry import HandlerRegistry, HandlerSpec
 from engine.scopes import call_with_deadline
+from engine.subgraphs import Prefixed, child_context, key_map, outputs_of
 
 __all__ = ["DEFAULT_MAX_STEPS", "Engine", "OnEnter", "OnStep"]
 
@@ -76,6 +88,7 @@ the context: the hook for checkpoints and streaming."""
 
 _perf = time.perf_counter
 _FAILED: frozenset[str] = frozenset({"fail", "retry"})
+_MET: frozenset[str] = frozenset({"success", "partial"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +105,27 @@ class _Step:
     targets: frozenset[str]
     default: str | None
     on_fail: str | None
+    fan: Fan | None = None
+    sub: _Sub | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sub:
+    """A sub-graph node: the child's plan and the keys mapped in and out."""
+
+    plan: _Plan
+    inputs: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """A ``goal_gate`` node: where to go while it has not succeeded, and how often."""
+
+    node_id: str
+    status_key: str
+    target: str | None
+    max_tries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +135,7 @@ class _Plan:
     steps: Mapping[str, _Step]
     max_steps: int
     turn_timeout: float | None
+    gates: tuple[_Gate, ...] = ()
 
 
 def _norm_label(label: str) -> str:
@@ -130,7 +165,55 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
         targets=frozenset(e.dst for e in plain),
         default=plain[0].dst if plain else None,
         on_fail=node.retry_target or node.fallback_retry_target,
+        fan=_compile_fan(graph, node) if node.handler == FAN_OUT else None,
     )
+
+
+def _compile_fan(graph: Graph, node: Node) -> Fan:
+    fan_in, problems = find_fan_in(node.id, graph.nodes, graph.edges, graph.exits)
+    join = join_spec(graph.nodes[fan_in]) if fan_in is not None else "no fan-in"
+    if fan_in is None or isinstance(join, str):  # load_graph refuses these graphs
+        why = problems[0] if problems else join
+        issue = Issue("error", f"node {node.id!r}: fan-out {why}", graph.path, node.line)
+        raise GraphValidationError(graph.path, (issue,))
+    branches = tuple(e.dst for e in graph.out_edges(node.id))
+    width = node.attrs.get("max_parallel")
+    return Fan(branches, fan_in, width if isinstance(width, int) else len(branches), join)
+
+
+def _compile_gates(graph: Graph) -> tuple[_Gate, ...]:
+    fallback = graph.attrs.get("retry_target")
+    gates = []
+    for node in graph.nodes.values():
+        if node.attrs.get("goal_gate") is True:
+            target = node.retry_target or node.fallback_retry_target
+            if target is None and isinstance(fallback, str):
+                target = fallback
+            tries = node.attrs.get("max_retries")
+            gates.append(
+                _Gate(
+                    node.id,
+                    f"node.{node.id}.status",
+                    target,
+                    tries if isinstance(tries, int) else 3,
+                )
+            )
+    return tuple(gates)
+
+
+def _unmet_gate(
+    gates: tuple[_Gate, ...], ctx: Mapping[str, Any], exit_id: str, tries: dict[str, int]
+) -> str:
+    """Where to go instead of exiting (raises when a gate is out of retries); "" when met."""
+    for gate in gates:
+        if ctx.get(gate.status_key) in _MET:
+            continue
+        done = tries.get(gate.node_id, 0)
+        if gate.target is None or done >= gate.max_tries:
+            raise GoalGateUnmet(gate.node_id, exit_id, done)
+        tries[gate.node_id] = done + 1
+        return gate.target
+    return ""
 
 
 def _as_outcome(value: object, node: Node) -> Outcome:
@@ -220,14 +303,20 @@ class Engine:
                     )
                 )
                 continue
-            steps[node.id] = _compile_step(graph, node, self.registry.get(node.handler))
+            step = _compile_step(graph, node, self.registry.get(node.handler))
+            child = graph.subgraphs.get(node.id)
+            if child is not None:
+                sub = _Sub(self._plan(child), key_map(node, "inputs"), key_map(node, "outputs"))
+                step = replace(step, sub=sub)
+            steps[node.id] = step
         if issues:
             raise GraphValidationError(graph.path, tuple(issues))
         # The engine's bound is the operator's safety limit: a graph may only tighten it.
         max_steps = min(graph.max_steps or self.max_steps, self.max_steps)
         limit = graph.attrs.get("turn_timeout")
         turn_timeout = limit.total_seconds() or None if isinstance(limit, timedelta) else None
-        return _Plan(graph, graph.start, MappingProxyType(steps), max_steps, turn_timeout)
+        gates = _compile_gates(graph)
+        return _Plan(graph, graph.start, MappingProxyType(steps), max_steps, turn_timeout, gates)
 
     # ------------------------------------------------------------------ run
 
@@ -311,18 +400,25 @@ class Engine:
         self,
         plan: _Plan,
         node_id: str,
-        ctx: dict[str, Any],
+        ctx: MutableMapping[str, Any],
         trace: list[NodeRecord],
         rid: str,
         obs: tuple[Observer, ...],
         on_step: OnStep | None,
         on_enter: OnEnter | None,
         emitter: Emitter | None = None,
+        stop: str | None = None,
+        branch: str | None = None,
     ) -> str:
-        """The loop: run a node, apply its outcome, choose the next; returns the exit id."""
+        """The loop: run a node, apply its outcome, choose the next; returns the exit id.
+
+        A branch of a fan-out walks with ``stop`` (its fan-in: returns before entering
+        it) and ``branch`` (its name, put in its records and events).
+        """
         view = MappingProxyType(ctx)
         steps = plan.steps
         max_steps = plan.max_steps
+        gate_tries: dict[str, int] | None = None
         while True:
             if len(trace) >= max_steps:
                 raise MaxStepsExceeded(max_steps, node_id)
@@ -331,7 +427,12 @@ class Engine:
                 on_enter(step.node)
             if emitter is not None:
                 emitter.node_id = node_id
-            outcome, record, error = await self._visit(step, view, rid, obs)
+            if step.sub is None:
+                outcome, record, error = await self._visit(step, view, rid, obs, branch)
+            else:
+                outcome, record, error = await self._visit_sub(
+                    step, step.sub, view, trace, rid, obs, emitter, branch
+                )
             trace.append(record)
             if outcome.updates:
                 ctx.update(outcome.updates)
@@ -340,11 +441,56 @@ class Engine:
             ctx["preferred_label"] = outcome.preferred_label or ""
             ctx[step.status_key] = status
             nxt = self._choose(step, outcome, status, view, error, record)
+            if step.fan is not None and nxt is not None and status not in _FAILED:
+                nxt = await self._fan_out(plan, step, step.fan, ctx, trace, rid, obs)
+            if nxt is None and plan.gates:  # an exit: every goal gate must have succeeded
+                gate_tries = {} if gate_tries is None else gate_tries
+                nxt = _unmet_gate(plan.gates, view, node_id, gate_tries) or None
             if on_step is not None:
                 await on_step(record, nxt, view)
-            if nxt is None:
+            if nxt is None or (stop is not None and nxt == stop):
                 return node_id
             node_id = nxt
+
+    async def _fan_out(
+        self,
+        plan: _Plan,
+        step: _Step,
+        fan: Fan,
+        ctx: MutableMapping[str, Any],
+        trace: list[NodeRecord],
+        rid: str,
+        obs: tuple[Observer, ...],
+    ) -> str:
+        """Run ``fan``'s branches; the fan-in next, or the fan-out's retry target when
+        the join failed and it has one (the failure is then the fan-out's status)."""
+        try:
+            await run_branches(fan, self._brancher(plan, rid, obs, fan), ctx, trace)
+        except JoinError:
+            if step.on_fail is None:
+                raise
+            ctx["outcome"] = ctx[step.status_key] = "fail"
+            return step.on_fail
+        return fan.fan_in
+
+    def _brancher(self, plan: _Plan, rid: str, obs: tuple[Observer, ...], fan: Fan) -> Walk:
+        """The step loop for one branch of ``fan``: no hooks, stopping at its fan-in.
+
+        An observed branch gets an emitter of its own, set in its task's context only,
+        so a handler streaming in one branch names its own node, not a sibling's.
+        """
+
+        async def walk(
+            first: str, ctx: MutableMapping[str, Any], trace: list[NodeRecord], name: str
+        ) -> str:
+            emitter = Emitter(obs, rid) if obs else None
+            if emitter is not None:
+                EMITTER.set(emitter)  # a task group task runs in a copy of the context
+            return await self._walk(
+                plan, first, ctx, trace, rid, obs, None, None, emitter, fan.fan_in, name
+            )
+
+        return walk
 
     @staticmethod
     def _choose(
@@ -383,12 +529,17 @@ class Engine:
     # ------------------------------------------------------------------ one node
 
     async def _visit(
-        self, step: _Step, view: Mapping[str, Any], rid: str, obs: tuple[Observer, ...]
+        self,
+        step: _Step,
+        view: Mapping[str, Any],
+        rid: str,
+        obs: tuple[Observer, ...],
+        branch: str | None = None,
     ) -> tuple[Outcome, NodeRecord, HandlerError | None]:
         """Run one node under its retry policy; never raises a node failure."""
         node = step.node
         if obs:
-            notify(obs, NodeStarted(rid, node.id, node.handler))
+            notify(obs, NodeStarted(rid, node.id, node.handler, branch))
         t0 = _perf()
         attempt = 1
         while True:
@@ -407,24 +558,48 @@ class Engine:
                 notify(obs, NodeRetrying(rid, node.id, node.handler, attempt, delay, why))
             await self._sleep(delay)
             attempt += 1
-        status: Status = "fail" if outcome.status == "retry" else outcome.status
-        record = NodeRecord(
-            node.id, node.handler, status, attempt, _perf() - t0, outcome.reason, outcome.usage
-        )
+        return outcome, _finish(node, outcome, attempt, t0, rid, obs, branch), error
+
+    async def _visit_sub(
+        self,
+        step: _Step,
+        sub: _Sub,
+        view: Mapping[str, Any],
+        trace: list[NodeRecord],
+        rid: str,
+        obs: tuple[Observer, ...],
+        emitter: Emitter | None,
+        branch: str | None,
+    ) -> tuple[Outcome, NodeRecord, HandlerError | None]:
+        """Run a sub-graph node: the child graph's walk, traced as ``node/child``."""
+        node = step.node
         if obs:
-            if status == "fail":
-                reason = outcome.reason or "failed"
-                notify(
-                    obs, NodeFailed(rid, node.id, node.handler, attempt, record.duration, reason)
-                )
-            else:
-                notify(
-                    obs,
-                    NodeCompleted(
-                        rid, node.id, node.handler, status, attempt, record.duration, record.usage
-                    ),
-                )
-        return outcome, record, error
+            notify(obs, NodeStarted(rid, node.id, node.handler, branch))
+        t0 = _perf()
+        child = child_context(sub.inputs, view)
+        records: list[NodeRecord] = []
+        error: HandlerError | None = None
+        plan = sub.plan
+        prefix = node.id + "/"
+        # The child's events, streamed text included, name its nodes as the trace does.
+        child_obs = (Prefixed(obs, prefix),) if obs else obs
+        child_emitter = Emitter(child_obs, rid) if obs else None
+        token = EMITTER.set(child_emitter) if emitter is not None else None
+        try:
+            await self._walk(
+                plan, plan.start, child, records, rid, child_obs, None, None, child_emitter
+            )
+            outcome = Outcome("success", outputs_of(sub.outputs, child))
+        except RunError as exc:
+            reason = f"sub-graph {plan.graph.path}: {exc}"
+            outcome = Outcome("fail", reason=reason)
+            error = HandlerError(node.id, node.handler, 1, reason, exc)
+            error.__cause__ = exc
+        finally:
+            if token is not None:
+                EMITTER.reset(token)
+        trace.extend(msgspec.structs.replace(r, node_id=prefix + r.node_id) for r in records)
+        return outcome, _finish(node, outcome, 1, t0, rid, obs, branch), error
 
     async def _attempt(
         self, step: _Step, view: Mapping[str, Any], attempt: int
@@ -467,6 +642,34 @@ class Engine:
         if step.in_thread:
             return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
         return spec.fn(step.node, view)
+
+
+def _finish(
+    node: Node,
+    outcome: Outcome,
+    attempt: int,
+    t0: float,
+    rid: str,
+    obs: tuple[Observer, ...],
+    branch: str | None,
+) -> NodeRecord:
+    """The visit's record, told to the observers."""
+    status: Status = "fail" if outcome.status == "retry" else outcome.status
+    record = NodeRecord(
+        node.id, node.handler, status, attempt, _perf() - t0, outcome.reason, outcome.usage, branch
+    )
+    if obs:
+        if status == "fail":
+            reason = outcome.reason or "failed"
+            notify(obs, NodeFailed(rid, node.id, node.handler, attempt, record.duration, reason))
+        else:
+            notify(
+                obs,
+                NodeCompleted(
+                    rid, node.id, node.handler, status, attempt, record.duration, record.usage
+                ),
+            )
+    return record
 
 
 def _tracking(where: list[str], on_enter: OnEnter | None) -> OnEnter:

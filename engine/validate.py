@@ -26,6 +26,9 @@ with a unit, else a string.  Quotes do not matter: ``x="2"`` and ``x=2`` are bot
 * edges are directed (``->``) in a ``digraph``; a node named only in an edge is a
   node like any other (Graphviz creates it), so no edge can dangle;
 * ``retry_target`` / ``fallback_retry_target`` name existing nodes;
+* every fan-out (``parallel``) has one fan-in every branch reaches, no branch escapes to
+  an exit and none reaches another fan-out; a fan-in's ``join``/``merge`` are known
+  (:mod:`engine.branches`);
 * with a registry, every node's handler is registered (the error names the nearest
   registered handler and lists them all, nearest first).
 
@@ -43,6 +46,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Literal
 
+from engine.branches import branch_issues
 from engine.errors import Issue
 from engine.graph import Edge, Node, Value
 
@@ -88,6 +92,11 @@ _TEXT_ATTRS = (
     "name",
     "retry_target",
     "fallback_retry_target",
+    "join",
+    "merge",
+    "graph",
+    "inputs",
+    "outputs",
 )
 _RETRY_KINDS: dict[str, Kind] = {
     "retry.initial_delay": "duration",
@@ -102,6 +111,8 @@ NODE_KINDS: Mapping[str, Kind] = {
     "max_retries": "count",
     "timeout": "duration",
     "blocking": "bool",
+    "max_parallel": "positive",
+    "goal_gate": "bool",
 }
 EDGE_KINDS: Mapping[str, Kind] = {**dict.fromkeys(_TEXT_ATTRS, "text"), "weight": "int"}
 GRAPH_KINDS: Mapping[str, Kind] = {
@@ -275,9 +286,12 @@ def _reach_issues(
 ) -> list[Issue]:
     succ: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
-    for e in edges:
-        succ.setdefault(e.src, []).append(e.dst)
-        pred.setdefault(e.dst, []).append(e.src)
+    links = [(e.src, e.dst) for e in edges]
+    # A retry target is reached without an edge (a failure, an unmet goal gate).
+    links += [(n.id, t) for n in nodes.values() for t in _targets(n) if t in nodes]
+    for src, dst in links:
+        succ.setdefault(src, []).append(dst)
+        pred.setdefault(dst, []).append(src)
     issues: list[Issue] = []
     if len(starts) == 1:
         reached = _reachable(starts[:1], succ)
@@ -290,6 +304,10 @@ def _reach_issues(
             if node_id not in reaching:
                 issues.append(_node_issue(path, node, "no path from here to an exit"))
     return issues
+
+
+def _targets(node: Node) -> tuple[str, ...]:
+    return tuple(t for t in (node.retry_target, node.fallback_retry_target) if t is not None)
 
 
 def _target_issues(path: str, nodes: Mapping[str, Node]) -> list[Issue]:
@@ -339,6 +357,7 @@ def structure_issues(
         *_edge_rule_issues(path, edges, starts, exits, edge_cols),
         *_reach_issues(path, edges, nodes, starts, exits),
         *_target_issues(path, nodes),
+        *(_node_issue(path, node, msg) for node, msg in branch_issues(nodes, edges, exits)),
         *_warnings(path, nodes, edges),
     ]
 

@@ -1,0 +1,124 @@
+"""Running a fan-out's branches concurrently and joining them at the fan-in.
+
+Each branch is the engine's own step loop (``Engine._walk``) started at one target of
+the fan-out and stopped when it would enter the fan-in.  A branch sees the run's
+context through a copy-on-write overlay (a ``ChainMap`` whose first map takes its
+writes): nothing is copied, and the history stays one read-only view.  Branches run in
+one anyio task group, at most ``max_parallel`` at once; the join policy cancels the
+rest as soon as it is met (or can no longer be met), and the fan-in's ``timeout``
+bounds the whole wait.  The successful branches' writes are then merged into the run's
+context in branch order (edge order of the fan-out).
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from engine.branches import JoinSpec
+from engine.errors import JoinError, JoinTimeout, MergeConflict, RunError
+from engine.outcome import NodeRecord
+
+__all__ = ["Fan", "run_branches"]
+
+# Keys the step loop writes after every node: routing state, not a branch's result.
+_ROUTING = frozenset({"outcome", "preferred_label"})
+
+Walk = Callable[[str, MutableMapping[str, Any], list[NodeRecord], str], Awaitable[str]]
+"""``walk(first, ctx, trace, branch)``: the step loop over one branch, to the fan-in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fan:
+    """A compiled fan-out: its branches in edge order, its fan-in and join settings."""
+
+    branches: tuple[str, ...]
+    fan_in: str
+    max_parallel: int
+    join: JoinSpec
+
+
+@dataclass(slots=True)
+class _Branch:
+    name: str
+    writes: dict[str, Any] = field(default_factory=dict)
+    trace: list[NodeRecord] = field(default_factory=list)
+    ok: bool = False
+    error: RunError | None = None
+
+
+async def run_branches(
+    fan: Fan, walk: Walk, ctx: MutableMapping[str, Any], trace: list[NodeRecord]
+) -> None:
+    """Run ``fan``'s branches, join them, merge their writes into ``ctx``.
+
+    Branch records are appended to ``trace`` in branch order, each with its ``branch``.
+    Raises :class:`JoinError` (or :class:`JoinTimeout`, :class:`MergeConflict`) when
+    the join fails; cancellation from outside propagates after the branches stopped.
+    """
+    branches = [_Branch(name) for name in fan.branches]
+    join = fan.join
+    need = len(branches) if join.need is None else min(join.need, len(branches))
+    limiter = anyio.CapacityLimiter(fan.max_parallel)
+    done = [0, 0]  # successes, failures
+
+    async def one(b: _Branch, tg: anyio.abc.TaskGroup) -> None:
+        async with limiter:
+            try:
+                await walk(b.name, ChainMap(b.writes, ctx), b.trace, b.name)
+            except RunError as exc:
+                b.error = exc
+                done[1] += 1
+                if len(branches) - done[1] < need:  # the policy can no longer be met
+                    tg.cancel_scope.cancel()
+                return
+        b.ok = True
+        done[0] += 1
+        if done[0] >= need:
+            tg.cancel_scope.cancel()
+
+    with anyio.move_on_after(join.timeout if join.timeout is not None else float("inf")) as timer:
+        async with anyio.create_task_group() as tg:
+            for b in branches:
+                tg.start_soon(one, b, tg)
+    for b in branches:
+        trace.extend(b.trace)
+    if done[0] < need:
+        _fail(fan, branches, timer.cancelled_caught)
+    _merge(fan, [b for b in branches if b.ok][:need], ctx)
+
+
+def _fail(fan: Fan, branches: list[_Branch], timed_out: bool) -> None:
+    failed = [b for b in branches if b.error is not None]
+    if timed_out and fan.join.timeout is not None:
+        late = tuple(b.name for b in branches if not b.ok and b.error is None)
+        raise JoinTimeout(fan.fan_in, fan.join.policy, fan.join.timeout, late)
+    first = failed[0]
+    reason = f"branch {first.name!r} failed: {first.error}"
+    raise JoinError(fan.fan_in, fan.join.policy, reason, tuple(b.name for b in failed))
+
+
+def _merge(fan: Fan, winners: list[_Branch], ctx: MutableMapping[str, Any]) -> None:
+    """Apply the winners' writes to ``ctx`` under the fan-in's ``merge`` rule."""
+    rule = fan.join.merge
+    writer: dict[str, str] = {}
+    lists: dict[str, list[Any]] = {}
+    for b in winners:
+        for key, value in b.writes.items():
+            if key in _ROUTING:
+                continue
+            if key.startswith("node."):  # node statuses: per node, never a conflict
+                ctx[key] = value
+                continue
+            if rule == "list":
+                lists.setdefault(key, []).append(value)
+                continue
+            if rule == "none" and key in writer:
+                raise MergeConflict(fan.fan_in, fan.join.policy, key, (writer[key], b.name))
+            writer[key] = b.name
+            ctx[key] = value
+    ctx.update(lists)
