@@ -221,6 +221,14 @@ class _Locator:
         before = [o for o in found if o < here]
         return self.position(before[-1]) if before else (line, col)
 
+    def first(self, name: str) -> tuple[int, int]:
+        """Where ``name=`` is first set anywhere (``1:1`` when not found): a graph
+        attribute may be set in a ``graph [...]`` or a bare ``name=value`` statement
+        after any node, so no statement's place bounds the search."""
+        pattern = re.compile(r'(?<![\w."])"?' + re.escape(name) + r'"?\s*=')
+        found = pattern.search(self.text)
+        return (1, 1) if found is None else self.position(found.start())
+
     def text_after(self, needle: str, line: int, col: int) -> tuple[int, int]:
         """Where ``needle`` is first written at or after ``line:col``."""
         found = self.text.find(needle, self.offset(line, col)) if self.text else -1
@@ -266,7 +274,7 @@ def _graph_attr_issues(graph: Graph, loc: _Locator) -> Iterator[Issue]:
         hint = _did_you_mean(name, engine)
         if hint:
             message = f"graph: the engine reads no attribute {name!r}{hint}"
-            yield Issue("warning", message, graph.path, *loc.attr(name, 1, 1))
+            yield Issue("warning", message, graph.path, *loc.first(name))
 
 
 def _node_attr_issues(

@@ -401,6 +401,17 @@ def test_slash_commands(home: Path) -> None:
     assert turn_count(home, "s1") == 2
 
 
+def test_history_refuses_digits_int_cannot_read(home: Path) -> None:
+    """'²' is a digit to str.isdigit() but not to int(): refused, not an internal error."""
+    proc = run(
+        home, "--session", "s1", stdin="/history \u00b2\n/history 99999999999999999999\n".encode()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "/history: N must be a positive whole number, not '\u00b2'" in proc.stdout
+    assert "internal error" not in proc.stderr
+    assert proc.stdout.count("no messages yet") == 1
+
+
 def test_a_chat_line_with_control_characters_is_refused_and_not_sent(home: Path) -> None:
     proc = run(home, "--session", "s1", stdin=b"bad\x01line\nfine\n")
     assert proc.returncode == 0
@@ -449,6 +460,32 @@ def test_bad_messages_are_refused(home: Path, args: list[str], stdin: bytes, err
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(error)
     assert run(home, "sessions", "show", "s1").returncode == 2  # never created
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["-m", "-"], "standard input: error: -m - reads standard input, which is closed\n"),
+        (
+            ["--session", "s1"],
+            "python -m engine.run: error: a chat reads standard input, which is closed\n",
+        ),
+    ],
+)
+def test_closed_standard_input_is_bad_input(home: Path, args: list[str], error: str) -> None:
+    """Started with standard input closed (``<&-``, where sys.stdin is None): one line,
+    exit 2, not an internal error."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.run", *args],
+        cwd=ROOT,
+        env=_env(home),
+        stdin=None,
+        capture_output=True,
+        timeout=LIMIT,
+        check=False,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert (proc.returncode, proc.stderr.decode()) == (2, error)
 
 
 def test_a_message_not_utf8_in_argv_is_refused(home: Path) -> None:

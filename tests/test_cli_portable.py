@@ -227,6 +227,20 @@ def test_store_in_a_missing_folder_is_refused(
     assert line.startswith(f"error: {url}: ") and "is a file, not a folder" in line
 
 
+def test_a_data_directory_under_a_file_names_the_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """$TURNGRAPH_HOME under a regular file: the default store's URL and the file are
+    named, not a bare "[Errno 20] Not a directory"."""
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("TURNGRAPH_HOME", str(tmp_path / "file" / "home"))
+    monkeypatch.delenv("TURNGRAPH_SECRET", raising=False)
+    monkeypatch.delenv("TURNGRAPH_STORE", raising=False)
+    line = _one_error(capsys, [TURN, "-m", "hi", "--session", "s1"])
+    url = f"sqlite:///{tmp_path}/file/home/turngraph.db"
+    assert line.startswith(f"error: {url}: {tmp_path}/file is a file, not a folder"), line
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -275,8 +289,10 @@ sys.meta_path.insert(0, _Blocked())
             [TURN, "-m", "hi", "--session", "s", "--store", "postgres://h/db"],
             "postgres",
         ),
+        ("starlette", ["serve", "--port", "0"], "serve"),
+        ("uvicorn", ["serve", "--port", "0"], "serve"),
     ],
-    ids=["postgres-sessions", "postgres-turn"],
+    ids=["postgres-sessions", "postgres-turn", "serve-starlette", "serve-uvicorn"],
 )
 def test_a_missing_extra_is_one_line_naming_pip_install(
     tmp_path: Path, blocked: str, argv: list[str], extra: str

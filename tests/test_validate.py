@@ -360,6 +360,21 @@ def test_lint_finds_every_typo_with_its_place_and_nearest_name() -> None:
     ]
 
 
+def test_a_graph_attribute_set_after_the_nodes_is_placed_where_it_is_written() -> None:
+    """A typo in ``graph [...]`` or a bare ``name=value`` below a bracketed node points
+    at the name, not at 1:1."""
+    text = (
+        "digraph g {\n  start [shape=Mdiamond]\n  done [shape=Msquare]\n  start -> done\n"
+        "  max_stepz=4\n  graph [turn_timeot=3]\n}\n"
+    )
+    assert lint(text) == [
+        "<string>:5:3: warning: graph: the engine reads no attribute 'max_stepz'; "
+        "did you mean 'max_steps'?",
+        "<string>:6:10: warning: graph: the engine reads no attribute 'turn_timeot'; "
+        "did you mean 'turn_timeout'?",
+    ]
+
+
 def test_shipped_graphs_and_examples_lint_clean() -> None:
     """The graphs in graphs/ and the README's custom graph give no warning at all."""
     from pathlib import Path

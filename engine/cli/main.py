@@ -70,6 +70,7 @@ from engine.cli.common import (
     EXIT_RUN_FAILED,
     JSON_KEYS,
     PROG,
+    BadMessage,
     Parser,
     QuietPipe,
     UsageError,
@@ -311,6 +312,11 @@ def _cmd_run(argv: Sequence[str]) -> int:
         raise UsageError(f"{PROG}: error: --json needs -m TEXT (see --help)")
     if args.graph is None and args.message is None and args.session is None:
         raise UsageError(f"{PROG}: error: a chat needs GRAPH.dot or --session ID (see --help)")
+    if sys.stdin is None:  # started with standard input closed (`<&-`): nothing to read
+        if args.message is None:
+            raise UsageError(f"{PROG}: error: a chat reads standard input, which is closed")
+        if args.message == "-":
+            raise BadMessage("standard input: error: -m - reads standard input, which is closed")
     message = args.message = _message(args.message)
     if message is None and args.session is None and args.store is None:
         # A chat is a session kept in memory: the same history window, working

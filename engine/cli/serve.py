@@ -56,8 +56,17 @@ def _parser() -> Parser:
 def cmd_serve(argv: Sequence[str]) -> int:
     """Run the server until SIGTERM/SIGINT; 0 after a graceful shutdown."""
     args = _parser().parse_args(argv)
-    from engine.server.app import TOKEN_ENV
+    try:  # first: even TOKEN_ENV's module imports starlette
+        import anyio
 
+        from engine.server import create_app
+        from engine.server.app import TOKEN_ENV
+        from engine.server.run import Server, bind
+    except ImportError as exc:
+        raise UsageError(
+            f"{PROG} serve: error: needs the `serve` extra ({exc.name} is not installed): "
+            "pip install 'turngraph[serve]'"
+        ) from None
     if not os.environ.get(TOKEN_ENV) and not is_loopback(args.host):
         raise UsageError(
             f"{PROG} serve: error: refusing to serve on {args.host} without "
@@ -67,16 +76,6 @@ def cmd_serve(argv: Sequence[str]) -> int:
         raise UsageError(
             f"{PROG} serve: error: --port, --grace, --max-body or --max-sessions out of range"
         )
-    try:
-        import anyio
-
-        from engine.server import create_app
-        from engine.server.run import Server, bind
-    except ImportError as exc:
-        raise UsageError(
-            f"{PROG} serve: error: needs the `serve` extra ({exc.name} is not installed): "
-            'pip install "turngraph[serve]"'
-        ) from None
     configure_logging(args.verbose)
     app = create_app(
         args.store,

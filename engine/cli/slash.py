@@ -64,7 +64,8 @@ async def _help(session: Any, arg: str) -> str:
 
 
 async def _history(session: Any, arg: str) -> str:
-    if arg and not (arg.isdigit() and int(arg) > 0):
+    # isdigit() alone also holds for '²' and other digits int() refuses.
+    if arg and not (arg.isascii() and arg.isdigit() and int(arg) > 0):
         return f"/history: N must be a positive whole number, not {arg!r}"
     messages = session.recent(int(arg) if arg else HISTORY_DEFAULT)
     if not messages:

@@ -398,13 +398,14 @@ def check_sqlite_folder(url: str, path: Path) -> None:
     folder = path.parent
     if folder.is_dir():
         return
-    if folder.absolute() == data_dir().absolute() and not folder.exists():
-        return  # the data directory: made on first use
+    # Checked first, the data directory included: under a file it cannot be made either.
     for above in (folder, *folder.parents):
         if above.exists() and not above.is_dir():
             raise StorePathInvalid(
                 url, f"{above} is a file, not a folder: {path} cannot be created under it"
             )
+    if folder.absolute() == data_dir().absolute() and not folder.exists():
+        return  # the data directory: made on first use
     raise StorePathInvalid(url, f"folder {folder} does not exist (create it first)")
 
 
