@@ -2,14 +2,18 @@
 
 Every test gets its own ``TURNGRAPH_HOME`` (so key files and default SQLite stores land
 in its tmp dir) and runs without an ambient ``TURNGRAPH_STORE`` or
-``TURNGRAPH_SECRET``; a test that wants one sets it itself.
+``TURNGRAPH_SECRET``; a test that wants one sets it itself.  A test that runs the command
+line in-process configures structlog as the CLI does; the configuration is put back after
+every test, so no later test inherits its level filter or its output stream.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 
 @pytest.fixture(autouse=True)
@@ -21,3 +25,10 @@ def _isolated_turngraph_home(
     monkeypatch.delenv("TURNGRAPH_STORE", raising=False)
     monkeypatch.delenv("TURNGRAPH_SECRET", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True)
+def _structlog_restored() -> Iterator[None]:
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
