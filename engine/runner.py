@@ -612,36 +612,38 @@ class Engine:
                 if spec.is_async:  # _call() inlined: the common case, one frame less
                     result = await spec.fn(node, view)  # type: ignore[misc]
                 else:
-                    result = await self._call(step, view)
+                    result = await _call(step, view)
             else:
-                result, timed_out = await call_with_deadline(self._call(step, view), node.timeout)
+                result, timed_out = await call_with_deadline(_call(step, view), node.timeout)
                 if timed_out:
                     err = HandlerTimeout(node.id, node.handler, attempt, node.timeout)
                     return Outcome("fail", reason=err.reason), err, True
             outcome = _as_outcome(result, node)
             return outcome, None, outcome.status == "retry"
         except TransientAdapterError as exc:
-            return self._failure(node, attempt, exc, retryable=True)
+            return _failure(node, attempt, exc, retryable=True)
         except Exception as exc:  # a handler's bug or a permanent adapter error
-            return self._failure(node, attempt, exc, retryable=False)
+            return _failure(node, attempt, exc, retryable=False)
 
-    @staticmethod
-    def _failure(
-        node: Node, attempt: int, exc: Exception, *, retryable: bool
-    ) -> tuple[Outcome, HandlerError, bool]:
-        reason = f"{type(exc).__name__}: {exc}"
-        err = HandlerError(node.id, node.handler, attempt, reason, exc)
-        err.__cause__ = exc
-        return Outcome("fail", reason=reason), err, retryable
 
-    @staticmethod
-    async def _call(step: _Step, view: Mapping[str, Any]) -> object:
-        spec = step.spec
-        if spec.is_async:
-            return await spec.fn(step.node, view)  # type: ignore[misc]
-        if step.in_thread:
-            return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
-        return spec.fn(step.node, view)
+def _failure(
+    node: Node, attempt: int, exc: Exception, *, retryable: bool
+) -> tuple[Outcome, HandlerError, bool]:
+    """A raising handler's attempt as a failed outcome and its typed error."""
+    reason = f"{type(exc).__name__}: {exc}"
+    err = HandlerError(node.id, node.handler, attempt, reason, exc)
+    err.__cause__ = exc
+    return Outcome("fail", reason=reason), err, retryable
+
+
+async def _call(step: _Step, view: Mapping[str, Any]) -> object:
+    """Call the node's handler: awaited, in a worker thread, or inline."""
+    spec = step.spec
+    if spec.is_async:
+        return await spec.fn(step.node, view)  # type: ignore[misc]
+    if step.in_thread:
+        return await anyio.to_thread.run_sync(spec.fn, step.node, view, abandon_on_cancel=True)
+    return spec.fn(step.node, view)
 
 
 def _finish(

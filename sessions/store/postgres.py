@@ -138,6 +138,93 @@ def _turn_statement(
     return _TURN_MEMORY_SQL, (*params[:8], *remembered, *params[8:])
 
 
+async def _fence(c: Conn, url: str, sid: str, token: int) -> None:
+    """Lock the session row and check ``token`` against its version."""
+    row = await one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
+    if row is None:
+        raise SessionNotFound(sid, "no such session")
+    check_token(url, sid, token, int(row[0]))
+
+
+async def _save_state(c: Conn, url: str, st: StateRow, token: int) -> str:
+    """The fenced UPDATE; returns the new row version's xmin."""
+    cur = await c.execute(_STATE_UPDATE + " RETURNING xmin::text", _state_params(st, token))
+    row = await cur.fetchone()
+    if row is None:
+        raise Fenced(url, st.id, token, st.version)
+    return str(row[0])
+
+
+async def _append_locked(
+    db: PgDatabase,
+    reads: PgReader,
+    written: WrittenRows,
+    sid: str,
+    commit: TurnCommit,
+    token: int,
+    tried: StateRow | None,
+) -> None:
+    """:func:`_write_locked`, once more on a fresh connection if the first broke.
+
+    A broken connection leaves the outcome unknown: the server may have committed
+    before its answer was lost.  The second attempt tells: it reads the row under
+    its lock, and finds either the row the first attempt planned (committed: the
+    turn is done, not written twice) or the row before it (not committed: written
+    now).  Dead pooled connections are replaced first.
+    """
+    planned: list[StateRow] = []
+    try:
+        await _write_locked(db, reads, written, sid, commit, token, tried, planned)
+    except StoreError as exc:
+        if not connection_lost(exc):
+            raise
+    else:
+        return
+    again = planned[-1] if planned else tried
+    try:
+        await db.recover()
+        await _write_locked(db, reads, written, sid, commit, token, again, [])
+    except StoreError as exc:
+        if not connection_lost(exc):
+            raise
+        raise CommitUnknown(
+            reads.url,
+            f"session {sid!r}: the connection broke while turn {commit.record.turn} "
+            f"committed, and again while finding out whether it was stored ({exc.reason})",
+        ) from exc
+
+
+async def _write_locked(
+    db: PgDatabase,
+    reads: PgReader,
+    written: WrittenRows,
+    sid: str,
+    commit: TurnCommit,
+    token: int,
+    tried: StateRow | None,
+    planned: list[StateRow],
+) -> None:
+    """Lock and verify the row, check the token, then one write (4 round trips).
+
+    ``tried`` is a row an earlier attempt would have written (a refused group
+    commit, a connection that broke): if the stored row is exactly that, the turn
+    is already written and is not appended again.  The row this attempt plans is
+    put in ``planned`` before it is sent.
+    """
+    url = reads.url
+    async with db.tx() as c:
+        st = (await reads.state(c, sid, lock=True)).fence(url, token)
+        if tried is not None and st.state_mac == tried.state_mac:
+            return
+        rows = plan_turn(st, commit, reads.signer, url, now=time.time())
+        planned.append(st)
+        cur = await c.execute(*_turn_statement(st, rows, token, commit))
+        row = await cur.fetchone()
+        if row is None:
+            raise Fenced(url, sid, token, st.version)
+    written.remember(st, str(row[0]))
+
+
 class PostgresStore:
     """A :class:`~sessions.store.base.Store` in PostgreSQL (``postgresql://...``)."""
 
@@ -255,20 +342,6 @@ class PostgresStore:
             raise StoreError(self.url, _NOT_OPEN)
         return self._reader
 
-    async def _fence(self, c: Conn, sid: str, token: int) -> None:
-        row = await one(c, "SELECT version FROM sessions WHERE id=%s FOR UPDATE", (sid,))
-        if row is None:
-            raise SessionNotFound(sid, "no such session")
-        check_token(self.url, sid, token, int(row[0]))
-
-    async def _save_state(self, c: Conn, st: StateRow, token: int) -> str:
-        """The fenced UPDATE; returns the new row version's xmin."""
-        cur = await c.execute(_STATE_UPDATE + " RETURNING xmin::text", _state_params(st, token))
-        row = await cur.fetchone()
-        if row is None:
-            raise Fenced(self.url, st.id, token, st.version)
-        return str(row[0])
-
     # ------------------------------------------------------------------ sessions
 
     async def create(self, meta: SessionMeta) -> SessionMeta:
@@ -347,7 +420,7 @@ class PostgresStore:
                 (lease_end(self._clock, ttl), session_id, token, owner),
             )
             if cur.rowcount == 0:
-                await self._fence(c, session_id, token)
+                await _fence(c, self.url, session_id, token)
                 raise not_holder(self.url, session_id, token)
 
     async def release(self, session_id: str, owner: str, token: int) -> None:
@@ -374,66 +447,7 @@ class PostgresStore:
         validate_session_id(session_id)
         done, tried = await self._group.commit(session_id, commit, token, self._r.signer)
         if not done:
-            await self._append_locked(session_id, commit, token, tried)
-
-    async def _append_locked(
-        self, sid: str, commit: TurnCommit, token: int, tried: StateRow | None
-    ) -> None:
-        """:meth:`_write_locked`, once more on a fresh connection if the first broke.
-
-        A broken connection leaves the outcome unknown: the server may have committed
-        before its answer was lost.  The second attempt tells: it reads the row under
-        its lock, and finds either the row the first attempt planned (committed: the
-        turn is done, not written twice) or the row before it (not committed: written
-        now).  Dead pooled connections are replaced first.
-        """
-        planned: list[StateRow] = []
-        try:
-            await self._write_locked(sid, commit, token, tried, planned)
-        except StoreError as exc:
-            if not connection_lost(exc):
-                raise
-        else:
-            return
-        try:
-            await self._db.recover()
-            await self._write_locked(sid, commit, token, planned[-1] if planned else tried, [])
-        except StoreError as exc:
-            if not connection_lost(exc):
-                raise
-            raise CommitUnknown(
-                self.url,
-                f"session {sid!r}: the connection broke while turn {commit.record.turn} "
-                f"committed, and again while finding out whether it was stored ({exc.reason})",
-            ) from exc
-
-    async def _write_locked(
-        self,
-        sid: str,
-        commit: TurnCommit,
-        token: int,
-        tried: StateRow | None,
-        planned: list[StateRow],
-    ) -> None:
-        """Lock and verify the row, check the token, then one write (4 round trips).
-
-        ``tried`` is a row an earlier attempt would have written (a refused group
-        commit, a connection that broke): if the stored row is exactly that, the turn
-        is already written and is not appended again.  The row this attempt plans is
-        put in ``planned`` before it is sent.
-        """
-        reads = self._r
-        async with self._db.tx() as c:
-            st = (await reads.state(c, sid, lock=True)).fence(self.url, token)
-            if tried is not None and st.state_mac == tried.state_mac:
-                return
-            rows = plan_turn(st, commit, reads.signer, self.url, now=time.time())
-            planned.append(st)
-            cur = await c.execute(*_turn_statement(st, rows, token, commit))
-            row = await cur.fetchone()
-            if row is None:
-                raise Fenced(self.url, sid, token, st.version)
-        self._written.remember(st, str(row[0]))
+            await _append_locked(self._db, self._r, self._written, session_id, commit, token, tried)
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int
@@ -445,7 +459,7 @@ class PostgresStore:
             st = (await reads.state(c, session_id, lock=True)).fence(self.url, token)
             rows = plan_summary(st, summary, upto_seq, reads.signer, self.url, now=time.time())
             await insert_records(c, session_id, rows)
-            xmin = await self._save_state(c, st, token)
+            xmin = await _save_state(c, self.url, st, token)
         self._written.remember(st, xmin)
 
     async def update_state(
@@ -472,7 +486,7 @@ class PostgresStore:
                 cognitive_mode=cognitive_mode,
                 now=time.time(),
             )
-            xmin = await self._save_state(c, st, token)
+            xmin = await _save_state(c, self.url, st, token)
         self._written.remember(st, xmin)
 
     async def save_checkpoint(self, session_id: str, cp: Checkpoint, *, token: int) -> None:
@@ -480,7 +494,7 @@ class PostgresStore:
         validate_session_id(session_id)
         body, mac = checkpoint_body(session_id, cp, self._r.signer, self.url)
         async with self._db.tx() as c:
-            await self._fence(c, session_id, token)
+            await _fence(c, self.url, session_id, token)
             await c.execute(
                 "INSERT INTO checkpoints VALUES (%s,%s,%s) ON CONFLICT (session_id) "
                 "DO UPDATE SET body=EXCLUDED.body, mac=EXCLUDED.mac",
@@ -491,7 +505,7 @@ class PostgresStore:
         """Drop the checkpoint (the turn was abandoned)."""
         validate_session_id(session_id)
         async with self._db.tx() as c:
-            await self._fence(c, session_id, token)
+            await _fence(c, self.url, session_id, token)
             await c.execute("DELETE FROM checkpoints WHERE session_id=%s", (session_id,))
 
     # ------------------------------------------------------------------ reads

@@ -61,6 +61,16 @@ __all__ = ["SQLiteStore", "check_sqlite_folder"]
 T = TypeVar("T")
 
 
+def _connect(
+    url: str, path: Path, create: bool, synchronous: str, busy_ms: int
+) -> sqlite3.Connection:
+    """Open the file (in the database thread), SQLite's errors as typed store errors."""
+    try:
+        return connect(url, path, create=create, synchronous=synchronous, busy_ms=busy_ms)
+    except sqlite3.Error as exc:
+        raise translate(url, path, exc) from exc
+
+
 class SQLiteStore:
     """A :class:`~sessions.store.base.Store` in one SQLite file.
 
@@ -151,7 +161,9 @@ class SQLiteStore:
         signer = Signer(load_key(self._secret, existing_store=self.url if existing else None))
         db = self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
         try:
-            conn = await db.run(self._connect)
+            conn = await db.run(
+                _connect, self.url, self.path, self._may_create, self._synchronous, self._busy_ms
+            )
             witness = self._open_witness()
         except BaseException:
             self._db = None
@@ -170,15 +182,6 @@ class SQLiteStore:
         witness.open()
         self._witness = witness
         return witness
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            return connect(
-                self.url, self.path, create=self._may_create, synchronous=self._synchronous,
-                busy_ms=self._busy_ms,
-            )  # fmt: skip
-        except sqlite3.Error as exc:
-            raise translate(self.url, self.path, exc) from exc
 
     async def close(self) -> None:
         """Let pending calls finish, close the connection, end the thread.  Idempotent."""
