@@ -29,6 +29,10 @@ def _isolated_turngraph_home(
 
 @pytest.fixture(autouse=True)
 def _structlog_restored() -> Iterator[None]:
-    saved = structlog.get_config()
+    # ``capture_logs`` and the CLI both leave structlog marked configured for good.
+    was_configured, config = structlog.is_configured(), structlog.get_config()
     yield
-    structlog.configure(**saved)
+    if was_configured:
+        structlog.configure(**config)
+    else:
+        structlog.reset_defaults()

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +59,6 @@ WARNS = """digraph warns {
     gate -> done [condition="outcome=success"]
 }
 """
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """The CLI configures structlog; put the suite's configuration back afterwards."""
-    import structlog
-
-    was_configured, config = structlog.is_configured(), structlog.get_config()
-    yield
-    if was_configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,6 @@ from engine import run as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TURN = str(ROOT / "graphs" / "turn.dot")
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    import structlog
-
-    was_configured, config = structlog.is_configured(), structlog.get_config()
-    yield
-    if was_configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
 
 
 @pytest.fixture

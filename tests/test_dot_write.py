@@ -28,17 +28,10 @@ INVALID = f'digraph j {{\n work [shape=Mdiamond, label="{JUSTIFIED}"]\n}}\n'
 
 
 @pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """The CLI configures structlog; put the suite's configuration back afterwards."""
-    import structlog
-
-    was_configured, config = structlog.is_configured(), structlog.get_config()
+def _fresh_cache() -> Iterator[None]:
+    """Graphs this file renders are not served to later tests from the cache."""
     yield
     clear_cache()
-    if was_configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
 
 
 @given(st.text())

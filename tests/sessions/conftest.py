@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-import structlog
 
 from sessions.store.base import Store
 from sessions.store.memory import MemoryStore
@@ -18,15 +17,3 @@ async def store() -> AsyncIterator[Store]:
     """A fresh, open in-memory store (with an explicit secret: no key file is written)."""
     async with MemoryStore(secret=SECRET) as s:
         yield s
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """Leave structlog as found: ``capture_logs`` marks it configured for good."""
-    was_configured = structlog.is_configured()
-    config = structlog.get_config()
-    yield
-    if was_configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
