@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import ChainMap
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,27 +24,41 @@ from engine.branches import JoinSpec
 from engine.errors import JoinError, JoinTimeout, MergeConflict, RunError
 from engine.outcome import NodeRecord
 
-__all__ = ["Fan", "run_branches"]
+__all__ = ["Ctx", "Fan", "Walk", "current_branch", "fan_out", "run_branches"]
+
+Ctx = MutableMapping[str, Any]
 
 # Keys the step loop writes after every node: routing state, not a branch's result.
 _ROUTING = frozenset({"outcome", "preferred_label"})
 
-Walk = Callable[[str, MutableMapping[str, Any], list[NodeRecord], str], Awaitable[str]]
+Walk = Callable[[str, Ctx, list[NodeRecord], str], Awaitable[str]]
 """``walk(first, ctx, trace, branch)``: the step loop over one branch, to the fan-in."""
+
+_BRANCH: ContextVar[str | None] = ContextVar("turngraph_branch", default=None)
+
+
+def current_branch() -> str | None:
+    """The id of the parallel branch this code runs in (``a``, ``a/x`` when nested), or
+    ``None`` outside any branch: for an ``on_enter`` hook, a handler, an observer."""
+    return _BRANCH.get()
 
 
 @dataclass(frozen=True, slots=True)
 class Fan:
     """A compiled fan-out: its branches in edge order, its fan-in and join settings."""
 
+    node_id: str
     branches: tuple[str, ...]
     fan_in: str
     max_parallel: int
     join: JoinSpec
+    on_fail: str | None = None
+    """Where the walk goes when the join fails (the fan-out's retry target), if anywhere."""
 
 
 @dataclass(slots=True)
 class _Branch:
+    first: str
     name: str
     writes: dict[str, Any] = field(default_factory=dict)
     trace: list[NodeRecord] = field(default_factory=list)
@@ -51,16 +66,34 @@ class _Branch:
     error: RunError | None = None
 
 
+async def fan_out(
+    fan: Fan, walk: Walk, ctx: Ctx, trace: list[NodeRecord], parent: str | None
+) -> str:
+    """Run ``fan``'s branches (inside branch ``parent``, if any): the fan-in next, or the
+    fan-out's retry target when the join failed and it has one (the failure is then the
+    fan-out's status)."""
+    try:
+        await run_branches(fan, walk, ctx, trace, parent)
+    except JoinError:
+        if fan.on_fail is None:
+            raise
+        ctx["outcome"] = ctx[f"node.{fan.node_id}.status"] = "fail"
+        return fan.on_fail
+    return fan.fan_in
+
+
 async def run_branches(
-    fan: Fan, walk: Walk, ctx: MutableMapping[str, Any], trace: list[NodeRecord]
+    fan: Fan, walk: Walk, ctx: Ctx, trace: list[NodeRecord], parent: str | None = None
 ) -> None:
     """Run ``fan``'s branches, join them, merge their writes into ``ctx``.
 
-    Branch records are appended to ``trace`` in branch order, each with its ``branch``.
-    Raises :class:`JoinError` (or :class:`JoinTimeout`, :class:`MergeConflict`) when
-    the join fails; cancellation from outside propagates after the branches stopped.
+    Branch records are appended to ``trace`` in branch order, each with its ``branch``
+    (``parent/first`` inside branch ``parent``).  Raises :class:`JoinError` (or
+    :class:`JoinTimeout`, :class:`MergeConflict`) when the join fails; cancellation from
+    outside propagates after the branches stopped.
     """
-    branches = [_Branch(name) for name in fan.branches]
+    prefix = f"{parent}/" if parent else ""
+    branches = [_Branch(first, prefix + first) for first in fan.branches]
     join = fan.join
     need = len(branches) if join.need is None else min(join.need, len(branches))
     limiter = anyio.CapacityLimiter(fan.max_parallel)
@@ -68,8 +101,9 @@ async def run_branches(
 
     async def one(b: _Branch, tg: anyio.abc.TaskGroup) -> None:
         async with limiter:
+            _BRANCH.set(b.name)  # this task's own context: siblings do not see it
             try:
-                await walk(b.name, ChainMap(b.writes, ctx), b.trace, b.name)
+                await walk(b.first, ChainMap(b.writes, ctx), b.trace, b.name)
             except RunError as exc:
                 b.error = exc
                 done[1] += 1

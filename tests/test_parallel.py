@@ -227,14 +227,17 @@ def test_fan_out_without_fan_in_is_refused_naming_the_node() -> None:
     assert "branch 'b' escapes" in text
 
 
-def test_nested_parallel_and_bad_join_are_refused() -> None:
+def test_a_nested_fan_out_sharing_the_outer_fan_in_and_a_bad_join_are_refused() -> None:
     src = """digraph t { start [shape=Mdiamond]; f1 [shape=component]; f2 [shape=component]
       j [shape=tripleoctagon join="most"]; done [shape=Msquare]
       start -> f1; f1 -> a; f1 -> f2; f2 -> b; b -> j; a -> j; j -> done }"""
     with pytest.raises(GraphValidationError) as info:
         load_graph(src)
     text = str(info.value)
-    assert "branch 'f2' reaches fan-out 'f2': nested parallel is not supported" in text
+    assert (
+        "<string>:1:37: error: node 'f1': fan-out nests fan-out 'f2', which joins at 'j' too: "
+        "a nested fan-out needs a fan-in of its own inside the branch"
+    ) in text
     assert "node 'j': fan-in join 'most'" in text
 
 
