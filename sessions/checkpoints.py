@@ -7,6 +7,16 @@ hook that saves the turn after each node, so a process that dies mid-turn leaves
 either keeps it for ``Session.resume`` (same graph, the next turn) or gives up on it:
 it is reported (``interrupted``, a ``turn.interrupted`` warning) and cleared, never
 replayed.
+
+Parallel branches are checkpointed at their boundaries only.  The nodes inside a branch
+are not saved one by one: a resume restarts at one node, and the branches' siblings,
+their overlays and the join's wait cannot be restarted from one node.  The fan-out's
+own step is the boundary: the engine reports it after the join, with the branches'
+writes merged into the context and the fan-in as the next node, so a turn that dies
+after a join resumes at the fan-in, and one that dies during the branches resumes at
+the last node before the fan-out (its branches run again).  The branches' visits, which
+the hook hears as they finish, are kept aside and put in the saved trace after their
+fan-out, branch by branch in edge order, as the run's own trace has them.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from sessions.store.base import Checkpoint
 from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
+    from engine.graph import Graph
     from engine.runner import OnStep
 
 __all__ = ["Checkpoints", "durable_context"]
@@ -46,6 +57,11 @@ def _jsonable(value: object, depth: int = 0) -> bool:
 def durable_context(context: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a run's context a checkpoint keeps: JSON-safe, not rebuilt per turn."""
     return {k: v for k, v in context.items() if not k.startswith("session.") and _jsonable(v)}
+
+
+def _targets(graph: Graph | None, node_id: str) -> tuple[str, ...]:
+    """Where ``node_id``'s edges lead, in edge order (a fan-out's branches)."""
+    return tuple(e.dst for e in graph.out_edges(node_id)) if graph is not None else ()
 
 
 class Checkpoints:
@@ -97,18 +113,35 @@ class Checkpoints:
         return cp
 
     def hook(
-        self, text: str, turn: int, trace_id: str, prior: tuple[Mapping[str, Any], ...]
+        self,
+        text: str,
+        turn: int,
+        trace_id: str,
+        prior: tuple[Mapping[str, Any], ...],
+        graph: Graph | None = None,
     ) -> OnStep:
-        """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
-        ``prior`` is the trace of the nodes a resumed turn ran before."""
+        """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node
+        outside parallel branches; ``prior`` is the trace of the nodes a resumed turn ran
+        before; ``graph`` the graph run (its fan-outs' edge order orders the branches'
+        visits in the trace)."""
         done: list[Mapping[str, Any]] = list(prior)
+        held: dict[str, list[Mapping[str, Any]]] = {}  # branch id -> its visits so far
         graph_hash = self.graph_hash
         save = self._writer.save_checkpoint
 
         async def on_step(
             record: NodeRecord, next_node: str | None, ctx: Mapping[str, Any]
         ) -> None:
-            done.append(record.to_dict())
+            branch = record.branch
+            visits: list[Mapping[str, Any]] = [record.to_dict()]
+            if held:  # a fan-out's step comes after its branches' visits
+                prefix = f"{branch}/" if branch is not None else ""
+                for first in _targets(graph, record.node_id):
+                    visits += held.pop(prefix + first, ())
+            if branch is not None:
+                held.setdefault(branch, []).extend(visits)
+                return  # inside a branch: no checkpoint (see the module's docstring)
+            done.extend(visits)
             if next_node is None:
                 return  # the commit that follows deletes the checkpoint
             cp = Checkpoint(

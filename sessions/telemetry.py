@@ -4,6 +4,7 @@
 
     invoke_workflow turn                       one per turn: gen_ai.conversation.id, turn, status
     ├── node classify                          one per node visit: handler, attempts, status
+    ├── node search      (turngraph.branch=a)  a visit inside parallel branch ``a``
     ├── node llm_call    (event: retry)        a failed attempt that is tried again
     │   └── chat MODEL                         one per model call: model, provider, tokens
     └── node dispatch_tools
@@ -225,11 +226,10 @@ class TurnSpans:
             self._tool(event)
 
     def _node_started(self, event: NodeStarted) -> None:
-        span = self._child(
-            f"node {event.node_id}",
-            self._ctx,
-            {"turngraph.node.id": event.node_id, "turngraph.node.handler": event.handler},
-        )
+        attrs = {"turngraph.node.id": event.node_id, "turngraph.node.handler": event.handler}
+        if event.branch is not None:  # a parallel branch's visit: siblings overlap in time
+            attrs["turngraph.branch"] = event.branch
+        span = self._child(f"node {event.node_id}", self._ctx, attrs)
         self._nodes[event.node_id] = span
         self._mark[event.node_id] = time.time_ns()
         if event.handler in CHAT_HANDLERS:

@@ -283,7 +283,9 @@ class TurnPipeline:
             context = {**carried, **context}
         rt = self._rt
         on_step = (
-            self._checkpoints.hook(text, turn, trace_id, prior) if rt.limits.checkpoint else None
+            self._checkpoints.hook(text, turn, trace_id, prior, host.turn_graph)
+            if rt.limits.checkpoint
+            else None
         )
         observers = self._observers(turn, trace_id)
         if spans is not None:
