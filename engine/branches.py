@@ -104,7 +104,8 @@ def _explore(
                 problems.append(f"leads back into fan-out {here!r}")
                 continue
             inner, _ = _fan_in_of(here, succ, nodes, exits, (*within, here))
-            if inner is None:  # reported on the inner fan-out itself
+            if inner is None:  # why is reported on the inner fan-out itself
+                problems.append(f"reaches fan-out {here!r}, which cannot join")
                 continue
             stepped[here] = after = inner
         elif here in exits:
