@@ -175,8 +175,18 @@ def branch_issues(
     found: list[tuple[Node, str]] = []
     for node in nodes.values():
         if node.handler == FAN_OUT:
-            _, problems = find_fan_in(node.id, nodes, edges, exits)
+            fan_in, problems = find_fan_in(node.id, nodes, edges, exits)
             found += [(node, f"fan-out {p}") for p in problems]
+            spec = join_spec(nodes[fan_in]) if fan_in is not None else None
+            width = sum(1 for e in edges if e.src == node.id)
+            if isinstance(spec, JoinSpec) and spec.need is not None and spec.need > width:
+                found.append(
+                    (
+                        node,
+                        f"fan-out has {width} branches: its fan-in {fan_in!r} "
+                        f"({spec.policy}) can never join",
+                    )
+                )
         elif node.handler == FAN_IN:
             spec = join_spec(node)
             if isinstance(spec, str):

@@ -116,23 +116,37 @@ async def run_branches(
             tg.cancel_scope.cancel()
 
     with anyio.move_on_after(join.timeout if join.timeout is not None else float("inf")) as timer:
-        async with anyio.create_task_group() as tg:
-            for b in branches:
-                tg.start_soon(one, b, tg)
+        try:
+            async with anyio.create_task_group() as tg:
+                for b in branches:
+                    tg.start_soon(one, b, tg)
+        except BaseExceptionGroup as group:  # a hook or observer raised in one branch
+            _reraise_alone(group)
     for b in branches:
         trace.extend(b.trace)
     if done[0] < need:
-        _fail(fan, branches, timer.cancelled_caught)
+        _fail(fan, branches, need, timer.cancelled_caught)
     _merge(fan, [b for b in branches if b.ok][:need], ctx)
 
 
-def _fail(fan: Fan, branches: list[_Branch], timed_out: bool) -> None:
+def _reraise_alone(group: BaseExceptionGroup[BaseException]) -> None:
+    """Raise a task group's one exception as itself, as it would propagate from a node
+    outside branches; several stay grouped."""
+    if len(group.exceptions) == 1:
+        raise group.exceptions[0] from None
+    raise group
+
+
+def _fail(fan: Fan, branches: list[_Branch], need: int, timed_out: bool) -> None:
     failed = [b for b in branches if b.error is not None]
     if timed_out and fan.join.timeout is not None:
         late = tuple(b.name for b in branches if not b.ok and b.error is None)
         raise JoinTimeout(fan.fan_in, fan.join.policy, fan.join.timeout, late)
     first = failed[0]
     reason = f"branch {first.name!r} failed: {first.error}"
+    if fan.join.need is not None:  # first_success, quorum=N: say why the wait gave up
+        left = len(branches) - len(failed)
+        reason = f"{need} must succeed, {left} of {len(branches)} could; {reason}"
     raise JoinError(fan.fan_in, fan.join.policy, reason, tuple(b.name for b in failed))
 
 
