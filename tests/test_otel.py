@@ -417,3 +417,52 @@ def test_the_cli_traces_session_turns_with_the_env_variable(tmp_path: Path) -> N
     spans = [line.split() for line in run.stderr.splitlines() if line.startswith("SPAN ")]
     assert ["SPAN", "invoke_workflow", "turn", "ann"] in spans
     assert ["SPAN", "node", "llm_call"] in spans
+
+
+async def test_branch_visits_are_node_spans_with_their_branch(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Each visit inside a parallel branch is a node span under the turn, overlapping its
+    sibling's, with ``turngraph.branch`` naming its branch (nested: ``a/x``)."""
+    from engine import HandlerRegistry, Node, load_graph
+
+    async def search(node: Node, ctx: Any) -> dict[str, Any]:
+        await anyio.sleep(0.02)
+        return {"found": node.id}
+
+    graph = load_graph("""digraph p {
+        start [shape=Mdiamond]; fan [shape=component]; done [shape=Msquare]
+        a [handler=search]; inner [shape=component]; x [handler=search]; y [handler=search]
+        j2 [shape=tripleoctagon merge=list]; b [handler=search]
+        join [shape=tripleoctagon merge=list]
+        start -> fan; fan -> a -> inner; inner -> x -> j2; inner -> y -> j2; j2 -> join
+        fan -> b -> join; join -> done
+    }""")
+    registry = HandlerRegistry({"search": search})
+    tel = _telemetry(exporter)
+    async with SessionManager(
+        "memory:", registry=registry, turn_graph=graph, telemetry=tel
+    ) as manager:
+        assert (await (await manager.get_or_create("par")).send("go")).ok
+    spans = exporter.get_finished_spans()
+    (turn,) = _named(spans, "invoke_workflow")
+    nodes = {s.name.removeprefix("node "): s for s in _named(spans, "node ")}
+    branch = {n: dict(s.attributes or {}).get("turngraph.branch") for n, s in nodes.items()}
+    assert branch == {
+        "start": None,
+        "fan": None,
+        "a": "a",
+        "inner": "a",
+        "x": "a/x",
+        "y": "a/y",
+        "j2": "a",
+        "b": "b",
+        "join": None,
+        "done": None,
+    }
+    assert all(_parent_of(s, spans) is turn for s in nodes.values())
+    for one, other in (("a", "b"), ("x", "y")):  # sibling visits overlap in time
+        s1, s2 = nodes[one], nodes[other]
+        assert s1.start_time is not None and s1.end_time is not None
+        assert s2.start_time is not None and s2.end_time is not None
+        assert s1.start_time < s2.end_time and s2.start_time < s1.end_time
