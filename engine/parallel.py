@@ -96,36 +96,49 @@ async def run_branches(
     branches = [_Branch(first, prefix + first) for first in fan.branches]
     join = fan.join
     need = len(branches) if join.need is None else min(join.need, len(branches))
-    limiter = anyio.CapacityLimiter(fan.max_parallel)
+    # Pay only for what the graph asks for: no limiter when every branch may run at
+    # once, no deadline scope without a timeout.
+    limiter = anyio.CapacityLimiter(fan.max_parallel) if fan.max_parallel < len(branches) else None
     done = [0, 0]  # successes, failures
 
     async def one(b: _Branch, tg: anyio.abc.TaskGroup) -> None:
-        async with limiter:
-            _BRANCH.set(b.name)  # this task's own context: siblings do not see it
-            try:
+        _BRANCH.set(b.name)  # this task's own context: siblings do not see it
+        try:
+            if limiter is None:
                 await walk(b.first, ChainMap(b.writes, ctx), b.trace, b.name)
-            except RunError as exc:
-                b.error = exc
-                done[1] += 1
-                if len(branches) - done[1] < need:  # the policy can no longer be met
-                    tg.cancel_scope.cancel()
-                return
+            else:
+                async with limiter:  # the walk starts only once a place is free
+                    await walk(b.first, ChainMap(b.writes, ctx), b.trace, b.name)
+        except RunError as exc:
+            b.error = exc
+            done[1] += 1
+            if len(branches) - done[1] < need and sum(done) < len(branches):
+                tg.cancel_scope.cancel()  # the policy can no longer be met: stop the rest
+            return
         b.ok = True
         done[0] += 1
-        if done[0] >= need:
-            tg.cancel_scope.cancel()
+        if done[0] >= need and sum(done) < len(branches):
+            tg.cancel_scope.cancel()  # the policy is met: stop the rest
 
-    with anyio.move_on_after(join.timeout if join.timeout is not None else float("inf")) as timer:
+    async def every() -> None:
         try:
             async with anyio.create_task_group() as tg:
                 for b in branches:
                     tg.start_soon(one, b, tg)
         except BaseExceptionGroup as group:  # a hook or observer raised in one branch
             _reraise_alone(group)
+
+    timed_out = False
+    if join.timeout is None:
+        await every()
+    else:
+        with anyio.move_on_after(join.timeout) as timer:
+            await every()
+        timed_out = timer.cancelled_caught
     for b in branches:
         trace.extend(b.trace)
     if done[0] < need:
-        _fail(fan, branches, need, timer.cancelled_caught)
+        _fail(fan, branches, need, timed_out)
     _merge(fan, [b for b in branches if b.ok][:need], ctx)
 
 
