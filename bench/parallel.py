@@ -86,7 +86,7 @@ async def _concurrency(ctx: BenchContext, res: BenchResult) -> None:
     res.add_latency("three 50 ms steps, sequential", sequential, "ms", mean_too=False)
     res.add("sequential / fan-out (p50)", sequential.p50 / fanned.p50, "×", at_least(2.5))
     cost = await _runs(FANNED, _nothing, ctx.n(5_000, 50), ctx.n(500, 5))
-    res.add_latency("fan-out of three no-op branches", cost)
+    res.add_latency("run through a fan-out of three no-op branches", cost)
     res.params.update(waits=n)
 
 
