@@ -64,6 +64,15 @@ class Barrier:
         return {f"out.{node.id}": node.id}
 
 
+async def hang(node_id: str, cancelled: list[str]) -> None:
+    """Wait until cancelled; then note ``node_id`` in ``cancelled``."""
+    try:
+        await anyio.sleep(10)
+    except anyio.get_cancelled_exc_class():
+        cancelled.append(node_id)
+        raise
+
+
 def engine_with(work: Any, **more: Any) -> Engine:
     reg = HandlerRegistry()
     reg.register("work", work)
@@ -133,11 +142,7 @@ async def test_a_failing_branch_fails_wait_all_and_cancels_the_others() -> None:
     async def work(node: Node, ctx: Ctx) -> None:
         if node.id == "b":
             raise RuntimeError("boom")
-        try:
-            await anyio.sleep(10)
-        except anyio.get_cancelled_exc_class():
-            cancelled.append(node.id)
-            raise
+        await hang(node.id, cancelled)
 
     with anyio.fail_after(5):
         result = await engine_with(work).run(load_graph(fan_graph()))

@@ -28,6 +28,8 @@ from engine import (
 from engine.errors import JoinError, TransientAdapterError
 from engine.testing import RecordingObserver
 
+from .test_parallel import hang
+
 Ctx = Mapping[str, Any]
 
 NESTED = """digraph n {
@@ -128,11 +130,7 @@ async def test_a_failing_inner_branch_fails_the_inner_join_and_so_the_outer() ->
         if node.id == "y":
             raise RuntimeError("y broke")
         if node.id in ("x", "b"):
-            try:
-                await anyio.sleep(10)
-            except anyio.get_cancelled_exc_class():
-                cancelled.append(node.id)
-                raise
+            await hang(node.id, cancelled)
 
     with anyio.fail_after(5):
         result = await engine_with(work).run(load_graph(NESTED))
