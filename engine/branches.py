@@ -111,11 +111,18 @@ def _explore(
         elif here in exits:
             problems.append(f"escapes to exit {here!r} without passing a fan-in")
             continue
-        for nxt in succ.get(after, ()):
+        for nxt in (*succ.get(after, ()), *_retry_targets(nodes.get(here))):
             if nxt not in seen:
                 seen.add(nxt)
                 todo.append(nxt)
     return fan_ins, problems, stepped
+
+
+def _retry_targets(node: Node | None) -> tuple[str, ...]:
+    """Where a failing ``node`` may send the walk besides its edges: a branch goes there too."""
+    if node is None:
+        return ()
+    return tuple(t for t in (node.retry_target, node.fallback_retry_target) if t)
 
 
 def _fan_in_of(

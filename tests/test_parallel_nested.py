@@ -160,6 +160,16 @@ def test_an_inner_fan_out_without_a_fan_in_is_reported_on_itself() -> None:
     assert "node 'f1': fan-out branch 'f2' reaches fan-out 'f2', which cannot join" in text
 
 
+def test_a_branch_whose_retry_target_leaves_it_is_refused() -> None:
+    """A failing node's retry target is a way out of the branch like an edge."""
+    src = """digraph t { start [shape=Mdiamond]; f [shape=component]; j [shape=tripleoctagon]
+      done [shape=Msquare]; b [retry_target=recover]
+      start -> f; f -> a -> j; f -> b -> j; j -> done; recover -> done }"""
+    with pytest.raises(GraphValidationError) as info:
+        load_graph(src)
+    assert "node 'f': fan-out branch 'b' escapes to exit 'done'" in str(info.value)
+
+
 async def test_hooks_are_called_for_branch_visits_with_the_branch_known() -> None:
     entered: list[tuple[str, str | None]] = []
     stepped: list[tuple[str, str | None, str | None]] = []
