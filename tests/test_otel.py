@@ -466,3 +466,36 @@ async def test_branch_visits_are_node_spans_with_their_branch(
         assert s1.start_time is not None and s1.end_time is not None
         assert s2.start_time is not None and s2.end_time is not None
         assert s1.start_time < s2.end_time and s2.start_time < s1.end_time
+
+
+async def test_one_node_running_in_two_branches_at_once_is_two_spans(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Visits are told apart by branch: both spans end (keyed by node id alone, the
+    second visit's span would replace the first's, which would never end)."""
+    from engine import HandlerRegistry, Node, load_graph
+
+    both_in = anyio.Event()
+    arrived: list[str] = []
+
+    async def check(node: Node, ctx: Any) -> dict[str, Any]:
+        arrived.append(str(ctx["side"]))
+        if len(arrived) == 2:
+            both_in.set()
+        await both_in.wait()  # the two visits of `check` overlap
+        return {"checked": ctx["side"]}
+
+    graph = load_graph("""digraph p {
+        start [shape=Mdiamond]; fan [shape=component]; done [shape=Msquare]
+        a [handler=side]; b [handler=side]; check [handler=check]
+        join [shape=tripleoctagon merge=list]
+        start -> fan; fan -> a -> check; fan -> b -> check; check -> join; join -> done
+    }""")
+    registry = HandlerRegistry({"side": lambda node, ctx: {"side": node.id}, "check": check})
+    async with SessionManager(
+        "memory:", registry=registry, turn_graph=graph, telemetry=_telemetry(exporter)
+    ) as manager:
+        assert (await (await manager.get_or_create("two")).send("go")).ok
+    checks = _named(exporter.get_finished_spans(), "node check")
+    assert sorted(str(dict(s.attributes or {})["turngraph.branch"]) for s in checks) == ["a", "b"]
+    assert all(dict(s.attributes or {})["turngraph.node.status"] == "success" for s in checks)
