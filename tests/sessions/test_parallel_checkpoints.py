@@ -44,7 +44,7 @@ def _registry(crash_in: str = "") -> HandlerRegistry:
         return {"found": node.id}
 
     def fmt(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
-        return {"reply": "+".join(ctx["found"])}
+        return {"reply": "+".join(map(str, ctx["found"]))}
 
     return reply_registry(slow=branch, quick=branch, format=fmt)
 
@@ -119,3 +119,42 @@ async def test_a_turn_dying_inside_a_branch_resumes_before_the_fan_out(tmp_path:
         result = await (await m.get("mid")).resume()
         assert result is not None and result.ok and result.reply == "slow+quick"
         assert [n.node_id for n in result.trace][:3] == ["fan", "slow", "quick"]
+
+
+NESTED = """digraph n {
+    start [shape=Mdiamond]; done [shape=Msquare]
+    f1 [shape=component]; a [handler=slow]; b [handler=quick]
+    f2 [shape=component]; x [handler=slow]; y [handler=quick]
+    j2 [shape=tripleoctagon merge=list]; j1 [shape=tripleoctagon merge=list]
+    start -> f1; f1 -> a -> f2; f2 -> x -> j2; f2 -> y -> j2; j2 -> j1
+    f1 -> b -> j1; j1 -> format -> done
+}"""
+
+
+async def test_nested_branches_are_saved_in_the_engines_order(tmp_path: Path) -> None:
+    """Visits finish y before x and b before a; the checkpoint's trace is still the
+    run's own order: each branch after its fan-out, in edge order, nested ones inside."""
+    db, graph, limits = tmp_path / "n.db", load_graph(NESTED), Limits(checkpoint=True)
+    saved: list[tuple[str, str]] = []
+    async with sqlite_manager(db, _registry(), graph, limits=limits) as m:
+        spy_on_saves(m, saved, crash_after="f1")
+        with pytest.raises(Crash):
+            await (await m.create("nest")).send("go")
+        cp = (await m.store.load("nest")).checkpoint
+        assert cp is not None and (cp.last_node, cp.next_node) == ("f1", "j1")
+    assert [(v["id"], v.get("branch")) for v in cp.trace] == [
+        ("start", None),
+        ("f1", None),
+        ("a", "a"),
+        ("f2", "a"),
+        ("x", "a/x"),
+        ("y", "a/y"),
+        ("j2", "a"),
+        ("b", "b"),
+    ]
+    assert saved == [("start", "f1"), ("f1", "j1")]
+    async with sqlite_manager(db, _registry(), graph, limits=limits) as m:
+        result = await (await m.get("nest")).resume()
+        assert result is not None and result.ok
+        (record,) = await (await m.get("nest")).traces()
+        assert [v["id"] for v in record.trace][-4:] == ["b", "j1", "format", "done"]
