@@ -8,6 +8,13 @@ one anyio task group, at most ``max_parallel`` at once; the join policy cancels 
 rest as soon as it is met (or can no longer be met), and the fan-in's ``timeout``
 bounds the whole wait.  The successful branches' writes are then merged into the run's
 context in branch order (edge order of the fan-out).
+
+A fan-out inside a branch is the same thing one level down: its branches' overlays sit
+on the outer branch's overlay (the chain grows by one map per level), their ids are
+``outer/first`` (``a/x``), and they join, and merge, into the outer branch's layer
+before the outer branch walks on.  While a branch runs, :func:`current_branch` gives
+its id (a ``ContextVar`` set in the branch's own task), so hooks called with a bare
+node, observers and handlers can tell branches apart.
 """
 
 from __future__ import annotations
