@@ -79,11 +79,13 @@ DEFAULT_MAX_STEPS = 1000
 
 OnEnter = Callable[[Node], None]
 """Called with each node just before its handler runs: cheap (no event object is built),
-for state that must follow the walk live, such as a session's phase."""
+for state that must follow the walk live, such as a session's phase.  Inside a parallel
+branch, :func:`engine.current_branch` names the branch."""
 
 OnStep = Callable[[NodeRecord, "str | None", Mapping[str, Any]], Awaitable[None]]
 """Awaited after each node with its record, the chosen next node (None at an exit) and
-the context: the hook for checkpoints and streaming."""
+the context: the hook for checkpoints and streaming.  A branch's record carries its
+``branch``; a branch's last step names its fan-in as the next node."""
 
 _perf = time.perf_counter
 _FAILED: frozenset[str] = frozenset({"fail", "retry"})
@@ -338,7 +340,9 @@ class Engine:
         ``context`` is copied once into the run's mapping; handlers see a read-only
         live view of it.  Node failures end in ``RunResult(status="fail", error=...)``;
         cancellation is re-raised after observers hear of it.  ``on_enter`` is called
-        with each node before it runs; ``on_step`` is awaited after it ran.
+        with each node before it runs; ``on_step`` is awaited after it ran; both also for
+        the nodes of parallel branches, from the branches' tasks (a fan-out's own
+        ``on_step`` comes after its join).
 
         ``time_limit`` (seconds) bounds the whole run, and so does the graph's
         ``turn_timeout`` attribute (the shorter wins: a graph may tighten the caller's
