@@ -64,6 +64,13 @@ class Barrier:
         return {f"out.{node.id}": node.id}
 
 
+def refusal(src: str) -> str:
+    """The text of the ``GraphValidationError`` loading ``src`` raises."""
+    with pytest.raises(GraphValidationError) as info:
+        load_graph(src)
+    return str(info.value)
+
+
 async def hang(node_id: str, cancelled: list[str]) -> None:
     """Wait until cancelled; then note ``node_id`` in ``cancelled``."""
     try:
@@ -225,9 +232,7 @@ async def test_declared_merge_combines_writes_in_branch_order(merge: str, expect
 def test_fan_out_without_fan_in_is_refused_naming_the_node() -> None:
     src = """digraph t { start [shape=Mdiamond]; fan [shape=component]
       done [shape=Msquare]; start -> fan; fan -> a; fan -> b; a -> done; b -> done }"""
-    with pytest.raises(GraphValidationError) as info:
-        load_graph(src)
-    text = str(info.value)
+    text = refusal(src)
     assert "node 'fan': fan-out branch 'a' escapes to exit 'done'" in text
     assert "branch 'b' escapes" in text
 
@@ -236,9 +241,7 @@ def test_a_nested_fan_out_sharing_the_outer_fan_in_and_a_bad_join_are_refused() 
     src = """digraph t { start [shape=Mdiamond]; f1 [shape=component]; f2 [shape=component]
       j [shape=tripleoctagon join="most"]; done [shape=Msquare]
       start -> f1; f1 -> a; f1 -> f2; f2 -> b; b -> j; a -> j; j -> done }"""
-    with pytest.raises(GraphValidationError) as info:
-        load_graph(src)
-    text = str(info.value)
+    text = refusal(src)
     assert (
         "<string>:1:37: error: node 'f1': fan-out nests fan-out 'f2', which joins at 'j' too: "
         "a nested fan-out needs a fan-in of its own inside the branch"
