@@ -16,6 +16,7 @@
     │   │   ├── JoinTimeout        the fan-in's ``timeout`` passed first
     │   │   └── MergeConflict      two branches wrote one key with no ``merge`` declared
     │   ├── GoalGateUnmet          an exit was reached with a ``goal_gate`` not succeeded
+    │   ├── GatePaused             a human gate waits for an answer (a pause, not a failure)
     │   └── TurnTimeout            a whole run exceeded its deadline (``turn_timeout``)
     ├── AdapterError               an LLM, memory or tools backend failed
     │   ├── TransientAdapterError  ...and trying again may help (retryable)
@@ -48,6 +49,7 @@ from typing import Literal
 __all__ = [
     "AdapterError",
     "DotSyntaxError",
+    "GatePaused",
     "GoalGateUnmet",
     "GraphError",
     "GraphFileError",
@@ -253,6 +255,30 @@ class GoalGateUnmet(RunError):
         self.node_id = node_id
         self.exit_id = exit_id
         self.tries = tries
+
+
+class GatePaused(RunError):
+    """A human gate (``wait.human``) has no answer yet: the walk stops there, durably.
+
+    Not a failure: :meth:`Engine.run` returns ``RunResult(status="paused")`` carrying
+    it, and a session stores the pause for ``answer()``.  ``timeout`` is the gate's own
+    (seconds, ``None``: waits for ever); ``default`` the choice taken when it passes.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        question: str,
+        choices: tuple[str, ...],
+        default: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(f"node {node_id!r} waits for a human answer: {question}")
+        self.node_id = node_id
+        self.question = question
+        self.choices = choices
+        self.default = default
+        self.timeout = timeout
 
 
 class TurnTimeout(RunError):

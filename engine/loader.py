@@ -13,7 +13,7 @@ validate (:mod:`engine.validate`).  Every problem is reported at once in one
 
 **Handlers.** A node's handler is its ``handler=`` attribute, else its ``type=``,
 else its shape (``Mdiamond`` → ``start``, ``Msquare`` → ``exit``, ``diamond`` →
-``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``, ``component``
+``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``wait.human``, ``component``
 → ``parallel``, ``tripleoctagon`` → ``parallel.fan_in``; shape names
 in any case), else its id.  With a ``registry`` every handler must be registered
 (an unknown handler is an error naming the node and its line); without one, any
@@ -97,7 +97,7 @@ SHAPE_HANDLERS: Mapping[str, str] = {
     "msquare": "exit",
     "diamond": "conditional",
     "parallelogram": "tool",
-    "hexagon": "human",
+    "hexagon": "wait.human",
     "component": "parallel",
     "tripleoctagon": "parallel.fan_in",
 }

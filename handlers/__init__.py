@@ -85,6 +85,7 @@ BUILTIN_NAMES = frozenset(
         "parallel",
         "parallel.fan_in",
         "subgraph",
+        "wait.human",
         "classify",
         "recall",
         "llm_call",

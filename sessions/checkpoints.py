@@ -6,12 +6,13 @@ hook that saves the turn after each node, so a process that dies mid-turn leaves
 :class:`~sessions.store.base.Checkpoint` behind.  The next process to load the session
 either keeps it for ``Session.resume`` (same graph, the next turn) or gives up on it:
 it is reported (``interrupted``, a ``turn.interrupted`` warning) and cleared, never
-replayed.
+replayed.  Paused and failed turns ride the same record (:mod:`sessions.gates`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -52,27 +53,42 @@ class Checkpoints:
     """The checkpoints of one session's turns graph (``graph_hash``: its source hash).
 
     ``resumable``: a checkpoint found on load that ``Session.resume`` may continue.
-    ``interrupted``: the last one given up on.
+    ``interrupted``: the last one given up on.  ``paused``: the turn waiting at a human
+    gate.  ``failed``: the latest turn, failed, for ``retry_turn``.  ``point``: where
+    the running turn is (its last checkpoint, or where it started).
     """
 
-    __slots__ = ("_writer", "graph_hash", "interrupted", "resumable")
+    __slots__ = ("_writer", "failed", "graph_hash", "interrupted", "paused", "point", "resumable")
 
     def __init__(self, writer: SessionWriter, graph_hash: str) -> None:
         self._writer = writer
         self.graph_hash = graph_hash
         self.resumable: Checkpoint | None = None
         self.interrupted: Checkpoint | None = None
+        self.paused: Checkpoint | None = None
+        self.failed: Checkpoint | None = None
+        self.point: Checkpoint | None = None
 
     async def adopt(self, cp: Checkpoint | None, turn_count: int) -> None:
         """Decide what to do with a checkpoint found on load.
 
-        Same graph and the next turn: keep it in :attr:`resumable`.  Otherwise give up on
-        it (:meth:`abandon`).
+        Same graph and the next turn: keep it in :attr:`resumable` (:attr:`paused` for
+        a pause).  A failed turn's, for the latest turn: keep it in :attr:`failed`
+        (``retry_turn`` checks the graph).  Otherwise give up on it (:meth:`abandon`).
         """
         if cp is None:
             return
+        if cp.kind == "failed":
+            if cp.turn == turn_count:
+                self.failed = cp
+            else:  # a later turn superseded it; nothing to report
+                await self._writer.clear_checkpoint()
+            return
         if cp.graph_hash == self.graph_hash and cp.turn == turn_count + 1:
-            self.resumable = cp
+            if cp.kind == "paused":
+                self.paused = cp
+            else:
+                self.resumable = cp
             return
         changed = cp.graph_hash != self.graph_hash
         await self.abandon(cp, "turn graph changed" if changed else "stale")
@@ -97,13 +113,22 @@ class Checkpoints:
         return cp
 
     def hook(
-        self, text: str, turn: int, trace_id: str, prior: tuple[Mapping[str, Any], ...]
+        self,
+        text: str,
+        turn: int,
+        trace_id: str,
+        prior: tuple[Mapping[str, Any], ...],
+        start: tuple[str, Mapping[str, Any]],
     ) -> OnStep:
         """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
-        ``prior`` is the trace of the nodes a resumed turn ran before."""
+        ``prior`` is the trace of the nodes a resumed turn ran before, ``start`` the
+        node it starts at and the context it carries in."""
         done: list[Mapping[str, Any]] = list(prior)
         graph_hash = self.graph_hash
         save = self._writer.save_checkpoint
+        self.point = Checkpoint(
+            turn, graph_hash, trace_id, text, "", start[0], start[1], prior, time.time()
+        )
 
         async def on_step(
             record: NodeRecord, next_node: str | None, ctx: Mapping[str, Any]
@@ -123,8 +148,22 @@ class Checkpoints:
                 time.time(),
             )
             await save(cp)
+            self.point = cp
 
         return on_step
+
+    async def pause(self, cp: Checkpoint) -> None:
+        """Store the pause ``cp`` (checkpoints on or off: it must outlive the process)."""
+        await self._writer.save_checkpoint(cp)
+        self.paused = cp
+
+    async def keep_failed(self, error: str) -> None:
+        """After a failed turn's commit: store where it failed, for ``retry_turn``."""
+        point, self.point = self.point, None
+        if point is not None:
+            cp = dataclasses.replace(point, kind="failed", error=error, ts=time.time())
+            await self._writer.save_checkpoint(cp)
+            self.failed = cp
 
     async def clear_cancelled(self) -> None:
         """Clear the checkpoint of a cancelled turn, shielded.  ``Fenced`` here is handled

@@ -371,7 +371,7 @@ class SessionManager:
         try:
             loaded = await store.load(sid, recent=self.limits.max_messages)
             session = Session(self._rt(), loaded, token=token)
-            await session.adopt_checkpoint(loaded.checkpoint)
+            await session.checkpoints.adopt(loaded.checkpoint, session.turn_count)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.release(sid, self.owner, token)
