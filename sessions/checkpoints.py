@@ -90,6 +90,20 @@ class Checkpoints:
             else:
                 self.resumable = cp
             return
+        if cp.kind == "paused" and cp.turn == turn_count + 1:
+            # Loaded with another graph (a typo'd --graph?): report it, but keep it in
+            # the store for the graph that asked; the next turn supersedes it.
+            self.interrupted = cp
+            reason = "turn graph changed (the question stays stored for its graph)"
+            log(
+                "warning",
+                "turn.interrupted",
+                session_id=self._writer.session_id,
+                turn=cp.turn,
+                node=cp.next_node,
+                reason=reason,
+            )
+            return
         changed = cp.graph_hash != self.graph_hash
         await self.abandon(cp, "turn graph changed" if changed else "stale")
 

@@ -141,10 +141,19 @@ def _expired(cp: Checkpoint, now: float) -> bool:
     return cp.deadline is not None and now >= cp.deadline
 
 
-def answer_plan(session_id: str, cp: Checkpoint | None, choice: object) -> Continuation:
+def answer_plan(session_id: str, cps: Checkpoints, choice: object) -> Continuation:
     """The turn ``answer(choice)`` runs: on from the gate with ``choice``; after the
     deadline, with the default and then :class:`GateTimedOut`."""
+    cp = cps.paused
     if cp is None:
+        other = cps.interrupted
+        if other is not None and other.kind == "paused":
+            raise NotPaused(
+                session_id,
+                f"the question at node {other.next_node!r} was asked by another version "
+                "of the turn graph (its fingerprint differs): load the session with that "
+                "graph to answer it",
+            )
         raise NotPaused(session_id, "no question is waiting")
     if _expired(cp, time.time()):
         after = GateTimedOut(session_id, cp.next_node, cp.default)

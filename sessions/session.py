@@ -347,7 +347,7 @@ class Session:
         gate's timeout passed first: the turn has then run on with its ``default``.
         """
         cps = self.checkpoints
-        return await self._turns.continue_turn(lambda: answer_plan(self.id, cps.paused, choice))
+        return await self._turns.continue_turn(lambda: answer_plan(self.id, cps, choice))
 
     async def retry_turn(self) -> TurnResult:
         """Re-run the latest turn, which failed, from the node that failed with the

@@ -62,8 +62,10 @@ JSON_KEYS = (
     "usage",
     "nodes",
     "error",
+    "question",
 )
-"""The keys of a turn's ``--json`` object, in order, with or without ``--session``."""
+"""The keys of a turn's ``--json`` object, in order, with or without ``--session``
+(``question``: a paused turn's ``{node, question, choices}``, else null)."""
 
 
 class UsageError(TurngraphError):

@@ -6,9 +6,11 @@
                                                             (-m -: the message from stdin)
     python -m engine.run [GRAPH.dot] [-v]                   chat: an in-memory session
                                                             (see :mod:`engine.cli.chat`)
-    python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL]
+    python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL] [--checkpoint]
                                                             a turn (or a chat) of a stored
                                                             session, created if new
+                                                            (--checkpoint: a failed turn
+                                                            can be retried)
     python -m engine.run validate [--strict] GRAPH.dot...   every problem, compiler-style
                                                             (--strict: warnings fail too)
     python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz);
@@ -18,7 +20,8 @@
                                                             a stored turn's path highlighted
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
                                   import FILE [--replace] [--key-file K]|delete ID|
-                                  compact ID|verify [ID] [--json]|show --salvage ID
+                                  compact ID|verify [ID] [--json]|show --salvage ID|
+                                  answer ID CHOICE [--graph G]|retry ID [--graph G]
                                                             (verify: exit 2 if any session
                                                             is tampered; --salvage: read a
                                                             tampered one up to its first bad
@@ -231,10 +234,15 @@ def report_turn(
     live: LivePrinter | None = None,
     **extra: Any,
 ) -> int:
-    """Print a finished turn (reply and node table, or one JSON object); the exit code."""
+    """Print a finished turn (reply and node table, or one JSON object); the exit code.
+
+    A turn paused at a human gate prints its question and exits 0: it is waiting, not
+    failed (``sessions answer ID CHOICE`` goes on)."""
     from engine.cli.views import nodes_table, print_renderable, trace_rows
+    from engine.errors import GatePaused
 
     ok = status == "success"
+    gate = error if isinstance(error, GatePaused) else None
     if as_json:
         # The same keys for every turn (JSON_KEYS, null when absent), with or without
         # a session, so a script reads one shape.
@@ -247,6 +255,12 @@ def report_turn(
         doc["nodes"] = trace_rows(trace)
         if error is not None:
             doc["error"] = " ".join(str(error).split())
+        if gate is not None:
+            doc["question"] = {
+                "node": gate.node_id,
+                "question": gate.question,
+                "choices": list(gate.choices),
+            }
         print_json(doc)
     else:
         if ok:
@@ -257,6 +271,14 @@ def report_turn(
         if "turn" in extra:
             where = f"session {extra['session_id']} · turn {extra['turn']} · "
         print_renderable(nodes_table(trace, title=f"{where}{graph.path} · {status}"))
+        if gate is not None:
+            sid = extra.get("session_id", "ID")
+            print(
+                f"waiting at node {gate.node_id!r}: {gate.question} [{' / '.join(gate.choices)}]"
+                f" (answer: {PROG} sessions answer {sid} CHOICE)"
+            )
+    if gate is not None:
+        return 0
     if not ok:
         err(run_failure_line(graph, error, status))
         return EXIT_RUN_FAILED
@@ -301,6 +323,11 @@ def _run_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print one JSON object (with -m)")
     p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
+    p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="save a stored session's turn after every node (a failed turn can be retried)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
     add_llm_options(p)
     return p
@@ -550,6 +577,10 @@ def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None
 
     ttl = lease_ttl()
     options: dict[str, Any] = {} if ttl is None else {"lease_ttl": ttl}
+    if getattr(args, "checkpoint", False):
+        from sessions import Limits
+
+        options["limits"] = Limits(checkpoint=True)
     manager = SessionManager(
         store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm, **options
     )
@@ -568,15 +599,22 @@ async def _session_turn(args: argparse.Namespace, llm: Any) -> int:
             result = await session.send(args.message)
     finally:
         await aclose_llm(llm)
+    return report_session_turn(manager.turn_graph, session.id, result, args.json, live)
+
+
+def report_session_turn(
+    graph: Graph, session_id: str, result: Any, as_json: bool, live: LivePrinter | None
+) -> int:
+    """Print a session's turn (a :class:`~sessions.TurnResult`) as a graph run is."""
     return report_turn(
-        manager.turn_graph,
+        graph,
         status=result.status,
         reply=result.reply if result.ok else None,
         trace=result.trace,
         error=result.error,
-        as_json=args.json,
+        as_json=as_json,
         live=live,
-        session_id=session.id,
+        session_id=session_id,
         turn=result.turn,
         trace_id=result.trace_id,
         run_id=result.trace_id,

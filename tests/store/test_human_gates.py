@@ -178,20 +178,30 @@ async def test_stream_shows_the_pause(store_url: str, shared: OpenStore, tmp_pat
         assert "TurnCommitted" not in {type(e).__name__ for e in seen}
 
 
-async def test_a_pause_of_a_changed_graph_is_given_up(
+async def test_a_pause_is_answered_only_with_the_graph_that_asked(
     store_url: str, shared: OpenStore, tmp_path: Path
 ) -> None:
-    """A pause stored for another version of the graph is reported, not answered."""
+    """Loaded with another graph, a pause is reported, not answered, yet kept for its
+    own graph; a new turn under the other graph supersedes it."""
     dot = _dot(tmp_path)
     async with _manager(store_url, shared, dot, _registry()) as m:
         assert (await (await m.create("g5")).send("old")).status == "paused"
-    dot.write_text(GATE.replace("Ship it?", "Ship it now?") % "")
-    async with _manager(store_url, shared, dot, _registry()) as m:
+    other = tmp_path / "other.dot"
+    other.write_text(GATE.replace("Ship it?", "Ship it now?") % "")
+    async with _manager(store_url, shared, other, _registry()) as m:
         session = await m.get("g5")
         assert session.question is None and session.interrupted_turn is not None
-        with pytest.raises(NotPaused):
+        with pytest.raises(NotPaused, match="another version of the turn graph"):
             await session.answer("yes")
+    async with _manager(store_url, shared, dot, _registry()) as m:
+        session = await m.get("g5")
+        assert (await session.answer("no")).reply == "held plan for old"
+    async with _manager(store_url, shared, dot, _registry()) as m:
+        assert (await (await m.get("g5")).send("v2")).status == "paused"
+    async with _manager(store_url, shared, other, _registry()) as m:
+        session = await m.get("g5")
         assert (await session.send("new")).status == "paused"
+        assert session.question is not None and session.question.text == "Ship it now?"
 
 
 # --------------------------------------------------------------------------- retry
