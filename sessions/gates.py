@@ -47,6 +47,7 @@ __all__ = [
     "paused_checkpoint",
     "question_of",
     "retry_plan",
+    "waiting_of",
 ]
 
 
@@ -97,6 +98,18 @@ def question_of(session_id: str, cp: Checkpoint | None) -> Question | None:
     return Question(
         session_id, cp.turn, cp.next_node, cp.question, cp.choices, cp.default, cp.deadline
     )
+
+
+def waiting_of(session_id: str, cp: Checkpoint | None) -> dict[str, Any]:
+    """What a stored session waits for, as JSON: ``question`` (a paused turn's
+    :meth:`Question.to_dict`) and ``retry`` (a failed turn's ``turn``, ``node`` and
+    ``error``), each ``None`` when absent."""
+    kind = None if cp is None else cp.kind
+    question = question_of(session_id, cp if kind == "paused" else None)
+    retry = None
+    if cp is not None and kind == "failed":
+        retry = {"turn": cp.turn, "node": cp.next_node, "error": cp.error}
+    return {"question": None if question is None else question.to_dict(), "retry": retry}
 
 
 def paused_checkpoint(

@@ -189,6 +189,7 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 
 async def _sessions_show(args: argparse.Namespace) -> int:
     from engine.cli.recovery import salvage_show
+    from sessions.gates import waiting_of
     from sessions.usage import stored_usage
 
     if args.salvage:
@@ -208,7 +209,7 @@ async def _sessions_show(args: argparse.Namespace) -> int:
             last_one = await store.messages(args.id, upto, 1)
             span = [first[0].turn, last_one[0].turn] if first and last_one else None
             summary = (upto, loaded.summary, span)
-    waiting = _waiting(meta.id, loaded.checkpoint)
+    waiting = waiting_of(meta.id, loaded.checkpoint)
     if args.json:
         doc = _meta_dict(meta)
         doc["verified_records"] = checked
@@ -262,18 +263,6 @@ def _print_session(
         table.add_row(str(m.seq), str(m.turn), m.role, m.content.replace("[", r"\["))
     print_renderable(table)
     print_renderable(turns_table(turns))
-
-
-def _waiting(session_id: str, cp: Any) -> dict[str, Any]:
-    """``show``'s ``question`` (a paused turn's) and ``retry`` (a failed turn's) entries."""
-    from sessions.gates import question_of
-
-    kind = None if cp is None else cp.kind
-    question = question_of(session_id, cp if kind == "paused" else None)
-    retry = None
-    if kind == "failed":
-        retry = {"turn": cp.turn, "node": cp.next_node, "error": cp.error}
-    return {"question": None if question is None else question.to_dict(), "retry": retry}
 
 
 def _print_waiting(session_id: str, waiting: Mapping[str, Any]) -> None:

@@ -34,7 +34,8 @@ _encode = encode
 
 
 def result_json(session_id: str, result: TurnResult) -> dict[str, Any]:
-    """What ``POST /sessions/{id}/turns`` answers: reply, status, turn, usage, node trace."""
+    """What ``POST /sessions/{id}/turns`` answers: reply, status, turn, usage, node trace
+    (and, for a turn paused at a human gate, its ``question``: node, text, choices)."""
     body: dict[str, Any] = {
         "session_id": session_id,
         "turn": result.turn,
@@ -46,6 +47,9 @@ def result_json(session_id: str, result: TurnResult) -> dict[str, Any]:
     }
     if result.error is not None:
         body["error"] = " ".join(str(result.error).split())
+    if result.status == "paused":
+        node = getattr(result.error, "node_id", "")
+        body["question"] = {"node": node, "question": result.question, "choices": result.choices}
     return body
 
 
