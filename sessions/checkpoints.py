@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from engine.gates import ANSWER_KEY
 from engine.logs import log
 from engine.outcome import NodeRecord
 from sessions.errors import Fenced
@@ -136,12 +137,14 @@ class Checkpoints:
     ) -> OnStep:
         """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
         ``prior`` is the trace of the nodes a resumed turn ran before, ``start`` the
-        node it starts at and the context it carries in."""
+        node it starts at and the context it carries in (kept in :attr:`point` as where
+        a retry would start, without the answer to a gate: a retry asks again)."""
         done: list[Mapping[str, Any]] = list(prior)
         graph_hash = self.graph_hash
         save = self._writer.save_checkpoint
+        kept = {k: v for k, v in durable_context(start[1]).items() if k != ANSWER_KEY}
         self.point = Checkpoint(
-            turn, graph_hash, trace_id, text, "", start[0], start[1], prior, time.time()
+            turn, graph_hash, trace_id, text, "", start[0], kept, prior, time.time()
         )
 
         async def on_step(
@@ -179,8 +182,17 @@ class Checkpoints:
             await self._writer.save_checkpoint(cp)
             self.failed = cp
 
-    async def clear_cancelled(self) -> None:
-        """Clear the checkpoint of a cancelled turn, shielded.  ``Fenced`` here is handled
-        (the session is closed); the caller re-raises the cancellation."""
+    async def cancelled(self, was: Checkpoint | None, saved: bool) -> None:
+        """A cancelled turn stores nothing: its checkpoint is cleared (``saved``: it had
+        one), shielded, and the paused or failed turn it went on from (``was``) is put
+        back, so a cancelled answer leaves the question waiting.  ``Fenced`` here is
+        handled (the session is closed); the caller re-raises the cancellation."""
+        self.paused = was if was is not None and was.kind == "paused" else None
+        self.failed = was if was is not None and was.kind == "failed" else None
+        if not saved:
+            return  # the store still holds ``was``
         with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):
-            await self._writer.clear_checkpoint()
+            if was is None:
+                await self._writer.clear_checkpoint()
+            else:
+                await self._writer.save_checkpoint(was)

@@ -27,11 +27,10 @@ import msgspec
 
 from engine.errors import GatePaused
 from engine.events import Observer, StructlogObserver, TurnCommitted, notify
-from engine.gates import ANSWER_KEY
 from engine.graph import Graph, Node
 from engine.outcome import NodeRecord, RunResult, RunStatus
 from engine.scopes import cancel_scope
-from sessions.checkpoints import Checkpoints, durable_context
+from sessions.checkpoints import Checkpoints
 from sessions.compaction import Compactor
 from sessions.errors import (
     CommitUnknown,
@@ -317,12 +316,12 @@ class TurnPipeline:
         if carried:
             context = {**carried, **context}
         rt, cps = self._rt, self._checkpoints
+        was = cps.paused or cps.failed
         cps.paused = cps.failed = None  # this turn supersedes them (in the store too)
         on_step = None
         if rt.limits.checkpoint:
             start = start_at or host.turn_graph.start
-            kept = {k: v for k, v in durable_context(carried or {}).items() if k != ANSWER_KEY}
-            on_step = cps.hook(text, turn, trace_id, prior, (start, kept))
+            on_step = cps.hook(text, turn, trace_id, prior, (start, carried or {}))
         observers = self._observers(turn, trace_id)
         if spans is not None:
             observers = (*observers, spans)
@@ -340,8 +339,7 @@ class TurnPipeline:
                 time_limit=rt.limits.turn_timeout,
             )
         except _cancelled():
-            if on_step is not None:
-                await self._checkpoints.clear_cancelled()
+            await cps.cancelled(was, on_step is not None)
             raise
         with cancel_scope(shield=True):  # commit and apply are one step or none
             if result.status == "paused":  # nothing committed: the pause is stored

@@ -275,3 +275,32 @@ async def test_retry_needs_checkpoints_and_a_failed_latest_turn(
         assert (await session.send("y")).ok
         with pytest.raises(RetryRefused, match="no failed turn"):
             await session.retry_turn()
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+async def test_a_cancelled_answer_leaves_the_question_waiting(
+    store_url: str, shared: OpenStore, tmp_path: Path, checkpoint: bool
+) -> None:
+    """Cancelling the answered turn stores nothing of it: the question waits again, in
+    this process and in the next."""
+    started, dot = anyio.Event(), _dot(tmp_path)
+
+    async def ship(node: Node, ctx: Mapping[str, Any]) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    registry = _registry()
+    registry.register("ship", ship, replace=True)
+    limits = Limits(checkpoint=checkpoint)
+    async with _manager(store_url, shared, dot, registry, limits=limits) as m:
+        session = await m.create("g6")
+        assert (await session.send("x")).status == "paused"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.answer, "yes")
+            await started.wait()
+            tg.cancel_scope.cancel()
+        assert session.question is not None and not session.busy
+    async with _manager(store_url, shared, dot, _registry(), limits=limits) as m:
+        session = await m.get("g6")
+        assert session.question is not None and session.turn_count == 0
+        assert (await session.answer("yes")).reply == "shipped plan for x"
