@@ -304,3 +304,43 @@ async def test_a_cancelled_answer_leaves_the_question_waiting(
         session = await m.get("g6")
         assert session.question is not None and session.turn_count == 0
         assert (await session.answer("yes")).reply == "shipped plan for x"
+
+
+def test_checkpoint_kinds_round_trip_and_old_bodies_read_as_running() -> None:
+    """Paused and failed checkpoints keep their fields through the codec; a body
+    written before they existed (no ``kind``) reads as a running checkpoint, so stores
+    need no migration; a bad kind is refused."""
+    from sessions.store.base import Checkpoint
+    from sessions.store.codec import ShapeError, checkpoint_from_dict, checkpoint_to_dict
+
+    base = Checkpoint(2, "h", "s:2", "hi", "plan", "approve", {"plan": "p"}, ({"id": "plan"},), 1.0)
+    old = checkpoint_to_dict(base)
+    assert "kind" not in old and checkpoint_from_dict(old) == base
+    paused = Checkpoint(
+        *(2, "h", "s:2", "hi", "plan", "approve", {"plan": "p"}, ({"id": "plan"},), 1.0),
+        kind="paused",
+        question="Ship it?",
+        choices=("yes", "no"),
+        default="no",
+        deadline=61.0,
+    )
+    assert checkpoint_from_dict(checkpoint_to_dict(paused)) == paused
+    with pytest.raises(ShapeError, match="kind 'odd'"):
+        checkpoint_from_dict({**checkpoint_to_dict(paused), "kind": "odd"})
+
+
+async def test_a_paused_session_is_exported_and_answered_elsewhere(
+    store_url: str, shared: OpenStore, tmp_path: Path
+) -> None:
+    """The signed export carries the pause; the store it is imported into answers it."""
+    from sessions.store.memory import MemoryStore
+
+    dot = _dot(tmp_path)
+    async with _manager(store_url, shared, dot, _registry()) as m:
+        assert (await (await m.create("g7")).send("moved")).status == "paused"
+    doc = await shared.export("g7")
+    async with MemoryStore(secret=SECRET) as other:
+        await other.import_(doc)
+        async with _manager("memory:", other, dot, _registry()) as m:
+            session = await m.get("g7")
+            assert (await session.answer("yes")).reply == "shipped plan for moved"
