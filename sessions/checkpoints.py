@@ -94,23 +94,17 @@ class Checkpoints:
         if cp.kind == "paused" and cp.turn == turn_count + 1:
             # Loaded with another graph (a typo'd --graph?): report it, but keep it in
             # the store for the graph that asked; the next turn supersedes it.
-            self.interrupted = cp
             reason = "turn graph changed (the question stays stored for its graph)"
-            log(
-                "warning",
-                "turn.interrupted",
-                session_id=self._writer.session_id,
-                turn=cp.turn,
-                node=cp.next_node,
-                reason=reason,
-            )
+            await self.abandon(cp, reason, clear=False)
             return
         changed = cp.graph_hash != self.graph_hash
         await self.abandon(cp, "turn graph changed" if changed else "stale")
 
-    async def abandon(self, cp: Checkpoint, reason: str) -> None:
-        """Give up on ``cp``: clear it in the store, keep it in ``interrupted``, warn."""
-        await self._writer.clear_checkpoint()
+    async def abandon(self, cp: Checkpoint, reason: str, *, clear: bool = True) -> None:
+        """Give up on ``cp``: clear it in the store (unless not ``clear``), keep it in
+        ``interrupted``, warn."""
+        if clear:
+            await self._writer.clear_checkpoint()
         self.interrupted = cp
         self.resumable = None
         log(
