@@ -25,9 +25,9 @@ __all__ = ["RESPONSE_BODY", "main"]
 RESPONSE_BODY = b'{"status":"success","reply":"' + b"x" * 1000 + b'"}'
 """About the size of a turn's JSON answer (the reply, the usage and a 7-node trace)."""
 
-_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-    % (len(RESPONSE_BODY), RESPONSE_BODY)
+_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+    len(RESPONSE_BODY),
+    RESPONSE_BODY,
 )
 
 
