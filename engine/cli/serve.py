@@ -16,7 +16,6 @@ brings it), else on asyncio's own loop, as ``asyncio`` always does.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -71,11 +70,13 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     constructor (``auto``: uvloop when it is installed).  The loop is made for this
     server's run only (a loop factory): no event-loop policy is set for the process.
     uvloop writes a response's head and body with one system call (asyncio: two)."""
-    if loop == "asyncio" or (loop == "auto" and importlib.util.find_spec("uvloop") is None):
+    if loop == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
+        if loop == "auto":
+            return None
         raise UsageError(
             f"{PROG} serve: error: --loop uvloop needs uvloop: pip install 'turngraph[serve]'"
         ) from None
