@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -377,24 +378,32 @@ async def _idle(url: str, pid: int, n: int) -> float:
 # --------------------------------------------------------------------------- the run
 
 
-def _add_turns(res: BenchResult, timed: _Turns, app_added: float) -> None:
+def _add_turns(res: BenchResult, timed: _Turns, app_added: float | None, label: str = "") -> None:
+    """The rows of one interleaved run; ``label`` prefixes them (a second loop's run gets
+    only the differences, ``app_added`` None)."""
     http, floor, local = Stats.of(timed.http), Stats.of(timed.floor), Stats.of(timed.local)
-    res.add_latency("turn in-process", local, mean_too=False)
-    res.add_latency("turn over HTTP", http, mean_too=False)
-    res.add_latency("loopback floor (a bare HTTP answer)", floor, mean_too=False)
-    res.add("HTTP added, p50", (http.p50 - local.p50) / 1e3, "µs", at_most(1000))
-    res.add("HTTP added, p99", (http.p99 - local.p99) / 1e3, "µs")
+    if app_added is not None:
+        res.add_latency("turn in-process", local, mean_too=False)
+        res.add_latency("turn over HTTP", http, mean_too=False)
+        res.add_latency("loopback floor (a bare HTTP answer)", floor, mean_too=False)
+    goal = at_most(1000) if app_added is not None else None
+    res.add(f"{label}HTTP added, p50", (http.p50 - local.p50) / 1e3, "µs", goal)
+    res.add(f"{label}HTTP added, p99", (http.p99 - local.p99) / 1e3, "µs")
     res.add(
-        "HTTP added beyond the loopback floor, p50",
+        f"{label}HTTP added beyond the loopback floor, p50",
         (http.p50 - local.p50 - floor.p50) / 1e3,
         "µs",
-        note="the server's own share: uvicorn, the app, the JSON",
+        note="the server's own share: uvicorn, the app, the JSON" if not label else "",
     )
+    cpu_added = (timed.server_cpu - timed.local_cpu) / 1e3
+    if app_added is None:
+        res.add(f"{label}HTTP added, server CPU per turn", cpu_added, "µs")
+        return
     res.add("app layer added, p50 (ASGI call in-process vs session.send)", app_added / 1e3, "µs")
     res.add("client CPU per HTTP turn", timed.client_cpu / 1e3, "µs")
     res.add("CPU per turn in-process", timed.local_cpu / 1e3, "µs")
     res.add("server CPU per turn over HTTP", timed.server_cpu / 1e3, "µs")
-    res.add("HTTP added, server CPU per turn", (timed.server_cpu - timed.local_cpu) / 1e3, "µs")
+    res.add("HTTP added, server CPU per turn", cpu_added, "µs")
 
 
 def run(ctx: BenchContext) -> BenchResult:
@@ -413,8 +422,14 @@ def run(ctx: BenchContext) -> BenchResult:
     res.params.update(turns=turns, streams=streams, ttft_ms=50, store="memory:")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as d, bench_env(Path(d)):
         load_before = os.getloadavg()[0]
-        with _server("--store", "memory:", "--llm", "echo") as (url, pid), _floor() as floor:
+        echo = ("--store", "memory:", "--llm", "echo")
+        with _server(*echo) as (url, pid), _floor() as floor:
             timed = anyio.run(_interleaved, url, floor, pid, turns, warmup)
+        # The same on asyncio's own loop, when the default (`--loop auto`) chose uvloop.
+        on_asyncio = None
+        if importlib.util.find_spec("uvloop") is not None:
+            with _server(*echo, "--loop", "asyncio") as (url, pid), _floor() as floor:
+                on_asyncio = anyio.run(_interleaved, url, floor, pid, turns, warmup)
         load_after = os.getloadavg()[0]
         app_stats, bare_stats = anyio.run(_asgi_added, turns, warmup)
         load = Load("openai", ttft=0.05, tokens=20, gap=0.0)
@@ -425,7 +440,10 @@ def run(ctx: BenchContext) -> BenchResult:
                 per_conn = anyio.run(_idle, url, pid, streams)  # first: a fresh heap
                 wall, failed, stalled, lat, first = anyio.run(_streams, url, streams)
             local_wall, local_failed = anyio.run(_in_process, model, streams)
+    res.params["loop"] = "asyncio" if on_asyncio is None else "uvloop"
     _add_turns(res, timed, app_stats.p50 - bare_stats.p50)
+    if on_asyncio is not None:
+        _add_turns(res, on_asyncio, None, "--loop asyncio: ")
     res.notes.append(
         f"load average {load_before:.1f} → {load_after:.1f} on {os.cpu_count()} cores while "
         "the turns were timed"
