@@ -13,8 +13,9 @@ GIL with the client measuring it).  Measured in one run:
   (a server that only answers): what any server process pays on this machine at this
   load, so the server's own share is the difference beyond it.  CPU per turn of the
   client, the server process and the in-process turn, which the load does not move;
-  and the app's own share, the same turn as a bare ASGI call in this process (no
-  socket, no uvicorn) against ``session.send``;
+  the app's own share, the same turn as a bare ASGI call in this process (no socket,
+  no uvicorn) against ``session.send``; and, when uvloop is installed, the differences
+  again with the server on ``--loop uvloop`` (the default is asyncio's own loop);
 * **concurrent SSE streams**: ``N`` clients (1,000) each stream one turn at once as
   Server-Sent Events from one server process whose model is a loopback server
   (:mod:`bench.loopback_llm`, 50 ms to the first token); failed streams (no ``result``
@@ -425,11 +426,11 @@ def run(ctx: BenchContext) -> BenchResult:
         echo = ("--store", "memory:", "--llm", "echo")
         with _server(*echo) as (url, pid), _floor() as floor:
             timed = anyio.run(_interleaved, url, floor, pid, turns, warmup)
-        # The same on asyncio's own loop, when the default (`--loop auto`) chose uvloop.
-        on_asyncio = None
+        # The same on uvloop (`--loop uvloop`), when it is installed: for scale.
+        on_uvloop = None
         if importlib.util.find_spec("uvloop") is not None:
-            with _server(*echo, "--loop", "asyncio") as (url, pid), _floor() as floor:
-                on_asyncio = anyio.run(_interleaved, url, floor, pid, turns, warmup)
+            with _server(*echo, "--loop", "uvloop") as (url, pid), _floor() as floor:
+                on_uvloop = anyio.run(_interleaved, url, floor, pid, turns, warmup)
         load_after = os.getloadavg()[0]
         app_stats, bare_stats = anyio.run(_asgi_added, turns, warmup)
         load = Load("openai", ttft=0.05, tokens=20, gap=0.0)
@@ -440,10 +441,9 @@ def run(ctx: BenchContext) -> BenchResult:
                 per_conn = anyio.run(_idle, url, pid, streams)  # first: a fresh heap
                 wall, failed, stalled, lat, first = anyio.run(_streams, url, streams)
             local_wall, local_failed = anyio.run(_in_process, model, streams)
-    res.params["loop"] = "asyncio" if on_asyncio is None else "uvloop"
     _add_turns(res, timed, app_stats.p50 - bare_stats.p50)
-    if on_asyncio is not None:
-        _add_turns(res, on_asyncio, None, "--loop asyncio: ")
+    if on_uvloop is not None:
+        _add_turns(res, on_uvloop, None, "--loop uvloop: ")
     res.notes.append(
         f"load average {load_before:.1f} → {load_after:.1f} on {os.cpu_count()} cores while "
         "the turns were timed"

@@ -10,8 +10,8 @@ Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port
 With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
 without it the server refuses any host but a loopback one (exit 2).  SIGTERM or Ctrl-C
 drains it (see :mod:`engine.server.run`) and it exits 0.  ``--loop`` picks the event
-loop: ``auto`` (the default) runs on uvloop when it is installed (the ``serve`` extra
-brings it), else on asyncio's own loop, as ``asyncio`` always does.
+loop: ``asyncio`` (the default), ``uvloop`` (installed separately; exit 2 without it),
+or ``auto`` (uvloop when it is installed, else asyncio).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def _parser() -> Parser:
     p.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
-        default="auto",
-        help="event loop (default auto: uvloop when installed, else asyncio's own)",
+        default="asyncio",
+        help="event loop (default asyncio; auto: uvloop when installed)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
     return p
@@ -68,8 +68,7 @@ def _parser() -> Parser:
 def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop ``--loop`` asks for: ``None`` for asyncio's own, else uvloop's
     constructor (``auto``: uvloop when it is installed).  The loop is made for this
-    server's run only (a loop factory): no event-loop policy is set for the process.
-    uvloop writes a response's head and body with one system call (asyncio: two)."""
+    server's run only (a loop factory): no event-loop policy is set for the process."""
     if loop == "asyncio":
         return None
     try:
@@ -78,7 +77,7 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         if loop == "auto":
             return None
         raise UsageError(
-            f"{PROG} serve: error: --loop uvloop needs uvloop: pip install 'turngraph[serve]'"
+            f"{PROG} serve: error: --loop uvloop needs uvloop: pip install uvloop"
         ) from None
     return uvloop.new_event_loop
 
