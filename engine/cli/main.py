@@ -11,6 +11,9 @@
                                                             session, created if new
     python -m engine.run validate [--strict] GRAPH.dot...   every problem, compiler-style
                                                             (--strict: warnings fail too)
+    ... [--dialect attractor] [--allow-shell]               run, validate and render read
+                                                            Attractor's pipelines
+                                                            (engine/attractor.py)
     python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz);
                                                             a failing graph is drawn with its
                                                             problems in red (exit 2)
@@ -74,6 +77,7 @@ from engine.cli.common import (
     Parser,
     QuietPipe,
     UsageError,
+    add_dialect_option,
     add_llm_options,
     check_output,
     checked_message,
@@ -84,6 +88,7 @@ from engine.cli.common import (
     one_line,
     print_json,
     read_stdin_message,
+    shell_allowed,
     silence_stdout,
     store_url,
 )
@@ -145,14 +150,14 @@ def _exit_code(exc: BaseException, verbose: bool) -> int:
 # --------------------------------------------------------------------------- shared
 
 
-def _load(path: str, registry: HandlerRegistry) -> Graph:
+def _load(path: str, registry: HandlerRegistry, dialect: str | None = None) -> Graph:
     """The graph at ``path``, checked against ``registry``; only files, never DOT text."""
     from pathlib import Path
 
     from engine.loader import load_graph
 
     # A Path, not the str: load_graph reads a str holding "{" as DOT text.
-    return load_graph(Path(path), registry=registry, cache_dir=_graph_cache_dir())
+    return load_graph(Path(path), registry=registry, cache_dir=_graph_cache_dir(), dialect=dialect)
 
 
 def _graph_cache_dir() -> str:
@@ -303,6 +308,7 @@ def _run_parser() -> Parser:
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
     add_llm_options(p)
+    add_dialect_option(p, shell=True)
     return p
 
 
@@ -327,18 +333,36 @@ def _cmd_run(argv: Sequence[str]) -> int:
     from handlers import build_registry
 
     llm = model_of(args)
-    registry = build_registry() if llm is None else build_registry(llm=llm)
+    allow = shell_allowed(args)
+    registry = (
+        build_registry(allow_shell=allow)
+        if llm is None
+        else build_registry(llm=llm, allow_shell=allow)
+    )
     if args.graph is None:
         from engine.loader import load_graph
         from graphs import graph_source
 
-        graph = load_graph(graph_source("turn.dot"), registry=registry)
+        graph = load_graph(graph_source("turn.dot"), registry=registry, dialect=args.dialect)
     else:
-        graph = _load(args.graph, registry)
+        graph = _load(args.graph, registry, args.dialect)
+    if not allow:
+        _refuse_shell(graph)
     live = live_printer(llm, args.json)
     engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
     return _one_turn(graph, engine, message, args.json, live, llm)
+
+
+def _refuse_shell(graph: Graph) -> None:
+    """Stop before the run when a ``shell`` node would be refused half-way through it."""
+    from engine.errors import ShellDisabled
+
+    for node in graph.nodes.values():
+        if node.handler == "shell":
+            raise UsageError(
+                f"{graph.path}:{node.line}:{node.col}: error: {ShellDisabled(node.id)}"
+            )
 
 
 def _message(arg: str | None) -> str | None:
@@ -382,6 +406,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     p.add_argument("graphs", nargs="+", metavar="GRAPH", help=".dot files")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    add_dialect_option(p)
     args = p.parse_args(argv)
     from engine.cli.checks import check_file, strict
     from engine.errors import GraphError
@@ -391,7 +416,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     failed = False
     for path in args.graphs:
         try:
-            checked = check_file(path, registry)
+            checked = check_file(path, registry, args.dialect)
         except GraphError as exc:
             failed = True
             print(one_line(exc))
@@ -425,6 +450,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
     )
     p.add_argument("--store", metavar="URL", help="the store holding --trace's session")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    add_dialect_option(p)
     args = p.parse_args(argv)
     out: str | None = args.output if args.output not in (None, "-") else None
     fmt = "dot" if out is None else _FORMATS.get(os.path.splitext(out)[1].lower())
@@ -437,7 +463,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
         _require_file(args.graph)
         text, problems = traced_render(args.graph, args.trace, args.store), 0
     else:
-        text, problems = _render_text(args.graph)
+        text, problems = _render_text(args.graph, args.dialect)
     if out is None:
         sys.stdout.write(text)
     else:
@@ -452,14 +478,14 @@ def _cmd_render(argv: Sequence[str]) -> int:
     return 0
 
 
-def _render_text(path: str) -> tuple[str, int]:
+def _render_text(path: str, dialect: str | None = None) -> tuple[str, int]:
     """The graph as DOT, and 0; or, when it fails validation, drawn with its problems
     marked, and how many there are (warnings are printed on stderr)."""
     from engine.cli.checks import check_file, marked_dot, parse_for_drawing
     from engine.cli.views import graph_to_dot
     from handlers import build_registry
 
-    checked = check_file(path, build_registry())
+    checked = check_file(path, build_registry(), dialect)
     if checked.graph is not None:
         for issue in checked.issues:
             err(str(issue))
