@@ -29,33 +29,33 @@ from handlers.adapters.llm import ChatRequest
 from tests.test_dot_corpus import CORPUS
 
 needs_corpus = pytest.mark.skipif(CORPUS is None, reason="no DOT corpus (shared/dotcorpus)")
-PIPELINES = (
-    sorted(p for p in CORPUS.glob("attractor-*/**/*.dot")) if CORPUS is not None else []
-)
+PIPELINES = sorted(p for p in CORPUS.glob("attractor-*/**/*.dot")) if CORPUS is not None else []
 
+_RD = "robotdad+amplifier-bundle-attractor/"
+_LOOP = _RD + "modules/loop-pipeline/tests/fixtures/"
 EXPECTED_FAILURES: Mapping[str, str] = {
     "gutelius+attractor/docs/examples/ch15-complete-pipeline.dot": (
         "shape=parallel / parallel_fan_in: not Graphviz or Attractor shapes"
     ),
-    "robotdad+amplifier-bundle-attractor/examples/patterns/demo-combined.dot": (
+    _RD + "examples/patterns/demo-combined.dot": (
         "shape=folder with dot_file: that implementation's sub-pipelines (ours: graph=)"
     ),
-    "robotdad+amplifier-bundle-attractor/examples/patterns/demo-convergence-factory.dot": (
+    _RD + "examples/patterns/demo-convergence-factory.dot": (
         "shape=folder with dot_file: that implementation's sub-pipelines (ours: graph=)"
     ),
-    "robotdad+amplifier-bundle-attractor/examples/patterns/demo-conversational-gates.dot": (
+    _RD + "examples/patterns/demo-conversational-gates.dot": (
         "shape=folder with dot_file: that implementation's sub-pipelines (ours: graph=)"
     ),
-    "robotdad+amplifier-bundle-attractor/modules/loop-pipeline/tests/fixtures/parent_with_child.dot": (
+    _LOOP + "parent_with_child.dot": (
         "shape=folder with dot_file: that implementation's sub-pipelines (ours: graph=)"
     ),
-    "robotdad+amplifier-bundle-attractor/examples/patterns/task-runner.dot": (
+    _RD + "examples/patterns/task-runner.dot": (
         "an unescaped '\"' inside tool_command ends the string: Graphviz misreads it too"
     ),
-    "robotdad+amplifier-bundle-attractor/examples/pipelines/09-manager-supervisor.dot": (
+    _RD + "examples/pipelines/09-manager-supervisor.dot": (
         "house = stack.manager_loop: the supervisor loop is not supported"
     ),
-    "robotdad+amplifier-bundle-attractor/examples/pipelines/11-manager-child-dotfile-hitl/parent.dot": (
+    _RD + "examples/pipelines/11-manager-child-dotfile-hitl/parent.dot": (
         "house = stack.manager_loop: the supervisor loop is not supported"
     ),
     "samueljklee+attractor/examples/human_approval.dot": (
@@ -67,10 +67,10 @@ EXPECTED_FAILURES: Mapping[str, str] = {
     "samueljklee+attractor/tests/fixtures/validate_house_shape.dot": (
         "house = stack.manager_loop: the supervisor loop is not supported"
     ),
-    "robotdad+amplifier-bundle-attractor/modules/loop-pipeline/tests/fixtures/integration/consensus_task.dot": (
+    _LOOP + "integration/consensus_task.dot": (
         "type=stack.observe / stack.steer: that implementation's own handlers"
     ),
-    "robotdad+amplifier-bundle-attractor/modules/loop-pipeline/tests/fixtures/integration/semport.dot": (
+    _LOOP + "integration/semport.dot": (
         "type=stack.observe / stack.steer: that implementation's own handlers"
     ),
 }
@@ -230,7 +230,10 @@ def test_handlers_follow_the_spec_shapes() -> None:
 
 
 def test_the_graph_attribute_chooses_the_dialect_and_the_argument_overrides_it() -> None:
-    text = 'digraph g { graph [dialect=attractor] start [shape=Mdiamond] a; done [shape=Msquare] start -> a -> done }'
+    text = (
+        "digraph g { graph [dialect=attractor]"
+        " start [shape=Mdiamond] a; done [shape=Msquare] start -> a -> done }"
+    )
     assert load_graph(text).nodes["a"].handler == "codergen"
     assert load_graph(text).attrs["dialect"] == "attractor"
     assert load_graph(text, dialect="turngraph").nodes["a"].handler == "a"
@@ -262,7 +265,7 @@ def test_spec_values_float_weights_prose_goal_gates_and_retry_alias() -> None:
 def test_contains_and_matches_compile_only_in_the_attractor_dialect() -> None:
     text = """digraph g {
       start [shape=Mdiamond]; done [shape=Msquare]; other [shape=Msquare]
-      start -> done [condition="tool.output contains \\"id\\" && tool.output matches \\"^i[a-z]+\\""]
+      start -> done [condition="tool.output contains 'id' && tool.output matches '^i[a-z]+'"]
       start -> other [condition="!tool.output contains \\"id\\""]
     }"""
     graph = load_graph(text, dialect="attractor")
