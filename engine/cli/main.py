@@ -334,11 +334,10 @@ def _cmd_run(argv: Sequence[str]) -> int:
 
     llm = model_of(args)
     allow = shell_allowed(args)
-    registry = (
-        build_registry(allow_shell=allow)
-        if llm is None
-        else build_registry(llm=llm, allow_shell=allow)
-    )
+    options: dict[str, Any] = {} if llm is None else {"llm": llm}
+    if allow:
+        options["allow_shell"] = True
+    registry = build_registry(**options)
     if args.graph is None:
         from engine.loader import load_graph
         from graphs import graph_source
