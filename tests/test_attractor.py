@@ -432,3 +432,27 @@ def test_validate_does_not_nag_about_spec_attributes() -> None:
     ]
     named = {m.split("attribute ")[1].split()[0].strip("'") for m in unread}
     assert not named & {"fidelity", "thread_id", "llm_provider", "reasoning_effort", "goal_gate"}
+
+
+def test_the_disk_cache_keeps_the_dialect_apart_and_its_conditions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph compiled to disk comes back with its extended conditions and float weights,
+    and the same text read in the default dialect is another entry."""
+    from engine.loader import clear_cache
+
+    path = tmp_path / "p.dot"
+    path.write_text(SHELL.replace("probe -> exit", "probe -> exit [weight=0.5]"))
+    cache = tmp_path / "cache"
+    first = load_graph(path, dialect="attractor", cache_dir=cache)
+    assert [p.name.endswith("-attractor.json") for p in cache.iterdir()] == [True]
+    clear_cache()
+    with monkeypatch.context() as m:  # from disk: building again would raise
+        m.setattr("engine.loader._build", lambda *a: pytest.fail("built again"))
+        again = load_graph(path, dialect="attractor", cache_dir=cache)
+    assert again is not first and again.source_hash == first.source_hash
+    assert again.edges[2].weight == 0.5 and again.attrs["dialect"] == "attractor"
+    condition = again.edges[1].condition
+    assert condition is not None and condition.test({"tool.output": "id=42"})
+    with pytest.raises(GraphValidationError):
+        load_graph(path, cache_dir=cache)  # the default dialect: no 'contains', int weights
