@@ -456,3 +456,19 @@ def test_the_disk_cache_keeps_the_dialect_apart_and_its_conditions(
     assert condition is not None and condition.test({"tool.output": "id=42"})
     with pytest.raises(GraphValidationError):
         load_graph(path, cache_dir=cache)  # the default dialect: no 'contains', int weights
+
+
+def test_cli_session_turns_take_the_dialect_and_the_shell_switch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored session's turn reads the graph in the dialect; its shell nodes obey too."""
+    monkeypatch.delenv("TURNGRAPH_ALLOW_SHELL", raising=False)
+    monkeypatch.setenv("TURNGRAPH_HOME", str(tmp_path / "home"))
+    path = tmp_path / "p.dot"
+    path.write_text(SHELL)
+    session = [str(path), "-m", "go", "--session", "s1", "--store", "memory:"]
+    assert main([*session, "--dialect", "attractor"]) == 2
+    assert "tool_command is refused" in capsys.readouterr().err
+    assert main([*session, "--dialect", "attractor", "--allow-shell", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"status": "success"' in out and '"reply": "echo: Found it"' in out

@@ -575,9 +575,21 @@ def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None
 
     ttl = lease_ttl()
     options: dict[str, Any] = {} if ttl is None else {"lease_ttl": ttl}
+    allow = shell_allowed(args)
+    if allow:
+        options["allow_shell"] = True
+    graph: Any = args.graph
+    if graph is not None and args.dialect is not None:
+        from pathlib import Path
+
+        from engine.loader import load_graph
+
+        graph = load_graph(Path(graph), dialect=args.dialect)  # the manager checks handlers
     manager = SessionManager(
-        store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm, **options
+        store_url(args.store), turn_graph=graph, log_nodes=args.verbose, llm=llm, **options
     )
+    if not allow:
+        _refuse_shell(manager.turn_graph)
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
     return manager
