@@ -15,7 +15,8 @@ validate (:mod:`engine.validate`).  Every problem is reported at once in one
 else its shape (``Mdiamond`` → ``start``, ``Msquare`` → ``exit``, ``diamond`` →
 ``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``, ``component``
 → ``parallel``, ``tripleoctagon`` → ``parallel.fan_in``; shape names
-in any case), else its id.  With a ``registry`` every handler must be registered
+in any case), else its id.  In the ``attractor`` dialect (the ``dialect`` argument or
+graph attribute) the rules are Attractor's instead (:mod:`engine.attractor`).  With a ``registry`` every handler must be registered
 (an unknown handler is an error naming the node and its line); without one, any
 name is accepted and the engine checks later.
 
