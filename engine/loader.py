@@ -16,9 +16,9 @@ else its shape (``Mdiamond`` → ``start``, ``Msquare`` → ``exit``, ``diamond`
 ``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``, ``component``
 → ``parallel``, ``tripleoctagon`` → ``parallel.fan_in``; shape names
 in any case), else its id.  In the ``attractor`` dialect (the ``dialect`` argument or
-graph attribute) the rules are Attractor's instead (:mod:`engine.attractor`).  With a ``registry`` every handler must be registered
-(an unknown handler is an error naming the node and its line); without one, any
-name is accepted and the engine checks later.
+graph attribute) the rules are Attractor's instead (:mod:`engine.attractor`).  With a
+``registry`` every handler must be registered (an unknown handler is an error naming
+the node and its line); without one, any name is accepted and the engine checks later.
 
 **Start and exits.** The start node is the one with ``shape=Mdiamond`` or whose
 handler is ``start`` (so a plain node named ``start`` is it); there must be exactly

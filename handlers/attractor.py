@@ -11,7 +11,9 @@ graph's ``model_stylesheet``).  ``shell`` runs a node's ``tool_command`` with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -24,12 +26,12 @@ from engine.errors import ShellDisabled
 from engine.events import current_emitter
 from engine.graph import Node
 from engine.messages import Usage
-from engine.outcome import Outcome
+from engine.outcome import Outcome, Status
 from handlers._common import attr_str
 from handlers.adapters.llm import LLM, ChatRequest
 from handlers.llm import add_usage
 
-__all__ = ["DEFAULT_SHELL_TIMEOUT", "MAX_OUTPUT", "Codergen", "Shell"]
+__all__ = ["DEFAULT_SHELL_TIMEOUT", "MAX_OUTPUT", "Codergen", "Shell", "reported"]
 
 DEFAULT_SHELL_TIMEOUT = 300.0
 """Seconds a ``tool_command`` may run when its node sets no ``timeout``."""
@@ -46,6 +48,14 @@ class Codergen:
     reply's first 200 characters, as the spec does), ``llm.text``, ``llm.model``,
     ``llm.usage``, ``llm.calls`` and ``reply`` (so the last task's answer is a turn's
     reply).  Adapter errors propagate (transient ones are retried).
+
+    **Status.** The spec lets a stage report its outcome in a ``status.json`` (its
+    appendix C); here the reply carries it: when the reply ends with a JSON object
+    holding ``outcome`` or ``preferred_label`` (bare or in a fenced block), its
+    ``outcome`` (``success``, ``fail``, ``retry``, ``partial_success``),
+    ``preferred_label``, first ``suggested_next_ids`` entry, ``context_updates`` and
+    ``notes`` (the reason of a failure) make the node's outcome, and ``preferred_label``
+    is also set in the context.
     """
 
     __slots__ = ("_respond", "llm")
@@ -76,7 +86,61 @@ class Codergen:
         }
         u = response.usage
         usage = Usage(u.input_tokens, u.output_tokens, response.model or u.model)
+        return reported(text, updates, usage)
+
+
+_STATUSES: Mapping[str, Status] = {
+    "success": "success",
+    "fail": "fail",
+    "retry": "retry",
+    "partial_success": "partial",
+    "partial": "partial",
+}
+_STATUS_TAIL = 4096  # a status is short: only the reply's end is searched
+_TRAILING_JSON = re.compile(r"(\{.*\})\s*(?:```)?\s*\Z", re.DOTALL)
+
+
+def reported(text: str, updates: dict[str, Any], usage: Usage | None = None) -> Outcome:
+    """The outcome a reply reports in a trailing JSON status (see :class:`Codergen`);
+    plain success when it reports none."""
+    status = _status_object(text)
+    if status is None:
         return Outcome("success", updates, usage=usage)
+    label = status.get("preferred_label")
+    label = str(label) if label else None
+    extra = status.get("context_updates")
+    if isinstance(extra, dict):
+        updates.update({str(k): v for k, v in extra.items()})
+    if label:
+        updates["preferred_label"] = label
+    nxt = status.get("suggested_next_ids")
+    notes = status.get("notes")
+    return Outcome(
+        _STATUSES.get(str(status.get("outcome", "success")).lower(), "success"),
+        updates,
+        preferred_label=label,
+        suggested_next=str(nxt[0]) if isinstance(nxt, list) and nxt else None,
+        reason=str(notes) if notes else None,
+        usage=usage,
+    )
+
+
+def _status_object(text: str) -> dict[str, Any] | None:
+    """The JSON object ending ``text`` if it reads as a status, else None."""
+    match = _TRAILING_JSON.search(text[-_STATUS_TAIL:])
+    if match is None:
+        return None
+    found = match.group(1)
+    # The object may start at any "{" before the end: try from the outermost.
+    for start in (i for i, ch in enumerate(found) if ch == "{"):
+        try:
+            value = json.loads(found[start:])
+        except ValueError:
+            continue
+        if isinstance(value, dict) and ("outcome" in value or "preferred_label" in value):
+            return value
+        return None
+    return None
 
 
 class Shell:
@@ -86,6 +150,7 @@ class Shell:
     command runs in ``cwd`` (default: the process's), its stdin empty, in its own
     process group, which is killed when the node's ``timeout`` (else ``timeout``
     seconds) passes.  Sets ``tool.output`` (stdout, as the spec names it),
+    ``tool.last_line`` (its last non-blank line, which many public pipelines route on),
     ``tool.stderr`` and ``tool.exit_code``; a nonzero exit or a timeout fails the node
     with the end of stderr as the reason.
     """
@@ -125,8 +190,11 @@ class Shell:
                 _kill_group(process)
                 with anyio.CancelScope(shield=True):
                     await process.wait()
+        stdout = _text(out)
+        lines = stdout.strip().splitlines()
         updates = {
-            "tool.output": _text(out),
+            "tool.output": stdout,
+            "tool.last_line": lines[-1].strip() if lines else "",
             "tool.stderr": _text(err),
             "tool.exit_code": process.returncode,
         }

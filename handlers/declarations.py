@@ -186,7 +186,8 @@ UPDATE_WORKING_MEMORY = Declaration(
 CODERGEN = Declaration(
     summary="Attractor's LLM task (``box`` in the attractor dialect): sends ``prompt`` "
     "(else the label; ``$goal`` expanded at load) to the model, asking for ``llm_model`` "
-    "(from the node or the graph's ``model_stylesheet``).",
+    "(from the node or the graph's ``model_stylesheet``).  A JSON status ending the "
+    "reply (``outcome``, ``preferred_label``, ``context_updates``...) makes its outcome.",
     attrs=(
         Attr("prompt", "text", "", "the instruction (default: the node's label)"),
         Attr("llm_model", "text", "", "the model asked for; the adapter's default when empty"),
@@ -200,6 +201,8 @@ CODERGEN = Declaration(
         "llm.usage",
         "llm.calls",
         "reply",
+        "preferred_label",
+        "*",
     ),
 )
 
@@ -208,7 +211,7 @@ SHELL = Declaration(
     "dialect), only when shell commands are enabled (``--allow-shell``); a nonzero exit "
     "or the ``timeout`` fails the node.",
     attrs=(Attr("tool_command", "text", "", "the shell command (required)"),),
-    writes=("tool.output", "tool.stderr", "tool.exit_code"),
+    writes=("tool.output", "tool.last_line", "tool.stderr", "tool.exit_code"),
 )
 
 BUILTIN_DECLARATIONS = {

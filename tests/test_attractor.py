@@ -472,3 +472,80 @@ def test_cli_session_turns_take_the_dialect_and_the_shell_switch(
     assert main([*session, "--dialect", "attractor", "--allow-shell", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"status": "success"' in out and '"reply": "echo: Found it"' in out
+
+
+REVIEW = """digraph g {
+    start [shape=Mdiamond]; exit [shape=Msquare]
+    review [prompt="Review; end with a JSON status"]
+    fix [prompt="Fix it"]
+    start -> review
+    review -> exit [label="[A] Approve"]
+    review -> fix  [label="[F] Fix"]
+    review -> fix  [condition="outcome=fail"]
+    fix -> review
+}"""
+
+
+def test_a_reply_ending_in_a_json_status_routes_the_run() -> None:
+    """Appendix C's status fields, carried in the reply: label, context, outcome."""
+    model = ScriptedModel(
+        [
+            'Needs work.\n```json\n{"outcome": "success", "preferred_label": "Fix",'
+            ' "context_updates": {"review.round": 1}}\n```',
+            "fixed",
+            'Looks good {"preferred_label": "Approve"}',
+        ]
+    )
+    result = run(load_graph(REVIEW, dialect="attractor"), registry(llm=model))
+    assert result.ok, result.error
+    assert [r.node_id for r in result.trace] == ["start", "review", "fix", "review", "exit"]
+    assert result.context["review.round"] == 1
+
+
+def test_a_reported_failure_takes_the_fail_edge_with_its_notes() -> None:
+    model = ScriptedModel(['{"outcome": "fail", "notes": "tests red"}', "fixed", "{}"])
+    result = run(load_graph(REVIEW, dialect="attractor"), registry(llm=model))
+    assert result.ok, result.error
+    first = result.trace[1]
+    assert (first.node_id, first.status, first.reason) == ("review", "fail", "tests red")
+    assert result.trace[2].node_id == "fix"
+
+
+def test_tool_last_line_is_the_last_non_blank_stdout_line() -> None:
+    text = SHELL.replace("echo id=42; echo warn >&2", "printf 'a\\\\nverdict: ok\\\\n\\\\n'")
+    text = text.replace('tool.output contains \\\\"id=42\\\\"', "context.tool.last_line=ok")
+    result = run(load_graph(text, dialect="attractor"), registry(llm=Recorder(), allow_shell=True))
+    assert result.context["tool.last_line"] == "verdict: ok"
+
+
+@pytest.mark.parametrize(
+    ("preferred", "target"),
+    [
+        ("Approve", "ship"),
+        ("[A] Approve", "ship"),
+        ("f) fix", "fixes"),
+        ("Fix", "fixes"),
+        ("Nope", "other"),
+    ],
+)
+def test_preferred_labels_match_edges_with_or_without_accelerators(
+    preferred: str, target: str
+) -> None:
+    """Spec §3.3: labels compare lowercased and trimmed, accelerator prefixes stripped
+    (in every dialect: the runner's edge choice)."""
+    from engine import Outcome
+
+    text = """digraph g {
+      start [shape=Mdiamond]; done [shape=Msquare]
+      start -> gate
+      gate -> ship [label="[A] Approve"]
+      gate -> fixes [label="[F] Fix"]
+      gate -> other [weight=5]
+      ship -> done; fixes -> done; other -> done
+    }"""
+    reg = HandlerRegistry()
+    for name in ("start", "ship", "fixes", "other", "done"):
+        reg.register(name, lambda node, ctx: None)
+    reg.register("gate", lambda node, ctx: Outcome(preferred_label=preferred))
+    result = run(load_graph(text, registry=reg), reg)
+    assert [r.node_id for r in result.trace][2] == target
