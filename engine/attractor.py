@@ -25,6 +25,9 @@ caller asks (``dialect=``, ``--dialect attractor``) or its graph says
   prose (``goal_gate="outcome = success"``, as some implementations do) is a warning
   and counts as ``true``.  ``fidelity``/``default_fidelity`` outside the spec's modes
   are a warning.
+* **Parallel branches** (spec §4.8-4.9): a fan-out's ``join_policy`` is its fan-in's
+  ``join``, and a key several branches write takes the last one's value
+  (``merge=last_writer``) instead of failing the join.
 * **Conditions** also take ``contains`` (substring, or membership in a list) and
   ``matches`` (a regular expression) (:mod:`engine.conditions`).
 
@@ -42,7 +45,7 @@ from engine.stylesheet import Rule, StylesheetError, node_classes, parse_stylesh
 from engine.validate import EDGE_KINDS, GRAPH_KINDS, NODE_KINDS, Kind
 
 if TYPE_CHECKING:  # the reader is imported only when a graph is read
-    from engine.dot import RawAttrs, RawGraph
+    from engine.dot import RawAttrs, RawGraph, RawNode
 
 __all__ = [
     "ATTRACTOR",
@@ -184,7 +187,6 @@ def prepare(raw: RawGraph, path: str) -> tuple[RawGraph, list[Issue]]:
 
     ``raw`` itself is not changed.
     """
-    from engine.dot import RawNode
 
     attrs = dict(raw.attrs)
     issues: list[Issue] = []
@@ -211,4 +213,47 @@ def prepare(raw: RawGraph, path: str) -> tuple[RawGraph, list[Issue]]:
     for edge in raw.edges:
         where = (path, edge.line, edge.col, None)
         issues += _fidelity(edge.attrs.get("fidelity"), f"edge {edge.src} -> {edge.dst}", where)
+    _joins(nodes, raw)
     return replace(raw, attrs=attrs, nodes=nodes, edges=list(raw.edges)), issues
+
+
+def _is(node: RawNode, shape: str, kind: str) -> bool:
+    return (node.attrs.get("shape") or "").lower() == shape or node.attrs.get("type") == kind
+
+
+def _joins(nodes: dict[str, RawNode], raw: RawGraph) -> None:
+    """Spec §4.8-4.9 on turngraph's fan-in: a fan-out's ``join_policy`` becomes its
+    fan-in's ``join``, and a key several branches write takes the last one's value
+    (``merge=last_writer``) rather than failing the join: the spec merges no branch
+    context back at all."""
+    succ: dict[str, list[str]] = {}
+    for edge in raw.edges:
+        succ.setdefault(edge.src, []).append(edge.dst)
+    for node in list(nodes.values()):
+        if _is(node, "tripleoctagon", "parallel.fan_in") and "merge" not in node.attrs:
+            nodes[node.id] = replace(node, attrs={**node.attrs, "merge": "last_writer"})
+    for node in list(nodes.values()):
+        policy = node.attrs.get("join_policy")
+        if policy and _is(node, "component", "parallel"):
+            fan_in = _first_fan_in(node.id, succ, nodes)
+            if fan_in is not None and "join" not in fan_in.attrs:
+                nodes[fan_in.id] = replace(fan_in, attrs={**fan_in.attrs, "join": policy})
+
+
+def _first_fan_in(
+    start: str, succ: Mapping[str, list[str]], nodes: Mapping[str, RawNode]
+) -> RawNode | None:
+    """The nearest fan-in after ``start`` (breadth first), if any."""
+    seen, todo = {start}, [start]
+    while todo:
+        nxt: list[str] = []
+        for node_id in todo:
+            for dst in succ.get(node_id, ()):
+                if dst in seen or dst not in nodes:
+                    continue
+                if _is(nodes[dst], "tripleoctagon", "parallel.fan_in"):
+                    return nodes[dst]
+                seen.add(dst)
+                nxt.append(dst)
+        todo = nxt
+    return None

@@ -549,3 +549,26 @@ def test_preferred_labels_match_edges_with_or_without_accelerators(
     reg.register("gate", lambda node, ctx: Outcome(preferred_label=preferred))
     result = run(load_graph(text, registry=reg), reg)
     assert [r.node_id for r in result.trace][2] == target
+
+
+def test_parallel_llm_branches_join_and_the_fan_out_names_the_policy() -> None:
+    """Two codergen branches both write llm.text: the join keeps the last writer instead
+    of a MergeConflict; the fan-out's join_policy reaches the fan-in."""
+    text = """digraph g {
+      start [shape=Mdiamond]; exit [shape=Msquare]
+      fan [shape=component, join_policy=first_success]
+      a [prompt="branch a"]; b [prompt="branch b"]
+      join [shape=tripleoctagon]
+      start -> fan -> a -> join
+      fan -> b -> join
+      join -> exit
+    }"""
+    graph = load_graph(text, dialect="attractor")
+    assert graph.nodes["join"].get("join") == "first_success"
+    assert graph.nodes["join"].get("merge") == "last_writer"
+    result = run(
+        load_graph(text.replace(", join_policy=first_success", ""), dialect="attractor"),
+        registry(llm=Recorder()),
+    )
+    assert result.ok, result.error
+    assert result.context["llm.text"] == "default did it"
