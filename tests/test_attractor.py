@@ -146,6 +146,49 @@ def test_the_default_dialect_still_refuses_them() -> None:
     assert all(not _errors(p, "attractor") for p in spec)
 
 
+_MODEL_ROUTED = "routes on a status or context key the model must report: echo reports none"
+_LOOPS = "loops until the model reports success: echo never does"
+_GATE = "the stand-in human gate picks no option: the lexically first edge loops"
+RUN_FAILURES: Mapping[str, str] = {
+    "brynary+attractor/pipelines/factory/architect.dot": _LOOPS,
+    "brynary+attractor/pipelines/factory/seed.dot": _LOOPS,
+    "brynary+attractor/pipelines/factory/sync.dot": _MODEL_ROUTED,
+    "citadelgrad+connect-the-bots/docs/examples/epic-runner.dot": _MODEL_ROUTED,
+    "citadelgrad+connect-the-bots/pipelines/attractor-e0n.dot": _MODEL_ROUTED,
+    "citadelgrad+connect-the-bots/pipelines/attractor-kbu.dot": _MODEL_ROUTED,
+    "citadelgrad+connect-the-bots/pipelines/attractor-qsb.dot": _MODEL_ROUTED,
+    "citadelgrad+connect-the-bots/pipelines/attractor-s6a.dot": _MODEL_ROUTED,
+    "citadelgrad+connect-the-bots/pipelines/build-beads-integration.dot": _MODEL_ROUTED,
+    "citadelgrad+connect-the-bots/pipelines/phase-1-spec.dot": _MODEL_ROUTED,
+    "jhugman+attractor-pi-dev/docs/specs/examples/human-gate.dot": _GATE,
+    _LOOP + "report_outcome_convergence.dot": _MODEL_ROUTED,
+    _LOOP + "spec_human_gate.dot": _GATE,
+    "strongdm+attractor/spec_L296.dot": _GATE,
+}
+"""Shell-free corpus pipelines that do not reach an exit with the offline echo model."""
+
+
+@needs_corpus
+def test_shell_free_pipelines_run_to_their_exit_with_the_offline_model() -> None:
+    """Every valid pipeline without tool_command runs; the listed ones end as listed."""
+    reg = registry()
+    reg.register("wait.human", lambda node, ctx: None, replace=True)  # picks no option
+    engine = Engine(reg, max_steps=200)
+    ran: dict[str, str] = {}
+    for path in PIPELINES:
+        if _short(path) in EXPECTED_FAILURES:
+            continue
+        graph = load_graph(path, registry=reg, dialect="attractor")
+        if any(n.handler == "shell" for n in graph.nodes.values()):
+            continue  # corpus commands are never run here
+        result = anyio.run(engine.run, graph)
+        ran[_short(path)] = result.status if result.ok else type(result.error).__name__
+    assert len(ran) == 87
+    failed = {k: v for k, v in ran.items() if v != "success"}
+    assert set(failed) == set(RUN_FAILURES), failed
+    assert set(failed.values()) == {"NoRouteError", "MaxStepsExceeded"}
+
+
 # --------------------------------------------------------------------------- reading
 
 SPEC_STYLESHEET = """digraph Pipeline {
