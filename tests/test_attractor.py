@@ -615,3 +615,16 @@ def test_parallel_llm_branches_join_and_the_fan_out_names_the_policy() -> None:
     )
     assert result.ok, result.error
     assert result.context["llm.text"] == "default did it"
+
+
+@needs_corpus
+def test_cli_render_takes_the_dialect(capsys: pytest.CaptureFixture[str]) -> None:
+    """Read as Attractor's, a pipeline renders as a graph; read as ours, marked in red."""
+    assert CORPUS is not None
+    path = str(CORPUS / "attractor-spec/strongdm+attractor/spec_L258.dot")
+    assert main(["render", "--dialect", "attractor", path]) == 0
+    out = capsys.readouterr().out
+    assert "digraph" in out and '"handler"="codergen"' in out
+    assert "color=red" not in out.replace('"', "")
+    assert main(["render", path]) == 2
+    assert "color=red" in capsys.readouterr().out.replace('"', "")
