@@ -531,10 +531,10 @@ class Engine:
         if step.is_exit:
             return None
         label = outcome.preferred_label
-        if label:
+        if label and step.by_label:
             labelled = step.by_label.get(_norm_label(label))
-            if labelled is None:
-                labelled = step.by_label.get(_bare_label(label))
+            if labelled is None and ("[" in label or ")" in label or " - " in label):
+                labelled = step.by_label.get(_bare_label(label))  # "[A] Approve"
             if labelled is not None:
                 return labelled
         hint = outcome.suggested_next
