@@ -21,6 +21,7 @@
     ├── AdapterError               an LLM, memory or tools backend failed
     │   ├── TransientAdapterError  ...and trying again may help (retryable)
     │   ├── LLMSpecError           ``--llm`` / ``from_spec`` names no known model provider
+    │   ├── ShellDisabled          a node's ``tool_command`` while shell commands are off
     │   ├── MissingExtraError      the provider's SDK is not installed (names the pip command)
     │   └── ProviderError          a model provider answered badly: provider, host, status
     │       ├── ProviderAuthError      401/403: not retried, check the key
@@ -73,6 +74,7 @@ __all__ = [
     "ProviderTimeout",
     "RateLimited",
     "RunError",
+    "ShellDisabled",
     "StreamInterrupted",
     "TransientAdapterError",
     "TransientProviderError",
@@ -317,6 +319,22 @@ class TransientAdapterError(AdapterError):
     """
 
     retry_after: float | None = None
+
+
+class ShellDisabled(AdapterError):
+    """A node asked to run a shell command (``tool_command``) and shell commands are off.
+
+    ``node_id`` names the node; the message says how to turn them on.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(
+            "shell",
+            f"node {node_id!r}: tool_command is refused: shell commands are off; enable "
+            "them with --allow-shell (or TURNGRAPH_ALLOW_SHELL=1), or "
+            "build_registry(allow_shell=True)",
+        )
+        self.node_id = node_id
 
 
 class LLMSpecError(AdapterError):

@@ -14,7 +14,9 @@ Edge selection after a node (DESIGN.md §4), first match wins:
 
 1. conditional edges whose condition holds (highest ``weight``, then target id);
 2. on failure: ``retry_target``, then ``fallback_retry_target``, else the run fails;
-3. the unconditional edge whose label is the handler's ``preferred_label``;
+3. the unconditional edge whose label is the handler's ``preferred_label`` (compared
+   trimmed and lowercased; an accelerator prefix such as ``[A] ``, ``A) `` or ``A - ``
+   on either side is ignored, as Attractor's human gates write them);
 4. the handler's ``suggested_next``, if an unconditional edge leads there;
 5. the best unconditional edge (highest ``weight``, then target id).
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
@@ -142,8 +145,18 @@ class _Plan:
     gates: tuple[_Gate, ...] = ()
 
 
+_ACCELERATOR = re.compile(r"(?:\[\w\]\s*|\w\)\s+|\w\s+-\s+)(?=\S)")
+
+
 def _norm_label(label: str) -> str:
     return label.strip().lower()
+
+
+def _bare_label(label: str) -> str:
+    """``label`` normalised without its accelerator prefix (``[a] approve`` → ``approve``)."""
+    text = _norm_label(label)
+    match = _ACCELERATOR.match(text)
+    return text[match.end() :] if match else text
 
 
 def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
@@ -158,6 +171,9 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
     for e in plain:
         if e.label:
             by_label.setdefault(_norm_label(e.label), e.dst)
+    for e in plain:  # after every exact label, so none of those is shadowed
+        if e.label:
+            by_label.setdefault(_bare_label(e.label), e.dst)
     return _Step(
         node=node,
         spec=spec,
@@ -631,8 +647,10 @@ def _choose(
     if step.is_exit:
         return None
     label = outcome.preferred_label
-    if label:
+    if label and step.by_label:
         labelled = step.by_label.get(_norm_label(label))
+        if labelled is None and ("[" in label or ")" in label or " - " in label):
+            labelled = step.by_label.get(_bare_label(label))  # "[A] Approve"
         if labelled is not None:
             return labelled
     hint = outcome.suggested_next

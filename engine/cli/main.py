@@ -13,6 +13,9 @@
                                                             can be retried)
     python -m engine.run validate [--strict] GRAPH.dot...   every problem, compiler-style
                                                             (--strict: warnings fail too)
+    ... [--dialect attractor] [--allow-shell]               run, validate and render read
+                                                            Attractor's pipelines
+                                                            (engine/attractor.py)
     python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz);
                                                             a failing graph is drawn with its
                                                             problems in red (exit 2)
@@ -77,6 +80,7 @@ from engine.cli.common import (
     Parser,
     QuietPipe,
     UsageError,
+    add_dialect_option,
     add_llm_options,
     check_output,
     checked_message,
@@ -87,6 +91,7 @@ from engine.cli.common import (
     one_line,
     print_json,
     read_stdin_message,
+    shell_allowed,
     silence_stdout,
     store_url,
 )
@@ -148,14 +153,14 @@ def _exit_code(exc: BaseException, verbose: bool) -> int:
 # --------------------------------------------------------------------------- shared
 
 
-def _load(path: str, registry: HandlerRegistry) -> Graph:
+def _load(path: str, registry: HandlerRegistry, dialect: str | None = None) -> Graph:
     """The graph at ``path``, checked against ``registry``; only files, never DOT text."""
     from pathlib import Path
 
     from engine.loader import load_graph
 
     # A Path, not the str: load_graph reads a str holding "{" as DOT text.
-    return load_graph(Path(path), registry=registry, cache_dir=_graph_cache_dir())
+    return load_graph(Path(path), registry=registry, cache_dir=_graph_cache_dir(), dialect=dialect)
 
 
 def _graph_cache_dir() -> str:
@@ -330,6 +335,7 @@ def _run_parser() -> Parser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
     add_llm_options(p)
+    add_dialect_option(p, shell=True)
     return p
 
 
@@ -354,18 +360,35 @@ def _cmd_run(argv: Sequence[str]) -> int:
     from handlers import build_registry
 
     llm = model_of(args)
-    registry = build_registry() if llm is None else build_registry(llm=llm)
+    allow = shell_allowed(args)
+    options: dict[str, Any] = {} if llm is None else {"llm": llm}
+    if allow:
+        options["allow_shell"] = True
+    registry = build_registry(**options)
     if args.graph is None:
         from engine.loader import load_graph
         from graphs import graph_source
 
-        graph = load_graph(graph_source("turn.dot"), registry=registry)
+        graph = load_graph(graph_source("turn.dot"), registry=registry, dialect=args.dialect)
     else:
-        graph = _load(args.graph, registry)
+        graph = _load(args.graph, registry, args.dialect)
+    if not allow:
+        _refuse_shell(graph)
     live = live_printer(llm, args.json)
     engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
     return _one_turn(graph, engine, message, args.json, live, llm)
+
+
+def _refuse_shell(graph: Graph) -> None:
+    """Stop before the run when a ``shell`` node would be refused half-way through it."""
+    from engine.errors import ShellDisabled
+
+    for node in graph.nodes.values():
+        if node.handler == "shell":
+            raise UsageError(
+                f"{graph.path}:{node.line}:{node.col}: error: {ShellDisabled(node.id)}"
+            )
 
 
 def _message(arg: str | None) -> str | None:
@@ -409,6 +432,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     p.add_argument("graphs", nargs="+", metavar="GRAPH", help=".dot files")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    add_dialect_option(p)
     args = p.parse_args(argv)
     from engine.cli.checks import check_file, strict
     from engine.errors import GraphError
@@ -418,7 +442,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     failed = False
     for path in args.graphs:
         try:
-            checked = check_file(path, registry)
+            checked = check_file(path, registry, args.dialect)
         except GraphError as exc:
             failed = True
             print(one_line(exc))
@@ -452,6 +476,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
     )
     p.add_argument("--store", metavar="URL", help="the store holding --trace's session")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    add_dialect_option(p)
     args = p.parse_args(argv)
     out: str | None = args.output if args.output not in (None, "-") else None
     fmt = "dot" if out is None else _FORMATS.get(os.path.splitext(out)[1].lower())
@@ -464,7 +489,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
         _require_file(args.graph)
         text, problems = traced_render(args.graph, args.trace, args.store), 0
     else:
-        text, problems = _render_text(args.graph)
+        text, problems = _render_text(args.graph, args.dialect)
     if out is None:
         sys.stdout.write(text)
     else:
@@ -479,14 +504,14 @@ def _cmd_render(argv: Sequence[str]) -> int:
     return 0
 
 
-def _render_text(path: str) -> tuple[str, int]:
+def _render_text(path: str, dialect: str | None = None) -> tuple[str, int]:
     """The graph as DOT, and 0; or, when it fails validation, drawn with its problems
     marked, and how many there are (warnings are printed on stderr)."""
     from engine.cli.checks import check_file, marked_dot, parse_for_drawing
     from engine.cli.views import graph_to_dot
     from handlers import build_registry
 
-    checked = check_file(path, build_registry())
+    checked = check_file(path, build_registry(), dialect)
     if checked.graph is not None:
         for issue in checked.issues:
             err(str(issue))
@@ -581,9 +606,21 @@ def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None
         from sessions import Limits
 
         options["limits"] = Limits(checkpoint=True)
+    allow = shell_allowed(args)
+    if allow:
+        options["allow_shell"] = True
+    graph: Any = args.graph
+    if graph is not None and args.dialect is not None:
+        from pathlib import Path
+
+        from engine.loader import load_graph
+
+        graph = load_graph(Path(graph), dialect=args.dialect)  # the manager checks handlers
     manager = SessionManager(
-        store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm, **options
+        store_url(args.store), turn_graph=graph, log_nodes=args.verbose, llm=llm, **options
     )
+    if not allow:
+        _refuse_shell(manager.turn_graph)
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
     return manager
