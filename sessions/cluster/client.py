@@ -43,6 +43,7 @@ from sessions.cluster.errors import (
 from sessions.cluster.pool import Host, HostPool, Placement, Unreachable
 from sessions.cluster.streaming import ClusterStream
 from sessions.cluster.wire import Reply
+from sessions.compaction import CompactionResult
 from sessions.fifolock import FifoLock
 from sessions.history import MessagePage
 from sessions.limits import Limits, validate_session_id
@@ -139,10 +140,24 @@ class RaySessions:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def connect(self) -> None:
+        """Initialise Ray (join the cluster at ``address``) unless it is already;
+        entering the client does it otherwise.  :class:`ClusterUnavailable` when no
+        cluster answers there.  A blocking call: a program that installs signal
+        handlers calls it first, because ``ray.init`` replaces the SIGTERM handler."""
+        ray = self._ray
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address=self._address, **self._init)
+        except (ConnectionError, TimeoutError, ValueError) as exc:  # no cluster there
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            where = self._address or "Ray"
+            raise ClusterUnavailable(f"cannot join {where}: {reason}") from None
+
     async def __aenter__(self) -> RaySessions:
         ray = self._ray
-        if not ray.is_initialized():
-            ray.init(address=self._address, **self._init)
+        self.connect()
         pool = HostPool(ray, self.store, self._manager, self._takeover, self.placement)
         try:
             await pool.start()
@@ -312,6 +327,13 @@ class RaySessions:
             deleted: bool = await self._call(sid, "delete")
             self._turns.pop(sid, None)
             return deleted
+
+    async def compact(self, session_id: str) -> CompactionResult:
+        """Compact the session now, on its host (:meth:`sessions.SessionManager.compact`)."""
+        sid = validate_session_id(session_id)
+        async with self._in_order(sid):
+            result: CompactionResult = await self._call(sid, "compact")
+            return result
 
     async def info(self) -> list[dict[str, Any]]:
         """Each live member's id, owner name, pid and hosted session ids."""

@@ -237,6 +237,14 @@ class SessionHost:
     async def _delete(self, session_id: str) -> bool:
         return await (await self._mgr()).delete(session_id)
 
+    async def compact(self, session_id: str) -> Reply:
+        """Compact the session now (:meth:`sessions.SessionManager.compact`)."""
+        return await _answer(self._compact, session_id)
+
+    async def _compact(self, session_id: str) -> Any:
+        await self._session(session_id)  # taken over first, as for a turn
+        return await (await self._mgr()).compact(session_id)
+
     async def rebalance(self, members: tuple[str, ...], version: int) -> Reply:
         """Hosts are now ``members`` (change number ``version``; an older list arriving
         late is ignored): close (and so release) every session another member serves

@@ -26,9 +26,8 @@ from engine.server.errors import BadRequest, NotFound, ShuttingDown, error_body
 from engine.server.http import json, page, read_json, state
 from engine.server.routes.sessions import session_id
 from engine.server.sse import event_frame, frame, result_json
-from engine.server.state import ServerState
-from sessions import Session, TurnResult
-from sessions.stream import TurnStream
+from engine.server.state import ServerState, TurnEvents, TurnSession
+from sessions import TurnResult
 
 __all__ = ["ROUTES"]
 
@@ -60,7 +59,7 @@ async def post_turn(request: Request) -> Response:
     return json(result_json(sid, result))
 
 
-def _stream(st: ServerState, session: Session, text: str) -> Response:
+def _stream(st: ServerState, session: TurnSession, text: str) -> Response:
     """The turn as SSE; the turn itself runs in the server's task group (see module)."""
     if st.tg is None:
         raise ShuttingDown("the server is not running")
@@ -75,7 +74,7 @@ def _stream(st: ServerState, session: Session, text: str) -> Response:
     )
 
 
-async def _pump(st: ServerState, events: TurnStream, send: MemoryObjectSendStream[Item]) -> None:
+async def _pump(st: ServerState, events: TurnEvents, send: MemoryObjectSendStream[Item]) -> None:
     """Run the turn to its end, handing each item on while the client listens."""
     try:
         with send:
