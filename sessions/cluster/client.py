@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
@@ -75,6 +76,26 @@ def check_store(url: str) -> str:
         "a Ray cluster needs a shared PostgreSQL store (postgresql://...); "
         "SQLite and memory: stores are local to one machine or process",
     )
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """:class:`ClusterUnavailable` at once when ``HOST:PORT`` refuses a connection
+    (``ray.init`` would retry it for minutes); other addresses pass (``auto``,
+    ``ray://``, ``None``)."""
+    if not address or "://" in address or address == "auto":
+        return
+    parts = urlsplit(f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if host is None or port is None:
+        raise ClusterUnavailable(f"{address!r} is not HOST:PORT, 'auto' or a ray:// address")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterUnavailable(f"cannot join {address}: {reason}") from None
 
 
 class RaySessions:
@@ -148,6 +169,7 @@ class RaySessions:
         ray = self._ray
         if ray.is_initialized():
             return
+        _check_reachable(self._address)
         try:
             ray.init(address=self._address, **self._init)
         except (ConnectionError, TimeoutError, ValueError) as exc:  # no cluster there

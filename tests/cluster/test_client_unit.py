@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from engine.errors import HandlerError, TurngraphError
 from sessions.cluster import (
     ClusterStoreRefused,
+    ClusterUnavailable,
     HostError,
     RayNotInstalled,
     RaySessions,
@@ -18,6 +20,8 @@ from sessions.cluster import (
 from sessions.cluster.wire import Reply, pack_error, turn_reply, unpack_error
 from sessions.errors import Fenced, SessionBusy, StoreError
 from sessions.session import TurnResult
+
+from .conftest import import_ray_or_skip
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -92,3 +96,23 @@ def test_a_failed_turn_keeps_its_error_across_the_hop() -> None:
     result = reply.unwrap()
     assert isinstance(result.error, HandlerError)
     assert (result.turn, result.status, str(result.error)) == (3, "fail", str(cause))
+
+
+def _refusing_port() -> int:
+    """A loopback port nothing listens on (bound, never listened: connections refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [("127.0.0.1:{port}", "Connection refused"), ("nonsense:x", "is not HOST:PORT")],
+)
+def test_an_address_without_a_cluster_is_refused_at_once(address: str, reason: str) -> None:
+    """A ``HOST:PORT`` that refuses connections is ``ClusterUnavailable`` before Ray
+    is started (``ray.init`` would retry it for minutes); so is a malformed address."""
+    import_ray_or_skip()
+    client = RaySessions(PG, address=address.format(port=_refusing_port()))
+    with pytest.raises(ClusterUnavailable, match=reason):
+        client.connect()
