@@ -10,7 +10,7 @@ Targets (issue 16):
   the rest of the machine), and the ratio those costs allow at most: one host is one
   process (a core at most) and every process of the run shares the machine's cores;
 * 10,000 sessions, one turn each, with a 50 ms model over 4 hosts: wall time, turns/s,
-  no failed turn (``--quick``: 500 sessions).
+  no failed turn (``--quick``: 200 sessions).
 
 Ray runs locally on this machine (one node, every process on 127.0.0.1); the hosts are
 Ray actors, each its own process with its own SessionManager and connection pool.
@@ -199,7 +199,7 @@ async def many(ctx: BenchContext, res: BenchResult, url: str) -> None:
     from handlers.adapters.llm import EchoModel
     from sessions.cluster import RaySessions
 
-    sessions = ctx.n(10_000, 500)
+    sessions = ctx.n(10_000, 200)
     manager = {"store_secret": SECRET, "llm": EchoModel(delay=0.05)}
     async with RaySessions(url, 4, num_cpus=0, manager=manager) as rs:
         wall, failed = await _run_turns(rs, sessions, 1, 2_000)
