@@ -116,6 +116,8 @@ class RaySessions:
     ``probe_timeout`` (a host silent for this long is presumed dead) tune the hosts;
     ``max_in_flight`` bounds the calls this client runs on one host at once (more wait
     here, so a flood of callers cannot starve a host and its health probe).
+    ``niceness`` is the hosts' process priority (default 0, as the caller's; Ray's own
+    default for workers is 15: ``None`` keeps it).
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class RaySessions:
         probe_interval: float = 1.0,
         probe_timeout: float = 5.0,
         max_in_flight: int = 256,
+        niceness: int | None = 0,
         ray_init: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = check_store(store)
@@ -153,6 +156,7 @@ class RaySessions:
             probe_interval,
             probe_timeout,
             max_in_flight=max_in_flight,
+            niceness=niceness,
         )
         self._pool: HostPool | None = None
         self._watcher: asyncio.Task[None] | None = None
