@@ -19,6 +19,7 @@ Needs the ``ray`` extra and PostgreSQL (``$TURNGRAPH_TEST_PG``), else it says wh
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import time
@@ -90,6 +91,10 @@ async def hop(ctx: BenchContext, res: BenchResult, url: str) -> None:
             n,
         )
         bare = await _latencies(lambda _: rs.info(), n)
+        pause = local.p50 / 1e9
+        slept, idle = await _side_by_side(
+            lambda _: anyio.sleep(pause), lambda _: _idle_actor().wait.remote(pause), n
+        )
     res.add_latency("in-process turn", local, "ms", mean_too=False)
     res.add_latency("through Ray turn", remote, "ms", mean_too=False)
     res.add("Ray call alone p50", bare.p50 / 1e6, "ms", note="a host's info(): the hop, no turn")
@@ -100,6 +105,13 @@ async def hop(ctx: BenchContext, res: BenchResult, url: str) -> None:
         at_most(2.0),
         note="turns alternating in-process and through Ray",
     )
+    res.add(
+        "Ray floor: empty call as long, added p50",
+        (idle.p50 - slept.p50) / 1e6,
+        "ms",
+        note="an actor method that only waits as long as the in-process turn takes, "
+        "against the same wait here: what any Ray call of that length adds",
+    )
     res.add_latency("in-process stream", local_stream, "ms", mean_too=False)
     res.add_latency("through Ray stream", remote_stream, "ms", mean_too=False)
     res.add(
@@ -108,6 +120,22 @@ async def hop(ctx: BenchContext, res: BenchResult, url: str) -> None:
         "ms",
         note="a whole turn's events drained (one Ray object per burst)",
     )
+
+
+_IDLE: list[Any] = []
+
+
+def _idle_actor() -> Any:
+    """An actor whose method only waits (made once, at the hosts' priority)."""
+    if not _IDLE:
+
+        class Idle:
+            async def wait(self, seconds: float) -> None:
+                await asyncio.sleep(seconds)
+
+        env = {"env_vars": {"RAY_worker_niceness": "0"}}
+        _IDLE.append(_ray().remote(Idle).options(num_cpus=0, runtime_env=env).remote())
+    return _IDLE[0]
 
 
 async def _drain(events: Any) -> None:
@@ -233,6 +261,7 @@ def run(ctx: BenchContext) -> BenchResult:
             with pg_schema(PG_URL) as url:
                 anyio.run(part, ctx, res, url)
     finally:
+        _IDLE.clear()
         ray.shutdown()
     res.notes.append(
         "one local Ray node; hosts are actors (a process each); the echo model stands "
