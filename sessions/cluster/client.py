@@ -295,6 +295,23 @@ class RaySessions:
             self._turns[sid] = result.turn
             return result
 
+    async def answer(self, session_id: str, choice: str) -> TurnResult:
+        """Answer the question the session's paused turn waits on, on its host
+        (:meth:`sessions.Session.answer`)."""
+        return await self._go_on(session_id, "answer", choice)
+
+    async def retry_turn(self, session_id: str) -> TurnResult:
+        """Re-run the session's failed latest turn from the node that failed, on its
+        host (:meth:`sessions.Session.retry_turn`)."""
+        return await self._go_on(session_id, "retry_turn")
+
+    async def _go_on(self, session_id: str, step: str, *args: Any) -> TurnResult:
+        sid = validate_session_id(session_id)
+        async with self._in_order(sid):
+            result: TurnResult = await self._call(sid, "go_on", step, args)
+            self._turns[sid] = result.turn
+            return result
+
     def stream(self, session_id: str, text: str) -> ClusterStream:
         """Run one turn like :meth:`send`, as an async iterator of the same events as
         :meth:`sessions.Session.stream` yields in one process, the :class:`TurnResult`

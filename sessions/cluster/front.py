@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sessions.cluster.client import RaySessions
 from sessions.cluster.streaming import ClusterStream
 from sessions.compaction import CompactionResult
+from sessions.errors import SessionNotFound
 from sessions.limits import validate_session_id
 from sessions.manager import SessionManager
 from sessions.session import TurnResult
@@ -61,6 +62,14 @@ class ClusterSession:
     async def send(self, text: str) -> TurnResult:
         """Run one turn on the session's host (:meth:`RaySessions.send`)."""
         return await self._cluster.send(self.id, text)
+
+    async def answer(self, choice: str) -> TurnResult:
+        """Answer the paused turn's question on the session's host."""
+        return await self._cluster.answer(self.id, choice)
+
+    async def retry_turn(self) -> TurnResult:
+        """Re-run the failed latest turn on the session's host."""
+        return await self._cluster.retry_turn(self.id)
 
     def stream(self, text: str) -> ClusterStream:
         """Run one turn on the session's host, streaming its events
@@ -139,6 +148,13 @@ class ClusterManager:
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+
+    async def get(self, session_id: str) -> ClusterSession:
+        """The session if it is stored (``SessionNotFound`` otherwise)."""
+        sid = validate_session_id(session_id)
+        if not await self.store.exists(sid):
+            raise SessionNotFound(sid, "no such session")
+        return ClusterSession(self.cluster, sid)
 
     async def get_or_create(self, session_id: str) -> ClusterSession:
         """The session (its host creates it on its first turn)."""

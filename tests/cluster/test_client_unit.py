@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from engine.errors import HandlerError, TurngraphError
+from engine.errors import GatePaused, HandlerError, TurngraphError
 from sessions.cluster import (
     ClusterStoreRefused,
     ClusterUnavailable,
@@ -77,6 +78,13 @@ def test_session_errors_cross_the_hop_as_themselves() -> None:
         4,
         "postgresql://db",
     )
+
+
+def test_a_paused_turn_keeps_its_question_and_choices_across_the_hop() -> None:
+    """A gate's pause carries a tuple of choices: it crosses the hop with them."""
+    paused = TurnResult("", "paused", 1, (), GatePaused("approve", "Deploy?", ("go", "skip")))
+    back = pickle.loads(pickle.dumps(turn_reply(paused))).unwrap()
+    assert (back.question, back.choices) == ("Deploy?", ("go", "skip"))
 
 
 def test_foreign_errors_become_host_errors() -> None:

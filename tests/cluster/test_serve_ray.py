@@ -5,6 +5,7 @@ stored in PostgreSQL.  A store the nodes cannot share is refused in one line.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -58,12 +59,25 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
-def server(ray_address: str, pg_schema_url: str) -> Iterator[str]:
+GATED = """digraph g {
+  start [shape=Mdiamond]; done [shape=Msquare]
+  approve [shape=hexagon, question="Deploy?"]
+  answer [handler=llm_call]; reply [handler=format]
+  start -> approve
+  approve -> answer [label=go]
+  approve -> done [label=skip]
+  answer -> reply -> done
+}
+"""
+"""A turn that asks before it answers (built-in handlers only: the hosts load it)."""
+
+
+@contextlib.contextmanager
+def serving(ray_address: str, store: str, *extra: str) -> Iterator[str]:
     """``serve --ray ADDRESS`` on a free loopback port; SIGTERM must end it with 0."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.run", "serve", "--port", "0", "--store", pg_schema_url,
-         "--ray", ray_address],
+        [sys.executable, "-m", "engine.run", "serve", "--port", "0", "--store", store,
+         "--ray", ray_address, *extra],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
@@ -77,6 +91,13 @@ def server(ray_address: str, pg_schema_url: str) -> Iterator[str]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(GUARD)
+
+
+@pytest.fixture(scope="module")
+def server(ray_address: str, pg_schema_url: str) -> Iterator[str]:
+    """The server over the cluster, with the default turn graph."""
+    with serving(ray_address, pg_schema_url) as url:
+        yield url
 
 
 def _owner(url: str, session_id: str) -> str:
@@ -162,6 +183,28 @@ def test_delete_and_compact_go_to_the_host(server: str) -> None:
         assert client.delete("/sessions/bob").status_code == 204
         assert client.get("/sessions/bob").status_code == 404
         assert client.delete("/sessions/bob").status_code == 404
+
+
+def test_a_paused_turn_is_answered_on_its_host(
+    ray_address: str, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """A turn paused at a human gate (its graph sent to the hosts as DOT text) is
+    answered over HTTP: the host runs it on from the gate and commits it."""
+    graph = tmp_path / "gated.dot"
+    graph.write_text(GATED)
+    with (
+        serving(ray_address, pg_schema_url, "--graph", str(graph)) as url,
+        httpx.Client(base_url=url, timeout=GUARD) as client,
+    ):
+        paused = client.post("/sessions/gate/turns", json={"text": "ship it"}).json()
+        assert paused.get("status") == "paused" and paused["turn"] == 1, paused
+        assert client.get("/sessions/gate").json()["question"]["choices"] == ["go", "skip"]
+        done = client.post("/sessions/gate/answer", json={"choice": "go"})
+        assert done.status_code == 200, done.text
+        assert (done.json()["status"], done.json()["turn"]) == ("success", 1)
+        assert "ship it" in done.json()["reply"]
+        refused = client.post("/sessions/gate/retry")
+        assert refused.status_code == 409, refused.text
 
 
 @pytest.mark.parametrize("store", ["sqlite:///{tmp}/s.db", "memory:"])
