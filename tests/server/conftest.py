@@ -34,7 +34,7 @@ def db(tmp_path: Path) -> str:
 @pytest.fixture
 def served(db: str) -> Iterator[Running]:
     """The app (echo model, SQLite store) served on a free loopback port."""
-    with Running(create_app(db, llm="echo", max_body=4096)) as running:
+    with Running(create_app(db, llm="echo", max_body=8192)) as running:
         yield running
 
 

@@ -264,6 +264,8 @@ def test_trace_json_takes_the_usual_trace() -> None:
         for n in ("classify", "recall", "llm_call", "format", "update_memory", "done")
     ]
     assert trace_json(trace) == canonical_json(trace)
+    trace[0]["changed"] = ["intent", "input.text"]  # the keys a visit wrote
+    assert trace_json(trace) == canonical_json(trace)
 
 
 @given(

@@ -38,7 +38,6 @@ __all__ = ["ROUTES"]
 
 _SCAN = 500  # sessions read per store page while searching
 _SHOWN = 100  # rows on one page
-_CHANGED = ("changed", "updates", "changed_keys")  # trace keys naming what a visit wrote
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -251,7 +250,7 @@ async def _turn_messages(store: Store, sid: str, n: int) -> list[Message]:
 
 
 def _visits_table(trace: Sequence[Mapping[str, Any]]) -> str:
-    changed = any(any(k in v for k in _CHANGED) for v in trace)
+    changed = any("changed" in v for v in trace)  # traces stored before it have none
     head = ["#", "node", "handler", "status", "attempts", "duration"]
     head += ["context keys changed"] if changed else []
     head += ["model", "tokens in/out", "reason"]
@@ -267,8 +266,7 @@ def _visits_table(trace: Sequence[Mapping[str, Any]]) -> str:
             esc(_ms(v.get("duration_ms", 0.0))),
         ]
         if changed:
-            keys: Any = next((v[k] for k in _CHANGED if k in v), [])
-            row.append(esc(", ".join(map(str, keys))))
+            row.append(esc(", ".join(map(str, v.get("changed", ())))))
         tokens = f"{v['input_tokens']}/{v['output_tokens']}" if "input_tokens" in v else ""
         row += [esc(v.get("model", "")), esc(tokens), esc(v.get("reason", ""))]
         rows.append(row)
