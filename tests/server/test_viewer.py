@@ -60,7 +60,9 @@ def test_the_turn_page_draws_the_path_taken_and_the_visits(served: Running) -> N
     assert "echo: hello" in text  # the reply
     assert re.search(r"<td>llm_call</td><td>success</td><td>1</td><td>\d+\.\d\d ms</td>", text)
     assert "<th>context keys changed</th>" in text  # what each visit wrote, by name
-    assert re.search(r"<td>format</td><td>success</td><td>1</td><td>[\d.]+ ms</td><td>reply</td>", text)
+    assert re.search(
+        r"<td>format</td><td>success</td><td>1</td><td>[\d.]+ ms</td><td>reply</td>", text
+    )
     assert "<?xml" not in text  # the SVG is inline, without its prolog
 
 

@@ -1,4 +1,5 @@
-"""The web trace viewer: server-rendered pages, no JavaScript.
+"""The web trace viewer: server-rendered pages, no JavaScript (the live page of
+:mod:`engine.server.routes.live` has a short script).
 
 * ``/`` — the sessions, with a search box (``?q=`` matches id or agent, any case);
 * ``/ui/sessions/{id}`` — one conversation, its messages grouped by turn;
@@ -34,7 +35,7 @@ from engine.server.routes.graphs import graphs_of
 from engine.server.routes.sessions import session_id
 from sessions.store.base import Message, Store, TurnRecord
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "html_errors", "svg_body"]
 
 _SCAN = 500  # sessions read per store page while searching
 _SHOWN = 100  # rows on one page
@@ -42,7 +43,7 @@ _SHOWN = 100  # rows on one page
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _html_errors(fn: Handler) -> Handler:
+def html_errors(fn: Handler) -> Handler:
     """A typed error as a short HTML page with its API status (never a traceback)."""
 
     @wraps(fn)
@@ -71,7 +72,7 @@ def _session_href(sid: str) -> str:
 # --------------------------------------------------------------------------- sessions
 
 
-@_html_errors
+@html_errors
 async def sessions_page(request: Request) -> Response:
     """``GET /?q=&offset=``: the sessions, filtered by ``q`` (id or agent, any case)."""
     offset, _ = paging(request)
@@ -126,7 +127,7 @@ async def _search(store: Store, q: str, offset: int) -> list[Any]:
 # --------------------------------------------------------------------------- session
 
 
-@_html_errors
+@html_errors
 async def session_page(request: Request) -> Response:
     """``GET /ui/sessions/{id}?offset=``: the conversation, messages grouped by turn
     (the latest ``_SHOWN`` messages unless ``offset`` says where to start)."""
@@ -143,7 +144,8 @@ async def session_page(request: Request) -> Response:
         records = {r.turn: r for r in found}
     parts = [
         f"<p>agent {esc(meta.agent_id)} · {esc(meta.type)} · {esc(meta.turn_count)} turns · "
-        f"{esc(meta.message_count)} messages · updated {esc(_when(meta.updated_at))}</p>"
+        f"{esc(meta.message_count)} messages · updated {esc(_when(meta.updated_at))} · "
+        f"{link(f'{_session_href(sid)}/live', 'live: send a turn, watch it run')}</p>"
     ]
     if offset > 0:
         back = max(0, offset - _SHOWN)
@@ -177,7 +179,7 @@ def _turn_heading(sid: str, n: int, record: TurnRecord | None) -> str:
 # --------------------------------------------------------------------------- turn
 
 
-@_html_errors
+@html_errors
 async def turn_page(request: Request) -> Response:
     """``GET /ui/sessions/{id}/turns/{n}``: the turn's path on its graph, its visits."""
     sid = session_id(request)
@@ -208,7 +210,7 @@ async def turn_page(request: Request) -> Response:
     if note:
         parts.append(f'<p class="muted">{esc(note)}</p>')
     # Graphviz's SVG is markup we asked for: node labels inside it are escaped by dot.
-    parts.append(f'<div class="graph">{_svg_body(svg)}</div>')
+    parts.append(f'<div class="graph">{svg_body(svg)}</div>')
     parts.append(_visits_table(record.trace))
     return page(f"turn {n} of {sid}", "".join(parts))
 
@@ -226,7 +228,7 @@ def _graph_for(graphs: Mapping[str, Graph], graph_hash: str) -> tuple[Graph, str
     )
 
 
-def _svg_body(svg: bytes) -> str:
+def svg_body(svg: bytes) -> str:
     """The ``<svg>`` element alone (Graphviz writes an XML prolog and a doctype first)."""
     text = svg.decode()
     start = text.find("<svg")
