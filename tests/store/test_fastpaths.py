@@ -259,7 +259,7 @@ def test_trace_json_takes_the_usual_trace() -> None:
     """An engine trace (plain dicts of names, counts and durations) is never declined."""
     from sessions.store.codec import trace_json
 
-    trace = [
+    trace: list[dict[str, Any]] = [
         {"id": n, "handler": n, "status": "success", "attempts": 1, "duration_ms": 0.0123}
         for n in ("classify", "recall", "llm_call", "format", "update_memory", "done")
     ]
