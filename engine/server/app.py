@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.errors import TurngraphError
 from engine.server.errors import Unauthorized, error_body, status_of
 from engine.server.http import json
-from engine.server.routes import graphs, health, live, sessions, turns, ui
+from engine.server.routes import graphs, health, heartbeats, live, sessions, turns, ui
 from engine.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -163,6 +163,7 @@ def create_app(
             *health.ROUTES,
             *ui.ROUTES,
             *live.ROUTES,
+            *heartbeats.ROUTES,
         ],
         exception_handlers=handlers,
         lifespan=lifespan,

@@ -168,5 +168,11 @@ def document() -> dict[str, Any]:
                 "get": _page("The trace viewer: the session's turns lit as they run", sid)
             },
             "/ui/sessions/{session_id}/turns": {"post": _form(sid)},
+            "/ui/sessions/{session_id}/heartbeats": {
+                "get": _page("The trace viewer: a hosted session's latest heartbeat runs", sid)
+            },
+            "/ui/sessions/{session_id}/heartbeats/{n}": {
+                "get": _page("The trace viewer: one heartbeat run's path", [*sid, turn_n])
+            },
         },
     }

@@ -74,3 +74,16 @@ def test_a_person_sees_the_failing_node_in_red(flaky: Running, tmp_path: Path) -
     _browser(tmp_path, "--window-size=1200,1400", f"--screenshot={shot}", url)
     colours = png_colours(shot.read_bytes())
     assert {BLUE, RED, AMBER} <= colours
+
+
+def test_a_person_sees_a_heartbeat_runs_path(served: Running, tmp_path: Path) -> None:
+    served.client.post("/sessions/hana/turns", json={"text": "hi"})
+    session = next(s for s in served.state.manager.live if s.id == "hana")
+    assert served.call(session.heartbeat.beat()) is True
+    url = f"{served.url}/ui/sessions/hana/heartbeats/1"
+    seen = _visible_text(_browser(tmp_path, "--dump-dom", url).stdout.decode())
+    assert "heartbeat 1 of hana" in seen and "status success" in seen
+    assert re.search(r"check_goals check_goals success 1 \d+\.\d\d ms", seen)
+    shot = tmp_path / "heartbeat-run.png"
+    _browser(tmp_path, "--window-size=1200,1400", f"--screenshot={shot}", url)
+    assert BLUE in png_colours(shot.read_bytes())
