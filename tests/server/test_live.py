@@ -99,6 +99,15 @@ def test_the_live_page_draws_the_graph_and_its_form_works_without_javascript(
     assert "echo: from a form" in served.client.get(sent.headers["location"]).text
     empty = served.client.post("/ui/sessions/kim/turns", data={"text": " "})
     assert empty.status_code == 400 and "empty" in empty.text
+    # Another site's page posting the form (a cross-site request forgery) runs nothing.
+    forged = served.client.post(
+        "/ui/sessions/kim/turns", data={"text": "x"}, headers={"origin": "https://evil.test"}
+    )
+    assert forged.status_code == 403 and "CrossSite" in forged.text
+    own = served.client.post(
+        "/ui/sessions/kim/turns", data={"text": "mine"}, headers={"origin": served.url}
+    )
+    assert own.status_code == 303 and own.headers["location"].endswith("/turns/2")
     assert 'href="/ui/sessions/kim/live"' in served.client.get("/ui/sessions/kim").text
 
 

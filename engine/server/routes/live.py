@@ -9,13 +9,14 @@
   retried or failed as its events arrive, draws the edges taken, fills a table of the
   visits, and shows the reply with a link to the committed turn's page;
 * ``POST /ui/sessions/{id}/turns`` — the form without JavaScript: runs the turn and
-  redirects (303) to its turn page.
+  redirects (303) to its turn page; a form posted from another site's page is refused
+  (403 ``CrossSite``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from starlette.routing import Route
 
 from engine.cli.trace_dot import FAILED, RETRIED, TAKEN, VISITED, traced_dot
 from engine.server.draw import draw_svg
-from engine.server.errors import BadRequest
+from engine.server.errors import BadRequest, CrossSite
 from engine.server.html import esc, link, page, path_part
 from engine.server.http import read_body, state
 from engine.server.routes.graphs import graphs_of
@@ -169,6 +170,7 @@ async def form_turn(request: Request) -> Response:
     """``POST /ui/sessions/{id}/turns`` (a form's ``text``): run the turn, then 303 to
     its page."""
     sid = session_id(request)
+    _same_site(request)
     st = state(request)
     fields = parse_qs((await read_body(request, st.max_body)).decode(errors="replace"))
     text = (fields.get("text") or [""])[0]
@@ -176,6 +178,17 @@ async def form_turn(request: Request) -> Response:
         raise BadRequest("the form's text is empty")
     result = await run_turn(st, await open_for_turn(st, sid), text)
     return RedirectResponse(f"/ui/sessions/{path_part(sid)}/turns/{result.turn}", 303)
+
+
+def _same_site(request: Request) -> None:
+    """Refuse a form another site's page posts here (``CrossSite``, 403).
+
+    A form post needs no CORS preflight, so without this any page a person visits could
+    make their browser run turns on a server they reach (loopback, no token).  Browsers
+    send ``Origin`` with every form post; a client that sends none is not a browser."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise CrossSite(f"a form posted from {origin!r}, not from this server's own pages")
 
 
 async def watch(request: Request) -> Response:
