@@ -168,6 +168,9 @@ def document() -> dict[str, Any]:
                 "get": _page("The trace viewer: the session's turns lit as they run", sid)
             },
             "/ui/sessions/{session_id}/turns": {"post": _form(sid)},
+            "/sessions/{session_id}/heartbeats": {
+                "get": _op("A hosted session's latest heartbeat runs and traces", params=sid)
+            },
             "/ui/sessions/{session_id}/heartbeats": {
                 "get": _page("The trace viewer: a hosted session's latest heartbeat runs", sid)
             },

@@ -103,6 +103,8 @@ def test_a_hosted_sessions_heartbeat_runs_are_listed_and_drawn(served: Running) 
     assert 'href="/ui/sessions/hana/heartbeats"' in served.client.get("/ui/sessions/hana").text
     assert "no heartbeat has run yet" in served.client.get("/ui/sessions/hana/heartbeats").text
     assert served.call(_beat(served, "hana")) is True
+    (run,) = served.client.get("/sessions/hana/heartbeats").json()["runs"]
+    assert run["run"] == 1 and run["status"] == "success" and run["trace"][0]["id"] == "start"
     runs = served.client.get("/ui/sessions/hana/heartbeats").text
     assert 'href="/ui/sessions/hana/heartbeats/1"' in runs and "<td>success</td>" in runs
     text = served.client.get("/ui/sessions/hana/heartbeats/1").text

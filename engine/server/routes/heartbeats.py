@@ -3,7 +3,8 @@ path on the heartbeat graph.
 
 * ``/ui/sessions/{id}/heartbeats`` — the runs (number, status, nodes, time, error);
 * ``/ui/sessions/{id}/heartbeats/{n}`` — run ``n``: the heartbeat graph drawn by
-  Graphviz with the path highlighted as on a turn's page, and its node-visit table.
+  Graphviz with the path highlighted as on a turn's page, and its node-visit table;
+* ``GET /sessions/{id}/heartbeats`` — the same runs as JSON.
 
 Heartbeat runs are not stored: a session keeps its latest
 :data:`~sessions.heartbeat.HEARTBEAT_RUNS_KEPT` in memory
@@ -21,7 +22,7 @@ from engine.cli.trace_dot import traced_dot
 from engine.server.draw import draw_svg
 from engine.server.errors import BadRequest, NotFound
 from engine.server.html import esc, link, page, path_part, table
-from engine.server.http import state
+from engine.server.http import json, state
 from engine.server.routes.graphs import graphs_of
 from engine.server.routes.sessions import session_id
 from engine.server.routes.ui import graph_for, html_errors, svg_body, visits_table, when
@@ -107,7 +108,15 @@ async def heartbeat_page(request: Request) -> Response:
     return page(f"heartbeat {raw} of {sid}", "".join(parts))
 
 
+async def heartbeats_json(request: Request) -> Response:
+    """``GET /sessions/{id}/heartbeats``: the latest heartbeat runs with their node
+    traces, oldest first (404 when this server does not host the session)."""
+    sid = session_id(request)
+    return json({"session_id": sid, "runs": _runs(request, sid)})
+
+
 ROUTES = [
+    Route("/sessions/{session_id}/heartbeats", heartbeats_json, methods=["GET"]),
     Route("/ui/sessions/{session_id}/heartbeats", heartbeats_page, methods=["GET"]),
     Route("/ui/sessions/{session_id}/heartbeats/{n}", heartbeat_page, methods=["GET"]),
 ]
