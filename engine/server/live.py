@@ -6,8 +6,9 @@ session someone is watching, hands each of its items (engine events, then the
 :class:`~sessions.TurnResult`, or the error that stopped it) to :meth:`LiveHub.publish`.
 Every watcher of the session (``GET /sessions/{id}/live``) gets them, in order.
 
-A watcher that arrives while a turn runs first gets that turn's items so far, kept from
-its ``RunStarted`` event to its result, so a page opened mid-turn shows the whole path.
+A watcher that arrives while a turn runs first gets that turn's items so far (all but
+its text deltas), kept from its ``RunStarted`` event to its result, so a page opened
+mid-turn shows the whole path.
 Nothing is kept for a session without a running turn or a watcher; a plain turn of a
 session nobody watches publishes nothing at all.  The hub lives in one server process:
 watchers see the turns this process runs, not those of another worker.
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.events import Event, RunStarted
+from engine.events import Event, RunStarted, TextDelta
 
 __all__ = ["LiveHub"]
 
@@ -54,8 +55,14 @@ class LiveHub:
     def publish(self, session_id: str, item: object) -> None:
         """Hand ``item`` of a turn of ``session_id`` to its watchers, and keep it for
         later ones while the turn runs (a ``RunStarted`` begins a turn, its result or
-        error ends it)."""
+        error ends it).  Text deltas, the most frequent items, are handed on but not
+        kept: a late watcher gets the reply's text from where it joined, and whole with
+        the result, so what is kept stays a few items per node visit."""
         channel = self._channels.get(session_id)
+        if type(item) is TextDelta:
+            if channel is not None and channel.watchers:
+                self._fan_out(channel, item)
+            return
         if channel is None:
             if not isinstance(item, RunStarted):
                 return  # nobody watches, and this is no turn's start
@@ -70,11 +77,16 @@ class LiveHub:
             channel.running = False
         elif channel.running:
             channel.items.append(item)
+        if channel.watchers:
+            self._fan_out(channel, item)
+        elif not channel.running:
+            del self._channels[session_id]
+
+    @staticmethod
+    def _fan_out(channel: _Channel, item: object) -> None:
         for watcher in tuple(channel.watchers):
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 watcher.send_nowait(item)
-        if not channel.running and not channel.watchers:
-            del self._channels[session_id]
 
     @contextlib.contextmanager
     def watch(self, session_id: str) -> Iterator[MemoryObjectReceiveStream[object]]:
