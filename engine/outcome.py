@@ -21,7 +21,7 @@ __all__ = ["EMPTY", "NodeRecord", "Outcome", "RunResult", "RunStatus", "Status",
 Status = Literal["success", "fail", "retry", "partial", "skipped"]
 """A node's outcome.  ``retry`` is a failure the handler marks as worth retrying."""
 
-RunStatus = Literal["success", "fail", "cancelled"]
+RunStatus = Literal["success", "fail", "cancelled", "paused"]
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 

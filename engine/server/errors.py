@@ -19,16 +19,21 @@ from typing import Any
 from engine.errors import AdapterError, GraphError, TurngraphError
 from sessions.errors import (
     Fenced,
+    GateTimedOut,
     ImportRejected,
     InvalidSessionId,
+    NotPaused,
+    RetryRefused,
     SessionBusy,
     SessionClosed,
     SessionExists,
     SessionLimitReached,
     SessionNotFound,
+    SessionPaused,
     SessionTampered,
     StoreCorrupt,
     StoreError,
+    UnknownChoice,
 )
 
 __all__ = [
@@ -111,6 +116,11 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (Fenced, 409),
     (SessionBusy, 409),
     (SessionLimitReached, 429),
+    (SessionPaused, 409),  # a question waits: answer it first
+    (NotPaused, 409),
+    (GateTimedOut, 409),
+    (RetryRefused, 409),
+    (UnknownChoice, 400),
     (SessionClosed, 503),
     (ImportRejected, 400),
     (SessionTampered, 500),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from engine.server.errors import BadRequest, BodyTooLarge
@@ -46,13 +47,22 @@ async def read_body(request: Request, max_body: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body:
         raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {max_body}")
+    # The ASGI messages read straight off ``receive``: a turn's body is one message, and
+    # ``request.stream()`` would wrap it in an async generator per request.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_body:
             raise BodyTooLarge(f"request body is over the limit of {max_body} bytes")
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     return b"".join(chunks)
 
 

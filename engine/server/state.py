@@ -83,17 +83,19 @@ class ServerState:
         finally:
             self.leave()
 
-    async def open(self, session_id: str) -> Session:
-        """The session, hosted (created if new).  When the manager hosts as many
-        sessions as it may, the idle ones are closed first (their leases released; they
-        load again on their next request), so a server is never stuck at its limit."""
+    async def open(self, session_id: str, *, create: bool = True) -> Session:
+        """The session, hosted (created if new, unless not ``create``:
+        ``SessionNotFound``).  When the manager hosts as many sessions as it may, the
+        idle ones are closed first (their leases released; they load again on their
+        next request), so a server is never stuck at its limit."""
+        load = self.manager.get_or_create if create else self.manager.get
         try:
-            return await self.manager.get_or_create(session_id)
+            return await load(session_id)
         except SessionLimitReached:
             for session in self.manager.live:
                 if not session.busy and not session.queued:
                     await self.manager.close(session.id)
-            return await self.manager.get_or_create(session_id)
+            return await load(session_id)
 
     async def wait_idle(self) -> None:
         """Return once no turn is in flight."""

@@ -720,8 +720,9 @@ def turn_from_dict(d: Any) -> TurnRecord:
 
 
 def checkpoint_to_dict(cp: Checkpoint) -> dict[str, Any]:
-    """A JSON-ready dict of a checkpoint."""
-    return {
+    """A JSON-ready dict of a checkpoint (a ``running`` one has the keys it always had,
+    so stores written before paused and failed checkpoints read the same)."""
+    d: dict[str, Any] = {
         "turn": cp.turn,
         "graph_hash": cp.graph_hash,
         "trace_id": cp.trace_id,
@@ -732,6 +733,14 @@ def checkpoint_to_dict(cp: Checkpoint) -> dict[str, Any]:
         "trace": [dict(step) for step in cp.trace],
         "ts": cp.ts,
     }
+    if cp.kind != "running":
+        d["kind"] = cp.kind
+        d["question"] = cp.question
+        d["choices"] = list(cp.choices)
+        d["default"] = cp.default
+        d["deadline"] = cp.deadline
+        d["error"] = cp.error
+    return d
 
 
 def checkpoint_from_dict(d: Any) -> Checkpoint:
@@ -747,7 +756,31 @@ def checkpoint_from_dict(d: Any) -> Checkpoint:
         context=_frozen(d.get("context"), "context"),
         trace=_trace(d.get("trace")),
         ts=_num(d, "ts"),
+        **_checkpoint_kind(d),
     )
+
+
+def _checkpoint_kind(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a paused or failed checkpoint (none for a running one)."""
+    kind = d.get("kind", "running")
+    if kind == "running":
+        return {}
+    if kind not in ("paused", "failed"):
+        raise ShapeError(f"checkpoint: kind {kind!r} is not running, paused or failed")
+    choices = d.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise ShapeError("checkpoint: choices must be a list of strings")
+    deadline = d.get("deadline")
+    if deadline is not None:
+        deadline = _num(d, "deadline")
+    return {
+        "kind": kind,
+        "question": _str(d, "question"),
+        "choices": tuple(choices),
+        "default": _str(d, "default", optional=True),
+        "deadline": deadline,
+        "error": _str(d, "error", optional=True),
+    }
 
 
 def meta_to_dict(m: SessionMeta) -> dict[str, Any]:

@@ -43,10 +43,10 @@ async def test_a_slow_heartbeat_does_not_delay_a_turn(store: Store) -> None:
         session = await m.create("hb")
         session.start_heartbeat(0.001)
         await beat.entered.wait()
-        assert session.heartbeat_in_flight
+        assert session.heartbeat.in_flight
         for i in range(3):
             assert (await session.send(f"while beating {i}")).ok
-        assert session.heartbeat_in_flight and session.working_memory == {}
+        assert session.heartbeat.in_flight and session.working_memory == {}
         beat.release.set()
         await wait_until(lambda: session.working_memory.get("beat") == 1)
         assert session.cognitive_mode == "reflect"
@@ -178,9 +178,9 @@ async def test_stop_and_close_end_the_heartbeat(store: Store) -> None:
         session = await m.create("stopper")
         session.start_heartbeat(0.001)
         await wait_until(lambda: calls >= 2)
-        assert session.heartbeat_interval == 0.001
+        assert session.heartbeat.interval == 0.001
         session.stop_heartbeat()
-        assert session.heartbeat_interval is None and not session.heartbeat.running
+        assert session.heartbeat.interval is None and not session.heartbeat.running
         session.start_heartbeat(0.001)
         await m.close("stopper")
         assert not session.heartbeat.running
@@ -297,7 +297,7 @@ async def test_a_heartbeat_sees_a_bounded_snapshot_of_the_history(store: Store) 
             await session.send(f"t{i}")
         last_seq = session.message_count - 1
         session.start_heartbeat(0.001)
-        await wait_until(lambda: session.heartbeat_in_flight)
+        await wait_until(lambda: session.heartbeat.in_flight)
         await session.send("during the beat")
         release.set()
         await wait_until(lambda: bool(seen))

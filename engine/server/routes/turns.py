@@ -1,4 +1,10 @@
-"""``/sessions/{id}/turns``: run a turn (JSON or a live SSE stream) and read past turns.
+"""``/sessions/{id}/turns``: run a turn (JSON or a live SSE stream) and read past turns;
+``/sessions/{id}/answer`` and ``/sessions/{id}/retry``: go on with a paused turn or
+re-run a failed one.
+
+A turn that stops at a human gate answers ``status: "paused"`` with its ``question``;
+until ``POST /sessions/{id}/answer`` ``{"choice": ...}``, new turns get 409
+``SessionPaused``.
 
 **A client that leaves.**  A turn is never cut by its client: a plain request's turn
 runs on in its request task, and a streamed turn runs in the server's task group apart
@@ -12,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -145,6 +151,36 @@ def item_frame(sid: str, item: object) -> bytes:
     return event_frame(item)  # type: ignore[arg-type]
 
 
+async def post_answer(request: Request) -> Response:
+    """``POST /sessions/{id}/answer`` ``{"choice": ...}``: answer the waiting question;
+    the turn runs on from its gate (400 ``UnknownChoice``, 409 ``NotPaused`` or
+    ``GateTimedOut``)."""
+    sid = session_id(request)
+    st = state(request)
+    body = await read_json(request, st.max_body)
+    choice = body.get("choice") if isinstance(body, dict) else None
+    if not isinstance(choice, str):
+        raise BadRequest('request body must be a JSON object like {"choice": "..."}')
+    return await _go_on(st, sid, lambda session: session.answer(choice))
+
+
+async def post_retry(request: Request) -> Response:
+    """``POST /sessions/{id}/retry``: re-run the failed latest turn from the node that
+    failed (409 ``RetryRefused``)."""
+    return await _go_on(state(request), session_id(request), lambda s: s.retry_turn())
+
+
+async def _go_on(
+    st: ServerState, sid: str, step: Callable[[Session], Awaitable[TurnResult]]
+) -> Response:
+    if st.draining:
+        raise ShuttingDown("the server is shutting down and takes no new turns")
+    session = await st.open(sid, create=False)
+    with st.turn():
+        result = await step(session)
+    return json(result_json(sid, result))
+
+
 def _turn_json(record: Any) -> dict[str, Any]:
     return {
         "turn": record.turn,
@@ -186,4 +222,6 @@ ROUTES = [
     Route("/sessions/{session_id}/turns", post_turn, methods=["POST"]),
     Route("/sessions/{session_id}/turns", list_turns, methods=["GET"]),
     Route("/sessions/{session_id}/turns/{n}", get_turn, methods=["GET"]),
+    Route("/sessions/{session_id}/answer", post_answer, methods=["POST"]),
+    Route("/sessions/{session_id}/retry", post_retry, methods=["POST"]),
 ]
