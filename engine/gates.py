@@ -1,10 +1,11 @@
 """Human gates: a ``wait.human`` node (``shape=hexagon``) pauses the walk for an answer.
 
-A gate asks ``question`` (else its ``label``) and offers its outgoing edges' labels as
-the choices.  The engine reaches it with no answer in the context: the walk stops there
-and :meth:`Engine.run <engine.runner.Engine.run>` returns ``status="paused"`` with a
-:class:`~engine.errors.GatePaused` naming the node, the question and the choices.  The
-gate node has not run: it is not in the trace.
+A gate asks ``question`` (else its ``label``) and offers its unconditional outgoing
+edges as the choices (every outgoing edge when all have conditions): each edge's label,
+else its target node's id (as Attractor does).  The engine reaches it with no answer in
+the context: the walk stops there and :meth:`Engine.run <engine.runner.Engine.run>`
+returns ``status="paused"`` with a :class:`~engine.errors.GatePaused` naming the node,
+the question and the choices.  The gate node has not run: it is not in the trace.
 
 To go on, run again from the gate (``start_at``) with the context as it was and
 :data:`ANSWER_KEY` set to ``{"choice": "<label>", "timed_out": false}`` (a session does
@@ -52,15 +53,19 @@ class Gate:
 def compile_gate(graph: Graph, node: Node) -> Gate:
     """The gate of ``node``; :class:`GraphValidationError` when it offers no choice or
     its ``default`` is not one of them."""
+    edges = sorted(graph.out_edges(node.id), key=lambda e: e.index)
+    # Conditional edges (an ``outcome=fail`` route) are choices only when nothing else is:
+    # Attractor offers every edge, and its pipelines put conditions on their answers.
+    offered = [e for e in edges if e.condition is None] or edges
     choices: list[str] = []
-    for edge in sorted(graph.out_edges(node.id), key=lambda e: e.index):
-        label = edge.label.strip()
-        if edge.condition is None and label and label not in choices:
+    for edge in offered:
+        label = edge.label.strip() or edge.dst
+        if label not in choices:
             choices.append(label)
     default = node.attrs.get("default")
     problem = ""
     if not choices:
-        problem = "a human gate needs labelled outgoing edges (its choices)"
+        problem = "a human gate needs an outgoing edge (its choices)"
     elif default is not None and str(default) not in choices:
         problem = f"default {default!r} is not one of its choices {choices}"
     if problem:
@@ -98,4 +103,10 @@ def human_gate(node: Node, context: Mapping[str, Any]) -> Outcome:
     if not isinstance(choice, str):
         why = "timed out with no default choice" if timed_out else "has no answer"
         return Outcome("fail", {answered: None, flag: timed_out}, reason=f"human gate {why}")
-    return Outcome("success", {answered: choice, flag: timed_out}, preferred_label=choice)
+    # An unlabelled edge's choice is its target's id: ``suggested_next`` routes that one.
+    return Outcome(
+        "success",
+        {answered: choice, flag: timed_out},
+        preferred_label=choice,
+        suggested_next=choice,
+    )

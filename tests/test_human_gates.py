@@ -81,7 +81,6 @@ async def test_a_timed_out_gate_without_default_fails_and_may_be_routed() -> Non
 @pytest.mark.parametrize(
     ("attrs", "edges", "problem"),
     [
-        ("", "ask -> done", "a human gate needs labelled outgoing edges"),
         (", default=maybe", "ask -> done [label=yes]", "default 'maybe' is not one of its choices"),
     ],
 )
@@ -112,3 +111,31 @@ async def test_a_gate_inside_a_sub_graph_fails_its_node(tmp_path: Path) -> None:
     result = await Engine(registry).run(load_graph(parent, registry=registry), {})
     assert result.status == "fail"
     assert "waits for a human answer" in str(result.error)
+
+
+async def test_an_unlabelled_edge_offers_its_target_as_the_choice() -> None:
+    """As in Attractor, an edge with no label is offered as its target node's id."""
+    registry = _registry()
+    graph = load_graph(
+        """digraph g {
+  start [shape=Mdiamond]; done [shape=Msquare]
+  ask [shape=hexagon, label="Ship it?"]
+  ship [handler=work]; hold [handler=work]
+  start -> ask
+  ask -> ship
+  ask -> hold [label="[H] Hold"]
+  ship -> done; hold -> done
+}""",
+        registry=registry,
+    )
+    engine = Engine(registry)
+    paused = await engine.run(graph, {})
+    assert isinstance(paused.error, GatePaused)
+    assert paused.error.choices == ("ship", "[H] Hold")
+    resumed = await engine.run(
+        graph,
+        {**paused.context, ANSWER_KEY: {"choice": "ship", "timed_out": False}},
+        start_at="ask",
+    )
+    assert resumed.status == "success"
+    assert [r.node_id for r in resumed.trace] == ["ask", "ship", "done"]
