@@ -17,6 +17,7 @@ import anyio
 
 from engine.errors import TurngraphError
 from engine.server.errors import ShuttingDown
+from engine.server.live import LiveHub
 from sessions.errors import SessionLimitReached
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from engine.events import Event
     from engine.graph import Graph
-    from sessions import TurnResult
+    from sessions import Session, TurnResult
     from sessions.compaction import CompactionResult
     from sessions.store.base import SessionMeta, Store
 
@@ -36,7 +37,7 @@ class TurnEvents(Protocol):
 
     def __aiter__(self) -> AsyncIterator[Event | TurnResult]: ...
 
-    async def __aenter__(self) -> object: ...
+    async def __aenter__(self) -> AsyncIterator[Event | TurnResult]: ...
 
     async def __aexit__(
         self,
@@ -82,7 +83,9 @@ class Manager(Protocol):
     def heartbeat_graph(self) -> Graph | None: ...
 
     @property
-    def live(self) -> tuple[TurnSession, ...]: ...
+    def live(self) -> tuple[Session, ...]:
+        """The sessions this process hosts (none when hosts elsewhere run them)."""
+        ...
 
     async def __aenter__(self) -> object: ...
 
@@ -107,7 +110,8 @@ class Manager(Protocol):
 
 
 class ServerState:
-    """The manager, the task group of streamed turns, and the draining flag.
+    """The manager, the task group of streamed turns, the draining flag, and the
+    :class:`~engine.server.live.LiveHub` that lets a session's turns be watched.
 
     ``draining`` is set when shutdown begins (SIGTERM): new turns answer 503
     (:class:`~engine.server.errors.ShuttingDown`) while running ones finish.
@@ -117,6 +121,7 @@ class ServerState:
         "_idle",
         "draining",
         "grace",
+        "live",
         "manager",
         "max_body",
         "running",
@@ -137,6 +142,7 @@ class ServerState:
         self.tg: TaskGroup | None = None
         self.startup_error: TurngraphError | None = None  # the manager failed to start
         self._idle: anyio.Event | None = None
+        self.live = LiveHub()  # the turns run here, for whoever watches their session
 
     def enter(self) -> None:
         """Count one turn in flight; refuse it while draining."""

@@ -35,7 +35,7 @@ from sessions.compaction import CompactionResult
 from sessions.errors import SessionNotFound
 from sessions.limits import validate_session_id
 from sessions.manager import SessionManager
-from sessions.session import TurnResult
+from sessions.session import Session, TurnResult
 
 if TYPE_CHECKING:
     from engine.graph import Graph
@@ -128,7 +128,7 @@ class ClusterManager:
         return self._local.heartbeat_graph
 
     @property
-    def live(self) -> tuple[ClusterSession, ...]:
+    def live(self) -> tuple[Session, ...]:
         """None here: the hosts hold the sessions (see :meth:`RaySessions.info`)."""
         return ()
 
