@@ -128,14 +128,22 @@ class Checkpoints:
         trace_id: str,
         prior: tuple[Mapping[str, Any], ...],
         start: tuple[str, Mapping[str, Any]],
+        *,
+        store: bool = True,
     ) -> OnStep:
         """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
         ``prior`` is the trace of the nodes a resumed turn ran before, ``start`` the
         node it starts at and the context it carries in (kept in :attr:`point` as where
-        a retry would start, without the answer to a gate: a retry asks again)."""
+        a retry would start, without the answer to a gate: a retry asks again).
+
+        Not ``store``: the hook only tracks :attr:`point` and writes nothing.  A turn
+        that goes on from a pause or a failure runs so: the stored pause (or failure)
+        must stand until that turn commits, so that a process killed in the middle of it
+        leaves the question answerable (the failed turn retriable) in the next process,
+        which no running checkpoint would (no command resumes one)."""
         done: list[Mapping[str, Any]] = list(prior)
         graph_hash = self.graph_hash
-        save = self._writer.save_checkpoint
+        save = self._writer.save_checkpoint if store else None
         kept = {k: v for k, v in durable_context(start[1]).items() if k != ANSWER_KEY}
         self.point = Checkpoint(
             turn, graph_hash, trace_id, text, "", start[0], kept, prior, time.time()
@@ -158,7 +166,8 @@ class Checkpoints:
                 tuple(done),
                 time.time(),
             )
-            await save(cp)
+            if save is not None:
+                await save(cp)
             self.point = cp
 
         return on_step
