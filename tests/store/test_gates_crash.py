@@ -85,7 +85,8 @@ def _killed_in_ship(tmp_path: Path, url: str, dot: Path, action: str) -> None:
     script, mark = tmp_path / "worker.py", tmp_path / "in_ship"
     script.write_text(WORKER % SECRET)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TURNGRAPH_HOME": str(tmp_path / "home")}
-    proc = subprocess.Popen([sys.executable, str(script), url, str(dot), str(mark), action], env=env)
+    argv = [sys.executable, str(script), url, str(dot), str(mark), action]
+    proc = subprocess.Popen(argv, env=env)
     try:
         for _ in range(int(GUARD / 0.02)):
             if mark.exists() or proc.poll() is not None:
@@ -149,7 +150,8 @@ async def test_a_killed_retry_leaves_the_turn_retriable(durable_url: str, tmp_pa
     async with SessionManager(durable_url, registry=_registry([]), limits=limits, **kw) as m:
         session = await _get_when_free(m, "k1")
         retried = await session.retry_turn()
-        assert (retried.status, retried.turn, retried.reply) == ("success", 2, "shipped plan for v1")
+        assert (retried.status, retried.turn) == ("success", 2)
+        assert retried.reply == "shipped plan for v1"
 
 
 async def test_send_runs_a_gate_that_keeps_timing_out_once(
