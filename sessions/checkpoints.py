@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,10 @@ from sessions.store.base import Checkpoint
 from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
+    from engine.graph import Graph
     from engine.runner import OnStep
 
-__all__ = ["Checkpoints", "durable_context"]
+__all__ = ["Checkpoints", "durable_context", "graph_fingerprint"]
 
 
 def _jsonable(value: object, depth: int = 0) -> bool:
@@ -50,8 +52,22 @@ def durable_context(context: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in context.items() if not k.startswith("session.") and _jsonable(v)}
 
 
+def graph_fingerprint(graph: Graph) -> str:
+    """What a checkpoint records of the graph it ran: the source hash of ``graph`` and
+    of every sub-graph it includes, so that editing ``child.dot`` refuses a retry (or an
+    answer) as editing the parent does.  Any byte counts: a whitespace or comment edit
+    is a change.  A graph without sub-graphs keeps its plain source hash."""
+    if not graph.subgraphs:
+        return graph.source_hash
+    h = hashlib.sha256(graph.source_hash.encode())
+    for node_id in sorted(graph.subgraphs):
+        h.update(f"\0{node_id}\0{graph_fingerprint(graph.subgraphs[node_id])}".encode())
+    return h.hexdigest()
+
+
 class Checkpoints:
-    """The checkpoints of one session's turns graph (``graph_hash``: its source hash).
+    """The checkpoints of one session's turns graph (``graph_hash``: its
+    :func:`graph_fingerprint`).
 
     ``resumable``: a checkpoint found on load that ``Session.resume`` may continue.
     ``interrupted``: the last one given up on.  ``paused``: the turn waiting at a human

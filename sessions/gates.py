@@ -34,7 +34,7 @@ from engine.errors import GatePaused
 from engine.gates import ANSWER_KEY
 from engine.graph import Graph
 from engine.outcome import NodeRecord, RunResult
-from sessions.checkpoints import Checkpoints, durable_context
+from sessions.checkpoints import Checkpoints, durable_context, graph_fingerprint
 from sessions.errors import GateTimedOut, NotPaused, RetryRefused, SessionPaused, UnknownChoice
 from sessions.store.base import Checkpoint
 
@@ -217,7 +217,7 @@ def retry_plan(host: RetryHost, cps: Checkpoints, checkpointing: bool) -> Contin
             else "checkpoints are off (Limits.checkpoint): failed turns are not kept for retry"
         )
         raise RetryRefused(session_id, why)
-    if cp.graph_hash != host.turn_graph.source_hash:
+    if cp.graph_hash != graph_fingerprint(host.turn_graph):
         raise RetryRefused(
             session_id,
             f"the turn graph changed since turn {cp.turn} failed (its fingerprint differs)",

@@ -348,7 +348,7 @@ class TurnPipeline:
             raise
         with cancel_scope(shield=True):  # commit and apply are one step or none
             if result.status == "paused":  # nothing committed: the pause is stored
-                cp = paused_checkpoint(text, turn, trace_id, self._graph_hash(), result, prior)
+                cp = paused_checkpoint(text, turn, trace_id, cps.graph_hash, result, prior)
                 await cps.pause(cp)
                 return TurnResult("", "paused", turn, result.trace, result.error, trace_id)
             committed = await self._commit(text, turn, trace_id, result, prior)

@@ -235,3 +235,37 @@ async def test_a_str_subclass_cannot_answer_every_choice(tmp_path: Path) -> None
             await session.answer(Sly("anything"))
         done = await session.answer(Sly("no"))
         assert done.reply == "held"
+
+
+async def test_retry_is_refused_when_a_sub_graph_changed(tmp_path: Path) -> None:
+    """The fingerprint a retry checks covers the sub-graphs the turn graph includes:
+    editing ``child.dot`` refuses the retry as editing the parent does; a graph with no
+    sub-graph keeps its plain source hash (checkpoints already stored still match)."""
+    from engine import load_graph
+    from sessions.checkpoints import graph_fingerprint
+    from sessions.errors import RetryRefused
+
+    child, parent = tmp_path / "child.dot", tmp_path / "parent.dot"
+    child.write_text("""digraph c {
+  start [shape=Mdiamond]; done [shape=Msquare]
+  ship [handler=ship]; start -> ship -> done
+}""")
+    parent.write_text("""digraph p {
+  start [shape=Mdiamond]; done [shape=Msquare]
+  plan [handler=plan]; sub [graph="child.dot"]
+  start -> plan -> sub -> done
+}""")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    kw: dict[str, Any] = {"turn_graph": parent, "limits": Limits(checkpoint=True)}
+    async with SessionManager(url, registry=_registry(["down"]), **kw) as m:
+        session = await m.create("r1")
+        assert (await session.send("v1")).status == "fail"
+        assert session.checkpoints.failed is not None
+        assert session.checkpoints.failed.next_node == "sub"
+    child.write_text(child.read_text().replace("[handler=ship]", "[handler=plan]"))
+    async with SessionManager(url, registry=_registry([]), **kw) as m:
+        session = await m.get("r1")
+        with pytest.raises(RetryRefused, match="the turn graph changed since turn 1 failed"):
+            await session.retry_turn()
+    lone = load_graph(tmp_path / "child.dot", registry=_registry([]))
+    assert graph_fingerprint(lone) == lone.source_hash
