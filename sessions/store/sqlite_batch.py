@@ -39,7 +39,8 @@ __all__ = ["write_group"]
 def write_group(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
     """Write ``batch`` (see the module); ``True`` if every turn of it is finished,
     ``False`` if the store's group will be settled once it ends."""
-    if len(batch) == 1 and _write_lone(store, batch):
+    lone = _write_lone(store, batch)
+    if lone:
         return True
     core, db = store._core, store._db
     if core is None or db is None:
@@ -48,7 +49,7 @@ def write_group(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
             t.finish(error)
         return True
     turns = [(t.sid, t.commit, t.token, t.now) for t in batch]
-    if store._inline and db.claim():
+    if lone is False and store._inline and db.claim():  # None: the lock is taken
         try:
             done, out = core.try_inline(_write_unsynced, (core, turns, store._synchronous))
         finally:
@@ -60,10 +61,11 @@ def write_group(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
     return False
 
 
-def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
+def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool | None:
     """Write a lone turn in this thread, as :meth:`SQLiteStore.append_turn` always did,
-    when one session alone has been writing and the database thread is idle; ``False``
-    (nothing written) sends the batch on.
+    when one session alone has been writing and the database thread is idle: ``True``
+    if written, ``False`` if not tried, ``None`` if the write lock was taken (another
+    process: nothing written, and the database thread waits for it).
 
     A lone turn of another session than the last batch's goes on: other sessions are
     at work, and blocking the loop for its fsync would stop them from preparing the
@@ -87,7 +89,7 @@ def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
             t.finish(None)
     finally:
         db.release()
-    return done
+    return done or None
 
 
 def _write_unsynced(
@@ -148,7 +150,11 @@ def _write_in_thread(
     errors: list[Exception | None] | None = None
     error: BaseException | None = None
     try:
-        errors = core.call(core.write_batch, (turns,))
+        if len(turns) == 1:  # a lone turn as append_turn always wrote it
+            core.call(core.append_turn, turns[0])
+            errors = [None]
+        else:
+            errors = core.call(core.write_batch, (turns,))
     except BaseException as exc:  # delivered to the batch's callers
         error = exc
     with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more

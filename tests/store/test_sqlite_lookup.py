@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sessions.errors import SessionTampered
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import Message, SessionMeta
-from sessions.store.migrations import SCHEMA_VERSION, SQLITE
+from sessions.store.migrations import SQLITE, SQLITE_VERSION
 
 from . import SECRET, commit, fill
 
@@ -142,7 +142,7 @@ async def test_a_version_1_file_is_migrated_and_reads_the_same(tmp_path: Path) -
         assert [m.seq for m in loaded.recent] == [46, 47, 48, 49]
     conn = sqlite3.connect(path)
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_VERSION
     conn.close()
     assert "records_by_key" not in indexes and "records_summaries" in indexes
     async with open_store(f"sqlite:///{path}", secret=SECRET) as store:
