@@ -3,7 +3,9 @@ and every guarantee still holds per turn (isolation of refused turns, order, fen
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from sessions.errors import Fenced, StoreError, Unstorable
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta, TurnCommit
+from sessions.store.sqlite_group import BATCH_MAX, BATCH_MIN, QueuedTurn, Syncer, batch_limit
 
 from . import SECRET, commit
 
@@ -266,3 +269,116 @@ async def test_a_turn_whose_recall_memory_cannot_be_stored_fails_alone(
     found = await store.recall_memory("zebra", session_id="s2")
     assert [item.text for item in found] == ["zebra fine"]
     assert await store.recall_memory("ok", session_id="s1") == ()
+
+
+class GatedFsync:
+    """An fsync that records its start and end in ``events`` and waits, before the
+    real fsync, until its gate (one per call, in ``gates``) is set."""
+
+    def __init__(self, events: list[str], fail: bool = False) -> None:
+        self.events, self.fail = events, fail
+        self.gates: list[threading.Event] = []
+        self.started = threading.Semaphore(0)
+
+    def __call__(self, fd: int) -> None:
+        gate = threading.Event()
+        self.gates.append(gate)
+        self.events.append("fsync-start")
+        self.started.release()
+        gate.wait(30)
+        if self.fail:
+            raise OSError(errno.EIO, "input/output error")
+        os.fsync(fd)
+        self.events.append("fsync-end")
+
+
+def gate_fsyncs(store: SQLiteStore, events: list[str], fail: bool = False) -> GatedFsync:
+    """Route the store's log fsyncs through a :class:`GatedFsync`, and record each
+    write transaction (``BEGIN IMMEDIATE``, then committed at once) in ``events`` too."""
+    fsync = GatedFsync(events, fail)
+    assert store._syncer is not None and store._core is not None
+    store._syncer.stop()
+    store._syncer = Syncer("test-fsync", f"{store.path}-wal", fsync)
+    store._core.conn.set_trace_callback(
+        lambda sql: events.append("write") if sql == "BEGIN IMMEDIATE" else None
+    )
+    return fsync
+
+
+async def test_a_batch_formed_during_an_fsync_is_acknowledged_after_its_own(
+    store: SQLiteStore,
+) -> None:
+    """While one batch's log fsync runs, turns of other sessions queue and are not
+    written; once it ends, that batch is acknowledged and the queued turns commit as
+    the next batch, whose callers wait for the next fsync (on the real file)."""
+    tokens = await new_sessions(store, 4)
+    events: list[str] = []
+    fsync = gate_fsyncs(store, events)
+
+    async def send(sid: str) -> None:
+        await store.append_turn(sid, commit(1, 0), token=tokens[sid])
+        events.append(f"ack {sid}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "s0")
+        tg.start_soon(send, "s1")
+        await anyio.to_thread.run_sync(fsync.started.acquire)  # s0 and s1: in the fsync
+        tg.start_soon(send, "s2")
+        tg.start_soon(send, "s3")
+        await anyio.wait_all_tasks_blocked()
+        assert events == ["write", "fsync-start"]  # nobody acknowledged yet
+        assert (await store.load("s2")).meta.turn_count == 0  # queued, not written
+        fsync.gates[0].set()
+        await anyio.to_thread.run_sync(fsync.started.acquire)  # s2 and s3: in theirs
+        await anyio.wait_all_tasks_blocked()
+        assert events[2:4] == ["fsync-end", "write"]
+        assert sorted(events[4:]) == ["ack s0", "ack s1", "fsync-start"]
+        fsync.gates[1].set()
+    assert events[-3:-2] == ["fsync-end"] and sorted(events[-2:]) == ["ack s2", "ack s3"]
+    for sid in tokens:
+        assert await store.verify(sid) == 3
+
+
+async def test_a_failed_fsync_fails_its_batchs_turns(store: SQLiteStore) -> None:
+    """If the log's fsync fails, each caller of its batch gets a typed error saying so
+    (none is told its turn is durable)."""
+    tokens = await new_sessions(store, 2)
+    fsync = gate_fsyncs(store, [], fail=True)
+    got: list[object] = []
+
+    async def send(sid: str) -> None:
+        try:
+            await store.append_turn(sid, commit(1, 0), token=tokens[sid])
+        except StoreError as exc:
+            got.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "s0")
+        tg.start_soon(send, "s1")
+        await anyio.to_thread.run_sync(fsync.started.acquire)
+        fsync.gates[0].set()
+    assert len(got) == 2
+    assert all("fsync of the write-ahead log failed" in str(e) for e in got)
+
+
+async def test_a_batch_takes_half_of_the_sessions_at_work(store: SQLiteStore) -> None:
+    """40 sessions' turns at once go in two batches of 20: while one is fsynced, the
+    other half of the sessions can prepare their next turns."""
+    tokens = await new_sessions(store, 40)
+    group = store._group
+    assert group is not None
+    commits = count_commits(store)
+    before = group.batches
+    got = await outcomes(store, [(sid, commit(1, 0), tok) for sid, tok in tokens.items()])
+    assert got == [None] * 40
+    assert group.batches - before == 2 and len(commits) == 2
+
+
+def test_the_batch_limit() -> None:
+    """Half the sessions at work (last batch's and queued, counted once), between
+    BATCH_MIN and BATCH_MAX."""
+    queued = [QueuedTurn(f"q{i}", commit(1, 0), 0, 0.0) for i in range(60)]
+    assert batch_limit(queued, frozenset(f"b{i}" for i in range(40))) == 50
+    assert batch_limit(queued, frozenset(f"q{i}" for i in range(40))) == 30
+    assert batch_limit(queued[:3], frozenset()) == BATCH_MIN
+    assert batch_limit(queued * 20, frozenset(f"b{i}" for i in range(2000))) == BATCH_MAX
