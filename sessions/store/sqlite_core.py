@@ -84,6 +84,17 @@ class RememberedRows:
         if len(rows) > REMEMBERED_MAX:
             del rows[next(iter(rows))]  # the least recently used
 
+    def remember_all(self, states: Sequence[StateRow]) -> None:
+        """:meth:`remember` each of ``states`` (one write to the witness for all)."""
+        if self.witness is not None:
+            self.witness.seen_all((st.id, st.record_count, st.head_mac) for st in states)
+        rows = self.rows
+        for st in states:
+            rows.pop(st.id, None)
+            rows[st.id] = st
+        while len(rows) > REMEMBERED_MAX:
+            del rows[next(iter(rows))]  # the least recently used
+
     def forget(self, sid: str) -> None:
         """Drop what is remembered of ``sid`` (its row may change behind us)."""
         self.rows.pop(sid, None)
@@ -319,8 +330,7 @@ class SQLiteCore:
             if written is None:
                 written, out = _one_by_one(self, turns)
             self.conn.executemany(_END_CHECKPOINT, [(st.id,) for st in written])
-        for st in written:
-            self.remembered.remember(st)
+        self.remembered.remember_all(written)
         return out
 
     def append_summary(self, sid: str, summary: Message, upto: int, token: int, now: float) -> None:
