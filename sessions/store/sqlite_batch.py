@@ -133,6 +133,10 @@ def _synced(store: SQLiteStore, batch: list[QueuedTurn], error: BaseException | 
     assert group is not None
     if error is not None:
         error = StoreError(store.url, f"fsync of the write-ahead log failed: {error}")
+        core = store._core
+        for t in batch:  # committed but maybe not on disk: the next write reads them again
+            if core is not None:
+                core.remembered.forget(t.sid)
     group.settle(batch, None, error)
 
 
