@@ -53,7 +53,7 @@ from sessions.store.lease import Clock
 from sessions.store.signing import Signer, data_dir, load_key
 from sessions.store.sqlite_batch import write_group
 from sessions.store.sqlite_core import SQLiteCore
-from sessions.store.sqlite_group import GroupCommit, QueuedTurn, Syncer
+from sessions.store.sqlite_group import Committer, GroupCommit, QueuedTurn
 from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
 from sessions.store.witness import Witness, witness_path
@@ -130,8 +130,8 @@ class SQLiteStore:
         self._inline = inline_writes
         write = functools.partial(write_group, self)
         self._group = GroupCommit(write) if group_commit else None
-        # Fsyncs the log after a batch committed without one (None: no batch needs it).
-        self._syncer: Syncer | None = None
+        # Commits a batch begun in the loop's thread (None: batches commit in the loop).
+        self._committer: Committer | None = None
         # The session whose turn alone was the last batch (None: several; "": none yet).
         self._lone: str | None = ""
         self._clock = clock
@@ -177,7 +177,7 @@ class SQLiteStore:
             limits=self._limits, post=db.post, witness=witness,
         )  # fmt: skip
         if self._group is not None and self._synchronous != "NORMAL":
-            self._syncer = Syncer(f"turngraph-fsync:{self.path.name}", f"{self.path}-wal")
+            self._committer = Committer(f"turngraph-commit:{self.path.name}")
 
     def _open_witness(self) -> Witness | None:
         """The rollback witness of this file (keyed by its absolute path), if enabled."""
@@ -192,9 +192,9 @@ class SQLiteStore:
         """Let pending calls finish, close the connection, end the thread.  Idempotent."""
         db, self._db = self._db, None
         core, self._core = self._core, None
-        syncer, self._syncer = self._syncer, None
-        if syncer is not None:
-            syncer.stop()  # after the fsyncs already asked for
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.stop()  # after the commits already asked for
         if db is not None:
             # Shielded: a cancelled close still closes the file and ends the thread.
             with anyio.CancelScope(shield=True):

@@ -4,18 +4,12 @@
 In order of preference:
 
 * a lone turn of the session that alone has been writing, in the loop's thread with
-  its own fsync, as :meth:`~sessions.store.sqlite.SQLiteStore.append_turn` always did;
-* in the loop's thread without an fsync, then the fsync of the write-ahead log in the
-  store's :class:`~sessions.store.sqlite_group.Syncer` thread, the loop free meanwhile;
-* in the database thread with the store's own ``synchronous`` (the loop may not use
-  the connection now: the thread has work queued, or another process holds the lock).
-
-``synchronous=NORMAL`` followed by an fsync of the log is what ``FULL`` does inside the
-commit: in WAL mode SQLite's commit writes the transaction's frames to the log, and
-``FULL`` then fsyncs the log before returning.  Everything else (the log header synced
-when the log restarts, the log synced before each checkpoint) is the same at both
-levels.  So a turn acknowledged after an fsync of the log that began after its commit
-is as durable as with ``FULL``.
+  its own commit, as :meth:`~sessions.store.sqlite.SQLiteStore.append_turn` always did;
+* its statements in the loop's thread, its ``COMMIT`` (log write and fsync) in the
+  store's :class:`~sessions.store.sqlite_group.Committer` thread, the loop free
+  meanwhile; the connection stays claimed from ``BEGIN`` to the end of the commit;
+* in the database thread (the loop may not use the connection now: the thread has work
+  queued, or another process holds the lock).
 """
 
 from __future__ import annotations
@@ -23,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sessions.errors import StoreError
-from sessions.store.sqlite_core import BatchTurn, SQLiteCore
-from sessions.store.sqlite_group import QueuedTurn
+from sessions.store.durable import StateRow
+from sessions.store.sqlite_core import BatchTurn, SQLiteCore, batch_rows, count_write
+from sessions.store.sqlite_group import Committer, QueuedTurn
+from sessions.store.sqlite_open import translate
 
 if TYPE_CHECKING:
     from sessions.store.sqlite import SQLiteStore
@@ -49,13 +46,22 @@ def write_group(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
             t.finish(error)
         return True
     turns = [(t.sid, t.commit, t.token, t.now) for t in batch]
+    committer = store._committer
     if lone is False and store._inline and db.claim():  # None: the lock is taken
         try:
-            done, out = core.try_inline(_write_unsynced, (core, turns, store._synchronous))
-        finally:
+            done, out = core.try_inline(_write_open, (core, turns, committer is not None))
+        except BaseException:
             db.release()
-        if done and out is not None:
-            return _after_commit(store, batch, out)
+            raise
+        if not done or out is None:
+            db.release()
+        elif committer is None:  # committed here (synchronous=NORMAL: no fsync to wait for)
+            db.release()
+            for t, refused in zip(batch, out[1], strict=True):
+                t.finish(refused)
+            return True
+        else:
+            return _commit_there(store, committer, batch, out, db.release)
     loop = asyncio.get_running_loop()
     db.post(functools.partial(_write_in_thread, store, core, loop, batch, turns))
     return False
@@ -92,52 +98,71 @@ def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool | None:
     return done or None
 
 
-def _write_unsynced(
-    core: SQLiteCore, turns: Sequence[BatchTurn], level: str
-) -> list[Exception | None]:
-    """:meth:`SQLiteCore.write_batch`, committed without an fsync (the caller fsyncs the
-    log); the connection's level is ``level`` again after it."""
+def _write_open(
+    core: SQLiteCore, turns: Sequence[BatchTurn], leave_open: bool
+) -> tuple[list[StateRow], list[Exception | None]]:
+    """Write the batch in a transaction, committed unless ``leave_open`` (then the
+    caller commits it); the rows written and each turn's error (see
+    :meth:`SQLiteCore.write_batch`).  Nothing is left open if it raises."""
+    if not leave_open:
+        rows = core.write_batch(turns)
+        return [], rows
     conn = core.conn
-    if level == "NORMAL":
-        return core.write_batch(turns)
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        return core.write_batch(turns)
-    finally:
-        conn.execute(f"PRAGMA synchronous={level}")
+        return batch_rows(core, turns)
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
 
 
-def _after_commit(store: SQLiteStore, batch: list[QueuedTurn], out: list[Exception | None]) -> bool:
-    """The batch committed without an fsync: refused turns are finished now (nothing of
-    them was written), the others once the log's fsync has ended."""
-    group, syncer = store._group, store._syncer
-    assert group is not None
-    waiting = False
-    for t, error in zip(batch, out, strict=True):
+def _commit_there(
+    store: SQLiteStore,
+    committer: Committer,
+    batch: list[QueuedTurn],
+    out: tuple[list[StateRow], list[Exception | None]],
+    release: Callable[[], None],
+) -> bool:
+    """The batch's statements ran: refused turns are finished now (nothing of them was
+    written), the others once the committer has committed (``release`` then frees the
+    connection)."""
+    rows, errors = out
+    for t, error in zip(batch, errors, strict=True):
         if error is not None:
             t.finish(error)
-        elif syncer is None:  # synchronous=NORMAL: durable as far as that level promises
-            t.finish(None)
-        else:
-            waiting = True
-    if not waiting:
+    core = store._core
+    assert core is not None
+    if not rows:  # every turn refused: nothing to commit
+        try:
+            core.conn.rollback()
+        finally:
+            release()
         return True
-    assert syncer is not None
-    syncer.sync(functools.partial(_synced, store, batch))
+    committer.commit(core.conn, release, functools.partial(_committed, store, batch, rows))
     return False
 
 
-def _synced(store: SQLiteStore, batch: list[QueuedTurn], error: BaseException | None) -> None:
-    """In the loop: the fsync covering ``batch`` ended (``error``: it failed)."""
-    group = store._group
+def _committed(
+    store: SQLiteStore,
+    batch: list[QueuedTurn],
+    rows: list[StateRow],
+    error: sqlite3.Error | None,
+) -> None:
+    """In the loop: the commit of ``batch`` ended (``error``: it failed, nothing of the
+    batch was written)."""
+    group, core = store._group, store._core
     assert group is not None
+    failed: BaseException | None = None
     if error is not None:
-        error = StoreError(store.url, f"fsync of the write-ahead log failed: {error}")
-        core = store._core
-        for t in batch:  # committed but maybe not on disk: the next write reads them again
-            if core is not None:
+        failed = translate(store.url, store.path, error)
+        if core is not None:
+            for t in batch:
                 core.remembered.forget(t.sid)
-    group.settle(batch, None, error)
+    elif core is not None:
+        count_write(core)
+        core.remembered.remember_all(rows)
+    group.settle(batch, None, failed)
 
 
 def _write_in_thread(

@@ -3,38 +3,38 @@ transaction, and one fsync makes all of them durable.
 
 There is no timer and no background task.  A batch is what is waiting when the writer
 is free.  A turn that finds the writer free yields to the event loop once (the turns
-ready then join the queue) and writes the batch.  A batch is written in two steps:
+ready then join the queue) and writes the batch: its statements run in the event loop's
+thread, and its ``COMMIT`` (with ``synchronous=FULL``: the log written and fsynced) in
+the store's :class:`Committer` thread, while the loop goes on: the sessions of the
+previous batch prepare their next turns meanwhile, and those form the next batch,
+written as soon as this commit has ended.
 
-* its transaction, in the event loop's thread, committed without an fsync
-  (``synchronous=NORMAL`` for that one commit);
-* then the fsync of the write-ahead log, in the store's :class:`Syncer` thread, while
-  the event loop goes on: the sessions of the previous batch prepare their next turns
-  meanwhile, and those form the next batch, written as soon as this fsync has ended.
+Python runs one thread at a time, so the statements stay in the loop's thread: a
+database thread running statements while the loop is busy waits for the interpreter
+at every statement (each releases it), which is far slower than running them in the
+loop.  The ``COMMIT`` releases it once, for the log write and fsync together.  The
+connection stays held from the batch's first statement to its commit, so nothing else
+of this store runs inside the transaction.
 
-Python runs one thread at a time, so the SQL stays in the loop's thread: a database
-thread running statements while the loop is busy waits for the interpreter at every
-statement (each releases it), which is far slower than running them in the loop.  The
-fsync releases the interpreter once, for its whole length.
-
-So that one half of the sessions at work prepares while the other half's batch is
-fsynced, a batch holds at most half of them (:func:`batch_limit`); a first batch is
+So that one half of the sessions at work prepares while the other half's batch
+commits, a batch holds at most half of them (:func:`batch_limit`); a first batch is
 everything ready at once.
 
-Each caller returns only when its turn is durable (with ``synchronous=FULL`` or
-``EXTRA``: after an fsync that began after its commit) or raises that turn's own error:
-:meth:`~sessions.store.sqlite_core.SQLiteCore.write_batch` writes each turn in a
-savepoint, so a refused turn writes nothing and the others commit.  The fsync's end
-wakes the whole batch through one call into the loop.  A batch holds at most one turn
-per session and the queue is first in, first out, so a session's turns are written in
-the order they were queued.
+Each caller returns only when the commit holding its turn has ended (with
+``synchronous=FULL`` or ``EXTRA``: after its fsync) or raises that turn's own error:
+:func:`~sessions.store.sqlite_core.batch_rows` writes each turn in a savepoint, so a
+refused turn writes nothing and the others commit.  The commit's end wakes the whole
+batch through one call into the loop.  A batch holds at most one turn per session and
+the queue is first in, first out, so a session's turns are written in the order they
+were queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,7 +46,7 @@ import anyio.lowlevel
 
 from sessions.store.base import TurnCommit
 
-__all__ = ["BATCH_MAX", "BATCH_MIN", "GroupCommit", "QueuedTurn", "Syncer", "batch_limit"]
+__all__ = ["BATCH_MAX", "BATCH_MIN", "Committer", "GroupCommit", "QueuedTurn", "batch_limit"]
 
 BATCH_MAX: Final = 512
 """Turns in one batch at most: bounds how long one transaction holds the write lock."""
@@ -90,6 +90,10 @@ def batch_limit(queued: Sequence[QueuedTurn], last: frozenset[str]) -> int:
     at least :data:`BATCH_MIN`, at most :data:`BATCH_MAX`."""
     at_work = len(last.union(t.sid for t in queued))
     return min(BATCH_MAX, max(BATCH_MIN, (at_work + 1) // 2))
+
+
+def _commit(conn: sqlite3.Connection) -> object:
+    return conn.execute("COMMIT")
 
 
 class GroupCommit:
@@ -178,55 +182,62 @@ class GroupCommit:
         return batch
 
 
-class Syncer:
-    """A thread that fsyncs one file on request and reports each end to the event loop
-    through one call (``loop.call_soon_threadsafe``).
+class Committer:
+    """A thread that commits write transactions the event loop's thread began, and
+    reports each end to the loop through one call (``loop.call_soon_threadsafe``).
 
-    The file is opened in the thread at the first request and closed when the thread
-    stops.  ``fsync`` is :func:`os.fsync` (tests pass an instrumented one).
+    ``COMMIT`` with ``synchronous=FULL`` writes the log and fsyncs it in one call that
+    releases the interpreter throughout, so the loop runs meanwhile.  ``commit`` runs
+    the statement (tests pass an instrumented one).
     """
 
-    def __init__(self, name: str, path: str, fsync: Callable[[int], None] = os.fsync) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, Callable[[BaseException | None], None]] | None
-        ] = queue.SimpleQueue()
+    def __init__(self, name: str, commit: Callable[[sqlite3.Connection], object] = _commit) -> None:
+        self._jobs: queue.SimpleQueue[_Commit | None] = queue.SimpleQueue()
         self.thread = threading.Thread(
-            target=_sync_loop, args=(self._jobs, path, fsync), name=name, daemon=True
+            target=_commit_loop, args=(self._jobs, commit), name=name, daemon=True
         )
         self.thread.start()
 
-    def sync(self, done: Callable[[BaseException | None], None]) -> None:
-        """Fsync the file, then call ``done(error)`` in the running loop (``None``: the
-        fsync succeeded).  Call from the loop's thread."""
-        self._jobs.put((asyncio.get_running_loop(), done))
+    def commit(
+        self,
+        conn: sqlite3.Connection,
+        release: Callable[[], None],
+        done: Callable[[sqlite3.Error | None], None],
+    ) -> None:
+        """Commit ``conn``'s open transaction (rolled back if that fails), call
+        ``release()``, then ``done(error)`` in the running loop (``None``: committed).
+        Call from the loop's thread."""
+        self._jobs.put((conn, release, asyncio.get_running_loop(), done))
 
     def stop(self) -> None:
-        """End the thread once the requests made before have run."""
+        """End the thread once the commits asked for before have run."""
         self._jobs.put(None)
 
 
-def _sync_loop(
-    jobs: queue.SimpleQueue[
-        tuple[asyncio.AbstractEventLoop, Callable[[BaseException | None], None]] | None
-    ],
-    path: str,
-    fsync: Callable[[int], None],
+_Commit = tuple[
+    sqlite3.Connection,
+    Callable[[], None],
+    asyncio.AbstractEventLoop,
+    Callable[[sqlite3.Error | None], None],
+]
+
+
+def _commit_loop(
+    jobs: queue.SimpleQueue[_Commit | None], commit: Callable[[sqlite3.Connection], object]
 ) -> None:
-    """The :class:`Syncer` thread's body."""
-    fd = -1
-    try:
-        while (job := jobs.get()) is not None:
-            loop, done = job
-            error: BaseException | None = None
-            try:
-                if fd < 0:
-                    fd = os.open(path, os.O_RDONLY)
-                fsync(fd)
-            except OSError as exc:
-                error = exc
-            # A closed loop raises RuntimeError: nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(done, error)
-    finally:
-        if fd >= 0:
-            os.close(fd)
+    """The :class:`Committer` thread's body."""
+    while (job := jobs.get()) is not None:
+        conn, release, loop, done = job
+        error: sqlite3.Error | None = None
+        try:
+            commit(conn)
+        except sqlite3.Error as exc:
+            error = exc
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.rollback()
+        finally:
+            release()
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(done, error)
