@@ -14,9 +14,10 @@ next is sent) and all sessions run at once in one event loop, on the
   background while the next step runs).
 
 Targets (issue 17), same run: 100 sessions on SQLite FULL ≥ 20× LangGraph ``exit``
-and ≥ 0.6× turngraph's memory store (:func:`side_by_side`: medians of rounds that
-measure the three in turn, after warm-up turns); one session's turn p50 with group commit within
-10 % of the same store without it (today's path), timed in alternating blocks.
+and ≥ 0.6× turngraph's memory store (:func:`side_by_side`: rounds that measure the
+three in turn after warm-up turns; the median of the rounds' ratios); one session's
+turn p50 with group commit within 10 % of the same store without it (today's path),
+timed in alternating blocks.
 """
 
 from __future__ import annotations
@@ -134,11 +135,12 @@ SIDE_BY_SIDE: Final = (MEMORY, SQLITE, LG_EXIT)
 
 async def side_by_side(
     ctx: BenchContext, res: BenchResult, impls: dict[str, Setup | str]
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
     """The target rows: 100 sessions of each of :data:`SIDE_BY_SIDE`, in rounds (each
     round measures each once, in a rotating order, so all see the same machine), each
     measurement after 3 warm-up turns a session; the median of the rounds per
-    implementation.  turngraph's rows send 30 turns a session, LangGraph's 2."""
+    implementation.  turngraph's rows send 30 turns a session, LangGraph's 2.  Returns
+    each complete implementation's rates, round by round."""
     rounds = ctx.n(7, 1)
     got: dict[str, list[float]] = {label: [] for label in SIDE_BY_SIDE}
     with ctx.progress("100 sessions side by side", rounds * len(SIDE_BY_SIDE)) as advance:
@@ -159,7 +161,13 @@ async def side_by_side(
         spread = f"{min(got[label]):,.0f}–{max(got[label]):,.0f} over {len(got[label])} rounds"
         res.add(f"100 sessions side by side (median), {label}", value, "turns/s", note=spread)
     res.params.update(side_by_side={label: got[label] for label in got})
-    return medians
+    return {label: v for label, v in got.items() if len(v) == rounds}
+
+
+def round_ratios(got: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """``a``'s rate over ``b``'s in each round (measured one after the other, so the
+    machine's load moves both alike), sorted."""
+    return sorted(x / y for x, y in zip(got[a], got[b], strict=True))
 
 
 def workloads(ctx: BenchContext) -> tuple[tuple[int, int], ...]:
@@ -219,7 +227,7 @@ def implementations(pg: str) -> dict[str, Setup | str]:
 async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
     await one_session(ctx, res)
     impls = implementations(pg)
-    medians = await side_by_side(ctx, res, impls)
+    rounds = await side_by_side(ctx, res, impls)
     rates: dict[tuple[str, int], float] = {}
     levels = workloads(ctx)
     with ctx.progress("implementations × sessions", len(impls) * len(levels)) as advance:
@@ -242,7 +250,7 @@ async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
                 rates[label, sessions] = got
                 res.add(f"{label}, {sessions} sessions", got, "turns/s")
     res.params.update(workloads=[list(w) for w in levels])
-    _compare(ctx, res, rates, [s for s, _ in levels], medians)
+    _compare(ctx, res, rates, [s for s, _ in levels], rounds)
 
 
 def _cause(exc: BaseException) -> str:
@@ -257,7 +265,7 @@ def _compare(
     res: BenchResult,
     rates: dict[tuple[str, int], float],
     levels: list[int],
-    medians: dict[str, float],
+    rounds: dict[str, list[float]],
 ) -> None:
     labels = dict.fromkeys(label for label, _ in rates)
     for label in labels:
@@ -267,10 +275,12 @@ def _compare(
         res.comparison.append(row)
     full = not ctx.quick
     for other, goal, what in ((LG_EXIT, 20.0, "LangGraph exit"), (MEMORY, 0.6, "memory store")):
-        name = f"100 sessions: SQLite FULL / {what} (medians side by side)"
-        if SQLITE in medians and other in medians:
-            ratio = medians[SQLITE] / medians[other]
-            res.add(name, ratio, "×", at_least(goal) if full else None)
+        name = f"100 sessions: SQLite FULL / {what} (median of rounds)"
+        if SQLITE in rounds and other in rounds:
+            ratios = round_ratios(rounds, SQLITE, other)
+            spread = f"{ratios[0]:.3g}–{ratios[-1]:.3g} over {len(ratios)} rounds"
+            median = statistics.median(ratios)
+            res.add(name, median, "×", at_least(goal) if full else None, note=spread)
         else:
             res.skip(name, "not measured")
     res.notes.append(
