@@ -5,11 +5,17 @@ GIL with the client measuring it).  Measured in one run:
 
 * **turn over HTTP vs in-process**: the same turn (offline ``echo`` model, ``memory:``
   store, shipped ``turn.dot``) sent by ``session.send`` in this process, and by
-  ``POST /sessions/{id}/turns`` over one kept-alive loopback connection (stdlib
-  ``http.client``: the leanest client, so the figure is the server's), alternating
-  turn by turn so both see the same machine load; p50 of each and the difference
-  (goal ≤ 1 ms added); and the app's own share, the same turn as a bare ASGI call in
-  this process (no socket, no uvicorn) against ``session.send``;
+  ``POST /sessions/{id}/turns`` over one kept-alive loopback connection (a plain socket
+  sending a pre-encoded request, :class:`_Client`: the client's own cost kept as small
+  as it goes, so the figure is the server's), alternating turn by turn so both see the
+  same machine load; p50 and p99 of each and the difference (goal ≤ 1 ms added at the
+  p50).  Between them, in the same rounds, a bare round trip to :mod:`bench.http_floor`
+  (a server that only answers): what any server process pays on this machine at this
+  load, so the server's own share is the difference beyond it.  CPU per turn of the
+  client, the server process and the in-process turn, which the load does not move;
+  the app's own share, the same turn as a bare ASGI call in this process (no socket,
+  no uvicorn) against ``session.send``; and, when uvloop is installed, the differences
+  again with the server on ``--loop uvloop`` (the default is asyncio's own loop);
 * **concurrent SSE streams**: ``N`` clients (1,000) each stream one turn at once as
   Server-Sent Events from one server process whose model is a loopback server
   (:mod:`bench.loopback_llm`, 50 ms to the first token); failed streams (no ``result``
@@ -25,14 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
+import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,58 +97,123 @@ def _rss(pid: int) -> int:
 # --------------------------------------------------------------------------- one turn
 
 
-class _Http:
-    """``POST /sessions/http/turns`` over one kept-alive connection (stdlib client)."""
+class _Client:
+    """One kept-alive loopback connection sending a fixed, pre-encoded request.
 
-    def __init__(self, url: str) -> None:
+    A plain socket, on purpose: the figure is what the *server* adds, so the client's
+    own cost is kept as small as it goes and the same on every run.  (stdlib
+    ``http.client`` spends ~0.1 ms of CPU per request building headers and parsing the
+    response with the email package; httpx more.)  The answer is read to its
+    ``Content-Length`` and checked: status 200 and ``"status":"success"`` in the body.
+    """
+
+    def __init__(self, url: str, path: str) -> None:
         host, port = url.removeprefix("http://").rsplit(":", 1)
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.sock = socket.create_connection((host, int(port)), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = b'{"text": "hello"}'
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     def turn(self) -> None:
-        self.conn.request("POST", "/sessions/http/turns", b'{"text": "hello"}', _JSON_HEADERS)
-        response = self.conn.getresponse()
-        data = response.read()
-        if response.status != 200 or b'"status":"success"' not in data:
-            raise RuntimeError(f"turn failed: {response.status} {data[:200]!r}")
+        """Send the request; return once the whole response has arrived (checked)."""
+        self.sock.sendall(self.request)
+        data = self.sock.recv(65536)
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            data += self._more(data)
+        head = data[:end].lower()
+        at = head.find(b"content-length:")
+        size = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else -1
+        while len(data) < end + 4 + size:
+            data += self._more(data)
+        if not head.startswith(b"http/1.1 200") or b'"status":"success"' not in data[end:]:
+            raise RuntimeError(f"turn failed: {data[:200]!r}")
+
+    def _more(self, data: bytes) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise RuntimeError(f"the server closed the connection: {data[:200]!r}")
+        return chunk
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.sock.close()
 
 
-_JSON_HEADERS = {"content-type": "application/json"}
+@contextlib.contextmanager
+def _floor() -> Iterator[str]:
+    """:mod:`bench.http_floor` in its own process: its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.http_floor"],
+        cwd=_ROOT,
+        env={**os.environ, "PYTHONPATH": str(_ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-async def _interleaved(
-    url: str, pid: int, n: int, warmup: int
-) -> tuple[list[int], list[int], float, float]:
-    """``n`` turns each way, alternating (so both see the same machine load):
-    nanoseconds per HTTP turn and per in-process turn, and the CPU nanoseconds per turn
-    of the server process and of the in-process turn (load-independent figures)."""
+@dataclass
+class _Turns:
+    """Nanoseconds per round trip of each kind, and CPU nanoseconds per turn."""
+
+    http: list[int] = field(default_factory=list)
+    floor: list[int] = field(default_factory=list)
+    local: list[int] = field(default_factory=list)
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+    local_cpu: float = 0.0
+
+
+async def _interleaved(url: str, floor_url: str, pid: int, n: int, warmup: int) -> _Turns:
+    """``n`` rounds of: a turn over HTTP, a bare round trip to the loopback floor, the
+    same turn in-process; alternating, so all three see the same machine load.  CPU per
+    turn of the client, of the server process and of the in-process turn too (figures
+    the machine's load does not move)."""
     from sessions import SessionManager
 
-    client = _Http(url)
-    clock = time.perf_counter_ns
-    http_ns: list[int] = []
-    local_ns: list[int] = []
-    cpu = time.thread_time_ns
-    local_cpu = server_cpu = 0
+    client, floor = _Client(url, "/sessions/http/turns"), _Client(floor_url, "/")
+    clock, cpu = time.perf_counter_ns, time.thread_time_ns
+    out = _Turns()
+    client_cpu = local_cpu = server_cpu = 0
     try:
         async with SessionManager("memory:", llm="echo") as manager:
             session = await manager.get_or_create("local")
             for i in range(warmup + n):
                 if i == warmup:
-                    server_cpu, local_cpu = -_cpu_ns(pid), 0
-                t0 = clock()
+                    server_cpu, client_cpu, local_cpu = -_cpu_ns(pid), 0, 0
+                c0, t0 = cpu(), clock()
                 client.turn()  # blocking, on purpose: nothing else runs meanwhile
-                t1 = clock()
-                c0 = cpu()
+                t1, c1 = clock(), cpu()
+                floor.turn()
+                t2, c2 = clock(), cpu()
                 await session.send("hello")
-                local_cpu += cpu() - c0
-                t2 = clock()
+                t3, c3 = clock(), cpu()
+                client_cpu += c1 - c0
+                local_cpu += c3 - c2
                 if i >= warmup:
-                    http_ns.append(t1 - t0)
-                    local_ns.append(t2 - t1)
+                    out.http.append(t1 - t0)
+                    out.floor.append(t2 - t1)
+                    out.local.append(t3 - t2)
             server_cpu += _cpu_ns(pid)
     finally:
-        client.conn.close()
-    return http_ns, local_ns, server_cpu / n, local_cpu / n
+        client.close()
+        floor.close()
+    out.client_cpu, out.server_cpu, out.local_cpu = client_cpu / n, server_cpu / n, local_cpu / n
+    return out
 
 
 async def _asgi_added(n: int, warmup: int) -> tuple[Stats, Stats]:
@@ -306,6 +379,34 @@ async def _idle(url: str, pid: int, n: int) -> float:
 # --------------------------------------------------------------------------- the run
 
 
+def _add_turns(res: BenchResult, timed: _Turns, app_added: float | None, label: str = "") -> None:
+    """The rows of one interleaved run; ``label`` prefixes them (a second loop's run gets
+    only the differences, ``app_added`` None)."""
+    http, floor, local = Stats.of(timed.http), Stats.of(timed.floor), Stats.of(timed.local)
+    if app_added is not None:
+        res.add_latency("turn in-process", local, mean_too=False)
+        res.add_latency("turn over HTTP", http, mean_too=False)
+        res.add_latency("loopback floor (a bare HTTP answer)", floor, mean_too=False)
+    goal = at_most(1000) if app_added is not None else None
+    res.add(f"{label}HTTP added, p50", (http.p50 - local.p50) / 1e3, "µs", goal)
+    res.add(f"{label}HTTP added, p99", (http.p99 - local.p99) / 1e3, "µs")
+    res.add(
+        f"{label}HTTP added beyond the loopback floor, p50",
+        (http.p50 - local.p50 - floor.p50) / 1e3,
+        "µs",
+        note="the server's own share: uvicorn, the app, the JSON" if not label else "",
+    )
+    cpu_added = (timed.server_cpu - timed.local_cpu) / 1e3
+    if app_added is None:
+        res.add(f"{label}HTTP added, server CPU per turn", cpu_added, "µs")
+        return
+    res.add("app layer added, p50 (ASGI call in-process vs session.send)", app_added / 1e3, "µs")
+    res.add("client CPU per HTTP turn", timed.client_cpu / 1e3, "µs")
+    res.add("CPU per turn in-process", timed.local_cpu / 1e3, "µs")
+    res.add("server CPU per turn over HTTP", timed.server_cpu / 1e3, "µs")
+    res.add("HTTP added, server CPU per turn", cpu_added, "µs")
+
+
 def run(ctx: BenchContext) -> BenchResult:
     """Measure the three parts in one run (see the module)."""
     res = BenchResult(NAME, TITLE)
@@ -321,10 +422,16 @@ def run(ctx: BenchContext) -> BenchResult:
     warmup = ctx.n(200, 20)
     res.params.update(turns=turns, streams=streams, ttft_ms=50, store="memory:")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as d, bench_env(Path(d)):
-        with _server("--store", "memory:", "--llm", "echo") as (url, pid):
-            http_ns, local_ns, server_cpu, local_cpu = anyio.run(
-                _interleaved, url, pid, turns, warmup
-            )
+        load_before = os.getloadavg()[0]
+        echo = ("--store", "memory:", "--llm", "echo")
+        with _server(*echo) as (url, pid), _floor() as floor:
+            timed = anyio.run(_interleaved, url, floor, pid, turns, warmup)
+        # The same on uvloop (`--loop uvloop`), when it is installed: for scale.
+        on_uvloop = None
+        if importlib.util.find_spec("uvloop") is not None:
+            with _server(*echo, "--loop", "uvloop") as (url, pid), _floor() as floor:
+                on_uvloop = anyio.run(_interleaved, url, floor, pid, turns, warmup)
+        load_after = os.getloadavg()[0]
         app_stats, bare_stats = anyio.run(_asgi_added, turns, warmup)
         load = Load("openai", ttft=0.05, tokens=20, gap=0.0)
         with serving(load) as model:
@@ -334,18 +441,13 @@ def run(ctx: BenchContext) -> BenchResult:
                 per_conn = anyio.run(_idle, url, pid, streams)  # first: a fresh heap
                 wall, failed, stalled, lat, first = anyio.run(_streams, url, streams)
             local_wall, local_failed = anyio.run(_in_process, model, streams)
-    http_stats, local_stats = Stats.of(http_ns), Stats.of(local_ns)
-    res.add_latency("turn in-process", local_stats, mean_too=False)
-    res.add_latency("turn over HTTP", http_stats, mean_too=False)
-    res.add("HTTP added, p50", (http_stats.p50 - local_stats.p50) / 1e3, "µs", at_most(1000))
-    res.add(
-        "app layer added, p50 (ASGI call in-process vs session.send)",
-        (app_stats.p50 - bare_stats.p50) / 1e3,
-        "µs",
+    _add_turns(res, timed, app_stats.p50 - bare_stats.p50)
+    if on_uvloop is not None:
+        _add_turns(res, on_uvloop, None, "--loop uvloop: ")
+    res.notes.append(
+        f"load average {load_before:.1f} → {load_after:.1f} on {os.cpu_count()} cores while "
+        "the turns were timed"
     )
-    res.add("CPU per turn in-process", local_cpu / 1e3, "µs")
-    res.add("server CPU per turn over HTTP", server_cpu / 1e3, "µs")
-    res.add("HTTP added, server CPU per turn", (server_cpu - local_cpu) / 1e3, "µs")
     res.add("SSE streams: failed", failed, "", at_most(0), note=first[:80])
     res.add("SSE streams: stalled", stalled, "", at_most(0))
     res.add("SSE streams: wall", wall * 1e3, "ms")
@@ -355,8 +457,8 @@ def run(ctx: BenchContext) -> BenchResult:
     res.add("SSE stream latency p99", lat.p99 / 1e6, "ms")
     res.add("server RSS per idle connection", per_conn / 1024, "KiB")
     res.notes.append(
-        "HTTP: stdlib http.client on one kept-alive loopback connection to a server process "
-        "of its own; in-process: session.send on the same graph, model and store kind"
+        "HTTP: a plain socket client on one kept-alive loopback connection to a server "
+        "process of its own; in-process: session.send on the same graph, model and store kind"
     )
     res.seconds = time.perf_counter() - t0
     return res

@@ -26,6 +26,12 @@ Grammar (``&&`` binds tighter than ``||``; ``!`` negates what follows it)::
 **Values** are bare words (``success``, ``10``, ``-1.5``) or quoted with ``"`` or
 ``'`` (inside, a backslash escapes the next character).
 
+**Word operators** (the ``attractor`` dialect only, ``extended=True``):
+``key contains value`` holds when the value found is a string containing ``value`` or a
+list, tuple or set holding it (as text); ``key matches value`` when the regular
+expression ``value`` matches somewhere in the value as text (a bad expression is a
+syntax error).  ``!tool.output contains "id"`` negates as usual.
+
 **Semantics.** When both sides read as numbers the comparison is numeric
 (``turn<10`` with ``turn`` = ``"9"`` is true); otherwise ``=``/``==``/``!=`` compare
 text (``True``/``False`` read as ``true``/``false``) and ``<``, ``<=``, ``>``, ``>=``
@@ -87,6 +93,7 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
 }
 
+_WORD_OPS = ("contains", "matches")
 _Token = tuple[str, str, int]  # (kind, text, offset)
 
 
@@ -188,7 +195,23 @@ def _number_predicate(op: str, literal: str) -> Predicate:
     return pred
 
 
+def _word_predicate(op: str, literal: str) -> Predicate:
+    """``contains`` and ``matches``: tests on the value found as text (or a collection)."""
+    if op == "matches":
+        pattern = re.compile(literal)
+        return lambda v: v is not None and pattern.search(_as_text(v)) is not None
+
+    def contains(value: Any) -> bool:
+        if isinstance(value, list | tuple | set | frozenset):
+            return any(_as_text(item) == literal for item in value)
+        return value is not None and literal in _as_text(value)
+
+    return contains
+
+
 def _clause(key: str, op: str, literal: str) -> Test:
+    if op in _WORD_OPS:
+        return _leaf(key, _word_predicate(op, literal))
     if _NUMBER.match(literal.strip()):
         return _leaf(key, _number_predicate(op, literal))
     return _leaf(key, _text_predicate(op, literal))
@@ -200,8 +223,9 @@ def _clause(key: str, op: str, literal: str) -> Test:
 class _Parser:
     """Recursive descent over the token list, building closures as it goes."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, extended: bool = False) -> None:
         self.text = text
+        self.extended = extended
         self.tokens = _lex(text)
         self.i = 0
         self.depth = 0
@@ -267,14 +291,24 @@ class _Parser:
             raise self.fail("expected a key")
         self.keys.append((token[1], token[2]))
         self.i += 1
-        op = self.accept(*_COMPARE)
+        op = self.accept(*_COMPARE) or self._word_op()
         if op is None:
             return _leaf(token[1], _truthy)
         value = self.peek()
         if value is None or value[0] == "op":
             raise self.fail(f"expected a value after {op!r}")
         self.i += 1
-        return _clause(token[1], op, _unquote(value))
+        try:
+            return _clause(token[1], op, _unquote(value))
+        except re.error as exc:
+            raise ConditionSyntaxError(self.text, value[2], f"bad expression: {exc}") from None
+
+    def _word_op(self) -> str | None:
+        token = self.peek()
+        if self.extended and token is not None and token[:2] in {("word", w) for w in _WORD_OPS}:
+            self.i += 1
+            return token[1]
+        return None
 
 
 def _unquote(token: _Token) -> str:
@@ -298,22 +332,25 @@ def _any(parts: tuple[Test, ...]) -> Test:
     return lambda ctx: any(part(ctx) for part in parts)
 
 
-def compile_condition(text: str) -> Condition | None:
+def compile_condition(text: str, *, extended: bool = False) -> Condition | None:
     """Compile ``text`` into a :class:`~engine.graph.Condition`; ``None`` if it is blank.
+
+    ``extended`` adds the word operators ``contains`` and ``matches`` (the ``attractor``
+    dialect).
 
     Raises :class:`ConditionSyntaxError` (a :class:`~engine.errors.GraphError`) with
     the offending offset; the loader turns it into an issue naming the edge.
     """
     if not text.strip():
         return None
-    return Condition(text, _Parser(text).parse())
+    return Condition(text, _Parser(text, extended).parse())
 
 
-def condition_keys(text: str) -> tuple[tuple[str, int], ...]:
+def condition_keys(text: str, *, extended: bool = False) -> tuple[tuple[str, int], ...]:
     """The keys ``text`` reads, each with its 0-based offset, in order (for ``validate``).
 
     Raises :class:`ConditionSyntaxError` like :func:`compile_condition`.
     """
-    parser = _Parser(text)
+    parser = _Parser(text, extended)
     parser.parse()
     return tuple(parser.keys)

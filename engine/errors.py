@@ -16,10 +16,12 @@
     │   │   ├── JoinTimeout        the fan-in's ``timeout`` passed first
     │   │   └── MergeConflict      two branches wrote one key with no ``merge`` declared
     │   ├── GoalGateUnmet          an exit was reached with a ``goal_gate`` not succeeded
+    │   ├── GatePaused             a human gate waits for an answer (a pause, not a failure)
     │   └── TurnTimeout            a whole run exceeded its deadline (``turn_timeout``)
     ├── AdapterError               an LLM, memory or tools backend failed
     │   ├── TransientAdapterError  ...and trying again may help (retryable)
     │   ├── LLMSpecError           ``--llm`` / ``from_spec`` names no known model provider
+    │   ├── ShellDisabled          a node's ``tool_command`` while shell commands are off
     │   ├── MissingExtraError      the provider's SDK is not installed (names the pip command)
     │   └── ProviderError          a model provider answered badly: provider, host, status
     │       ├── ProviderAuthError      401/403: not retried, check the key
@@ -48,6 +50,7 @@ from typing import Literal
 __all__ = [
     "AdapterError",
     "DotSyntaxError",
+    "GatePaused",
     "GoalGateUnmet",
     "GraphError",
     "GraphFileError",
@@ -71,6 +74,7 @@ __all__ = [
     "ProviderTimeout",
     "RateLimited",
     "RunError",
+    "ShellDisabled",
     "StreamInterrupted",
     "TransientAdapterError",
     "TransientProviderError",
@@ -255,6 +259,30 @@ class GoalGateUnmet(RunError):
         self.tries = tries
 
 
+class GatePaused(RunError):
+    """A human gate (``wait.human``) has no answer yet: the walk stops there, durably.
+
+    Not a failure: :meth:`Engine.run` returns ``RunResult(status="paused")`` carrying
+    it, and a session stores the pause for ``answer()``.  ``timeout`` is the gate's own
+    (seconds, ``None``: waits for ever); ``default`` the choice taken when it passes.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        question: str,
+        choices: tuple[str, ...],
+        default: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(f"node {node_id!r} waits for a human answer: {question}")
+        self.node_id = node_id
+        self.question = question
+        self.choices = choices
+        self.default = default
+        self.timeout = timeout
+
+
 class TurnTimeout(RunError):
     """A whole run did not reach an exit within its deadline.
 
@@ -291,6 +319,22 @@ class TransientAdapterError(AdapterError):
     """
 
     retry_after: float | None = None
+
+
+class ShellDisabled(AdapterError):
+    """A node asked to run a shell command (``tool_command``) and shell commands are off.
+
+    ``node_id`` names the node; the message says how to turn them on.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(
+            "shell",
+            f"node {node_id!r}: tool_command is refused: shell commands are off; enable "
+            "them with --allow-shell (or TURNGRAPH_ALLOW_SHELL=1), or "
+            "build_registry(allow_shell=True)",
+        )
+        self.node_id = node_id
 
 
 class LLMSpecError(AdapterError):

@@ -35,6 +35,7 @@ __all__ = [
     "Observer",
     "RunCompleted",
     "RunFailed",
+    "RunPaused",
     "RunStarted",
     "StructlogObserver",
     "TextDelta",
@@ -76,6 +77,19 @@ class RunFailed:
     error: str
     steps: int
     duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunPaused:
+    """A run stopped at human gate ``node_id`` to ask ``question``; it goes on when
+    someone answers with one of ``choices`` (``steps``: the nodes run before it)."""
+
+    run_id: str
+    graph: str
+    node_id: str
+    question: str
+    choices: tuple[str, ...]
+    steps: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +198,7 @@ Event = (
     RunStarted
     | RunCompleted
     | RunFailed
+    | RunPaused
     | NodeStarted
     | NodeRetrying
     | NodeCompleted
@@ -255,6 +270,14 @@ class StructlogObserver:
                 exit=event.exit,
                 steps=event.steps,
                 duration_ms=round(event.duration * 1000, 3),
+            )
+        elif isinstance(event, RunPaused):
+            log.info(
+                "run.paused",
+                run_id=event.run_id,
+                graph=event.graph,
+                node=event.node_id,
+                choices=list(event.choices),
             )
         elif isinstance(event, RunFailed):
             log.error(

@@ -123,7 +123,7 @@ class Edge:
     attrs: Mapping[str, Value] = field(default_factory=lambda: EMPTY_ATTRS)
     line: int = 0
     label: str = ""
-    weight: int = 0
+    weight: float = 0
     condition: Condition | None = None
 
 

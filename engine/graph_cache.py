@@ -44,7 +44,15 @@ MAX_ENTRIES = 256
 MAX_ENTRY_BYTES = 256 * 1024 * 1024
 """Largest entry read; a bigger file is ignored unread."""
 
-_READER_MODULES = ("dot.py", "dot_lexer.py", "loader.py", "validate.py", "conditions.py")
+_READER_MODULES = (
+    "dot.py",
+    "dot_lexer.py",
+    "loader.py",
+    "validate.py",
+    "conditions.py",
+    "attractor.py",
+    "stylesheet.py",
+)
 _Val = str | int | float | bool | list[int]  # a timedelta is [days, seconds, microseconds]
 
 
@@ -77,7 +85,7 @@ class _Edge(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     attrs: dict[str, _Val]
     line: int
     label: str
-    weight: int
+    weight: int | float
     condition: str | None
 
 
@@ -174,9 +182,9 @@ def _retry(r: _Retry) -> RetryPolicy:
     return NO_RETRY if policy == NO_RETRY else policy
 
 
-def _condition(source: str | None) -> Condition | None:
+def _condition(source: str | None, extended: bool) -> Condition | None:
     try:
-        return compile_condition(source) if source else None
+        return compile_condition(source, extended=extended) if source else None
     except ConditionSyntaxError:
         raise _BadEntry("condition") from None
 
@@ -191,10 +199,15 @@ def _graph(entry: _Entry, digest: str, path: str) -> Graph:
         )
         for n in entry.nodes
     }  # fmt: skip
+    # The attractor dialect's conditions also take its word operators (contains...).
+    extended = entry.attrs.get("dialect") == "attractor"
     edges = tuple(
-        Edge(e.src, e.dst, i, _attrs(e.attrs), e.line, e.label, e.weight, _condition(e.condition))
+        Edge(
+            e.src, e.dst, i, _attrs(e.attrs), e.line, e.label, e.weight,
+            _condition(e.condition, extended),
+        )
         for i, e in enumerate(entry.edges)
-    )
+    )  # fmt: skip
     ends = {e.src for e in edges} | {e.dst for e in edges} | {entry.start, *entry.exits}
     if len(nodes) != len(entry.nodes) or not ends <= nodes.keys():
         raise _BadEntry("dangling")

@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatchcase
 
+from engine.attractor import ATTRACTOR, ATTRS
 from engine.conditions import ConditionSyntaxError, condition_keys
 from engine.errors import Issue
 from engine.graph import Edge, Graph, Node
@@ -105,6 +106,7 @@ ENGINE_GRAPH_ATTRS: tuple[Attr, ...] = (
     ),
     Attr("default_max_retries", "int", 0, "max_retries of nodes that do not set it"),
     Attr("retry_target", "text", None, "where an unmet goal gate without its own goes"),
+    Attr("dialect", "text", "turngraph", "attractor: read as an Attractor pipeline"),
     *_RETRY_ATTRS,
 )
 """Graph attributes the engine reads (``retry.*`` are defaults for every node)."""
@@ -165,6 +167,12 @@ class _Known:
         }
         self.attr_names = {a.name for d in declared if d for a in d.attrs}
         self.attr_names.update(a.name for a in ENGINE_NODE_ATTRS)
+        self.attractor = graph.attrs.get("dialect") == ATTRACTOR
+        """Read in the attractor dialect: the spec's attributes are known (each is used
+        or deliberately ignored, :data:`engine.attractor.ATTRS`), conditions extended."""
+        self.edge_names = frozenset(ATTRS) if self.attractor else frozenset()
+        if self.attractor:
+            self.attr_names.update(ATTRS)
         self.prefixes = tuple(p for d in declared if d for p in d.attr_prefixes)
         used = [self.decls.get(n.handler) for n in graph.nodes.values()]
         self.open_world = any(d is None for d in used)
@@ -251,7 +259,7 @@ def lint_graph(graph: Graph, registry: HandlerRegistry, source: str | None = Non
             if not known.open_world:
                 issues += _placeholder_issues(graph.path, node, decl, known, loc)
     for edge in graph.edges:
-        issues += _edge_attr_issues(graph.path, edge, loc)
+        issues += _edge_attr_issues(graph.path, edge, loc, known.edge_names)
         if not known.open_world:
             issues += _condition_issues(graph.path, edge, known, loc)
     return sorted(issues, key=lambda i: (i.line, i.col))
@@ -289,10 +297,12 @@ def _node_attr_issues(
         yield _warn_node(path, node, message, loc.attr(name, node.line, node.col))
 
 
-def _edge_attr_issues(path: str, edge: Edge, loc: _Locator) -> Iterator[Issue]:
+def _edge_attr_issues(
+    path: str, edge: Edge, loc: _Locator, dialect_names: frozenset[str]
+) -> Iterator[Issue]:
     engine = [a.name for a in ENGINE_EDGE_ATTRS]
     for name in edge.attrs:
-        if name in engine or _graphviz(name):
+        if name in engine or name in dialect_names or _graphviz(name):
             continue
         hint = _did_you_mean(name, engine, GRAPHVIZ_ATTRS)
         message = f"attribute {name!r} is read by neither the engine nor Graphviz{hint}"
@@ -303,7 +313,7 @@ def _condition_issues(path: str, edge: Edge, known: _Known, loc: _Locator) -> It
     if edge.condition is None:
         return
     try:
-        keys = condition_keys(edge.condition.source)
+        keys = condition_keys(edge.condition.source, extended=known.attractor)
     except ConditionSyntaxError:  # pragma: no cover - the loader compiled it already
         return
     for key, _ in keys:

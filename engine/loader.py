@@ -13,11 +13,12 @@ validate (:mod:`engine.validate`).  Every problem is reported at once in one
 
 **Handlers.** A node's handler is its ``handler=`` attribute, else its ``type=``,
 else its shape (``Mdiamond`` → ``start``, ``Msquare`` → ``exit``, ``diamond`` →
-``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``human``, ``component``
+``conditional``, ``parallelogram`` → ``tool``, ``hexagon`` → ``wait.human``, ``component``
 → ``parallel``, ``tripleoctagon`` → ``parallel.fan_in``; shape names
-in any case), else its id.  With a ``registry`` every handler must be registered
-(an unknown handler is an error naming the node and its line); without one, any
-name is accepted and the engine checks later.
+in any case), else its id.  In the ``attractor`` dialect (the ``dialect`` argument or
+graph attribute) the rules are Attractor's instead (:mod:`engine.attractor`).  With a
+``registry`` every handler must be registered (an unknown handler is an error naming
+the node and its line); without one, any name is accepted and the engine checks later.
 
 **Start and exits.** The start node is the one with ``shape=Mdiamond`` or whose
 handler is ``start`` (so a plain node named ``start`` is it); there must be exactly
@@ -63,12 +64,13 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
+from engine.attractor import ATTRACTOR, DEFAULT_DIALECT, DIALECTS
 from engine.conditions import ConditionSyntaxError, compile_condition
 from engine.errors import DotSyntaxError, GraphFileError, GraphValidationError, Issue
 from engine.graph import NO_RETRY, Edge, Graph, Node, RetryPolicy, Value
@@ -76,6 +78,7 @@ from engine.validate import (
     EDGE_KINDS,
     GRAPH_KINDS,
     NODE_KINDS,
+    Kind,
     handler_issues,
     structure_issues,
     type_attrs,
@@ -97,7 +100,7 @@ SHAPE_HANDLERS: Mapping[str, str] = {
     "msquare": "exit",
     "diamond": "conditional",
     "parallelogram": "tool",
-    "hexagon": "human",
+    "hexagon": "wait.human",
     "component": "parallel",
     "tripleoctagon": "parallel.fan_in",
 }
@@ -135,7 +138,7 @@ class _LRU(Generic[K, V]):
 
 
 _Stamp = tuple[int, int, int, int] | None  # None: not a regular file, never cached
-_FILES: _LRU[tuple[str, str], tuple[_Stamp, Graph]] = _LRU(CACHE_SIZE)
+_FILES: _LRU[tuple[str, str, str], tuple[_Stamp, Graph]] = _LRU(CACHE_SIZE)
 _GRAPHS: _LRU[tuple[str, str], Graph] = _LRU(CACHE_SIZE)
 _WITH_SUBS: _LRU[tuple[str, ...], Graph] = _LRU(CACHE_SIZE)
 
@@ -152,16 +155,23 @@ def load_graph(
     *,
     registry: Collection[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    dialect: str | None = None,
 ) -> Graph:
     """Load, validate and freeze a turn graph from a DOT file or DOT text.
 
     ``registry`` (a :class:`~engine.registry.HandlerRegistry`, or any collection of
     handler names) makes an unregistered handler a load-time error.  ``cache_dir``
-    keeps compiled graphs on disk there (see :mod:`engine.graph_cache`).  Raises
-    :class:`~engine.errors.GraphFileError`, :class:`~engine.errors.DotSyntaxError` or
-    :class:`~engine.errors.GraphValidationError` (all :class:`GraphError`).
+    keeps compiled graphs on disk there (see :mod:`engine.graph_cache`).  ``dialect``
+    (``"turngraph"`` or ``"attractor"``, :mod:`engine.attractor`) overrides the graph's
+    own ``dialect=`` attribute; by default that attribute decides, else ``turngraph``.
+    Raises :class:`~engine.errors.GraphFileError`,
+    :class:`~engine.errors.DotSyntaxError` or
+    :class:`~engine.errors.GraphValidationError` (all :class:`GraphError`), and
+    ``ValueError`` for an unknown ``dialect``.
     """
-    return _load(source, registry, cache_dir, ())
+    if dialect is not None and dialect not in DIALECTS:
+        raise ValueError(f"unknown dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+    return _load(source, registry, cache_dir, (), dialect)
 
 
 def _load(
@@ -169,19 +179,20 @@ def _load(
     registry: Collection[str] | None,
     cache_dir: str | os.PathLike[str] | None,
     stack: tuple[str, ...],
+    dialect: str | None = None,
 ) -> Graph:
     """:func:`load_graph` with the files being loaded above it (sub-graph cycles)."""
     if isinstance(source, str) and "{" in source:
         data = source.encode("utf-8", "surrogatepass")
-        graph = _from_data(data, "<string>", registry, cache_dir, source)
+        graph = _from_data(data, "<string>", registry, cache_dir, source, dialect)
     else:
-        graph = _from_file(os.fspath(source), registry, cache_dir)
+        graph = _from_file(os.fspath(source), registry, cache_dir, dialect)
     if registry is not None:
         missing = handler_issues(graph.path, graph.nodes, registry)
         if missing:
             raise GraphValidationError(graph.path, tuple(missing))
     if any("graph" in n.attrs for n in graph.nodes.values()):
-        graph = _with_subgraphs(graph, stack, registry, cache_dir)
+        graph = _with_subgraphs(graph, stack, registry, cache_dir, dialect)
     return graph
 
 
@@ -190,11 +201,15 @@ def _with_subgraphs(
     stack: tuple[str, ...],
     registry: Collection[str] | None,
     cache_dir: str | os.PathLike[str] | None,
+    dialect: str | None,
 ) -> Graph:
     """``graph`` with its sub-graphs, the same object while none of the files changed."""
     from engine.subgraphs import attach_subgraphs
 
-    full = attach_subgraphs(graph, stack, lambda p, st: _load(p, registry, cache_dir, st))
+    def load(p: str | os.PathLike[str], st: tuple[str, ...]) -> Graph:
+        return _load(p, registry, cache_dir, st, dialect)
+
+    full = attach_subgraphs(graph, stack, load)
     # Engines compile a plan per Graph object: hand back the same one for the same files.
     key = (graph.source_hash, graph.path, *(g.source_hash for g in full.subgraphs.values()))
     known = _WITH_SUBS.get(key)
@@ -292,15 +307,18 @@ def _not_utf8(data: bytes, offset: int) -> str:
 
 
 def _from_file(
-    shown: str, registry: Collection[str] | None, cache_dir: str | os.PathLike[str] | None
+    shown: str,
+    registry: Collection[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    dialect: str | None,
 ) -> Graph:
     # The cwd is part of a relative path's key; abspath() would cost more than the stat.
-    key = (shown, "") if os.path.isabs(shown) else (shown, os.getcwd())
+    key = (shown, "" if os.path.isabs(shown) else os.getcwd(), dialect or "")
     stamp = _stamp(shown)
     hit = _FILES.get(key) if stamp is not None else None
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    graph = _from_data(read_dot(shown), shown, registry, cache_dir)
+    graph = _from_data(read_dot(shown), shown, registry, cache_dir, None, dialect)
     if stamp is not None:
         _FILES.put(key, (stamp, graph))
     return graph
@@ -312,9 +330,12 @@ def _from_data(
     registry: Collection[str] | None,
     cache_dir: str | os.PathLike[str] | None,
     text: str | None = None,
+    dialect: str | None = None,
 ) -> Graph:
     """The graph for ``data`` (``text`` when it came as a string): memory, disk, or built."""
     digest = hashlib.sha256(data).hexdigest()
+    if dialect is not None:  # one text read in another dialect is another graph
+        digest += f"-{dialect}"
     graph = _GRAPHS.get((digest, path))
     if graph is not None:
         return graph
@@ -329,7 +350,7 @@ def _from_data(
             raw = parse_dot(text, path)
         else:
             raw = _parse(data, path)
-        graph = _build(raw, path, digest, registry)
+        graph = _build(raw, path, digest, registry, dialect)
         if cache_dir is not None:
             from engine.graph_cache import store_entry
 
@@ -341,11 +362,18 @@ def _from_data(
 # --------------------------------------------------------------------------- building
 
 
-def _build(raw: RawGraph, path: str, digest: str, registry: Collection[str] | None) -> Graph:
+def _build(
+    raw: RawGraph,
+    path: str,
+    digest: str,
+    registry: Collection[str] | None,
+    dialect: str | None = None,
+) -> Graph:
     """Compile ``raw``; raise every problem at once, or return the Graph.
 
     ``registry`` only adds its issues to a graph already in error; a good graph is
-    checked against each caller's registry by :func:`load_graph`.
+    checked against each caller's registry by :func:`load_graph`.  ``dialect`` (else
+    the graph's ``dialect`` attribute) picks the reading rules (:class:`_Rules`).
     """
     if not raw.directed:
         # The wrong kind of file, like a syntax error: every rule below would only add
@@ -355,14 +383,19 @@ def _build(raw: RawGraph, path: str, digest: str, registry: Collection[str] | No
         )
         raise GraphValidationError(path, (kind,))
     issues: list[Issue] = []
-    attrs = _graph_attrs(raw, path, issues)
+    raw, rules = _dialect(raw, path, dialect, issues)
+    attrs = _graph_attrs(raw, path, issues, rules)
     default_retry = _retry(attrs, RetryPolicy(), "default_max_retries")
-    nodes = {n.id: _node(n, path, default_retry, issues) for n in raw.nodes.values()}
-    edges = tuple(_edge(e, i, path, issues) for i, e in enumerate(raw.edges))
+    nodes = {n.id: _node(n, path, default_retry, issues, rules) for n in raw.nodes.values()}
+    edges = tuple(_edge(e, i, path, issues, rules) for i, e in enumerate(raw.edges))
     starts = [i for i, n in nodes.items() if n.shape.lower() == "mdiamond" or n.handler == "start"]
     exits = frozenset(
         i for i, n in nodes.items() if n.shape.lower() == "msquare" or n.handler in EXIT_HANDLERS
     )
+    if rules.dead_ends_exit:
+        from engine.attractor import dead_ends
+
+        exits |= dead_ends(nodes, {e.src for e in edges}, starts[0] if starts else None)
     cols = [e.col for e in raw.edges]
     issues += [
         # Whole-graph problems (no start, no exit) point at the graph's own line.
@@ -393,8 +426,54 @@ def _sorted(issues: list[Issue]) -> tuple[Issue, ...]:
     return tuple(sorted(issues, key=lambda i: (i.line, i.col)))
 
 
-def _graph_attrs(raw: RawGraph, path: str, issues: list[Issue]) -> dict[str, Value]:
-    attrs, problems = type_attrs(raw.attrs, GRAPH_KINDS)
+def _handler(node_id: str, attrs: Mapping[str, Value]) -> str:
+    for key in ("handler", "type"):
+        name = _text(attrs, key)
+        if name and name.strip():
+            return name.strip()
+    if _text(attrs, "graph"):
+        return "subgraph"
+    shape = (_text(attrs, "shape") or "").lower()
+    return SHAPE_HANDLERS.get(shape, node_id)
+
+
+class _Rules(NamedTuple):
+    """What a dialect changes in reading: attribute kinds, handlers, conditions, exits."""
+
+    graph_kinds: Mapping[str, Kind] = GRAPH_KINDS
+    node_kinds: Mapping[str, Kind] = NODE_KINDS
+    edge_kinds: Mapping[str, Kind] = EDGE_KINDS
+    handler: Callable[[str, Mapping[str, Value]], str] = _handler
+    extended_conditions: bool = False
+    dead_ends_exit: bool = False
+
+
+_DEFAULT_RULES = _Rules()
+
+
+def _dialect(
+    raw: RawGraph, path: str, dialect: str | None, issues: list[Issue]
+) -> tuple[RawGraph, _Rules]:
+    """``raw`` and the rules of its dialect (transformed for ``attractor``)."""
+    chosen = dialect or raw.attrs.get("dialect") or DEFAULT_DIALECT
+    if chosen == DEFAULT_DIALECT:
+        return raw, _DEFAULT_RULES
+    if chosen != ATTRACTOR:
+        known = ", ".join(DIALECTS)
+        message = f"graph: unknown dialect {chosen!r} (known: {known})"
+        issues.append(Issue("error", message, path, raw.line, raw.col))
+        return raw, _DEFAULT_RULES
+    from engine import attractor as a
+
+    raw, found = a.prepare(raw, path)
+    issues += found
+    return raw, _Rules(a.GRAPH_KINDS_A, a.NODE_KINDS_A, a.EDGE_KINDS_A, a.handler, True, True)
+
+
+def _graph_attrs(
+    raw: RawGraph, path: str, issues: list[Issue], rules: _Rules = _DEFAULT_RULES
+) -> dict[str, Value]:
+    attrs, problems = type_attrs(raw.attrs, rules.graph_kinds)
     where = (path, raw.line, raw.col)
     issues.extend(Issue("error", f"graph: {p}", *where) for p in problems)
     if raw.strict:
@@ -402,14 +481,20 @@ def _graph_attrs(raw: RawGraph, path: str, issues: list[Issue]) -> dict[str, Val
     return attrs
 
 
-def _node(raw: RawNode, path: str, default_retry: RetryPolicy, issues: list[Issue]) -> Node:
-    attrs, problems = type_attrs(raw.attrs, NODE_KINDS)
+def _node(
+    raw: RawNode,
+    path: str,
+    default_retry: RetryPolicy,
+    issues: list[Issue],
+    rules: _Rules = _DEFAULT_RULES,
+) -> Node:
+    attrs, problems = type_attrs(raw.attrs, rules.node_kinds)
     where = (path, raw.line, raw.col)
     issues.extend(Issue("error", f"node {raw.id!r}: {p}", *where, node=raw.id) for p in problems)
     timeout = attrs.get("timeout")
     return Node(
         id=raw.id,
-        handler=_handler(raw.id, attrs),
+        handler=rules.handler(raw.id, attrs),
         attrs=MappingProxyType(attrs),
         line=raw.line,
         col=raw.col,
@@ -423,19 +508,23 @@ def _node(raw: RawNode, path: str, default_retry: RetryPolicy, issues: list[Issu
     )
 
 
-def _edge(raw: RawEdge, index: int, path: str, issues: list[Issue]) -> Edge:
-    attrs, problems = type_attrs(raw.attrs, EDGE_KINDS)
+def _edge(
+    raw: RawEdge, index: int, path: str, issues: list[Issue], rules: _Rules = _DEFAULT_RULES
+) -> Edge:
+    attrs, problems = type_attrs(raw.attrs, rules.edge_kinds)
     name = f"edge {raw.src} -> {raw.dst}"
     where = (path, raw.line, raw.col)
     if raw.op == "--":
         problems.append("undirected '--' edge (turn graphs use '->')")
     condition = None
     try:
-        condition = compile_condition(_text(attrs, "condition") or "")
+        text = _text(attrs, "condition") or ""
+        condition = compile_condition(text, extended=rules.extended_conditions)
     except ConditionSyntaxError as exc:
         problems.append(f"condition {exc.text!r}: {exc.reason} at column {exc.pos + 1}")
     issues.extend(Issue("error", f"{name}: {p}", *where, edge=(raw.src, raw.dst)) for p in problems)
     weight = attrs.get("weight", 0)
+    weight = weight if isinstance(weight, int | float) and not isinstance(weight, bool) else 0
     return Edge(
         src=raw.src,
         dst=raw.dst,
@@ -444,19 +533,8 @@ def _edge(raw: RawEdge, index: int, path: str, issues: list[Issue]) -> Edge:
         line=raw.line,
         label=_text(attrs, "label") or "",
         condition=condition,
-        weight=weight if isinstance(weight, int) else 0,
+        weight=weight,
     )
-
-
-def _handler(node_id: str, attrs: Mapping[str, Value]) -> str:
-    for key in ("handler", "type"):
-        name = _text(attrs, key)
-        if name and name.strip():
-            return name.strip()
-    if _text(attrs, "graph"):
-        return "subgraph"
-    shape = (_text(attrs, "shape") or "").lower()
-    return SHAPE_HANDLERS.get(shape, node_id)
 
 
 def _text(attrs: Mapping[str, Value], key: str) -> str | None:

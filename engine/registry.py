@@ -8,7 +8,8 @@ cost nothing at run time; ``validate`` uses them to catch typos exactly
 
 A new registry already knows the structural handlers ``start``, ``exit``, ``done``
 and ``conditional`` (no-ops: routing happens on their edges), and the fan-out and
-fan-in ``parallel`` and ``parallel.fan_in`` (the engine runs their branches), so a
+fan-in ``parallel`` and ``parallel.fan_in`` (the engine runs their branches) and the
+human gate ``wait.human`` (the engine pauses at it), so a
 custom graph needs no boilerplate; registering one of those names replaces the default without
 ``replace=True``.
 """
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from engine.gates import human_gate
 from engine.graph import Node, Value
 from engine.outcome import Outcome
 
@@ -156,7 +158,20 @@ SUBGRAPH = Declaration(
 )
 """A sub-graph node's declaration (the engine runs the child: :mod:`engine.subgraphs`)."""
 
+HUMAN = Declaration(
+    summary="A human gate (``shape=hexagon``): the turn pauses here until someone "
+    "answers with one of its outgoing edges' labels (``session.answer``); the walk then "
+    "follows that edge.",
+    attrs=(
+        Attr("question", "text", None, "what to ask; default: the node's label"),
+        Attr("default", "text", None, "the choice taken when ``timeout`` passes"),
+    ),
+    writes=("node.*",),
+)
+"""A human gate's declaration (the engine pauses at it: :mod:`engine.gates`)."""
+
 _ENGINE_HANDLERS = {"parallel": PARALLEL, "parallel.fan_in": FAN_IN, "subgraph": SUBGRAPH}
+_GATE_NAMES = ("wait.human",)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -191,7 +206,9 @@ class HandlerRegistry:
         }
         for name, declared in _ENGINE_HANDLERS.items():
             self._specs[name] = HandlerSpec(name, _noop, False, declaration=declared)
-        self._defaults: set[str] = set(_STRUCTURAL_NAMES) | set(_ENGINE_HANDLERS)
+        for name in _GATE_NAMES:
+            self._specs[name] = HandlerSpec(name, human_gate, False, declaration=HUMAN)
+        self._defaults: set[str] = {*_STRUCTURAL_NAMES, *_ENGINE_HANDLERS, *_GATE_NAMES}
         for name, fn in (handlers or {}).items():
             self.register(name, fn)
 

@@ -14,7 +14,9 @@ Edge selection after a node (DESIGN.md §4), first match wins:
 
 1. conditional edges whose condition holds (highest ``weight``, then target id);
 2. on failure: ``retry_target``, then ``fallback_retry_target``, else the run fails;
-3. the unconditional edge whose label is the handler's ``preferred_label``;
+3. the unconditional edge whose label is the handler's ``preferred_label`` (compared
+   trimmed and lowercased; an accelerator prefix such as ``[A] ``, ``A) `` or ``A - ``
+   on either side is ignored, as Attractor's human gates write them);
 4. the handler's ``suggested_next``, if an unconditional edge leads there;
 5. the best unconditional edge (highest ``weight``, then target id).
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
@@ -42,6 +45,7 @@ import msgspec
 
 from engine.branches import FAN_OUT, find_fan_in, join_spec
 from engine.errors import (
+    GatePaused,
     GoalGateUnmet,
     GraphValidationError,
     HandlerError,
@@ -64,9 +68,11 @@ from engine.events import (
     Observer,
     RunCompleted,
     RunFailed,
+    RunPaused,
     RunStarted,
     notify,
 )
+from engine.gates import GATE_HANDLERS, Gate, compile_gate, take_answer
 from engine.graph import Graph, Node
 from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
 from engine.parallel import Fan, Walk, run_branches
@@ -107,6 +113,7 @@ class _Step:
     on_fail: str | None
     fan: Fan | None = None
     sub: _Sub | None = None
+    gate: Gate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +145,24 @@ class _Plan:
     gates: tuple[_Gate, ...] = ()
 
 
+_ACCELERATOR = re.compile(r"(?:\[\w\]\s*|\w\)\s+|\w\s+-\s+)(?=\S)")
+
+
 def _norm_label(label: str) -> str:
     return label.strip().lower()
 
 
+def _bare_label(label: str) -> str:
+    """``label`` normalised without its accelerator prefix (``[a] approve`` → ``approve``)."""
+    text = _norm_label(label)
+    match = _ACCELERATOR.match(text)
+    return text[match.end() :] if match else text
+
+
 def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
+    gate = compile_gate(graph, node) if node.handler in GATE_HANDLERS else None
+    if gate is not None:  # its timeout bounds the wait for an answer, not its handler
+        node = replace(node, timeout=None)
     # Highest weight first, then target id, so selection is deterministic.
     out = sorted(graph.out_edges(node.id), key=lambda e: (-e.weight, e.dst, e.index))
     conds = tuple((e.condition.test, e.dst) for e in out if e.condition is not None)
@@ -151,6 +171,9 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
     for e in plain:
         if e.label:
             by_label.setdefault(_norm_label(e.label), e.dst)
+    for e in plain:  # after every exact label, so none of those is shadowed
+        if e.label:
+            by_label.setdefault(_bare_label(e.label), e.dst)
     return _Step(
         node=node,
         spec=spec,
@@ -166,6 +189,7 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
         default=plain[0].dst if plain else None,
         on_fail=node.retry_target or node.fallback_retry_target,
         fan=_compile_fan(graph, node) if node.handler == FAN_OUT else None,
+        gate=gate,
     )
 
 
@@ -370,6 +394,13 @@ class Engine:
                 entered = _tracking(where, on_enter)
                 walk = self._walk(plan, first, ctx, trace, rid, obs, on_step, entered, emitter)
                 exit_id = await _within(limit, where, walk)
+        except GatePaused as exc:  # before RunError: a pause is not a failure
+            if obs:
+                notify(
+                    obs,
+                    RunPaused(rid, graph.name, exc.node_id, exc.question, exc.choices, len(trace)),
+                )
+            return RunResult("paused", ctx, tuple(trace), rid, exc)
         except RunError as exc:
             if obs:
                 failed_at = getattr(exc, "node_id", None)
@@ -423,6 +454,8 @@ class Engine:
             if len(trace) >= max_steps:
                 raise MaxStepsExceeded(max_steps, node_id)
             step = steps[node_id]
+            if step.gate is not None:
+                take_answer(step.gate, ctx)  # or GatePaused: the walk stops before the gate
             if on_enter is not None:
                 on_enter(step.node)
             if emitter is not None:
@@ -440,7 +473,7 @@ class Engine:
             ctx["outcome"] = status
             ctx["preferred_label"] = outcome.preferred_label or ""
             ctx[step.status_key] = status
-            nxt = self._choose(step, outcome, status, view, error, record)
+            nxt = _choose(step, outcome, status, view, error, record)
             if step.fan is not None and nxt is not None and status not in _FAILED:
                 nxt = await self._fan_out(plan, step, step.fan, ctx, trace, rid, obs)
             if nxt is None and plan.gates:  # an exit: every goal gate must have succeeded
@@ -491,40 +524,6 @@ class Engine:
             )
 
         return walk
-
-    @staticmethod
-    def _choose(
-        step: _Step,
-        outcome: Outcome,
-        status: Status,
-        ctx: Mapping[str, Any],
-        error: HandlerError | None,
-        record: NodeRecord,
-    ) -> str | None:
-        """The next node id, or None when ``step`` is an exit that succeeded."""
-        for test, dst in step.conds:
-            if test(ctx):
-                return dst
-        if status in _FAILED:
-            if step.on_fail is not None:
-                return step.on_fail
-            node = step.node
-            raise error or HandlerError(
-                node.id, node.handler, record.attempts, outcome.reason or f"returned {status}"
-            )
-        if step.is_exit:
-            return None
-        label = outcome.preferred_label
-        if label:
-            labelled = step.by_label.get(_norm_label(label))
-            if labelled is not None:
-                return labelled
-        hint = outcome.suggested_next
-        if hint is not None and hint in step.targets:
-            return hint
-        if step.default is None:
-            raise NoRouteError(step.node.id, status)
-        return step.default
 
     # ------------------------------------------------------------------ one node
 
@@ -626,6 +625,42 @@ class Engine:
             return _failure(node, attempt, exc, retryable=False)
 
 
+def _choose(
+    step: _Step,
+    outcome: Outcome,
+    status: Status,
+    ctx: Mapping[str, Any],
+    error: HandlerError | None,
+    record: NodeRecord,
+) -> str | None:
+    """The next node id, or None when ``step`` is an exit that succeeded."""
+    for test, dst in step.conds:
+        if test(ctx):
+            return dst
+    if status in _FAILED:
+        if step.on_fail is not None:
+            return step.on_fail
+        node = step.node
+        raise error or HandlerError(
+            node.id, node.handler, record.attempts, outcome.reason or f"returned {status}"
+        )
+    if step.is_exit:
+        return None
+    label = outcome.preferred_label
+    if label and step.by_label:
+        labelled = step.by_label.get(_norm_label(label))
+        if labelled is None and ("[" in label or ")" in label or " - " in label):
+            labelled = step.by_label.get(_bare_label(label))  # "[A] Approve"
+        if labelled is not None:
+            return labelled
+    hint = outcome.suggested_next
+    if hint is not None and hint in step.targets:
+        return hint
+    if step.default is None:
+        raise NoRouteError(step.node.id, status)
+    return step.default
+
+
 def _failure(
     node: Node, attempt: int, exc: Exception, *, retryable: bool
 ) -> tuple[Outcome, HandlerError, bool]:
@@ -657,8 +692,17 @@ def _finish(
 ) -> NodeRecord:
     """The visit's record, told to the observers."""
     status: Status = "fail" if outcome.status == "retry" else outcome.status
+    updates = outcome.updates
     record = NodeRecord(
-        node.id, node.handler, status, attempt, _perf() - t0, outcome.reason, outcome.usage, branch
+        node.id,
+        node.handler,
+        status,
+        attempt,
+        _perf() - t0,
+        outcome.reason,
+        outcome.usage,
+        branch,
+        tuple(updates) if updates else (),
     )
     if obs:
         if status == "fail":

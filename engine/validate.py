@@ -8,7 +8,7 @@ and raises one :class:`~engine.errors.GraphValidationError` if any is an error.
 naming the node or edge and its line (``max_retries="lots"``, ``timeout="soon"``).
 
 * ``count``: an integer ≥ 0; ``positive``: an integer ≥ 1; ``int``: any integer.
-* ``factor``: a number ≥ 1.
+* ``factor``: a number ≥ 1; ``number``: any number (``2``, ``2.0``).
 * ``bool``: ``true``/``false``/``yes``/``no``/``1``/``0`` (any case).
 * ``duration``: ``250ms``, ``2s``, ``1.5s``, ``5m``, ``1h``, ``1d``, or a bare number
   of seconds, ≥ 0; typed as :class:`datetime.timedelta`.
@@ -63,7 +63,7 @@ __all__ = [
     "type_value",
 ]
 
-Kind = Literal["text", "int", "count", "positive", "factor", "bool", "duration"]
+Kind = Literal["text", "int", "count", "positive", "factor", "number", "bool", "duration"]
 
 _TEXT_ATTRS = (
     "label",
@@ -97,6 +97,7 @@ _TEXT_ATTRS = (
     "graph",
     "inputs",
     "outputs",
+    "dialect",
 )
 _RETRY_KINDS: dict[str, Kind] = {
     "retry.initial_delay": "duration",
@@ -133,6 +134,7 @@ _EXPECTED = {
     "count": "an integer >= 0",
     "positive": "an integer >= 1",
     "factor": "a number >= 1",
+    "number": "a number",
     "bool": "true or false",
     "duration": "a duration such as 250ms, 2s, 5m or 1h",
 }
@@ -157,10 +159,10 @@ def _typed(kind: Kind, text: str) -> Value:
         if value is None or (low is not None and value < low):
             raise _BadValue
         return value
-    if kind == "factor":
-        if not _FLOAT.match(s) or float(s) < 1.0:
+    if kind in ("factor", "number"):
+        if not _FLOAT.match(s) or (kind == "factor" and float(s) < 1.0):
             raise _BadValue
-        return float(s)
+        return int(s) if kind == "number" and _INT.match(s) else float(s)
     if kind == "bool":
         if s.lower() not in _BOOLS:
             raise _BadValue

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from engine.registry import STRUCTURAL, Handler, HandlerRegistry
 from handlers.adapters import LLM, EchoModel, KeywordMemory, Memory, ToolBox, Tools
+from handlers.attractor import Codergen, Shell
 from handlers.basic import Passthrough
 from handlers.classify import Classify
 from handlers.declarations import BUILTIN_DECLARATIONS
@@ -64,12 +65,14 @@ __all__ = [
     "CheckGoals",
     "ChooseMode",
     "Classify",
+    "Codergen",
     "DispatchTools",
     "Format",
     "LLMCall",
     "Passthrough",
     "Recall",
     "Reflect",
+    "Shell",
     "ToolNode",
     "UpdateMemory",
     "UpdateWorkingMemory",
@@ -85,6 +88,7 @@ BUILTIN_NAMES = frozenset(
         "parallel",
         "parallel.fan_in",
         "subgraph",
+        "wait.human",
         "classify",
         "recall",
         "llm_call",
@@ -96,15 +100,24 @@ BUILTIN_NAMES = frozenset(
         "choose_mode",
         "reflect",
         "update_working_memory",
+        "codergen",
+        "shell",
     }
 )
 """Every handler name :func:`build_registry` registers."""
 
 
 def build_registry(
-    *, llm: LLM | str | None = None, memory: Memory | None = None, tools: Tools | None = None
+    *,
+    llm: LLM | str | None = None,
+    memory: Memory | None = None,
+    tools: Tools | None = None,
+    allow_shell: bool = False,
 ) -> HandlerRegistry:
     """A fresh registry of every built-in handler (:data:`BUILTIN_NAMES`).
+
+    ``allow_shell`` lets ``shell`` nodes (Attractor's ``tool_command``) run their
+    commands; without it they fail with :class:`~engine.errors.ShellDisabled`.
 
     ``llm`` is an adapter or a spec for :func:`~handlers.adapters.spec.from_spec`
     (``"openai:gpt-4.1-mini"``).  Adapters left ``None`` get offline defaults: :class:`EchoModel`,
@@ -134,6 +147,8 @@ def build_registry(
         "choose_mode": ChooseMode(),
         "reflect": Reflect(llm),
         "update_working_memory": UpdateWorkingMemory(),
+        "codergen": Codergen(llm),
+        "shell": Shell(allowed=allow_shell),
     }
     for name, handler in built.items():
         registry.register(name, handler, declares=BUILTIN_DECLARATIONS[name])

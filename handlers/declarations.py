@@ -183,6 +183,37 @@ UPDATE_WORKING_MEMORY = Declaration(
     writes=("memory.working",),
 )
 
+CODERGEN = Declaration(
+    summary="Attractor's LLM task (``box`` in the attractor dialect): sends ``prompt`` "
+    "(else the label; ``$goal`` expanded at load) to the model, asking for ``llm_model`` "
+    "(from the node or the graph's ``model_stylesheet``).  A JSON status ending the "
+    "reply (``outcome``, ``preferred_label``, ``context_updates``...) makes its outcome.",
+    attrs=(
+        Attr("prompt", "text", "", "the instruction (default: the node's label)"),
+        Attr("llm_model", "text", "", "the model asked for; the adapter's default when empty"),
+    ),
+    reads=("llm.usage", "llm.calls"),
+    writes=(
+        "last_stage",
+        "last_response",
+        "llm.text",
+        "llm.model",
+        "llm.usage",
+        "llm.calls",
+        "reply",
+        "preferred_label",
+        "*",
+    ),
+)
+
+SHELL = Declaration(
+    summary="Runs ``tool_command`` with ``/bin/sh`` (``parallelogram`` in the attractor "
+    "dialect), only when shell commands are enabled (``--allow-shell``); a nonzero exit "
+    "or the ``timeout`` fails the node.",
+    attrs=(Attr("tool_command", "text", "", "the shell command (required)"),),
+    writes=("tool.output", "tool.last_line", "tool.stderr", "tool.exit_code"),
+)
+
 BUILTIN_DECLARATIONS = {
     "classify": CLASSIFY,
     "recall": RECALL,
@@ -195,5 +226,7 @@ BUILTIN_DECLARATIONS = {
     "choose_mode": CHOOSE_MODE,
     "reflect": REFLECT,
     "update_working_memory": UPDATE_WORKING_MEMORY,
+    "codergen": CODERGEN,
+    "shell": SHELL,
 }
 """Handler name → its declaration (the structural no-ops are declared by the registry)."""

@@ -13,6 +13,7 @@ Everything public is re-exported here; the submodules are implementation.
 """
 
 from sessions.compaction import CompactionResult, Summarizer, extract_summarizer, llm_summarizer
+from sessions.gates import Question
 from sessions.heartbeat import Heartbeat
 from sessions.history import HistoryView, MessagePage, MessageWindow
 from sessions.limits import Limits, validate_session_id
@@ -33,6 +34,7 @@ __all__ = [
     "MessageWindow",
     "ModelUsage",
     "Phase",
+    "Question",
     "ReasoningStep",
     "Session",
     "SessionManager",

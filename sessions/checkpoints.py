@@ -6,18 +6,20 @@ hook that saves the turn after each node, so a process that dies mid-turn leaves
 :class:`~sessions.store.base.Checkpoint` behind.  The next process to load the session
 either keeps it for ``Session.resume`` (same graph, the next turn) or gives up on it:
 it is reported (``interrupted``, a ``turn.interrupted`` warning) and cleared, never
-replayed.
+replayed.  Paused and failed turns ride the same record (:mod:`sessions.gates`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from engine.gates import ANSWER_KEY
 from engine.logs import log
 from engine.outcome import NodeRecord
 from sessions.errors import Fenced
@@ -52,34 +54,57 @@ class Checkpoints:
     """The checkpoints of one session's turns graph (``graph_hash``: its source hash).
 
     ``resumable``: a checkpoint found on load that ``Session.resume`` may continue.
-    ``interrupted``: the last one given up on.
+    ``interrupted``: the last one given up on.  ``paused``: the turn waiting at a human
+    gate.  ``failed``: the latest turn, failed, for ``retry_turn``.  ``point``: where
+    the running turn is (its last checkpoint, or where it started).
     """
 
-    __slots__ = ("_writer", "graph_hash", "interrupted", "resumable")
+    __slots__ = ("_writer", "failed", "graph_hash", "interrupted", "paused", "point", "resumable")
 
     def __init__(self, writer: SessionWriter, graph_hash: str) -> None:
         self._writer = writer
         self.graph_hash = graph_hash
         self.resumable: Checkpoint | None = None
         self.interrupted: Checkpoint | None = None
+        self.paused: Checkpoint | None = None
+        self.failed: Checkpoint | None = None
+        self.point: Checkpoint | None = None
 
     async def adopt(self, cp: Checkpoint | None, turn_count: int) -> None:
         """Decide what to do with a checkpoint found on load.
 
-        Same graph and the next turn: keep it in :attr:`resumable`.  Otherwise give up on
-        it (:meth:`abandon`).
+        Same graph and the next turn: keep it in :attr:`resumable` (:attr:`paused` for
+        a pause).  A failed turn's, for the latest turn: keep it in :attr:`failed`
+        (``retry_turn`` checks the graph).  Otherwise give up on it (:meth:`abandon`).
         """
         if cp is None:
             return
+        if cp.kind == "failed":
+            if cp.turn == turn_count:
+                self.failed = cp
+            else:  # a later turn superseded it; nothing to report
+                await self._writer.clear_checkpoint()
+            return
         if cp.graph_hash == self.graph_hash and cp.turn == turn_count + 1:
-            self.resumable = cp
+            if cp.kind == "paused":
+                self.paused = cp
+            else:
+                self.resumable = cp
+            return
+        if cp.kind == "paused" and cp.turn == turn_count + 1:
+            # Loaded with another graph (a typo'd --graph?): report it, but keep it in
+            # the store for the graph that asked; the next turn supersedes it.
+            reason = "turn graph changed (the question stays stored for its graph)"
+            await self.abandon(cp, reason, clear=False)
             return
         changed = cp.graph_hash != self.graph_hash
         await self.abandon(cp, "turn graph changed" if changed else "stale")
 
-    async def abandon(self, cp: Checkpoint, reason: str) -> None:
-        """Give up on ``cp``: clear it in the store, keep it in ``interrupted``, warn."""
-        await self._writer.clear_checkpoint()
+    async def abandon(self, cp: Checkpoint, reason: str, *, clear: bool = True) -> None:
+        """Give up on ``cp``: clear it in the store (unless not ``clear``), keep it in
+        ``interrupted``, warn."""
+        if clear:
+            await self._writer.clear_checkpoint()
         self.interrupted = cp
         self.resumable = None
         log(
@@ -97,13 +122,24 @@ class Checkpoints:
         return cp
 
     def hook(
-        self, text: str, turn: int, trace_id: str, prior: tuple[Mapping[str, Any], ...]
+        self,
+        text: str,
+        turn: int,
+        trace_id: str,
+        prior: tuple[Mapping[str, Any], ...],
+        start: tuple[str, Mapping[str, Any]],
     ) -> OnStep:
         """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
-        ``prior`` is the trace of the nodes a resumed turn ran before."""
+        ``prior`` is the trace of the nodes a resumed turn ran before, ``start`` the
+        node it starts at and the context it carries in (kept in :attr:`point` as where
+        a retry would start, without the answer to a gate: a retry asks again)."""
         done: list[Mapping[str, Any]] = list(prior)
         graph_hash = self.graph_hash
         save = self._writer.save_checkpoint
+        kept = {k: v for k, v in durable_context(start[1]).items() if k != ANSWER_KEY}
+        self.point = Checkpoint(
+            turn, graph_hash, trace_id, text, "", start[0], kept, prior, time.time()
+        )
 
         async def on_step(
             record: NodeRecord, next_node: str | None, ctx: Mapping[str, Any]
@@ -123,11 +159,34 @@ class Checkpoints:
                 time.time(),
             )
             await save(cp)
+            self.point = cp
 
         return on_step
 
-    async def clear_cancelled(self) -> None:
-        """Clear the checkpoint of a cancelled turn, shielded.  ``Fenced`` here is handled
-        (the session is closed); the caller re-raises the cancellation."""
+    async def pause(self, cp: Checkpoint) -> None:
+        """Store the pause ``cp`` (checkpoints on or off: it must outlive the process)."""
+        await self._writer.save_checkpoint(cp)
+        self.paused = cp
+
+    async def keep_failed(self, error: str) -> None:
+        """After a failed turn's commit: store where it failed, for ``retry_turn``."""
+        point, self.point = self.point, None
+        if point is not None:
+            cp = dataclasses.replace(point, kind="failed", error=error, ts=time.time())
+            await self._writer.save_checkpoint(cp)
+            self.failed = cp
+
+    async def cancelled(self, was: Checkpoint | None, saved: bool) -> None:
+        """A cancelled turn stores nothing: its checkpoint is cleared (``saved``: it had
+        one), shielded, and the paused or failed turn it went on from (``was``) is put
+        back, so a cancelled answer leaves the question waiting.  ``Fenced`` here is
+        handled (the session is closed); the caller re-raises the cancellation."""
+        self.paused = was if was is not None and was.kind == "paused" else None
+        self.failed = was if was is not None and was.kind == "failed" else None
+        if not saved:
+            return  # the store still holds ``was``
         with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):
-            await self._writer.clear_checkpoint()
+            if was is None:
+                await self._writer.clear_checkpoint()
+            else:
+                await self._writer.save_checkpoint(was)

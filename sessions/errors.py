@@ -12,7 +12,12 @@ tree rooted at :class:`engine.errors.TurngraphError`.
     │   ├── SessionBusy
     │   │   └── Fenced             another process owns the session now
     │   ├── SessionLimitReached
-    │   └── SessionClosed
+    │   ├── SessionClosed
+    │   ├── SessionPaused          a human gate's question waits: answer it first
+    │   ├── NotPaused              answer() with no question waiting
+    │   ├── UnknownChoice          answer() with a choice the gate does not offer
+    │   ├── GateTimedOut           answer() after the gate's timeout: its default was taken
+    │   └── RetryRefused           retry_turn() with nothing to retry, or a changed graph
     └── StoreError                 the durable store
         ├── StoreCorrupt
         ├── Unstorable             a turn's values cannot be stored (not JSON, too deep)
@@ -43,10 +48,13 @@ __all__ = [
     "CommitUnknown",
     "ExportPathRefused",
     "Fenced",
+    "GateTimedOut",
     "ImportKeyMismatch",
     "ImportRejected",
     "InvalidInput",
     "InvalidSessionId",
+    "NotPaused",
+    "RetryRefused",
     "RolledBack",
     "SessionBusy",
     "SessionClosed",
@@ -54,6 +62,7 @@ __all__ = [
     "SessionExists",
     "SessionLimitReached",
     "SessionNotFound",
+    "SessionPaused",
     "SessionTampered",
     "StoreCorrupt",
     "StoreError",
@@ -64,6 +73,7 @@ __all__ = [
     "StorePathInvalid",
     "StoreReadOnly",
     "StoreVersionUnsupported",
+    "UnknownChoice",
     "Unstorable",
 ]
 
@@ -107,6 +117,55 @@ class SessionLimitReached(SessionError):
 
 class SessionClosed(SessionError):
     """The session (or its manager) is closed."""
+
+
+class SessionPaused(SessionError):
+    """A turn waits at a human gate: no new turn until its question is answered.
+
+    ``node``, ``question`` and ``choices`` are the gate's.
+    """
+
+    def __init__(self, session_id: str, node: str, question: str, choices: tuple[str, ...]) -> None:
+        shown = ", ".join(choices)
+        super().__init__(
+            session_id, f"a question is waiting at node {node!r}: {question} [{shown}]"
+        )
+        self.node = node
+        self.question = question
+        self.choices = choices
+
+
+class NotPaused(SessionError):
+    """``answer()`` on a session with no question waiting."""
+
+
+class UnknownChoice(SessionError):
+    """``answer(choice)`` with a choice the waiting gate does not offer (the question
+    still waits)."""
+
+    def __init__(self, session_id: str, node: str, choice: str, choices: tuple[str, ...]) -> None:
+        shown = ", ".join(choices)
+        super().__init__(
+            session_id, f"node {node!r} has no choice {choice!r}; choose one of: {shown}"
+        )
+        self.node = node
+        self.choice = choice
+        self.choices = choices
+
+
+class GateTimedOut(SessionError):
+    """``answer()`` came after the gate's timeout: the turn went on without it, with
+    the gate's ``default`` (``None``: the gate failed)."""
+
+    def __init__(self, session_id: str, node: str, default: str | None) -> None:
+        took = f"its default {default!r} was taken" if default is not None else "it failed"
+        super().__init__(session_id, f"the question at node {node!r} timed out: {took}")
+        self.node = node
+        self.default = default
+
+
+class RetryRefused(SessionError):
+    """``retry_turn()`` has nothing it may re-run (``reason`` says why)."""
 
 
 # --------------------------------------------------------------------------- stores

@@ -123,7 +123,8 @@ class SessionManager:
     :class:`~handlers.adapters.Memory`, :class:`~handlers.adapters.Tools`; offline
     defaults; the default memory is the store's recall memory, durable on SQLite and
     PostgreSQL and written in each turn's transaction); ``registry`` replaces it.
-    ``llm`` may also be a spec such as
+    ``allow_shell`` lets the default registry's ``shell`` nodes (Attractor's
+    ``tool_command``) run their commands.  ``llm`` may also be a spec such as
     ``"openai:gpt-4.1-mini"`` (:func:`~handlers.adapters.spec.from_spec`): the manager
     then owns the adapter it builds and closes it on exit (an adapter passed in stays
     the caller's to close).  ``observers`` watch every run of the manager's engine, and
@@ -163,6 +164,7 @@ class SessionManager:
         store_secret: bytes | str | None = None,
         observers: Sequence[Observer] = (),
         telemetry: bool | Telemetry | None = None,
+        allow_shell: bool = False,
     ) -> None:
         self.store, self._owns_store = _open_store(store, store_secret)
         self._close_store = False  # set on entry: whether exit closes the store
@@ -173,7 +175,7 @@ class SessionManager:
             from handlers import build_registry
 
             memory = memory if memory is not None else _store_memory(self.store)
-            registry = build_registry(llm=llm, memory=memory, tools=tools)
+            registry = build_registry(llm=llm, memory=memory, tools=tools, allow_shell=allow_shell)
         self.limits = limits or Limits()
         self.registry = registry
         self.engine = Engine(
@@ -371,7 +373,7 @@ class SessionManager:
         try:
             loaded = await store.load(sid, recent=self.limits.max_messages)
             session = Session(self._rt(), loaded, token=token)
-            await session.adopt_checkpoint(loaded.checkpoint)
+            await session.checkpoints.adopt(loaded.checkpoint, session.turn_count)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await store.release(sid, self.owner, token)

@@ -12,7 +12,8 @@ together:
   heartbeat results waiting to be applied or stored;
 * :class:`~sessions.sessionlog.SessionLog`: the bounded in-memory messages, turn records
   and tool calls, paging older ones in from the store;
-* :class:`~sessions.checkpoints.Checkpoints`: the in-flight turn's checkpoints;
+* :class:`~sessions.checkpoints.Checkpoints`: the in-flight turn's checkpoints, a turn
+  paused at a human gate, the latest failed turn (:mod:`sessions.gates`);
 * :class:`~sessions.compaction.Compactor`: summarising old messages;
 * :class:`~sessions.heartbeat.Heartbeat`: the heartbeat graph on a timer;
 * :class:`~sessions.writer.SessionWriter`: every store write, fenced.
@@ -33,7 +34,8 @@ from engine.graph import Graph
 from sessions.checkpoints import Checkpoints
 from sessions.compaction import CompactionResult, Compactor, Summarizer
 from sessions.errors import Fenced, SessionClosed, SessionError
-from sessions.heartbeat import Heartbeat, Spawn
+from sessions.gates import Question, answer_plan, question_of, retry_plan
+from sessions.heartbeat import Heartbeat, HeartbeatTrace, Spawn
 from sessions.history import HistoryView, MessagePage
 from sessions.limits import Limits
 from sessions.sessionlog import ReasoningStep, SessionLog
@@ -111,8 +113,15 @@ class Session:
     ``turn_count`` (finished turns, failed ones included), ``working_memory``, ``goals``,
     ``cognitive_mode``, ``turn_graph``/``heartbeat_graph`` (shared, compiled),
     ``heartbeat`` (interval, in-flight flag, failures), ``created_at``/``updated_at``,
-    ``interrupted_turn`` (a checkpoint that was not resumed), ``window`` (the in-memory
-    messages), ``closed``.
+    ``interrupted_turn`` (a checkpoint that was not resumed), ``question`` (what a
+    paused turn asks), ``checkpoints`` (the in-flight, paused and failed turns' records),
+    ``window`` (the in-memory messages), ``closed``.
+
+    Human gates and retries (:mod:`sessions.gates`): a turn that reaches a
+    ``wait.human`` node pauses, durably (``TurnResult.status == "paused"``); until
+    :meth:`answer` is called, in this process or another, :meth:`send` raises
+    :class:`~sessions.errors.SessionPaused`.  With ``Limits.checkpoint`` on, a failed
+    turn can be re-run from the node that failed (:meth:`retry_turn`).
 
     Interrupted turns: a checkpoint found on load for the next turn of an unchanged
     graph waits in :attr:`resumable` for :meth:`resume` (the manager's ``auto_resume``
@@ -145,7 +154,6 @@ class Session:
 
     __slots__ = (
         "__weakref__",
-        "_checkpoints",
         "_closing",
         "_compactor",
         "_log",
@@ -154,6 +162,7 @@ class Session:
         "_token",
         "_turns",
         "agent_id",
+        "checkpoints",
         "closed",
         "config",
         "created_at",
@@ -191,10 +200,10 @@ class Session:
         self.window = log.window
         state = self._state = SessionState(meta)
         self.working_memory = state.working_memory  # one dict, changed in place
-        self._checkpoints = Checkpoints(writer, self.turn_graph.source_hash)
+        self.checkpoints = Checkpoints(writer, self.turn_graph.source_hash)
         self._compactor = Compactor(self.id, self, runtime.summarize, limits, runtime.spawn)
         self._turns = TurnPipeline(
-            self, runtime, writer, log, state, self._checkpoints, self._compactor
+            self, runtime, writer, log, state, self.checkpoints, self._compactor
         )
         self.heartbeat = Heartbeat(
             self.id,
@@ -229,25 +238,20 @@ class Session:
         return self._turns.queued
 
     @property
-    def heartbeat_interval(self) -> float | None:
-        """Seconds between heartbeats, or ``None`` when stopped."""
-        return self.heartbeat.interval
-
-    @property
-    def heartbeat_in_flight(self) -> bool:
-        """Whether a heartbeat run is in progress."""
-        return self.heartbeat.in_flight
+    def question(self) -> Question | None:
+        """The question a paused turn waits on (``None``: no turn is paused)."""
+        return question_of(self.id, self.checkpoints.paused)
 
     @property
     def resumable(self) -> Checkpoint | None:
         """The interrupted turn :meth:`resume` would continue, if any (until a
         :meth:`send` abandons it to ``interrupted_turn``)."""
-        return self._checkpoints.resumable
+        return self.checkpoints.resumable
 
     @property
     def interrupted_turn(self) -> Checkpoint | None:
         """The last checkpoint given up on (reported, never replayed)."""
-        return self._checkpoints.interrupted
+        return self.checkpoints.interrupted
 
     @property
     def token(self) -> int:
@@ -332,14 +336,29 @@ class Session:
         """Continue the turn a crashed process left at its checkpoint; ``None`` if none."""
         return await self._turns.resume()
 
-    async def adopt_checkpoint(self, cp: Checkpoint | None) -> None:
-        """Decide what to do with a checkpoint found on load (called by the manager).
+    async def answer(self, choice: str) -> TurnResult:
+        """Answer the question the paused turn waits on (:attr:`question`): the turn runs
+        on from its gate along the edge labelled ``choice`` and commits (or pauses at
+        the next gate).  Works in any process that loads the session.
 
-        Same graph and the next turn: keep it for :meth:`resume`.  Otherwise report it
-        (``interrupted_turn`` and a ``turn.interrupted`` warning) and clear it: never
-        replayed.
+        Raises :class:`~sessions.errors.NotPaused` when no question waits,
+        :class:`~sessions.errors.UnknownChoice` (the question still waits) for a choice
+        the gate does not offer, and :class:`~sessions.errors.GateTimedOut` when the
+        gate's timeout passed first: the turn has then run on with its ``default``.
         """
-        await self._checkpoints.adopt(cp, self.turn_count)
+        cps = self.checkpoints
+        return await self._turns.continue_turn(lambda: answer_plan(self.id, cps, choice))
+
+    async def retry_turn(self) -> TurnResult:
+        """Re-run the latest turn, which failed, from the node that failed with the
+        context just before it, as the next turn (``Limits.checkpoint`` must have been on
+        when it failed).  :class:`~sessions.errors.RetryRefused` when there is no such
+        turn or the turn graph changed since; :class:`~sessions.errors.SessionPaused`
+        while a question waits."""
+        checkpointing = self._rt.limits.checkpoint
+        return await self._turns.continue_turn(
+            lambda: retry_plan(self, self.checkpoints, checkpointing)
+        )
 
     # ------------------------------------------------------------------ compaction
 
@@ -421,6 +440,7 @@ async def _run_heartbeat(
         "session.trace_id": f"{sid}:hb:{n}",
     }
     result = await engine.run(graph, context, run_id=f"{sid}:hb:{n}")
+    session.heartbeat.recent.append(HeartbeatTrace.of(n, result, graph.source_hash))
     if not result.ok:
         raise result.error or RuntimeError(f"heartbeat {result.status}")
     return result.context

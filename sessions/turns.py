@@ -18,13 +18,14 @@ yet (when a turn ends).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 import msgspec
 
+from engine.errors import GatePaused
 from engine.events import Observer, StructlogObserver, TurnCommitted, notify
 from engine.graph import Graph, Node
 from engine.outcome import NodeRecord, RunResult, RunStatus
@@ -40,6 +41,7 @@ from sessions.errors import (
     Unstorable,
 )
 from sessions.fifolock import FifoLock
+from sessions.gates import Continuation, before_turn, paused_checkpoint
 from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
 from sessions.state import SessionState, state_changes
@@ -96,10 +98,13 @@ def checked_input(text: object, session_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TurnResult:
-    """How one turn ended: the reply, ``status`` (success/fail), its number and node trace.
+    """How one turn ended: the reply, ``status`` (success/fail/paused), its number and
+    node trace.
 
     ``error`` is the run's error when it failed (a :class:`~engine.errors.RunError`);
-    :attr:`usage` sums the model tokens of the trace's node visits.
+    :attr:`usage` sums the model tokens of the trace's node visits.  A ``paused`` turn
+    waits at a human gate (``error``: the :class:`~engine.errors.GatePaused` with its
+    ``question`` and ``choices``); nothing of it is committed until it is answered.
     """
 
     reply: str
@@ -113,6 +118,16 @@ class TurnResult:
     def ok(self) -> bool:
         """True when the turn reached an exit node and was committed."""
         return self.status == "success"
+
+    @property
+    def question(self) -> str:
+        """What a paused turn asks ("" unless paused)."""
+        return self.error.question if isinstance(self.error, GatePaused) else ""
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The answers a paused turn accepts (empty unless paused)."""
+        return self.error.choices if isinstance(self.error, GatePaused) else ()
 
     @property
     def usage(self) -> UsageTotals:
@@ -214,11 +229,13 @@ class TurnPipeline:
         text = checked_input(text, self._host.id)
         await self._enter()
         try:
-            if self._unsure:
-                await self._catch_up()
+            await self._sync()
             cp = self._checkpoints.resumable
             if cp is not None:
                 await self._checkpoints.abandon(cp, "superseded by a new turn")
+            # SessionPaused while a question waits; a timed-out gate's turn ends first.
+            while (timed_out := before_turn(self._host.id, self._checkpoints.paused)) is not None:
+                await self._go_on(timed_out)
             return await self._turn(text, self._host.turn_count + 1, watch=watch)
         finally:
             await self._leave()
@@ -229,8 +246,7 @@ class TurnPipeline:
             return None
         await self._enter()
         try:
-            if self._unsure:
-                await self._catch_up()
+            await self._sync()
             cp = self._checkpoints.take()
             if cp is None or cp.turn != self._host.turn_count + 1:
                 return None
@@ -239,6 +255,24 @@ class TurnPipeline:
             )
         finally:
             await self._leave()
+
+    async def continue_turn(self, plan: Callable[[], Continuation]) -> TurnResult:
+        """Run the turn ``plan`` says (called under the lock; it raises when there is
+        none): an answered gate's, a timed-out one's, a retried one's."""
+        await self._enter()
+        try:
+            await self._sync()
+            return await self._go_on(plan())
+        finally:
+            await self._leave()
+
+    async def _go_on(self, c: Continuation) -> TurnResult:
+        result = await self._turn(
+            c.input, c.turn, start_at=c.start_at, carried=c.carried, prior=c.prior
+        )
+        if c.after is not None:
+            raise c.after
+        return result
 
     async def _turn(
         self,
@@ -281,10 +315,13 @@ class TurnPipeline:
         context = self._context(text, turn, trace_id)
         if carried:
             context = {**carried, **context}
-        rt = self._rt
-        on_step = (
-            self._checkpoints.hook(text, turn, trace_id, prior) if rt.limits.checkpoint else None
-        )
+        rt, cps = self._rt, self._checkpoints
+        was = cps.paused or cps.failed
+        cps.paused = cps.failed = None  # this turn supersedes them (in the store too)
+        on_step = None
+        if rt.limits.checkpoint:
+            start = start_at or host.turn_graph.start
+            on_step = cps.hook(text, turn, trace_id, prior, (start, carried or {}))
         observers = self._observers(turn, trace_id)
         if spans is not None:
             observers = (*observers, spans)
@@ -302,11 +339,16 @@ class TurnPipeline:
                 time_limit=rt.limits.turn_timeout,
             )
         except _cancelled():
-            if on_step is not None:
-                await self._checkpoints.clear_cancelled()
+            await cps.cancelled(was, on_step is not None)
             raise
         with cancel_scope(shield=True):  # commit and apply are one step or none
+            if result.status == "paused":  # nothing committed: the pause is stored
+                cp = paused_checkpoint(text, turn, trace_id, self._graph_hash(), result, prior)
+                await cps.pause(cp)
+                return TurnResult("", "paused", turn, result.trace, result.error, trace_id)
             committed = await self._commit(text, turn, trace_id, result, prior)
+            if not committed.ok and on_step is not None:
+                await cps.keep_failed(str(committed.error))
         # Only now, and never when nobody listens (the engine's observers are the
         # manager's; ``observers`` this turn's): the turn is in the store.
         if observers or rt.engine.observers:
@@ -429,27 +471,11 @@ class TurnPipeline:
         host.updated_at = now
         self._log.append(commit.messages, commit.record)
 
-    async def _catch_up(self) -> None:
-        """After :class:`~sessions.errors.CommitUnknown`: read the session's counters
-        from the store; if the unknown commit was stored, adopt it (its messages, record
-        and state) so the next turn follows it instead of colliding with it."""
-        host, log = self._host, self._log
-        store = self._writer.store
-        meta = (await store.load(host.id, recent=0)).meta
-        if meta.turn_count == host.turn_count + 1:
-            count = meta.message_count - log.next_seq
-            messages = await store.messages(host.id, log.next_seq, count) if count else ()
-            (record,) = await store.turns(host.id, host.turn_count, 1)
-            log.append(tuple(messages), record)
-            host.turn_count, host.updated_at = meta.turn_count, meta.updated_at
-            self._state.adopt(meta)
-        elif meta.turn_count != host.turn_count:
-            raise StoreError(
-                self._writer.url,
-                f"session {host.id!r}: the store has {meta.turn_count} turns, this "
-                f"process {host.turn_count}: load the session again",
-            )
-        self._unsure = False
+    async def _sync(self) -> None:
+        """After :class:`~sessions.errors.CommitUnknown`: catch up with the store."""
+        if self._unsure:
+            await _catch_up(self._host, self._log, self._writer, self._state)
+            self._unsure = False
 
     # ------------------------------------------------------------------ the lock
 
@@ -532,3 +558,26 @@ class TurnPipeline:
             await self._state.flush(self._writer)
         finally:
             self._lock.release()
+
+
+async def _catch_up(
+    host: TurnHost, log: SessionLog, writer: SessionWriter, state: SessionState
+) -> None:
+    """After :class:`~sessions.errors.CommitUnknown`: read the session's counters
+    from the store; if the unknown commit was stored, adopt it (its messages, record
+    and state) so the next turn follows it instead of colliding with it."""
+    store = writer.store
+    meta = (await store.load(host.id, recent=0)).meta
+    if meta.turn_count == host.turn_count + 1:
+        count = meta.message_count - log.next_seq
+        messages = await store.messages(host.id, log.next_seq, count) if count else ()
+        (record,) = await store.turns(host.id, host.turn_count, 1)
+        log.append(tuple(messages), record)
+        host.turn_count, host.updated_at = meta.turn_count, meta.updated_at
+        state.adopt(meta)
+    elif meta.turn_count != host.turn_count:
+        raise StoreError(
+            writer.url,
+            f"session {host.id!r}: the store has {meta.turn_count} turns, this "
+            f"process {host.turn_count}: load the session again",
+        )

@@ -191,7 +191,8 @@ def test_registry_is_checked_on_every_call() -> None:
         load_graph(TURN, registry=registry_of("start", "exit", "classify"))
     assert [str(i) for i in info.value.issues] == [
         "<string>:7:5: error: node 'llm_call': unknown handler 'llm'; "
-        "registered: parallel, parallel.fan_in, classify, conditional, done, exit, start, subgraph"
+        "registered: parallel, parallel.fan_in, classify, wait.human, conditional, done, exit, "
+        "start, subgraph"
     ]
 
 
@@ -215,7 +216,7 @@ def test_failed_load_is_not_cached(tmp_path: Path) -> None:
         ("type=t, shape=diamond", "t"),
         ("shape=diamond", "conditional"),
         ("shape=parallelogram", "tool"),
-        ("shape=hexagon", "human"),
+        ("shape=hexagon", "wait.human"),
         ("shape=box", "n"),
         ("", "n"),
     ],

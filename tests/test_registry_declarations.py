@@ -27,6 +27,8 @@ _CLASSES = {
     "ChooseMode": ("choose_mode",),
     "Reflect": ("reflect",),
     "UpdateWorkingMemory": ("update_working_memory",),
+    "Codergen": ("codergen",),
+    "Shell": ("shell",),
 }
 
 

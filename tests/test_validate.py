@@ -108,7 +108,8 @@ def test_unknown_handler_with_registry() -> None:
     registry = registry_of("start", "done", "recall")
     assert messages(text, registry) == [
         "<string>:3:2: error: node 'recall': unknown handler 'recal' (did you mean 'recall'?); "
-        "registered: recall, parallel, conditional, subgraph, parallel.fan_in, done, exit, start",
+        "registered: recall, parallel, conditional, subgraph, parallel.fan_in, done, exit, start, "
+        "wait.human",
     ]
 
 
@@ -123,7 +124,8 @@ def test_node_id_must_be_registered_when_it_is_the_handler() -> None:
     text = "digraph { start -> summarise -> done }"
     assert messages(text, registry_of("start", "done")) == [
         "<string>:1:20: error: node 'summarise': unknown handler 'summarise'; "
-        "registered: start, parallel, subgraph, parallel.fan_in, done, exit, conditional",
+        "registered: start, parallel, subgraph, wait.human, parallel.fan_in, done, exit, "
+        "conditional",
     ]
 
 
@@ -205,7 +207,7 @@ def test_every_problem_is_reported_at_once() -> None:
         (
             3,
             "node 'a': unknown handler 'nope'; "
-            "registered: done, orphan, parallel, exit, parallel.fan_in, subgraph, "
+            "registered: done, orphan, parallel, exit, parallel.fan_in, subgraph, wait.human, "
             "conditional, b, start",
         ),
         (4, "edge a -> b: condition '&&': expected a key, found '&&' at column 1"),

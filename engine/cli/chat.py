@@ -16,6 +16,11 @@ Each turn runs through :meth:`Session.stream <sessions.Session.stream>`, so a st
 model's reply is printed as it arrives, and cancelling the turn unwinds the stream (the
 turn is not committed).  Lines that start with ``/`` are commands
 (:mod:`engine.cli.slash`).
+
+A turn that stops at a human gate prints its question and choices, and the prompt
+becomes ``answer>``: the next line is the answer (:meth:`Session.answer
+<sessions.Session.answer>`); a choice the gate does not offer is refused and the
+question asked again.  A session loaded with a question waiting asks it first.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ __all__ = ["Leave", "run_chat"]
 
 PROMPT = "you> "
 REPLY = "bot> "
+ANSWER = "answer> "
 
 
 class Leave(SystemExit):
@@ -134,9 +140,10 @@ class _Chat:
             f"session {session.id} ({n} turn{'' if n == 1 else 's'}, {where}); "
             "/help for commands, /quit or Ctrl-D to leave"
         )
+        self._ask()
         while True:
             try:
-                line = self.prompt.read(PROMPT)
+                line = self.prompt.read(PROMPT if session.question is None else ANSWER)
             except Interrupted as exc:
                 if exc.leave:
                     print(file=sys.stderr)
@@ -169,8 +176,14 @@ class _Chat:
             self.prompt.forget_last()
             err(str(exc))
             return False
-        self._turn(text)
+        self._turn(text, self.session.question is not None)
         return False
+
+    def _ask(self) -> None:
+        """Print the question a paused turn waits on, if any."""
+        q = self.session.question
+        if q is not None:
+            print(f"{REPLY}{q.text} [{' / '.join(q.choices)}]")
 
     def _cancellable(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """``fn(*args)`` run on the loop; Ctrl-C cancels it and waits until it has
@@ -188,21 +201,26 @@ class _Chat:
                 raise
             return future.result()  # None, or its result if it finished first
 
-    def _turn(self, text: str) -> None:
-        """Run one turn and print its reply; Ctrl-C cancels it, committing nothing."""
+    def _turn(self, text: str, answer: bool = False) -> None:
+        """Run one turn (or ``answer`` the waiting question with ``text``) and print its
+        reply; Ctrl-C cancels it, committing nothing."""
         from engine.cli.main import print_reply, run_failure_line
 
         live = self.live
         if live is not None:
             live.reset()
         try:
-            result = self._cancellable(_streamed, self.session, text, live)
+            if answer:
+                result = self._cancellable(self.session.answer, text)
+            else:
+                result = self._cancellable(_streamed, self.session, text, live)
         except TurngraphError as exc:  # the turn was refused or failed as a whole
             if live is not None:
                 live.end_line()
             if self.session.closed:  # fenced out or closed: this chat cannot go on
                 raise
             err(one_line(exc))
+            self._ask()  # an unknown choice: the question still waits
             return
         if live is not None and (result is None or not result.ok):
             live.end_line()
@@ -210,6 +228,8 @@ class _Chat:
             err("(turn cancelled: nothing was committed)")
         elif result.ok:
             print_reply(result.reply, live, REPLY)
+        elif result.status == "paused":
+            self._ask()
         else:
             err(run_failure_line(self.session.turn_graph, result.error, result.status))
 

@@ -48,9 +48,10 @@ def _source(path: str) -> str | None:
         return None
 
 
-def check_file(path: str, registry: HandlerRegistry) -> Checked:
-    """Every problem of the graph at ``path``; raises the loader's other GraphErrors
-    (a missing, binary or unparsable file), which have nothing more to say."""
+def check_file(path: str, registry: HandlerRegistry, dialect: str | None = None) -> Checked:
+    """Every problem of the graph at ``path`` read in ``dialect`` (default: its own);
+    raises the loader's other GraphErrors (a missing, binary or unparsable file), which
+    have nothing more to say."""
     from pathlib import Path
 
     from engine.lint import lint_graph
@@ -58,13 +59,13 @@ def check_file(path: str, registry: HandlerRegistry) -> Checked:
 
     source = Path(path)  # not the str: load_graph reads a str holding "{" as DOT text
     try:
-        loaded = load_graph(source, registry=registry)
+        loaded = load_graph(source, registry=registry, dialect=dialect)
         graph: Graph | None = loaded
         issues = list(loaded.warnings)
     except GraphValidationError as exc:
         issues = list(exc.issues)
         try:  # the file's only errors may be unknown handlers: check the rest anyway
-            graph = load_graph(source)
+            graph = load_graph(source, dialect=dialect)
             issues += graph.warnings
         except GraphValidationError:
             graph = None

@@ -62,8 +62,10 @@ JSON_KEYS = (
     "usage",
     "nodes",
     "error",
+    "question",
 )
-"""The keys of a turn's ``--json`` object, in order, with or without ``--session``."""
+"""The keys of a turn's ``--json`` object, in order, with or without ``--session``
+(``question``: a paused turn's ``{node, question, choices}``, else null)."""
 
 
 class UsageError(TurngraphError):
@@ -157,6 +159,28 @@ def add_llm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--llm-base-url", metavar="URL", help="the model server (an OpenAI-compatible one...)"
     )
+
+
+def add_dialect_option(p: argparse.ArgumentParser, shell: bool = False) -> None:
+    """``--dialect`` (and, for commands that run graphs, ``--allow-shell``)."""
+    p.add_argument(
+        "--dialect",
+        choices=("turngraph", "attractor"),
+        help="read graphs in this dialect (default: the graph's dialect= attribute, "
+        "else turngraph)",
+    )
+    if shell:
+        p.add_argument(
+            "--allow-shell",
+            action="store_true",
+            help="let tool_command nodes run shell commands (also TURNGRAPH_ALLOW_SHELL=1)",
+        )
+
+
+def shell_allowed(args: argparse.Namespace) -> bool:
+    """Whether ``--allow-shell`` or ``$TURNGRAPH_ALLOW_SHELL`` turns shell commands on."""
+    env = os.environ.get("TURNGRAPH_ALLOW_SHELL", "").strip().lower()
+    return bool(getattr(args, "allow_shell", False)) or env in ("1", "true", "yes")
 
 
 def model_of(args: argparse.Namespace) -> Any:

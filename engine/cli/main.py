@@ -6,11 +6,16 @@
                                                             (-m -: the message from stdin)
     python -m engine.run [GRAPH.dot] [-v]                   chat: an in-memory session
                                                             (see :mod:`engine.cli.chat`)
-    python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL]
+    python -m engine.run [GRAPH.dot] [-m TEXT] --session ID [--store URL] [--checkpoint]
                                                             a turn (or a chat) of a stored
                                                             session, created if new
+                                                            (--checkpoint: a failed turn
+                                                            can be retried)
     python -m engine.run validate [--strict] GRAPH.dot...   every problem, compiler-style
                                                             (--strict: warnings fail too)
+    ... [--dialect attractor] [--allow-shell]               run, validate and render read
+                                                            Attractor's pipelines
+                                                            (engine/attractor.py)
     python -m engine.run render GRAPH.dot [-o FILE]         .dot, or .svg/.png/.pdf (Graphviz);
                                                             a failing graph is drawn with its
                                                             problems in red (exit 2)
@@ -18,7 +23,8 @@
                                                             a stored turn's path highlighted
     python -m engine.run sessions [--store URL] list|show ID|export ID -o FILE|
                                   import FILE [--replace] [--key-file K]|delete ID|
-                                  compact ID|verify [ID] [--json]|show --salvage ID
+                                  compact ID|verify [ID] [--json]|show --salvage ID|
+                                  answer ID CHOICE [--graph G]|retry ID [--graph G]
                                                             (verify: exit 2 if any session
                                                             is tampered; --salvage: read a
                                                             tampered one up to its first bad
@@ -74,6 +80,7 @@ from engine.cli.common import (
     Parser,
     QuietPipe,
     UsageError,
+    add_dialect_option,
     add_llm_options,
     check_output,
     checked_message,
@@ -84,6 +91,7 @@ from engine.cli.common import (
     one_line,
     print_json,
     read_stdin_message,
+    shell_allowed,
     silence_stdout,
     store_url,
 )
@@ -145,14 +153,14 @@ def _exit_code(exc: BaseException, verbose: bool) -> int:
 # --------------------------------------------------------------------------- shared
 
 
-def _load(path: str, registry: HandlerRegistry) -> Graph:
+def _load(path: str, registry: HandlerRegistry, dialect: str | None = None) -> Graph:
     """The graph at ``path``, checked against ``registry``; only files, never DOT text."""
     from pathlib import Path
 
     from engine.loader import load_graph
 
     # A Path, not the str: load_graph reads a str holding "{" as DOT text.
-    return load_graph(Path(path), registry=registry, cache_dir=_graph_cache_dir())
+    return load_graph(Path(path), registry=registry, cache_dir=_graph_cache_dir(), dialect=dialect)
 
 
 def _graph_cache_dir() -> str:
@@ -231,10 +239,15 @@ def report_turn(
     live: LivePrinter | None = None,
     **extra: Any,
 ) -> int:
-    """Print a finished turn (reply and node table, or one JSON object); the exit code."""
+    """Print a finished turn (reply and node table, or one JSON object); the exit code.
+
+    A turn paused at a human gate prints its question and exits 0: it is waiting, not
+    failed (``sessions answer ID CHOICE`` goes on)."""
     from engine.cli.views import nodes_table, print_renderable, trace_rows
+    from engine.errors import GatePaused
 
     ok = status == "success"
+    gate = error if isinstance(error, GatePaused) else None
     if as_json:
         # The same keys for every turn (JSON_KEYS, null when absent), with or without
         # a session, so a script reads one shape.
@@ -247,6 +260,12 @@ def report_turn(
         doc["nodes"] = trace_rows(trace)
         if error is not None:
             doc["error"] = " ".join(str(error).split())
+        if gate is not None:
+            doc["question"] = {
+                "node": gate.node_id,
+                "question": gate.question,
+                "choices": list(gate.choices),
+            }
         print_json(doc)
     else:
         if ok:
@@ -257,6 +276,14 @@ def report_turn(
         if "turn" in extra:
             where = f"session {extra['session_id']} · turn {extra['turn']} · "
         print_renderable(nodes_table(trace, title=f"{where}{graph.path} · {status}"))
+        if gate is not None:
+            sid = extra.get("session_id", "ID")
+            print(
+                f"waiting at node {gate.node_id!r}: {gate.question} [{' / '.join(gate.choices)}]"
+                f" (answer: {PROG} sessions answer {sid} CHOICE)"
+            )
+    if gate is not None:
+        return 0
     if not ok:
         err(run_failure_line(graph, error, status))
         return EXIT_RUN_FAILED
@@ -301,8 +328,14 @@ def _run_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print one JSON object (with -m)")
     p.add_argument("--session", metavar="ID", help="continue (or start) a stored session")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
+    p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="save a stored session's turn after every node (a failed turn can be retried)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="node logs on stderr")
     add_llm_options(p)
+    add_dialect_option(p, shell=True)
     return p
 
 
@@ -327,18 +360,35 @@ def _cmd_run(argv: Sequence[str]) -> int:
     from handlers import build_registry
 
     llm = model_of(args)
-    registry = build_registry() if llm is None else build_registry(llm=llm)
+    allow = shell_allowed(args)
+    options: dict[str, Any] = {} if llm is None else {"llm": llm}
+    if allow:
+        options["allow_shell"] = True
+    registry = build_registry(**options)
     if args.graph is None:
         from engine.loader import load_graph
         from graphs import graph_source
 
-        graph = load_graph(graph_source("turn.dot"), registry=registry)
+        graph = load_graph(graph_source("turn.dot"), registry=registry, dialect=args.dialect)
     else:
-        graph = _load(args.graph, registry)
+        graph = _load(args.graph, registry, args.dialect)
+    if not allow:
+        _refuse_shell(graph)
     live = live_printer(llm, args.json)
     engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
     return _one_turn(graph, engine, message, args.json, live, llm)
+
+
+def _refuse_shell(graph: Graph) -> None:
+    """Stop before the run when a ``shell`` node would be refused half-way through it."""
+    from engine.errors import ShellDisabled
+
+    for node in graph.nodes.values():
+        if node.handler == "shell":
+            raise UsageError(
+                f"{graph.path}:{node.line}:{node.col}: error: {ShellDisabled(node.id)}"
+            )
 
 
 def _message(arg: str | None) -> str | None:
@@ -382,6 +432,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     p.add_argument("graphs", nargs="+", metavar="GRAPH", help=".dot files")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    add_dialect_option(p)
     args = p.parse_args(argv)
     from engine.cli.checks import check_file, strict
     from engine.errors import GraphError
@@ -391,7 +442,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     failed = False
     for path in args.graphs:
         try:
-            checked = check_file(path, registry)
+            checked = check_file(path, registry, args.dialect)
         except GraphError as exc:
             failed = True
             print(one_line(exc))
@@ -425,6 +476,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
     )
     p.add_argument("--store", metavar="URL", help="the store holding --trace's session")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    add_dialect_option(p)
     args = p.parse_args(argv)
     out: str | None = args.output if args.output not in (None, "-") else None
     fmt = "dot" if out is None else _FORMATS.get(os.path.splitext(out)[1].lower())
@@ -437,7 +489,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
         _require_file(args.graph)
         text, problems = traced_render(args.graph, args.trace, args.store), 0
     else:
-        text, problems = _render_text(args.graph)
+        text, problems = _render_text(args.graph, args.dialect)
     if out is None:
         sys.stdout.write(text)
     else:
@@ -452,14 +504,14 @@ def _cmd_render(argv: Sequence[str]) -> int:
     return 0
 
 
-def _render_text(path: str) -> tuple[str, int]:
+def _render_text(path: str, dialect: str | None = None) -> tuple[str, int]:
     """The graph as DOT, and 0; or, when it fails validation, drawn with its problems
     marked, and how many there are (warnings are printed on stderr)."""
     from engine.cli.checks import check_file, marked_dot, parse_for_drawing
     from engine.cli.views import graph_to_dot
     from handlers import build_registry
 
-    checked = check_file(path, build_registry())
+    checked = check_file(path, build_registry(), dialect)
     if checked.graph is not None:
         for issue in checked.issues:
             err(str(issue))
@@ -550,9 +602,25 @@ def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None
 
     ttl = lease_ttl()
     options: dict[str, Any] = {} if ttl is None else {"lease_ttl": ttl}
+    if getattr(args, "checkpoint", False):
+        from sessions import Limits
+
+        options["limits"] = Limits(checkpoint=True)
+    allow = shell_allowed(args)
+    if allow:
+        options["allow_shell"] = True
+    graph: Any = args.graph
+    if graph is not None and args.dialect is not None:
+        from pathlib import Path
+
+        from engine.loader import load_graph
+
+        graph = load_graph(Path(graph), dialect=args.dialect)  # the manager checks handlers
     manager = SessionManager(
-        store_url(args.store), turn_graph=args.graph, log_nodes=args.verbose, llm=llm, **options
+        store_url(args.store), turn_graph=graph, log_nodes=args.verbose, llm=llm, **options
     )
+    if not allow:
+        _refuse_shell(manager.turn_graph)
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
     return manager
@@ -568,15 +636,22 @@ async def _session_turn(args: argparse.Namespace, llm: Any) -> int:
             result = await session.send(args.message)
     finally:
         await aclose_llm(llm)
+    return report_session_turn(manager.turn_graph, session.id, result, args.json, live)
+
+
+def report_session_turn(
+    graph: Graph, session_id: str, result: Any, as_json: bool, live: LivePrinter | None
+) -> int:
+    """Print a session's turn (a :class:`~sessions.TurnResult`) as a graph run is."""
     return report_turn(
-        manager.turn_graph,
+        graph,
         status=result.status,
         reply=result.reply if result.ok else None,
         trace=result.trace,
         error=result.error,
-        as_json=args.json,
+        as_json=as_json,
         live=live,
-        session_id=session.id,
+        session_id=session_id,
         turn=result.turn,
         trace_id=result.trace_id,
         run_id=result.trace_id,

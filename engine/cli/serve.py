@@ -4,23 +4,29 @@
 
     python -m engine.run serve [--host 127.0.0.1] [--port 8000] [--store URL] [--llm SPEC]
                                [--graph GRAPH.dot] [--grace 30] [--max-body BYTES]
-                               [--max-sessions N]
+                               [--max-sessions N] [--loop auto|asyncio|uvloop]
 
 Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port).
 With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
 without it the server refuses any host but a loopback one (exit 2).  SIGTERM or Ctrl-C
-drains it (see :mod:`engine.server.run`) and it exits 0.
+drains it (see :mod:`engine.server.run`) and it exits 0.  ``--loop`` picks the event
+loop: ``asyncio`` (the default), ``uvloop`` (installed separately; exit 2 without it),
+or ``auto`` (uvloop when it is installed, else asyncio).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from engine.cli.common import PROG, Parser, UsageError, configure_logging
 
-__all__ = ["cmd_serve", "is_loopback"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["cmd_serve", "is_loopback", "loop_factory"]
 
 
 def is_loopback(host: str) -> bool:
@@ -49,8 +55,31 @@ def _parser() -> Parser:
     p.add_argument(
         "--max-sessions", type=int, default=1000, metavar="N", help="sessions hosted at once"
     )
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop (default asyncio; auto: uvloop when installed)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
     return p
+
+
+def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``--loop`` asks for: ``None`` for asyncio's own, else uvloop's
+    constructor (``auto``: uvloop when it is installed).  The loop is made for this
+    server's run only (a loop factory): no event-loop policy is set for the process."""
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "auto":
+            return None
+        raise UsageError(
+            f"{PROG} serve: error: --loop uvloop needs uvloop: pip install uvloop"
+        ) from None
+    return uvloop.new_event_loop
 
 
 def cmd_serve(argv: Sequence[str]) -> int:
@@ -76,6 +105,7 @@ def cmd_serve(argv: Sequence[str]) -> int:
         raise UsageError(
             f"{PROG} serve: error: --port, --grace, --max-body or --max-sessions out of range"
         )
+    factory = loop_factory(args.loop)
     configure_logging(args.verbose)
     app = create_app(
         args.store,
@@ -89,7 +119,7 @@ def cmd_serve(argv: Sequence[str]) -> int:
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     print(f"serving on http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
-    anyio.run(server.serve, [sock])
+    anyio.run(server.serve, [sock], backend_options={"loop_factory": factory})
     if server.app_state.startup_error is not None:
         raise server.app_state.startup_error  # one line on stderr, exit 2
     return 0 if server.started else 2

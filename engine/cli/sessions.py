@@ -1,5 +1,6 @@
 """``python -m engine.run sessions ...``: list, show, verify, export, import, delete,
-compact stored sessions, with rich tables.  Every action opens the store named by ``--store``
+compact stored sessions, answer a paused turn's question, retry a failed turn, with rich
+tables.  Every action opens the store named by ``--store``
 (default ``$TURNGRAPH_STORE``, else SQLite in the data directory) and closes it.
 
 Only ``import`` may create the store; the other actions refuse a store that does not
@@ -13,6 +14,13 @@ such a session is refused (exit 2, naming the problem), ``show --salvage`` reads
 to its first bad record and ``verify`` names that record (:mod:`engine.cli.recovery`).
 ``import --key-file K`` takes an export signed on another machine: verified with that
 machine's key file, re-signed with the local key.
+
+``answer ID CHOICE`` runs a turn paused at a human gate on along ``CHOICE`` and ``retry
+ID`` re-runs a failed turn from the node that failed (kept when the turn ran with
+``--checkpoint``); both run the turn graph ``--graph`` (default the shipped
+``turn.dot``: the graph the turn ran with, or the retry is refused) and report the turn
+as ``-m`` does.  A refused answer or retry is one line on stderr and exit 2.  ``show``
+says when a question waits or a failed turn can be retried.
 """
 
 from __future__ import annotations
@@ -67,6 +75,17 @@ def _sessions_parser() -> Parser:
     compact = sub.add_parser("compact", help="summarise old messages (with --llm, by the model)")
     compact.add_argument("id")
     add_llm_options(compact)
+    answer = sub.add_parser("answer", help="answer the question a paused turn waits on")
+    answer.add_argument("id")
+    answer.add_argument("choice")
+    retry = sub.add_parser("retry", help="re-run a failed turn from the node that failed")
+    retry.add_argument("id")
+    for going_on in (answer, retry):
+        going_on.add_argument(
+            "--graph", metavar="GRAPH", help="the turn graph (default: the shipped turn.dot)"
+        )
+        going_on.add_argument("--json", action="store_true", help="print one JSON object")
+        add_llm_options(going_on)
     for action in sub.choices.values():  # the shared options work after the action too
         action.add_argument("--store", metavar="URL", default=argparse.SUPPRESS)
         action.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -170,6 +189,7 @@ def _meta_dict(meta: Any) -> dict[str, Any]:
 
 async def _sessions_show(args: argparse.Namespace) -> int:
     from engine.cli.recovery import salvage_show
+    from sessions.gates import waiting_of
     from sessions.usage import stored_usage
 
     if args.salvage:
@@ -189,10 +209,12 @@ async def _sessions_show(args: argparse.Namespace) -> int:
             last_one = await store.messages(args.id, upto, 1)
             span = [first[0].turn, last_one[0].turn] if first and last_one else None
             summary = (upto, loaded.summary, span)
+    waiting = waiting_of(meta.id, loaded.checkpoint)
     if args.json:
         doc = _meta_dict(meta)
         doc["verified_records"] = checked
         doc["usage"] = usage
+        doc.update(waiting)
         doc["messages_shown"] = [
             {"seq": m.seq, "role": m.role, "content": m.content, "turn": m.turn}
             for m in loaded.recent
@@ -208,6 +230,7 @@ async def _sessions_show(args: argparse.Namespace) -> int:
         print_json(doc)
         return 0
     _print_session(meta, loaded.recent, turns, checked, summary)
+    _print_waiting(meta.id, waiting)
     if usage["calls"]:
         from engine.cli.views import print_renderable, usage_table
 
@@ -240,6 +263,21 @@ def _print_session(
         table.add_row(str(m.seq), str(m.turn), m.role, m.content.replace("[", r"\["))
     print_renderable(table)
     print_renderable(turns_table(turns))
+
+
+def _print_waiting(session_id: str, waiting: Mapping[str, Any]) -> None:
+    q, retry = waiting["question"], waiting["retry"]
+    if q is not None:
+        choices = " / ".join(q["choices"])
+        print(
+            f"turn {q['turn']} waits at node {q['node']!r}: {q['question']} [{choices}] "
+            f"(answer: {PROG} sessions answer {session_id} CHOICE)"
+        )
+    if retry is not None:
+        print(
+            f"turn {retry['turn']} failed at node {retry['node']!r} "
+            f"(retry: {PROG} sessions retry {session_id})"
+        )
 
 
 async def _verified(store: Any, session_id: str) -> int:
@@ -326,6 +364,38 @@ async def _sessions_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _sessions_answer(args: argparse.Namespace) -> int:
+    return await _go_on(args, lambda session: session.answer(args.choice))
+
+
+async def _sessions_retry(args: argparse.Namespace) -> int:
+    return await _go_on(args, lambda session: session.retry_turn())
+
+
+async def _go_on(args: argparse.Namespace, step: Callable[[Any], Awaitable[Any]]) -> int:
+    """Load the session with the turn graph, run ``step`` on it, report the turn."""
+    from engine.cli.main import aclose_llm, live_printer, report_session_turn
+    from sessions import Limits, SessionManager
+
+    llm = model_of(args)
+    live = live_printer(llm, args.json)
+    manager = SessionManager(
+        _existing_store(args),
+        turn_graph=args.graph,
+        log_nodes=args.verbose,
+        llm=llm,
+        limits=Limits(checkpoint=True),  # a retried turn that fails can be retried again
+    )
+    if live is not None:
+        manager.engine.observers = (*manager.engine.observers, live)
+    try:
+        async with manager:
+            result = await step(await manager.get(args.id))
+    finally:
+        await aclose_llm(llm)
+    return report_session_turn(manager.turn_graph, args.id, result, args.json, live)
+
+
 ACTIONS: Mapping[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "list": _sessions_list,
     "show": _sessions_show,
@@ -334,4 +404,6 @@ ACTIONS: Mapping[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "import": _sessions_import,
     "delete": _sessions_delete,
     "compact": _sessions_compact,
+    "answer": _sessions_answer,
+    "retry": _sessions_retry,
 }

@@ -19,24 +19,31 @@ from typing import Any
 from engine.errors import AdapterError, GraphError, TurngraphError
 from sessions.errors import (
     Fenced,
+    GateTimedOut,
     ImportRejected,
     InvalidSessionId,
+    NotPaused,
+    RetryRefused,
     SessionBusy,
     SessionClosed,
     SessionExists,
     SessionLimitReached,
     SessionNotFound,
+    SessionPaused,
     SessionTampered,
     StoreCorrupt,
     StoreError,
+    UnknownChoice,
 )
 
 __all__ = [
     "ApiError",
     "BadRequest",
     "BodyTooLarge",
+    "CrossSite",
     "GraphvizMissing",
     "NotFound",
+    "NotJson",
     "ShuttingDown",
     "StoreUnavailable",
     "Unauthorized",
@@ -65,6 +72,12 @@ class Unauthorized(ApiError):
     status = 401
 
 
+class CrossSite(ApiError):
+    """A form posted from another site's page (its ``Origin`` is not this server)."""
+
+    status = 403
+
+
 class NotFound(ApiError):
     """No such route, graph or turn."""
 
@@ -75,6 +88,16 @@ class BodyTooLarge(ApiError):
     """A request body over the server's ``max_body`` bytes (checked while reading)."""
 
     status = 413
+
+
+class NotJson(ApiError):
+    """A JSON endpoint posted without ``Content-Type: application/json``.
+
+    Refused because a browser sends a ``text/plain`` or form post to any site without
+    asking it first: another site's page could otherwise run turns on a loopback server
+    that has no token."""
+
+    status = 415
 
 
 class ShuttingDown(ApiError):
@@ -104,6 +127,11 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (Fenced, 409),
     (SessionBusy, 409),
     (SessionLimitReached, 429),
+    (SessionPaused, 409),  # a question waits: answer it first
+    (NotPaused, 409),
+    (GateTimedOut, 409),
+    (RetryRefused, 409),
+    (UnknownChoice, 400),
     (SessionClosed, 503),
     (ImportRejected, 400),
     (SessionTampered, 500),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from engine.server.errors import BadRequest, BodyTooLarge
+from engine.server.errors import BadRequest, BodyTooLarge, NotJson
 from engine.server.sse import encode
 
 if TYPE_CHECKING:
@@ -32,22 +33,43 @@ def json(body: Any, status: int = 200) -> Response:
 
 
 async def read_json(request: Request, max_body: int) -> Any:
-    """The request's JSON body; :class:`BodyTooLarge` as soon as it passes ``max_body``
-    bytes (a declared ``Content-Length`` is checked before anything is read)."""
+    """The request's JSON body; :class:`NotJson` unless it says ``application/json``
+    (or ``…+json``), :class:`BodyTooLarge` as soon as it passes ``max_body`` bytes (a
+    declared ``Content-Length`` is checked before anything is read)."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise NotJson(f"expected Content-Type: application/json, got {media or 'none'!r}")
+    try:
+        return _decode(await read_body(request, max_body))
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+async def read_body(request: Request, max_body: int) -> bytes:
+    """The request's body; :class:`BodyTooLarge` as soon as it passes ``max_body`` bytes
+    (a declared ``Content-Length`` is checked before anything is read)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body:
         raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {max_body}")
+    # The ASGI messages read straight off ``receive``: a turn's body is one message, and
+    # ``request.stream()`` would wrap it in an async generator per request.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_body:
             raise BodyTooLarge(f"request body is over the limit of {max_body} bytes")
         chunks.append(chunk)
-    try:
-        return _decode(b"".join(chunks))
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 def _int(request: Request, name: str, default: int, high: int) -> int:

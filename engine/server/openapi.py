@@ -35,12 +35,21 @@ _TURN_RESULT = {
     "properties": {
         "session_id": {"type": "string"},
         "turn": {"type": "integer"},
-        "status": {"type": "string", "enum": ["success", "fail"]},
+        "status": {"type": "string", "enum": ["success", "fail", "paused"]},
         "reply": {"type": "string"},
         "trace_id": {"type": "string"},
         "usage": {"type": "object"},
         "trace": {"type": "array", "items": {"type": "object"}},
         "error": {"type": "string"},
+        "question": {
+            "type": "object",
+            "description": "a paused turn's human gate: answer with POST .../answer",
+            "properties": {
+                "node": {"type": "string"},
+                "question": {"type": "string"},
+                "choices": {"type": "array", "items": {"type": "string"}},
+            },
+        },
     },
 }
 
@@ -67,6 +76,23 @@ def _page(summary: str, params: list[Any]) -> Any:
     return op
 
 
+def _watch(sid: list[Any]) -> Any:
+    """``GET /sessions/{id}/live``: the session's turns as Server-Sent Events."""
+    op = _op(
+        "Watch the session's turns run here (SSE, the running turn's so far first)", params=sid
+    )
+    op["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    return op
+
+
+def _form(sid: list[Any]) -> Any:
+    """``POST /ui/sessions/{id}/turns``: the live page's form without JavaScript."""
+    form = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    body = {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}}
+    op = _op("Run a turn from a form, then 303 to its page", "303", params=sid, requestBody=body)
+    return op
+
+
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -87,8 +113,28 @@ def document() -> dict[str, Any]:
         "application/json": {"schema": _TURN_RESULT},
         "text/event-stream": {"schema": {"type": "string"}},
     }
-    for status, what in (("409", "session busy or fenced"), ("413", "body too large")):
+    conflict = "session busy or fenced, or a question waits (SessionPaused)"
+    for status, what in (("409", conflict), ("413", "body too large")):
         turn_post["responses"][status] = {"description": what}
+    answer = _op(
+        "Answer the question a paused turn waits on: the turn runs on from its gate "
+        "(400 UnknownChoice; 409 NotPaused or GateTimedOut)",
+        params=sid,
+        requestBody=_body(
+            {
+                "type": "object",
+                "properties": {"choice": {"type": "string"}},
+                "required": ["choice"],
+            }
+        ),
+    )
+    retry = _op(
+        "Re-run the failed latest turn from the node that failed (409 RetryRefused)",
+        params=sid,
+    )
+    for op in (answer, retry):
+        op["responses"]["200"]["content"] = {"application/json": {"schema": _TURN_RESULT}}
+        op["responses"]["409"] = {"description": "nothing to answer or retry, or session busy"}
     filters = [
         {"name": "agent", "in": "query", "schema": {"type": "string"}},
         {"name": "type", "in": "query", "schema": {"type": "string"}},
@@ -117,7 +163,10 @@ def document() -> dict[str, Any]:
                 )
             },
             "/sessions/{session_id}": {
-                "get": _op("A session's metadata and usage", params=sid),
+                "get": _op(
+                    "A session's metadata, usage, and what it waits for (question, retry)",
+                    params=sid,
+                ),
                 "delete": _op("Delete a session and its records", "204", params=sid),
             },
             "/sessions/{session_id}/messages": {
@@ -130,6 +179,8 @@ def document() -> dict[str, Any]:
             "/sessions/{session_id}/turns/{n}": {
                 "get": _op("One committed turn and its node trace", params=[*sid, turn_n])
             },
+            "/sessions/{session_id}/answer": {"post": answer},
+            "/sessions/{session_id}/retry": {"post": retry},
             "/sessions/{session_id}/compact": {"post": _op("Compact a session now", params=sid)},
             "/sessions/{session_id}/export": {
                 "get": _op("A session's signed export document", params=sid)
@@ -145,6 +196,20 @@ def document() -> dict[str, Any]:
             },
             "/ui/sessions/{session_id}/turns/{n}": {
                 "get": _page("The trace viewer: one turn's path and node visits", [*sid, turn_n])
+            },
+            "/sessions/{session_id}/live": {"get": _watch(sid)},
+            "/ui/sessions/{session_id}/live": {
+                "get": _page("The trace viewer: the session's turns lit as they run", sid)
+            },
+            "/ui/sessions/{session_id}/turns": {"post": _form(sid)},
+            "/sessions/{session_id}/heartbeats": {
+                "get": _op("A hosted session's latest heartbeat runs and traces", params=sid)
+            },
+            "/ui/sessions/{session_id}/heartbeats": {
+                "get": _page("The trace viewer: a hosted session's latest heartbeat runs", sid)
+            },
+            "/ui/sessions/{session_id}/heartbeats/{n}": {
+                "get": _page("The trace viewer: one heartbeat run's path", [*sid, turn_n])
             },
         },
     }

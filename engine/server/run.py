@@ -57,6 +57,9 @@ class Server(uvicorn.Server):
             log_level=log_level,
             access_log=False,
             ws="none",
+            # The app reads no client address, so uvicorn's X-Forwarded-* rewriting
+            # (on by default, for loopback peers) would be a layer every request pays for.
+            proxy_headers=False,
         )
         super().__init__(config)
         self.app_state: ServerState = app.state.turngraph

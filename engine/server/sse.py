@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from sessions.usage import UsageTotals
+
 if TYPE_CHECKING:
     from engine.events import Event
     from sessions import TurnResult
@@ -34,18 +36,25 @@ _encode = encode
 
 
 def result_json(session_id: str, result: TurnResult) -> dict[str, Any]:
-    """What ``POST /sessions/{id}/turns`` answers: reply, status, turn, usage, node trace."""
+    """What ``POST /sessions/{id}/turns`` answers: reply, status, turn, usage, node trace
+    (and, for a turn paused at a human gate, its ``question``: node, text, choices)."""
+    # Each record becomes a dict once; the usage is summed from those same dicts
+    # (``result.usage`` would convert every record a second time).
+    trace = [record.to_dict() for record in result.trace]
     body: dict[str, Any] = {
         "session_id": session_id,
         "turn": result.turn,
         "status": result.status,
         "reply": result.reply,
         "trace_id": result.trace_id,
-        "usage": result.usage.to_dict(),
-        "trace": [record.to_dict() for record in result.trace],
+        "usage": UsageTotals.of((trace,)).to_dict(),
+        "trace": trace,
     }
     if result.error is not None:
         body["error"] = " ".join(str(result.error).split())
+    if result.status == "paused":
+        node = getattr(result.error, "node_id", "")
+        body["question"] = {"node": node, "question": result.question, "choices": result.choices}
     return body
 
 

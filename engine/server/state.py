@@ -16,6 +16,7 @@ import anyio
 
 from engine.errors import TurngraphError
 from engine.server.errors import ShuttingDown
+from engine.server.live import LiveHub
 from sessions.errors import SessionLimitReached
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ __all__ = ["ServerState"]
 
 
 class ServerState:
-    """The manager, the task group of streamed turns, and the draining flag.
+    """The manager, the task group of streamed turns, the draining flag, and the
+    :class:`~engine.server.live.LiveHub` that lets a session's turns be watched.
 
     ``draining`` is set when shutdown begins (SIGTERM): new turns answer 503
     (:class:`~engine.server.errors.ShuttingDown`) while running ones finish.
@@ -37,6 +39,7 @@ class ServerState:
         "_idle",
         "draining",
         "grace",
+        "live",
         "manager",
         "max_body",
         "running",
@@ -57,6 +60,7 @@ class ServerState:
         self.tg: TaskGroup | None = None
         self.startup_error: TurngraphError | None = None  # the manager failed to start
         self._idle: anyio.Event | None = None
+        self.live = LiveHub()  # the turns run here, for whoever watches their session
 
     def enter(self) -> None:
         """Count one turn in flight; refuse it while draining."""
@@ -79,17 +83,19 @@ class ServerState:
         finally:
             self.leave()
 
-    async def open(self, session_id: str) -> Session:
-        """The session, hosted (created if new).  When the manager hosts as many
-        sessions as it may, the idle ones are closed first (their leases released; they
-        load again on their next request), so a server is never stuck at its limit."""
+    async def open(self, session_id: str, *, create: bool = True) -> Session:
+        """The session, hosted (created if new, unless not ``create``:
+        ``SessionNotFound``).  When the manager hosts as many sessions as it may, the
+        idle ones are closed first (their leases released; they load again on their
+        next request), so a server is never stuck at its limit."""
+        load = self.manager.get_or_create if create else self.manager.get
         try:
-            return await self.manager.get_or_create(session_id)
+            return await load(session_id)
         except SessionLimitReached:
             for session in self.manager.live:
                 if not session.busy and not session.queued:
                     await self.manager.close(session.id)
-            return await self.manager.get_or_create(session_id)
+            return await load(session_id)
 
     async def wait_idle(self) -> None:
         """Return once no turn is in flight."""

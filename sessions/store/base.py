@@ -38,6 +38,7 @@ from engine.messages import MemoryItem
 __all__ = [
     "EMPTY_META",
     "Checkpoint",
+    "CheckpointKind",
     "LoadedSession",
     "Message",
     "Role",
@@ -50,6 +51,7 @@ __all__ = [
 
 Role = Literal["user", "assistant", "tool", "system", "summary"]
 SessionType = Literal["primary", "background", "delegation", "consultation"]
+CheckpointKind = Literal["running", "paused", "failed"]
 
 EMPTY_META: Mapping[str, Any] = MappingProxyType({})
 
@@ -140,10 +142,15 @@ class SessionMeta:
 class Checkpoint:
     """An in-flight turn's progress, saved after each completed node (opt-in).
 
-    On load, a checkpoint means a process died mid-turn.  If ``graph_hash`` still
-    matches the session's turn graph, the turn can resume at ``next_node`` with
+    On load, a ``running`` checkpoint means a process died mid-turn.  If ``graph_hash``
+    still matches the session's turn graph, the turn can resume at ``next_node`` with
     ``context``; otherwise it is reported and not replayed.  ``append_turn`` deletes the
     checkpoint in the same transaction that commits the turn.
+
+    Two more kinds ride the same record.  ``paused``: the turn waits at the human gate
+    ``next_node`` for one of ``choices`` (``question``; ``default`` taken once
+    ``deadline``, Unix time, passes).  ``failed``: turn ``turn`` failed (``error``) at
+    ``next_node``; ``context`` is the context just before it, for ``retry_turn``.
     """
 
     turn: int
@@ -155,6 +162,12 @@ class Checkpoint:
     context: Mapping[str, Any]
     trace: tuple[Mapping[str, Any], ...]
     ts: float
+    kind: CheckpointKind = "running"
+    question: str = ""
+    choices: tuple[str, ...] = ()
+    default: str | None = None
+    deadline: float | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -667,7 +667,8 @@ def _plain_message(m: Message) -> bool:
 
 
 def _flat_step(step: Mapping[str, Any]) -> bool:
-    """A flat mapping of ``str`` keys to leaves (finite floats, encodable strings)."""
+    """A flat mapping of ``str`` keys to leaves (finite floats, encodable strings, lists
+    of encodable strings)."""
     for key, value in step.items():
         kind = type(value)
         if type(key) is not str or not key.isascii():
@@ -678,6 +679,10 @@ def _flat_step(step: Mapping[str, Any]) -> bool:
         elif kind is float:
             if value - value != 0.0:
                 return False
+        elif kind is list:  # the context keys a visit changed
+            for item in value:
+                if type(item) is not str or not (item.isascii() or _encodes(item)):
+                    return False
         elif kind is not int and kind is not bool and value is not None:
             return False
     return True
@@ -715,8 +720,9 @@ def turn_from_dict(d: Any) -> TurnRecord:
 
 
 def checkpoint_to_dict(cp: Checkpoint) -> dict[str, Any]:
-    """A JSON-ready dict of a checkpoint."""
-    return {
+    """A JSON-ready dict of a checkpoint (a ``running`` one has the keys it always had,
+    so stores written before paused and failed checkpoints read the same)."""
+    d: dict[str, Any] = {
         "turn": cp.turn,
         "graph_hash": cp.graph_hash,
         "trace_id": cp.trace_id,
@@ -727,6 +733,14 @@ def checkpoint_to_dict(cp: Checkpoint) -> dict[str, Any]:
         "trace": [dict(step) for step in cp.trace],
         "ts": cp.ts,
     }
+    if cp.kind != "running":
+        d["kind"] = cp.kind
+        d["question"] = cp.question
+        d["choices"] = list(cp.choices)
+        d["default"] = cp.default
+        d["deadline"] = cp.deadline
+        d["error"] = cp.error
+    return d
 
 
 def checkpoint_from_dict(d: Any) -> Checkpoint:
@@ -742,7 +756,31 @@ def checkpoint_from_dict(d: Any) -> Checkpoint:
         context=_frozen(d.get("context"), "context"),
         trace=_trace(d.get("trace")),
         ts=_num(d, "ts"),
+        **_checkpoint_kind(d),
     )
+
+
+def _checkpoint_kind(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a paused or failed checkpoint (none for a running one)."""
+    kind = d.get("kind", "running")
+    if kind == "running":
+        return {}
+    if kind not in ("paused", "failed"):
+        raise ShapeError(f"checkpoint: kind {kind!r} is not running, paused or failed")
+    choices = d.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise ShapeError("checkpoint: choices must be a list of strings")
+    deadline = d.get("deadline")
+    if deadline is not None:
+        deadline = _num(d, "deadline")
+    return {
+        "kind": kind,
+        "question": _str(d, "question"),
+        "choices": tuple(choices),
+        "default": _str(d, "default", optional=True),
+        "deadline": deadline,
+        "error": _str(d, "error", optional=True),
+    }
 
 
 def meta_to_dict(m: SessionMeta) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from engine.server.errors import BadRequest, NotFound
 from engine.server.http import json, page, read_json, state
+from sessions.gates import waiting_of
 from sessions.limits import validate_session_id
 from sessions.store.base import SessionMeta
 from sessions.usage import stored_usage
@@ -78,12 +79,15 @@ async def list_sessions(request: Request) -> Response:
 
 
 async def get_session(request: Request) -> Response:
-    """``GET /sessions/{id}``: metadata, counters and model usage totals."""
+    """``GET /sessions/{id}``: metadata, counters, model usage totals, and what it waits
+    for: ``question`` (a turn paused at a human gate) and ``retry`` (a failed turn that
+    ``POST /sessions/{id}/retry`` can re-run), each null when absent."""
     sid = session_id(request)
     store = state(request).manager.store
     loaded = await store.load(sid, recent=0)
     body = meta_json(loaded.meta)
     body["usage"] = (await stored_usage(store, sid)).to_dict()
+    body.update(waiting_of(sid, loaded.checkpoint))
     return json(body)
 
 

@@ -1,0 +1,102 @@
+"""Human gates and retries over real HTTP: a paused turn, 409 SessionPaused for new
+turns, the question in GET /sessions/{id}, POST .../answer and POST .../retry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.graph import Node
+from engine.registry import HandlerRegistry
+from engine.server import create_app
+from sessions import Limits, SessionManager
+
+from .serve_kit import Running
+
+GRAPH = """digraph g {
+  start [shape=Mdiamond]; done [shape=Msquare]
+  approve [shape=hexagon, question="Deploy?"]
+  deploy [handler=deploy]; skip [handler=skip]
+  start -> approve
+  approve -> deploy [label=go]
+  approve -> skip [label=skip]
+  deploy -> done; skip -> done
+}
+"""
+
+
+@pytest.fixture
+def gated(tmp_path: Path) -> Iterator[Running]:
+    """A server whose turns ask before deploying; ``deploy`` fails on input "flaky"
+    the first time (checkpoints on, so that turn can be retried)."""
+    failures = ["flaky"]
+
+    def deploy(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        if ctx["session.input"] in failures:
+            failures.remove(ctx["session.input"])
+            raise RuntimeError("deploy target unreachable")
+        return {"reply": f"deployed {ctx['session.input']}"}
+
+    def skip(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"reply": "skipped"}
+
+    dot = tmp_path / "g.dot"
+    dot.write_text(GRAPH)
+    manager = SessionManager(
+        f"sqlite:///{tmp_path / 'gates.db'}",
+        registry=HandlerRegistry({"deploy": deploy, "skip": skip}),
+        turn_graph=dot,
+        limits=Limits(checkpoint=True),
+    )
+    with Running(create_app(manager=manager)) as running:
+        yield running
+
+
+def _error(response: Any) -> tuple[int, str, str]:
+    error = response.json()["error"]
+    return response.status_code, error["kind"], error["message"]
+
+
+def test_a_paused_turn_is_answered_over_http(gated: Running) -> None:
+    client = gated.client
+    paused = client.post("/sessions/s1/turns", json={"text": "v1"})
+    assert paused.status_code == 200
+    body = paused.json()
+    assert (body["status"], body["turn"], body["reply"]) == ("paused", 1, "")
+    assert body["question"] == {"node": "approve", "question": "Deploy?", "choices": ["go", "skip"]}
+    meta = client.get("/sessions/s1").json()
+    assert meta["turn_count"] == 0 and meta["retry"] is None
+    assert meta["question"]["choices"] == ["go", "skip"] and meta["question"]["turn"] == 1
+
+    status, kind, message = _error(client.post("/sessions/s1/turns", json={"text": "v2"}))
+    assert (status, kind) == (409, "SessionPaused") and "Deploy? [go, skip]" in message
+    status, kind, message = _error(client.post("/sessions/s1/answer", json={"choice": "maybe"}))
+    assert (status, kind) == (400, "UnknownChoice") and "choose one of: go, skip" in message
+    status, kind, _ = _error(client.post("/sessions/s1/answer", json={"pick": "go"}))
+    assert (status, kind) == (400, "BadRequest")
+
+    done = client.post("/sessions/s1/answer", json={"choice": "go"})
+    assert done.status_code == 200, done.text
+    assert (done.json()["status"], done.json()["reply"]) == ("success", "deployed v1")
+    assert client.get("/sessions/s1").json()["question"] is None
+    status, kind, _ = _error(client.post("/sessions/s1/answer", json={"choice": "go"}))
+    assert (status, kind) == (409, "NotPaused")
+
+
+def test_a_failed_turn_is_retried_over_http(gated: Running) -> None:
+    client = gated.client
+    status, kind, _ = _error(client.post("/sessions/s2/retry"))
+    assert (status, kind) == (404, "SessionNotFound")
+    client.post("/sessions/s2/turns", json={"text": "flaky"})
+    failed = client.post("/sessions/s2/answer", json={"choice": "go"}).json()
+    assert failed["status"] == "fail" and "deploy target unreachable" in failed["error"]
+    assert client.get("/sessions/s2").json()["retry"]["node"] == "deploy"
+    retried = client.post("/sessions/s2/retry")
+    assert retried.status_code == 200, retried.text
+    body = retried.json()
+    assert (body["status"], body["turn"], body["reply"]) == ("success", 2, "deployed flaky")
+    status, kind, message = _error(client.post("/sessions/s2/retry"))
+    assert (status, kind) == (409, "RetryRefused") and "no failed turn" in message
