@@ -40,8 +40,10 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "BodyTooLarge",
+    "CrossSite",
     "GraphvizMissing",
     "NotFound",
+    "NotJson",
     "ShuttingDown",
     "StoreUnavailable",
     "Unauthorized",
@@ -70,6 +72,12 @@ class Unauthorized(ApiError):
     status = 401
 
 
+class CrossSite(ApiError):
+    """A form posted from another site's page (its ``Origin`` is not this server)."""
+
+    status = 403
+
+
 class NotFound(ApiError):
     """No such route, graph or turn."""
 
@@ -80,6 +88,16 @@ class BodyTooLarge(ApiError):
     """A request body over the server's ``max_body`` bytes (checked while reading)."""
 
     status = 413
+
+
+class NotJson(ApiError):
+    """A JSON endpoint posted without ``Content-Type: application/json``.
+
+    Refused because a browser sends a ``text/plain`` or form post to any site without
+    asking it first: another site's page could otherwise run turns on a loopback server
+    that has no token."""
+
+    status = 415
 
 
 class ShuttingDown(ApiError):
