@@ -29,17 +29,17 @@ GATE = """digraph gated {
   start [shape=Mdiamond]; done [shape=Msquare]
   plan [handler=plan]
   approve [shape=hexagon, question="Ship it?"]
-  ship [handler=ship]; hold [handler=plan]
+  ship [handler=ship]; hold [handler=plan]; note [handler=note]
   start -> plan -> approve
   approve -> ship [label=yes]
   approve -> hold [label=no]
-  ship -> done; hold -> done
+  ship -> note -> done; hold -> done
 }
 """
 
-# The worker: ``ship`` marks MARK then waits forever (the parent kills it there), so the
-# process dies in the middle of the answered (or retried) turn, after checkpoints of
-# the nodes before ``ship`` were written.
+# The worker: ``note`` marks MARK then waits forever (the parent kills it there), so the
+# process dies in the middle of the answered (or retried) turn, after the nodes before
+# it (``ship`` among them: a retry starts there) ran and could have been checkpointed.
 WORKER = """
 import sys, time, anyio
 from pathlib import Path
@@ -52,11 +52,14 @@ def plan(node, ctx):
     return {"plan": "plan for " + ctx["session.input"], "reply": "held"}
 
 def ship(node, ctx):
-    Path(mark).write_text("in ship")
+    return {"reply": "shipped"}
+
+def note(node, ctx):
+    Path(mark).write_text("in note")
     time.sleep(3600)
 
 async def main():
-    registry = HandlerRegistry({"plan": plan, "ship": ship})
+    registry = HandlerRegistry({"plan": plan, "ship": ship, "note": note})
     async with SessionManager(
         url, registry=registry, turn_graph=dot, store_secret=%r,
         limits=Limits(checkpoint=True), lease_ttl=1.0,
@@ -77,12 +80,12 @@ def _registry(fail: list[str]) -> HandlerRegistry:
             raise RuntimeError(fail.pop())
         return {"reply": f"shipped {ctx['plan']}"}
 
-    return HandlerRegistry({"plan": plan, "ship": ship})
+    return HandlerRegistry({"plan": plan, "ship": ship, "note": lambda node, ctx: {}})
 
 
-def _killed_in_ship(tmp_path: Path, url: str, dot: Path, action: str) -> None:
-    """Run ``action`` (answer or retry) in a worker process and SIGKILL it in ``ship``."""
-    script, mark = tmp_path / "worker.py", tmp_path / "in_ship"
+def _killed_in_note(tmp_path: Path, url: str, dot: Path, action: str) -> None:
+    """Run ``action`` (answer or retry) in a worker process and SIGKILL it in ``note``."""
+    script, mark = tmp_path / "worker.py", tmp_path / "in_note"
     script.write_text(WORKER % SECRET)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TURNGRAPH_HOME": str(tmp_path / "home")}
     argv = [sys.executable, str(script), url, str(dot), str(mark), action]
@@ -92,7 +95,7 @@ def _killed_in_ship(tmp_path: Path, url: str, dot: Path, action: str) -> None:
             if mark.exists() or proc.poll() is not None:
                 break
             time.sleep(0.02)
-        assert mark.exists(), "the worker never reached ship"
+        assert mark.exists(), "the worker never reached note"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(GUARD)
@@ -123,7 +126,7 @@ async def test_a_killed_answer_leaves_the_question_answerable(
     limits = Limits(checkpoint=True)
     async with SessionManager(durable_url, registry=_registry([]), limits=limits, **kw) as m:
         assert (await (await m.create("k1")).send("v1")).status == "paused"
-    _killed_in_ship(tmp_path, durable_url, dot, "answer")
+    _killed_in_note(tmp_path, durable_url, dot, "answer")
     async with SessionManager(durable_url, registry=_registry([]), limits=limits, **kw) as m:
         session = await _get_when_free(m, "k1")
         assert session.question is not None and session.question.node == "approve"
@@ -146,7 +149,7 @@ async def test_a_killed_retry_leaves_the_turn_retriable(durable_url: str, tmp_pa
         session = await m.create("k1")
         assert (await session.send("v1")).status == "paused"
         assert (await session.answer("yes")).status == "fail"
-    _killed_in_ship(tmp_path, durable_url, dot, "retry")
+    _killed_in_note(tmp_path, durable_url, dot, "retry")
     async with SessionManager(durable_url, registry=_registry([]), limits=limits, **kw) as m:
         session = await _get_when_free(m, "k1")
         retried = await session.retry_turn()
@@ -257,15 +260,17 @@ async def test_retry_is_refused_when_a_sub_graph_changed(tmp_path: Path) -> None
 }""")
     url = f"sqlite:///{tmp_path / 's.db'}"
     kw: dict[str, Any] = {"turn_graph": parent, "limits": Limits(checkpoint=True)}
-    async with SessionManager(url, registry=_registry(["down"]), **kw) as m:
+    async with SessionManager(url, registry=_registry(["down", "down"]), **kw) as m:
         session = await m.create("r1")
         assert (await session.send("v1")).status == "fail"
         assert session.checkpoints.failed is not None
         assert session.checkpoints.failed.next_node == "sub"
+        again = await session.retry_turn()  # unchanged: retried (and failing again)
+        assert (again.status, again.turn) == ("fail", 2)
     child.write_text(child.read_text().replace("[handler=ship]", "[handler=plan]"))
     async with SessionManager(url, registry=_registry([]), **kw) as m:
         session = await m.get("r1")
-        with pytest.raises(RetryRefused, match="the turn graph changed since turn 1 failed"):
+        with pytest.raises(RetryRefused, match="the turn graph changed since turn 2 failed"):
             await session.retry_turn()
     lone = load_graph(tmp_path / "child.dot", registry=_registry([]))
     assert graph_fingerprint(lone) == lone.source_hash
