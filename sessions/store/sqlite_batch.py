@@ -139,7 +139,8 @@ def _commit_there(
         finally:
             release()
         return True
-    committer.commit(core.conn, release, functools.partial(_committed, store, batch, rows))
+    done = functools.partial(_committed, store, batch, rows, release)
+    committer.commit(core.conn, release, done)
     return False
 
 
@@ -147,21 +148,28 @@ def _committed(
     store: SQLiteStore,
     batch: list[QueuedTurn],
     rows: list[StateRow],
+    release: Callable[[], None],
     error: sqlite3.Error | None,
 ) -> None:
     """In the loop: the commit of ``batch`` ended (``error``: it failed, nothing of the
-    batch was written)."""
+    batch was written).  The connection is still claimed: the new heads reach the
+    remembered rows and the rollback witness before anything queued behind the commit
+    (a delete of one of these sessions) runs, or the witness would keep a head of a
+    session deleted after it, and report it rolled back."""
     group, core = store._group, store._core
     assert group is not None
     failed: BaseException | None = None
-    if error is not None:
-        failed = translate(store.url, store.path, error)
-        if core is not None:
-            for t in batch:
-                core.remembered.forget(t.sid)
-    elif core is not None:
-        count_write(core)
-        core.remembered.remember_all(rows)
+    try:
+        if error is not None:
+            failed = translate(store.url, store.path, error)
+            if core is not None:
+                for t in batch:
+                    core.remembered.forget(t.sid)
+        elif core is not None:
+            count_write(core)
+            core.remembered.remember_all(rows)
+    finally:
+        release()
     group.settle(batch, None, failed)
 
 

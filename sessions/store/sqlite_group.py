@@ -204,9 +204,11 @@ class Committer:
         release: Callable[[], None],
         done: Callable[[sqlite3.Error | None], None],
     ) -> None:
-        """Commit ``conn``'s open transaction (rolled back if that fails), call
-        ``release()``, then ``done(error)`` in the running loop (``None``: committed).
-        Call from the loop's thread."""
+        """Commit ``conn``'s open transaction (rolled back if that fails), then call
+        ``done(error)`` in the running loop (``None``: committed) with the connection
+        still claimed: ``done`` calls ``release()`` once it has recorded what the
+        commit made durable, so nothing else of the store (a delete waiting in the
+        database thread, say) runs before that.  Call from the loop's thread."""
         self._jobs.put((conn, release, asyncio.get_running_loop(), done))
 
     def stop(self) -> None:
@@ -236,8 +238,10 @@ def _commit_loop(
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.rollback()
-        finally:
+        except BaseException:
             release()
-        # A closed loop raises RuntimeError: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
+            raise
+        try:
             loop.call_soon_threadsafe(done, error)
+        except RuntimeError:  # the loop closed: nobody waits any more
+            release()

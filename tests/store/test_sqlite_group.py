@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -392,3 +393,37 @@ def test_the_batch_limit() -> None:
     assert batch_limit(queued, frozenset(f"q{i}" for i in range(40))) == 30
     assert batch_limit(queued[:3], frozenset()) == BATCH_MIN
     assert batch_limit(queued * 20, frozenset(f"b{i}" for i in range(2000))) == BATCH_MAX
+
+
+async def test_a_session_deleted_as_its_batch_commits_is_not_reported_rolled_back(
+    store: SQLiteStore,
+) -> None:
+    """A delete waiting for the connection while a batch commits runs once the commit
+    ends; the batch's heads reach the rollback witness before that delete can run, so
+    the delete's "forget it" is the last word: making the session again is no
+    RolledBack."""
+    tokens = await new_sessions(store, 2)
+    fsync = gate_commits(store, [])
+
+    async def send(sid: str) -> None:
+        await store.append_turn(sid, commit(1, 0), token=tokens[sid])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "s0")
+        tg.start_soon(send, "s1")
+        await anyio.to_thread.run_sync(fsync.started.acquire)
+        tg.start_soon(store.delete, "s0")  # queued in the database thread
+        await anyio.wait_all_tasks_blocked()
+        fsync.gates[0].set()
+        # Block the loop until the delete has run in the database thread: only then
+        # may the loop handle the commit's end.
+        reader = sqlite3.connect(store.path)
+        for _ in range(2000):
+            if reader.execute("SELECT 1 FROM sessions WHERE id='s0'").fetchone() is None:
+                break
+            time.sleep(0.005)
+        reader.close()
+    assert not await store.exists("s0")
+    await store.create(SessionMeta(id="s0"))  # not RolledBack
+    assert (await store.load("s0")).meta.turn_count == 0
+    assert await store.verify("s1") == 3
