@@ -116,6 +116,12 @@ class GroupCommit:
                 self._busy = True
                 try:
                     await anyio.lowlevel.checkpoint()  # the turns ready now join this batch
+                except BaseException:
+                    # Cancelled before anything was written: its turn leaves the batch
+                    # (else it would be written while its caller is told it was not).
+                    if turn in self._queue:
+                        self._queue.remove(turn)
+                    raise
                 finally:
                     self._next()
             if not turn.done:

@@ -427,3 +427,24 @@ async def test_a_session_deleted_as_its_batch_commits_is_not_reported_rolled_bac
     await store.create(SessionMeta(id="s0"))  # not RolledBack
     assert (await store.load("s0")).meta.turn_count == 0
     assert await store.verify("s1") == 3
+
+
+async def test_a_turn_cancelled_before_its_batch_is_written_is_not_written(
+    store: SQLiteStore,
+) -> None:
+    """A caller cancelled at the yield before it writes the batch it leads: its own
+    turn leaves the batch (nothing of it is written, as the cancellation says), and
+    the turns that joined meanwhile still commit."""
+    tokens = await new_sessions(store, 2)
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # delivered at the first yield
+            tg.start_soon(
+                functools.partial(store.append_turn, "s1", commit(1, 0), token=tokens["s1"])
+            )
+            await store.append_turn("s0", commit(1, 0), token=tokens["s0"])
+        assert scope.cancelled_caught
+    assert (await store.load("s0")).meta.turn_count == 0
+    assert await store.verify("s1") == 3
+    await store.append_turn("s0", commit(1, 0), token=tokens["s0"])
+    assert await store.verify("s0") == 3
