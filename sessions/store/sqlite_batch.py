@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from sessions.errors import StoreError
+from sessions.errors import CommitUnknown, StoreError
 from sessions.store.durable import StateRow
 from sessions.store.sqlite_core import BatchTurn, SQLiteCore, batch_rows, count_write
 from sessions.store.sqlite_group import Committer, QueuedTurn
@@ -149,7 +149,7 @@ def _committed(
     batch: list[QueuedTurn],
     rows: list[StateRow],
     release: Callable[[], None],
-    error: sqlite3.Error | None,
+    error: Exception | None,
 ) -> None:
     """In the loop: the commit of ``batch`` ended (``error``: it failed, nothing of the
     batch was written).  The connection is still claimed: the new heads reach the
@@ -161,7 +161,7 @@ def _committed(
     failed: BaseException | None = None
     try:
         if error is not None:
-            failed = translate(store.url, store.path, error)
+            failed = _failure(store, error)
             if core is not None:
                 for t in batch:
                     core.remembered.forget(t.sid)
@@ -196,3 +196,14 @@ def _write_in_thread(
         error = exc
     with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
         loop.call_soon_threadsafe(group.settle, batch, errors, error)
+
+
+def _failure(store: SQLiteStore, error: Exception) -> StoreError:
+    """The error a batch's callers get when its commit raised ``error``: SQLite's
+    translated (nothing was written), anything else :class:`CommitUnknown` (it may
+    have been raised after the commit ended)."""
+    if isinstance(error, sqlite3.Error):
+        return translate(store.url, store.path, error)
+    unknown = CommitUnknown(store.url, f"{store.path}: the commit ended with {error!r}")
+    unknown.__cause__ = error
+    return unknown

@@ -208,7 +208,7 @@ class Committer:
         self,
         conn: sqlite3.Connection,
         release: Callable[[], None],
-        done: Callable[[sqlite3.Error | None], None],
+        done: Callable[[Exception | None], None],
     ) -> None:
         """Commit ``conn``'s open transaction (rolled back if that fails), then call
         ``done(error)`` in the running loop (``None``: committed) with the connection
@@ -226,7 +226,7 @@ _Commit = tuple[
     sqlite3.Connection,
     Callable[[], None],
     asyncio.AbstractEventLoop,
-    Callable[[sqlite3.Error | None], None],
+    Callable[[Exception | None], None],
 ]
 
 
@@ -236,10 +236,10 @@ def _commit_loop(
     """The :class:`Committer` thread's body."""
     while (job := jobs.get()) is not None:
         conn, release, loop, done = job
-        error: sqlite3.Error | None = None
+        error: Exception | None = None
         try:
             commit(conn)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # SQLite's, or another (the batch must end either way)
             error = exc
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:

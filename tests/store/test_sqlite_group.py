@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sessions.errors import Fenced, StoreError, Unstorable
+from sessions.errors import CommitUnknown, Fenced, StoreError, Unstorable
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta, TurnCommit
 from sessions.store.sqlite_group import BATCH_MAX, BATCH_MIN, Committer, QueuedTurn, batch_limit
@@ -395,6 +395,24 @@ def test_the_batch_limit() -> None:
     assert batch_limit(queued * 20, frozenset(f"b{i}" for i in range(2000))) == BATCH_MAX
 
 
+def block_until_deleted(path: Path, sid: str, events: list[str]) -> None:
+    """Block the event loop until the gated commit has ended and ``sid`` is gone from
+    the file (deleted in the database thread) or two seconds have passed: the loop
+    handles nothing meanwhile, the commit's end included."""
+    for _ in range(6000):
+        if "commit-end" in events:
+            break
+        time.sleep(0.005)
+    reader = sqlite3.connect(path)
+    try:
+        for _ in range(400):
+            if reader.execute("SELECT 1 FROM sessions WHERE id=?", (sid,)).fetchone() is None:
+                return
+            time.sleep(0.005)
+    finally:
+        reader.close()
+
+
 async def test_a_session_deleted_as_its_batch_commits_is_not_reported_rolled_back(
     store: SQLiteStore,
 ) -> None:
@@ -403,7 +421,8 @@ async def test_a_session_deleted_as_its_batch_commits_is_not_reported_rolled_bac
     the delete's "forget it" is the last word: making the session again is no
     RolledBack."""
     tokens = await new_sessions(store, 2)
-    fsync = gate_commits(store, [])
+    events: list[str] = []
+    fsync = gate_commits(store, events)
 
     async def send(sid: str) -> None:
         await store.append_turn(sid, commit(1, 0), token=tokens[sid])
@@ -415,14 +434,7 @@ async def test_a_session_deleted_as_its_batch_commits_is_not_reported_rolled_bac
         tg.start_soon(store.delete, "s0")  # queued in the database thread
         await anyio.wait_all_tasks_blocked()
         fsync.gates[0].set()
-        # Block the loop until the delete has run in the database thread: only then
-        # may the loop handle the commit's end.
-        reader = sqlite3.connect(store.path)
-        for _ in range(2000):
-            if reader.execute("SELECT 1 FROM sessions WHERE id='s0'").fetchone() is None:
-                break
-            time.sleep(0.005)
-        reader.close()
+        block_until_deleted(store.path, "s0", events)
     assert not await store.exists("s0")
     await store.create(SessionMeta(id="s0"))  # not RolledBack
     assert (await store.load("s0")).meta.turn_count == 0
@@ -448,3 +460,26 @@ async def test_a_turn_cancelled_before_its_batch_is_written_is_not_written(
     assert await store.verify("s1") == 3
     await store.append_turn("s0", commit(1, 0), token=tokens["s0"])
     assert await store.verify("s0") == 3
+
+
+async def test_a_commit_that_raises_another_error_ends_its_batch(store: SQLiteStore) -> None:
+    """An error of the commit that is not SQLite's (so it may come after the commit
+    ended) still ends the batch: each caller gets CommitUnknown instead of waiting
+    forever, and the store writes on (here the commit never ran: nothing is stored)."""
+    tokens = await new_sessions(store, 2)
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise RuntimeError("the committer broke")
+
+    assert store._committer is not None
+    store._committer.stop()
+    store._committer = Committer("test-commit", broken)
+    with anyio.fail_after(30):
+        got = await outcomes(store, [(sid, commit(1, 0), tok) for sid, tok in tokens.items()])
+    assert all(isinstance(e, CommitUnknown) and "the committer broke" in str(e) for e in got), got
+    store._committer.stop()
+    store._committer = Committer("test-commit")
+    for sid, tok in tokens.items():
+        assert (await store.load(sid)).meta.turn_count == 0
+        await store.append_turn(sid, commit(1, 0), token=tok)
+        assert await store.verify(sid) == 3
