@@ -168,9 +168,9 @@ def _committed(
         elif core is not None:
             count_write(core)
             core.remembered.remember_all(rows)
-    finally:
+    finally:  # whatever happened above, the batch ends (its callers must not hang)
         release()
-    group.settle(batch, None, failed)
+        group.settle(batch, None, failed)
 
 
 def _write_in_thread(
