@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,10 @@ from sessions.store.base import Checkpoint
 from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
+    from engine.graph import Graph
     from engine.runner import OnStep
 
-__all__ = ["Checkpoints", "durable_context"]
+__all__ = ["Checkpoints", "durable_context", "graph_fingerprint"]
 
 
 def _jsonable(value: object, depth: int = 0) -> bool:
@@ -50,8 +52,22 @@ def durable_context(context: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in context.items() if not k.startswith("session.") and _jsonable(v)}
 
 
+def graph_fingerprint(graph: Graph) -> str:
+    """What a checkpoint records of the graph it ran: the source hash of ``graph`` and
+    of every sub-graph it includes, so that editing ``child.dot`` refuses a retry (or an
+    answer) as editing the parent does.  Any byte counts: a whitespace or comment edit
+    is a change.  A graph without sub-graphs keeps its plain source hash."""
+    if not graph.subgraphs:
+        return graph.source_hash
+    h = hashlib.sha256(graph.source_hash.encode())
+    for node_id in sorted(graph.subgraphs):
+        h.update(f"\0{node_id}\0{graph_fingerprint(graph.subgraphs[node_id])}".encode())
+    return h.hexdigest()
+
+
 class Checkpoints:
-    """The checkpoints of one session's turns graph (``graph_hash``: its source hash).
+    """The checkpoints of one session's turns graph (``graph_hash``: its
+    :func:`graph_fingerprint`).
 
     ``resumable``: a checkpoint found on load that ``Session.resume`` may continue.
     ``interrupted``: the last one given up on.  ``paused``: the turn waiting at a human
@@ -128,14 +144,22 @@ class Checkpoints:
         trace_id: str,
         prior: tuple[Mapping[str, Any], ...],
         start: tuple[str, Mapping[str, Any]],
+        *,
+        store: bool = True,
     ) -> OnStep:
         """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
         ``prior`` is the trace of the nodes a resumed turn ran before, ``start`` the
         node it starts at and the context it carries in (kept in :attr:`point` as where
-        a retry would start, without the answer to a gate: a retry asks again)."""
+        a retry would start, without the answer to a gate: a retry asks again).
+
+        Not ``store``: the hook only tracks :attr:`point` and writes nothing.  A turn
+        that goes on from a pause or a failure runs so: the stored pause (or failure)
+        must stand until that turn commits, so that a process killed in the middle of it
+        leaves the question answerable (the failed turn retriable) in the next process,
+        which no running checkpoint would (no command resumes one)."""
         done: list[Mapping[str, Any]] = list(prior)
         graph_hash = self.graph_hash
-        save = self._writer.save_checkpoint
+        save = self._writer.save_checkpoint if store else None
         kept = {k: v for k, v in durable_context(start[1]).items() if k != ANSWER_KEY}
         self.point = Checkpoint(
             turn, graph_hash, trace_id, text, "", start[0], kept, prior, time.time()
@@ -158,7 +182,8 @@ class Checkpoints:
                 tuple(done),
                 time.time(),
             )
-            await save(cp)
+            if save is not None:
+                await save(cp)
             self.point = cp
 
         return on_step
