@@ -91,6 +91,7 @@ from engine.cli.common import (
     one_line,
     print_json,
     read_stdin_message,
+    refuse_shell,
     shell_allowed,
     silence_stdout,
     store_url,
@@ -373,22 +374,11 @@ def _cmd_run(argv: Sequence[str]) -> int:
     else:
         graph = _load(args.graph, registry, args.dialect)
     if not allow:
-        _refuse_shell(graph)
+        refuse_shell(graph)
     live = live_printer(llm, args.json)
     engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
     return _one_turn(graph, engine, message, args.json, live, llm)
-
-
-def _refuse_shell(graph: Graph) -> None:
-    """Stop before the run when a ``shell`` node would be refused half-way through it."""
-    from engine.errors import ShellDisabled
-
-    for node in graph.nodes.values():
-        if node.handler == "shell":
-            raise UsageError(
-                f"{graph.path}:{node.line}:{node.col}: error: {ShellDisabled(node.id)}"
-            )
 
 
 def _message(arg: str | None) -> str | None:
@@ -620,7 +610,7 @@ def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None
         store_url(args.store), turn_graph=graph, log_nodes=args.verbose, llm=llm, **options
     )
     if not allow:
-        _refuse_shell(manager.turn_graph)
+        refuse_shell(manager.turn_graph)
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
     return manager

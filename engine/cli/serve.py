@@ -5,13 +5,17 @@
     python -m engine.run serve [--host 127.0.0.1] [--port 8000] [--store URL] [--llm SPEC]
                                [--graph GRAPH.dot] [--grace 30] [--max-body BYTES]
                                [--max-sessions N] [--loop auto|asyncio|uvloop]
+                               [--dialect turngraph|attractor] [--allow-shell]
 
 Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port).
 With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
 without it the server refuses any host but a loopback one (exit 2).  SIGTERM or Ctrl-C
 drains it (see :mod:`engine.server.run`) and it exits 0.  ``--loop`` picks the event
 loop: ``asyncio`` (the default), ``uvloop`` (installed separately; exit 2 without it),
-or ``auto`` (uvloop when it is installed, else asyncio).
+or ``auto`` (uvloop when it is installed, else asyncio).  ``--dialect`` reads
+``--graph`` in that dialect; shell commands (``tool_command``) stay off unless
+``--allow-shell`` or ``TURNGRAPH_ALLOW_SHELL=1`` turns them on: a graph with a shell
+node is refused at start otherwise (exit 2, naming its file, line and node).
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from engine.cli.common import PROG, Parser, UsageError, configure_logging
+from engine.cli.common import (
+    PROG,
+    Parser,
+    UsageError,
+    add_dialect_option,
+    configure_logging,
+    refuse_shell,
+    shell_allowed,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -61,6 +73,7 @@ def _parser() -> Parser:
         default="asyncio",
         help="event loop (default asyncio; auto: uvloop when installed)",
     )
+    add_dialect_option(p, shell=True)
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
     return p
 
@@ -107,6 +120,7 @@ def cmd_serve(argv: Sequence[str]) -> int:
         )
     factory = loop_factory(args.loop)
     configure_logging(args.verbose)
+    allow = shell_allowed(args)
     app = create_app(
         args.store,
         llm=args.llm,
@@ -114,7 +128,11 @@ def cmd_serve(argv: Sequence[str]) -> int:
         max_body=args.max_body,
         grace=args.grace,
         max_sessions=args.max_sessions,
+        dialect=args.dialect,
+        allow_shell=allow,
     )
+    if not allow:
+        refuse_shell(app.state.turngraph.manager.turn_graph)
     server = Server(app, grace=args.grace, log_level="info" if args.verbose else "warning")
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
