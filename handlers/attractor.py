@@ -153,10 +153,10 @@ class Shell:
     seconds) passes and when the command ends (a background process does not outlive
     its node; one that leaves the group with ``setsid`` escapes this, and its output
     is no longer read).  Its environment is the process's without the ``TURNGRAPH_*``
-    variables (the API token, the store's URL and secret).  Sets ``tool.output`` (stdout, as the spec names it),
-    ``tool.last_line`` (its last non-blank line, which many public pipelines route on),
-    ``tool.stderr`` and ``tool.exit_code``; a nonzero exit or a timeout fails the node
-    with the end of stderr as the reason.
+    variables (the API token, the store's URL and secret).  Sets ``tool.output``
+    (stdout, as the spec names it), ``tool.last_line`` (its last non-blank line, which
+    many public pipelines route on), ``tool.stderr`` and ``tool.exit_code``; a nonzero
+    exit or a timeout fails the node with the end of stderr as the reason.
     """
 
     __slots__ = ("allowed", "cwd", "timeout")
