@@ -1,5 +1,6 @@
-"""The ``shell`` handler (Attractor's ``tool_command``) under hostile commands: what a
-command leaves behind, floods and reads of ours.  Real ``/bin/sh`` subprocesses."""
+"""The attractor dialect against hostile input: the ``shell`` handler (``tool_command``)
+and what a command leaves behind, floods and reads of ours (real ``/bin/sh``
+subprocesses), and edge weights no number holds."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import anyio
 import pytest
 
 from engine import load_graph
+from engine.errors import GraphValidationError
 from engine.outcome import Outcome
 from handlers.attractor import MAX_OUTPUT, Shell
 
@@ -89,3 +91,12 @@ def test_the_command_does_not_see_turngraph_settings(monkeypatch: pytest.MonkeyP
     output = outcome.updates["tool.output"]
     assert "R15_PASSED_ON=yes" in output
     assert "TURNGRAPH_" not in output and "secret" not in output
+
+
+@pytest.mark.parametrize("weight", ["1e400", "-1e999", "nan", "inf"])
+def test_an_infinite_weight_is_refused_naming_the_edge(weight: str) -> None:
+    """``1e400`` read as ``inf`` (sorting edges by it, and a cache entry JSON cannot hold)."""
+    text = f'digraph {{ start -> a [weight="{weight}"]; a -> exit }}'
+    with pytest.raises(GraphValidationError) as info:
+        load_graph(text, dialect="attractor")
+    assert f"edge start -> a: weight must be a number, not '{weight}'" in str(info.value)
