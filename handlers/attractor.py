@@ -136,7 +136,7 @@ def _status_object(text: str) -> dict[str, Any] | None:
     for start in (i for i, ch in enumerate(found) if ch == "{"):
         try:
             value = json.loads(found[start:])
-        except ValueError:
+        except (ValueError, RecursionError):  # a reply nesting past the recursion limit
             continue
         if isinstance(value, dict) and ("outcome" in value or "preferred_label" in value):
             return value
@@ -191,7 +191,8 @@ class Shell:
             with anyio.move_on_after(limit) as scope:
                 await _communicate(process, out, err)
         finally:
-            _kill_group(process)  # whatever it left running in the background too
+            if process.returncode is None:  # else _communicate killed what it left
+                _kill_group(process)
             with anyio.CancelScope(shield=True):
                 await process.aclose()
         stdout = _text(out)

@@ -1,6 +1,6 @@
 """The attractor dialect against hostile input: the ``shell`` handler (``tool_command``)
 and what a command leaves behind, floods and reads of ours (real ``/bin/sh``
-subprocesses), and edge weights no number holds."""
+subprocesses), edge weights no number holds, and replies that nest too deep."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine import load_graph
+from engine import Engine, load_graph
 from engine.errors import GraphValidationError
 from engine.outcome import Outcome
+from handlers import build_registry
+from handlers.adapters import ScriptedModel
 from handlers.attractor import MAX_OUTPUT, Shell
 
 
@@ -100,3 +102,18 @@ def test_an_infinite_weight_is_refused_naming_the_edge(weight: str) -> None:
     with pytest.raises(GraphValidationError) as info:
         load_graph(text, dialect="attractor")
     assert f"edge start -> a: weight must be a number, not '{weight}'" in str(info.value)
+
+
+def test_a_reply_nesting_past_the_recursion_limit_is_no_status() -> None:
+    """The model's reply is not ours: JSON nested 1,000 deep at its end (json.loads
+    raises RecursionError there) is plain text, not a crash of the node."""
+    graph = load_graph(
+        "digraph { start [shape=Mdiamond]; exit [shape=Msquare]; a [prompt=go]; "
+        "start -> a -> exit }",
+        dialect="attractor",
+    )
+    reply = "done " + '{"a": [' * 500 + "}"
+    model = ScriptedModel([reply])
+    result = anyio.run(Engine(build_registry(llm=model)).run, graph)
+    assert result.ok, result.error
+    assert result.context["reply"] == reply
