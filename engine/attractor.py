@@ -10,11 +10,12 @@ caller asks (``dialect=``, ``--dialect attractor``) or its graph says
 ``dialect=attractor``.  The differences, all applied once at load time:
 
 * **Handlers.** A node's handler is its ``type`` (``tool`` is read as ``shell``), else
-  its shape by :data:`SHAPE_HANDLERS` (``box``, the default shape, is ``codergen``,
-  an LLM task; ``hexagon`` is ``wait.human``; ``parallelogram`` is ``shell``, which
-  runs ``tool_command``).  A shapeless node named ``start``/``Start`` is the start,
-  one named ``exit``/``end`` an exit (spec §7.2).  Other shapes resolve as in the
-  default dialect (to the node's id).
+  ``subgraph`` when it has a ``graph=`` file (a sub-graph file is read in its own
+  ``dialect=``, else its parent's), else its shape by :data:`SHAPE_HANDLERS` (``box``,
+  the default shape, is ``codergen``, an LLM task; ``hexagon`` is ``wait.human``;
+  ``parallelogram`` is ``shell``, which runs ``tool_command``).  A shapeless node
+  named ``start``/``Start`` is the start, one named ``exit``/``end`` an exit (spec
+  §7.2).  Other shapes resolve as in the default dialect (to the node's id).
 * **Dead ends.** A node with no outgoing edge ends the run like an exit (spec §3.2:
   with its own status), so deliberate failure nodes are not errors.
 * **Transforms** (spec §9.2): ``$goal`` in a ``prompt`` becomes the graph's ``goal``;
@@ -139,6 +140,8 @@ def handler(node_id: str, attrs: Mapping[str, object]) -> str:
         name = attrs.get(key)
         if isinstance(name, str) and name.strip():
             return _TYPE_ALIASES.get(name.strip(), name.strip())
+    if isinstance(attrs.get("graph"), str):  # turngraph's sub-graph node, as by default
+        return "subgraph"
     shape = attrs.get("shape")
     if not isinstance(shape, str) or not shape:
         if node_id in _START_IDS:
