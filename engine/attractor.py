@@ -42,7 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from engine.errors import Issue
-from engine.stylesheet import Rule, StylesheetError, node_classes, parse_stylesheet, styled
+from engine.stylesheet import Rule, StylesheetError, node_classes, parse_stylesheet, styler
 from engine.validate import EDGE_KINDS, GRAPH_KINDS, NODE_KINDS, Kind
 
 if TYPE_CHECKING:  # the reader is imported only when a graph is read
@@ -206,10 +206,11 @@ def prepare(raw: RawGraph, path: str) -> tuple[RawGraph, list[Issue]]:
         except StylesheetError as exc:
             issues.append(_issue("error", f"graph: {exc}", *at, None))
     goal = attrs.get("goal") or ""
+    style = styler(rules)
     nodes: dict[str, RawNode] = {}
     for node in raw.nodes.values():
         shape = node.attrs.get("shape") or "box"
-        styles = styled(rules, node.id, shape, node_classes(node.attrs.get("class")))
+        styles = style(node.id, shape, node_classes(node.attrs.get("class")))
         new, found = _node_attrs(node.attrs, node.id, goal, styles, (path, node.line, node.col))
         nodes[node.id] = replace(node, attrs=new)
         issues += found

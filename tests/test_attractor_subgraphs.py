@@ -1,5 +1,6 @@
-"""Sub-graph files under the attractor dialect: each is read in its own ``dialect=``,
-else its parent's; a ``graph=`` node runs its child (and says so) in either dialect."""
+"""Reading Attractor graphs: sub-graph files, each read in its own ``dialect=``, else its
+parent's (a ``graph=`` node runs its child, and says so, in either dialect); and the
+stylesheet indexed once per graph."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import anyio
 
 from engine import Engine, load_graph
+from engine.stylesheet import parse_stylesheet, styler
 from handlers import build_registry
 
 PARENT = 'digraph P { start [shape=Mdiamond]; exit [shape=Msquare]; sub [graph="child.dot"]; '
@@ -55,3 +57,21 @@ def test_an_explicit_turngraph_reading_says_so_in_the_graph(tmp_path: Path) -> N
     text = 'digraph { graph [dialect=attractor]; start -> a -> exit; a [handler="x"] }'
     assert load_graph(text, dialect="turngraph").attrs["dialect"] == "turngraph"
     assert load_graph(text).attrs["dialect"] == "attractor"
+
+
+def test_the_indexed_stylesheet_agrees_with_each_rule_s_own_match() -> None:
+    """styler (rules indexed once per graph) picks what checking every rule would."""
+    rules = parse_stylesheet(
+        "* { llm_model: any; } BOX { reasoning_effort: low; } .Code { llm_model: code; } "
+        "#n1 { llm_model: one; } box { reasoning_effort: high; } .code { llm_provider: p; } "
+        "diamond { llm_model: d; } #n1 { llm_provider: late; }"
+    )
+    style = styler(rules)
+    for node_id in ("n1", "n2"):
+        for shape in ("box", "Box", "diamond", "hexagon"):
+            for classes in (frozenset(), frozenset({"code"}), frozenset({"Code", "x"})):
+                brute: dict[str, str] = {}
+                for rule in sorted(rules, key=lambda r: (r.specificity, r.order)):
+                    if rule.matches(node_id, shape, classes):
+                        brute.update(rule.values)
+                assert style(node_id, shape, classes) == brute, (node_id, shape, classes)
