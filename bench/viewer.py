@@ -7,11 +7,16 @@ own work, store reads and the Graphviz ``dot`` run included):
 
 * the turn page of the middle and of the last turn (goal ≤ 100 ms p50);
 * the session page (the latest 100 messages grouped by turn), and ``/`` with a search;
-* for scale, Graphviz alone drawing the same highlighted graph (``dot -Tsvg``).
+* for scale, Graphviz alone drawing the same highlighted graph (``dot -Tsvg``);
+* the live view's cost to a streamed turn: the items of one real streamed turn (offline
+  ``echo`` model) handed to :meth:`engine.server.live.LiveHub.publish` as the server
+  does, with no watcher and with one, per turn, and in the same run the same turn
+  streamed in-process (``session.stream``, SQLite) for scale.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +38,58 @@ async def _last_trace(url: str, turns: int) -> tuple[Mapping[str, Any], ...]:
 
     async with open_store(url, create=False) as store:
         return (await store.turns("long", turns - 1, 1))[0].trace
+
+
+async def _streamed(url: str, reps: int) -> tuple[list[object], Stats]:
+    """One streamed turn's items, and the in-process streamed turn's times."""
+    from sessions import SessionManager
+
+    samples: list[float] = []
+    items: list[object] = []
+    async with SessionManager(url, llm="echo") as manager:
+        session = await manager.get_or_create("live")
+        for i in range(reps):
+            t0 = time.perf_counter_ns()
+            async with session.stream(f"message {i}") as events:
+                items = [item async for item in events]
+            samples.append(time.perf_counter_ns() - t0)
+    return items, Stats.of(samples)
+
+
+def _publish_times(items: list[object], reps: int, watched: bool) -> Stats:
+    """Per turn: every item of the turn handed to the hub, as the server's pump does."""
+    from engine.server.live import LiveHub
+
+    hub = LiveHub()
+    samples: list[float] = []
+    with hub.watch("live") if watched else contextlib.nullcontext() as receive:
+        for _ in range(reps):
+            t0 = time.perf_counter_ns()
+            for item in items:
+                hub.publish("live", item)
+            samples.append(time.perf_counter_ns() - t0)
+            while receive is not None:  # what a watcher would read, drained untimed
+                try:
+                    receive.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+    return Stats.of(samples)
+
+
+def _live(res: BenchResult, url: str, reps: int) -> None:
+    items, turn = anyio.run(_streamed, url, reps)
+    res.add_latency(
+        "live: publishing a streamed turn's items, no watcher",
+        _publish_times(items, reps, False),
+        mean_too=False,
+    )
+    res.add_latency(
+        "live: publishing a streamed turn's items, one watcher",
+        _publish_times(items, reps, True),
+        mean_too=False,
+    )
+    res.add_latency("for scale: the same turn streamed in-process", turn, mean_too=False)
+    res.notes.append(f"a streamed echo turn has {len(items)} items")
 
 
 async def _seed(url: str, turns: int) -> None:
@@ -97,4 +154,5 @@ def run(ctx: BenchContext) -> BenchResult:
         res.add_latency(
             "for scale: Graphviz dot -Tsvg alone", Stats.of(samples), "ms", mean_too=False
         )
+        _live(res, f"sqlite:///{Path(tmp) / 'live.db'}", ctx.n(2000, 20))
     return res

@@ -61,6 +61,9 @@ class NodeRecord(msgspec.Struct, frozen=True):
     """Model tokens and model name of the visit, when its handler called a model."""
     branch: str | None = None
     """The parallel branch the visit ran in (its first node's id); None outside one."""
+    changed: tuple[str, ...] = ()
+    """The context keys the visit wrote (its outcome's update keys, in their order);
+    names only, never values, so recording them costs a tuple per visit."""
 
     @property
     def duration_ms(self) -> float:
@@ -69,7 +72,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``id``, ``handler``, ``status``, ``attempts``, ``duration_ms``,
-        and ``model``, ``input_tokens``, ``output_tokens`` when the visit used a model).
+        ``changed`` (the context keys written, a list) when the visit wrote any, and
+        ``model``, ``input_tokens``, ``output_tokens`` when the visit used a model).
 
         Flat keys: a stored trace stays a list of flat dicts."""
         d: dict[str, Any] = {
@@ -83,6 +87,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
             d["reason"] = self.reason
         if self.branch is not None:
             d["branch"] = self.branch
+        if self.changed:
+            d["changed"] = list(self.changed)
         usage = self.usage
         if usage is not None:
             d["model"] = usage.model

@@ -692,8 +692,17 @@ def _finish(
 ) -> NodeRecord:
     """The visit's record, told to the observers."""
     status: Status = "fail" if outcome.status == "retry" else outcome.status
+    updates = outcome.updates
     record = NodeRecord(
-        node.id, node.handler, status, attempt, _perf() - t0, outcome.reason, outcome.usage, branch
+        node.id,
+        node.handler,
+        status,
+        attempt,
+        _perf() - t0,
+        outcome.reason,
+        outcome.usage,
+        branch,
+        tuple(updates) if updates else (),
     )
     if obs:
         if status == "fail":

@@ -12,14 +12,21 @@ exponentially longer (capped by ``Limits.heartbeat_max_backoff``).
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
+import msgspec
 
 from engine.logs import log
+from engine.outcome import RunResult
 
-__all__ = ["Heartbeat", "HeartbeatRun", "Spawn"]
+__all__ = ["HEARTBEAT_RUNS_KEPT", "Heartbeat", "HeartbeatRun", "HeartbeatTrace", "Spawn"]
+
+HEARTBEAT_RUNS_KEPT = 20
+"""How many of a session's latest heartbeat runs it keeps (in memory) for viewing."""
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 """Starts a background task (the manager's task group ``start_soon``)."""
@@ -31,11 +38,33 @@ HeartbeatApply = Callable[[Mapping[str, Any]], Awaitable[None]]
 """Offers a successful heartbeat's context to the session (applied between turns)."""
 
 
+class HeartbeatTrace(msgspec.Struct, frozen=True):
+    """One heartbeat run as kept for viewing: its number (from 1, per hosting), how it
+    ended, its node trace (:meth:`engine.NodeRecord.to_dict` dicts), when it ended, the
+    heartbeat graph's content hash, and why it failed."""
+
+    run: int
+    status: str
+    trace: tuple[Mapping[str, Any], ...]
+    ts: float
+    graph_hash: str
+    error: str | None = None
+
+    @classmethod
+    def of(cls, run: int, result: RunResult, graph_hash: str) -> HeartbeatTrace:
+        """The record of heartbeat run number ``run``, which ended with ``result``."""
+        error = None if result.error is None else " ".join(str(result.error).split())
+        trace = tuple(r.to_dict() for r in result.trace)
+        return cls(run, result.status, trace, time.time(), graph_hash, error)
+
+
 class Heartbeat:
     """Timer, in-flight flag and failure accounting for one session's heartbeat.
 
     ``failures`` counts consecutive failures (it drives the backoff and resets on
-    success); ``error_count`` and ``runs`` are totals.
+    success); ``error_count`` and ``runs`` are totals.  ``recent`` keeps the latest
+    :data:`HEARTBEAT_RUNS_KEPT` runs' traces, in memory only: they are not stored, so
+    they last as long as this process hosts the session.
     """
 
     __slots__ = (
@@ -48,6 +77,7 @@ class Heartbeat:
         "interval",
         "last_error",
         "max_backoff",
+        "recent",
         "runs",
         "session_id",
     )
@@ -66,6 +96,7 @@ class Heartbeat:
         self.runs = 0
         self.last_error: BaseException | None = None
         self._scope: anyio.CancelScope | None = None
+        self.recent: deque[HeartbeatTrace] = deque(maxlen=HEARTBEAT_RUNS_KEPT)
 
     @property
     def running(self) -> bool:

@@ -35,7 +35,7 @@ from sessions.checkpoints import Checkpoints
 from sessions.compaction import CompactionResult, Compactor, Summarizer
 from sessions.errors import Fenced, SessionClosed, SessionError
 from sessions.gates import Question, answer_plan, question_of, retry_plan
-from sessions.heartbeat import Heartbeat, Spawn
+from sessions.heartbeat import Heartbeat, HeartbeatTrace, Spawn
 from sessions.history import HistoryView, MessagePage
 from sessions.limits import Limits
 from sessions.sessionlog import ReasoningStep, SessionLog
@@ -440,6 +440,7 @@ async def _run_heartbeat(
         "session.trace_id": f"{sid}:hb:{n}",
     }
     result = await engine.run(graph, context, run_id=f"{sid}:hb:{n}")
+    session.heartbeat.recent.append(HeartbeatTrace.of(n, result, graph.source_hash))
     if not result.ok:
         raise result.error or RuntimeError(f"heartbeat {result.status}")
     return result.context

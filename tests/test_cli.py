@@ -106,6 +106,23 @@ def test_one_turn_prints_reply_and_node_table(capsys: pytest.CaptureFixture[str]
     assert "attempts" in out
 
 
+def test_a_wide_node_table_names_the_keys_each_visit_changed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a wide terminal a ``changed`` column lists each visit's written keys; on an
+    80-column one it gives way, so node, status and timing columns keep their room."""
+    monkeypatch.setenv("COLUMNS", "160")
+    assert cli.main([TURN, "-m", "hello"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "changed" in lines[2] + lines[3]
+    row = next(line for line in lines if " format " in line)
+    assert [c.strip() for c in row.split("│")][-4] == "reply"
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main([TURN, "-m", "hello"]) == 0
+    out = capsys.readouterr().out
+    assert "attempts" in out and "changed" not in out
+
+
 def test_one_turn_json(capsys: pytest.CaptureFixture[str]) -> None:
     """--json prints one object: status, reply, and each node's id/handler/status/attempts/ms."""
     assert cli.main([TOOL_TURN, "-m", "/tool calculator 2+3", "--json"]) == 0

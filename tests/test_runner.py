@@ -90,6 +90,25 @@ async def test_context_is_threaded_and_handlers_return_only_changes() -> None:
     assert result.context["node.b.status"] == "success"
 
 
+async def test_each_record_names_the_context_keys_its_visit_wrote() -> None:
+    """A visit's record holds its updates' keys, in order (names, never values); a
+    failed visit's updates count too, and a visit writing nothing has none."""
+
+    def a(node: Node, ctx: Ctx) -> Mapping[str, Any]:
+        return {"intent": "question", "input.text": "hi"}
+
+    def b(node: Node, ctx: Ctx) -> Outcome:
+        return Outcome("fail", {"error.seen": True}, reason="no")
+
+    graph = build_graph(["start", "a", "b", "done"], extra_edges=[("b", "done", {})])
+    result = await Engine(registry(a=a, b=b)).run(graph)
+    changed = {r.node_id: r.changed for r in result.trace}
+    assert changed["start"] == () and changed["a"] == ("intent", "input.text")
+    assert changed["b"] == ("error.seen",)
+    assert result.trace[1].to_dict()["changed"] == ["intent", "input.text"]
+    assert "changed" not in result.trace[0].to_dict()  # the stored step stays as before
+
+
 async def test_handler_sees_a_read_only_view() -> None:
     def a(node: Node, ctx: Ctx) -> None:
         ctx["x"] = 1  # type: ignore[index]

@@ -120,14 +120,38 @@ class LivePrinter:
             self.note.write(f"[tool] {event.name} {mark}: {' '.join(event.content.split())}\n")
 
 
-def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = "") -> Table:
+CHANGED_WIDTH = 110
+"""The narrowest terminal on which the node table shows its ``changed`` column."""
+
+
+class _NodesView:
+    """The node table, laid out when printed: the ``changed`` column (often the widest)
+    appears only on a terminal of :data:`CHANGED_WIDTH` columns or more."""
+
+    __slots__ = ("rows", "title")
+
+    def __init__(self, rows: list[dict[str, Any]], title: str) -> None:
+        self.rows = rows
+        self.title = title
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterable[Table]:
+        yield _nodes_table(self.rows, self.title, options.max_width >= CHANGED_WIDTH)
+
+
+def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = "") -> Any:
     """One row per visited node: node, handler, status, attempts, milliseconds; when a
     visit called a model, its ``model`` and ``tokens`` (in/out) columns and a ``total``
-    row summing the tokens of the turn."""
+    row summing the tokens of the turn; when the trace records them and the terminal is
+    wide enough, a ``changed`` column of the context keys each visit wrote.  A rich
+    renderable (print it with :func:`print_renderable`)."""
+    return _NodesView(trace_rows(trace), title)
+
+
+def _nodes_table(rows: list[dict[str, Any]], title: str, wide: bool) -> Table:
     from rich.table import Table
 
-    rows = trace_rows(trace)
     usage = any("input_tokens" in r for r in rows)
+    changed = wide and any("changed" in r for r in rows)
     table = Table(title=title or None, title_justify="left")
     table.add_column("#", justify="right", style="dim")
     # On a narrow terminal the model column gives way before node and handler names do.
@@ -136,6 +160,8 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("ms", justify="right")
+    if changed:
+        table.add_column("changed", style="magenta")
     if usage:
         table.add_column("model")
         table.add_column("tokens", justify="right")
@@ -152,6 +178,8 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
             str(row.get("attempts", "")),
             f"{float(row.get('duration_ms', 0.0)):.3f}",
         ]
+        if changed:
+            cells.append(_escape(" ".join(map(str, row.get("changed", ())))))
         if usage:
             if "input_tokens" in row:
                 cells.append(_escape(str(row.get("model", ""))))
@@ -165,7 +193,8 @@ def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = ""
         tokens_out = sum(int(r["output_tokens"]) for r in used)
         ms = sum(float(r.get("duration_ms", 0.0)) for r in rows)
         models = _escape(", ".join(dict.fromkeys(str(r.get("model", "")) for r in used)))
-        total = ["", "total", "", "", "", f"{ms:.3f}", models, f"{tokens_in}/{tokens_out}"]
+        total = ["", "total", "", "", "", f"{ms:.3f}", *([""] if changed else [])]
+        total += [models, f"{tokens_in}/{tokens_out}"]
         table.add_row(*total, style="bold", end_section=True)
     return table
 

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.errors import TurngraphError
 from engine.server.errors import Unauthorized, error_body, status_of
 from engine.server.http import json
-from engine.server.routes import graphs, health, sessions, turns, ui
+from engine.server.routes import graphs, health, heartbeats, live, sessions, turns, ui
 from engine.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -175,7 +175,15 @@ def create_app(
         Exception: _on_error,
     }
     app = Starlette(
-        routes=[*turns.ROUTES, *sessions.ROUTES, *graphs.ROUTES, *health.ROUTES, *ui.ROUTES],
+        routes=[
+            *turns.ROUTES,
+            *sessions.ROUTES,
+            *graphs.ROUTES,
+            *health.ROUTES,
+            *ui.ROUTES,
+            *live.ROUTES,
+            *heartbeats.ROUTES,
+        ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

@@ -40,6 +40,7 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "BodyTooLarge",
+    "CrossSite",
     "GraphvizMissing",
     "NotFound",
     "ShuttingDown",
@@ -68,6 +69,12 @@ class Unauthorized(ApiError):
     """A missing or wrong bearer token (``TURNGRAPH_API_TOKEN`` is set)."""
 
     status = 401
+
+
+class CrossSite(ApiError):
+    """A form posted from another site's page (its ``Origin`` is not this server)."""
+
+    status = 403
 
 
 class NotFound(ApiError):

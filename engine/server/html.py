@@ -1,7 +1,8 @@
 """Plain server-rendered HTML for the trace viewer: a page shell, tables, links.
 
 Every value that reaches a page goes through :func:`html.escape` here (``esc``), so
-a session id, a message or a node label can never become markup.  No JavaScript.
+a session id, a message or a node label can never become markup.  No JavaScript but
+the live page's own short script (:mod:`engine.server.routes.live`).
 """
 
 from __future__ import annotations

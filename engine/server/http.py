@@ -35,6 +35,15 @@ def json(body: Any, status: int = 200) -> Response:
 async def read_json(request: Request, max_body: int) -> Any:
     """The request's JSON body; :class:`BodyTooLarge` as soon as it passes ``max_body``
     bytes (a declared ``Content-Length`` is checked before anything is read)."""
+    try:
+        return _decode(await read_body(request, max_body))
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+async def read_body(request: Request, max_body: int) -> bytes:
+    """The request's body; :class:`BodyTooLarge` as soon as it passes ``max_body`` bytes
+    (a declared ``Content-Length`` is checked before anything is read)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body:
         raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {max_body}")
@@ -54,10 +63,7 @@ async def read_json(request: Request, max_body: int) -> Any:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    try:
-        return _decode(b"".join(chunks))
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    return b"".join(chunks)
 
 
 def _int(request: Request, name: str, default: int, high: int) -> int:

@@ -76,6 +76,23 @@ def _page(summary: str, params: list[Any]) -> Any:
     return op
 
 
+def _watch(sid: list[Any]) -> Any:
+    """``GET /sessions/{id}/live``: the session's turns as Server-Sent Events."""
+    op = _op(
+        "Watch the session's turns run here (SSE, the running turn's so far first)", params=sid
+    )
+    op["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    return op
+
+
+def _form(sid: list[Any]) -> Any:
+    """``POST /ui/sessions/{id}/turns``: the live page's form without JavaScript."""
+    form = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    body = {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}}
+    op = _op("Run a turn from a form, then 303 to its page", "303", params=sid, requestBody=body)
+    return op
+
+
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -179,6 +196,20 @@ def document() -> dict[str, Any]:
             },
             "/ui/sessions/{session_id}/turns/{n}": {
                 "get": _page("The trace viewer: one turn's path and node visits", [*sid, turn_n])
+            },
+            "/sessions/{session_id}/live": {"get": _watch(sid)},
+            "/ui/sessions/{session_id}/live": {
+                "get": _page("The trace viewer: the session's turns lit as they run", sid)
+            },
+            "/ui/sessions/{session_id}/turns": {"post": _form(sid)},
+            "/sessions/{session_id}/heartbeats": {
+                "get": _op("A hosted session's latest heartbeat runs and traces", params=sid)
+            },
+            "/ui/sessions/{session_id}/heartbeats": {
+                "get": _page("The trace viewer: a hosted session's latest heartbeat runs", sid)
+            },
+            "/ui/sessions/{session_id}/heartbeats/{n}": {
+                "get": _page("The trace viewer: one heartbeat run's path", [*sid, turn_n])
             },
         },
     }

@@ -16,6 +16,7 @@ import anyio
 
 from engine.errors import TurngraphError
 from engine.server.errors import ShuttingDown
+from engine.server.live import LiveHub
 from sessions.errors import SessionLimitReached
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ __all__ = ["ServerState"]
 
 
 class ServerState:
-    """The manager, the task group of streamed turns, and the draining flag.
+    """The manager, the task group of streamed turns, the draining flag, and the
+    :class:`~engine.server.live.LiveHub` that lets a session's turns be watched.
 
     ``draining`` is set when shutdown begins (SIGTERM): new turns answer 503
     (:class:`~engine.server.errors.ShuttingDown`) while running ones finish.
@@ -37,6 +39,7 @@ class ServerState:
         "_idle",
         "draining",
         "grace",
+        "live",
         "manager",
         "max_body",
         "running",
@@ -57,6 +60,7 @@ class ServerState:
         self.tg: TaskGroup | None = None
         self.startup_error: TurngraphError | None = None  # the manager failed to start
         self._idle: anyio.Event | None = None
+        self.live = LiveHub()  # the turns run here, for whoever watches their session
 
     def enter(self) -> None:
         """Count one turn in flight; refuse it while draining."""

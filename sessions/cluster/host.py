@@ -285,6 +285,7 @@ async def _committed(session: Session, turn: int, text: str) -> TurnResult | Non
             r["attempts"],
             r["duration_ms"] / 1000.0,
             r.get("reason"),
+            changed=tuple(r.get("changed", ())),
         )
         for r in record.trace
     )

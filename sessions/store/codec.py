@@ -667,7 +667,8 @@ def _plain_message(m: Message) -> bool:
 
 
 def _flat_step(step: Mapping[str, Any]) -> bool:
-    """A flat mapping of ``str`` keys to leaves (finite floats, encodable strings)."""
+    """A flat mapping of ``str`` keys to leaves (finite floats, encodable strings, lists
+    of encodable strings)."""
     for key, value in step.items():
         kind = type(value)
         if type(key) is not str or not key.isascii():
@@ -678,6 +679,10 @@ def _flat_step(step: Mapping[str, Any]) -> bool:
         elif kind is float:
             if value - value != 0.0:
                 return False
+        elif kind is list:  # the context keys a visit changed
+            for item in value:
+                if type(item) is not str or not (item.isascii() or _encodes(item)):
+                    return False
         elif kind is not int and kind is not bool and value is not None:
             return False
     return True

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from engine.errors import AdapterError
@@ -34,7 +36,7 @@ def db(tmp_path: Path) -> str:
 @pytest.fixture
 def served(db: str) -> Iterator[Running]:
     """The app (echo model, SQLite store) served on a free loopback port."""
-    with Running(create_app(db, llm="echo", max_body=4096)) as running:
+    with Running(create_app(db, llm="echo", max_body=8192)) as running:
         yield running
 
 
@@ -62,3 +64,46 @@ def flaky(db: str) -> Iterator[Running]:
     manager = SessionManager(db, registry=registry, turn_graph=graph)
     with Running(create_app(manager=manager)) as running:
         yield running
+
+
+class Gated(Running):
+    """A served app whose ``llm_call`` waits until ``gate`` is set: a slow model node
+    whose turn stays running as long as a test needs."""
+
+    gate: threading.Event
+
+
+@pytest.fixture
+def gated(db: str) -> Iterator[Gated]:
+    """A server whose turn graph is ``start → classify → llm_call → format → done``,
+    ``llm_call`` holding its turn until the test sets ``gated.gate``."""
+    gate = threading.Event()
+
+    async def llm_call(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        await anyio.to_thread.run_sync(gate.wait, abandon_on_cancel=True)
+        return {"llm.text": f"re: {ctx['session.input']}"}
+
+    def fmt(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"reply": ctx["llm.text"]}
+
+    def nothing(node: Node, ctx: Mapping[str, Any]) -> None:
+        return None
+
+    registry = HandlerRegistry(
+        {
+            "start": nothing,
+            "classify": nothing,
+            "llm_call": llm_call,
+            "format": fmt,
+            "done": nothing,
+        }
+    )
+    graph = build_graph(("start", "classify", "llm_call", "format", "done"))
+    manager = SessionManager(db, registry=registry, turn_graph=graph)
+    server = Gated(create_app(manager=manager))
+    server.gate = gate
+    with server:
+        try:
+            yield server
+        finally:
+            gate.set()  # a test that failed mid-turn must not hold the server's shutdown

@@ -44,6 +44,8 @@ def test_the_turn_is_stored_and_read_back(served: Running) -> None:
     _turn(served, "bob", "hello")
     turn = served.client.get("/sessions/bob/turns/1").json()
     assert turn["status"] == "success" and turn["trace"][0]["id"] == "start"
+    changed = {step["id"]: step.get("changed") for step in turn["trace"]}
+    assert changed["format"] == ["reply"] and "intent" in changed["classify"]
     assert [t["turn"] for t in served.client.get("/sessions/bob/turns").json()["turns"]] == [1]
     page = served.client.get("/sessions/bob/messages", params={"offset": 1, "limit": 1}).json()
     assert [(m["seq"], m["role"], m["content"]) for m in page["messages"]] == [
@@ -110,7 +112,7 @@ def test_delete_compact_export_and_import(served: Running) -> None:
         ("POST", "/sessions/a/turns", b'{"text": 3}', 400, "BadRequest"),
         ("POST", "/sessions/a/turns", b"[1, 2]", 400, "BadRequest"),
         ("POST", "/sessions/a/turns", b"{bad json", 400, "BadRequest"),
-        ("POST", "/sessions/a/turns", b'{"text": "' + b"x" * 5000 + b'"}', 413, "BodyTooLarge"),
+        ("POST", "/sessions/a/turns", b'{"text": "' + b"x" * 9000 + b'"}', 413, "BodyTooLarge"),
         ("GET", "/sessions/a/turns/0", None, 400, "BadRequest"),
         ("GET", "/nowhere", None, 404, "NotFound"),
         ("PUT", "/sessions", None, 405, "MethodNotAllowed"),

@@ -59,6 +59,10 @@ def test_the_turn_page_draws_the_path_taken_and_the_visits(served: Running) -> N
     assert not any("reject" in i for i in ids) and "<title>reject</title>" in text
     assert "echo: hello" in text  # the reply
     assert re.search(r"<td>llm_call</td><td>success</td><td>1</td><td>\d+\.\d\d ms</td>", text)
+    assert "<th>context keys changed</th>" in text  # what each visit wrote, by name
+    assert re.search(
+        r"<td>format</td><td>success</td><td>1</td><td>[\d.]+ ms</td><td>reply</td>", text
+    )
     assert "<?xml" not in text  # the SVG is inline, without its prolog
 
 
@@ -86,3 +90,33 @@ def test_missing_sessions_and_turns_are_html_errors(served: Running) -> None:
         assert response.status_code == status, url
         assert response.headers["content-type"].startswith("text/html")
         assert "Traceback" not in response.text
+
+
+async def _beat(running: Running, sid: str) -> bool:
+    session = next(s for s in running.state.manager.live if s.id == sid)
+    return await session.heartbeat.beat()
+
+
+@needs_dot
+def test_a_hosted_sessions_heartbeat_runs_are_listed_and_drawn(served: Running) -> None:
+    _turn(served, "hana", "hi")
+    assert 'href="/ui/sessions/hana/heartbeats"' in served.client.get("/ui/sessions/hana").text
+    assert "no heartbeat has run yet" in served.client.get("/ui/sessions/hana/heartbeats").text
+    assert served.call(_beat(served, "hana")) is True
+    (run,) = served.client.get("/sessions/hana/heartbeats").json()["runs"]
+    assert run["run"] == 1 and run["status"] == "success" and run["trace"][0]["id"] == "start"
+    runs = served.client.get("/ui/sessions/hana/heartbeats").text
+    assert 'href="/ui/sessions/hana/heartbeats/1"' in runs and "<td>success</td>" in runs
+    text = served.client.get("/ui/sessions/hana/heartbeats/1").text
+    ids = svg_ids(text)
+    assert {"tg-visited-start", "tg-visited-check_goals", "tg-visited-done"} <= set(ids)
+    assert "tg-taken-start-check_goals" in ids
+    assert re.search(r"<td>check_goals</td><td>success</td><td>1</td><td>[\d.]+ ms</td>", text)
+    for url, status in (
+        ("/ui/sessions/hana/heartbeats/2", 404),
+        ("/ui/sessions/hana/heartbeats/0", 400),
+        ("/ui/sessions/nobody/heartbeats", 404),
+    ):
+        response = served.client.get(url)
+        assert response.status_code == status, url
+    assert "not hosted by this server" in served.client.get("/ui/sessions/nobody/heartbeats").text

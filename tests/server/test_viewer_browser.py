@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
 
+from .cdp_kit import png_colours
 from .serve_kit import GUARD, Running
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,47 +44,6 @@ def _browser(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return done
 
 
-def _pixels(png: bytes) -> set[tuple[int, int, int]]:
-    """The distinct RGB colours of an 8-bit, non-interlaced RGB/RGBA PNG (what
-    chromium writes), decoded here so the test needs no imaging library."""
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    pos, idat, header = 8, b"", b""
-    while pos < len(png):
-        (size,), kind = struct.unpack(">I", png[pos : pos + 4]), png[pos + 4 : pos + 8]
-        data = png[pos + 8 : pos + 8 + size]
-        header = data if kind == b"IHDR" else header
-        idat += data if kind == b"IDAT" else b""
-        pos += 12 + size
-    width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    assert depth == 8 and ctype in (2, 6) and interlace == 0
-    bpp = 3 if ctype == 2 else 4
-    raw, stride = zlib.decompress(idat), width * bpp
-    prev = bytearray(stride)
-    colours: set[bytes] = set()
-    for y in range(height):
-        ftype, line = (
-            raw[y * (stride + 1)],
-            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
-        )
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-            if ftype == 1:
-                line[i] = (line[i] + a) & 255
-            elif ftype == 2:
-                line[i] = (line[i] + b) & 255
-            elif ftype == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif ftype == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
-                line[i] = (line[i] + pred) & 255
-        colours.update(bytes(line[x : x + 3]) for x in range(0, stride, bpp))
-        prev = line
-    return {(c[0], c[1], c[2]) for c in colours}
-
-
 def _visible_text(dom: str) -> str:
     """The page's text as a person reads it: no style, no tags, spaces collapsed."""
     body = re.sub(r"<style>.*?</style>", "", dom, flags=re.S)
@@ -102,7 +60,7 @@ def test_a_person_sees_the_path_the_reply_and_the_timings(served: Running, tmp_p
     assert 'id="tg-visited-llm_call"' in dom and 'class="node tg-visited"' in dom
     shot = tmp_path / "turn-page.png"
     _browser(tmp_path, "--window-size=1200,1400", f"--screenshot={shot}", url)
-    colours = _pixels(shot.read_bytes())
+    colours = png_colours(shot.read_bytes())
     assert BLUE in colours and RED not in colours  # the path is drawn; nothing failed
 
 
@@ -114,5 +72,18 @@ def test_a_person_sees_the_failing_node_in_red(flaky: Running, tmp_path: Path) -
     assert re.search(r"llm_call success 2 \d+\.\d\d ms", seen)  # the retried visit
     shot = tmp_path / "failed-turn.png"
     _browser(tmp_path, "--window-size=1200,1400", f"--screenshot={shot}", url)
-    colours = _pixels(shot.read_bytes())
+    colours = png_colours(shot.read_bytes())
     assert {BLUE, RED, AMBER} <= colours
+
+
+def test_a_person_sees_a_heartbeat_runs_path(served: Running, tmp_path: Path) -> None:
+    served.client.post("/sessions/hana/turns", json={"text": "hi"})
+    session = next(s for s in served.state.manager.live if s.id == "hana")
+    assert served.call(session.heartbeat.beat()) is True
+    url = f"{served.url}/ui/sessions/hana/heartbeats/1"
+    seen = _visible_text(_browser(tmp_path, "--dump-dom", url).stdout.decode())
+    assert "heartbeat 1 of hana" in seen and "status success" in seen
+    assert re.search(r"check_goals check_goals success 1 \d+\.\d\d ms", seen)
+    shot = tmp_path / "heartbeat-run.png"
+    _browser(tmp_path, "--window-size=1200,1400", f"--screenshot={shot}", url)
+    assert BLUE in png_colours(shot.read_bytes())

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from engine.graph import Node
 from sessions import Limits
 from sessions.errors import SessionBusy, SessionClosed
-from sessions.heartbeat import Heartbeat
+from sessions.heartbeat import HEARTBEAT_RUNS_KEPT, Heartbeat
 from sessions.session import HEARTBEAT_HISTORY
 from sessions.store.base import Store
 from sessions.store.memory import MemoryStore
@@ -79,6 +79,39 @@ async def test_heartbeat_result_waits_for_the_running_turn(store: Store) -> None
         await session.send("persist it")
         await m.close("between")
         assert (await m.get("between")).working_memory == {"mood": "calm"}
+
+
+async def test_the_latest_heartbeat_runs_are_kept_with_their_traces(store: Store) -> None:
+    """Each run, failed or not, leaves its node trace in ``heartbeat.recent`` (the
+    newest last, at most HEARTBEAT_RUNS_KEPT), for the viewer."""
+    calls = 0
+
+    def beat(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the beat broke")
+        return {"memory.working": {"beat": calls}}
+
+    async with running(store, reply_registry(beat=beat)) as m:
+        session = await m.create("kept")
+        for _ in range(HEARTBEAT_RUNS_KEPT + 2):
+            await session.heartbeat.beat()
+        recent = list(session.heartbeat.recent)
+        assert len(recent) == HEARTBEAT_RUNS_KEPT
+        assert [r.run for r in recent] == list(range(3, HEARTBEAT_RUNS_KEPT + 3))
+        assert all(r.status == "success" for r in recent)
+        assert "beat" in [v["id"] for v in recent[0].trace]
+        assert recent[0].graph_hash == session.heartbeat_graph.source_hash  # type: ignore[union-attr]
+        await m.close("kept")
+        session = await m.get("kept")
+        for _ in range(2):
+            await session.heartbeat.beat()
+        assert session.heartbeat.recent[0].status == "success"
+        calls = 1
+        await session.heartbeat.beat()
+        failed = session.heartbeat.recent[-1]
+        assert failed.status == "fail" and "the beat broke" in (failed.error or "")
 
 
 async def test_never_two_heartbeats_at_once(store: Store) -> None:

@@ -259,10 +259,12 @@ def test_trace_json_takes_the_usual_trace() -> None:
     """An engine trace (plain dicts of names, counts and durations) is never declined."""
     from sessions.store.codec import trace_json
 
-    trace = [
+    trace: list[dict[str, Any]] = [
         {"id": n, "handler": n, "status": "success", "attempts": 1, "duration_ms": 0.0123}
         for n in ("classify", "recall", "llm_call", "format", "update_memory", "done")
     ]
+    assert trace_json(trace) == canonical_json(trace)
+    trace[0]["changed"] = ["intent", "input.text"]  # the keys a visit wrote
     assert trace_json(trace) == canonical_json(trace)
 
 

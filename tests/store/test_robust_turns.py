@@ -258,6 +258,7 @@ _STEP = {"id": "n", "handler": "h", "status": "success", "attempts": 1, "duratio
     "change",
     [
         {"trace": ({**_STEP, "reason": "bad \udc80"},)},
+        {"trace": ({**_STEP, "changed": ["ok", "bad \udc80"]},)},
         {"trace": ({**_STEP, "usage": {1, 2}},)},
         {"trace": ({**_STEP, "duration_ms": float("inf")},)},
         {"trace": ({**_STEP, 3: "int key"},)},

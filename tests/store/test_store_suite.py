@@ -6,6 +6,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import anyio
+import msgspec
 import pytest
 
 from sessions.errors import (
@@ -358,6 +359,27 @@ async def test_verify_counts_every_record(store: OpenStore) -> None:
     token = await fill(store, "s1", 4, per_turn=3)
     await store.append_summary("s1", Message(0, "summary", "s", 0, 1.0), 5, token=token)
     assert await store.verify("s1") == 4 * 3 + 4 + 1
+
+
+async def test_traces_with_and_without_changed_keys_verify_and_travel(store: OpenStore) -> None:
+    """A turn recorded before visits named their changed keys (no ``changed``) and one
+    after (a list of key names) sit in one chain: both read back exactly, the chain
+    verifies, and an export imports whole."""
+    token = await fill(store, "s1", 1)  # the older shape of step
+    step = {"id": "classify", "handler": "classify", "status": "success", "attempts": 1}
+    new = commit(2, 2)
+    record = msgspec.structs.replace(
+        new.record, trace=({**step, "changed": ["intent", "input.text"]},)
+    )
+    await store.append_turn("s1", msgspec.structs.replace(new, record=record), token=token)
+    turns = await store.turns("s1")
+    assert "changed" not in turns[0].trace[0]
+    assert dict(turns[1].trace[0])["changed"] == ["intent", "input.text"]
+    assert await store.verify("s1") == 4 + 2
+    doc = await store.export("s1")
+    assert await store.delete("s1")
+    await store.import_(doc)
+    assert await store.turns("s1") == turns and await store.verify("s1") == 6
 
 
 async def test_export_import_roundtrip(store: OpenStore) -> None:

@@ -36,7 +36,7 @@ from engine.server.state import ServerState
 from sessions import Session, TurnResult
 from sessions.stream import TurnStream
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "item_frame", "open_for_turn", "run_turn"]
 
 Item = Event | TurnResult | BaseException
 
@@ -56,14 +56,42 @@ async def post_turn(request: Request) -> Response:
     sid = session_id(request)
     st = state(request)
     text = await _text(request, st)
-    if st.draining:  # before the session is loaded (and its lease taken)
-        raise ShuttingDown("the server is shutting down and takes no new turns")
-    session = await st.open(sid)
+    session = await open_for_turn(st, sid)
     if "text/event-stream" in request.headers.get("accept", ""):
         return _stream(st, session, text)
+    return json(result_json(sid, await run_turn(st, session, text)))
+
+
+async def open_for_turn(st: ServerState, sid: str) -> Session:
+    """The session, hosted for a turn; ``ShuttingDown`` (503) while draining, checked
+    before the session is loaded (and its lease taken)."""
+    if st.draining:
+        raise ShuttingDown("the server is shutting down and takes no new turns")
+    return await st.open(sid)
+
+
+async def run_turn(st: ServerState, session: Session, text: str) -> TurnResult:
+    """One plain (not streamed) turn, counted in flight; when someone watches the
+    session its events are published to them (:mod:`engine.server.live`)."""
     with st.turn():
-        result = await session.send(text)
-    return json(result_json(sid, result))
+        if st.live.watched(session.id):
+            return await _watched(st, session, text)
+        return await session.send(text)
+
+
+async def _watched(st: ServerState, session: Session, text: str) -> TurnResult:
+    """``session.send(text)``, its events published to the session's watchers."""
+    publish = st.live.publish
+    try:
+        async with session.stream(text) as events:
+            async for item in events:
+                publish(session.id, item)
+                if isinstance(item, TurnResult):
+                    return item
+    except Exception as exc:
+        publish(session.id, exc)
+        raise
+    raise AssertionError("a turn stream ended without its result")  # pragma: no cover
 
 
 def _stream(st: ServerState, session: Session, text: str) -> Response:
@@ -73,7 +101,7 @@ def _stream(st: ServerState, session: Session, text: str) -> Response:
     send, receive = anyio.create_memory_object_stream[Item](math.inf)
     events = session.stream(text)
     st.enter()  # counted from now: the pump leaves when the turn has ended
-    st.tg.start_soon(_pump, st, events, send)
+    st.tg.start_soon(_pump, st, session.id, events, send)
     return StreamingResponse(
         _frames(session.id, receive),
         media_type="text/event-stream",
@@ -81,16 +109,22 @@ def _stream(st: ServerState, session: Session, text: str) -> Response:
     )
 
 
-async def _pump(st: ServerState, events: TurnStream, send: MemoryObjectSendStream[Item]) -> None:
-    """Run the turn to its end, handing each item on while the client listens."""
+async def _pump(
+    st: ServerState, sid: str, events: TurnStream, send: MemoryObjectSendStream[Item]
+) -> None:
+    """Run the turn to its end, handing each item on while the client listens, and to
+    the session's watchers (:mod:`engine.server.live`)."""
+    publish = st.live.publish
     try:
         with send:
             async with events:
                 try:
                     async for item in events:
                         _offer(send, item)
+                        publish(sid, item)
                 except Exception as exc:  # the turn could not run: the client hears why
                     _offer(send, exc)
+                    publish(sid, exc)
     finally:
         st.leave()
 
@@ -104,12 +138,17 @@ def _offer(send: MemoryObjectSendStream[Item], item: Item) -> None:
 async def _frames(sid: str, receive: MemoryObjectReceiveStream[Item]) -> AsyncIterator[bytes]:
     with receive:
         async for item in receive:
-            if isinstance(item, TurnResult):
-                yield frame("result", result_json(sid, item))
-            elif isinstance(item, BaseException):
-                yield frame("error", error_body(item))
-            else:
-                yield event_frame(item)
+            yield item_frame(sid, item)
+
+
+def item_frame(sid: str, item: object) -> bytes:
+    """The SSE frame of one item of a turn of session ``sid``: an engine event, its
+    ``result``, or the ``error`` that stopped it."""
+    if isinstance(item, TurnResult):
+        return frame("result", result_json(sid, item))
+    if isinstance(item, BaseException):
+        return frame("error", error_body(item))
+    return event_frame(item)  # type: ignore[arg-type]
 
 
 async def post_answer(request: Request) -> Response:

@@ -1,4 +1,5 @@
-"""The web trace viewer: server-rendered pages, no JavaScript.
+"""The web trace viewer: server-rendered pages, no JavaScript (the live page of
+:mod:`engine.server.routes.live` has a short script).
 
 * ``/`` — the sessions, with a search box (``?q=`` matches id or agent, any case);
 * ``/ui/sessions/{id}`` — one conversation, its messages grouped by turn;
@@ -34,16 +35,15 @@ from engine.server.routes.graphs import graphs_of
 from engine.server.routes.sessions import session_id
 from sessions.store.base import Message, Store, TurnRecord
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "graph_for", "html_errors", "svg_body", "visits_table", "when"]
 
 _SCAN = 500  # sessions read per store page while searching
 _SHOWN = 100  # rows on one page
-_CHANGED = ("changed", "updates", "changed_keys")  # trace keys naming what a visit wrote
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _html_errors(fn: Handler) -> Handler:
+def html_errors(fn: Handler) -> Handler:
     """A typed error as a short HTML page with its API status (never a traceback)."""
 
     @wraps(fn)
@@ -57,7 +57,8 @@ def _html_errors(fn: Handler) -> Handler:
     return run
 
 
-def _when(ts: float) -> str:
+def when(ts: float) -> str:
+    """``ts`` (Unix seconds) as a UTC date and time."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -72,7 +73,7 @@ def _session_href(sid: str) -> str:
 # --------------------------------------------------------------------------- sessions
 
 
-@_html_errors
+@html_errors
 async def sessions_page(request: Request) -> Response:
     """``GET /?q=&offset=``: the sessions, filtered by ``q`` (id or agent, any case)."""
     offset, _ = paging(request)
@@ -86,7 +87,7 @@ async def sessions_page(request: Request) -> Response:
             esc(m.type),
             esc(m.turn_count),
             esc(m.message_count),
-            esc(_when(m.updated_at)),
+            esc(when(m.updated_at)),
         ]
         if not m.tampered
         else [esc(m.id), '<span class="fail">tampered</span>', "", "", "", ""]
@@ -127,7 +128,7 @@ async def _search(store: Store, q: str, offset: int) -> list[Any]:
 # --------------------------------------------------------------------------- session
 
 
-@_html_errors
+@html_errors
 async def session_page(request: Request) -> Response:
     """``GET /ui/sessions/{id}?offset=``: the conversation, messages grouped by turn
     (the latest ``_SHOWN`` messages unless ``offset`` says where to start)."""
@@ -144,7 +145,9 @@ async def session_page(request: Request) -> Response:
         records = {r.turn: r for r in found}
     parts = [
         f"<p>agent {esc(meta.agent_id)} · {esc(meta.type)} · {esc(meta.turn_count)} turns · "
-        f"{esc(meta.message_count)} messages · updated {esc(_when(meta.updated_at))}</p>"
+        f"{esc(meta.message_count)} messages · updated {esc(when(meta.updated_at))} · "
+        f"{link(f'{_session_href(sid)}/live', 'live: send a turn, watch it run')} · "
+        f"{link(f'{_session_href(sid)}/heartbeats', 'heartbeat runs')}</p>"
     ]
     if offset > 0:
         back = max(0, offset - _SHOWN)
@@ -178,7 +181,7 @@ def _turn_heading(sid: str, n: int, record: TurnRecord | None) -> str:
 # --------------------------------------------------------------------------- turn
 
 
-@_html_errors
+@html_errors
 async def turn_page(request: Request) -> Response:
     """``GET /ui/sessions/{id}/turns/{n}``: the turn's path on its graph, its visits."""
     sid = session_id(request)
@@ -192,13 +195,13 @@ async def turn_page(request: Request) -> Response:
         await store.load(sid, recent=0)  # SessionNotFound when there is no such session
         raise NotFound(f"session {sid!r}: no turn {n} (not committed)")
     record = found[0]
-    graph, note = _graph_for(graphs_of(request), record.graph_hash)
+    graph, note = graph_for(graphs_of(request), record.graph_hash)
     svg = await draw_svg(traced_dot(graph, record.trace), f"turn {n} of session {sid!r}")
     said = await _turn_messages(store, sid, n)
     total = sum(float(v.get("duration_ms", 0.0)) for v in record.trace)
     parts = [
         f"<p>{link(_session_href(sid), f'session {sid}')} · status <b>{esc(record.status)}</b>"
-        f" · {len(record.trace)} node visits · {esc(_ms(total))} · {esc(_when(record.ts))}"
+        f" · {len(record.trace)} node visits · {esc(_ms(total))} · {esc(when(record.ts))}"
         f" · trace {esc(record.trace_id)}</p>",
     ]
     if record.error:
@@ -209,25 +212,27 @@ async def turn_page(request: Request) -> Response:
     if note:
         parts.append(f'<p class="muted">{esc(note)}</p>')
     # Graphviz's SVG is markup we asked for: node labels inside it are escaped by dot.
-    parts.append(f'<div class="graph">{_svg_body(svg)}</div>')
-    parts.append(_visits_table(record.trace))
+    parts.append(f'<div class="graph">{svg_body(svg)}</div>')
+    parts.append(visits_table(record.trace))
     return page(f"turn {n} of {sid}", "".join(parts))
 
 
-def _graph_for(graphs: Mapping[str, Graph], graph_hash: str) -> tuple[Graph, str]:
-    """The server's graph the turn ran on (by content hash); else the turn graph, and a
-    note saying the drawing is of today's graph."""
+def graph_for(
+    graphs: Mapping[str, Graph], graph_hash: str, name: str = "turn"
+) -> tuple[Graph, str]:
+    """The server's graph a run ran on (by content hash); else its ``name`` graph, and
+    a note saying the drawing is of today's graph."""
     for graph in graphs.values():
         if graph.source_hash == graph_hash:
             return graph, ""
-    graph = graphs["turn"]
+    graph = graphs[name]
     return graph, (
-        f"the turn ran on graph {graph_hash[:12] or '?'}, which this server no longer has; "
-        f"drawn on its current turn graph {graph.source_hash[:12]}"
+        f"the run was on graph {graph_hash[:12] or '?'}, which this server no longer has; "
+        f"drawn on its current {name} graph {graph.source_hash[:12]}"
     )
 
 
-def _svg_body(svg: bytes) -> str:
+def svg_body(svg: bytes) -> str:
     """The ``<svg>`` element alone (Graphviz writes an XML prolog and a doctype first)."""
     text = svg.decode()
     start = text.find("<svg")
@@ -250,8 +255,10 @@ async def _turn_messages(store: Store, sid: str, n: int) -> list[Message]:
     return [m for m in window if m.turn == n]
 
 
-def _visits_table(trace: Sequence[Mapping[str, Any]]) -> str:
-    changed = any(any(k in v for k in _CHANGED) for v in trace)
+def visits_table(trace: Sequence[Mapping[str, Any]]) -> str:
+    """The node visits of a trace as a table (a failed visit's row red, a retried one's
+    amber), with a ``context keys changed`` column when the trace records them."""
+    changed = any("changed" in v for v in trace)  # traces stored before it have none
     head = ["#", "node", "handler", "status", "attempts", "duration"]
     head += ["context keys changed"] if changed else []
     head += ["model", "tokens in/out", "reason"]
@@ -267,8 +274,7 @@ def _visits_table(trace: Sequence[Mapping[str, Any]]) -> str:
             esc(_ms(v.get("duration_ms", 0.0))),
         ]
         if changed:
-            keys: Any = next((v[k] for k in _CHANGED if k in v), [])
-            row.append(esc(", ".join(map(str, keys))))
+            row.append(esc(", ".join(map(str, v.get("changed", ())))))
         tokens = f"{v['input_tokens']}/{v['output_tokens']}" if "input_tokens" in v else ""
         row += [esc(v.get("model", "")), esc(tokens), esc(v.get("reason", ""))]
         rows.append(row)
