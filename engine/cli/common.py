@@ -38,6 +38,7 @@ __all__ = [
     "check_output",
     "checked_message",
     "configure_logging",
+    "dialect_graph",
     "err",
     "lease_ttl",
     "model_of",
@@ -187,6 +188,18 @@ def shell_allowed(args: argparse.Namespace) -> bool:
     """Whether ``--allow-shell`` or ``$TURNGRAPH_ALLOW_SHELL`` turns shell commands on."""
     env = os.environ.get("TURNGRAPH_ALLOW_SHELL", "").strip().lower()
     return bool(getattr(args, "allow_shell", False)) or env in ("1", "true", "yes")
+
+
+def dialect_graph(graph: str | None, dialect: str | None) -> Any:
+    """``--graph`` read in ``--dialect``; the path itself without ``--dialect`` (the
+    session manager reads it then, by the graph's own ``dialect=``)."""
+    if graph is None or dialect is None:
+        return graph
+    from pathlib import Path
+
+    from engine.loader import load_graph
+
+    return load_graph(Path(graph), dialect=dialect)  # the manager checks handlers
 
 
 def refuse_shell(graph: Graph) -> None:

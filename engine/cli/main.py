@@ -85,6 +85,7 @@ from engine.cli.common import (
     check_output,
     checked_message,
     configure_logging,
+    dialect_graph,
     err,
     lease_ttl,
     model_of,
@@ -599,13 +600,7 @@ def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None
     allow = shell_allowed(args)
     if allow:
         options["allow_shell"] = True
-    graph: Any = args.graph
-    if graph is not None and args.dialect is not None:
-        from pathlib import Path
-
-        from engine.loader import load_graph
-
-        graph = load_graph(Path(graph), dialect=args.dialect)  # the manager checks handlers
+    graph = dialect_graph(args.graph, args.dialect)
     manager = SessionManager(
         store_url(args.store), turn_graph=graph, log_nodes=args.verbose, llm=llm, **options
     )

@@ -90,20 +90,14 @@ def _manager(
     dialect: str | None,
     allow_shell: bool,
 ) -> SessionManager:
+    from engine.cli.common import dialect_graph
     from sessions import Limits, SessionManager
     from sessions.store import default_store_url
 
-    turn_graph: Any = graph
-    if graph is not None and dialect is not None:
-        from pathlib import Path
-
-        from engine.loader import load_graph
-
-        turn_graph = load_graph(Path(graph), dialect=dialect)  # the manager checks handlers
     return SessionManager(
         store or os.environ.get("TURNGRAPH_STORE") or default_store_url(),
         llm=llm or os.environ.get("TURNGRAPH_LLM") or "echo",
-        turn_graph=turn_graph,
+        turn_graph=dialect_graph(graph, dialect),
         limits=Limits(max_active_sessions=max_sessions),
         allow_shell=allow_shell,
     )
