@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -94,7 +95,11 @@ class RunPaused:
 
 @dataclass(frozen=True, slots=True)
 class NodeStarted:
-    """A node's handler is about to run (attempt 1); ``branch``: its parallel branch."""
+    """A node's handler is about to run (attempt 1).
+
+    ``branch`` on this and the other node events: the parallel branch the visit runs in
+    (``a``, ``a/x`` when nested), ``None`` outside one.
+    """
 
     run_id: str
     node_id: str
@@ -112,6 +117,7 @@ class NodeRetrying:
     attempt: int
     delay: float
     reason: str
+    branch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,7 @@ class NodeCompleted:
     duration: float
     usage: Usage | None = None
     """The model tokens the visit used, when its handler reported them."""
+    branch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +145,7 @@ class NodeFailed:
     attempts: int
     duration: float
     reason: str
+    branch: str | None = None
 
 
 class TextDelta(msgspec.Struct, frozen=True):
@@ -238,6 +246,7 @@ class StructlogObserver:
                 status=event.status,
                 attempt=event.attempts,
                 duration_ms=round(event.duration * 1000, 3),
+                **_branch_field(event.branch),
             )
         elif isinstance(event, NodeFailed):
             log.error(
@@ -249,6 +258,7 @@ class StructlogObserver:
                 attempt=event.attempts,
                 duration_ms=round(event.duration * 1000, 3),
                 reason=event.reason,
+                **_branch_field(event.branch),
             )
         elif isinstance(event, NodeRetrying):
             log.warning(
@@ -259,6 +269,7 @@ class StructlogObserver:
                 attempt=event.attempt,
                 delay_s=round(event.delay, 4),
                 reason=event.reason,
+                **_branch_field(event.branch),
             )
         elif isinstance(event, RunStarted):
             log.debug("run.start", run_id=event.run_id, graph=event.graph)
@@ -288,6 +299,14 @@ class StructlogObserver:
                 node=event.node_id,
                 error=event.error,
             )
+
+
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _branch_field(branch: str | None) -> Mapping[str, Any]:
+    """``branch=`` for a node's log line inside a parallel branch; nothing outside one."""
+    return _NO_FIELDS if branch is None else {"branch": branch}
 
 
 _fallback = logging.getLogger("turngraph.events")

@@ -5,7 +5,8 @@
     python -m engine.run serve [--host 127.0.0.1] [--port 8000] [--store URL] [--llm SPEC]
                                [--graph GRAPH.dot] [--grace 30] [--max-body BYTES]
                                [--max-sessions N] [--loop auto|asyncio|uvloop]
-                               [--dialect turngraph|attractor] [--allow-shell]
+                               [--ray [ADDRESS]] [--dialect turngraph|attractor]
+                               [--allow-shell]
 
 Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port).
 With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
@@ -16,14 +17,24 @@ or ``auto`` (uvloop when it is installed, else asyncio).  ``--dialect`` reads
 ``--graph`` in that dialect; shell commands (``tool_command``) stay off unless
 ``--allow-shell`` or ``TURNGRAPH_ALLOW_SHELL=1`` turns them on: a graph with a shell
 node is refused at start otherwise (exit 2, naming its file, line and node).
+
+``--ray [ADDRESS]`` serves sessions hosted on a Ray cluster (the ``ray`` extra; see
+``docs/cluster.md``): the same API, with every turn run by the session's host actor
+(:class:`sessions.cluster.ClusterManager`).  ``ADDRESS`` is Ray's (``auto``,
+``HOST:PORT``); without it the local cluster is joined if one runs, else a local Ray is
+started.  The store must be PostgreSQL, which every node shares.  ``--dialect`` and
+``--allow-shell`` are refused with ``--ray`` (the hosts read the graph by its own
+``dialect=`` and run no shell commands).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from argparse import Namespace
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from engine.cli.common import (
     PROG,
@@ -73,9 +84,43 @@ def _parser() -> Parser:
         default="asyncio",
         help="event loop (default asyncio; auto: uvloop when installed)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="host the sessions on a Ray cluster (PostgreSQL store; the ray extra)",
+    )
     add_dialect_option(p, shell=True)
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
     return p
+
+
+def _cluster(args: Namespace) -> Any:
+    """The cluster's sessions behind the app (``--ray``): a ClusterManager."""
+    from sessions.cluster import ClusterManager
+    from sessions.store import default_store_url
+
+    address = args.ray or None
+    init: dict[str, Any] = {"configure_logging": False, "log_to_driver": args.verbose}
+    host = urlsplit(f"//{address}").hostname if address and address != "auto" else None
+    if host is not None and is_loopback(host):
+        init["_node_ip_address"] = "127.0.0.1"  # a cluster on this machine's loopback
+        # Read when ray is imported (below): without it Ray swaps a loopback bootstrap
+        # address for this machine's outward one, where a loopback cluster never answers
+        # and ray.init waits forever.  This process is the CLI's own: it may set it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    manager = ClusterManager(
+        args.store or os.environ.get("TURNGRAPH_STORE") or default_store_url(),
+        address=address,
+        llm=args.llm or os.environ.get("TURNGRAPH_LLM"),
+        turn_graph=args.graph,
+        cluster={"ray_init": init},
+    )
+    # Before the server installs its signal handlers: a Ray driver's own SIGTERM
+    # handler exits at once, which would cut the graceful drain.
+    manager.cluster.connect()
+    return manager
 
 
 def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -120,11 +165,14 @@ def cmd_serve(argv: Sequence[str]) -> int:
         )
     factory = loop_factory(args.loop)
     configure_logging(args.verbose)
-    allow = shell_allowed(args)
+    if args.ray is not None and (args.dialect or args.allow_shell):
+        raise UsageError(f"{PROG} serve: error: --dialect and --allow-shell do not work with --ray")
+    allow = shell_allowed(args) and args.ray is None  # Ray hosts run no shell commands
     app = create_app(
         args.store,
         llm=args.llm,
         graph=args.graph,
+        manager=None if args.ray is None else _cluster(args),
         max_body=args.max_body,
         grace=args.grace,
         max_sessions=args.max_sessions,

@@ -5,11 +5,15 @@ render GRAPH --trace SESSION:TURN`` draw this DOT with Graphviz, so the picture 
 same in both.  Each marked node and edge also gets an SVG ``id`` and ``class``
 (``tg-visited``, ``tg-retried``, ``tg-failed``; ``tg-taken`` on edges), so a page or a
 test can find them in the SVG.
+
+Parallel branches are drawn as they ran, side by side: a visit recorded in a branch
+follows the previous visit of its own branch (its first visit follows the fan-out), the
+visit after a join follows the last visit of every branch that did not fail, and a node
+visited inside a branch says so in its label (``branch a``).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +45,9 @@ def _node_marks(visits: Sequence[Mapping[str, Any]], node_id: str) -> dict[str, 
     state = node_state(visits)
     attempts = sum(int(v.get("attempts", 1)) for v in visits)
     notes = [f"visited {len(visits)}x"] if len(visits) > 1 else []
+    branches = sorted({str(v["branch"]) for v in visits if v.get("branch")})
+    if branches:
+        notes.append(f"branch {', '.join(branches)}")
     if attempts > len(visits):
         notes.append(f"{attempts} attempts")
     marks: dict[str, Value] = {
@@ -68,8 +75,7 @@ def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]]) -> str:
         visits.setdefault(str(visit.get("id")), []).append(visit)
     node_marks = {nid: _node_marks(vs, nid) for nid, vs in visits.items() if nid in graph.nodes}
     edge_marks: dict[tuple[str, str], dict[str, Value]] = {}
-    steps = [str(v.get("id")) for v in trace]
-    for n, (src, dst) in enumerate(itertools.pairwise(steps), start=1):
+    for n, (src, dst) in enumerate(_steps(trace), start=1):
         if (src, dst) not in edge_marks:
             edge_marks[(src, dst)] = {
                 "color": TAKEN,
@@ -79,3 +85,29 @@ def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]]) -> str:
                 "taillabel": str(n),
             }
     return graph_to_dot(graph, node_marks, edge_marks)
+
+
+def _parent(branch: str | None) -> str | None:
+    """The branch a branch was forked in (``a`` for ``a/x``; ``None`` at the top)."""
+    if branch is None or "/" not in branch:
+        return None
+    return branch.rsplit("/", 1)[0]
+
+
+def _steps(trace: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The edges the visits of ``trace`` took, in visit order, branch by branch."""
+    last: dict[str | None, Mapping[str, Any]] = {}  # branch -> its latest visit
+    steps: list[tuple[str, str]] = []
+    for visit in trace:
+        branch = visit.get("branch") or None
+        dst = str(visit.get("id"))
+        joined = [b for b in last if b is not None and _parent(b) == branch]
+        if joined:  # the first visit after a join: every branch that finished leads here
+            froms = [last.pop(b) for b in joined]
+            steps += [(str(v.get("id")), dst) for v in froms if v.get("status") != "fail"]
+        else:
+            before = last.get(branch, last.get(_parent(branch)))
+            if before is not None:
+                steps.append((str(before.get("id")), dst))
+        last[branch] = visit
+    return steps

@@ -43,6 +43,7 @@ __all__ = [
     "CrossSite",
     "GraphvizMissing",
     "NotFound",
+    "NotJson",
     "ShuttingDown",
     "StoreUnavailable",
     "Unauthorized",
@@ -87,6 +88,16 @@ class BodyTooLarge(ApiError):
     """A request body over the server's ``max_body`` bytes (checked while reading)."""
 
     status = 413
+
+
+class NotJson(ApiError):
+    """A JSON endpoint posted without ``Content-Type: application/json``.
+
+    Refused because a browser sends a ``text/plain`` or form post to any site without
+    asking it first: another site's page could otherwise run turns on a loopback server
+    that has no token."""
+
+    status = 415
 
 
 class ShuttingDown(ApiError):

@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from engine.server.errors import BadRequest, BodyTooLarge
+from engine.server.errors import BadRequest, BodyTooLarge, NotJson
 from engine.server.sse import encode
 
 if TYPE_CHECKING:
@@ -33,8 +33,14 @@ def json(body: Any, status: int = 200) -> Response:
 
 
 async def read_json(request: Request, max_body: int) -> Any:
-    """The request's JSON body; :class:`BodyTooLarge` as soon as it passes ``max_body``
-    bytes (a declared ``Content-Length`` is checked before anything is read)."""
+    """The request's JSON body; :class:`NotJson` unless it says ``application/json``
+    (or ``…+json``), :class:`BodyTooLarge` as soon as it passes ``max_body`` bytes (a
+    declared ``Content-Length`` is checked before anything is read)."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise NotJson(f"expected Content-Type: application/json, got {media or 'none'!r}")
     try:
         return _decode(await read_body(request, max_body))
     except msgspec.DecodeError as exc:

@@ -121,9 +121,25 @@ def test_delete_compact_export_and_import(served: Running) -> None:
 def test_errors_are_json_with_a_kind_and_a_status(
     served: Running, method: str, path: str, body: bytes | None, status: int, kind: str
 ) -> None:
-    response = served.client.request(method, path, content=body)
+    headers = {} if body is None else {"content-type": "application/json"}
+    response = served.client.request(method, path, content=body, headers=headers)
     assert (response.status_code, _kind(response)) == (status, kind), response.text
     assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("media", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_endpoint_refuses_other_media_types(served: Running, media: str | None) -> None:
+    """A page on another site can post text/plain or a form without asking the server
+    first: refusing anything but JSON keeps it from running turns (415, nothing run)."""
+    headers = {} if media is None else {"content-type": media}
+    body = b'{"text": "hi"}'
+    response = served.client.post("/sessions/csrf/turns", content=body, headers=headers)
+    assert (response.status_code, _kind(response)) == (415, "NotJson"), response.text
+    assert served.client.get("/sessions/csrf").status_code == 404
+    ok = served.client.post(
+        "/sessions/csrf/turns", content=body, headers={"content-type": "application/json"}
+    )
+    assert ok.is_success, ok.text
 
 
 def test_a_body_without_a_length_is_cut_off_at_the_limit(served: Running) -> None:
@@ -135,7 +151,8 @@ def test_a_body_without_a_length_is_cut_off_at_the_limit(served: Running) -> Non
             yield b"x" * 100
         yield b'"}'
 
-    response = served.client.post("/sessions/a/turns", content=chunks())
+    headers = {"content-type": "application/json"}
+    response = served.client.post("/sessions/a/turns", content=chunks(), headers=headers)
     assert response.status_code == 413 and _kind(response) == "BodyTooLarge"
     assert served.client.get("/sessions/a").status_code == 404  # no turn ran
 
