@@ -123,3 +123,10 @@ def test_dialect_turngraph_overrides_the_graph_attribute(tmp_path: Path) -> None
     # turngraph's tool node finds no tool named "mark": a failed turn, not a refusal.
     assert body["status"] == "fail" and "tool_command" not in str(body), body
     assert not (tmp_path / "marker.txt").exists()
+
+
+def test_ray_hosts_take_neither_dialect_nor_shell(tmp_path: Path) -> None:
+    """Sessions on Ray hosts read the graph by its own dialect= and run no shell: the
+    flags are refused rather than silently ignored."""
+    err = _refused(_serve(tmp_path, "--ray", "--allow-shell"))
+    assert "--dialect and --allow-shell do not work with --ray" in err, err
