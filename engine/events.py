@@ -94,12 +94,15 @@ class RunPaused:
 
 @dataclass(frozen=True, slots=True)
 class NodeStarted:
-    """A node's handler is about to run (attempt 1); ``branch``: its parallel branch."""
+    """A node's handler is about to run (attempt 1); ``branch``: its parallel branch;
+    ``edge``: the ``Edge.index`` of the edge the walk came in by, when the node before
+    has several edges to this one (else the previous node names it)."""
 
     run_id: str
     node_id: str
     handler: str
     branch: str | None = None
+    edge: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

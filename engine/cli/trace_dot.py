@@ -61,21 +61,34 @@ def _node_marks(visits: Sequence[Mapping[str, Any]], node_id: str) -> dict[str, 
 def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]]) -> str:
     """``graph`` as DOT with the path of ``trace`` (stored node-visit dicts, in order)
     highlighted: visited nodes filled (red when failed, double-bordered when retried),
-    the edges between consecutive visits drawn thick and blue.  Visits of nodes the
-    graph no longer has (it changed since the turn) are skipped."""
+    the edges between consecutive visits drawn thick and blue.  Where a visit records
+    the edge it left by (``edge``, kept when its node has several edges to one target)
+    only that edge is drawn taken; else every edge between the two nodes (as traces
+    stored before ``edge`` existed are drawn).  Every edge not taken gets the SVG id
+    ``tg-e{index}``, so the live page can light the one a ``NodeStarted`` names.
+    Visits of nodes the graph no longer has (it changed since the turn) are skipped."""
     visits: dict[str, list[Mapping[str, Any]]] = {}
     for visit in trace:
         visits.setdefault(str(visit.get("id")), []).append(visit)
     node_marks = {nid: _node_marks(vs, nid) for nid, vs in visits.items() if nid in graph.nodes}
-    edge_marks: dict[tuple[str, str], dict[str, Value]] = {}
-    steps = [str(v.get("id")) for v in trace]
-    for n, (src, dst) in enumerate(itertools.pairwise(steps), start=1):
-        if (src, dst) not in edge_marks:
-            edge_marks[(src, dst)] = {
+    edge_marks: dict[tuple[str, str] | int, dict[str, Value]] = {}
+    by_index = {e.index: e for e in graph.edges}
+    for n, (visit, after) in enumerate(itertools.pairwise(trace), start=1):
+        src, dst = str(visit.get("id")), str(after.get("id"))
+        key: tuple[str, str] | int = (src, dst)
+        index = visit.get("edge")
+        edge = by_index.get(index) if isinstance(index, int) else None
+        if edge is not None and (edge.src, edge.dst) == key:  # else the graph changed
+            key = edge.index
+        if key not in edge_marks:
+            edge_marks[key] = {
                 "color": TAKEN,
                 "penwidth": 3,
                 "id": f"tg-taken-{src}-{dst}",
                 "class": "tg-taken",
                 "taillabel": str(n),
             }
+    for e in graph.edges:  # an id for every other edge, for the live page's script
+        if e.index not in edge_marks and (e.src, e.dst) not in edge_marks:
+            edge_marks[e.index] = {"id": f"tg-e{e.index}"}
     return graph_to_dot(graph, node_marks, edge_marks)

@@ -91,8 +91,11 @@ _SCRIPT = """
     status.textContent = "turn running";
   });
   on("NodeStarted", (d) => {
+    // d.edge names the one edge taken when several join the same two nodes.
+    const one = d.edge == null ? null : document.getElementById("tg-e" + d.edge);
     if (d.branch == null && last !== null)
-      for (const g of edges.get(last + "->" + d.node_id) || []) g.classList.add("tg-taken");
+      for (const g of one ? [one] : edges.get(last + "->" + d.node_id) || [])
+        g.classList.add("tg-taken");
     if (d.branch == null) last = d.node_id;
     mark(d.node_id, "tg-running");
     status.textContent = "turn running: " + d.node_id;
