@@ -256,19 +256,22 @@ class TurnPipeline:
         finally:
             await self._leave()
 
-    async def continue_turn(self, plan: Callable[[], Continuation]) -> TurnResult:
+    async def continue_turn(
+        self, plan: Callable[[], Continuation], watch: Observer | None = None
+    ) -> TurnResult:
         """Run the turn ``plan`` says (called under the lock; it raises when there is
-        none): an answered gate's, a timed-out one's, a retried one's."""
+        none): an answered gate's, a timed-out one's, a retried one's; ``watch`` observes
+        its events."""
         await self._enter()
         try:
             await self._sync()
-            return await self._go_on(plan())
+            return await self._go_on(plan(), watch)
         finally:
             await self._leave()
 
-    async def _go_on(self, c: Continuation) -> TurnResult:
+    async def _go_on(self, c: Continuation, watch: Observer | None = None) -> TurnResult:
         result = await self._turn(
-            c.input, c.turn, start_at=c.start_at, carried=c.carried, prior=c.prior
+            c.input, c.turn, start_at=c.start_at, carried=c.carried, prior=c.prior, watch=watch
         )
         if c.after is not None:
             raise c.after
