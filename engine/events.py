@@ -129,6 +129,8 @@ class NodeCompleted:
     duration: float
     usage: Usage | None = None
     """The model tokens the visit used, when its handler reported them."""
+    changed: tuple[str, ...] = ()
+    """The context keys the visit wrote (its record's ``changed``: the same tuple)."""
 
 
 @dataclass(frozen=True, slots=True)

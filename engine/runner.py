@@ -734,7 +734,14 @@ def _finish(
             notify(
                 obs,
                 NodeCompleted(
-                    rid, node.id, node.handler, status, attempt, record.duration, record.usage
+                    rid,
+                    node.id,
+                    node.handler,
+                    status,
+                    attempt,
+                    record.duration,
+                    record.usage,
+                    record.changed,
                 ),
             )
     return record

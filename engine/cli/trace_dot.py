@@ -22,6 +22,7 @@ VISITED = "#d8ecff"
 RETRIED = "#ffe3a3"
 FAILED = "#ff6b6b"
 TAKEN = "#1f6feb"
+WAITING = "#ffd23f"
 
 _FILL = {"tg-visited": VISITED, "tg-retried": RETRIED, "tg-failed": FAILED}
 _FAILING = ("fail",)
@@ -58,7 +59,7 @@ def _node_marks(visits: Sequence[Mapping[str, Any]], node_id: str) -> dict[str, 
     return marks
 
 
-def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]]) -> str:
+def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]], waiting: str | None = None) -> str:
     """``graph`` as DOT with the path of ``trace`` (stored node-visit dicts, in order)
     highlighted: visited nodes filled (red when failed, double-bordered when retried),
     the edges between consecutive visits drawn thick and blue.  Where a visit records
@@ -66,14 +67,27 @@ def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]]) -> str:
     only that edge is drawn taken; else every edge between the two nodes (as traces
     stored before ``edge`` existed are drawn).  Every edge not taken gets the SVG id
     ``tg-e{index}``, so the live page can light the one a ``NodeStarted`` names.
-    Visits of nodes the graph no longer has (it changed since the turn) are skipped."""
+    Visits of nodes the graph no longer has (it changed since the turn) are skipped.
+    ``waiting``: the human gate a paused turn waits at, drawn yellow (``tg-waiting``)
+    with the edge that led there."""
     visits: dict[str, list[Mapping[str, Any]]] = {}
     for visit in trace:
         visits.setdefault(str(visit.get("id")), []).append(visit)
     node_marks = {nid: _node_marks(vs, nid) for nid, vs in visits.items() if nid in graph.nodes}
     edge_marks: dict[tuple[str, str] | int, dict[str, Value]] = {}
     by_index = {e.index: e for e in graph.edges}
-    for n, (visit, after) in enumerate(itertools.pairwise(trace), start=1):
+    steps = list(trace)
+    if waiting is not None and waiting in graph.nodes:
+        node_marks[waiting] = {
+            "style": "filled,bold",
+            "fillcolor": WAITING,
+            "penwidth": 2.5,
+            "color": TAKEN,
+            "id": f"tg-waiting-{waiting}",
+            "class": "tg-waiting",
+        }
+        steps.append({"id": waiting})
+    for n, (visit, after) in enumerate(itertools.pairwise(steps), start=1):
         src, dst = str(visit.get("id")), str(after.get("id"))
         key: tuple[str, str] | int = (src, dst)
         index = visit.get("edge")

@@ -36,7 +36,7 @@ from engine.server.state import ServerState
 from sessions import Session, TurnResult
 from sessions.stream import TurnStream
 
-__all__ = ["ROUTES", "item_frame", "open_for_turn", "run_turn"]
+__all__ = ["ROUTES", "answer_turn", "item_frame", "open_for_turn", "run_turn"]
 
 Item = Event | TurnResult | BaseException
 
@@ -161,22 +161,27 @@ async def post_answer(request: Request) -> Response:
     choice = body.get("choice") if isinstance(body, dict) else None
     if not isinstance(choice, str):
         raise BadRequest('request body must be a JSON object like {"choice": "..."}')
+    return json(result_json(sid, await answer_turn(st, sid, choice)))
+
+
+async def answer_turn(st: ServerState, sid: str, choice: str) -> TurnResult:
+    """Answer ``sid``'s waiting question with ``choice`` and run its turn on."""
     return await _go_on(st, sid, lambda session, watch: session.answer(choice, watch=watch))
 
 
 async def post_retry(request: Request) -> Response:
     """``POST /sessions/{id}/retry``: re-run the failed latest turn from the node that
     failed (409 ``RetryRefused``)."""
-    return await _go_on(
-        state(request), session_id(request), lambda s, watch: s.retry_turn(watch=watch)
-    )
+    sid = session_id(request)
+    result = await _go_on(state(request), sid, lambda s, watch: s.retry_turn(watch=watch))
+    return json(result_json(sid, result))
 
 
 async def _go_on(
     st: ServerState,
     sid: str,
     step: Callable[[Session, Observer | None], Awaitable[TurnResult]],
-) -> Response:
+) -> TurnResult:
     """Run an answered or retried turn; published to the session's watchers like a
     plain turn (:func:`run_turn`)."""
     if st.draining:
@@ -193,7 +198,7 @@ async def _go_on(
                 publish(sid, exc)
                 raise
             publish(sid, result)
-    return json(result_json(sid, result))
+    return result
 
 
 def _turn_json(record: Any) -> dict[str, Any]:
