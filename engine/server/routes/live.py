@@ -261,15 +261,20 @@ async def watch(request: Request) -> Response:
 
 
 async def _watch_frames(st: ServerState, sid: str) -> AsyncIterator[bytes]:
-    """The frames of one watcher, until it leaves or the server drains with no turn
-    left running (a watcher must not hold shutdown up for its whole grace)."""
+    """The frames of one watcher, until it leaves, falls too far behind (``event:
+    dropped``, see :mod:`engine.server.live`), or the server drains with no turn left
+    running (a watcher must not hold shutdown up for its whole grace)."""
     with st.live.watch(sid) as receive:
         yield frame("watching", {"session_id": sid})
         idle = 0
         while True:
             item: object = None
-            with anyio.move_on_after(_TICK):
-                item = await receive.receive()
+            try:
+                with anyio.move_on_after(_TICK):
+                    item = await receive.receive()
+            except anyio.EndOfStream:  # it fell too far behind: the hub dropped it
+                yield frame("dropped", {"reason": "the watcher fell behind; reconnect"})
+                return
             if item is not None:
                 idle = 0
                 yield item_frame(sid, item)
