@@ -14,19 +14,22 @@ next is sent) and all sessions run at once in one event loop, on the
   background while the next step runs).
 
 Targets (issue 17), same run: 100 sessions on SQLite FULL ≥ 20× LangGraph ``exit``
-and ≥ 0.6× turngraph's memory store; one session's turn p50 with group commit within
-10 % of the same store without it (today's path), timed in alternating blocks.
+and ≥ 0.6× turngraph's memory store (:func:`side_by_side`: rounds that measure the
+three in turn after warm-up turns; the median of the rounds' ratios); one session's
+turn p50 with group commit within 10 % of the same store without it (today's path),
+timed in alternating blocks.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -114,16 +117,57 @@ async def _drive(send: SendTurn, sessions: int, turns: int, start: int) -> float
     return time.perf_counter() - t0
 
 
-async def rate(setup: Setup, sessions: int, turns: int) -> float:
-    """Durable turns/s of ``sessions`` sessions sending ``turns`` turns each, after one
-    untimed warm-up turn each (it creates the sessions' rows)."""
+async def rate(setup: Setup, sessions: int, turns: int, warmup: int = 1) -> float:
+    """Durable turns/s of ``sessions`` sessions sending ``turns`` turns each, after
+    ``warmup`` untimed turns each (the first creates the sessions' rows)."""
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as d:
         async with AsyncExitStack() as stack:
             send = await setup(stack, Path(d), sessions)
-            await _drive(send, sessions, 1, 0)
+            await _drive(send, sessions, warmup, 0)
             os.sync()  # earlier writes must not be flushed inside the timed window
-            wall = await _drive(send, sessions, turns, 1)
+            wall = await _drive(send, sessions, turns, warmup)
     return sessions * turns / wall
+
+
+SIDE_BY_SIDE: Final = (MEMORY, SQLITE, LG_EXIT)
+"""The implementations the targets compare, measured in turns at 100 sessions."""
+
+
+async def side_by_side(
+    ctx: BenchContext, res: BenchResult, impls: dict[str, Setup | str]
+) -> dict[str, list[float]]:
+    """The target rows: 100 sessions of each of :data:`SIDE_BY_SIDE`, in rounds (each
+    round measures each once, in a rotating order, so all see the same machine), each
+    measurement after 3 warm-up turns a session; the median of the rounds per
+    implementation.  turngraph's rows send 30 turns a session, LangGraph's 2.  Returns
+    each complete implementation's rates, round by round."""
+    rounds = ctx.n(7, 1)
+    got: dict[str, list[float]] = {label: [] for label in SIDE_BY_SIDE}
+    with ctx.progress("100 sessions side by side", rounds * len(SIDE_BY_SIDE)) as advance:
+        for r in range(rounds):
+            order = SIDE_BY_SIDE[r % 3 :] + SIDE_BY_SIDE[: r % 3]
+            for label in order:
+                advance(1)
+                setup = impls[label]
+                if isinstance(setup, str):
+                    continue
+                turns = ctx.n(2, 1) if label == LG_EXIT else ctx.n(30, 2)
+                try:
+                    got[label].append(await rate(setup, 100, turns, warmup=ctx.n(3, 1)))
+                except ImportError:
+                    continue
+    medians = {label: statistics.median(v) for label, v in got.items() if v}
+    for label, value in medians.items():
+        spread = f"{min(got[label]):,.0f}–{max(got[label]):,.0f} over {len(got[label])} rounds"
+        res.add(f"100 sessions side by side (median), {label}", value, "turns/s", note=spread)
+    res.params.update(side_by_side={label: got[label] for label in got})
+    return {label: v for label, v in got.items() if len(v) == rounds}
+
+
+def round_ratios(got: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """``a``'s rate over ``b``'s in each round (measured one after the other, so the
+    machine's load moves both alike), sorted."""
+    return sorted(x / y for x, y in zip(got[a], got[b], strict=True))
 
 
 def workloads(ctx: BenchContext) -> tuple[tuple[int, int], ...]:
@@ -183,6 +227,7 @@ def implementations(pg: str) -> dict[str, Setup | str]:
 async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
     await one_session(ctx, res)
     impls = implementations(pg)
+    rounds = await side_by_side(ctx, res, impls)
     rates: dict[tuple[str, int], float] = {}
     levels = workloads(ctx)
     with ctx.progress("implementations × sessions", len(impls) * len(levels)) as advance:
@@ -205,7 +250,7 @@ async def _main(ctx: BenchContext, res: BenchResult, pg: str) -> None:
                 rates[label, sessions] = got
                 res.add(f"{label}, {sessions} sessions", got, "turns/s")
     res.params.update(workloads=[list(w) for w in levels])
-    _compare(ctx, res, rates, [s for s, _ in levels])
+    _compare(ctx, res, rates, [s for s, _ in levels], rounds)
 
 
 def _cause(exc: BaseException) -> str:
@@ -216,7 +261,11 @@ def _cause(exc: BaseException) -> str:
 
 
 def _compare(
-    ctx: BenchContext, res: BenchResult, rates: dict[tuple[str, int], float], levels: list[int]
+    ctx: BenchContext,
+    res: BenchResult,
+    rates: dict[tuple[str, int], float],
+    levels: list[int],
+    rounds: dict[str, list[float]],
 ) -> None:
     labels = dict.fromkeys(label for label, _ in rates)
     for label in labels:
@@ -226,10 +275,12 @@ def _compare(
         res.comparison.append(row)
     full = not ctx.quick
     for other, goal, what in ((LG_EXIT, 20.0, "LangGraph exit"), (MEMORY, 0.6, "memory store")):
-        name = f"100 sessions: SQLite FULL / {what}"
-        if (SQLITE, 100) in rates and (other, 100) in rates:
-            ratio = rates[SQLITE, 100] / rates[other, 100]
-            res.add(name, ratio, "×", at_least(goal) if full else None)
+        name = f"100 sessions: SQLite FULL / {what} (median of rounds)"
+        if SQLITE in rounds and other in rounds:
+            ratios = round_ratios(rounds, SQLITE, other)
+            spread = f"{ratios[0]:.3g}–{ratios[-1]:.3g} over {len(ratios)} rounds"
+            median = statistics.median(ratios)
+            res.add(name, median, "×", at_least(goal) if full else None, note=spread)
         else:
             res.skip(name, "not measured")
     res.notes.append(

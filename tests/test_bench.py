@@ -203,9 +203,12 @@ def _check_structure(res: BenchResult, name: str) -> None:
     assert res.unavailable is not None or measured, "neither figures nor a reason"
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in BENCHMARKS]
-)
+def _marks(name: str) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.slow] if name in SLOW else []
+    return [*marks, pytest.mark.ray] if name == "ray_hop" else marks
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in BENCHMARKS])
 def test_each_benchmark_runs_quickly_and_reports(name: str) -> None:
     """``run(ctx)`` in quick mode returns well-formed metrics (or says why it cannot)."""
     module = importlib.import_module(f"bench.{name}")

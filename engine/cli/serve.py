@@ -5,6 +5,7 @@
     python -m engine.run serve [--host 127.0.0.1] [--port 8000] [--store URL] [--llm SPEC]
                                [--graph GRAPH.dot] [--grace 30] [--max-body BYTES]
                                [--max-sessions N] [--loop auto|asyncio|uvloop]
+                               [--ray [ADDRESS]]
 
 Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port).
 With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
@@ -12,14 +13,22 @@ without it the server refuses any host but a loopback one (exit 2).  SIGTERM or 
 drains it (see :mod:`engine.server.run`) and it exits 0.  ``--loop`` picks the event
 loop: ``asyncio`` (the default), ``uvloop`` (installed separately; exit 2 without it),
 or ``auto`` (uvloop when it is installed, else asyncio).
+
+``--ray [ADDRESS]`` serves sessions hosted on a Ray cluster (the ``ray`` extra; see
+``docs/cluster.md``): the same API, with every turn run by the session's host actor
+(:class:`sessions.cluster.ClusterManager`).  ``ADDRESS`` is Ray's (``auto``,
+``HOST:PORT``); without it the local cluster is joined if one runs, else a local Ray is
+started.  The store must be PostgreSQL, which every node shares.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from argparse import Namespace
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from engine.cli.common import PROG, Parser, UsageError, configure_logging
 
@@ -61,8 +70,38 @@ def _parser() -> Parser:
         default="asyncio",
         help="event loop (default asyncio; auto: uvloop when installed)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="host the sessions on a Ray cluster (PostgreSQL store; the ray extra)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
     return p
+
+
+def _cluster(args: Namespace) -> Any:
+    """The cluster's sessions behind the app (``--ray``): a ClusterManager."""
+    from sessions.cluster import ClusterManager
+    from sessions.store import default_store_url
+
+    address = args.ray or None
+    init: dict[str, Any] = {"configure_logging": False, "log_to_driver": args.verbose}
+    host = urlsplit(f"//{address}").hostname if address and address != "auto" else None
+    if host is not None and is_loopback(host):
+        init["_node_ip_address"] = "127.0.0.1"  # a cluster on this machine's loopback
+    manager = ClusterManager(
+        args.store or os.environ.get("TURNGRAPH_STORE") or default_store_url(),
+        address=address,
+        llm=args.llm or os.environ.get("TURNGRAPH_LLM"),
+        turn_graph=args.graph,
+        cluster={"ray_init": init},
+    )
+    # Before the server installs its signal handlers: a Ray driver's own SIGTERM
+    # handler exits at once, which would cut the graceful drain.
+    manager.cluster.connect()
+    return manager
 
 
 def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -111,6 +150,7 @@ def cmd_serve(argv: Sequence[str]) -> int:
         args.store,
         llm=args.llm,
         graph=args.graph,
+        manager=None if args.ray is None else _cluster(args),
         max_body=args.max_body,
         grace=args.grace,
         max_sessions=args.max_sessions,

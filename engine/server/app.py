@@ -28,7 +28,7 @@ from engine.server.auth import BearerAuth
 from engine.server.errors import error_body, status_of
 from engine.server.http import json
 from engine.server.routes import graphs, health, heartbeats, live, sessions, turns, ui
-from engine.server.state import ServerState
+from engine.server.state import Manager, ServerState
 
 if TYPE_CHECKING:
     from sessions import SessionManager
@@ -73,7 +73,7 @@ def create_app(
     *,
     llm: str | None = None,
     graph: str | None = None,
-    manager: SessionManager | None = None,
+    manager: Manager | None = None,
     token: str | None = None,
     max_body: int = MAX_BODY,
     grace: float = 30.0,
@@ -84,8 +84,9 @@ def create_app(
     ``store`` is a store URL (default ``$TURNGRAPH_STORE``, else SQLite in the data
     folder); ``llm`` a model spec (default ``$TURNGRAPH_LLM``, else ``echo``); ``graph``
     the turn graph's path (default the shipped ``turn.dot``).  ``manager`` replaces all
-    three with a :class:`~sessions.SessionManager` of your own (not yet entered: the
-    app enters and exits it).  ``token`` (default ``$TURNGRAPH_API_TOKEN``) turns on
+    three with a :class:`~sessions.SessionManager` of your own, or a
+    :class:`sessions.cluster.ClusterManager` (sessions on a Ray cluster), not yet
+    entered: the app enters and exits it.  ``token`` (default ``$TURNGRAPH_API_TOKEN``) turns on
     bearer authentication.  ``max_body`` caps request bodies (413 above it); ``grace``
     is how long shutdown waits for running turns before cancelling them.
     ``max_sessions`` bounds the sessions hosted at once (idle ones are closed to make

@@ -9,8 +9,9 @@ commits (or fails whole), and is read back with ``GET /sessions/{id}/turns/{n}``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -22,9 +23,90 @@ from sessions.errors import SessionLimitReached
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from sessions import Session, SessionManager
+    from engine.events import Event, Observer
+    from engine.graph import Graph
+    from sessions import Session, TurnResult
+    from sessions.compaction import CompactionResult
+    from sessions.store.base import SessionMeta, Store
 
-__all__ = ["ServerState"]
+__all__ = ["Manager", "ServerState", "TurnEvents", "TurnSession"]
+
+
+class TurnEvents(Protocol):
+    """One turn's events, the TurnResult last (:class:`sessions.TurnStream`)."""
+
+    def __aiter__(self) -> AsyncIterator[Event | TurnResult]: ...
+
+    async def __aenter__(self) -> AsyncIterator[Event | TurnResult]: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class TurnSession(Protocol):
+    """What a route needs of a session (:class:`sessions.Session`, or one on a Ray
+    cluster: :class:`sessions.cluster.ClusterSession`)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    async def send(self, text: str) -> TurnResult: ...
+
+    def stream(self, text: str) -> TurnEvents: ...
+
+    async def answer(self, choice: str, *, watch: Observer | None = None) -> TurnResult: ...
+
+    async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult: ...
+
+
+class Manager(Protocol):
+    """What the app needs of its manager: :class:`sessions.SessionManager`, or
+    :class:`sessions.cluster.ClusterManager` for sessions on a Ray cluster."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def turn_graph(self) -> Graph: ...
+
+    @property
+    def heartbeat_graph(self) -> Graph | None: ...
+
+    @property
+    def live(self) -> tuple[Session, ...]:
+        """The sessions this process hosts (none when hosts elsewhere run them)."""
+        ...
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+
+    async def get(self, session_id: str) -> TurnSession: ...
+
+    async def get_or_create(self, session_id: str) -> TurnSession: ...
+
+    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]: ...
+
+    async def close(self, session_id: str) -> None: ...
+
+    async def delete(self, session_id: str) -> bool: ...
+
+    async def compact(self, session_id: str) -> CompactionResult: ...
 
 
 class ServerState:
@@ -49,7 +131,7 @@ class ServerState:
     )
 
     def __init__(
-        self, manager: SessionManager, *, token: bytes | None, max_body: int, grace: float
+        self, manager: Manager, *, token: bytes | None, max_body: int, grace: float
     ) -> None:
         self.manager = manager
         self.token = token
@@ -83,7 +165,7 @@ class ServerState:
         finally:
             self.leave()
 
-    async def open(self, session_id: str, *, create: bool = True) -> Session:
+    async def open(self, session_id: str, *, create: bool = True) -> TurnSession:
         """The session, hosted (created if new, unless not ``create``:
         ``SessionNotFound``).  When the manager hosts as many sessions as it may, the
         idle ones are closed first (their leases released; they load again on their

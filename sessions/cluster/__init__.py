@@ -11,7 +11,8 @@ Host actors, one per node by default, each run a :class:`~sessions.SessionManage
 session id maps to a host by rendezvous hashing over the live hosts; PostgreSQL's leases
 and fencing decide who may write.  A top-layer client of the sessions package: nothing
 else in :mod:`sessions` imports it, and Ray is imported only when a client is made.
-See ``docs/cluster.md``.
+:class:`ClusterManager` gives the HTTP server the same sessions (``python -m engine.run
+serve --ray``).  See ``docs/cluster.md``.
 """
 
 from sessions.cluster.client import RaySessions, check_store, import_ray
@@ -23,10 +24,13 @@ from sessions.cluster.errors import (
     HostLost,
     RayNotInstalled,
 )
+from sessions.cluster.front import ClusterManager, ClusterSession
 from sessions.cluster.hashing import owner_of, weight
 
 __all__ = [
     "INSTALL_HINT",
+    "ClusterManager",
+    "ClusterSession",
     "ClusterStoreRefused",
     "ClusterUnavailable",
     "HostError",

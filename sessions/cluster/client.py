@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
@@ -43,6 +44,7 @@ from sessions.cluster.errors import (
 from sessions.cluster.pool import Host, HostPool, Placement, Unreachable
 from sessions.cluster.streaming import ClusterStream
 from sessions.cluster.wire import Reply
+from sessions.compaction import CompactionResult
 from sessions.fifolock import FifoLock
 from sessions.history import MessagePage
 from sessions.limits import Limits, validate_session_id
@@ -76,6 +78,26 @@ def check_store(url: str) -> str:
     )
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """:class:`ClusterUnavailable` at once when ``HOST:PORT`` refuses a connection
+    (``ray.init`` would retry it for minutes); other addresses pass (``auto``,
+    ``ray://``, ``None``)."""
+    if not address or "://" in address or address == "auto":
+        return
+    parts = urlsplit(f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if host is None or port is None:
+        raise ClusterUnavailable(f"{address!r} is not HOST:PORT, 'auto' or a ray:// address")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterUnavailable(f"cannot join {address}: {reason}") from None
+
+
 class RaySessions:
     """Sessions on a Ray cluster; an async context manager (see the module).
 
@@ -94,6 +116,8 @@ class RaySessions:
     ``probe_timeout`` (a host silent for this long is presumed dead) tune the hosts;
     ``max_in_flight`` bounds the calls this client runs on one host at once (more wait
     here, so a flood of callers cannot starve a host and its health probe).
+    ``niceness`` is the hosts' process priority (default 0, as the caller's; Ray's own
+    default for workers is 15: ``None`` keeps it).
     """
 
     def __init__(
@@ -112,6 +136,7 @@ class RaySessions:
         probe_interval: float = 1.0,
         probe_timeout: float = 5.0,
         max_in_flight: int = 256,
+        niceness: int | None = 0,
         ray_init: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = check_store(store)
@@ -131,6 +156,7 @@ class RaySessions:
             probe_interval,
             probe_timeout,
             max_in_flight=max_in_flight,
+            niceness=niceness,
         )
         self._pool: HostPool | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -139,10 +165,25 @@ class RaySessions:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def connect(self) -> None:
+        """Initialise Ray (join the cluster at ``address``) unless it is already;
+        entering the client does it otherwise.  :class:`ClusterUnavailable` when no
+        cluster answers there.  A blocking call: a program that installs signal
+        handlers calls it first, because ``ray.init`` replaces the SIGTERM handler."""
+        ray = self._ray
+        if ray.is_initialized():
+            return
+        _check_reachable(self._address)
+        try:
+            ray.init(address=self._address, **self._init)
+        except (ConnectionError, TimeoutError, ValueError) as exc:  # no cluster there
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            where = self._address or "Ray"
+            raise ClusterUnavailable(f"cannot join {where}: {reason}") from None
+
     async def __aenter__(self) -> RaySessions:
         ray = self._ray
-        if not ray.is_initialized():
-            ray.init(address=self._address, **self._init)
+        self.connect()
         pool = HostPool(ray, self.store, self._manager, self._takeover, self.placement)
         try:
             await pool.start()
@@ -254,6 +295,23 @@ class RaySessions:
             self._turns[sid] = result.turn
             return result
 
+    async def answer(self, session_id: str, choice: str) -> TurnResult:
+        """Answer the question the session's paused turn waits on, on its host
+        (:meth:`sessions.Session.answer`)."""
+        return await self._go_on(session_id, "answer", choice)
+
+    async def retry_turn(self, session_id: str) -> TurnResult:
+        """Re-run the session's failed latest turn from the node that failed, on its
+        host (:meth:`sessions.Session.retry_turn`)."""
+        return await self._go_on(session_id, "retry_turn")
+
+    async def _go_on(self, session_id: str, step: str, *args: Any) -> TurnResult:
+        sid = validate_session_id(session_id)
+        async with self._in_order(sid):
+            result: TurnResult = await self._call(sid, "go_on", step, args)
+            self._turns[sid] = result.turn
+            return result
+
     def stream(self, session_id: str, text: str) -> ClusterStream:
         """Run one turn like :meth:`send`, as an async iterator of the same events as
         :meth:`sessions.Session.stream` yields in one process, the :class:`TurnResult`
@@ -312,6 +370,13 @@ class RaySessions:
             deleted: bool = await self._call(sid, "delete")
             self._turns.pop(sid, None)
             return deleted
+
+    async def compact(self, session_id: str) -> CompactionResult:
+        """Compact the session now, on its host (:meth:`sessions.SessionManager.compact`)."""
+        sid = validate_session_id(session_id)
+        async with self._in_order(sid):
+            result: CompactionResult = await self._call(sid, "compact")
+            return result
 
     async def info(self) -> list[dict[str, Any]]:
         """Each live member's id, owner name, pid and hosted session ids."""

@@ -168,6 +168,18 @@ class SessionHost:
                 return turn_reply(done)
         return turn_reply(await session.send(text))
 
+    async def go_on(self, session_id: str, step: str, args: tuple[Any, ...]) -> Reply:
+        """Run ``session.answer(choice)`` or ``session.retry_turn()`` (``step``): a turn
+        that goes on from a paused gate or a failed node.  Not re-sent after a host
+        loss: the new host finds the gate answered or the retry done, and refuses."""
+        if step not in ("answer", "retry_turn"):
+            raise ValueError(f"unknown step {step!r}")
+        return await _answer(self._go_on, session_id, step, args)
+
+    async def _go_on(self, session_id: str, step: str, args: tuple[Any, ...]) -> Reply:
+        session = await self._session(session_id)
+        return turn_reply(await getattr(session, step)(*args))
+
     async def stream(self, session_id: str, text: str, expect: int | None) -> AsyncIterator[Any]:
         """Run one turn like :meth:`send`, yielding its events as they happen
         (:meth:`sessions.Session.stream`) in lists of those ready at once, the last list
@@ -236,6 +248,14 @@ class SessionHost:
 
     async def _delete(self, session_id: str) -> bool:
         return await (await self._mgr()).delete(session_id)
+
+    async def compact(self, session_id: str) -> Reply:
+        """Compact the session now (:meth:`sessions.SessionManager.compact`)."""
+        return await _answer(self._compact, session_id)
+
+    async def _compact(self, session_id: str) -> Any:
+        await self._session(session_id)  # taken over first, as for a turn
+        return await (await self._mgr()).compact(session_id)
 
     async def rebalance(self, members: tuple[str, ...], version: int) -> Reply:
         """Hosts are now ``members`` (change number ``version``; an older list arriving

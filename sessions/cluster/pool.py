@@ -59,6 +59,11 @@ class Placement:
     max_in_flight: int = 256
     """Calls one client has running on one host at once; more wait in the client, so
     a flood of callers cannot starve a host's event loop (and its health probe)."""
+    niceness: int | None = 0
+    """The hosts' process niceness.  Ray starts worker processes at 15, below every
+    other process on the node, which suits batch tasks; a host answers interactive
+    turns, so by default it runs at 0 like the caller and the database (Ray's own job
+    supervisor does the same).  ``None`` keeps Ray's default."""
 
 
 @dataclass(eq=False, slots=True)
@@ -149,7 +154,11 @@ class HostPool:
             self._actor = ray.remote(SessionHost)
         strategies = importlib.import_module("ray.util.scheduling_strategies")
         host_id = uuid.uuid4().hex[:10]
+        extra: dict[str, Any] = {}
+        if p.niceness is not None:  # read by the raylet when it starts the host's process
+            extra["runtime_env"] = {"env_vars": {"RAY_worker_niceness": str(p.niceness)}}
         handle = self._actor.options(
+            **extra,
             num_cpus=p.num_cpus,
             max_restarts=p.restarts,
             max_task_retries=0,  # the client retries turns itself, without duplicates

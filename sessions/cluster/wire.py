@@ -3,9 +3,9 @@
 turngraph's errors build their message from fields in ``__init__`` and do not survive
 pickling as they are (``Exception.__reduce__`` calls the class with the message alone),
 and a Ray task error wraps whatever it carries.  So a host sends an error as its class
-path, message and scalar fields, and the client builds the same class again: callers
-catch :class:`~sessions.errors.SessionBusy` or :class:`~sessions.errors.Fenced` across
-the cluster exactly as in one process.
+path, message and scalar fields (and tuples of scalars), and the client builds the
+same class again: callers catch :class:`~sessions.errors.SessionBusy` or
+:class:`~sessions.errors.Fenced` across the cluster exactly as in one process.
 """
 
 from __future__ import annotations
@@ -54,12 +54,17 @@ class Reply:
         return self.value
 
 
+def _plain(value: Any) -> bool:
+    """A scalar, or a tuple of scalars (a gate's choices)."""
+    if isinstance(value, tuple):
+        return all(isinstance(v, _SCALARS) for v in value)
+    return isinstance(value, _SCALARS)
+
+
 def pack_error(exc: BaseException) -> PackedError:
-    """``exc`` as picklable data (only scalar fields travel)."""
+    """``exc`` as picklable data (only scalar fields and tuples of them travel)."""
     cls = type(exc)
-    fields = tuple(
-        (k, v) for k, v in getattr(exc, "__dict__", {}).items() if isinstance(v, _SCALARS)
-    )
+    fields = tuple((k, v) for k, v in getattr(exc, "__dict__", {}).items() if _plain(v))
     return PackedError(f"{cls.__module__}:{cls.__qualname__}", str(exc), fields)
 
 

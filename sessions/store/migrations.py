@@ -13,7 +13,9 @@ Tables (both backends):
                   turn record's its number: both grow with ``rseq``.  PostgreSQL
                   indexes ``(session_id, kind, key)``; SQLite (from version 2) finds a
                   message or turn by binary search over ``rseq`` instead, and indexes
-                  summaries alone, so a turn's commit writes no index page.
+                  summaries alone.  SQLite from version 5 keeps records in a rowid
+                  table (appended at its end) with a unique index on
+                  ``(session_id, rseq)``: see ``SQLITE[5]``.
 ``checkpoints``   at most one in-flight turn per session (replaced, then deleted).
 ``fences``        (version 3) the last version of each deleted session id: a session
                   made again under that id starts above it, so no lease token is ever
@@ -39,9 +41,17 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["POSTGRES", "SCHEMA_VERSION", "SQLITE"]
+__all__ = ["POSTGRES", "SCHEMA_VERSION", "SQLITE", "SQLITE_READABLE", "SQLITE_VERSION"]
 
 SCHEMA_VERSION: Final = 4
+"""PostgreSQL's schema version."""
+
+SQLITE_VERSION: Final = 5
+"""SQLite's schema version (``PRAGMA user_version``)."""
+
+SQLITE_READABLE: Final = 4
+"""The oldest SQLite schema a read-only open reads as it is (version 5 changed only
+how ``records`` is stored, not its columns)."""
 
 _SQLITE_MEMORY: Final = (
     "id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, agent_id TEXT NOT NULL, "
@@ -110,6 +120,29 @@ SQLITE: Final[dict[int, tuple[str, ...]]] = {
             tokens INTEGER NOT NULL
         )""",
         "INSERT INTO memory_stats VALUES (0, 0, 0)",
+    ),
+    # Version 5: records in a rowid table, appended at its end, found through an index
+    # of (session_id, rseq).  Clustered by session (a table without rowid) every turn
+    # of a group commit inserted its rows in a page of its own session, in the middle
+    # of the tree: a batch of 50 turns wrote some 50 such pages and split many, and its
+    # insert and commit cost several times more than appending rows to the table's
+    # last pages plus one small index entry each.  The records are copied as they are
+    # (bodies and MACs unchanged: every chain verifies as before).
+    5: (
+        """CREATE TABLE records_v5 (
+            session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            rseq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            key INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            prev_mac BLOB NOT NULL,
+            mac BLOB NOT NULL
+        )""",
+        "INSERT INTO records_v5 SELECT * FROM records ORDER BY session_id, rseq",
+        "DROP TABLE records",
+        "ALTER TABLE records_v5 RENAME TO records",
+        "CREATE UNIQUE INDEX records_by_seq ON records (session_id, rseq)",
+        "CREATE UNIQUE INDEX records_summaries ON records (session_id, key) WHERE kind = 'summary'",
     ),
 }
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, Final
 
+import anyio
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
@@ -43,6 +45,9 @@ _NOT_OPEN: Final = "store is not open (call open() or use 'async with')"
 # how it gets there (password, TLS, timeouts, application name), which two processes
 # sharing one store may spell differently.
 _WHERE: Final = ("host", "hostaddr", "port", "dbname", "user", "options")
+_IN_TX: ContextVar[bool] = ContextVar("turngraph_pg_in_tx", default=False)
+"""Set while this task runs a transaction: a nested one takes no second place in the
+queue (it could wait for places that all wait for it)."""
 
 
 class PgDatabase:
@@ -63,6 +68,8 @@ class PgDatabase:
         self._lock_ms = max(1, round(lock_timeout * 1000))
         self.pool: AsyncConnectionPool | None = None
         self.group_pool: AsyncConnectionPool | None = None
+        self._places: anyio.Semaphore | None = None
+        """One place per main-pool connection (see the module): the queue."""
 
     async def open(self, group_connections: int, *, before: Callable[[], None]) -> None:
         """Probe the server, open the pools, create or migrate the schema.
@@ -75,6 +82,7 @@ class PgDatabase:
         """
         await self._probe()
         before()
+        self._places = anyio.Semaphore(self._max)
         self.pool = await self._open_pool(self._max, self._set_up)
         try:
             if group_connections:
@@ -115,7 +123,7 @@ class PgDatabase:
         if self.pool is None:
             raise StoreError(self.url, _NOT_OPEN)
         try:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self._place(), self.pool.connection() as conn, conn.transaction():
                 if read:
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 yield conn
@@ -128,6 +136,20 @@ class PgDatabase:
             raise StoreReadOnly(self.url, f"read-only: writes are refused ({reason})") from exc
         except psycopg.Error as exc:
             raise StoreError(self.url, f"{type(exc).__name__}: {exc}") from exc
+
+    @asynccontextmanager
+    async def _place(self) -> AsyncIterator[None]:
+        """Wait, without a deadline, for a place among the pool's connections (a
+        nested transaction of this task uses its outer one's place)."""
+        if _IN_TX.get() or self._places is None:
+            yield
+            return
+        async with self._places:
+            token = _IN_TX.set(True)
+            try:
+                yield
+            finally:
+                _IN_TX.reset(token)
 
     def group_connection(self) -> Any:
         """A connection of the group commits' pool (an async context manager)."""

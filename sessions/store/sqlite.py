@@ -23,6 +23,7 @@ checkpointed in the database thread, so no write runs a checkpoint in the loop.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import time
@@ -50,8 +51,9 @@ from sessions.store.durable import checkpoint_body
 from sessions.store.export import ImportLimits
 from sessions.store.lease import Clock
 from sessions.store.signing import Signer, data_dir, load_key
+from sessions.store.sqlite_batch import write_group
 from sessions.store.sqlite_core import SQLiteCore
-from sessions.store.sqlite_group import GroupCommit, QueuedTurn
+from sessions.store.sqlite_group import Committer, GroupCommit, QueuedTurn
 from sessions.store.sqlite_memory import recall, remember
 from sessions.store.sqlite_open import connect, translate
 from sessions.store.witness import Witness, witness_path
@@ -126,9 +128,10 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._inline = inline_writes
-        lone = functools.partial(_write_lone, self)
-        batch = functools.partial(_write_batch, self)
-        self._group = GroupCommit(lone, batch) if group_commit else None
+        write = functools.partial(write_group, self)
+        self._group = GroupCommit(write) if group_commit else None
+        # Commits a batch begun in the loop's thread (None: batches commit in the loop).
+        self._committer: Committer | None = None
         # The session whose turn alone was the last batch (None: several; "": none yet).
         self._lone: str | None = ""
         self._clock = clock
@@ -173,6 +176,8 @@ class SQLiteStore:
             self.url, self.path, conn, signer, busy_ms=self._busy_ms, clock=self._clock,
             limits=self._limits, post=db.post, witness=witness,
         )  # fmt: skip
+        if self._group is not None and self._synchronous != "NORMAL":
+            self._committer = Committer(f"turngraph-commit:{self.path.name}")
 
     def _open_witness(self) -> Witness | None:
         """The rollback witness of this file (keyed by its absolute path), if enabled."""
@@ -187,6 +192,9 @@ class SQLiteStore:
         """Let pending calls finish, close the connection, end the thread.  Idempotent."""
         db, self._db = self._db, None
         core, self._core = self._core, None
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.stop()  # after the commits already asked for
         if db is not None:
             # Shielded: a cancelled close still closes the file and ends the thread.
             with anyio.CancelScope(shield=True):
@@ -292,11 +300,12 @@ class SQLiteStore:
 
         With group commit, turns of other sessions queued meanwhile share its
         transaction (:mod:`sessions.store.sqlite_group`); it returns once that has
-        committed.
+        committed (made durable by an fsync, unless ``synchronous=NORMAL``).  Group
+        commit needs asyncio; on another event loop (trio) each turn commits alone.
         """
         validate_session_id(session_id)
         now = time.time()
-        if self._group is None:
+        if self._group is None or not _on_asyncio():
             await self._run_write(self._c.append_turn, session_id, commit, token, now)
         else:
             await self._group.commit(QueuedTurn(session_id, commit, token, now))
@@ -412,49 +421,11 @@ def check_sqlite_folder(url: str, path: Path) -> None:
     raise StorePathInvalid(url, f"folder {folder} does not exist (create it first)")
 
 
-def _write_lone(store: SQLiteStore, batch: list[QueuedTurn]) -> bool:
-    """Write a lone turn in this thread, as :meth:`SQLiteStore.append_turn` always did,
-    when one session alone has been writing and the database thread is idle; ``False``
-    (nothing written) sends the batch to :func:`_write_batch`.
-
-    A lone turn of another session than the last batch's goes to the thread:
-    other sessions are at work, and blocking the loop for its fsync would stop
-    them from preparing the next batch meanwhile.
-    """
-    last, lone = store._lone, batch[0].sid if len(batch) == 1 else None
-    store._lone = lone
-    core, db = store._core, store._db
-    if lone is None or last not in ("", lone) or not store._inline or core is None:
-        return False
-    if db is None or not db.claim():
-        return False
-    t = batch[0]
+def _on_asyncio() -> bool:
+    """Whether the running event loop is asyncio's (group commit calls into it from
+    other threads)."""
     try:
-        done, _ = core.try_inline(core.append_turn, (t.sid, t.commit, t.token, t.now))
-    except Exception as exc:
-        done = True
-        t.finish(exc)
-    else:
-        if done:
-            t.finish(None)
-    finally:
-        db.release()
-    return done
-
-
-async def _write_batch(store: SQLiteStore, batch: list[QueuedTurn]) -> None:
-    """Write one batch in one transaction in the database thread: one hand-off
-    for all its turns (a lone one as :meth:`SQLiteStore.append_turn` always did)."""
-    core = store._c
-    if len(batch) == 1:
-        t = batch[0]
-        try:
-            await store._run(core.append_turn, t.sid, t.commit, t.token, t.now)
-        except Exception as exc:
-            t.finish(exc)
-        else:
-            t.finish(None)
-        return
-    turns = [(t.sid, t.commit, t.token, t.now) for t in batch]
-    for t, error in zip(batch, await store._run(core.write_batch, turns), strict=True):
-        t.finish(error)
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

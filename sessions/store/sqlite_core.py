@@ -39,7 +39,15 @@ from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
 from sessions.store.witness import Witness
 
-__all__ = ["CHECKPOINT_WRITES", "REMEMBERED_MAX", "BatchTurn", "RememberedRows", "SQLiteCore"]
+__all__ = [
+    "CHECKPOINT_WRITES",
+    "REMEMBERED_MAX",
+    "BatchTurn",
+    "RememberedRows",
+    "SQLiteCore",
+    "batch_rows",
+    "count_write",
+]
 
 T = TypeVar("T")
 BatchTurn = tuple[str, TurnCommit, int, float]
@@ -82,6 +90,17 @@ class RememberedRows:
         rows.pop(st.id, None)
         rows[st.id] = st
         if len(rows) > REMEMBERED_MAX:
+            del rows[next(iter(rows))]  # the least recently used
+
+    def remember_all(self, states: Sequence[StateRow]) -> None:
+        """:meth:`remember` each of ``states`` (one write to the witness for all)."""
+        if self.witness is not None:
+            self.witness.seen_all((st.id, st.record_count, st.head_mac) for st in states)
+        rows = self.rows
+        for st in states:
+            rows.pop(st.id, None)
+            rows[st.id] = st
+        while len(rows) > REMEMBERED_MAX:
             del rows[next(iter(rows))]  # the least recently used
 
     def forget(self, sid: str) -> None:
@@ -185,11 +204,7 @@ class SQLiteCore:
         of them queue a background checkpoint."""
         with tx(self.conn, immediate=True):
             yield
-        self._writes += 1
-        self._unsaved = True
-        if self._writes >= CHECKPOINT_WRITES:
-            self._writes = 0
-            self._post(_weak(self.checkpoint))
+        count_write(self)
 
     # ------------------------------------------------------------------ sessions
 
@@ -314,13 +329,8 @@ class SQLiteCore:
         savepoint of its own, so only the turns at fault are refused.
         """
         with self._write():
-            written = _all_at_once(self, turns)
-            out: list[Exception | None] = [None] * len(turns)
-            if written is None:
-                written, out = _one_by_one(self, turns)
-            self.conn.executemany(_END_CHECKPOINT, [(st.id,) for st in written])
-        for st in written:
-            self.remembered.remember(st)
+            rows, out = batch_rows(self, turns)
+        self.remembered.remember_all(rows)
         return out
 
     def append_summary(self, sid: str, summary: Message, upto: int, token: int, now: float) -> None:
@@ -477,6 +487,30 @@ class SQLiteCore:
         self.conn.execute("DELETE FROM checkpoints WHERE session_id=?", (sid,))
         wipe_memory(self.conn, sid)
         return self.conn.execute("DELETE FROM sessions WHERE id=?", (sid,)).rowcount > 0
+
+
+def count_write(core: SQLiteCore) -> None:
+    """Count a committed write transaction; every :data:`CHECKPOINT_WRITES` of them
+    queue a background checkpoint."""
+    core._writes += 1
+    core._unsaved = True
+    if core._writes >= CHECKPOINT_WRITES:
+        core._writes = 0
+        core._post(_weak(core.checkpoint))
+
+
+def batch_rows(
+    core: SQLiteCore, turns: Sequence[BatchTurn]
+) -> tuple[list[StateRow], list[Exception | None]]:
+    """The body of :meth:`SQLiteCore.write_batch`, inside the caller's write
+    transaction: the new rows of the sessions written (to remember once committed),
+    and per turn ``None`` or the error that refused it."""
+    written = _all_at_once(core, turns)
+    out: list[Exception | None] = [None] * len(turns)
+    if written is None:
+        written, out = _one_by_one(core, turns)
+    core.conn.executemany(_END_CHECKPOINT, [(st.id,) for st in written])
+    return written, out
 
 
 def _all_at_once(core: SQLiteCore, turns: Sequence[BatchTurn]) -> list[StateRow] | None:

@@ -21,7 +21,7 @@ from sessions.errors import (
     StoreReadOnly,
     StoreVersionUnsupported,
 )
-from sessions.store.migrations import SCHEMA_VERSION, SQLITE
+from sessions.store.migrations import SQLITE, SQLITE_READABLE, SQLITE_VERSION
 
 __all__ = ["AUTOCHECKPOINT_PAGES", "busy", "connect", "connect_read_only", "translate", "tx"]
 
@@ -98,13 +98,13 @@ def connect_read_only(url: str, path: Path, *, busy_ms: int) -> sqlite3.Connecti
 
 
 def _check_read_only_version(url: str, path: Path, version: int) -> None:
-    if version > SCHEMA_VERSION:
+    if version > SQLITE_VERSION:
         raise StoreVersionUnsupported(
             url,
             f"{path}: schema version {version} is newer than this code supports "
-            f"({SCHEMA_VERSION}); upgrade turngraph to open it",
+            f"({SQLITE_VERSION}); upgrade turngraph to open it",
         )
-    if version < SCHEMA_VERSION:
+    if version < SQLITE_READABLE:
         raise StoreReadOnly(
             url, f"{path}: read-only, and its schema (version {version}) needs an upgrade"
         )
@@ -177,17 +177,17 @@ def _precheck(url: str, path: Path) -> None:
 def _migrate(url: str, path: Path, conn: sqlite3.Connection) -> None:
     with tx(conn, immediate=True):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        if version > SQLITE_VERSION:
             raise StoreVersionUnsupported(
                 url,
                 f"{path}: schema version {version} is newer than this "
-                f"code supports ({SCHEMA_VERSION}); upgrade turngraph to open it",
+                f"code supports ({SQLITE_VERSION}); upgrade turngraph to open it",
             )
-        for step in range(version + 1, SCHEMA_VERSION + 1):
+        for step in range(version + 1, SQLITE_VERSION + 1):
             for statement in SQLITE[step]:
                 conn.execute(statement)
-        if version != SCHEMA_VERSION:
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version != SQLITE_VERSION:
+            conn.execute(f"PRAGMA user_version={SQLITE_VERSION}")
 
 
 def busy(exc: sqlite3.Error) -> bool:

@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -120,6 +121,17 @@ class Witness:
             return  # known already, or behind what is witnessed: nothing to add
         self._heads[sid] = (records, bytes(mac))
         self._append(b"A %s %d %s\n" % (sid.encode(), records, mac.hex().encode()))
+
+    def seen_all(self, heads: Iterable[tuple[str, int, bytes]]) -> None:
+        """:meth:`seen` for each ``(sid, records, mac)``, in one write to the file
+        (a group commit's turns)."""
+        lines = []
+        for sid, records, mac in heads:
+            if self._heads.get(sid, (-1, b""))[0] < records:
+                self._heads[sid] = (records, bytes(mac))
+                lines.append(b"A %s %d %s\n" % (sid.encode(), records, mac.hex().encode()))
+        if lines:
+            self._append(b"".join(lines))
 
     def reset(self, sid: str, records: int = 0, mac: bytes = GENESIS) -> None:
         """Set ``sid``'s head whatever it was (a session created or imported anew)."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from engine.errors import HandlerError, TurngraphError
+from engine.errors import GatePaused, HandlerError, TurngraphError
 from sessions.cluster import (
     ClusterStoreRefused,
+    ClusterUnavailable,
     HostError,
     RayNotInstalled,
     RaySessions,
@@ -18,6 +21,8 @@ from sessions.cluster import (
 from sessions.cluster.wire import Reply, pack_error, turn_reply, unpack_error
 from sessions.errors import Fenced, SessionBusy, StoreError
 from sessions.session import TurnResult
+
+from .conftest import import_ray_or_skip
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -75,6 +80,13 @@ def test_session_errors_cross_the_hop_as_themselves() -> None:
     )
 
 
+def test_a_paused_turn_keeps_its_question_and_choices_across_the_hop() -> None:
+    """A gate's pause carries a tuple of choices: it crosses the hop with them."""
+    paused = TurnResult("", "paused", 1, (), GatePaused("approve", "Deploy?", ("go", "skip")))
+    back = pickle.loads(pickle.dumps(turn_reply(paused))).unwrap()
+    assert (back.question, back.choices) == ("Deploy?", ("go", "skip"))
+
+
 def test_foreign_errors_become_host_errors() -> None:
     """Anything not a turngraph error arrives as a HostError naming its type."""
     err = unpack_error(pack_error(KeyError("x")))
@@ -92,3 +104,23 @@ def test_a_failed_turn_keeps_its_error_across_the_hop() -> None:
     result = reply.unwrap()
     assert isinstance(result.error, HandlerError)
     assert (result.turn, result.status, str(result.error)) == (3, "fail", str(cause))
+
+
+def _refusing_port() -> int:
+    """A loopback port nothing listens on (bound, never listened: connections refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [("127.0.0.1:{port}", "Connection refused"), ("nonsense:x", "is not HOST:PORT")],
+)
+def test_an_address_without_a_cluster_is_refused_at_once(address: str, reason: str) -> None:
+    """A ``HOST:PORT`` that refuses connections is ``ClusterUnavailable`` before Ray
+    is started (``ray.init`` would retry it for minutes); so is a malformed address."""
+    import_ray_or_skip()
+    client = RaySessions(PG, address=address.format(port=_refusing_port()))
+    with pytest.raises(ClusterUnavailable, match=reason):
+        client.connect()

@@ -156,6 +156,14 @@ def shape(item: Any) -> tuple[str, dict[str, Any]]:
     return type(item).__name__, fields
 
 
+async def test_hosts_run_at_the_callers_priority(client: RaySessions) -> None:
+    """Ray starts worker processes at niceness 15; the hosts serve interactive turns
+    and run at 0, like this process (else any other work on the node starves them)."""
+    pids = [i["pid"] for i in await client.info()]
+    assert len(pids) == 3
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {0}
+
+
 async def test_stream_yields_the_same_events_as_in_process(
     client: RaySessions, pg_schema_url: str
 ) -> None:

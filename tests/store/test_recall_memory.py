@@ -16,7 +16,7 @@ from engine.messages import MemoryItem
 from engine.registry import HandlerRegistry
 from sessions import Limits, SessionManager
 from sessions.store import SessionMeta, open_store
-from sessions.store.migrations import POSTGRES, SCHEMA_VERSION, SQLITE
+from sessions.store.migrations import POSTGRES, SCHEMA_VERSION, SQLITE, SQLITE_VERSION
 from sessions.store.recall import StoreMemory, bm25, tokens
 
 from . import SECRET, commit
@@ -225,7 +225,7 @@ async def test_a_version_3_sqlite_store_migrates(tmp_path: Path) -> None:
         found = await manager.store.recall_memory("kiwi", session_id="old")  # type: ignore[attr-defined]
         assert _texts(found) == ["migrations keep the kiwi"]
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (SQLITE_VERSION,)
     raw.close()
 
 

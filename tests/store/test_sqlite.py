@@ -27,7 +27,7 @@ from sessions.store import (
     open_store,
 )
 from sessions.store.base import SessionMeta
-from sessions.store.migrations import SCHEMA_VERSION
+from sessions.store.migrations import SQLITE_VERSION as SCHEMA_VERSION
 
 from . import SECRET, fill
 

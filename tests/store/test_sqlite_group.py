@@ -4,6 +4,7 @@ and every guarantee still holds per turn (isolation of refused turns, order, fen
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from sessions.errors import Fenced, StoreError, Unstorable
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta, TurnCommit
+from sessions.store.sqlite_group import BATCH_MAX, BATCH_MIN, Committer, QueuedTurn, batch_limit
 
 from . import SECRET, commit
 
@@ -266,3 +268,127 @@ async def test_a_turn_whose_recall_memory_cannot_be_stored_fails_alone(
     found = await store.recall_memory("zebra", session_id="s2")
     assert [item.text for item in found] == ["zebra fine"]
     assert await store.recall_memory("ok", session_id="s1") == ()
+
+
+class GatedCommit:
+    """A ``COMMIT`` that records its start and end in ``events`` and waits, before
+    running the real statement (its log write and fsync), until its gate (one per
+    call, in ``gates``) is set; ``fail``: it raises SQLite's I/O error instead."""
+
+    def __init__(self, events: list[str], fail: bool = False) -> None:
+        self.events, self.fail = events, fail
+        self.gates: list[threading.Event] = []
+        self.started = threading.Semaphore(0)
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        gate = threading.Event()
+        self.gates.append(gate)
+        self.events.append("commit-start")
+        self.started.release()
+        gate.wait(30)
+        if self.fail:
+            raise sqlite3.OperationalError("disk I/O error")
+        conn.execute("COMMIT")
+        self.events.append("commit-end")
+
+
+def gate_commits(store: SQLiteStore, events: list[str], fail: bool = False) -> GatedCommit:
+    """Route the commits of the store's batches through a :class:`GatedCommit`, and
+    record the start of each write transaction (``BEGIN IMMEDIATE``) in ``events``."""
+    gated = GatedCommit(events, fail)
+    assert store._committer is not None and store._core is not None
+    store._committer.stop()
+    store._committer = Committer("test-commit", gated)
+    store._core.conn.set_trace_callback(
+        lambda sql: events.append("write") if sql == "BEGIN IMMEDIATE" else None
+    )
+    return gated
+
+
+async def test_a_batch_formed_during_a_commit_is_acknowledged_after_its_own(
+    store: SQLiteStore,
+) -> None:
+    """While one batch's commit (log write and fsync) runs in the committer thread,
+    turns of other sessions queue and are not written; once it ends, that batch is
+    acknowledged and the queued turns are written as the next batch, whose callers
+    wait for its own commit (on the real file)."""
+    tokens = await new_sessions(store, 4)
+    events: list[str] = []
+    fsync = gate_commits(store, events)
+
+    async def send(sid: str) -> None:
+        await store.append_turn(sid, commit(1, 0), token=tokens[sid])
+        events.append(f"ack {sid}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "s0")
+        tg.start_soon(send, "s1")
+        await anyio.to_thread.run_sync(fsync.started.acquire)  # s0 and s1: committing
+        tg.start_soon(send, "s2")
+        tg.start_soon(send, "s3")
+        await anyio.wait_all_tasks_blocked()
+        assert events == ["write", "commit-start"]  # nobody acknowledged yet
+        reader = sqlite3.connect(store.path)  # another connection: the batch is not visible
+        assert reader.execute("SELECT count(*) FROM records").fetchone() == (0,)
+        reader.close()
+        fsync.gates[0].set()
+        await anyio.to_thread.run_sync(fsync.started.acquire)  # s2 and s3: theirs
+        await anyio.wait_all_tasks_blocked()
+        assert events[2:4] == ["commit-end", "write"]
+        assert sorted(events[4:]) == ["ack s0", "ack s1", "commit-start"]
+        fsync.gates[1].set()
+    assert events[-3:-2] == ["commit-end"] and sorted(events[-2:]) == ["ack s2", "ack s3"]
+    for sid in tokens:
+        assert await store.verify(sid) == 3
+
+
+async def test_a_failed_commit_fails_its_batch_and_writes_nothing(store: SQLiteStore) -> None:
+    """If a batch's commit fails in the committer thread, each of its callers gets a
+    typed error, nothing of it is written, and the sessions write on afterwards."""
+    tokens = await new_sessions(store, 2)
+    fsync = gate_commits(store, [], fail=True)
+    got: list[object] = []
+
+    async def send(sid: str) -> None:
+        try:
+            await store.append_turn(sid, commit(1, 0), token=tokens[sid])
+        except StoreError as exc:
+            got.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "s0")
+        tg.start_soon(send, "s1")
+        await anyio.to_thread.run_sync(fsync.started.acquire)
+        fsync.gates[0].set()
+    assert len(got) == 2
+    assert all(isinstance(e, StoreError) and "disk I/O error" in str(e) for e in got), got
+    assert store._committer is not None
+    store._committer.stop()
+    store._committer = Committer("test-commit")
+    for sid, tok in tokens.items():
+        assert (await store.load(sid)).meta.turn_count == 0
+        await store.append_turn(sid, commit(1, 0), token=tok)
+        assert await store.verify(sid) == 3
+
+
+async def test_a_batch_takes_half_of_the_sessions_at_work(store: SQLiteStore) -> None:
+    """40 sessions' turns at once go in two batches of 20: while one is fsynced, the
+    other half of the sessions can prepare their next turns."""
+    tokens = await new_sessions(store, 40)
+    group = store._group
+    assert group is not None
+    commits = count_commits(store)
+    before = group.batches
+    got = await outcomes(store, [(sid, commit(1, 0), tok) for sid, tok in tokens.items()])
+    assert got == [None] * 40
+    assert group.batches - before == 2 and len(commits) == 2
+
+
+def test_the_batch_limit() -> None:
+    """Half the sessions at work (last batch's and queued, counted once), between
+    BATCH_MIN and BATCH_MAX."""
+    queued = [QueuedTurn(f"q{i}", commit(1, 0), 0, 0.0) for i in range(60)]
+    assert batch_limit(queued, frozenset(f"b{i}" for i in range(40))) == 50
+    assert batch_limit(queued, frozenset(f"q{i}" for i in range(40))) == 30
+    assert batch_limit(queued[:3], frozenset()) == BATCH_MIN
+    assert batch_limit(queued * 20, frozenset(f"b{i}" for i in range(2000))) == BATCH_MAX

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sessions.errors import SessionTampered
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import Message, SessionMeta
-from sessions.store.migrations import SCHEMA_VERSION, SQLITE
+from sessions.store.migrations import SQLITE, SQLITE_VERSION
 
 from . import SECRET, commit, fill
 
@@ -142,7 +142,7 @@ async def test_a_version_1_file_is_migrated_and_reads_the_same(tmp_path: Path) -
         assert [m.seq for m in loaded.recent] == [46, 47, 48, 49]
     conn = sqlite3.connect(path)
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_VERSION
     conn.close()
     assert "records_by_key" not in indexes and "records_summaries" in indexes
     async with open_store(f"sqlite:///{path}", secret=SECRET) as store:
@@ -175,3 +175,73 @@ async def test_an_edited_key_column_is_reported_as_tampering(
         call = store.load("s", recent=5) if read == "load" else store.turns("s", 3, 4)
         with pytest.raises(SessionTampered, match="'s'"):
             await call
+
+
+def _sqlite_schema(path: Path, version: int) -> None:
+    """An empty store file at schema ``version``, as that version's code made it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for step in range(1, version + 1):
+        for statement in SQLITE[step]:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version={version}")
+    conn.close()
+
+
+def _all_records(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT * FROM records ORDER BY session_id, rseq").fetchall()
+    conn.close()
+    return rows
+
+
+def _records_layout(path: Path) -> tuple[str, set[str]]:
+    """The ``records`` table's definition and the names of its indexes."""
+    conn = sqlite3.connect(path)
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name='records'").fetchone()[0]
+    names = conn.execute("SELECT name FROM sqlite_master WHERE tbl_name='records'").fetchall()
+    conn.close()
+    return sql, {n for (n,) in names if n != "records"}
+
+
+async def test_a_version_4_file_moves_its_records_to_a_rowid_table(tmp_path: Path) -> None:
+    """A store written at schema 4 (records clustered by session) opens at version 5:
+    every record is copied unchanged (each chain verifies, reads answer the same), the
+    table has a rowid and an index on (session_id, rseq), and writing goes on."""
+    path = tmp_path / "v4.db"
+    _sqlite_schema(path, 4)
+    v4 = SQLiteStore(f"sqlite:///{path}", path, secret=SECRET)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sessions.store.sqlite_open._migrate", lambda *args: None)
+        await v4.open()
+    async with v4:
+        tokens = {sid: await fill(v4, sid, 12) for sid in ("a", "b")}
+        await v4.append_summary("a", Message(0, "summary", "early", 0, 1.0), 9, token=tokens["a"])
+    before = _all_records(path)
+    assert "WITHOUT ROWID" in _records_layout(path)[0]
+    async with open_store(f"sqlite:///{path}", secret=SECRET) as store:
+        assert isinstance(store, SQLiteStore)
+        assert await store.verify("a") == 12 * 3 + 1 and await store.verify("b") == 12 * 3
+        assert _all_records(path) == before
+        assert [m.seq for m in await store.messages("b", 5, 3)] == [5, 6, 7]
+        loaded = await store.load("a", recent=2)
+        assert loaded.summary is not None and loaded.summary.content == "early"
+        await fill(store, "b", 2)
+        assert await store.verify("b") == 14 * 3
+    sql, indexes = _records_layout(path)
+    assert "WITHOUT ROWID" not in sql
+    assert indexes == {"records_by_seq", "records_summaries"}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SQLITE_VERSION
+    conn.close()
+
+
+async def test_a_version_4_file_is_read_where_it_cannot_be_migrated(tmp_path: Path) -> None:
+    """Read-only, a schema 4 file (records clustered by session) is read as it is."""
+    from sessions.store.sqlite_open import connect_read_only
+
+    path = tmp_path / "v4.db"
+    _sqlite_schema(path, 4)
+    conn = connect_read_only(f"sqlite:///{path}", path, busy_ms=100)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    conn.close()

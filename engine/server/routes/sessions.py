@@ -143,8 +143,10 @@ async def import_(request: Request) -> Response:
     if replace:
         meta = doc.get("meta")
         sid = meta.get("id") if isinstance(meta, Mapping) else None
-        if isinstance(sid, str) and sid in {s.id for s in st.manager.live}:
-            await st.manager.close(sid)  # the imported copy replaces a hosted one
+        if isinstance(sid, str):
+            # The imported copy replaces a hosted one (on a cluster, maybe on a host:
+            # not in ``live``): stop hosting it first, releasing its lease.
+            await st.manager.close(sid)
     imported = await st.manager.store.import_(doc, replace=replace)
     return json(meta_json(imported), 201)
 

@@ -32,9 +32,8 @@ from engine.server.errors import BadRequest, NotFound, ShuttingDown, error_body
 from engine.server.http import json, page, read_json, state
 from engine.server.routes.sessions import session_id
 from engine.server.sse import event_frame, frame, result_json
-from engine.server.state import ServerState
-from sessions import Session, TurnResult
-from sessions.stream import TurnStream
+from engine.server.state import ServerState, TurnEvents, TurnSession
+from sessions import TurnResult
 
 __all__ = ["ROUTES", "answer_turn", "item_frame", "open_for_turn", "run_turn"]
 
@@ -62,7 +61,7 @@ async def post_turn(request: Request) -> Response:
     return json(result_json(sid, await run_turn(st, session, text)))
 
 
-async def open_for_turn(st: ServerState, sid: str) -> Session:
+async def open_for_turn(st: ServerState, sid: str) -> TurnSession:
     """The session, hosted for a turn; ``ShuttingDown`` (503) while draining, checked
     before the session is loaded (and its lease taken)."""
     if st.draining:
@@ -70,7 +69,7 @@ async def open_for_turn(st: ServerState, sid: str) -> Session:
     return await st.open(sid)
 
 
-async def run_turn(st: ServerState, session: Session, text: str) -> TurnResult:
+async def run_turn(st: ServerState, session: TurnSession, text: str) -> TurnResult:
     """One plain (not streamed) turn, counted in flight; when someone watches the
     session its events are published to them (:mod:`engine.server.live`)."""
     with st.turn():
@@ -79,7 +78,7 @@ async def run_turn(st: ServerState, session: Session, text: str) -> TurnResult:
         return await session.send(text)
 
 
-async def _watched(st: ServerState, session: Session, text: str) -> TurnResult:
+async def _watched(st: ServerState, session: TurnSession, text: str) -> TurnResult:
     """``session.send(text)``, its events published to the session's watchers."""
     publish = st.live.publish
     try:
@@ -94,7 +93,7 @@ async def _watched(st: ServerState, session: Session, text: str) -> TurnResult:
     raise AssertionError("a turn stream ended without its result")  # pragma: no cover
 
 
-def _stream(st: ServerState, session: Session, text: str) -> Response:
+def _stream(st: ServerState, session: TurnSession, text: str) -> Response:
     """The turn as SSE; the turn itself runs in the server's task group (see module)."""
     if st.tg is None:
         raise ShuttingDown("the server is not running")
@@ -110,7 +109,7 @@ def _stream(st: ServerState, session: Session, text: str) -> Response:
 
 
 async def _pump(
-    st: ServerState, sid: str, events: TurnStream, send: MemoryObjectSendStream[Item]
+    st: ServerState, sid: str, events: TurnEvents, send: MemoryObjectSendStream[Item]
 ) -> None:
     """Run the turn to its end, handing each item on while the client listens, and to
     the session's watchers (:mod:`engine.server.live`)."""
@@ -180,7 +179,7 @@ async def post_retry(request: Request) -> Response:
 async def _go_on(
     st: ServerState,
     sid: str,
-    step: Callable[[Session, Observer | None], Awaitable[TurnResult]],
+    step: Callable[[TurnSession, Observer | None], Awaitable[TurnResult]],
 ) -> TurnResult:
     """Run an answered or retried turn; published to the session's watchers like a
     plain turn (:func:`run_turn`)."""
