@@ -12,6 +12,7 @@ __all__ = ["BENCHMARKS"]
 
 BENCHMARKS: tuple[str, ...] = (
     "engine_turn",
+    "parallel",
     "load",
     "dot_read",
     "cli",

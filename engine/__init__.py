@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from engine.graph import Condition, Edge, Graph, Node, RetryPolicy, Value
     from engine.loader import load_graph
     from engine.outcome import NodeRecord, Outcome, RunResult, Status
+    from engine.parallel import current_branch
     from engine.registry import Handler, HandlerRegistry
     from engine.runner import Engine
 
@@ -104,6 +105,7 @@ _SOURCES: dict[str, str] = {
     "TurnTimeout": "engine.errors",
     "TurngraphError": "engine.errors",
     "Value": "engine.graph",
+    "current_branch": "engine.parallel",
     "load_graph": "engine.loader",
 }
 """Each public name → the submodule that defines it."""
@@ -168,5 +170,6 @@ __all__ = [
     "TurnTimeout",
     "TurngraphError",
     "Value",
+    "current_branch",
     "load_graph",
 ]

@@ -2,10 +2,12 @@
 
 A fan-out node (handler ``parallel``, ``shape=component``) starts one branch per
 outgoing edge; every branch must reach the same fan-in node (handler
-``parallel.fan_in``, ``shape=tripleoctagon``) and nothing else that ends a walk.  This
-module finds that fan-in and reports, at load time, fan-outs without one, branches that
-escape to an exit, and nested fan-outs (not supported).  It reads settings once
-(:func:`join_spec`); the runtime lives in :mod:`engine.parallel`.
+``parallel.fan_in``, ``shape=tripleoctagon``) and nothing else that ends a walk.  A
+branch may hold a fan-out of its own (nesting): its branches must join at a fan-in of
+their own inside the outer branch, and the outer walk goes on from that inner fan-in.
+This module finds the fan-ins and reports, at load time, fan-outs without one, branches
+that escape to an exit, and nested fan-outs sharing their outer fan-in.  It reads
+settings once (:func:`join_spec`); the runtime lives in :mod:`engine.parallel`.
 """
 
 from __future__ import annotations
@@ -74,11 +76,21 @@ def _successors(edges: Sequence[Edge]) -> dict[str, list[str]]:
 
 
 def _explore(
-    begin: str, succ: Mapping[str, list[str]], nodes: Mapping[str, Node], exits: Collection[str]
-) -> tuple[set[str], list[str]]:
-    """(fan-ins reached, problems) walking from ``begin`` without passing a fan-in."""
+    begin: str,
+    succ: Mapping[str, list[str]],
+    nodes: Mapping[str, Node],
+    exits: Collection[str],
+    within: tuple[str, ...],
+) -> tuple[set[str], list[str], dict[str, str]]:
+    """(fan-ins reached, problems, nested fan-out -> its fan-in) walking from ``begin``
+    without passing a fan-in.
+
+    A nested fan-out is stepped over: the walk goes on after its own fan-in.
+    ``within``: the fan-outs whose branches are being walked (outermost first).
+    """
     fan_ins: set[str] = set()
     problems: list[str] = []
+    stepped: dict[str, str] = {}
     seen, todo = {begin}, [begin]
     while todo:
         here = todo.pop()
@@ -86,26 +98,44 @@ def _explore(
         if handler == FAN_IN:
             fan_ins.add(here)
             continue
+        after = here
         if handler == FAN_OUT:
-            problems.append(f"reaches fan-out {here!r}: nested parallel is not supported")
-            continue
-        if here in exits:
+            if here in within:
+                problems.append(f"leads back into fan-out {here!r}")
+                continue
+            inner, _ = _fan_in_of(here, succ, nodes, exits, (*within, here))
+            if inner is None:  # why is reported on the inner fan-out itself
+                problems.append(f"reaches fan-out {here!r}, which cannot join")
+                continue
+            stepped[here] = after = inner
+        elif here in exits:
             problems.append(f"escapes to exit {here!r} without passing a fan-in")
             continue
-        for nxt in succ.get(here, ()):
+        for nxt in (*succ.get(after, ()), *_retry_targets(nodes.get(here))):
             if nxt not in seen:
                 seen.add(nxt)
                 todo.append(nxt)
-    return fan_ins, problems
+    return fan_ins, problems, stepped
 
 
-def find_fan_in(
-    fan_out: str, nodes: Mapping[str, Node], edges: Sequence[Edge], exits: Collection[str]
+def _retry_targets(node: Node | None) -> tuple[str, ...]:
+    """Where a failing ``node`` may send the walk besides its edges: a branch goes there too."""
+    if node is None:
+        return ()
+    return tuple(t for t in (node.retry_target, node.fallback_retry_target) if t)
+
+
+def _fan_in_of(
+    fan_out: str,
+    succ: Mapping[str, list[str]],
+    nodes: Mapping[str, Node],
+    exits: Collection[str],
+    within: tuple[str, ...],
 ) -> tuple[str | None, list[str]]:
-    """The fan-in every branch of ``fan_out`` reaches, and the problems found on the way."""
-    succ = _successors(edges)
     common: set[str] | None = None
     problems: list[str] = []
+    reached: set[str] = set()
+    stepped: dict[str, str] = {}
     branches = succ.get(fan_out, [])
     if not branches:
         problems.append("has no outgoing branch")
@@ -113,16 +143,36 @@ def find_fan_in(
         if nodes.get(start) is not None and nodes[start].handler == FAN_IN:
             problems.append(f"edge straight to fan-in {start!r}: a branch needs a node")
             continue
-        fan_ins, found = _explore(start, succ, nodes, exits)
+        fan_ins, found, inner = _explore(start, succ, nodes, exits, within)
         problems += [f"branch {start!r} {p}" for p in found]
         if len(fan_ins) > 1:
             problems.append(f"branch {start!r} reaches several fan-ins: {sorted(fan_ins)}")
         common = fan_ins if common is None else common & fan_ins
-    if not common:
+        reached |= fan_ins
+        stepped.update(inner)
+    shared = [
+        f"nests fan-out {inner!r}, which joins at {join!r} too: a nested fan-out "
+        "needs a fan-in of its own inside the branch"
+        for inner, join in sorted(stepped.items())
+        if join in reached
+    ]
+    problems += shared
+    if not common or shared:
         if not problems:
             problems.append("no fan-in (shape=tripleoctagon) reachable from every branch")
         return None, problems
     return min(common), problems
+
+
+def find_fan_in(
+    fan_out: str, nodes: Mapping[str, Node], edges: Sequence[Edge], exits: Collection[str]
+) -> tuple[str | None, list[str]]:
+    """The fan-in every branch of ``fan_out`` reaches, and the problems found on the way.
+
+    A fan-out nested in a branch is stepped over (the branch goes on after its fan-in);
+    one joining at the outer fan-in is a problem: the two joins would be one node.
+    """
+    return _fan_in_of(fan_out, _successors(edges), nodes, exits, (fan_out,))
 
 
 def branch_issues(
@@ -132,8 +182,18 @@ def branch_issues(
     found: list[tuple[Node, str]] = []
     for node in nodes.values():
         if node.handler == FAN_OUT:
-            _, problems = find_fan_in(node.id, nodes, edges, exits)
+            fan_in, problems = find_fan_in(node.id, nodes, edges, exits)
             found += [(node, f"fan-out {p}") for p in problems]
+            spec = join_spec(nodes[fan_in]) if fan_in is not None else None
+            width = sum(1 for e in edges if e.src == node.id)
+            if isinstance(spec, JoinSpec) and spec.need is not None and spec.need > width:
+                found.append(
+                    (
+                        node,
+                        f"fan-out has {width} branches: its fan-in {fan_in!r} "
+                        f"({spec.policy}) can never join",
+                    )
+                )
         elif node.handler == FAN_IN:
             spec = join_spec(node)
             if isinstance(spec, str):

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -94,9 +95,13 @@ class RunPaused:
 
 @dataclass(frozen=True, slots=True)
 class NodeStarted:
-    """A node's handler is about to run (attempt 1); ``branch``: its parallel branch;
-    ``edge``: the ``Edge.index`` of the edge the walk came in by, when the node before
-    has several edges to this one (else the previous node names it)."""
+    """A node's handler is about to run (attempt 1).
+
+    ``branch`` on this and the other node events: the parallel branch the visit runs in
+    (``a``, ``a/x`` when nested), ``None`` outside one.  ``edge``: the ``Edge.index`` of
+    the edge the walk came in by, when the node before has several edges to this one
+    (else the previous node names it).
+    """
 
     run_id: str
     node_id: str
@@ -115,6 +120,7 @@ class NodeRetrying:
     attempt: int
     delay: float
     reason: str
+    branch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,7 @@ class NodeCompleted:
     duration: float
     usage: Usage | None = None
     """The model tokens the visit used, when its handler reported them."""
+    branch: str | None = None
     changed: tuple[str, ...] = ()
     """The context keys the visit wrote (its record's ``changed``: the same tuple)."""
 
@@ -143,6 +150,7 @@ class NodeFailed:
     attempts: int
     duration: float
     reason: str
+    branch: str | None = None
 
 
 class TextDelta(msgspec.Struct, frozen=True):
@@ -243,6 +251,7 @@ class StructlogObserver:
                 status=event.status,
                 attempt=event.attempts,
                 duration_ms=round(event.duration * 1000, 3),
+                **_branch_field(event.branch),
             )
         elif isinstance(event, NodeFailed):
             log.error(
@@ -254,6 +263,7 @@ class StructlogObserver:
                 attempt=event.attempts,
                 duration_ms=round(event.duration * 1000, 3),
                 reason=event.reason,
+                **_branch_field(event.branch),
             )
         elif isinstance(event, NodeRetrying):
             log.warning(
@@ -264,6 +274,7 @@ class StructlogObserver:
                 attempt=event.attempt,
                 delay_s=round(event.delay, 4),
                 reason=event.reason,
+                **_branch_field(event.branch),
             )
         elif isinstance(event, RunStarted):
             log.debug("run.start", run_id=event.run_id, graph=event.graph)
@@ -293,6 +304,14 @@ class StructlogObserver:
                 node=event.node_id,
                 error=event.error,
             )
+
+
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _branch_field(branch: str | None) -> Mapping[str, Any]:
+    """``branch=`` for a node's log line inside a parallel branch; nothing outside one."""
+    return _NO_FIELDS if branch is None else {"branch": branch}
 
 
 _fallback = logging.getLogger("turngraph.events")

@@ -118,7 +118,8 @@ _STRUCTURAL_NAMES = ("start", "exit", "done", "conditional")
 PARALLEL = Declaration(
     summary="A fan-out (``shape=component``): the engine runs each outgoing edge's target "
     "as a branch, concurrently, on its own copy-on-write view of the context, until "
-    "every branch reaches the one fan-in (``shape=tripleoctagon``).",
+    "every branch reaches the one fan-in (``shape=tripleoctagon``).  A branch may hold "
+    "a fan-out of its own, joined at its own fan-in inside the branch.",
     attrs=(Attr("max_parallel", "int", None, "at most this many branches at once; default all"),),
 )
 """The fan-out's declaration: the engine itself runs its branches (:mod:`engine.parallel`)."""

@@ -51,7 +51,6 @@ from engine.errors import (
     HandlerError,
     HandlerTimeout,
     Issue,
-    JoinError,
     MaxStepsExceeded,
     NoRouteError,
     RunError,
@@ -75,7 +74,7 @@ from engine.events import (
 from engine.gates import GATE_HANDLERS, Gate, compile_gate, take_answer
 from engine.graph import Graph, Node
 from engine.outcome import SUCCESS, NodeRecord, Outcome, RunResult, Status
-from engine.parallel import Fan, Walk, run_branches
+from engine.parallel import Ctx, Fan, Walk, fan_out
 from engine.registry import HandlerRegistry, HandlerSpec
 from engine.scopes import call_with_deadline
 from engine.subgraphs import Prefixed, child_context, key_map, outputs_of
@@ -86,11 +85,13 @@ DEFAULT_MAX_STEPS = 1000
 
 OnEnter = Callable[[Node], None]
 """Called with each node just before its handler runs: cheap (no event object is built),
-for state that must follow the walk live, such as a session's phase."""
+for state that must follow the walk live, such as a session's phase.  Inside a parallel
+branch, :func:`engine.current_branch` names the branch."""
 
 OnStep = Callable[[NodeRecord, "str | None", Mapping[str, Any]], Awaitable[None]]
 """Awaited after each node with its record, the chosen next node (None at an exit) and
-the context: the hook for checkpoints and streaming."""
+the context: the hook for checkpoints and streaming.  A branch's record carries its
+``branch``; a branch's last step names its fan-in as the next node."""
 
 _perf = time.perf_counter
 _FAILED: frozenset[str] = frozenset({"fail", "retry"})
@@ -215,7 +216,9 @@ def _compile_fan(graph: Graph, node: Node) -> Fan:
         raise GraphValidationError(graph.path, (issue,))
     branches = tuple(e.dst for e in graph.out_edges(node.id))
     width = node.attrs.get("max_parallel")
-    return Fan(branches, fan_in, width if isinstance(width, int) else len(branches), join)
+    width = width if isinstance(width, int) else len(branches)
+    on_fail = node.retry_target or node.fallback_retry_target
+    return Fan(node.id, branches, fan_in, width, join, on_fail)
 
 
 def _compile_gates(graph: Graph) -> tuple[_Gate, ...]:
@@ -374,7 +377,9 @@ class Engine:
         ``context`` is copied once into the run's mapping; handlers see a read-only
         live view of it.  Node failures end in ``RunResult(status="fail", error=...)``;
         cancellation is re-raised after observers hear of it.  ``on_enter`` is called
-        with each node before it runs; ``on_step`` is awaited after it ran.
+        with each node before it runs; ``on_step`` is awaited after it ran; both also for
+        the nodes of parallel branches, from the branches' tasks (a fan-out's own
+        ``on_step`` comes after its join).
 
         ``time_limit`` (seconds) bounds the whole run, and so does the graph's
         ``turn_timeout`` attribute (the shorter wins: a graph may tighten the caller's
@@ -457,7 +462,8 @@ class Engine:
         """The loop: run a node, apply its outcome, choose the next; returns the exit id.
 
         A branch of a fan-out walks with ``stop`` (its fan-in: returns before entering
-        it) and ``branch`` (its name, put in its records and events).
+        it) and ``branch`` (its id, put in its records and events; a fan-out inside it
+        names its branches ``branch/first``).
         """
         view = MappingProxyType(ctx)
         steps = plan.steps
@@ -494,7 +500,8 @@ class Engine:
                 via = hop[1]
                 trace[-1] = record = msgspec.structs.replace(record, edge=via)
             if step.fan is not None and nxt is not None and status not in _FAILED:
-                nxt = await self._fan_out(plan, step, step.fan, ctx, trace, rid, obs)
+                walk = self._brancher(plan, rid, obs, step.fan, on_step, on_enter)
+                nxt = await fan_out(step.fan, walk, ctx, trace, branch)
             if nxt is None and plan.gates:  # an exit: every goal gate must have succeeded
                 gate_tries = {} if gate_tries is None else gate_tries
                 nxt = _unmet_gate(plan.gates, view, node_id, gate_tries) or None
@@ -504,42 +511,25 @@ class Engine:
                 return node_id
             node_id = nxt
 
-    async def _fan_out(
+    def _brancher(
         self,
         plan: _Plan,
-        step: _Step,
-        fan: Fan,
-        ctx: MutableMapping[str, Any],
-        trace: list[NodeRecord],
         rid: str,
         obs: tuple[Observer, ...],
-    ) -> str:
-        """Run ``fan``'s branches; the fan-in next, or the fan-out's retry target when
-        the join failed and it has one (the failure is then the fan-out's status)."""
-        try:
-            await run_branches(fan, self._brancher(plan, rid, obs, fan), ctx, trace)
-        except JoinError:
-            if step.on_fail is None:
-                raise
-            ctx["outcome"] = ctx[step.status_key] = "fail"
-            return step.on_fail[0]
-        return fan.fan_in
+        fan: Fan,
+        on_step: OnStep | None,
+        on_enter: OnEnter | None,
+    ) -> Walk:
+        """The step loop for one branch of ``fan``, with the run's hooks, stopping at its
+        fan-in.  An observed branch gets an emitter of its own, set in its task's context
+        only, so a handler streaming in one branch names its own node, not a sibling's."""
 
-    def _brancher(self, plan: _Plan, rid: str, obs: tuple[Observer, ...], fan: Fan) -> Walk:
-        """The step loop for one branch of ``fan``: no hooks, stopping at its fan-in.
-
-        An observed branch gets an emitter of its own, set in its task's context only,
-        so a handler streaming in one branch names its own node, not a sibling's.
-        """
-
-        async def walk(
-            first: str, ctx: MutableMapping[str, Any], trace: list[NodeRecord], name: str
-        ) -> str:
+        async def walk(first: str, ctx: Ctx, trace: list[NodeRecord], name: str) -> str:
             emitter = Emitter(obs, rid) if obs else None
             if emitter is not None:
                 EMITTER.set(emitter)  # a task group task runs in a copy of the context
             return await self._walk(
-                plan, first, ctx, trace, rid, obs, None, None, emitter, fan.fan_in, name
+                plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter, fan.fan_in, name
             )
 
         return walk
@@ -574,7 +564,8 @@ class Engine:
                 delay = max(delay, asked)  # honour the server's Retry-After
             if obs:
                 why = outcome.reason or str(error)
-                notify(obs, NodeRetrying(rid, node.id, node.handler, attempt, delay, why))
+                retrying = NodeRetrying(rid, node.id, node.handler, attempt, delay, why, branch)
+                notify(obs, retrying)
             await self._sleep(delay)
             attempt += 1
         return outcome, _finish(node, outcome, attempt, t0, rid, obs, branch), error
@@ -727,23 +718,23 @@ def _finish(
         tuple(updates) if updates else (),
     )
     if obs:
+        took = record.duration
         if status == "fail":
             reason = outcome.reason or "failed"
-            notify(obs, NodeFailed(rid, node.id, node.handler, attempt, record.duration, reason))
+            notify(obs, NodeFailed(rid, node.id, node.handler, attempt, took, reason, branch))
         else:
-            notify(
-                obs,
-                NodeCompleted(
-                    rid,
-                    node.id,
-                    node.handler,
-                    status,
-                    attempt,
-                    record.duration,
-                    record.usage,
-                    record.changed,
-                ),
+            done = NodeCompleted(
+                rid,
+                node.id,
+                node.handler,
+                status,
+                attempt,
+                took,
+                record.usage,
+                branch,
+                record.changed,
             )
+            notify(obs, done)
     return record
 
 

@@ -27,8 +27,9 @@ with a unit, else a string.  Quotes do not matter: ``x="2"`` and ``x=2`` are bot
   node like any other (Graphviz creates it), so no edge can dangle;
 * ``retry_target`` / ``fallback_retry_target`` name existing nodes;
 * every fan-out (``parallel``) has one fan-in every branch reaches, no branch escapes to
-  an exit and none reaches another fan-out; a fan-in's ``join``/``merge`` are known
-  (:mod:`engine.branches`);
+  an exit or leads back into its fan-out, a fan-out nested in a branch joins at a fan-in
+  of its own; a fan-in's ``join``/``merge`` are known and a quorum is at most the number
+  of branches (:mod:`engine.branches`);
 * with a registry, every node's handler is registered (the error names the nearest
   registered handler and lists them all, nearest first).
 

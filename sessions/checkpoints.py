@@ -7,12 +7,23 @@ hook that saves the turn after each node, so a process that dies mid-turn leaves
 either keeps it for ``Session.resume`` (same graph, the next turn) or gives up on it:
 it is reported (``interrupted``, a ``turn.interrupted`` warning) and cleared, never
 replayed.  Paused and failed turns ride the same record (:mod:`sessions.gates`).
+
+Parallel branches are checkpointed at their boundaries only.  The nodes inside a branch
+are not saved one by one: a resume restarts at one node, and the branches' siblings,
+their overlays and the join's wait cannot be restarted from one node.  The fan-out's
+own step is the boundary: the engine reports it after the join, with the branches'
+writes merged into the context and the fan-in as the next node, so a turn that dies
+after a join resumes at the fan-in, and one that dies during the branches resumes at
+the last node before the fan-out (its branches run again).  The branches' visits, which
+the hook hears as they finish, are kept aside and put in the saved trace after their
+fan-out, branch by branch in edge order, as the run's own trace has them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,9 +38,10 @@ from sessions.store.base import Checkpoint
 from sessions.writer import SessionWriter
 
 if TYPE_CHECKING:
+    from engine.graph import Graph
     from engine.runner import OnStep
 
-__all__ = ["Checkpoints", "durable_context"]
+__all__ = ["Checkpoints", "durable_context", "graph_fingerprint"]
 
 
 def _jsonable(value: object, depth: int = 0) -> bool:
@@ -50,8 +62,27 @@ def durable_context(context: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in context.items() if not k.startswith("session.") and _jsonable(v)}
 
 
+def _targets(graph: Graph | None, node_id: str) -> tuple[str, ...]:
+    """Where ``node_id``'s edges lead, in edge order (a fan-out's branches)."""
+    return tuple(e.dst for e in graph.out_edges(node_id)) if graph is not None else ()
+
+
+def graph_fingerprint(graph: Graph) -> str:
+    """What a checkpoint records of the graph it ran: the source hash of ``graph`` and
+    of every sub-graph it includes, so that editing ``child.dot`` refuses a retry (or an
+    answer) as editing the parent does.  Any byte counts: a whitespace or comment edit
+    is a change.  A graph without sub-graphs keeps its plain source hash."""
+    if not graph.subgraphs:
+        return graph.source_hash
+    h = hashlib.sha256(graph.source_hash.encode())
+    for node_id in sorted(graph.subgraphs):
+        h.update(f"\0{node_id}\0{graph_fingerprint(graph.subgraphs[node_id])}".encode())
+    return h.hexdigest()
+
+
 class Checkpoints:
-    """The checkpoints of one session's turns graph (``graph_hash``: its source hash).
+    """The checkpoints of one session's turns graph (``graph_hash``: its
+    :func:`graph_fingerprint`).
 
     ``resumable``: a checkpoint found on load that ``Session.resume`` may continue.
     ``interrupted``: the last one given up on.  ``paused``: the turn waiting at a human
@@ -128,14 +159,27 @@ class Checkpoints:
         trace_id: str,
         prior: tuple[Mapping[str, Any], ...],
         start: tuple[str, Mapping[str, Any]],
+        graph: Graph | None = None,
+        *,
+        store: bool = True,
     ) -> OnStep:
-        """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node;
-        ``prior`` is the trace of the nodes a resumed turn ran before, ``start`` the
-        node it starts at and the context it carries in (kept in :attr:`point` as where
-        a retry would start, without the answer to a gate: a retry asks again)."""
+        """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node
+        outside parallel branches; ``prior`` is the trace of the nodes a resumed turn ran
+        before, ``start`` the node it starts at and the context it carries in (kept in
+        :attr:`point` as where a retry would start, without the answer to a gate: a retry
+        asks again); ``graph`` the graph run (its fan-outs' edge order orders the
+        branches' visits in the trace).  A retry point, like a checkpoint, is never
+        inside a branch: a turn that failed in one is retried from before its fan-out.
+
+        Not ``store``: the hook only tracks :attr:`point` and writes nothing.  A turn
+        that goes on from a pause or a failure runs so: the stored pause (or failure)
+        must stand until that turn commits, so that a process killed in the middle of it
+        leaves the question answerable (the failed turn retriable) in the next process,
+        which no running checkpoint would (no command resumes one)."""
         done: list[Mapping[str, Any]] = list(prior)
+        held: dict[str, list[Mapping[str, Any]]] = {}  # branch id -> its visits so far
         graph_hash = self.graph_hash
-        save = self._writer.save_checkpoint
+        save = self._writer.save_checkpoint if store else None
         kept = {k: v for k, v in durable_context(start[1]).items() if k != ANSWER_KEY}
         self.point = Checkpoint(
             turn, graph_hash, trace_id, text, "", start[0], kept, prior, time.time()
@@ -144,7 +188,16 @@ class Checkpoints:
         async def on_step(
             record: NodeRecord, next_node: str | None, ctx: Mapping[str, Any]
         ) -> None:
-            done.append(record.to_dict())
+            branch = record.branch
+            visits: list[Mapping[str, Any]] = [record.to_dict()]
+            if held:  # a fan-out's step comes after its branches' visits
+                prefix = f"{branch}/" if branch is not None else ""
+                for first in _targets(graph, record.node_id):
+                    visits += held.pop(prefix + first, ())
+            if branch is not None:
+                held.setdefault(branch, []).extend(visits)
+                return  # inside a branch: no checkpoint (see the module's docstring)
+            done.extend(visits)
             if next_node is None:
                 return  # the commit that follows deletes the checkpoint
             cp = Checkpoint(
@@ -158,7 +211,8 @@ class Checkpoints:
                 tuple(done),
                 time.time(),
             )
-            await save(cp)
+            if save is not None:
+                await save(cp)
             self.point = cp
 
         return on_step

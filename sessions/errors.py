@@ -139,15 +139,25 @@ class NotPaused(SessionError):
     """``answer()`` on a session with no question waiting."""
 
 
+_CHOICE_SHOWN = 60
+"""Characters of a refused choice its message shows."""
+
+
 class UnknownChoice(SessionError):
     """``answer(choice)`` with a choice the waiting gate does not offer (the question
     still waits)."""
 
-    def __init__(self, session_id: str, node: str, choice: str, choices: tuple[str, ...]) -> None:
+    def __init__(
+        self, session_id: str, node: str, choice: object, choices: tuple[str, ...]
+    ) -> None:
         shown = ", ".join(choices)
-        super().__init__(
-            session_id, f"node {node!r} has no choice {choice!r}; choose one of: {shown}"
-        )
+        if not isinstance(choice, str):  # its repr() is not ours to call: it may raise
+            given = f"of type {type(choice).__name__} (a choice is a str)"
+        elif len(choice) > _CHOICE_SHOWN:  # one short line, whatever was sent
+            given = repr(choice[:_CHOICE_SHOWN])[:-1] + "…"
+        else:
+            given = repr(choice)
+        super().__init__(session_id, f"node {node!r} has no choice {given}; choose one of: {shown}")
         self.node = node
         self.choice = choice
         self.choices = choices

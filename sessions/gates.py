@@ -34,7 +34,7 @@ from engine.errors import GatePaused
 from engine.gates import ANSWER_KEY
 from engine.graph import Graph
 from engine.outcome import NodeRecord, RunResult
-from sessions.checkpoints import Checkpoints, durable_context
+from sessions.checkpoints import Checkpoints, durable_context, graph_fingerprint
 from sessions.errors import GateTimedOut, NotPaused, RetryRefused, SessionPaused, UnknownChoice
 from sessions.store.base import Checkpoint
 
@@ -46,6 +46,7 @@ __all__ = [
     "before_turn",
     "paused_checkpoint",
     "question_of",
+    "refuse_paused",
     "retry_plan",
     "waiting_of",
 ]
@@ -172,8 +173,10 @@ def answer_plan(session_id: str, cps: Checkpoints, choice: object) -> Continuati
         after = GateTimedOut(session_id, cp.next_node, cp.default)
         plan = _from_gate(cp, cp.default, True)
         return Continuation(plan.input, plan.turn, plan.start_at, plan.carried, plan.prior, after)
+    if isinstance(choice, str):
+        choice = str.__str__(choice)  # a str subclass as its plain value (its == may lie)
     if not isinstance(choice, str) or choice not in cp.choices:
-        raise UnknownChoice(session_id, cp.next_node, str(choice), cp.choices)
+        raise UnknownChoice(session_id, cp.next_node, choice, cp.choices)
     return _from_gate(cp, choice, False)
 
 
@@ -184,7 +187,14 @@ def before_turn(session_id: str, cp: Checkpoint | None) -> Continuation | None:
         return None
     if _expired(cp, time.time()):
         return _from_gate(cp, cp.default, True)
-    raise SessionPaused(session_id, cp.next_node, cp.question, cp.choices)
+    refuse_paused(session_id, cp)
+    return None
+
+
+def refuse_paused(session_id: str, cp: Checkpoint | None) -> None:
+    """:class:`SessionPaused` when ``cp`` (a paused checkpoint) waits, expired or not."""
+    if cp is not None:
+        raise SessionPaused(session_id, cp.next_node, cp.question, cp.choices)
 
 
 class RetryHost(Protocol):
@@ -198,9 +208,8 @@ class RetryHost(Protocol):
 def retry_plan(host: RetryHost, cps: Checkpoints, checkpointing: bool) -> Continuation:
     """The turn ``retry_turn()`` runs: the failed turn again, as the next turn, from its
     failing node with the context just before it."""
-    session_id, cp, paused = host.id, cps.failed, cps.paused
-    if paused is not None:
-        raise SessionPaused(session_id, paused.next_node, paused.question, paused.choices)
+    session_id, cp = host.id, cps.failed
+    refuse_paused(session_id, cps.paused)
     if cp is None:
         why = (
             "no failed turn to retry (only the latest turn can be retried)"
@@ -208,7 +217,7 @@ def retry_plan(host: RetryHost, cps: Checkpoints, checkpointing: bool) -> Contin
             else "checkpoints are off (Limits.checkpoint): failed turns are not kept for retry"
         )
         raise RetryRefused(session_id, why)
-    if cp.graph_hash != host.turn_graph.source_hash:
+    if cp.graph_hash != graph_fingerprint(host.turn_graph):
         raise RetryRefused(
             session_id,
             f"the turn graph changed since turn {cp.turn} failed (its fingerprint differs)",

@@ -32,7 +32,7 @@ import structlog
 
 from engine.events import Observer
 from engine.graph import Graph
-from sessions.checkpoints import Checkpoints
+from sessions.checkpoints import Checkpoints, graph_fingerprint
 from sessions.compaction import CompactionResult, Compactor, Summarizer
 from sessions.errors import Fenced, SessionClosed, SessionError
 from sessions.gates import Question, answer_plan, question_of, retry_plan
@@ -201,7 +201,7 @@ class Session:
         self.window = log.window
         state = self._state = SessionState(meta)
         self.working_memory = state.working_memory  # one dict, changed in place
-        self.checkpoints = Checkpoints(writer, self.turn_graph.source_hash)
+        self.checkpoints = Checkpoints(writer, graph_fingerprint(self.turn_graph))
         self._compactor = Compactor(self.id, self, runtime.summarize, limits, runtime.spawn)
         self._turns = TurnPipeline(
             self, runtime, writer, log, state, self.checkpoints, self._compactor

@@ -4,6 +4,7 @@
 
     invoke_workflow turn                       one per turn: gen_ai.conversation.id, turn, status
     ├── node classify                          one per node visit: handler, attempts, status
+    ├── node search      (turngraph.branch=a)  a visit inside parallel branch ``a``
     ├── node llm_call    (event: retry)        a failed attempt that is tried again
     │   └── chat MODEL                         one per model call: model, provider, tokens
     └── node dispatch_tools
@@ -39,6 +40,7 @@ from engine.events import (
     ToolCallCompleted,
     ToolCallRequested,
 )
+from engine.parallel import current_branch
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
@@ -51,6 +53,9 @@ CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 """Set to ``true`` to record message content on spans (off by default: it may be private)."""
 ENABLE_ENV = "TURNGRAPH_OTEL"
 """Set to ``1``/``true`` to trace every manager built without ``telemetry=`` (the CLI too)."""
+
+Visit = tuple[str, str | None]
+"""A node visit's key: (node id, parallel branch or None)."""
 
 CHAT_HANDLERS = frozenset({"llm_call", "reflect"})
 """Handlers whose attempts are model calls (a ``chat`` span each)."""
@@ -190,11 +195,12 @@ class TurnSpans:
         self.span: Span = tel._tracer.start_span(f"invoke_workflow {graph.name}", attributes=attrs)
         self.recording = self.span.is_recording()
         self._ctx = api.set_span_in_context(self.span)
-        self._nodes: dict[str, Span] = {}  # node id -> its open visit
-        self._chat: dict[str, Span] = {}  # node id -> its open model call
-        self._reply: dict[str, list[str]] = {}  # node id -> streamed text (content capture)
+        # Keyed by visit, (node id, parallel branch): one node may run in two branches.
+        self._nodes: dict[Visit, Span] = {}  # visit -> its open span
+        self._chat: dict[Visit, Span] = {}  # visit -> its open model call
+        self._reply: dict[Visit, list[str]] = {}  # visit -> streamed text (content capture)
         self._args: dict[str, str] = {}  # call id -> arguments JSON (content capture)
-        self._mark: dict[str, int] = {}  # node id -> when its next tool call began (ns)
+        self._mark: dict[Visit, int] = {}  # visit -> when its next tool call began (ns)
 
     # ------------------------------------------------------------------ events
 
@@ -202,20 +208,23 @@ class TurnSpans:
         if isinstance(event, NodeStarted):
             self._node_started(event)
         elif isinstance(event, TextDelta):
-            if event.node_id in self._reply:
-                self._reply[event.node_id].append(event.text)
+            pieces = self._reply.get(_visit(event.node_id)) if self._reply else None
+            if pieces is not None:
+                pieces.append(event.text)
         elif isinstance(event, NodeCompleted):
-            self._node_ended(event.node_id, event.status, event.attempts, event.duration)
-            chat = self._chat.pop(event.node_id, None)
+            key = _visit(event.node_id)
+            self._node_ended(key, event.status, event.attempts, event.duration)
+            chat = self._chat.pop(key, None)
             if chat is not None:
-                self._chat_ended(event.node_id, chat, event)
-            self._end_node(event.node_id, None)
+                self._chat_ended(key, chat, event)
+            self._end_node(key, None)
         elif isinstance(event, NodeFailed):
-            self._node_ended(event.node_id, "fail", event.attempts, event.duration)
-            chat = self._chat.pop(event.node_id, None)
+            key = _visit(event.node_id)
+            self._node_ended(key, "fail", event.attempts, event.duration)
+            chat = self._chat.pop(key, None)
             if chat is not None:
                 self._fail(chat, event.reason)
-            self._end_node(event.node_id, event.reason)
+            self._end_node(key, event.reason)
         elif isinstance(event, NodeRetrying):
             self._retrying(event)
         elif isinstance(event, ToolCallRequested):
@@ -225,22 +234,22 @@ class TurnSpans:
             self._tool(event)
 
     def _node_started(self, event: NodeStarted) -> None:
-        span = self._child(
-            f"node {event.node_id}",
-            self._ctx,
-            {"turngraph.node.id": event.node_id, "turngraph.node.handler": event.handler},
-        )
-        self._nodes[event.node_id] = span
-        self._mark[event.node_id] = time.time_ns()
+        attrs = {"turngraph.node.id": event.node_id, "turngraph.node.handler": event.handler}
+        if event.branch is not None:  # a parallel branch's visit: siblings overlap in time
+            attrs["turngraph.branch"] = event.branch
+        span = self._child(f"node {event.node_id}", self._ctx, attrs)
+        key = _visit(event.node_id)
+        self._nodes[key] = span
+        self._mark[key] = time.time_ns()
         if event.handler in CHAT_HANDLERS:
-            self._start_chat(event.node_id, span)
+            self._start_chat(key, span)
 
     def _child(self, name: str, parent: Any, attrs: Mapping[str, Any], **kw: Any) -> Span:
         return self._tel._tracer.start_span(name, context=parent, attributes=attrs, **kw)
 
-    def _start_chat(self, node_id: str, node_span: Span) -> None:
+    def _start_chat(self, key: Visit, node_span: Span) -> None:
         tel = self._tel
-        node = self._graph.nodes.get(node_id)
+        node = self._graph.nodes.get(key[0])
         model = str(node.attrs.get("model", "") or "") if node is not None else ""
         model = model or tel.model
         attrs: dict[str, Any] = {"gen_ai.operation.name": "chat"}
@@ -250,26 +259,27 @@ class TurnSpans:
             attrs["gen_ai.request.model"] = model
         if tel.capture_content:
             attrs["gen_ai.input.messages"] = _user_message(self._text)
-            self._reply[node_id] = []
+            self._reply[key] = []
         kind = self._api.SpanKind.CLIENT
         ctx = self._api.set_span_in_context(node_span)
         name = f"chat {model}" if model else "chat"
-        self._chat[node_id] = self._child(name, ctx, attrs, kind=kind)
+        self._chat[key] = self._child(name, ctx, attrs, kind=kind)
 
-    def _chat_ended(self, node_id: str, chat: Span, event: NodeCompleted) -> None:
+    def _chat_ended(self, key: Visit, chat: Span, event: NodeCompleted) -> None:
         usage = event.usage
         if usage is not None:
             if usage.model:
                 chat.set_attribute("gen_ai.response.model", usage.model)
             chat.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             chat.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
-        pieces = self._reply.pop(node_id, None)
+        pieces = self._reply.pop(key, None)
         if pieces:
             chat.set_attribute("gen_ai.output.messages", _assistant_message("".join(pieces)))
         chat.end()
 
     def _retrying(self, event: NodeRetrying) -> None:
-        span = self._nodes.get(event.node_id)
+        key = _visit(event.node_id)
+        span = self._nodes.get(key)
         if span is None:
             return
         span.add_event(
@@ -280,19 +290,20 @@ class TurnSpans:
                 "turngraph.retry.reason": event.reason,
             },
         )
-        self._mark[event.node_id] = time.time_ns()  # the next attempt's tool calls
-        chat = self._chat.pop(event.node_id, None)
+        self._mark[key] = time.time_ns()  # the next attempt's tool calls
+        chat = self._chat.pop(key, None)
         if chat is not None:  # that model call failed; the next attempt is a new one
-            self._reply.pop(event.node_id, None)
+            self._reply.pop(key, None)
             self._fail(chat, event.reason)
-            self._start_chat(event.node_id, span)
+            self._start_chat(key, span)
 
     def _tool(self, event: ToolCallCompleted) -> None:
-        parent = self._nodes.get(event.node_id)
+        key = _visit(event.node_id)
+        parent = self._nodes.get(key)
         ctx = self._api.set_span_in_context(parent) if parent is not None else self._ctx
         now = time.time_ns()
-        start = self._mark.get(event.node_id, now)
-        self._mark[event.node_id] = now
+        start = self._mark.get(key, now)
+        self._mark[key] = now
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": event.name,
@@ -309,8 +320,8 @@ class TurnSpans:
             self._fail(span, "tool error", end=False)
         span.end(end_time=now)
 
-    def _node_ended(self, node_id: str, status: str, attempts: int, duration: float) -> None:
-        span = self._nodes.get(node_id)
+    def _node_ended(self, key: Visit, status: str, attempts: int, duration: float) -> None:
+        span = self._nodes.get(key)
         if span is not None:
             span.set_attributes(
                 {
@@ -320,9 +331,9 @@ class TurnSpans:
                 }
             )
 
-    def _end_node(self, node_id: str, error: str | None) -> None:
-        span = self._nodes.pop(node_id, None)
-        self._mark.pop(node_id, None)
+    def _end_node(self, key: Visit, error: str | None) -> None:
+        span = self._nodes.pop(key, None)
+        self._mark.pop(key, None)
         if span is None:
             return
         if error is not None:
@@ -352,10 +363,10 @@ class TurnSpans:
             why = "fail"
         else:
             why = ""
-        for node_id in list(self._chat):
-            self._fail(self._chat.pop(node_id), why or "unfinished")
-        for node_id in list(self._nodes):
-            self._end_node(node_id, why or "unfinished")
+        for key in list(self._chat):
+            self._fail(self._chat.pop(key), why or "unfinished")
+        for key in list(self._nodes):
+            self._end_node(key, why or "unfinished")
         span = self.span
         span.set_attribute("turngraph.turn.status", why or "success")
         if result is not None and result.ok and self._tel.capture_content:
@@ -367,6 +378,12 @@ class TurnSpans:
             span.set_status(self._api.Status(self._api.StatusCode.ERROR, detail))
             span.set_attribute("error.type", why if why != "fail" else _error_type(result))
         span.end()
+
+
+def _visit(node_id: str) -> Visit:
+    """The visit an event belongs to.  Observers are called inline, in the task that
+    emitted the event, so the branch running there is the event's branch."""
+    return node_id, current_branch()
 
 
 def _error_type(result: TurnResult | None) -> str:

@@ -41,7 +41,7 @@ from sessions.errors import (
     Unstorable,
 )
 from sessions.fifolock import FifoLock
-from sessions.gates import Continuation, before_turn, paused_checkpoint
+from sessions.gates import Continuation, before_turn, paused_checkpoint, refuse_paused
 from sessions.limits import Limits
 from sessions.sessionlog import SessionLog
 from sessions.state import SessionState, state_changes
@@ -234,8 +234,11 @@ class TurnPipeline:
             if cp is not None:
                 await self._checkpoints.abandon(cp, "superseded by a new turn")
             # SessionPaused while a question waits; a timed-out gate's turn ends first.
-            while (timed_out := before_turn(self._host.id, self._checkpoints.paused)) is not None:
+            timed_out = before_turn(self._host.id, self._checkpoints.paused)
+            if timed_out is not None:
                 await self._go_on(timed_out)
+                # Once: a default that loops back to the gate pauses (and times out) again.
+                refuse_paused(self._host.id, self._checkpoints.paused)
             return await self._turn(text, self._host.turn_count + 1, watch=watch)
         finally:
             await self._leave()
@@ -322,9 +325,11 @@ class TurnPipeline:
         was = cps.paused or cps.failed
         cps.paused = cps.failed = None  # this turn supersedes them (in the store too)
         on_step = None
+        # Going on from a pause or failure: it stays stored till this turn ends (see hook).
+        saves = rt.limits.checkpoint and (was is None or start_at is None)
         if rt.limits.checkpoint:
-            start = start_at or host.turn_graph.start
-            on_step = cps.hook(text, turn, trace_id, prior, (start, carried or {}))
+            start = (start_at or host.turn_graph.start, carried or {})
+            on_step = cps.hook(text, turn, trace_id, prior, start, host.turn_graph, store=saves)
         observers = self._observers(turn, trace_id)
         if spans is not None:
             observers = (*observers, spans)
@@ -342,11 +347,11 @@ class TurnPipeline:
                 time_limit=rt.limits.turn_timeout,
             )
         except _cancelled():
-            await cps.cancelled(was, on_step is not None)
+            await cps.cancelled(was, saves)
             raise
         with cancel_scope(shield=True):  # commit and apply are one step or none
             if result.status == "paused":  # nothing committed: the pause is stored
-                cp = paused_checkpoint(text, turn, trace_id, self._graph_hash(), result, prior)
+                cp = paused_checkpoint(text, turn, trace_id, cps.graph_hash, result, prior)
                 await cps.pause(cp)
                 return TurnResult("", "paused", turn, result.trace, result.error, trace_id)
             committed = await self._commit(text, turn, trace_id, result, prior)

@@ -54,6 +54,10 @@ EXPECTED_FAILURES: Mapping[str, str] = {
     _RD + "examples/patterns/task-runner.dot": (
         "an unescaped '\"' inside tool_command ends the string: Graphviz misreads it too"
     ),
+    _RD + "examples/pipelines/10-full-attractor.dot": (
+        "a branch node's retry_target leads back before its fan-out: a branch cannot "
+        "restart the pipeline (it would run the fan-out again inside itself)"
+    ),
     _RD + "examples/pipelines/09-manager-supervisor.dot": (
         "house = stack.manager_loop: the supervisor loop is not supported"
     ),
@@ -134,7 +138,7 @@ def test_every_attractor_pipeline_validates_in_the_attractor_dialect() -> None:
     failing = {_short(p): _errors(p, "attractor") for p in PIPELINES}
     failing = {k: v for k, v in failing.items() if v}
     assert set(failing) == set(EXPECTED_FAILURES), {k: v[:2] for k, v in failing.items()}
-    assert len(PIPELINES) - len(failing) == 116
+    assert len(PIPELINES) - len(failing) == 115
 
 
 @needs_corpus

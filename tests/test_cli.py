@@ -139,6 +139,32 @@ def test_one_turn_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["usage"]["input_tokens"] > 0
 
 
+def test_a_turn_with_parallel_branches_shows_each_visits_branch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node table gains a ``branch`` column; --json rows carry ``branch``."""
+    graph = tmp_path / "fanned.dot"
+    graph.write_text("""digraph fanned {
+        start [shape=Mdiamond]; fan [shape=component]; done [shape=Msquare]
+        join [shape=tripleoctagon merge=last_writer]
+        start -> fan; fan -> classify -> join; fan -> recall -> join
+        join -> llm_call -> format -> done
+    }""")
+    assert cli.main([str(graph), "-m", "hello"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "echo: hello"
+    header = next(line for line in out.splitlines() if "handler" in line)
+    assert re.search(r"node\s+.\s+branch\s+.\s+handler", header)
+    assert re.search(r"classify\s+.\s+classify\s+.\s+classify", out)
+    assert cli.main([str(graph), "-m", "hello", "--json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    assert [(n["id"], n.get("branch")) for n in nodes][1:4] == [
+        ("fan", None),
+        ("classify", "classify"),
+        ("recall", "recall"),
+    ]
+
+
 def test_failing_run_exits_1_with_one_line(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A run that fails at a node: JSON says fail, stderr names the node's line, exit 1."""
     path = str(files / "failing.dot")

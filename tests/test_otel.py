@@ -417,3 +417,85 @@ def test_the_cli_traces_session_turns_with_the_env_variable(tmp_path: Path) -> N
     spans = [line.split() for line in run.stderr.splitlines() if line.startswith("SPAN ")]
     assert ["SPAN", "invoke_workflow", "turn", "ann"] in spans
     assert ["SPAN", "node", "llm_call"] in spans
+
+
+async def test_branch_visits_are_node_spans_with_their_branch(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Each visit inside a parallel branch is a node span under the turn, overlapping its
+    sibling's, with ``turngraph.branch`` naming its branch (nested: ``a/x``)."""
+    from engine import HandlerRegistry, Node, load_graph
+
+    async def search(node: Node, ctx: Any) -> dict[str, Any]:
+        await anyio.sleep(0.02)
+        return {"found": node.id}
+
+    graph = load_graph("""digraph p {
+        start [shape=Mdiamond]; fan [shape=component]; done [shape=Msquare]
+        a [handler=search]; inner [shape=component]; x [handler=search]; y [handler=search]
+        j2 [shape=tripleoctagon merge=list]; b [handler=search]
+        join [shape=tripleoctagon merge=list]
+        start -> fan; fan -> a -> inner; inner -> x -> j2; inner -> y -> j2; j2 -> join
+        fan -> b -> join; join -> done
+    }""")
+    registry = HandlerRegistry({"search": search})
+    tel = _telemetry(exporter)
+    async with SessionManager(
+        "memory:", registry=registry, turn_graph=graph, telemetry=tel
+    ) as manager:
+        assert (await (await manager.get_or_create("par")).send("go")).ok
+    spans = exporter.get_finished_spans()
+    (turn,) = _named(spans, "invoke_workflow")
+    nodes = {s.name.removeprefix("node "): s for s in _named(spans, "node ")}
+    branch = {n: dict(s.attributes or {}).get("turngraph.branch") for n, s in nodes.items()}
+    assert branch == {
+        "start": None,
+        "fan": None,
+        "a": "a",
+        "inner": "a",
+        "x": "a/x",
+        "y": "a/y",
+        "j2": "a",
+        "b": "b",
+        "join": None,
+        "done": None,
+    }
+    assert all(_parent_of(s, spans) is turn for s in nodes.values())
+    for one, other in (("a", "b"), ("x", "y")):  # sibling visits overlap in time
+        s1, s2 = nodes[one], nodes[other]
+        assert s1.start_time is not None and s1.end_time is not None
+        assert s2.start_time is not None and s2.end_time is not None
+        assert s1.start_time < s2.end_time and s2.start_time < s1.end_time
+
+
+async def test_one_node_running_in_two_branches_at_once_is_two_spans(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Visits are told apart by branch: both spans end (keyed by node id alone, the
+    second visit's span would replace the first's, which would never end)."""
+    from engine import HandlerRegistry, Node, load_graph
+
+    both_in = anyio.Event()
+    arrived: list[str] = []
+
+    async def check(node: Node, ctx: Any) -> dict[str, Any]:
+        arrived.append(str(ctx["side"]))
+        if len(arrived) == 2:
+            both_in.set()
+        await both_in.wait()  # the two visits of `check` overlap
+        return {"checked": ctx["side"]}
+
+    graph = load_graph("""digraph p {
+        start [shape=Mdiamond]; fan [shape=component]; done [shape=Msquare]
+        a [handler=side]; b [handler=side]; check [handler=check]
+        join [shape=tripleoctagon merge=list]
+        start -> fan; fan -> a -> check; fan -> b -> check; check -> join; join -> done
+    }""")
+    registry = HandlerRegistry({"side": lambda node, ctx: {"side": node.id}, "check": check})
+    async with SessionManager(
+        "memory:", registry=registry, turn_graph=graph, telemetry=_telemetry(exporter)
+    ) as manager:
+        assert (await (await manager.get_or_create("two")).send("go")).ok
+    checks = _named(exporter.get_finished_spans(), "node check")
+    assert sorted(str(dict(s.attributes or {})["turngraph.branch"]) for s in checks) == ["a", "b"]
+    assert all(dict(s.attributes or {})["turngraph.node.status"] == "success" for s in checks)

@@ -91,6 +91,10 @@ def _cluster(args: Namespace) -> Any:
     host = urlsplit(f"//{address}").hostname if address and address != "auto" else None
     if host is not None and is_loopback(host):
         init["_node_ip_address"] = "127.0.0.1"  # a cluster on this machine's loopback
+        # Read when ray is imported (below): without it Ray swaps a loopback bootstrap
+        # address for this machine's outward one, where a loopback cluster never answers
+        # and ray.init waits forever.  This process is the CLI's own: it may set it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     manager = ClusterManager(
         args.store or os.environ.get("TURNGRAPH_STORE") or default_store_url(),
         address=address,

@@ -5,11 +5,15 @@ render GRAPH --trace SESSION:TURN`` draw this DOT with Graphviz, so the picture 
 same in both.  Each marked node and edge also gets an SVG ``id`` and ``class``
 (``tg-visited``, ``tg-retried``, ``tg-failed``; ``tg-taken`` on edges), so a page or a
 test can find them in the SVG.
+
+Parallel branches are drawn as they ran, side by side: a visit recorded in a branch
+follows the previous visit of its own branch (its first visit follows the fan-out), the
+visit after a join follows the last visit of every branch that did not fail, and a node
+visited inside a branch says so in its label (``branch a``).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +46,9 @@ def _node_marks(visits: Sequence[Mapping[str, Any]], node_id: str) -> dict[str, 
     state = node_state(visits)
     attempts = sum(int(v.get("attempts", 1)) for v in visits)
     notes = [f"visited {len(visits)}x"] if len(visits) > 1 else []
+    branches = sorted({str(v["branch"]) for v in visits if v.get("branch")})
+    if branches:
+        notes.append(f"branch {', '.join(branches)}")
     if attempts > len(visits):
         notes.append(f"{attempts} attempts")
     marks: dict[str, Value] = {
@@ -87,8 +94,8 @@ def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]], waiting: str | 
             "class": "tg-waiting",
         }
         steps.append({"id": waiting})
-    for n, (visit, after) in enumerate(itertools.pairwise(steps), start=1):
-        src, dst = str(visit.get("id")), str(after.get("id"))
+    for n, (visit, dst) in enumerate(_steps(steps), start=1):
+        src = str(visit.get("id"))
         key: tuple[str, str] | int = (src, dst)
         index = visit.get("edge")
         edge = by_index.get(index) if isinstance(index, int) else None
@@ -106,3 +113,30 @@ def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]], waiting: str | 
         if e.index not in edge_marks and (e.src, e.dst) not in edge_marks:
             edge_marks[e.index] = {"id": f"tg-e{e.index}"}
     return graph_to_dot(graph, node_marks, edge_marks)
+
+
+def _parent(branch: str | None) -> str | None:
+    """The branch a branch was forked in (``a`` for ``a/x``; ``None`` at the top)."""
+    if branch is None or "/" not in branch:
+        return None
+    return branch.rsplit("/", 1)[0]
+
+
+def _steps(trace: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], str]]:
+    """The edges the visits of ``trace`` took, in visit order, branch by branch: each
+    as (the visit it left, the id of the node it led to)."""
+    last: dict[str | None, Mapping[str, Any]] = {}  # branch -> its latest visit
+    steps: list[tuple[Mapping[str, Any], str]] = []
+    for visit in trace:
+        branch = visit.get("branch") or None
+        dst = str(visit.get("id"))
+        joined = [b for b in last if b is not None and _parent(b) == branch]
+        if joined:  # the first visit after a join: every branch that finished leads here
+            froms = [last.pop(b) for b in joined]
+            steps += [(v, dst) for v in froms if v.get("status") != "fail"]
+        else:
+            before = last.get(branch, last.get(_parent(branch)))
+            if before is not None:
+                steps.append((before, dst))
+        last[branch] = visit
+    return steps

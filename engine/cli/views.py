@@ -139,11 +139,12 @@ class _NodesView:
 
 
 def nodes_table(trace: Iterable[NodeRecord | Mapping[str, Any]], title: str = "") -> Any:
-    """One row per visited node: node, handler, status, attempts, milliseconds; when a
-    visit called a model, its ``model`` and ``tokens`` (in/out) columns and a ``total``
-    row summing the tokens of the turn; when the trace records them and the terminal is
-    wide enough, a ``changed`` column of the context keys each visit wrote.  A rich
-    renderable (print it with :func:`print_renderable`)."""
+    """One row per visited node: node, handler, status, attempts, milliseconds; when the
+    turn ran parallel branches, a ``branch`` column; when a visit called a model, its
+    ``model`` and ``tokens`` (in/out) columns and a ``total`` row summing the tokens of
+    the turn; when the trace records them and the terminal is wide enough, a ``changed``
+    column of the context keys each visit wrote.  A rich renderable (print it with
+    :func:`print_renderable`)."""
     return _NodesView(trace_rows(trace), title)
 
 
@@ -151,11 +152,14 @@ def _nodes_table(rows: list[dict[str, Any]], title: str, wide: bool) -> Table:
     from rich.table import Table
 
     usage = any("input_tokens" in r for r in rows)
+    branched = any(r.get("branch") for r in rows)
     changed = wide and any("changed" in r for r in rows)
     table = Table(title=title or None, title_justify="left")
     table.add_column("#", justify="right", style="dim")
     # On a narrow terminal the model column gives way before node and handler names do.
     table.add_column("node", min_width=_widest(rows, "id"))
+    if branched:
+        table.add_column("branch", style="magenta", min_width=_widest(rows, "branch"))
     table.add_column("handler", style="cyan", min_width=_widest(rows, "handler"))
     table.add_column("status")
     table.add_column("attempts", justify="right")
@@ -170,9 +174,10 @@ def _nodes_table(rows: list[dict[str, Any]], title: str, wide: bool) -> Table:
         shown = f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
         if row.get("reason"):
             shown += f" [dim]{_escape(str(row['reason']))}[/]"
-        cells = [
-            str(i),
-            _escape(str(row.get("id", ""))),
+        cells = [str(i), _escape(str(row.get("id", "")))]
+        if branched:
+            cells.append(_escape(str(row.get("branch") or "")))
+        cells += [
             _escape(str(row.get("handler", ""))),
             shown,
             str(row.get("attempts", "")),
@@ -193,8 +198,8 @@ def _nodes_table(rows: list[dict[str, Any]], title: str, wide: bool) -> Table:
         tokens_out = sum(int(r["output_tokens"]) for r in used)
         ms = sum(float(r.get("duration_ms", 0.0)) for r in rows)
         models = _escape(", ".join(dict.fromkeys(str(r.get("model", "")) for r in used)))
-        total = ["", "total", "", "", "", f"{ms:.3f}", *([""] if changed else [])]
-        total += [models, f"{tokens_in}/{tokens_out}"]
+        total = ["", "total", *([""] if branched else []), "", "", ""]
+        total += [f"{ms:.3f}", *([""] if changed else []), models, f"{tokens_in}/{tokens_out}"]
         table.add_row(*total, style="bold", end_section=True)
     return table
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import anyio
@@ -92,10 +93,41 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     if host is None or port is None:
         raise ClusterUnavailable(f"{address!r} is not HOST:PORT, 'auto' or a ray:// address")
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ClusterUnavailable(f"cannot join {address}: {reason}") from None
+    with sock:
+        if not _speaks_grpc(sock):
+            # Any other listener (a web server, a database, a silent port): ray.init
+            # would wait for a GCS there forever, logging every few seconds.
+            raise ClusterUnavailable(
+                f"cannot join {address}: no Ray cluster answers there (not a Ray GCS port)"
+            )
+
+
+_H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+"""HTTP/2's client preface and an empty SETTINGS frame: what a gRPC client sends first."""
+
+
+def _speaks_grpc(sock: socket.socket) -> bool:
+    """Whether the listener on ``sock`` is a gRPC server, as a Ray GCS is: it answers a
+    client's HTTP/2 preface with its own SETTINGS frame (TLS, ``RAY_USE_TLS``, is not
+    probed: any listener passes)."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    head = b""
+    try:
+        sock.sendall(_H2_PREFACE)
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:
+        return False
+    # A frame header: length (3 bytes), type (SETTINGS = 4), flags, stream 0.
+    return head[3] == 4 and head[5:9] == bytes(4)
 
 
 class RaySessions:

@@ -76,6 +76,7 @@ __all__ = [
     "checkpoint_from_dict",
     "checkpoint_to_dict",
     "commit_json",
+    "json_checked",
     "json_float",
     "json_int",
     "json_str",
@@ -212,6 +213,13 @@ def canonical_json(value: Any) -> str:
         return _ENCODE(value).decode()
     except RecursionError:
         raise ValueError("value nests too deeply (or contains itself)") from None
+
+
+def json_checked(value: Any) -> str:
+    """:func:`canonical_json` of a value its caller has shown to be in the format's
+    domain by exact type checks (``dict`` with ``str`` keys, ``str``, exact ``int``,
+    finite exact ``float``): the same text without the walk."""
+    return _ENCODE(value).decode()
 
 
 def json_str(value: str) -> str:
@@ -550,18 +558,58 @@ def turn_json(t: TurnRecord) -> str:
     """``canonical_json(turn_to_dict(t))``, without copying each trace step first.
 
     The encoder writes any mapping as an object, so the steps go to it as they are.
+    A record of the types the engine builds (:func:`_plain_turn`) is in the format's
+    domain by that one flat check, and skips the general walk of :func:`canonical_json`
+    (same text: the walk would pass it).
     """
-    return canonical_json(
-        {
-            "turn": t.turn,
-            "status": t.status,
-            "trace_id": t.trace_id,
-            "graph_hash": t.graph_hash,
-            "trace": t.trace,
-            "ts": t.ts,
-            "error": t.error,
-        }
-    )
+    d = {
+        "turn": t.turn,
+        "status": t.status,
+        "trace_id": t.trace_id,
+        "graph_hash": t.graph_hash,
+        "trace": t.trace,
+        "ts": t.ts,
+        "error": t.error,
+    }
+    return json_checked(d) if _plain_turn(t) else canonical_json(d)
+
+
+def _plain_turn(t: TurnRecord) -> bool:
+    """Whether ``t`` has exact leaf types, a finite ``ts`` and a trace of flat ``dict``
+    steps (``str`` keys; values ``str``, ``int``, ``bool``, ``None``, finite ``float``
+    or a ``list`` of ``str``): what the engine's steps are.  ``False`` sends the
+    record through :func:`_check_plain` (which accepts more, or names what is wrong)."""
+    ts = t.ts
+    if not (
+        type(t.turn) is int
+        and type(ts) is float
+        and ts - ts == 0.0
+        and type(t.status) is str
+        and type(t.trace_id) is str
+        and type(t.graph_hash) is str
+        and (t.error is None or type(t.error) is str)
+        and type(t.trace) is tuple
+    ):
+        return False
+    for step in t.trace:
+        if type(step) is not dict:
+            return False
+        for key, value in step.items():
+            kind = type(value)
+            if type(key) is not str:
+                return False
+            if kind is str or kind is int or kind is bool or value is None:
+                continue
+            if kind is float:
+                if value - value != 0.0:  # NaN and infinities
+                    return False
+            elif kind is list:
+                for item in value:
+                    if type(item) is not str:
+                        return False
+            else:
+                return False
+    return True
 
 
 class CommitJson(NamedTuple):

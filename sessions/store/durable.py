@@ -29,9 +29,7 @@ from sessions.store.codec import (
     checkpoint_from_dict,
     checkpoint_to_dict,
     commit_json,
-    json_float,
-    json_int,
-    json_str,
+    json_checked,
     message_from_dict,
     message_to_dict,
     messages_from_dicts,
@@ -85,8 +83,6 @@ WRITTEN_COLUMNS: Final = (
     "state_mac",
 )
 """The ``sessions`` columns a write (a turn, a summary, a state change) sets."""
-_STATE_TEXT: Final = "{" + ",".join(f'"{name}":%s' for name in sorted(_SIGNED)) + "}"
-"""The state MAC's canonical JSON with a ``%s`` per signed field, keys in sorted order."""
 
 
 @dataclass(slots=True)
@@ -174,34 +170,46 @@ class StateRow:
     def text(self) -> str:
         """The canonical JSON the state MAC signs (every commit writes one).
 
-        Fields of the exact types the store writes are formatted straight into
-        :data:`_STATE_TEXT` (the same text as :func:`canonical_json`, a third of the
-        time); anything else takes :meth:`_slow_text`, whose text is the definition.
+        Fields of the exact types the store writes go to the encoder as one dict, the
+        type checks standing in for :func:`canonical_json`'s walk (same text); anything
+        else takes :meth:`_slow_text`, whose text is the definition.
         """
-        created, updated = json_float(self.created_at), json_float(self.updated_at)
-        turns, messages = json_int(self.turn_count), json_int(self.message_count)
-        records, upto = json_int(self.record_count), json_int(self.summary_upto)
-        numbers = (created, updated, turns, messages, records, upto)
-        strs = map(type, (self.id, self.agent_id, self.type, self.cognitive_mode))
-        strs2 = map(type, (self.config, self.working_memory, self.goals))
-        if None in numbers or {*strs, *strs2} != {str}:
+        created, updated = self.created_at, self.updated_at
+        if not (
+            type(created) is float
+            and created - created == 0.0  # NaN and infinities take the slow path
+            and type(updated) is float
+            and updated - updated == 0.0
+            and type(self.turn_count) is int
+            and type(self.message_count) is int
+            and type(self.record_count) is int
+            and type(self.summary_upto) is int
+            and type(self.id) is str
+            and type(self.agent_id) is str
+            and type(self.type) is str
+            and type(self.cognitive_mode) is str
+            and type(self.config) is str
+            and type(self.working_memory) is str
+            and type(self.goals) is str
+        ):
             return self._slow_text()
-        js = json_str
-        return _STATE_TEXT % (
-            js(self.agent_id),
-            js(self.cognitive_mode),
-            js(self.config),
-            created,
-            js(self.goals),
-            js(self.head_mac.hex()),
-            js(self.id),
-            messages,
-            records,
-            upto,
-            turns,
-            js(self.type),
-            updated,
-            js(self.working_memory),
+        return json_checked(
+            {
+                "agent_id": self.agent_id,
+                "cognitive_mode": self.cognitive_mode,
+                "config": self.config,
+                "created_at": created,
+                "goals": self.goals,
+                "head_mac": self.head_mac.hex(),
+                "id": self.id,
+                "message_count": self.message_count,
+                "record_count": self.record_count,
+                "summary_upto": self.summary_upto,
+                "turn_count": self.turn_count,
+                "type": self.type,
+                "updated_at": updated,
+                "working_memory": self.working_memory,
+            }
         )
 
     def _slow_text(self, encode: Callable[[Any], str] = canonical_json) -> str:

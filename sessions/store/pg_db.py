@@ -123,7 +123,7 @@ class PgDatabase:
         if self.pool is None:
             raise StoreError(self.url, _NOT_OPEN)
         try:
-            async with self._place(), self.pool.connection() as conn, conn.transaction():
+            async with self._place(), self._pool().connection() as conn, conn.transaction():
                 if read:
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 yield conn
@@ -136,6 +136,13 @@ class PgDatabase:
             raise StoreReadOnly(self.url, f"read-only: writes are refused ({reason})") from exc
         except psycopg.Error as exc:
             raise StoreError(self.url, f"{type(exc).__name__}: {exc}") from exc
+
+    def _pool(self) -> AsyncConnectionPool:
+        """The main pool, read once a place is held: the store may have closed while
+        this call queued (its waiters then fail as on a closed store)."""
+        if self.pool is None:
+            raise StoreError(self.url, _NOT_OPEN)
+        return self.pool
 
     @asynccontextmanager
     async def _place(self) -> AsyncIterator[None]:

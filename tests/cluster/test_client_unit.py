@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,28 @@ def test_an_address_without_a_cluster_is_refused_at_once(address: str, reason: s
     client = RaySessions(PG, address=address.format(port=_refusing_port()))
     with pytest.raises(ClusterUnavailable, match=reason):
         client.connect()
+
+
+@pytest.mark.parametrize("reply", [b"", b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_a_listener_that_is_not_ray_is_refused_at_once(reply: bytes) -> None:
+    """A ``HOST:PORT`` where something else listens (a silent port, a web server) is
+    ``ClusterUnavailable`` before Ray is started: ``ray.init`` would wait for a GCS
+    there forever, logging every few seconds."""
+    import_ray_or_skip()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(reply)
+                conn.recv(64)  # keeps the connection open until the client is done
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        client = RaySessions(PG, address=f"127.0.0.1:{port}")
+        with pytest.raises(ClusterUnavailable, match="no Ray cluster answers there"):
+            client.connect()
+        thread.join(10)

@@ -37,8 +37,7 @@ def _env() -> dict[str, str]:
         **clean,
         "PYTHONPATH": str(ROOT),
         "TURNGRAPH_SECRET": SECRET,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    }
+    }  # no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: serve --ray 127.0.0.1:PORT needs none
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +80,9 @@ def serving(ray_address: str, store: str, *extra: str) -> Iterator[str]:
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
+    reader = ThreadPoolExecutor(1)  # a server stuck before listening fails the test
     try:
-        line = proc.stdout.readline()
+        line = reader.submit(proc.stdout.readline).result(GUARD)
         assert line.startswith("serving on http://127.0.0.1:"), line + proc.stderr.read()
         yield line.split()[-1]
         proc.send_signal(signal.SIGTERM)
@@ -91,6 +91,7 @@ def serving(ray_address: str, store: str, *extra: str) -> Iterator[str]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(GUARD)
+        reader.shutdown(wait=False)
 
 
 @pytest.fixture(scope="module")

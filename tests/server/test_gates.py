@@ -127,3 +127,22 @@ def test_answered_and_retried_turns_reach_the_live_watchers(gated: Running) -> N
         retried = _until(frames, "result")
         assert retried[0][0] == "RunStarted"
         assert (retried[-1][1]["status"], retried[-1][1]["reply"]) == ("success", "deployed flaky")
+
+
+def test_a_paused_stream_and_odd_answers_over_http(gated: Running) -> None:
+    """A streamed turn that pauses ends with ``RunPaused`` then a ``paused`` result; a
+    stream started while the question waits is one ``SessionPaused`` error frame; a
+    huge choice is refused in a short message, and the question still waits."""
+    client = gated.client
+    sse = {"accept": "text/event-stream"}
+    with client.stream("POST", "/sessions/s3/turns", json={"text": "v1"}, headers=sse) as s:
+        frames = s.read().decode().strip().split("\n\n")
+    names = [f.split("\n")[0] for f in frames]
+    assert names[-2:] == ["event: RunPaused", "event: result"]
+    assert '"status":"paused"' in frames[-1] and '"choices":["go","skip"]' in frames[-1]
+    with client.stream("POST", "/sessions/s3/turns", json={"text": "v2"}, headers=sse) as s:
+        (only,) = s.read().decode().strip().split("\n\n")
+    assert only.startswith("event: error") and '"kind":"SessionPaused"' in only
+    status, kind, message = _error(client.post("/sessions/s3/answer", json={"choice": "g" * 10**5}))
+    assert (status, kind) == (400, "UnknownChoice") and len(message) < 300
+    assert client.post("/sessions/s3/answer", json={"choice": "skip"}).json()["reply"] == "skipped"

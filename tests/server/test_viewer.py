@@ -6,8 +6,15 @@ from __future__ import annotations
 import html
 import re
 import shutil
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+import anyio
 import pytest
+
+from engine import HandlerRegistry, Node, load_graph
+from engine.server import create_app
+from sessions import SessionManager
 
 from .serve_kit import Running
 
@@ -90,6 +97,53 @@ def test_missing_sessions_and_turns_are_html_errors(served: Running) -> None:
         assert response.status_code == status, url
         assert response.headers["content-type"].startswith("text/html")
         assert "Traceback" not in response.text
+
+
+PARALLEL = """digraph p {
+    start [shape=Mdiamond]
+    fan [shape=component]
+    docs [handler=search]
+    web [handler=search]
+    join [shape=tripleoctagon merge=list]
+    done [shape=Msquare]
+    start -> fan
+    fan -> docs -> join
+    fan -> web -> join
+    join -> format -> done
+}"""
+
+
+@pytest.fixture
+def branched(db: str) -> Iterator[Running]:
+    """A server whose turn graph runs two parallel branches, ``docs`` and ``web``."""
+
+    async def search(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        await anyio.sleep(0.02 if node.id == "docs" else 0)  # web finishes first
+        return {"found": node.id}
+
+    def fmt(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        return {"reply": "+".join(ctx["found"])}
+
+    registry = HandlerRegistry({"search": search, "format": fmt})
+    manager = SessionManager(db, registry=registry, turn_graph=load_graph(PARALLEL))
+    with Running(create_app(manager=manager)) as running:
+        yield running
+
+
+@needs_dot
+def test_the_turn_page_draws_each_parallel_branch_on_its_own_path(branched: Running) -> None:
+    _turn(branched, "fran", "look")
+    text = branched.client.get("/ui/sessions/fran/turns/1").text
+    ids = svg_ids(text)
+    assert {f"tg-visited-{n}" for n in ("fan", "docs", "web", "join")} <= set(ids)
+    # Each branch leaves the fan-out and reaches the fan-in; no edge joins the branches.
+    taken = {i for i in ids if i.startswith("tg-taken-")}
+    assert {"tg-taken-fan-docs", "tg-taken-fan-web", "tg-taken-docs-join"} <= taken
+    assert "tg-taken-web-join" in taken and "tg-taken-docs-web" not in taken
+    assert "branch docs" in text and "branch web" in text  # the nodes' labels say so
+    assert "<th>branch</th>" in text
+    assert ">docs</span></td><td>docs</td><td>search</td><td>success</td>" in text
+    assert ">join</span></td><td></td><td>parallel.fan_in</td>" in text
 
 
 async def _beat(running: Running, sid: str) -> bool:

@@ -81,3 +81,65 @@ async def test_a_dead_server_fails_every_waiting_call_with_a_store_error(pg_url:
         await proxy.close()
     assert len(errors) == 5
     assert all(isinstance(e, StoreError) for e in errors), errors
+
+
+async def _hog(store: PostgresStore, seconds: float) -> None:
+    """A transaction holding one of the pool's connections for ``seconds``."""
+    async with store._db.tx() as c:
+        await c.execute("SELECT pg_sleep(%s)", (seconds,))
+
+
+async def test_cancelled_waiters_free_their_places_and_the_rest_complete(pg_url: str) -> None:
+    """Half of fifty queued calls are cancelled (a client went away, a deadline hit):
+    the other half all complete, and afterwards every place is free again and the pool
+    has no more connections than its size."""
+    store = PostgresStore(pg_url, secret=SECRET, max_connections=2, connect_timeout=0.5)
+    done: list[int] = []
+    scopes = [anyio.CancelScope() for _ in range(50)]
+
+    async def waiter(i: int) -> None:
+        with scopes[i]:
+            await store.list_sessions()
+            done.append(i)
+
+    async with store:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(2):
+                    tg.start_soon(_hog, store, 0.5)
+                await anyio.sleep(0.1)
+                for i in range(50):
+                    tg.start_soon(waiter, i)
+                await anyio.sleep(0.1)
+                for scope in scopes[::2]:
+                    scope.cancel()
+        assert sorted(done) == list(range(1, 50, 2))
+        assert store._db._places is not None and store._db._places.value == 2
+        assert store._db.pool is not None and store._db.pool.get_stats()["pool_size"] <= 2
+        await store.list_sessions()
+
+
+async def test_calls_queued_when_the_store_closes_fail_with_a_store_error(pg_url: str) -> None:
+    """The store closes while calls wait in the queue: each fails with StoreError
+    (the store is not open), not an AttributeError on the pool it no longer has."""
+    store = PostgresStore(pg_url, secret=SECRET, max_connections=2, connect_timeout=0.5)
+    errors: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await store.list_sessions()
+        except Exception as exc:
+            errors.append(exc)
+
+    await store.open()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(_hog, store, 0.5)
+            await anyio.sleep(0.1)
+            for _ in range(5):
+                tg.start_soon(waiter)
+            await anyio.sleep(0.1)
+            await store.close()
+    assert len(errors) == 5
+    assert all(isinstance(e, StoreError) and "not open" in str(e) for e in errors), errors

@@ -4,9 +4,10 @@
 * ``/`` — the sessions, with a search box (``?q=`` matches id or agent, any case);
 * ``/ui/sessions/{id}`` — one conversation, its messages grouped by turn;
 * ``/ui/sessions/{id}/turns/{n}`` — one turn: its graph drawn by Graphviz with the path
-  the turn took highlighted (:func:`engine.cli.trace_dot.traced_dot`) and a table of
-  each node visit (handler, status, attempts, duration, and the context keys it changed
-  when its trace records them).
+  the turn took highlighted (:func:`engine.cli.trace_dot.traced_dot`, parallel branches
+  each on its own path) and a table of each node visit (its parallel branch when the turn
+  had any, handler, status, attempts, duration, and the context keys it changed when its
+  trace records them).
 
 Pages read the store only (no lease is taken).  An error is a page with the same
 status the JSON API would answer.
@@ -298,17 +299,21 @@ async def _turn_messages(store: Store, sid: str, n: int) -> list[Message]:
 
 def visits_table(trace: Sequence[Mapping[str, Any]]) -> str:
     """The node visits of a trace as a table (a failed visit's row red, a retried one's
-    amber), with a ``context keys changed`` column when the trace records them."""
+    amber), with a ``branch`` column when the run had parallel branches and a ``context
+    keys changed`` column when the trace records them."""
     changed = any("changed" in v for v in trace)  # traces stored before it have none
-    head = ["#", "node", "handler", "status", "attempts", "duration"]
+    branched = any(v.get("branch") for v in trace)
+    head = ["#", "node"] + (["branch"] if branched else [])
+    head += ["handler", "status", "attempts", "duration"]
     head += ["context keys changed"] if changed else []
     head += ["model", "tokens in/out", "reason"]
     rows, classes = [], []
     for i, v in enumerate(trace, start=1):
         state_ = node_state([v])
-        row = [
-            esc(i),
-            f'<span class="node" id="visit-{i}">{esc(v.get("id"))}</span>',
+        row = [esc(i), f'<span class="node" id="visit-{i}">{esc(v.get("id"))}</span>']
+        if branched:  # parallel branches side by side: which one each visit ran in
+            row.append(esc(v.get("branch") or ""))
+        row += [
             esc(v.get("handler", "")),
             esc(v.get("status", "")),
             esc(v.get("attempts", 1)),
