@@ -10,11 +10,12 @@ caller asks (``dialect=``, ``--dialect attractor``) or its graph says
 ``dialect=attractor``.  The differences, all applied once at load time:
 
 * **Handlers.** A node's handler is its ``type`` (``tool`` is read as ``shell``), else
-  its shape by :data:`SHAPE_HANDLERS` (``box``, the default shape, is ``codergen``,
-  an LLM task; ``hexagon`` is ``wait.human``; ``parallelogram`` is ``shell``, which
-  runs ``tool_command``).  A shapeless node named ``start``/``Start`` is the start,
-  one named ``exit``/``end`` an exit (spec §7.2).  Other shapes resolve as in the
-  default dialect (to the node's id).
+  ``subgraph`` when it has a ``graph=`` file (a sub-graph file is read in its own
+  ``dialect=``, else its parent's), else its shape by :data:`SHAPE_HANDLERS` (``box``,
+  the default shape, is ``codergen``, an LLM task; ``hexagon`` is ``wait.human``;
+  ``parallelogram`` is ``shell``, which runs ``tool_command``).  A shapeless node
+  named ``start``/``Start`` is the start, one named ``exit``/``end`` an exit (spec
+  §7.2).  Other shapes resolve as in the default dialect (to the node's id).
 * **Dead ends.** A node with no outgoing edge ends the run like an exit (spec §3.2:
   with its own status), so deliberate failure nodes are not errors.
 * **Transforms** (spec §9.2): ``$goal`` in a ``prompt`` becomes the graph's ``goal``;
@@ -41,7 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from engine.errors import Issue
-from engine.stylesheet import Rule, StylesheetError, node_classes, parse_stylesheet, styled
+from engine.stylesheet import Rule, StylesheetError, node_classes, parse_stylesheet, styler
 from engine.validate import EDGE_KINDS, GRAPH_KINDS, NODE_KINDS, Kind
 
 if TYPE_CHECKING:  # the reader is imported only when a graph is read
@@ -139,6 +140,8 @@ def handler(node_id: str, attrs: Mapping[str, object]) -> str:
         name = attrs.get(key)
         if isinstance(name, str) and name.strip():
             return _TYPE_ALIASES.get(name.strip(), name.strip())
+    if isinstance(attrs.get("graph"), str):  # turngraph's sub-graph node, as by default
+        return "subgraph"
     shape = attrs.get("shape")
     if not isinstance(shape, str) or not shape:
         if node_id in _START_IDS:
@@ -203,10 +206,11 @@ def prepare(raw: RawGraph, path: str) -> tuple[RawGraph, list[Issue]]:
         except StylesheetError as exc:
             issues.append(_issue("error", f"graph: {exc}", *at, None))
     goal = attrs.get("goal") or ""
+    style = styler(rules)
     nodes: dict[str, RawNode] = {}
     for node in raw.nodes.values():
         shape = node.attrs.get("shape") or "box"
-        styles = styled(rules, node.id, shape, node_classes(node.attrs.get("class")))
+        styles = style(node.id, shape, node_classes(node.attrs.get("class")))
         new, found = _node_attrs(node.attrs, node.id, goal, styles, (path, node.line, node.col))
         nodes[node.id] = replace(node, attrs=new)
         issues += found

@@ -30,7 +30,9 @@ Grammar (``&&`` binds tighter than ``||``; ``!`` negates what follows it)::
 ``key contains value`` holds when the value found is a string containing ``value`` or a
 list, tuple or set holding it (as text); ``key matches value`` when the regular
 expression ``value`` matches somewhere in the value as text (a bad expression is a
-syntax error).  ``!tool.output contains "id"`` negates as usual.
+syntax error, and so is a repeated group holding a repetition such as ``(a+)+``, which
+can backtrack for minutes on a text it almost matches: :func:`nested_repeat`).
+``!tool.output contains "id"`` negates as usual.
 
 **Semantics.** When both sides read as numbers the comparison is numeric
 (``turn<10`` with ``turn`` = ``"9"`` is true); otherwise ``=``/``==``/``!=`` compare
@@ -51,7 +53,7 @@ from typing import Any
 from engine.errors import GraphError
 from engine.graph import Condition
 
-__all__ = ["ConditionSyntaxError", "compile_condition", "condition_keys"]
+__all__ = ["ConditionSyntaxError", "compile_condition", "condition_keys", "nested_repeat"]
 
 Test = Callable[[Mapping[str, Any]], bool]
 _MISSING: Any = object()
@@ -195,10 +197,70 @@ def _number_predicate(op: str, literal: str) -> Predicate:
     return pred
 
 
+_REPEAT = re.compile(r"[*+]|\{(\d*)(,?)(\d*)\}")
+
+
+def _repeats(match: re.Match[str]) -> bool:
+    """Whether a quantifier repeats a variable number of times (``*``, ``+``, ``{1,}``,
+    ``{0,3}``; not ``{2}``, a fixed count, which leaves nothing to backtrack over)."""
+    if match.group() in ("*", "+"):
+        return True
+    _, comma, high = match.groups()
+    return bool(comma) and (not high or int(high) > 1)
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The offset after the character class opening at ``i`` (``[...]``)."""
+    j = i + 1
+    j += pattern.startswith("^", j)
+    j += pattern.startswith("]", j)  # a leading "]" is literal
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def nested_repeat(pattern: str) -> int | None:
+    """The offset of a repeated group that holds a repetition, such as ``(a+)+`` or
+    ``(\\w*\\s?)*``, else ``None``.
+
+    Such a pattern can take exponential time on a text it almost matches
+    (catastrophic backtracking), and a condition is evaluated inside the run: a
+    ``matches`` holding one is refused at load.  Other slow shapes (``(a|a)*``,
+    ``.*.*.*x`` on a long text) are not detected.
+    """
+    groups: list[bool] = []  # per open group: whether it holds a repetition yet
+    held = False  # the atom just read is a group holding a repetition
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        quantifier = _REPEAT.match(pattern, i)
+        if quantifier is not None and _repeats(quantifier):
+            if held:
+                return i
+            if groups:
+                groups[-1] = True
+            i, held = quantifier.end(), False
+            continue
+        if ch == ")":
+            held = groups.pop() if groups else False
+            if held and groups:
+                groups[-1] = True
+            i += 1
+            continue
+        if ch == "(":
+            groups.append(False)
+        held = False
+        i = _class_end(pattern, i) if ch == "[" else i + (2 if ch == "\\" else 1)
+    return None
+
+
 def _word_predicate(op: str, literal: str) -> Predicate:
     """``contains`` and ``matches``: tests on the value found as text (or a collection)."""
     if op == "matches":
         pattern = re.compile(literal)
+        at = nested_repeat(literal)
+        if at is not None:
+            raise re.error("a repeated group holding a repetition (slow to fail)", literal, at)
         return lambda v: v is not None and pattern.search(_as_text(v)) is not None
 
     def contains(value: Any) -> bool:

@@ -206,8 +206,12 @@ def _with_subgraphs(
     """``graph`` with its sub-graphs, the same object while none of the files changed."""
     from engine.subgraphs import attach_subgraphs
 
+    # A sub-graph file is read in its own dialect= when it names one, else its parent's.
+    parent = dialect or graph.attrs.get("dialect")
+    inherited = _INHERIT + parent if isinstance(parent, str) and parent else None
+
     def load(p: str | os.PathLike[str], st: tuple[str, ...]) -> Graph:
-        return _load(p, registry, cache_dir, st, dialect)
+        return _load(p, registry, cache_dir, st, inherited)
 
     full = attach_subgraphs(graph, stack, load)
     # Engines compile a plan per Graph object: hand back the same one for the same files.
@@ -449,14 +453,24 @@ class _Rules(NamedTuple):
 
 
 _DEFAULT_RULES = _Rules()
+_INHERIT = "inherit:"  # a sub-graph's dialect: its parent's, unless it names its own
 
 
 def _dialect(
     raw: RawGraph, path: str, dialect: str | None, issues: list[Issue]
 ) -> tuple[RawGraph, _Rules]:
-    """``raw`` and the rules of its dialect (transformed for ``attractor``)."""
-    chosen = dialect or raw.attrs.get("dialect") or DEFAULT_DIALECT
+    """``raw`` and the rules of its dialect (transformed for ``attractor``).
+
+    ``dialect`` overrides the graph's ``dialect=``; ``"inherit:NAME"`` (a sub-graph's)
+    is only the default when the graph names none.
+    """
+    own = raw.attrs.get("dialect")
+    if dialect is not None and dialect.startswith(_INHERIT):
+        dialect = own or dialect[len(_INHERIT) :]
+    chosen = dialect or own or DEFAULT_DIALECT
     if chosen == DEFAULT_DIALECT:
+        if own is not None and own != chosen:  # the graph says what it was read as
+            raw = replace(raw, attrs={**raw.attrs, "dialect": chosen})
         return raw, _DEFAULT_RULES
     if chosen != ATTRACTOR:
         known = ", ".join(DIALECTS)

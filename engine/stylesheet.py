@@ -23,12 +23,20 @@ so a compiled graph already carries each node's ``llm_model`` and the run pays n
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.errors import GraphError
 
-__all__ = ["PROPERTIES", "Rule", "StylesheetError", "node_classes", "parse_stylesheet", "styled"]
+__all__ = [
+    "PROPERTIES",
+    "Rule",
+    "StylesheetError",
+    "node_classes",
+    "parse_stylesheet",
+    "styled",
+    "styler",
+]
 
 PROPERTIES = frozenset({"llm_model", "llm_provider", "reasoning_effort"})
 """The properties a stylesheet may set (Attractor spec §8.4)."""
@@ -168,13 +176,30 @@ def node_classes(value: object) -> frozenset[str]:
     return frozenset(c for c in re.split(r"[\s,]+", value) if c)
 
 
+def styler(rules: Sequence[Rule]) -> Callable[[str, str, frozenset[str]], dict[str, str]]:
+    """:func:`styled` for many nodes: the rules indexed by selector once, so each node
+    costs the rules that match it rather than every rule (a stylesheet with a ``#id``
+    rule per node of a large graph was quadratic)."""
+    index: dict[str, list[Rule]] = {}
+    for rule in rules:
+        key = rule.selector.lower() if rule.specificity == 1 else rule.selector  # shapes: any case
+        index.setdefault(key, []).append(rule)
+
+    def style(node_id: str, shape: str, classes: frozenset[str]) -> dict[str, str]:
+        keys = ("*", shape.lower(), *(f".{c}" for c in classes), f"#{node_id}")
+        found = sorted(
+            (r for k in keys for r in index.get(k, ())), key=lambda r: (r.specificity, r.order)
+        )
+        chosen: dict[str, str] = {}
+        for rule in found:
+            chosen.update(rule.values)
+        return chosen
+
+    return style
+
+
 def styled(
     rules: Sequence[Rule], node_id: str, shape: str, classes: frozenset[str]
 ) -> dict[str, str]:
     """The properties ``rules`` give one node (more specific, then later, rules win)."""
-    chosen: dict[str, str] = {}
-    ranked = sorted(rules, key=lambda r: (r.specificity, r.order))
-    for rule in ranked:
-        if rule.matches(node_id, shape, classes):
-            chosen.update(rule.values)
-    return chosen
+    return styler(rules)(node_id, shape, classes)

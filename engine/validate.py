@@ -42,6 +42,7 @@ nothing fills) are :mod:`engine.lint`'s.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -161,7 +162,10 @@ def _typed(kind: Kind, text: str) -> Value:
             raise _BadValue
         return value
     if kind in ("factor", "number"):
-        if not _FLOAT.match(s) or (kind == "factor" and float(s) < 1.0):
+        # "1e400" reads as inf: no weight or factor is infinite.
+        if not _FLOAT.match(s) or not math.isfinite(float(s)):
+            raise _BadValue
+        if kind == "factor" and float(s) < 1.0:
             raise _BadValue
         return int(s) if kind == "number" and _INT.match(s) else float(s)
     if kind == "bool":

@@ -37,6 +37,7 @@ DEFAULT_SHELL_TIMEOUT = 300.0
 """Seconds a ``tool_command`` may run when its node sets no ``timeout``."""
 MAX_OUTPUT = 1024 * 1024
 """Bytes of stdout and of stderr kept from one command (the rest is read and dropped)."""
+_DRAIN_GRACE = 1.0  # seconds a finished command's pipes are still read
 _SHORT = 200  # the spec's ``last_response`` is the reply cut to this many characters
 
 
@@ -135,7 +136,7 @@ def _status_object(text: str) -> dict[str, Any] | None:
     for start in (i for i, ch in enumerate(found) if ch == "{"):
         try:
             value = json.loads(found[start:])
-        except ValueError:
+        except (ValueError, RecursionError):  # a reply nesting past the recursion limit
             continue
         if isinstance(value, dict) and ("outcome" in value or "preferred_label" in value):
             return value
@@ -149,10 +150,13 @@ class Shell:
     Refused with :class:`~engine.errors.ShellDisabled` unless ``allowed``.  The
     command runs in ``cwd`` (default: the process's), its stdin empty, in its own
     process group, which is killed when the node's ``timeout`` (else ``timeout``
-    seconds) passes.  Sets ``tool.output`` (stdout, as the spec names it),
-    ``tool.last_line`` (its last non-blank line, which many public pipelines route on),
-    ``tool.stderr`` and ``tool.exit_code``; a nonzero exit or a timeout fails the node
-    with the end of stderr as the reason.
+    seconds) passes and when the command ends (a background process does not outlive
+    its node; one that leaves the group with ``setsid`` escapes this, and its output
+    is no longer read).  Its environment is the process's without the ``TURNGRAPH_*``
+    variables (the API token, the store's URL and secret).  Sets ``tool.output``
+    (stdout, as the spec names it), ``tool.last_line`` (its last non-blank line, which
+    many public pipelines route on), ``tool.stderr`` and ``tool.exit_code``; a nonzero
+    exit or a timeout fails the node with the end of stderr as the reason.
     """
 
     __slots__ = ("allowed", "cwd", "timeout")
@@ -180,16 +184,17 @@ class Shell:
             ["/bin/sh", "-c", command],
             stdin=subprocess.DEVNULL,
             cwd=self.cwd,
+            env=_child_env(),
             start_new_session=True,  # its own group: a timeout kills its children too
         )
         try:
             with anyio.move_on_after(limit) as scope:
                 await _communicate(process, out, err)
         finally:
-            if process.returncode is None:
+            if process.returncode is None:  # else _communicate killed what it left
                 _kill_group(process)
-                with anyio.CancelScope(shield=True):
-                    await process.wait()
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
         stdout = _text(out)
         lines = stdout.strip().splitlines()
         updates = {
@@ -213,7 +218,12 @@ async def _communicate(process: Process, out: bytearray, err: bytearray) -> None
             tg.start_soon(_drain, process.stdout, out)
         if process.stderr is not None:
             tg.start_soon(_drain, process.stderr, err)
-    await process.wait()
+        await process.wait()
+        # The command has ended: its group goes, and what it wrote is read for a
+        # moment more; a background process that escaped the group (setsid) and holds
+        # the pipes open would otherwise keep the node waiting until its timeout.
+        _kill_group(process)
+        tg.cancel_scope.deadline = anyio.current_time() + _DRAIN_GRACE
 
 
 async def _drain(stream: ByteReceiveStream, into: bytearray) -> None:
@@ -224,6 +234,12 @@ async def _drain(stream: ByteReceiveStream, into: bytearray) -> None:
 def _kill_group(process: Process) -> None:
     with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def _child_env() -> dict[str, str]:
+    """The process's environment without turngraph's own settings (the API token, the
+    store's URL and secret): a command has no business with them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TURNGRAPH_")}
 
 
 def _text(data: bytearray) -> str:

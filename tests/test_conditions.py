@@ -188,3 +188,27 @@ def test_compile_either_works_or_raises_syntax_error(text: str, context: dict[st
         return
     if condition is not None:
         assert condition(context) in (True, False)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "at"),
+    [("(a+)+$", 4), ("(a*)*", 4), (r"(\w*\s?)*", 8), ("((a)+)+", 6), ("([a-z]+){1,}", 8)],
+)
+def test_matches_refuses_a_repeated_group_holding_a_repetition(pattern: str, at: int) -> None:
+    """``(a+)+`` takes seconds on 24 characters, minutes on 30: refused at load, naming
+    where in the expression (a hostile .dot file must not hang a server's event loop)."""
+    text = 'x matches "{}"'.format(pattern.replace("\\", "\\\\"))  # quoted: \\ is \
+    with pytest.raises(ConditionSyntaxError) as info:
+        compile_condition(text, extended=True)
+    assert info.value.reason.startswith("bad expression: a repeated group holding a repetition")
+    assert info.value.reason.endswith(f"at position {at}")
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["(?:ab)+", "(a+)?", "(a{2})+", "[(]a+[)]+", r"\(a+\)+", "x(ab)+c", "PASS$", "^(yes|no)$"],
+)
+def test_matches_takes_repetitions_that_cannot_nest(pattern: str) -> None:
+    text = 'x matches "{}"'.format(pattern.replace("\\", "\\\\"))
+    condition = compile_condition(text, extended=True)
+    assert condition is not None and condition({"x": "zz"}) in (True, False)

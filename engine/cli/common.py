@@ -13,9 +13,12 @@ import json
 import os
 import re
 import sys
-from typing import Any, BinaryIO, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO
 
 from engine.errors import GraphValidationError, TurngraphError
+
+if TYPE_CHECKING:
+    from engine.graph import Graph
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -30,16 +33,20 @@ __all__ = [
     "Parser",
     "QuietPipe",
     "UsageError",
+    "add_dialect_option",
     "add_llm_options",
     "check_output",
     "checked_message",
     "configure_logging",
+    "dialect_graph",
     "err",
     "lease_ttl",
     "model_of",
     "one_line",
     "print_json",
     "read_stdin_message",
+    "refuse_shell",
+    "shell_allowed",
     "silence_stdout",
     "store_url",
 ]
@@ -181,6 +188,32 @@ def shell_allowed(args: argparse.Namespace) -> bool:
     """Whether ``--allow-shell`` or ``$TURNGRAPH_ALLOW_SHELL`` turns shell commands on."""
     env = os.environ.get("TURNGRAPH_ALLOW_SHELL", "").strip().lower()
     return bool(getattr(args, "allow_shell", False)) or env in ("1", "true", "yes")
+
+
+def dialect_graph(graph: str | None, dialect: str | None) -> Any:
+    """``--graph`` read in ``--dialect``; the path itself without ``--dialect`` (the
+    session manager reads it then, by the graph's own ``dialect=``)."""
+    if graph is None or dialect is None:
+        return graph
+    from pathlib import Path
+
+    from engine.loader import load_graph
+
+    return load_graph(Path(graph), dialect=dialect)  # the manager checks handlers
+
+
+def refuse_shell(graph: Graph) -> None:
+    """Stop before a run when a ``shell`` node (in ``graph`` or one of its sub-graphs)
+    would be refused half-way through it; the error names its file, line and node."""
+    from engine.errors import ShellDisabled
+
+    for node in graph.nodes.values():
+        if node.handler == "shell":
+            raise UsageError(
+                f"{graph.path}:{node.line}:{node.col}: error: {ShellDisabled(node.id)}"
+            )
+    for child in graph.subgraphs.values():
+        refuse_shell(child)
 
 
 def model_of(args: argparse.Namespace) -> Any:

@@ -85,12 +85,14 @@ from engine.cli.common import (
     check_output,
     checked_message,
     configure_logging,
+    dialect_graph,
     err,
     lease_ttl,
     model_of,
     one_line,
     print_json,
     read_stdin_message,
+    refuse_shell,
     shell_allowed,
     silence_stdout,
     store_url,
@@ -373,22 +375,11 @@ def _cmd_run(argv: Sequence[str]) -> int:
     else:
         graph = _load(args.graph, registry, args.dialect)
     if not allow:
-        _refuse_shell(graph)
+        refuse_shell(graph)
     live = live_printer(llm, args.json)
     engine = _engine(registry, args.verbose, live)
     configure_logging(args.verbose)
     return _one_turn(graph, engine, message, args.json, live, llm)
-
-
-def _refuse_shell(graph: Graph) -> None:
-    """Stop before the run when a ``shell`` node would be refused half-way through it."""
-    from engine.errors import ShellDisabled
-
-    for node in graph.nodes.values():
-        if node.handler == "shell":
-            raise UsageError(
-                f"{graph.path}:{node.line}:{node.col}: error: {ShellDisabled(node.id)}"
-            )
 
 
 def _message(arg: str | None) -> str | None:
@@ -609,18 +600,12 @@ def session_manager(args: argparse.Namespace, llm: Any, live: LivePrinter | None
     allow = shell_allowed(args)
     if allow:
         options["allow_shell"] = True
-    graph: Any = args.graph
-    if graph is not None and args.dialect is not None:
-        from pathlib import Path
-
-        from engine.loader import load_graph
-
-        graph = load_graph(Path(graph), dialect=args.dialect)  # the manager checks handlers
+    graph = dialect_graph(args.graph, args.dialect)
     manager = SessionManager(
         store_url(args.store), turn_graph=graph, log_nodes=args.verbose, llm=llm, **options
     )
     if not allow:
-        _refuse_shell(manager.turn_graph)
+        refuse_shell(manager.turn_graph)
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
     return manager

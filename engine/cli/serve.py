@@ -5,20 +5,26 @@
     python -m engine.run serve [--host 127.0.0.1] [--port 8000] [--store URL] [--llm SPEC]
                                [--graph GRAPH.dot] [--grace 30] [--max-body BYTES]
                                [--max-sessions N] [--loop auto|asyncio|uvloop]
-                               [--ray [ADDRESS]]
+                               [--ray [ADDRESS]] [--dialect turngraph|attractor]
+                               [--allow-shell]
 
 Prints ``serving on http://HOST:PORT`` once listening (``--port 0``: a free port).
 With ``$TURNGRAPH_API_TOKEN`` set every request needs ``Authorization: Bearer TOKEN``;
 without it the server refuses any host but a loopback one (exit 2).  SIGTERM or Ctrl-C
 drains it (see :mod:`engine.server.run`) and it exits 0.  ``--loop`` picks the event
 loop: ``asyncio`` (the default), ``uvloop`` (installed separately; exit 2 without it),
-or ``auto`` (uvloop when it is installed, else asyncio).
+or ``auto`` (uvloop when it is installed, else asyncio).  ``--dialect`` reads
+``--graph`` in that dialect; shell commands (``tool_command``) stay off unless
+``--allow-shell`` or ``TURNGRAPH_ALLOW_SHELL=1`` turns them on: a graph with a shell
+node is refused at start otherwise (exit 2, naming its file, line and node).
 
 ``--ray [ADDRESS]`` serves sessions hosted on a Ray cluster (the ``ray`` extra; see
 ``docs/cluster.md``): the same API, with every turn run by the session's host actor
 (:class:`sessions.cluster.ClusterManager`).  ``ADDRESS`` is Ray's (``auto``,
 ``HOST:PORT``); without it the local cluster is joined if one runs, else a local Ray is
-started.  The store must be PostgreSQL, which every node shares.
+started.  The store must be PostgreSQL, which every node shares.  ``--dialect`` and
+``--allow-shell`` are refused with ``--ray`` (the hosts read the graph by its own
+``dialect=`` and run no shell commands).
 """
 
 from __future__ import annotations
@@ -30,7 +36,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from engine.cli.common import PROG, Parser, UsageError, configure_logging
+from engine.cli.common import (
+    PROG,
+    Parser,
+    UsageError,
+    add_dialect_option,
+    configure_logging,
+    refuse_shell,
+    shell_allowed,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -77,6 +91,7 @@ def _parser() -> Parser:
         metavar="ADDRESS",
         help="host the sessions on a Ray cluster (PostgreSQL store; the ray extra)",
     )
+    add_dialect_option(p, shell=True)
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and node visits")
     return p
 
@@ -150,6 +165,9 @@ def cmd_serve(argv: Sequence[str]) -> int:
         )
     factory = loop_factory(args.loop)
     configure_logging(args.verbose)
+    if args.ray is not None and (args.dialect or args.allow_shell):
+        raise UsageError(f"{PROG} serve: error: --dialect and --allow-shell do not work with --ray")
+    allow = shell_allowed(args) and args.ray is None  # Ray hosts run no shell commands
     app = create_app(
         args.store,
         llm=args.llm,
@@ -158,7 +176,11 @@ def cmd_serve(argv: Sequence[str]) -> int:
         max_body=args.max_body,
         grace=args.grace,
         max_sessions=args.max_sessions,
+        dialect=args.dialect,
+        allow_shell=allow,
     )
+    if not allow:
+        refuse_shell(app.state.turngraph.manager.turn_graph)
     server = Server(app, grace=args.grace, log_level="info" if args.verbose else "warning")
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]

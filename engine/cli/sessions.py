@@ -18,9 +18,10 @@ machine's key file, re-signed with the local key.
 ``answer ID CHOICE`` runs a turn paused at a human gate on along ``CHOICE`` and ``retry
 ID`` re-runs a failed turn from the node that failed (kept when the turn ran with
 ``--checkpoint``); both run the turn graph ``--graph`` (default the shipped
-``turn.dot``: the graph the turn ran with, or the retry is refused) and report the turn
-as ``-m`` does.  A refused answer or retry is one line on stderr and exit 2.  ``show``
-says when a question waits or a failed turn can be retried.
+``turn.dot``: the graph the turn ran with, or the retry is refused), read in
+``--dialect`` and with shell commands off unless ``--allow-shell`` (as the turn ran),
+and report the turn as ``-m`` does.  A refused answer or retry is one line on stderr
+and exit 2.  ``show`` says when a question waits or a failed turn can be retried.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ from typing import Any
 from engine.cli.common import (
     PROG,
     Parser,
+    add_dialect_option,
     add_llm_options,
     check_output,
     configure_logging,
+    dialect_graph,
     err,
     model_of,
     print_json,
+    refuse_shell,
+    shell_allowed,
     store_url,
 )
 
@@ -86,6 +91,7 @@ def _sessions_parser() -> Parser:
         )
         going_on.add_argument("--json", action="store_true", help="print one JSON object")
         add_llm_options(going_on)
+        add_dialect_option(going_on, shell=True)
     for action in sub.choices.values():  # the shared options work after the action too
         action.add_argument("--store", metavar="URL", default=argparse.SUPPRESS)
         action.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -379,13 +385,17 @@ async def _go_on(args: argparse.Namespace, step: Callable[[Any], Awaitable[Any]]
 
     llm = model_of(args)
     live = live_printer(llm, args.json)
+    allow = shell_allowed(args)
     manager = SessionManager(
         _existing_store(args),
-        turn_graph=args.graph,
+        turn_graph=dialect_graph(args.graph, args.dialect),
         log_nodes=args.verbose,
         llm=llm,
         limits=Limits(checkpoint=True),  # a retried turn that fails can be retried again
+        allow_shell=allow,
     )
+    if not allow:
+        refuse_shell(manager.turn_graph)
     if live is not None:
         manager.engine.observers = (*manager.engine.observers, live)
     try:

@@ -55,16 +55,23 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 
 
 def _manager(
-    store: str | None, llm: str | None, graph: str | None, max_sessions: int
+    store: str | None,
+    llm: str | None,
+    graph: str | None,
+    max_sessions: int,
+    dialect: str | None,
+    allow_shell: bool,
 ) -> SessionManager:
+    from engine.cli.common import dialect_graph
     from sessions import Limits, SessionManager
     from sessions.store import default_store_url
 
     return SessionManager(
         store or os.environ.get("TURNGRAPH_STORE") or default_store_url(),
         llm=llm or os.environ.get("TURNGRAPH_LLM") or "echo",
-        turn_graph=graph,
+        turn_graph=dialect_graph(graph, dialect),
         limits=Limits(max_active_sessions=max_sessions),
+        allow_shell=allow_shell,
     )
 
 
@@ -78,6 +85,8 @@ def create_app(
     max_body: int = MAX_BODY,
     grace: float = 30.0,
     max_sessions: int = MAX_SESSIONS,
+    dialect: str | None = None,
+    allow_shell: bool = False,
 ) -> Starlette:
     """The turngraph HTTP API as a Starlette app.
 
@@ -91,10 +100,14 @@ def create_app(
     is how long shutdown waits for running turns before cancelling them.
     ``max_sessions`` bounds the sessions hosted at once (idle ones are closed to make
     room; a turn beyond it with every hosted session busy answers 429).
+    ``dialect`` reads ``graph`` in that dialect (``"attractor"``: :mod:`engine.attractor`;
+    default: the graph's own ``dialect=`` attribute).  ``allow_shell`` lets ``shell``
+    nodes (Attractor's ``tool_command``) run their commands; off by default, whatever
+    the graph says (``manager`` replaces both, as it does ``store``, ``llm`` and ``graph``).
     """
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     st = ServerState(
-        manager or _manager(store, llm, graph, max_sessions),
+        manager or _manager(store, llm, graph, max_sessions, dialect, allow_shell),
         token=token.encode() if token else None,
         max_body=max_body,
         grace=grace,

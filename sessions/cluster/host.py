@@ -63,6 +63,8 @@ class SessionHost:
         self._members: tuple[str, ...] = ()
         """The hosts as last told by the client (empty: not told yet, serve anything)."""
         self._version = -1
+        self._closing: set[asyncio.Future[Any]] = set()
+        """Sessions being released after a rebalance (kept so they are not collected)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,7 +130,7 @@ class SessionHost:
         pause = _POLL
         while True:
             try:
-                return await manager.get_or_create(session_id)
+                session = await manager.get_or_create(session_id)
             except Fenced:
                 raise
             except SessionBusy:  # from acquire only: another owner's lease is live
@@ -136,6 +138,14 @@ class SessionHost:
                     raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.5)
+                continue
+            if self._members and owner_of(session_id, self._members) != self.host_id:
+                # The members changed while it opened (a rebalance that ran meanwhile
+                # did not see it live): release it, or its lease would keep its new host
+                # out for as long as this host lives.
+                await manager.close(session_id)
+                raise _Moved(session_id)
+            return session
 
     async def open(self, session_id: str) -> Reply:
         """Host the session (creating it if new); answers its ``turn_count``."""
@@ -269,7 +279,13 @@ class SessionHost:
             return 0
         self._members, self._version = members, version
         moved = [s.id for s in manager.live if owner_of(s.id, members) != self.host_id]
-        await asyncio.gather(*(manager.close(sid) for sid in moved))
+        if moved:
+            # Released in the background: closing waits for running turns and writes to
+            # the store, and the client bounds this call by its probe timeout; a host
+            # slow to answer would be taken for dead.  The new hosts wait for the leases.
+            closing = asyncio.gather(*(manager.close(sid) for sid in moved), return_exceptions=True)
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         return len(moved)
 
 

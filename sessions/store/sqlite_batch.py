@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from sessions.errors import StoreError
+from sessions.errors import CommitUnknown, StoreError
 from sessions.store.durable import StateRow
 from sessions.store.sqlite_core import BatchTurn, SQLiteCore, batch_rows, count_write
 from sessions.store.sqlite_group import Committer, QueuedTurn
@@ -139,7 +139,8 @@ def _commit_there(
         finally:
             release()
         return True
-    committer.commit(core.conn, release, functools.partial(_committed, store, batch, rows))
+    done = functools.partial(_committed, store, batch, rows, release)
+    committer.commit(core.conn, release, done)
     return False
 
 
@@ -147,22 +148,29 @@ def _committed(
     store: SQLiteStore,
     batch: list[QueuedTurn],
     rows: list[StateRow],
-    error: sqlite3.Error | None,
+    release: Callable[[], None],
+    error: Exception | None,
 ) -> None:
     """In the loop: the commit of ``batch`` ended (``error``: it failed, nothing of the
-    batch was written)."""
+    batch was written).  The connection is still claimed: the new heads reach the
+    remembered rows and the rollback witness before anything queued behind the commit
+    (a delete of one of these sessions) runs, or the witness would keep a head of a
+    session deleted after it, and report it rolled back."""
     group, core = store._group, store._core
     assert group is not None
     failed: BaseException | None = None
-    if error is not None:
-        failed = translate(store.url, store.path, error)
-        if core is not None:
-            for t in batch:
-                core.remembered.forget(t.sid)
-    elif core is not None:
-        count_write(core)
-        core.remembered.remember_all(rows)
-    group.settle(batch, None, failed)
+    try:
+        if error is not None:
+            failed = _failure(store, error)
+            if core is not None:
+                for t in batch:
+                    core.remembered.forget(t.sid)
+        elif core is not None:
+            count_write(core)
+            core.remembered.remember_all(rows)
+    finally:  # whatever happened above, the batch ends (its callers must not hang)
+        release()
+        group.settle(batch, None, failed)
 
 
 def _write_in_thread(
@@ -188,3 +196,14 @@ def _write_in_thread(
         error = exc
     with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
         loop.call_soon_threadsafe(group.settle, batch, errors, error)
+
+
+def _failure(store: SQLiteStore, error: Exception) -> StoreError:
+    """The error a batch's callers get when its commit raised ``error``: SQLite's
+    translated (nothing was written), anything else :class:`CommitUnknown` (it may
+    have been raised after the commit ended)."""
+    if isinstance(error, sqlite3.Error):
+        return translate(store.url, store.path, error)
+    unknown = CommitUnknown(store.url, f"{store.path}: the commit ended with {error!r}")
+    unknown.__cause__ = error
+    return unknown

@@ -116,6 +116,12 @@ class GroupCommit:
                 self._busy = True
                 try:
                     await anyio.lowlevel.checkpoint()  # the turns ready now join this batch
+                except BaseException:
+                    # Cancelled before anything was written: its turn leaves the batch
+                    # (else it would be written while its caller is told it was not).
+                    if turn in self._queue:
+                        self._queue.remove(turn)
+                    raise
                 finally:
                     self._next()
             if not turn.done:
@@ -202,11 +208,13 @@ class Committer:
         self,
         conn: sqlite3.Connection,
         release: Callable[[], None],
-        done: Callable[[sqlite3.Error | None], None],
+        done: Callable[[Exception | None], None],
     ) -> None:
-        """Commit ``conn``'s open transaction (rolled back if that fails), call
-        ``release()``, then ``done(error)`` in the running loop (``None``: committed).
-        Call from the loop's thread."""
+        """Commit ``conn``'s open transaction (rolled back if that fails), then call
+        ``done(error)`` in the running loop (``None``: committed) with the connection
+        still claimed: ``done`` calls ``release()`` once it has recorded what the
+        commit made durable, so nothing else of the store (a delete waiting in the
+        database thread, say) runs before that.  Call from the loop's thread."""
         self._jobs.put((conn, release, asyncio.get_running_loop(), done))
 
     def stop(self) -> None:
@@ -218,7 +226,7 @@ _Commit = tuple[
     sqlite3.Connection,
     Callable[[], None],
     asyncio.AbstractEventLoop,
-    Callable[[sqlite3.Error | None], None],
+    Callable[[Exception | None], None],
 ]
 
 
@@ -228,16 +236,18 @@ def _commit_loop(
     """The :class:`Committer` thread's body."""
     while (job := jobs.get()) is not None:
         conn, release, loop, done = job
-        error: sqlite3.Error | None = None
+        error: Exception | None = None
         try:
             commit(conn)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # SQLite's, or another (the batch must end either way)
             error = exc
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.rollback()
-        finally:
+        except BaseException:
             release()
-        # A closed loop raises RuntimeError: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
+            raise
+        try:
             loop.call_soon_threadsafe(done, error)
+        except RuntimeError:  # the loop closed: nobody waits any more
+            release()

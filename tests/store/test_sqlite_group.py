@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from sessions.errors import Fenced, StoreError, Unstorable
+from sessions.errors import CommitUnknown, Fenced, StoreError, Unstorable
 from sessions.store import SQLiteStore, open_store
 from sessions.store.base import SessionMeta, TurnCommit
 from sessions.store.sqlite_group import BATCH_MAX, BATCH_MIN, Committer, QueuedTurn, batch_limit
@@ -392,3 +393,93 @@ def test_the_batch_limit() -> None:
     assert batch_limit(queued, frozenset(f"q{i}" for i in range(40))) == 30
     assert batch_limit(queued[:3], frozenset()) == BATCH_MIN
     assert batch_limit(queued * 20, frozenset(f"b{i}" for i in range(2000))) == BATCH_MAX
+
+
+def block_until_deleted(path: Path, sid: str, events: list[str]) -> None:
+    """Block the event loop until the gated commit has ended and ``sid`` is gone from
+    the file (deleted in the database thread) or two seconds have passed: the loop
+    handles nothing meanwhile, the commit's end included."""
+    for _ in range(6000):
+        if "commit-end" in events:
+            break
+        time.sleep(0.005)
+    reader = sqlite3.connect(path)
+    try:
+        for _ in range(400):
+            if reader.execute("SELECT 1 FROM sessions WHERE id=?", (sid,)).fetchone() is None:
+                return
+            time.sleep(0.005)
+    finally:
+        reader.close()
+
+
+async def test_a_session_deleted_as_its_batch_commits_is_not_reported_rolled_back(
+    store: SQLiteStore,
+) -> None:
+    """A delete waiting for the connection while a batch commits runs once the commit
+    ends; the batch's heads reach the rollback witness before that delete can run, so
+    the delete's "forget it" is the last word: making the session again is no
+    RolledBack."""
+    tokens = await new_sessions(store, 2)
+    events: list[str] = []
+    fsync = gate_commits(store, events)
+
+    async def send(sid: str) -> None:
+        await store.append_turn(sid, commit(1, 0), token=tokens[sid])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "s0")
+        tg.start_soon(send, "s1")
+        await anyio.to_thread.run_sync(fsync.started.acquire)
+        tg.start_soon(store.delete, "s0")  # queued in the database thread
+        await anyio.wait_all_tasks_blocked()
+        fsync.gates[0].set()
+        block_until_deleted(store.path, "s0", events)
+    assert not await store.exists("s0")
+    await store.create(SessionMeta(id="s0"))  # not RolledBack
+    assert (await store.load("s0")).meta.turn_count == 0
+    assert await store.verify("s1") == 3
+
+
+async def test_a_turn_cancelled_before_its_batch_is_written_is_not_written(
+    store: SQLiteStore,
+) -> None:
+    """A caller cancelled at the yield before it writes the batch it leads: its own
+    turn leaves the batch (nothing of it is written, as the cancellation says), and
+    the turns that joined meanwhile still commit."""
+    tokens = await new_sessions(store, 2)
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # delivered at the first yield
+            tg.start_soon(
+                functools.partial(store.append_turn, "s1", commit(1, 0), token=tokens["s1"])
+            )
+            await store.append_turn("s0", commit(1, 0), token=tokens["s0"])
+        assert scope.cancelled_caught
+    assert (await store.load("s0")).meta.turn_count == 0
+    assert await store.verify("s1") == 3
+    await store.append_turn("s0", commit(1, 0), token=tokens["s0"])
+    assert await store.verify("s0") == 3
+
+
+async def test_a_commit_that_raises_another_error_ends_its_batch(store: SQLiteStore) -> None:
+    """An error of the commit that is not SQLite's (so it may come after the commit
+    ended) still ends the batch: each caller gets CommitUnknown instead of waiting
+    forever, and the store writes on (here the commit never ran: nothing is stored)."""
+    tokens = await new_sessions(store, 2)
+
+    def broken(conn: sqlite3.Connection) -> None:
+        raise RuntimeError("the committer broke")
+
+    assert store._committer is not None
+    store._committer.stop()
+    store._committer = Committer("test-commit", broken)
+    with anyio.fail_after(30):
+        got = await outcomes(store, [(sid, commit(1, 0), tok) for sid, tok in tokens.items()])
+    assert all(isinstance(e, CommitUnknown) and "the committer broke" in str(e) for e in got), got
+    store._committer.stop()
+    store._committer = Committer("test-commit")
+    for sid, tok in tokens.items():
+        assert (await store.load(sid)).meta.turn_count == 0
+        await store.append_turn(sid, commit(1, 0), token=tok)
+        assert await store.verify(sid) == 3
