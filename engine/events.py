@@ -98,13 +98,16 @@ class NodeStarted:
     """A node's handler is about to run (attempt 1).
 
     ``branch`` on this and the other node events: the parallel branch the visit runs in
-    (``a``, ``a/x`` when nested), ``None`` outside one.
+    (``a``, ``a/x`` when nested), ``None`` outside one.  ``edge``: the ``Edge.index`` of
+    the edge the walk came in by, when the node before has several edges to this one
+    (else the previous node names it).
     """
 
     run_id: str
     node_id: str
     handler: str
     branch: str | None = None
+    edge: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class NodeCompleted:
     usage: Usage | None = None
     """The model tokens the visit used, when its handler reported them."""
     branch: str | None = None
+    changed: tuple[str, ...] = ()
+    """The context keys the visit wrote (its record's ``changed``: the same tuple)."""
 
 
 @dataclass(frozen=True, slots=True)

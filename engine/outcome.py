@@ -64,6 +64,9 @@ class NodeRecord(msgspec.Struct, frozen=True):
     changed: tuple[str, ...] = ()
     """The context keys the visit wrote (its outcome's update keys, in their order);
     names only, never values, so recording them costs a tuple per visit."""
+    edge: int | None = None
+    """The ``Edge.index`` of the edge the walk left the visit by, recorded only when
+    the node has several edges to one target (else the next visit's node names it)."""
 
     @property
     def duration_ms(self) -> float:
@@ -72,7 +75,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``id``, ``handler``, ``status``, ``attempts``, ``duration_ms``,
-        ``changed`` (the context keys written, a list) when the visit wrote any, and
+        ``changed`` (the context keys written, a list) when the visit wrote any, ``edge``
+        when recorded, and
         ``model``, ``input_tokens``, ``output_tokens`` when the visit used a model).
 
         Flat keys: a stored trace stays a list of flat dicts."""
@@ -89,6 +93,8 @@ class NodeRecord(msgspec.Struct, frozen=True):
             d["branch"] = self.branch
         if self.changed:
             d["changed"] = list(self.changed)
+        if self.edge is not None:
+            d["edge"] = self.edge
         usage = self.usage
         if usage is not None:
             d["model"] = usage.model

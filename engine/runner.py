@@ -98,20 +98,28 @@ _FAILED: frozenset[str] = frozenset({"fail", "retry"})
 _MET: frozenset[str] = frozenset({"success", "partial"})
 
 
+_Hop = tuple[str, int]
+"""A route out of a node: (target id, the edge's ``Edge.index``; -1 for a retry jump)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """One node, compiled for running."""
+    """One node, compiled for running.  Routes are ``_Hop``s made once here, so
+    choosing an edge allocates nothing."""
 
     node: Node
     spec: HandlerSpec
     in_thread: bool
     is_exit: bool
     status_key: str
-    conds: tuple[tuple[Callable[[Mapping[str, Any]], bool], str], ...]
-    by_label: Mapping[str, str]
-    targets: frozenset[str]
-    default: str | None
-    on_fail: str | None
+    conds: tuple[tuple[Callable[[Mapping[str, Any]], bool], _Hop], ...]
+    by_label: Mapping[str, _Hop]
+    targets: Mapping[str, _Hop]
+    default: _Hop | None
+    on_fail: _Hop | None
+    twins: bool
+    """Whether the node has several edges to one target: only then does a visit's
+    record name the edge it left by (the pair of node ids names any other)."""
     fan: Fan | None = None
     sub: _Sub | None = None
     gate: Gate | None = None
@@ -166,15 +174,19 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
         node = replace(node, timeout=None)
     # Highest weight first, then target id, so selection is deterministic.
     out = sorted(graph.out_edges(node.id), key=lambda e: (-e.weight, e.dst, e.index))
-    conds = tuple((e.condition.test, e.dst) for e in out if e.condition is not None)
+    conds = tuple((e.condition.test, (e.dst, e.index)) for e in out if e.condition is not None)
     plain = [e for e in out if e.condition is None]
-    by_label: dict[str, str] = {}
+    by_label: dict[str, _Hop] = {}
     for e in plain:
         if e.label:
-            by_label.setdefault(_norm_label(e.label), e.dst)
+            by_label.setdefault(_norm_label(e.label), (e.dst, e.index))
     for e in plain:  # after every exact label, so none of those is shadowed
         if e.label:
-            by_label.setdefault(_bare_label(e.label), e.dst)
+            by_label.setdefault(_bare_label(e.label), (e.dst, e.index))
+    targets: dict[str, _Hop] = {}
+    for e in plain:
+        targets.setdefault(e.dst, (e.dst, e.index))
+    on_fail = node.retry_target or node.fallback_retry_target
     return _Step(
         node=node,
         spec=spec,
@@ -186,9 +198,10 @@ def _compile_step(graph: Graph, node: Node, spec: HandlerSpec) -> _Step:
         status_key=f"node.{node.id}.status",
         conds=conds,
         by_label=MappingProxyType(by_label),
-        targets=frozenset(e.dst for e in plain),
-        default=plain[0].dst if plain else None,
-        on_fail=node.retry_target or node.fallback_retry_target,
+        targets=MappingProxyType(targets),
+        default=(plain[0].dst, plain[0].index) if plain else None,
+        on_fail=(on_fail, -1) if on_fail else None,
+        twins=len({e.dst for e in out}) < len(out),
         fan=_compile_fan(graph, node) if node.handler == FAN_OUT else None,
         gate=gate,
     )
@@ -456,6 +469,7 @@ class Engine:
         steps = plan.steps
         max_steps = plan.max_steps
         gate_tries: dict[str, int] | None = None
+        via: int | None = None  # the edge taken into node_id, when its source has twins
         while True:
             if len(trace) >= max_steps:
                 raise MaxStepsExceeded(max_steps, node_id)
@@ -467,7 +481,7 @@ class Engine:
             if emitter is not None:
                 emitter.node_id = node_id
             if step.sub is None:
-                outcome, record, error = await self._visit(step, view, rid, obs, branch)
+                outcome, record, error = await self._visit(step, view, rid, obs, branch, via)
             else:
                 outcome, record, error = await self._visit_sub(
                     step, step.sub, view, trace, rid, obs, emitter, branch
@@ -479,7 +493,12 @@ class Engine:
             ctx["outcome"] = status
             ctx["preferred_label"] = outcome.preferred_label or ""
             ctx[step.status_key] = status
-            nxt = _choose(step, outcome, status, view, error, record)
+            hop = _choose(step, outcome, status, view, error, record)
+            nxt = None if hop is None else hop[0]
+            via = None
+            if step.twins and hop is not None and hop[1] >= 0:
+                via = hop[1]
+                trace[-1] = record = msgspec.structs.replace(record, edge=via)
             if step.fan is not None and nxt is not None and status not in _FAILED:
                 walk = self._brancher(plan, rid, obs, step.fan, on_step, on_enter)
                 nxt = await fan_out(step.fan, walk, ctx, trace, branch)
@@ -524,11 +543,12 @@ class Engine:
         rid: str,
         obs: tuple[Observer, ...],
         branch: str | None = None,
+        via: int | None = None,
     ) -> tuple[Outcome, NodeRecord, HandlerError | None]:
         """Run one node under its retry policy; never raises a node failure."""
         node = step.node
         if obs:
-            notify(obs, NodeStarted(rid, node.id, node.handler, branch))
+            notify(obs, NodeStarted(rid, node.id, node.handler, branch, via))
         t0 = _perf()
         attempt = 1
         while True:
@@ -623,11 +643,11 @@ def _choose(
     ctx: Mapping[str, Any],
     error: HandlerError | None,
     record: NodeRecord,
-) -> str | None:
-    """The next node id, or None when ``step`` is an exit that succeeded."""
-    for test, dst in step.conds:
+) -> _Hop | None:
+    """The route to the next node, or None when ``step`` is an exit that succeeded."""
+    for test, hop in step.conds:
         if test(ctx):
-            return dst
+            return hop
     if status in _FAILED:
         if step.on_fail is not None:
             return step.on_fail
@@ -645,8 +665,10 @@ def _choose(
         if labelled is not None:
             return labelled
     hint = outcome.suggested_next
-    if hint is not None and hint in step.targets:
-        return hint
+    if hint is not None:
+        hinted = step.targets.get(hint)
+        if hinted is not None:
+            return hinted
     if step.default is None:
         raise NoRouteError(step.node.id, status)
     return step.default
@@ -702,7 +724,15 @@ def _finish(
             notify(obs, NodeFailed(rid, node.id, node.handler, attempt, took, reason, branch))
         else:
             done = NodeCompleted(
-                rid, node.id, node.handler, status, attempt, took, record.usage, branch
+                rid,
+                node.id,
+                node.handler,
+                status,
+                attempt,
+                took,
+                record.usage,
+                branch,
+                record.changed,
             )
             notify(obs, done)
     return record

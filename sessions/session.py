@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
+from engine.events import Observer
 from engine.graph import Graph
 from sessions.checkpoints import Checkpoints, graph_fingerprint
 from sessions.compaction import CompactionResult, Compactor, Summarizer
@@ -336,7 +337,7 @@ class Session:
         """Continue the turn a crashed process left at its checkpoint; ``None`` if none."""
         return await self._turns.resume()
 
-    async def answer(self, choice: str) -> TurnResult:
+    async def answer(self, choice: str, *, watch: Observer | None = None) -> TurnResult:
         """Answer the question the paused turn waits on (:attr:`question`): the turn runs
         on from its gate along the edge labelled ``choice`` and commits (or pauses at
         the next gate).  Works in any process that loads the session.
@@ -345,19 +346,20 @@ class Session:
         :class:`~sessions.errors.UnknownChoice` (the question still waits) for a choice
         the gate does not offer, and :class:`~sessions.errors.GateTimedOut` when the
         gate's timeout passed first: the turn has then run on with its ``default``.
+        ``watch`` observes the turn's events as :meth:`send`'s stream would.
         """
         cps = self.checkpoints
-        return await self._turns.continue_turn(lambda: answer_plan(self.id, cps, choice))
+        return await self._turns.continue_turn(lambda: answer_plan(self.id, cps, choice), watch)
 
-    async def retry_turn(self) -> TurnResult:
+    async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult:
         """Re-run the latest turn, which failed, from the node that failed with the
         context just before it, as the next turn (``Limits.checkpoint`` must have been on
         when it failed).  :class:`~sessions.errors.RetryRefused` when there is no such
         turn or the turn graph changed since; :class:`~sessions.errors.SessionPaused`
-        while a question waits."""
+        while a question waits.  ``watch`` observes the turn's events."""
         checkpointing = self._rt.limits.checkpoint
         return await self._turns.continue_turn(
-            lambda: retry_plan(self, self.checkpoints, checkpointing)
+            lambda: retry_plan(self, self.checkpoints, checkpointing), watch
         )
 
     # ------------------------------------------------------------------ compaction

@@ -164,6 +164,10 @@ class TurnRuntime(Protocol):
         ...
 
 
+Watch = Observer | None
+"""An observer of one turn's events, or none."""
+
+
 class TurnPipeline:
     """Runs one session's turns in arrival order, one at a time, and commits each.
 
@@ -259,19 +263,19 @@ class TurnPipeline:
         finally:
             await self._leave()
 
-    async def continue_turn(self, plan: Callable[[], Continuation]) -> TurnResult:
+    async def continue_turn(self, plan: Callable[[], Continuation], watch: Watch) -> TurnResult:
         """Run the turn ``plan`` says (called under the lock; it raises when there is
-        none): an answered gate's, a timed-out one's, a retried one's."""
+        none): an answered gate's, a timed-out one's, a retried one's, watched by ``watch``."""
         await self._enter()
         try:
             await self._sync()
-            return await self._go_on(plan())
+            return await self._go_on(plan(), watch)
         finally:
             await self._leave()
 
-    async def _go_on(self, c: Continuation) -> TurnResult:
+    async def _go_on(self, c: Continuation, watch: Watch = None) -> TurnResult:
         result = await self._turn(
-            c.input, c.turn, start_at=c.start_at, carried=c.carried, prior=c.prior
+            c.input, c.turn, start_at=c.start_at, carried=c.carried, prior=c.prior, watch=watch
         )
         if c.after is not None:
             raise c.after

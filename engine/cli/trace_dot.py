@@ -26,6 +26,7 @@ VISITED = "#d8ecff"
 RETRIED = "#ffe3a3"
 FAILED = "#ff6b6b"
 TAKEN = "#1f6feb"
+WAITING = "#ffd23f"
 
 _FILL = {"tg-visited": VISITED, "tg-retried": RETRIED, "tg-failed": FAILED}
 _FAILING = ("fail",)
@@ -65,25 +66,52 @@ def _node_marks(visits: Sequence[Mapping[str, Any]], node_id: str) -> dict[str, 
     return marks
 
 
-def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]]) -> str:
+def traced_dot(graph: Graph, trace: Sequence[Mapping[str, Any]], waiting: str | None = None) -> str:
     """``graph`` as DOT with the path of ``trace`` (stored node-visit dicts, in order)
     highlighted: visited nodes filled (red when failed, double-bordered when retried),
-    the edges between consecutive visits drawn thick and blue.  Visits of nodes the
-    graph no longer has (it changed since the turn) are skipped."""
+    the edges between consecutive visits drawn thick and blue.  Where a visit records
+    the edge it left by (``edge``, kept when its node has several edges to one target)
+    only that edge is drawn taken; else every edge between the two nodes (as traces
+    stored before ``edge`` existed are drawn).  Every edge not taken gets the SVG id
+    ``tg-e{index}``, so the live page can light the one a ``NodeStarted`` names.
+    Visits of nodes the graph no longer has (it changed since the turn) are skipped.
+    ``waiting``: the human gate a paused turn waits at, drawn yellow (``tg-waiting``)
+    with the edge that led there."""
     visits: dict[str, list[Mapping[str, Any]]] = {}
     for visit in trace:
         visits.setdefault(str(visit.get("id")), []).append(visit)
     node_marks = {nid: _node_marks(vs, nid) for nid, vs in visits.items() if nid in graph.nodes}
-    edge_marks: dict[tuple[str, str], dict[str, Value]] = {}
-    for n, (src, dst) in enumerate(_steps(trace), start=1):
-        if (src, dst) not in edge_marks:
-            edge_marks[(src, dst)] = {
+    edge_marks: dict[tuple[str, str] | int, dict[str, Value]] = {}
+    by_index = {e.index: e for e in graph.edges}
+    steps = list(trace)
+    if waiting is not None and waiting in graph.nodes:
+        node_marks[waiting] = {
+            "style": "filled,bold",
+            "fillcolor": WAITING,
+            "penwidth": 2.5,
+            "color": TAKEN,
+            "id": f"tg-waiting-{waiting}",
+            "class": "tg-waiting",
+        }
+        steps.append({"id": waiting})
+    for n, (visit, dst) in enumerate(_steps(steps), start=1):
+        src = str(visit.get("id"))
+        key: tuple[str, str] | int = (src, dst)
+        index = visit.get("edge")
+        edge = by_index.get(index) if isinstance(index, int) else None
+        if edge is not None and (edge.src, edge.dst) == key:  # else the graph changed
+            key = edge.index
+        if key not in edge_marks:
+            edge_marks[key] = {
                 "color": TAKEN,
                 "penwidth": 3,
                 "id": f"tg-taken-{src}-{dst}",
                 "class": "tg-taken",
                 "taillabel": str(n),
             }
+    for e in graph.edges:  # an id for every other edge, for the live page's script
+        if e.index not in edge_marks and (e.src, e.dst) not in edge_marks:
+            edge_marks[e.index] = {"id": f"tg-e{e.index}"}
     return graph_to_dot(graph, node_marks, edge_marks)
 
 
@@ -94,20 +122,21 @@ def _parent(branch: str | None) -> str | None:
     return branch.rsplit("/", 1)[0]
 
 
-def _steps(trace: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """The edges the visits of ``trace`` took, in visit order, branch by branch."""
+def _steps(trace: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], str]]:
+    """The edges the visits of ``trace`` took, in visit order, branch by branch: each
+    as (the visit it left, the id of the node it led to)."""
     last: dict[str | None, Mapping[str, Any]] = {}  # branch -> its latest visit
-    steps: list[tuple[str, str]] = []
+    steps: list[tuple[Mapping[str, Any], str]] = []
     for visit in trace:
         branch = visit.get("branch") or None
         dst = str(visit.get("id"))
         joined = [b for b in last if b is not None and _parent(b) == branch]
         if joined:  # the first visit after a join: every branch that finished leads here
             froms = [last.pop(b) for b in joined]
-            steps += [(str(v.get("id")), dst) for v in froms if v.get("status") != "fail"]
+            steps += [(v, dst) for v in froms if v.get("status") != "fail"]
         else:
             before = last.get(branch, last.get(_parent(branch)))
             if before is not None:
-                steps.append((str(before.get("id")), dst))
+                steps.append((before, dst))
         last[branch] = visit
     return steps

@@ -306,13 +306,14 @@ def _attrs(attrs: Mapping[str, Value]) -> str:
 def graph_to_dot(
     graph: Graph,
     node_marks: Mapping[str, Mapping[str, Value]] | None = None,
-    edge_marks: Mapping[tuple[str, str], Mapping[str, Value]] | None = None,
+    edge_marks: Mapping[tuple[str, str] | int, Mapping[str, Value]] | None = None,
 ) -> str:
     """The graph as normalised DOT: defaults applied, subgraphs flattened, values typed,
     each node's handler and each conditional edge's condition shown in its label.
 
     Loading the output again gives a graph that routes the same way.  ``node_marks``
-    and ``edge_marks`` (by node id, by ``(src, dst)``) add drawing attributes over the
+    and ``edge_marks`` (by node id; by ``(src, dst)`` then ``Edge.index``) add drawing
+    attributes over the
     node's or edge's own, e.g. a turn's path (:func:`engine.cli.trace_dot.traced_dot`).
     """
     node_marks = node_marks or {}
@@ -338,6 +339,7 @@ def graph_to_dot(
             shown.append(f"if {edge.condition.source}")
             eattrs["label"] = "\n".join(shown)
         eattrs.update(edge_marks.get((edge.src, edge.dst), {}))
+        eattrs.update(edge_marks.get(edge.index, {}))
         lines.append(f"    {quote(edge.src)} -> {quote(edge.dst)}{_attrs(eattrs)};")
     lines.append("}")
     return "\n".join(lines) + "\n"

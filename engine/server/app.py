@@ -13,7 +13,6 @@ turns get ``grace`` seconds to finish, then the manager closes, releasing every 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -23,10 +22,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.errors import TurngraphError
-from engine.server.errors import Unauthorized, error_body, status_of
+from engine.server.auth import BearerAuth
+from engine.server.errors import error_body, status_of
 from engine.server.http import json
 from engine.server.routes import graphs, health, heartbeats, live, sessions, turns, ui
 from engine.server.state import Manager, ServerState
@@ -53,33 +52,6 @@ async def _on_error(request: Request, exc: Exception) -> Response:
         body = {"error": {"kind": kind, "message": f"{request.method} {request.url.path}"}}
         return json(body, exc.status_code)
     return json(error_body(exc), status_of(exc))
-
-
-class BearerAuth:
-    """Refuses every request without ``Authorization: Bearer <token>`` (401, JSON).
-
-    The comparison is constant-time (:func:`hmac.compare_digest`), so the response time
-    tells nothing about how much of a guess was right.
-    """
-
-    def __init__(self, app: ASGIApp, token: bytes) -> None:
-        self.app = app
-        self.expected = b"bearer " + token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = b""
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    given = value[:7].lower() + value[7:]
-                    break
-            if not hmac.compare_digest(given, self.expected):
-                exc = Unauthorized("a valid `Authorization: Bearer <token>` header is required")
-                response = json(error_body(exc), 401)
-                response.headers["www-authenticate"] = "Bearer"
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _manager(

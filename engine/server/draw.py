@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -11,10 +12,18 @@ from engine.server.errors import GraphvizMissing
 
 __all__ = ["draw_svg"]
 
+# A DOT file's ``URL``/``href`` (and ``labelURL``, ``headURL``..., an HTML label's
+# ``HREF``, a ``stylesheet``) become links in Graphviz's SVG, ``javascript:`` ones
+# included, which would run on this server's origin when clicked.  The viewer links
+# nothing from its drawings, so every link goes (Graphviz writes ``"`` in a value as
+# ``&quot;``: a value never holds a quote).
+_LINK = re.compile(rb'\s(?:xlink:)?href="[^"]*"')
+
 
 async def draw_svg(dot_text: str, what: str) -> bytes:
-    """``dot_text`` laid out by Graphviz's ``dot`` program as SVG; ``GraphvizMissing``
-    (503) when ``dot`` is not installed or fails (``what`` names the picture)."""
+    """``dot_text`` laid out by Graphviz's ``dot`` program as SVG, without the links a
+    DOT file may ask for; ``GraphvizMissing`` (503) when ``dot`` is not installed or
+    fails (``what`` names the picture)."""
     exe = shutil.which("dot")
     if exe is None:
         raise GraphvizMissing("drawing a graph needs Graphviz's `dot` program; install graphviz")
@@ -23,4 +32,4 @@ async def draw_svg(dot_text: str, what: str) -> bytes:
     )
     if proc.returncode != 0:
         raise GraphvizMissing(f"dot failed to draw {what} (exit {proc.returncode})")
-    return proc.stdout
+    return _LINK.sub(b"", proc.stdout)

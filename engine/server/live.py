@@ -10,14 +10,20 @@ A watcher that arrives while a turn runs first gets that turn's items so far (al
 its text deltas), kept from its ``RunStarted`` event to its result, so a page opened
 mid-turn shows the whole path.
 Nothing is kept for a session without a running turn or a watcher; a plain turn of a
-session nobody watches publishes nothing at all.  The hub lives in one server process:
-watchers see the turns this process runs, not those of another worker.
+session nobody watches publishes nothing at all.
+
+**A watcher that does not keep up** (it stopped reading; its connection stalls) holds
+at most ``buffer`` items.  One more and it is dropped: its stream ends after what it
+holds (the page's ``EventSource`` reconnects and gets the running turn so far), so
+a stalled watcher neither grows the server's memory nor slows the turn.
+
+The hub lives in one server process: watchers see the turns this process runs, not
+those of another worker.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import anyio
@@ -25,7 +31,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine.events import Event, RunStarted, TextDelta
 
-__all__ = ["LiveHub"]
+__all__ = ["WATCH_BUFFER", "LiveHub"]
+
+WATCH_BUFFER = 4096
+"""Items a watcher may hold unread (beyond the running turn's so far) before it is dropped."""
 
 
 class _Channel:
@@ -42,10 +51,11 @@ class _Channel:
 class LiveHub:
     """Per-session broadcast of turn items to the session's watchers (see the module)."""
 
-    __slots__ = ("_channels",)
+    __slots__ = ("_buffer", "_channels")
 
-    def __init__(self) -> None:
+    def __init__(self, buffer: int = WATCH_BUFFER) -> None:
         self._channels: dict[str, _Channel] = {}
+        self._buffer = buffer
 
     def watched(self, session_id: str) -> bool:
         """Whether anyone watches ``session_id`` now."""
@@ -85,17 +95,24 @@ class LiveHub:
     @staticmethod
     def _fan_out(channel: _Channel, item: object) -> None:
         for watcher in tuple(channel.watchers):
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            try:
                 watcher.send_nowait(item)
+            except anyio.WouldBlock:  # it stopped reading: drop it (see the module)
+                channel.watchers.discard(watcher)
+                watcher.close()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                channel.watchers.discard(watcher)
 
     @contextlib.contextmanager
     def watch(self, session_id: str) -> Iterator[MemoryObjectReceiveStream[object]]:
         """A stream of ``session_id``'s turn items from now on, starting with those of
-        the turn running now (if any), for as long as the block lasts."""
+        the turn running now (if any), for as long as the block lasts, or until it falls
+        ``buffer`` items behind (then the stream ends)."""
         channel = self._channels.get(session_id)
         if channel is None:
             channel = self._channels[session_id] = _Channel()
-        send, receive = anyio.create_memory_object_stream[object](math.inf)
+        size = len(channel.items) + self._buffer
+        send, receive = anyio.create_memory_object_stream[object](size)
         for item in channel.items:
             send.send_nowait(item)
         channel.watchers.add(send)

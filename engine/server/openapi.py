@@ -85,11 +85,11 @@ def _watch(sid: list[Any]) -> Any:
     return op
 
 
-def _form(sid: list[Any]) -> Any:
-    """``POST /ui/sessions/{id}/turns``: the live page's form without JavaScript."""
-    form = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+def _form(sid: list[Any], field: str = "text", what: str = "Run a turn") -> Any:
+    """``POST /ui/sessions/{id}/turns`` (``answer``): the viewer's forms without JavaScript."""
+    form = {"type": "object", "properties": {field: {"type": "string"}}, "required": [field]}
     body = {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}}
-    op = _op("Run a turn from a form, then 303 to its page", "303", params=sid, requestBody=body)
+    op = _op(f"{what} from a form, then 303 to its page", "303", params=sid, requestBody=body)
     return op
 
 
@@ -202,6 +202,9 @@ def document() -> dict[str, Any]:
                 "get": _page("The trace viewer: the session's turns lit as they run", sid)
             },
             "/ui/sessions/{session_id}/turns": {"post": _form(sid)},
+            "/ui/sessions/{session_id}/answer": {
+                "post": _form(sid, "choice", "Answer the waiting question")
+            },
             "/sessions/{session_id}/heartbeats": {
                 "get": _op("A hosted session's latest heartbeat runs and traces", params=sid)
             },

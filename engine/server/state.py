@@ -23,7 +23,7 @@ from sessions.errors import SessionLimitReached
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from engine.events import Event
+    from engine.events import Event, Observer
     from engine.graph import Graph
     from sessions import Session, TurnResult
     from sessions.compaction import CompactionResult
@@ -64,9 +64,9 @@ class TurnSession(Protocol):
 
     def stream(self, text: str) -> TurnEvents: ...
 
-    async def answer(self, choice: str) -> TurnResult: ...
+    async def answer(self, choice: str, *, watch: Observer | None = None) -> TurnResult: ...
 
-    async def retry_turn(self) -> TurnResult: ...
+    async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult: ...
 
 
 class Manager(Protocol):

@@ -38,6 +38,7 @@ from sessions.manager import SessionManager
 from sessions.session import Session, TurnResult
 
 if TYPE_CHECKING:
+    from engine.events import Observer
     from engine.graph import Graph
     from sessions.store.base import SessionMeta, Store
 
@@ -63,12 +64,15 @@ class ClusterSession:
         """Run one turn on the session's host (:meth:`RaySessions.send`)."""
         return await self._cluster.send(self.id, text)
 
-    async def answer(self, choice: str) -> TurnResult:
-        """Answer the paused turn's question on the session's host."""
+    async def answer(self, choice: str, *, watch: Observer | None = None) -> TurnResult:
+        """Answer the paused turn's question on the session's host.  ``watch`` hears
+        nothing: the turn's events stay on that host (watchers here see its result
+        only through the turn's page)."""
         return await self._cluster.answer(self.id, choice)
 
-    async def retry_turn(self) -> TurnResult:
-        """Re-run the failed latest turn on the session's host."""
+    async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult:
+        """Re-run the failed latest turn on the session's host (``watch``: as
+        :meth:`answer`)."""
         return await self._cluster.retry_turn(self.id)
 
     def stream(self, text: str) -> ClusterStream:

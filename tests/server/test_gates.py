@@ -102,6 +102,33 @@ def test_a_failed_turn_is_retried_over_http(gated: Running) -> None:
     assert (status, kind) == (409, "RetryRefused") and "no failed turn" in message
 
 
+def test_answered_and_retried_turns_reach_the_live_watchers(gated: Running) -> None:
+    """A watcher of the session sees the turn an answer or a retry runs on, like a plain
+    turn's: its events from ``RunStarted`` to its ``result``."""
+    import httpx
+
+    from .serve_kit import GUARD
+    from .test_live import _frames, _until
+
+    with (
+        httpx.Client(base_url=gated.url, timeout=GUARD) as watcher,
+        watcher.stream("GET", "/sessions/s3/live") as response,
+    ):
+        frames = _frames(response.iter_lines())
+        assert next(frames)[0] == "watching"
+        gated.client.post("/sessions/s3/turns", json={"text": "flaky"})
+        paused = _until(frames, "result")
+        assert "RunPaused" in [n for n, _ in paused] and paused[-1][1]["status"] == "paused"
+        gated.client.post("/sessions/s3/answer", json={"choice": "go"})
+        answered = _until(frames, "result")
+        assert answered[0][0] == "RunStarted" and answered[-1][1]["status"] == "fail"
+        assert ("NodeFailed", "deploy") in [(n, d.get("node_id")) for n, d in answered]
+        gated.client.post("/sessions/s3/retry")
+        retried = _until(frames, "result")
+        assert retried[0][0] == "RunStarted"
+        assert (retried[-1][1]["status"], retried[-1][1]["reply"]) == ("success", "deployed flaky")
+
+
 def test_a_paused_stream_and_odd_answers_over_http(gated: Running) -> None:
     """A streamed turn that pauses ends with ``RunPaused`` then a ``paused`` result; a
     stream started while the question waits is one ``SessionPaused`` error frame; a

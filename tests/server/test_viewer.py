@@ -165,6 +165,9 @@ def test_a_hosted_sessions_heartbeat_runs_are_listed_and_drawn(served: Running) 
     ids = svg_ids(text)
     assert {"tg-visited-start", "tg-visited-check_goals", "tg-visited-done"} <= set(ids)
     assert "tg-taken-start-check_goals" in ids
+    # Three edges join choose_mode and reflect; the run took one, and only it lights.
+    assert ids.count("tg-taken-choose_mode-reflect") == 1
+    assert run["trace"][2]["id"] == "choose_mode" and isinstance(run["trace"][2]["edge"], int)
     assert re.search(r"<td>check_goals</td><td>success</td><td>1</td><td>[\d.]+ ms</td>", text)
     for url, status in (
         ("/ui/sessions/hana/heartbeats/2", 404),

@@ -23,17 +23,18 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from engine.cli.trace_dot import FAILED, RETRIED, TAKEN, VISITED, traced_dot
+from engine.cli.trace_dot import FAILED, RETRIED, TAKEN, VISITED, WAITING, traced_dot
 from engine.server.draw import draw_svg
 from engine.server.errors import BadRequest, CrossSite
 from engine.server.html import esc, link, page, path_part
 from engine.server.http import read_body, state
 from engine.server.routes.graphs import graphs_of
 from engine.server.routes.sessions import session_id
-from engine.server.routes.turns import item_frame, open_for_turn, run_turn
-from engine.server.routes.ui import html_errors, svg_body
+from engine.server.routes.turns import answer_turn, item_frame, open_for_turn, run_turn
+from engine.server.routes.ui import html_errors, svg_body, waiting_box
 from engine.server.sse import frame
 from engine.server.state import ServerState
+from sessions.errors import SessionNotFound
 
 __all__ = ["ROUTES", "RUNNING"]
 
@@ -45,6 +46,8 @@ _KEEPALIVE = 15  # ticks between SSE comments that keep idle proxies from closin
 
 _CSS = f"""
 #graph g.node.tg-running :is(polygon,ellipse,path){{fill:{RUNNING};stroke:#b58900;stroke-width:3}}
+#graph g.node.tg-waiting :is(polygon,ellipse,path){{fill:{WAITING};stroke:{TAKEN};stroke-width:3}}
+#question:empty{{display:none}}
 #graph g.node.tg-visited :is(polygon,ellipse,path){{fill:{VISITED};stroke:{TAKEN};stroke-width:2.5}}
 #graph g.node.tg-retried :is(polygon,ellipse,path){{fill:{RETRIED};stroke:{TAKEN};stroke-width:2.5}}
 #graph g.node.tg-failed :is(polygon,ellipse,path){{fill:{FAILED};stroke:{FAILED};stroke-width:2.5}}
@@ -69,7 +72,8 @@ _SCRIPT = """
   const status = document.getElementById("status");
   const reply = document.getElementById("reply");
   const visits = document.getElementById("visits");
-  const states = ["tg-running", "tg-visited", "tg-retried", "tg-failed"];
+  const states = ["tg-running", "tg-visited", "tg-retried", "tg-failed", "tg-waiting"];
+  const question = document.getElementById("question");
   let last = null;
   const mark = (id, state) => {
     for (const g of nodes.get(id) || []) { g.classList.remove(...states); g.classList.add(state); }
@@ -87,12 +91,15 @@ _SCRIPT = """
     for (const gs of [...nodes.values(), ...edges.values()])
       for (const g of gs) g.classList.remove(...states, "tg-taken");
     while (visits.rows.length > 1) visits.deleteRow(1);
-    reply.textContent = ""; last = null;
+    reply.textContent = ""; last = null; question.replaceChildren();
     status.textContent = "turn running";
   });
   on("NodeStarted", (d) => {
+    // d.edge names the one edge taken when several join the same two nodes.
+    const one = d.edge == null ? null : document.getElementById("tg-e" + d.edge);
     if (d.branch == null && last !== null)
-      for (const g of edges.get(last + "->" + d.node_id) || []) g.classList.add("tg-taken");
+      for (const g of one ? [one] : edges.get(last + "->" + d.node_id) || [])
+        g.classList.add("tg-taken");
     if (d.branch == null) last = d.node_id;
     mark(d.node_id, "tg-running");
     status.textContent = "turn running: " + d.node_id;
@@ -100,14 +107,43 @@ _SCRIPT = """
   on("NodeRetrying", (d) => mark(d.node_id, "tg-retried"));
   on("NodeCompleted", (d) => {
     mark(d.node_id, d.attempts > 1 ? "tg-retried" : "tg-visited");
-    row([d.node_id, d.handler, d.status, d.attempts, (d.duration * 1000).toFixed(2) + " ms"],
+    const ms = (d.duration * 1000).toFixed(2) + " ms";
+    row([d.node_id, d.handler, d.status, d.attempts, ms, (d.changed || []).join(", ")],
         d.attempts > 1 ? "retry" : "");
   });
   on("NodeFailed", (d) => {
     mark(d.node_id, "tg-failed");
     const ms = (d.duration * 1000).toFixed(2) + " ms";
-    row([d.node_id, d.handler, "fail", d.attempts, ms], "fail");
+    row([d.node_id, d.handler, "fail", d.attempts, ms, ""], "fail");
   });
+  on("RunPaused", (d) => {
+    const one = last === null ? [] : edges.get(last + "->" + d.node_id) || [];
+    for (const g of one) g.classList.add("tg-taken");
+    mark(d.node_id, "tg-waiting");
+    status.textContent = "paused at " + d.node_id + ": waiting for an answer";
+  });
+  // A paused turn's question, a button per choice (POST /sessions/{id}/answer).
+  const ask = (q) => {
+    question.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = "waiting at " + q.node + ": ";
+    const text = document.createElement("span");
+    text.className = "question";
+    text.textContent = q.question + " ";
+    question.append(b, text);
+    for (const c of q.choices) {
+      const button = document.createElement("button");
+      button.textContent = c;
+      button.addEventListener("click", async () => {
+        const r = await fetch(root.dataset.answer, {
+          method: "POST", headers: {"content-type": "application/json"},
+          body: JSON.stringify({choice: c}),
+        });
+        if (!r.ok) status.textContent = "error: " + (await r.json()).error.message;
+      });
+      question.append(button, " ");
+    }
+  };
   on("TextDelta", (d) => { reply.textContent += d.text; });
   on("result", (d) => {
     reply.textContent = d.reply;
@@ -116,6 +152,7 @@ _SCRIPT = """
     a.href = root.dataset.page + "/turns/" + d.turn;
     a.textContent = "turn " + d.turn;
     status.append(a, " · " + d.status + (d.error ? ": " + d.error : ""));
+    if (d.question) ask(d.question);
   });
   on("error", (d) => { status.textContent = "error: " + d.error.message; });
   document.getElementById("send").addEventListener("submit", async (e) => {
@@ -142,10 +179,17 @@ async def live_page(request: Request) -> Response:
     sid = session_id(request)
     graph = graphs_of(request)["turn"]
     svg = await draw_svg(traced_dot(graph, ()), f"the turn graph of session {sid!r}")
+    try:  # a session waiting at a gate shows its question (the page may come first)
+        waiting = waiting_box(
+            sid, (await state(request).manager.store.load(sid, recent=0)).checkpoint
+        )
+    except SessionNotFound:
+        waiting = ""
     base = f"/ui/sessions/{path_part(sid)}"
     api = f"/sessions/{path_part(sid)}"
     body = (
         f'<main id="live" data-watch="{esc(api)}/live" data-post="{esc(api)}/turns" '
+        f'data-answer="{esc(api)}/answer" '
         f'data-page="{esc(base)}"><style>{_CSS}</style>'
         f"<p>{link(base, f'session {sid}')} · turns run by this server light up here as "
         'they run (nodes: <span style="background:' + RUNNING + '">running</span>, '
@@ -156,13 +200,28 @@ async def live_page(request: Request) -> Response:
         '<input name="text" size="60" placeholder="say something" required> '
         "<button>send</button></form>"
         '<p id="status" class="muted">connecting…</p>'
-        '<div id="reply" class="msg assistant"></div>'
+        '<div id="reply" class="msg assistant"></div><div id="question" class="msg">'
+        f"{waiting}</div>"
         f'<div class="graph" id="graph">{svg_body(svg)}</div>'
         '<h2>node visits</h2><table id="visits"><tr><th>node</th><th>handler</th>'
-        "<th>status</th><th>attempts</th><th>duration</th></tr></table>"
+        "<th>status</th><th>attempts</th><th>duration</th><th>context keys changed</th>"
+        "</tr></table>"
         f"<script>{_SCRIPT}</script></main>"
     )
     return page(f"live: {sid}", body)
+
+
+@html_errors
+async def form_answer(request: Request) -> Response:
+    """``POST /ui/sessions/{id}/answer`` (a form's ``choice``): answer the waiting
+    question, then 303 to the turn's page."""
+    sid = session_id(request)
+    _same_site(request)
+    st = state(request)
+    fields = parse_qs((await read_body(request, st.max_body)).decode(errors="replace"))
+    choice = (fields.get("choice") or [""])[0]
+    result = await answer_turn(st, sid, choice)
+    return RedirectResponse(f"/ui/sessions/{path_part(sid)}/turns/{result.turn}", 303)
 
 
 @html_errors
@@ -202,15 +261,20 @@ async def watch(request: Request) -> Response:
 
 
 async def _watch_frames(st: ServerState, sid: str) -> AsyncIterator[bytes]:
-    """The frames of one watcher, until it leaves or the server drains with no turn
-    left running (a watcher must not hold shutdown up for its whole grace)."""
+    """The frames of one watcher, until it leaves, falls too far behind (``event:
+    dropped``, see :mod:`engine.server.live`), or the server drains with no turn left
+    running (a watcher must not hold shutdown up for its whole grace)."""
     with st.live.watch(sid) as receive:
         yield frame("watching", {"session_id": sid})
         idle = 0
         while True:
             item: object = None
-            with anyio.move_on_after(_TICK):
-                item = await receive.receive()
+            try:
+                with anyio.move_on_after(_TICK):
+                    item = await receive.receive()
+            except anyio.EndOfStream:  # it fell too far behind: the hub dropped it
+                yield frame("dropped", {"reason": "the watcher fell behind; reconnect"})
+                return
             if item is not None:
                 idle = 0
                 yield item_frame(sid, item)
@@ -226,4 +290,5 @@ ROUTES = [
     Route("/sessions/{session_id}/live", watch, methods=["GET"]),
     Route("/ui/sessions/{session_id}/live", live_page, methods=["GET"]),
     Route("/ui/sessions/{session_id}/turns", form_turn, methods=["POST"]),
+    Route("/ui/sessions/{session_id}/answer", form_answer, methods=["POST"]),
 ]

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from engine.events import Event
+from engine.events import Event, Observer
 from engine.server.errors import BadRequest, NotFound, ShuttingDown, error_body
 from engine.server.http import json, page, read_json, state
 from engine.server.routes.sessions import session_id
@@ -35,7 +35,7 @@ from engine.server.sse import event_frame, frame, result_json
 from engine.server.state import ServerState, TurnEvents, TurnSession
 from sessions import TurnResult
 
-__all__ = ["ROUTES", "item_frame", "open_for_turn", "run_turn"]
+__all__ = ["ROUTES", "answer_turn", "item_frame", "open_for_turn", "run_turn"]
 
 Item = Event | TurnResult | BaseException
 
@@ -160,24 +160,44 @@ async def post_answer(request: Request) -> Response:
     choice = body.get("choice") if isinstance(body, dict) else None
     if not isinstance(choice, str):
         raise BadRequest('request body must be a JSON object like {"choice": "..."}')
-    return await _go_on(st, sid, lambda session: session.answer(choice))
+    return json(result_json(sid, await answer_turn(st, sid, choice)))
+
+
+async def answer_turn(st: ServerState, sid: str, choice: str) -> TurnResult:
+    """Answer ``sid``'s waiting question with ``choice`` and run its turn on."""
+    return await _go_on(st, sid, lambda session, watch: session.answer(choice, watch=watch))
 
 
 async def post_retry(request: Request) -> Response:
     """``POST /sessions/{id}/retry``: re-run the failed latest turn from the node that
     failed (409 ``RetryRefused``)."""
-    return await _go_on(state(request), session_id(request), lambda s: s.retry_turn())
+    sid = session_id(request)
+    result = await _go_on(state(request), sid, lambda s, watch: s.retry_turn(watch=watch))
+    return json(result_json(sid, result))
 
 
 async def _go_on(
-    st: ServerState, sid: str, step: Callable[[TurnSession], Awaitable[TurnResult]]
-) -> Response:
+    st: ServerState,
+    sid: str,
+    step: Callable[[TurnSession, Observer | None], Awaitable[TurnResult]],
+) -> TurnResult:
+    """Run an answered or retried turn; published to the session's watchers like a
+    plain turn (:func:`run_turn`)."""
     if st.draining:
         raise ShuttingDown("the server is shutting down and takes no new turns")
     session = await st.open(sid, create=False)
     with st.turn():
-        result = await step(session)
-    return json(result_json(sid, result))
+        if not st.live.watched(sid):
+            result = await step(session, None)
+        else:
+            publish = st.live.publish
+            try:
+                result = await step(session, lambda event: publish(sid, event))
+            except Exception as exc:
+                publish(sid, exc)
+                raise
+            publish(sid, result)
+    return result
 
 
 def _turn_json(record: Any) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from engine.server.http import page as paging
 from engine.server.http import state
 from engine.server.routes.graphs import graphs_of
 from engine.server.routes.sessions import session_id
-from sessions.store.base import Message, Store, TurnRecord
+from sessions.store.base import Checkpoint, Message, Store, TurnRecord
 
-__all__ = ["ROUTES", "graph_for", "html_errors", "svg_body", "visits_table", "when"]
+__all__ = ["ROUTES", "graph_for", "html_errors", "svg_body", "visits_table", "waiting_box", "when"]
 
 _SCAN = 500  # sessions read per store page while searching
 _SHOWN = 100  # rows on one page
@@ -135,7 +135,8 @@ async def session_page(request: Request) -> Response:
     (the latest ``_SHOWN`` messages unless ``offset`` says where to start)."""
     sid = session_id(request)
     store = state(request).manager.store
-    meta = (await store.load(sid, recent=0)).meta
+    loaded = await store.load(sid, recent=0)
+    meta = loaded.meta
     raw = request.query_params.get("offset")
     offset = paging(request)[0] if raw is not None else max(0, meta.message_count - _SHOWN)
     msgs = await store.messages(sid, offset, _SHOWN)
@@ -150,6 +151,7 @@ async def session_page(request: Request) -> Response:
         f"{link(f'{_session_href(sid)}/live', 'live: send a turn, watch it run')} · "
         f"{link(f'{_session_href(sid)}/heartbeats', 'heartbeat runs')}</p>"
     ]
+    parts.append(waiting_box(sid, loaded.checkpoint))
     if offset > 0:
         back = max(0, offset - _SHOWN)
         parts.append(f"<p>{link(f'{_session_href(sid)}?offset={back}', 'earlier messages')}</p>")
@@ -193,7 +195,9 @@ async def turn_page(request: Request) -> Response:
     store = state(request).manager.store
     found = await store.turns(sid, n - 1, 1)
     if not found:
-        await store.load(sid, recent=0)  # SessionNotFound when there is no such session
+        cp = (await store.load(sid, recent=0)).checkpoint  # or SessionNotFound
+        if cp is not None and cp.kind == "paused" and cp.turn == n:
+            return await _paused_page(request, sid, cp)
         raise NotFound(f"session {sid!r}: no turn {n} (not committed)")
     record = found[0]
     graph, note = graph_for(graphs_of(request), record.graph_hash)
@@ -216,6 +220,43 @@ async def turn_page(request: Request) -> Response:
     parts.append(f'<div class="graph">{svg_body(svg)}</div>')
     parts.append(visits_table(record.trace))
     return page(f"turn {n} of {sid}", "".join(parts))
+
+
+async def _paused_page(request: Request, sid: str, cp: Checkpoint) -> Response:
+    """A turn paused at a human gate: its path so far, the gate it waits at (yellow),
+    the question and a button per choice."""
+    graph, note = graph_for(graphs_of(request), cp.graph_hash)
+    dot = traced_dot(graph, cp.trace, waiting=cp.next_node)
+    svg = await draw_svg(dot, f"paused turn {cp.turn} of session {sid!r}")
+    parts = [
+        f"<p>{link(_session_href(sid), f'session {sid}')} · status <b>paused</b> · "
+        f"{len(cp.trace)} node visits so far · trace {esc(cp.trace_id)}</p>",
+        f'<div class="msg user"><b>user</b>: {esc(cp.input)}</div>',
+        waiting_box(sid, cp),
+    ]
+    if note:
+        parts.append(f'<p class="muted">{esc(note)}</p>')
+    parts.append(f'<div class="graph">{svg_body(svg)}</div>')
+    parts.append(visits_table(cp.trace))
+    return page(f"turn {cp.turn} of {sid} (paused)", "".join(parts))
+
+
+def waiting_box(sid: str, cp: Checkpoint | None) -> str:
+    """What a paused turn asks, with a form button per choice (``POST
+    /ui/sessions/{id}/answer``); empty unless the session waits at a gate."""
+    if cp is None or cp.kind != "paused":
+        return ""
+    base = _session_href(sid)
+    buttons = "".join(
+        f'<button name="choice" value="{esc(c)}">{esc(c)}</button> ' for c in cp.choices
+    )
+    default = f" (default {esc(cp.default)} at {esc(when(cp.deadline))})" if cp.deadline else ""
+    return (
+        f'<div class="waiting msg" id="waiting"><b>waiting</b>: turn '
+        f"{link(f'{base}/turns/{cp.turn}', cp.turn)} asks at gate <b>{esc(cp.next_node)}</b>: "
+        f'<span class="question">{esc(cp.question)}</span>{default}'
+        f'<form method="post" action="{esc(base)}/answer">{buttons}</form></div>'
+    )
 
 
 def graph_for(
