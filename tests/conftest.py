@@ -5,6 +5,9 @@ in its tmp dir) and runs without an ambient ``TURNGRAPH_STORE`` or
 ``TURNGRAPH_SECRET``; a test that wants one sets it itself.  A test that runs the command
 line in-process configures structlog as the CLI does; the configuration is put back after
 every test, so no later test inherits its level filter or its output stream.
+
+Hypothesis runs without its per-example deadline: that is a wall-clock limit, and these
+machines are shared and noisy (speed is measured in ``bench/``, never asserted here).
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import settings
+
+settings.register_profile("turngraph", deadline=None)
+settings.load_profile("turngraph")
 
 
 @pytest.fixture(autouse=True)
