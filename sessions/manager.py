@@ -48,7 +48,7 @@ from sessions.errors import (
 )
 from sessions.limits import Limits, validate_session_id
 from sessions.session import Session, SessionRuntime
-from sessions.store.base import SessionMeta, SessionType, Store
+from sessions.store.base import SessionMatch, SessionMeta, SessionType, Store
 from sessions.telemetry import Telemetry, telemetry_for
 
 if TYPE_CHECKING:
@@ -407,10 +407,12 @@ class SessionManager:
         """Compact the session now (see :meth:`Session.compact`)."""
         return await (await self.get(session_id)).compact()
 
-    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
         """Every session in the store (live or not), by id; one whose stored metadata
         fails verification is listed by id with ``tampered=True``."""
-        return await self.store.list_sessions(offset, limit)
+        return await self.store.list_sessions(offset, limit, match=match)
 
     list = list_sessions
 

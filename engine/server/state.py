@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from engine.graph import Graph
     from sessions import Session, TurnResult
     from sessions.compaction import CompactionResult
-    from sessions.store.base import SessionMeta, Store
+    from sessions.store.base import SessionMatch, SessionMeta, Store
 
 __all__ = ["Manager", "ServerState", "TurnEvents", "TurnSession"]
 
@@ -100,7 +100,9 @@ class Manager(Protocol):
 
     async def get_or_create(self, session_id: str) -> TurnSession: ...
 
-    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]: ...
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]: ...
 
     async def close(self, session_id: str) -> None: ...
 

@@ -40,7 +40,7 @@ from sessions.session import Session, TurnResult
 if TYPE_CHECKING:
     from engine.events import Observer
     from engine.graph import Graph
-    from sessions.store.base import SessionMeta, Store
+    from sessions.store.base import SessionMatch, SessionMeta, Store
 
 __all__ = ["ClusterManager", "ClusterSession"]
 
@@ -164,9 +164,11 @@ class ClusterManager:
         """The session (its host creates it on its first turn)."""
         return ClusterSession(self.cluster, validate_session_id(session_id))
 
-    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
-        """Every session in the store, by id."""
-        return await self._local.list_sessions(offset, limit)
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
+        """Every session in the store, by id (``match``: :meth:`Store.list_sessions`)."""
+        return await self._local.list_sessions(offset, limit, match=match)
 
     async def close(self, session_id: str) -> None:
         """Stop hosting the session (its lease is released; it stays in the store)."""

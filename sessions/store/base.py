@@ -26,7 +26,7 @@ Every backend (``memory:``, ``sqlite:///path.db``, ``postgresql://...``) impleme
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -39,9 +39,11 @@ __all__ = [
     "EMPTY_META",
     "Checkpoint",
     "CheckpointKind",
+    "Listed",
     "LoadedSession",
     "Message",
     "Role",
+    "SessionMatch",
     "SessionMeta",
     "SessionType",
     "Store",
@@ -112,6 +114,35 @@ class TurnCommit(msgspec.Struct, frozen=True):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionMatch:
+    """A filtered listing: which sessions :meth:`Store.list_sessions` keeps, and where it
+    starts.
+
+    ``text`` matches a substring of the id or the agent id, any case (taken literally:
+    ``%``, ``_`` and ``\\`` are no wildcards); ``agent_id`` and ``type`` match exactly;
+    ``after`` is a keyset cursor (only ids above it).  A filtered listing examines at
+    most ``limit`` sessions, so a rare match costs a bounded read per call.
+    """
+
+    text: str = ""
+    agent_id: str | None = None
+    type: str | None = None
+    after: str = ""
+
+    def matches(self, meta: SessionMeta) -> bool:
+        """Whether ``meta`` passes the filter (``after`` is not checked here)."""
+        text = self.text.lower()
+        found = not text or text in meta.id.lower() or text in meta.agent_id.lower()
+        agent_ok = self.agent_id is None or meta.agent_id == self.agent_id
+        return found and agent_ok and (self.type is None or meta.type == self.type)
+
+    def like(self) -> str:
+        """``text`` as a ``LIKE … ESCAPE '\\'`` substring pattern, lower-cased."""
+        escaped = self.text.lower().replace("\\", "\\\\").replace("%", "\\%")
+        return "%" + escaped.replace("_", "\\_") + "%"
+
+
+@dataclass(frozen=True, slots=True)
 class SessionMeta:
     """A session's metadata and counters: small, read on every load.
 
@@ -136,6 +167,21 @@ class SessionMeta:
     cognitive_mode: str = "default"
     summary_upto: int = -1
     tampered: bool = False
+
+
+class Listed(tuple[SessionMeta, ...]):
+    """A :meth:`Store.list_sessions` result; after a filtered listing ``scanned_to`` is
+    the last id examined (continue with ``SessionMatch(after=scanned_to)``), or ``None``
+    when the scan reached the end of the store."""
+
+    scanned_to: str | None = None
+
+    @classmethod
+    def of(cls, metas: Sequence[SessionMeta], scanned_to: str | None) -> Listed:
+        """``metas`` with the place the scan stopped."""
+        out = cls(metas)
+        out.scanned_to = scanned_to
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,10 +296,16 @@ class Store(Protocol):
     ) -> tuple[TurnRecord, ...]:
         """Turn records (node traces) in turn order: turns ``offset+1 ...``."""
 
-    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
         """Sessions by id, metadata only (no chain is read).  A session whose row fails
         its MAC is still listed, as ``SessionMeta(id, tampered=True)``: one edited row
-        must not hide the rest of the store from an operator."""
+        must not hide the rest of the store from an operator.
+
+        With ``match``: the sessions passing it among the next ``limit`` ids after
+        ``match.after`` (``offset`` is ignored), as a :class:`Listed` whose
+        ``scanned_to`` says where to continue."""
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""

@@ -18,7 +18,14 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from sessions.errors import Fenced, SessionTampered, StoreError, Unstorable
-from sessions.store.base import Checkpoint, Message, SessionMeta, TurnCommit, TurnRecord
+from sessions.store.base import (
+    Checkpoint,
+    Message,
+    SessionMatch,
+    SessionMeta,
+    TurnCommit,
+    TurnRecord,
+)
 from sessions.store.codec import (
     KIND_MESSAGE,
     KIND_SUMMARY,
@@ -48,6 +55,7 @@ __all__ = [
     "checkpoint_body",
     "latest_summary",
     "listed_meta",
+    "matched_sql",
     "messages_of",
     "messages_of_datas",
     "open_checkpoint",
@@ -56,6 +64,7 @@ __all__ = [
     "plan_state",
     "plan_summary",
     "plan_turn",
+    "scanned_to",
     "split_chain",
     "summary_of",
     "turns_of",
@@ -405,6 +414,37 @@ def listed_meta(values: Sequence[Any], signer: Signer, url: str) -> SessionMeta:
         return StateRow.of(values, url).check(signer, url).to_meta(url)
     except SessionTampered as exc:
         return SessionMeta(id=exc.session_id, tampered=True)
+
+
+def matched_sql(match: SessionMatch, limit: int, mark: str) -> tuple[str, str, tuple[Any, ...]]:
+    """The SQL of a filtered listing (``mark``: the driver's placeholder): the rows
+    passing ``match`` among the next ``limit`` ids after ``match.after``, and the count
+    and last id of that window.  The window is a primary-key range with a ``LIMIT``, so
+    a call reads at most ``limit`` rows however rare the match."""
+    window = f"FROM sessions WHERE id > {mark} ORDER BY id LIMIT {mark}"
+    where: list[str] = []
+    params: list[Any] = []
+    if match.text:
+        like = f"LIKE {mark} ESCAPE '\\'"
+        where.append(f"(lower(id) {like} OR lower(agent_id) {like})")
+        params += [match.like()] * 2
+    if match.agent_id is not None:
+        where.append(f"agent_id = {mark}")
+        params.append(match.agent_id)
+    if match.type is not None:
+        where.append(f"type = {mark}")
+        params.append(match.type)
+    cond = " AND ".join(where) or "TRUE"
+    rows = f"SELECT * FROM (SELECT {STATE_COLUMNS} {window}) AS w WHERE {cond} ORDER BY id"
+    span = f"SELECT count(*), max(id) FROM (SELECT id {window}) AS w"
+    return rows, span, (match.after, max(1, limit), *params)
+
+
+def scanned_to(span: Sequence[Any], limit: int) -> str | None:
+    """Where a filtered listing stopped: the window's last id when it was full, else
+    ``None`` (the end of the store)."""
+    count, last = span
+    return str(last) if count >= max(1, limit) else None
 
 
 def plan_summary(

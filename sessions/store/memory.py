@@ -9,6 +9,7 @@ export or import first needs it (so ``memory:`` never creates a key file otherwi
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType, TracebackType
@@ -18,8 +19,10 @@ from engine.messages import MemoryItem
 from sessions.errors import SessionExists, SessionNotFound, StoreError, Unstorable
 from sessions.store.base import (
     Checkpoint,
+    Listed,
     LoadedSession,
     Message,
+    SessionMatch,
     SessionMeta,
     TurnCommit,
     TurnRecord,
@@ -206,10 +209,20 @@ class MemoryStore:
         """Whether the session exists."""
         return validate_session_id(session_id) in self._sessions
 
-    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
-        """Sessions by id (never tampered: nothing outside the process can edit them)."""
-        ids = sorted(self._sessions)[max(0, offset) : max(0, offset) + max(0, limit)]
-        return tuple(self._sessions[i].meta for i in ids)
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
+        """Sessions by id (never tampered: nothing outside the process can edit them).
+        ``match``: see :meth:`Store.list_sessions`."""
+        ids = sorted(self._sessions)
+        if match is None:
+            ids = ids[max(0, offset) : max(0, offset) + max(0, limit)]
+            return tuple(self._sessions[i].meta for i in ids)
+        start = bisect_right(ids, match.after)
+        window = ids[start : start + max(1, limit)]
+        metas = [m for m in (self._sessions[i].meta for i in window) if match.matches(m)]
+        full = len(window) == max(1, limit)
+        return Listed.of(metas, window[-1] if full else None)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session; False if it did not exist.  Its last version is kept: a

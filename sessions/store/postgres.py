@@ -33,8 +33,10 @@ from sessions.errors import (
 )
 from sessions.store.base import (
     Checkpoint,
+    Listed,
     LoadedSession,
     Message,
+    SessionMatch,
     SessionMeta,
     TurnCommit,
     TurnRecord,
@@ -45,10 +47,12 @@ from sessions.store.durable import (
     StateRow,
     checkpoint_body,
     listed_meta,
+    matched_sql,
     plan_import,
     plan_state,
     plan_summary,
     plan_turn,
+    scanned_to,
 )
 from sessions.store.export import ImportLimits, already_exists, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
@@ -365,9 +369,18 @@ class PostgresStore:
         async with self._db.tx() as c:
             return await one(c, "SELECT 1 FROM sessions WHERE id=%s", (session_id,)) is not None
 
-    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
         """Sessions by id, each state MAC verified; a row that fails is listed as
-        ``SessionMeta(id, tampered=True)``."""
+        ``SessionMeta(id, tampered=True)``.  ``match``: see :meth:`Store.list_sessions`."""
+        if match is not None:
+            rows_sql, span_sql, params = matched_sql(match, limit, "%s")
+            async with self._db.tx() as c:  # the window and its span from one snapshot
+                found = await (await c.execute(rows_sql, params)).fetchall()
+                span = await one(c, span_sql, params[:2])
+            metas = [listed_meta(r, self._r.signer, self.url) for r in found]
+            return Listed.of(metas, scanned_to(span or (0, None), limit))
         async with self._db.tx() as c:
             cur = await c.execute(
                 f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT %s OFFSET %s",

@@ -41,6 +41,7 @@ from sessions.store.base import (
     Checkpoint,
     LoadedSession,
     Message,
+    SessionMatch,
     SessionMeta,
     TurnCommit,
     TurnRecord,
@@ -266,10 +267,12 @@ class SQLiteStore:
         validate_session_id(session_id)
         return await self._run(self._c.exists, session_id)
 
-    async def list_sessions(self, offset: int = 0, limit: int = 100) -> tuple[SessionMeta, ...]:
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
         """Sessions by id, each state MAC verified; a row that fails is listed as
-        ``SessionMeta(id, tampered=True)``."""
-        return await self._run(self._c.list_sessions, offset, limit)
+        ``SessionMeta(id, tampered=True)``.  ``match``: see :meth:`Store.list_sessions`."""
+        return await self._run(self._c.list_sessions, offset, limit, match)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""

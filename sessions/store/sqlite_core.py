@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from sessions.errors import SessionExists, SessionNotFound, StoreError
-from sessions.store.base import Checkpoint, LoadedSession, Message, SessionMeta, TurnCommit
+from sessions.store.base import (
+    Checkpoint,
+    LoadedSession,
+    Message,
+    SessionMatch,
+    SessionMeta,
+    TurnCommit,
+)
 from sessions.store.durable import (
     STATE_COLUMNS,
     WRITTEN_COLUMNS,
@@ -227,9 +234,12 @@ class SQLiteCore:
         """Whether the session exists."""
         return self.conn.execute("SELECT 1 FROM sessions WHERE id=?", (sid,)).fetchone() is not None
 
-    def list_sessions(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
-        """Sessions by id, each row's MAC checked (a failing row is listed as tampered)."""
-        return self.reads.listing(offset, limit)
+    def list_sessions(
+        self, offset: int, limit: int, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
+        """Sessions by id, each row's MAC checked (a failing row is listed as tampered);
+        ``match``: a bounded filtered window (:meth:`Store.list_sessions`)."""
+        return self.reads.listing(offset, limit, match)
 
     def delete(self, sid: str) -> bool:
         """Delete a session and its records, keeping its last version; False if absent."""

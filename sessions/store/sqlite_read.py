@@ -14,7 +14,15 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 from sessions.errors import SessionNotFound, SessionTampered
-from sessions.store.base import Checkpoint, LoadedSession, Message, SessionMeta, TurnRecord
+from sessions.store.base import (
+    Checkpoint,
+    Listed,
+    LoadedSession,
+    Message,
+    SessionMatch,
+    SessionMeta,
+    TurnRecord,
+)
 from sessions.store.codec import KIND_MESSAGE, KIND_SUMMARY, KIND_TURN, messages_of_bodies
 from sessions.store.durable import (
     STATE_COLUMNS,
@@ -22,8 +30,10 @@ from sessions.store.durable import (
     check_index,
     latest_summary,
     listed_meta,
+    matched_sql,
     messages_of,
     open_checkpoint,
+    scanned_to,
     split_chain,
     turns_of,
 )
@@ -72,12 +82,22 @@ class SQLiteReader:
                 raise
             raise SessionTampered(self.url, sid, -1, _NOT_UTF8) from None
 
-    def listing(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
-        """Sessions by id, each row's MAC checked (a failing row is listed as tampered).
+    def listing(
+        self, offset: int, limit: int, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]:
+        """Sessions by id, each row's MAC checked (a failing row is listed as tampered);
+        with ``match``, a bounded filtered window (:func:`matched_sql`).
 
         A row holding text that is not UTF-8 fails the whole fetch, so then the rows are
         read one by one and only the undecodable ones are listed as tampered.
         """
+        if match is not None:
+            rows_sql, span_sql, params = matched_sql(match, limit, "?")
+            with tx(self.conn, immediate=False):  # the window and its span from one snapshot
+                found = self.conn.execute(rows_sql, params).fetchall()
+                span = self.conn.execute(span_sql, params[:2]).fetchone()
+            metas = [listed_meta(r, self.signer, self.url) for r in found]
+            return Listed.of(metas, scanned_to(span, limit))
         sql = f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?"
         try:
             rows = self.conn.execute(sql, (limit, offset)).fetchall()

@@ -7,7 +7,7 @@ go through the manager, which hosts the session while it works on it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,13 +17,14 @@ from engine.server.errors import BadRequest, NotFound
 from engine.server.http import json, page, read_json, state
 from sessions.gates import waiting_of
 from sessions.limits import validate_session_id
-from sessions.store.base import SessionMeta
+from sessions.store.base import Listed, SessionMatch, SessionMeta
 from sessions.usage import stored_usage
 
-__all__ = ["ROUTES", "meta_json", "session_id"]
+__all__ = ["ROUTES", "SCAN", "Lister", "meta_json", "search", "session_id"]
 
 _TYPES = ("primary", "background", "delegation", "consultation")
-_SCAN = 500  # sessions read per store page while filtering
+SCAN: Final = 1000
+"""Sessions one filtered listing request examines at most (a bounded store read)."""
 
 
 def session_id(request: Request) -> str:
@@ -52,7 +53,10 @@ def meta_json(meta: SessionMeta) -> dict[str, Any]:
 
 
 async def list_sessions(request: Request) -> Response:
-    """``GET /sessions?offset&limit&agent&type``: sessions by id, filtered, paged."""
+    """``GET /sessions?offset&limit&agent&type&after``: sessions by id, filtered, paged.
+
+    Filtered by ``agent`` or ``type``, one request examines at most ``SCAN`` sessions
+    after ``after``; ``next`` is the ``after`` to continue with (null: the end)."""
     offset, limit = page(request)
     agent = request.query_params.get("agent")
     kind = request.query_params.get("type")
@@ -62,20 +66,32 @@ async def list_sessions(request: Request) -> Response:
     if agent is None and kind is None:
         found = await manager.list_sessions(offset, limit)
         return json({"offset": offset, "limit": limit, "sessions": [meta_json(m) for m in found]})
-    matched: list[dict[str, Any]] = []
-    skip, start = offset, 0
-    while len(matched) < limit:
-        chunk = await manager.list_sessions(start, _SCAN)
-        for meta in chunk:
-            if (agent is None or meta.agent_id == agent) and (kind is None or meta.type == kind):
-                if skip:
-                    skip -= 1
-                elif len(matched) < limit:
-                    matched.append(meta_json(meta))
-        if len(chunk) < _SCAN:
-            break
-        start += _SCAN
-    return json({"offset": offset, "limit": limit, "sessions": matched})
+    after = request.query_params.get("after", "")
+    match = SessionMatch(agent_id=agent, type=kind, after=after)
+    metas, next_ = await search(manager, match, offset, limit)
+    sessions = [meta_json(m) for m in metas]
+    return json({"offset": offset, "limit": limit, "sessions": sessions, "next": next_})
+
+
+class Lister(Protocol):
+    """What :func:`search` reads: a store or a session manager."""
+
+    async def list_sessions(
+        self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
+    ) -> tuple[SessionMeta, ...]: ...
+
+
+async def search(
+    lister: Lister, match: SessionMatch, offset: int, limit: int
+) -> tuple[list[SessionMeta], str | None]:
+    """Up to ``limit`` sessions passing ``match`` (the first ``offset`` of them skipped)
+    among the ``SCAN`` sessions after ``match.after`` — one bounded store read however
+    rare the match — and the cursor to continue from (``None``: the store is done)."""
+    window = await lister.list_sessions(0, SCAN, match=match)
+    kept = list(window[offset : offset + limit])
+    if len(window) > offset + limit and kept:
+        return kept, kept[-1].id  # more matches in this window: resume after the last shown
+    return kept, window.scanned_to if isinstance(window, Listed) else None
 
 
 async def get_session(request: Request) -> Response:

@@ -1,7 +1,8 @@
 """The web trace viewer: server-rendered pages, no JavaScript (the live page of
 :mod:`engine.server.routes.live` has a short script).
 
-* ``/`` — the sessions, with a search box (``?q=`` matches id or agent, any case);
+* ``/`` — the sessions, with a search box (``?q=`` matches id or agent, any case; each
+  request examines a bounded window of sessions and links to where it stopped);
 * ``/ui/sessions/{id}`` — one conversation, its messages grouped by turn;
 * ``/ui/sessions/{id}/turns/{n}`` — one turn: its graph drawn by Graphviz with the path
   the turn took highlighted (:func:`engine.cli.trace_dot.traced_dot`, parallel branches
@@ -33,12 +34,11 @@ from engine.server.html import esc, link, page, path_part, table
 from engine.server.http import page as paging
 from engine.server.http import state
 from engine.server.routes.graphs import graphs_of
-from engine.server.routes.sessions import session_id
-from sessions.store.base import Checkpoint, Message, Store, TurnRecord
+from engine.server.routes.sessions import search, session_id
+from sessions.store.base import Checkpoint, Message, SessionMatch, SessionMeta, Store, TurnRecord
 
 __all__ = ["ROUTES", "graph_for", "html_errors", "svg_body", "visits_table", "waiting_box", "when"]
 
-_SCAN = 500  # sessions read per store page while searching
 _SHOWN = 100  # rows on one page
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -76,11 +76,18 @@ def _session_href(sid: str) -> str:
 
 @html_errors
 async def sessions_page(request: Request) -> Response:
-    """``GET /?q=&offset=``: the sessions, filtered by ``q`` (id or agent, any case)."""
+    """``GET /?q=&offset=&after=``: the sessions, filtered by ``q`` (id or agent, any
+    case).  A search examines at most ``SCAN`` sessions after ``after`` per request and
+    links to where it stopped, so a rare match never reads the whole store at once."""
     offset, _ = paging(request)
     q = request.query_params.get("q", "").strip()
     store = state(request).manager.store
-    metas = await _search(store, q.lower(), offset)
+    next_: str | None = None
+    if q:
+        after = request.query_params.get("after", "")
+        metas, next_ = await search(store, SessionMatch(text=q, after=after), 0, _SHOWN)
+    else:
+        metas = list(await store.list_sessions(offset, _SHOWN))
     rows = [
         [
             link(_session_href(m.id), m.id),
@@ -98,32 +105,23 @@ async def sessions_page(request: Request) -> Response:
         '<form method="get" action="/"><input type="search" name="q" '
         f'value="{esc(q)}" placeholder="session id or agent"> <button>search</button></form>'
     )
-    more = ""
-    if len(metas) == _SHOWN:
-        more = link(f"/?q={path_part(q)}&offset={offset + _SHOWN}", "next page")
     shown = table(["session", "agent", "type", "turns", "messages", "updated"], rows)
-    empty = '<p class="muted">no sessions match</p>' if not rows else ""
-    return page("sessions", form + shown + empty + more)
+    return page("sessions", form + shown + _more(q, offset, metas, next_))
 
 
-async def _search(store: Store, q: str, offset: int) -> list[Any]:
-    """Up to ``_SHOWN`` sessions from ``offset`` among those matching ``q``."""
+def _more(q: str, offset: int, metas: Sequence[SessionMeta], next_: str | None) -> str:
+    """What follows the table: the next page's link, or where a search stopped."""
     if not q:
-        return list(await store.list_sessions(offset, _SHOWN))
-    matched: list[Any] = []
-    skip, start = offset, 0
-    while len(matched) < _SHOWN:
-        chunk = await store.list_sessions(start, _SCAN)
-        for meta in chunk:
-            if q in meta.id.lower() or q in (meta.agent_id or "").lower():
-                if skip:
-                    skip -= 1
-                elif len(matched) < _SHOWN:
-                    matched.append(meta)
-        if len(chunk) < _SCAN:
-            break
-        start += _SCAN
-    return matched
+        empty = '<p class="muted">no sessions</p>' if not metas else ""
+        if len(metas) < _SHOWN:
+            return empty
+        return link(f"/?offset={offset + _SHOWN}", "next page")
+    if next_ is None:
+        return '<p class="muted">no sessions match</p>' if not metas else ""
+    further = link(f"/?q={path_part(q)}&after={path_part(next_)}", "more…")
+    if len(metas) == _SHOWN:
+        return further
+    return f'<p class="muted">searched sessions up to {esc(next_)}; {further}</p>'
 
 
 # --------------------------------------------------------------------------- session
