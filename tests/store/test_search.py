@@ -155,7 +155,9 @@ async def test_postgres_reads_a_window_not_the_store(pg_url: str) -> None:
     rows_sql, _, params = matched_sql(SessionMatch(text="rare_agent"), 100, "%s")
     with psycopg.connect(pg_url, autocommit=True) as pg:
         pg.execute("ANALYZE sessions")
-        (doc,) = pg.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + rows_sql, params).fetchone()
+        row = pg.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + rows_sql, params).fetchone()
+    assert row is not None
+    doc = row[0]
     plan = (doc if isinstance(doc, list) else json.loads(doc))[0]["Plan"]
     assert _leaf_rows(plan) <= 100, json.dumps(plan)
     assert "sessions_pkey" in json.dumps(plan)

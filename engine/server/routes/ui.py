@@ -83,8 +83,8 @@ async def sessions_page(request: Request) -> Response:
     q = request.query_params.get("q", "").strip()
     store = state(request).manager.store
     next_: str | None = None
+    after = request.query_params.get("after", "")
     if q:
-        after = request.query_params.get("after", "")
         metas, next_ = await search(store, SessionMatch(text=q, after=after), 0, _SHOWN)
     else:
         metas = list(await store.list_sessions(offset, _SHOWN))
@@ -106,10 +106,10 @@ async def sessions_page(request: Request) -> Response:
         f'value="{esc(q)}" placeholder="session id or agent"> <button>search</button></form>'
     )
     shown = table(["session", "agent", "type", "turns", "messages", "updated"], rows)
-    return page("sessions", form + shown + _more(q, offset, metas, next_))
+    return page("sessions", form + shown + _more(q, offset, after, metas, next_))
 
 
-def _more(q: str, offset: int, metas: Sequence[SessionMeta], next_: str | None) -> str:
+def _more(q: str, offset: int, after: str, metas: Sequence[SessionMeta], next_: str | None) -> str:
     """What follows the table: the next page's link, or where a search stopped."""
     if not q:
         empty = '<p class="muted">no sessions</p>' if not metas else ""
@@ -117,7 +117,9 @@ def _more(q: str, offset: int, metas: Sequence[SessionMeta], next_: str | None) 
             return empty
         return link(f"/?offset={offset + _SHOWN}", "next page")
     if next_ is None:
-        return '<p class="muted">no sessions match</p>' if not metas else ""
+        if metas:
+            return ""
+        return f'<p class="muted">no {"more " if after else ""}sessions match</p>'
     further = link(f"/?q={path_part(q)}&after={path_part(next_)}", "more…")
     if len(metas) == _SHOWN:
         return further
