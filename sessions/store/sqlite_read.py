@@ -93,9 +93,16 @@ class SQLiteReader:
         """
         if match is not None:
             rows_sql, span_sql, params = matched_sql(match, limit, "?")
-            with tx(self.conn, immediate=False):  # the window and its span from one snapshot
-                found = self.conn.execute(rows_sql, params).fetchall()
-                span = self.conn.execute(span_sql, params[:2]).fetchone()
+            try:
+                with tx(self.conn, immediate=False):  # the window and its span: one snapshot
+                    found = self.conn.execute(rows_sql, params).fetchall()
+                    span = self.conn.execute(span_sql, params[:2]).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _undecodable(exc):
+                    raise
+                window = self._listing_row_by_row(0, max(1, limit), match.after)
+                last = window[-1].id if len(window) == max(1, limit) else None
+                return Listed.of([m for m in window if match.matches(m)], last)
             metas = [listed_meta(r, self.signer, self.url) for r in found]
             return Listed.of(metas, scanned_to(span, limit))
         sql = f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?"
@@ -107,9 +114,12 @@ class SQLiteReader:
             return self._listing_row_by_row(offset, limit)
         return tuple(listed_meta(r, self.signer, self.url) for r in rows)
 
-    def _listing_row_by_row(self, offset: int, limit: int) -> tuple[SessionMeta, ...]:
+    def _listing_row_by_row(
+        self, offset: int, limit: int, after: str | None = None
+    ) -> tuple[SessionMeta, ...]:
         keys = self.conn.execute(
-            "SELECT CAST(id AS BLOB) FROM sessions ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+            "SELECT CAST(id AS BLOB) FROM sessions WHERE id > ? ORDER BY id LIMIT ? OFFSET ?",
+            (after or "", limit, offset),
         ).fetchall()
         out = []
         for (key,) in keys:

@@ -161,3 +161,20 @@ async def test_postgres_reads_a_window_not_the_store(pg_url: str) -> None:
     plan = (doc if isinstance(doc, list) else json.loads(doc))[0]["Plan"]
     assert _leaf_rows(plan) <= 100, json.dumps(plan)
     assert "sessions_pkey" in json.dumps(plan)
+
+
+async def test_a_tampered_or_undecodable_row_in_the_window_is_listed_as_tampered(
+    durable: OpenStore, raw: Raw
+) -> None:
+    """A row edited behind the store's back shows as tampered in a filtered listing; on
+    SQLite a row whose text is not UTF-8 does not fail the whole window."""
+    for sid in ("a1", "b1", "c1"):
+        await durable.create(SessionMeta(sid, agent_id="team"))
+    raw.execute("UPDATE sessions SET agent_id='team' || 'x' WHERE id='b1'")
+    page = await durable.list_sessions(0, 10, match=SessionMatch(text="TEAM"))
+    assert [(m.id, m.tampered) for m in page] == [("a1", False), ("b1", True), ("c1", False)]
+    if durable.url.startswith("sqlite:"):
+        raw.execute("UPDATE sessions SET cognitive_mode=X'FF' || id WHERE id='c1'")
+        page = await durable.list_sessions(0, 2, match=SessionMatch(text="1", after="a1"))
+        assert [(m.id, m.tampered) for m in page] == [("b1", True), ("c1", True)]
+        assert isinstance(page, Listed) and page.scanned_to == "c1"
