@@ -24,6 +24,7 @@ BENCHMARKS: tuple[str, ...] = (
     "concurrent_streams",
     "serve",
     "viewer",
+    "search",
     "ray_hop",
     "throughput",
 )
