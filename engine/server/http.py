@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from engine.server.state import ServerState
 
-__all__ = ["json", "page", "read_json", "state"]
+__all__ = ["json", "page", "path_number", "read_json", "state"]
 
 _decode = msgspec.json.Decoder().decode
 
@@ -78,6 +78,15 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
         return default
     if not raw.isdigit() or int(raw) > high:
         raise BadRequest(f"query parameter {name}={raw!r}: expected an integer 0..{high}")
+    return int(raw)
+
+
+def path_number(request: Request, what: str, noun: str) -> int:
+    """The path's ``n``, a number from 1; :class:`BadRequest` naming ``what`` otherwise
+    (``turn '0': expected a turn number from 1``)."""
+    raw = request.path_params["n"]
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest(f"{what} {raw!r}: expected a {noun} number from 1")
     return int(raw)
 
 

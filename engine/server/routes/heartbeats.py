@@ -20,9 +20,9 @@ from starlette.routing import Route
 
 from engine.cli.trace_dot import traced_dot
 from engine.server.draw import draw_svg
-from engine.server.errors import BadRequest, NotFound
+from engine.server.errors import NotFound
 from engine.server.html import esc, link, page, path_part, table
-from engine.server.http import json, state
+from engine.server.http import json, path_number, state
 from engine.server.routes.graphs import graphs_of
 from engine.server.routes.sessions import session_id
 from engine.server.routes.ui import graph_for, html_errors, svg_body, visits_table, when
@@ -82,17 +82,15 @@ async def heartbeats_page(request: Request) -> Response:
 async def heartbeat_page(request: Request) -> Response:
     """``GET /ui/sessions/{id}/heartbeats/{n}``: run ``n``'s path and node visits."""
     sid = session_id(request)
-    raw = request.path_params["n"]
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequest(f"heartbeat run {raw!r}: expected a run number from 1")
-    run = next((r for r in _runs(request, sid) if r.run == int(raw)), None)
+    n = path_number(request, "heartbeat run", "run")
+    run = next((r for r in _runs(request, sid) if r.run == n), None)
     if run is None:
-        raise NotFound(f"session {sid!r}: no heartbeat run {raw} kept")
+        raise NotFound(f"session {sid!r}: no heartbeat run {n} kept")
     graphs = graphs_of(request)
     if "heartbeat" not in graphs:
         raise NotFound("this server runs no heartbeat graph")
     graph, note = graph_for(graphs, run.graph_hash, "heartbeat")
-    svg = await draw_svg(traced_dot(graph, run.trace), f"heartbeat {raw} of session {sid!r}")
+    svg = await draw_svg(traced_dot(graph, run.trace), f"heartbeat {n} of session {sid!r}")
     base = f"/ui/sessions/{path_part(sid)}"
     parts = [
         f"<p>{link(base, f'session {sid}')} · {link(f'{base}/heartbeats', 'heartbeats')} · "
@@ -105,7 +103,7 @@ async def heartbeat_page(request: Request) -> Response:
         parts.append(f'<p class="muted">{esc(note)}</p>')
     parts.append(f'<div class="graph">{svg_body(svg)}</div>')
     parts.append(visits_table(run.trace))
-    return page(f"heartbeat {raw} of {sid}", "".join(parts))
+    return page(f"heartbeat {n} of {sid}", "".join(parts))
 
 
 async def heartbeats_json(request: Request) -> Response:

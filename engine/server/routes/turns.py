@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -29,7 +28,7 @@ from starlette.routing import Route
 
 from engine.events import Event, Observer
 from engine.server.errors import BadRequest, NotFound, ShuttingDown, error_body
-from engine.server.http import json, page, read_json, state
+from engine.server.http import json, page, path_number, read_json, state
 from engine.server.routes.sessions import session_id
 from engine.server.sse import event_frame, frame, result_json
 from engine.server.state import ServerState, TurnEvents, TurnSession
@@ -200,18 +199,6 @@ async def _go_on(
     return result
 
 
-def _turn_json(record: Any) -> dict[str, Any]:
-    return {
-        "turn": record.turn,
-        "status": record.status,
-        "trace_id": record.trace_id,
-        "graph_hash": record.graph_hash,
-        "ts": record.ts,
-        "error": record.error,
-        "trace": list(record.trace),
-    }
-
-
 async def list_turns(request: Request) -> Response:
     """``GET /sessions/{id}/turns?offset&limit``: committed turns with their node traces."""
     sid = session_id(request)
@@ -220,21 +207,21 @@ async def list_turns(request: Request) -> Response:
     found = await store.turns(sid, offset, limit)
     if not found:
         await store.load(sid, recent=0)  # SessionNotFound when there is no such session
-    return json({"offset": offset, "limit": limit, "turns": [_turn_json(t) for t in found]})
+    # Turn records are msgspec structs: the encoder writes them (and their read-only
+    # trace steps) as they are, as it does the messages.
+    return json({"offset": offset, "limit": limit, "turns": found})
 
 
 async def get_turn(request: Request) -> Response:
     """``GET /sessions/{id}/turns/{n}``: one committed turn (1-based) and its node trace."""
     sid = session_id(request)
-    raw = request.path_params["n"]
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequest(f"turn {raw!r}: expected a turn number from 1")
+    n = path_number(request, "turn", "turn")
     store = state(request).manager.store
-    found = await store.turns(sid, int(raw) - 1, 1)
+    found = await store.turns(sid, n - 1, 1)
     if not found:
         await store.load(sid, recent=0)
-        raise NotFound(f"session {sid!r}: no turn {raw} (not committed)")
-    return json(_turn_json(found[0]))
+        raise NotFound(f"session {sid!r}: no turn {n} (not committed)")
+    return json(found[0])
 
 
 ROUTES = [

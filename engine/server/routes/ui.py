@@ -29,10 +29,10 @@ from engine.cli.trace_dot import node_state, traced_dot
 from engine.errors import TurngraphError
 from engine.graph import Graph
 from engine.server.draw import draw_svg
-from engine.server.errors import BadRequest, NotFound, status_of
+from engine.server.errors import NotFound, status_of
 from engine.server.html import esc, link, page, path_part, table
 from engine.server.http import page as paging
-from engine.server.http import state
+from engine.server.http import path_number, state
 from engine.server.routes.graphs import graphs_of
 from engine.server.routes.sessions import search, session_id
 from sessions.store.base import Checkpoint, Message, SessionMatch, SessionMeta, Store, TurnRecord
@@ -188,10 +188,7 @@ def _turn_heading(sid: str, n: int, record: TurnRecord | None) -> str:
 async def turn_page(request: Request) -> Response:
     """``GET /ui/sessions/{id}/turns/{n}``: the turn's path on its graph, its visits."""
     sid = session_id(request)
-    raw = request.path_params["n"]
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequest(f"turn {raw!r}: expected a turn number from 1")
-    n = int(raw)
+    n = path_number(request, "turn", "turn")
     store = state(request).manager.store
     found = await store.turns(sid, n - 1, 1)
     if not found:
