@@ -99,20 +99,27 @@ _WORD_OPS = ("contains", "matches")
 _Token = tuple[str, str, int]  # (kind, text, offset)
 
 
-def _lex(text: str) -> list[_Token]:
+def lex(pattern: re.Pattern[str], text: str, fail: Callable[[int, str], Exception]) -> list[_Token]:
+    """``text`` cut into ``(kind, text, offset)`` tokens by ``pattern``'s named groups
+    (each alternative skips leading blanks); ``fail(offset, reason)`` is raised at the
+    first character no alternative takes.  Shared by conditions and stylesheets."""
     tokens: list[_Token] = []
     pos = 0
     while pos < len(text):
-        match = _TOKEN.match(text, pos)
+        match = pattern.match(text, pos)
         if match is None or match.lastgroup is None:
             if text[pos:].strip():
                 bad = len(text) - len(text[pos:].lstrip())
-                raise ConditionSyntaxError(text, bad, f"unexpected {text[bad]!r}")
+                raise fail(bad, f"unexpected {text[bad]!r}")
             break
         kind = match.lastgroup
         tokens.append((kind, match.group(kind), match.start(kind)))
         pos = match.end()
     return tokens
+
+
+def _lex(text: str) -> list[_Token]:
+    return lex(_TOKEN, text, lambda at, why: ConditionSyntaxError(text, at, why))
 
 
 # --------------------------------------------------------------------------- values

@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from engine.conditions import lex
 from engine.errors import GraphError
 
 __all__ = [
@@ -84,19 +85,7 @@ class Rule:
 
 
 def _tokens(text: str) -> list[tuple[str, str, int]]:
-    tokens: list[tuple[str, str, int]] = []
-    pos = 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if match is None or match.lastgroup is None:
-            if text[pos:].strip():
-                bad = len(text) - len(text[pos:].lstrip())
-                raise StylesheetError(bad, f"unexpected {text[bad]!r}")
-            break
-        kind = match.lastgroup
-        tokens.append((kind, match.group(kind), match.start(kind)))
-        pos = match.end()
-    return tokens
+    return lex(_TOKEN, text, StylesheetError)
 
 
 class _Parser:
