@@ -53,7 +53,7 @@ from typing import Any
 from engine.errors import GraphError
 from engine.graph import Condition
 
-__all__ = ["ConditionSyntaxError", "compile_condition", "condition_keys", "nested_repeat"]
+__all__ = ["ConditionSyntaxError", "compile_condition", "condition_keys", "lex", "nested_repeat"]
 
 Test = Callable[[Mapping[str, Any]], bool]
 _MISSING: Any = object()
