@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engine.gates import human_gate
+from engine.gates import GATE_HANDLERS, human_gate
 from engine.graph import Node, Value
 from engine.outcome import Outcome
 
@@ -172,7 +172,6 @@ HUMAN = Declaration(
 """A human gate's declaration (the engine pauses at it: :mod:`engine.gates`)."""
 
 _ENGINE_HANDLERS = {"parallel": PARALLEL, "parallel.fan_in": FAN_IN, "subgraph": SUBGRAPH}
-_GATE_NAMES = ("wait.human",)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -207,9 +206,9 @@ class HandlerRegistry:
         }
         for name, declared in _ENGINE_HANDLERS.items():
             self._specs[name] = HandlerSpec(name, _noop, False, declaration=declared)
-        for name in _GATE_NAMES:
+        for name in sorted(GATE_HANDLERS):
             self._specs[name] = HandlerSpec(name, human_gate, False, declaration=HUMAN)
-        self._defaults: set[str] = {*_STRUCTURAL_NAMES, *_ENGINE_HANDLERS, *_GATE_NAMES}
+        self._defaults: set[str] = {*_STRUCTURAL_NAMES, *_ENGINE_HANDLERS, *GATE_HANDLERS}
         for name, fn in (handlers or {}).items():
             self.register(name, fn)
 
