@@ -524,7 +524,10 @@ def test_a_closed_pipe_is_quiet(home: Path, model: LLMServer) -> None:
 
 def test_json_has_the_same_keys_with_or_without_a_session(home: Path) -> None:
     """One shape for scripts; absent values are null."""
-    keys = "status reply graph run_id session_id turn trace_id usage nodes error question".split()  # noqa: SIM905
+    keys = [
+        *("status", "reply", "graph", "run_id", "session_id", "turn", "trace_id", "usage"),
+        *("nodes", "error", "error_kind", "question"),
+    ]
     plain = json.loads(run(home, "-m", "hi", "--json").stdout)
     stored = json.loads(run(home, "-m", "hi", "--json", "--session", "s1").stdout)
     assert list(plain) == keys and list(stored) == keys
