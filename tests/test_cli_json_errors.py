@@ -181,3 +181,12 @@ def test_a_failed_turn_names_its_error_kind(home: Path, tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert (doc["status"], doc["error_kind"]) == ("fail", "HandlerError")
     assert list(doc) == list(JSON_KEYS)
+
+
+def test_the_readme_shows_the_object_the_program_prints(home: Path) -> None:
+    """README's example error object is what ``missing.dot -m hi --json`` prints."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    [shown] = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if '"error"' in b]
+    assert refused(program(home, "missing.dot", "-m", "hi", "--json")) == json.loads(shown)
