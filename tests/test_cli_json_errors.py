@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -185,8 +186,6 @@ def test_a_failed_turn_names_its_error_kind(home: Path, tmp_path: Path) -> None:
 
 def test_the_readme_shows_the_object_the_program_prints(home: Path) -> None:
     """README's example error object is what ``missing.dot -m hi --json`` prints."""
-    import re
-
     readme = (ROOT / "README.md").read_text()
     [shown] = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if '"error"' in b]
     assert refused(program(home, "missing.dot", "-m", "hi", "--json")) == json.loads(shown)
