@@ -235,6 +235,7 @@ def test_ctrl_c_at_the_prompt_clears_the_line(terminals: list[Terminal], home: P
     t.expect("you> ")
     t.type("\x03")
     t.expect("(Ctrl-C again, Ctrl-D or /quit to leave)")
+    t.expect("you> ")  # the prompt is back: the next Ctrl-C is read at it
     t.type("\x03")
     assert t.wait() == 130
     assert "Traceback" not in t.screen()
@@ -347,6 +348,7 @@ def test_leaving_releases_the_lease(
     if how == "ctrl-c":
         t.type("\x03")
         t.expect("Ctrl-C again")
+        t.expect("you> ")
         t.type("\x03")
     else:
         t.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGHUP)
