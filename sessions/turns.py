@@ -29,6 +29,7 @@ from sessions.gates import Continuation, before_turn, paused_checkpoint, refuse_
 from sessions.sessionlog import SessionLog
 from sessions.state import SessionState
 from sessions.store.base import Message
+from sessions.turn_budget import run_within
 from sessions.turn_commit import TurnCommitter
 from sessions.turn_host import Phase, TurnHost, TurnRuntime, Watch
 from sessions.turn_input import checked_input
@@ -123,7 +124,7 @@ class TurnPipeline:
                 await self._go_on(timed_out)
                 # Once: a default that loops back to the gate pauses (and times out) again.
                 refuse_paused(self._host.id, self._checkpoints.paused)
-            return await self._turn(text, self._host.turn_count + 1, watch=watch)
+            return await self._turn(text, self._host.turn_count + 1, None, watch)
         finally:
             await self._lock.leave()
 
@@ -137,9 +138,8 @@ class TurnPipeline:
             cp = self._checkpoints.take()
             if cp is None or cp.turn != self._host.turn_count + 1:
                 return None
-            return await self._turn(
-                cp.input, cp.turn, start_at=cp.next_node, carried=cp.context, prior=cp.trace
-            )
+            c = Continuation(cp.input, cp.turn, cp.next_node, cp.context, cp.trace, steps=cp.steps)
+            return await self._go_on(c)
         finally:
             await self._lock.leave()
 
@@ -154,31 +154,23 @@ class TurnPipeline:
             await self._lock.leave()
 
     async def _go_on(self, c: Continuation, watch: Watch = None) -> TurnResult:
-        result = await self._turn(
-            c.input, c.turn, start_at=c.start_at, carried=c.carried, prior=c.prior, watch=watch
-        )
+        result = await self._turn(c.input, c.turn, c, watch)
         if c.after is not None:
             raise c.after
         return result
 
     async def _turn(
-        self,
-        text: str,
-        turn: int,
-        *,
-        start_at: str | None = None,
-        carried: Mapping[str, Any] | None = None,
-        prior: tuple[Mapping[str, Any], ...] = (),
-        watch: Observer | None = None,
+        self, text: str, turn: int, going_on: Continuation | None, watch: Watch
     ) -> TurnResult:
-        """:meth:`_run` the turn, inside its span when the manager traces turns."""
+        """:meth:`_run` the turn (from its start, or ``going_on`` from where an earlier
+        run of it stopped), inside its span when the manager traces turns."""
         tel = self._rt.telemetry
         if tel is None:
-            return await self._run(text, turn, start_at, carried, prior, watch)
+            return await self._run(text, turn, going_on, watch)
         spans = tel.turn(self._host.id, turn, self._host.turn_graph, text)
         try:
             observe = spans if spans.recording else None  # unsampled: no events at all
-            result = await self._run(text, turn, start_at, carried, prior, watch, observe)
+            result = await self._run(text, turn, going_on, watch, observe)
         except BaseException as exc:  # cancelled or a store failure: the span still ends
             spans.end(None, exc)
             raise
@@ -189,13 +181,18 @@ class TurnPipeline:
         self,
         text: str,
         turn: int,
-        start_at: str | None,
-        carried: Mapping[str, Any] | None,
-        prior: tuple[Mapping[str, Any], ...],
-        watch: Observer | None,
+        going_on: Continuation | None,
+        watch: Watch,
         spans: Observer | None = None,
     ) -> TurnResult:
         """Run the graph for ``turn`` and commit it (caller holds the lock)."""
+        start_at: str | None = None
+        carried: Mapping[str, Any] | None = None
+        prior: tuple[Mapping[str, Any], ...] = ()
+        used = 0  # node visits of the turn's earlier runs: all its runs share max_steps
+        if going_on is not None:
+            start_at, carried = going_on.start_at, going_on.carried
+            prior, used = going_on.prior, going_on.steps
         host = self._host
         trace_id = host.trace_id = f"{host.id}:{turn}"
         host.phase = "processing"
@@ -210,12 +207,16 @@ class TurnPipeline:
         saves = rt.limits.checkpoint and (was is None or start_at is None)
         if rt.limits.checkpoint:
             start = (start_at or host.turn_graph.start, carried or {})
-            on_step = cps.hook(text, turn, trace_id, prior, start, host.turn_graph, store=saves)
+            on_step = cps.hook(
+                text, turn, trace_id, prior, start, host.turn_graph, store=saves, steps=used
+            )
         hooks = self._hooks
         observers = hooks.observers(turn, trace_id, spans, watch)
         try:
-            result = await rt.engine.run(
+            result = await run_within(
+                rt.engine,
                 host.turn_graph,
+                used,
                 context,
                 run_id=trace_id,
                 observers=observers,
@@ -229,12 +230,13 @@ class TurnPipeline:
             raise
         with cancel_scope(shield=True):  # commit and apply are one step or none
             if result.status == "paused":  # nothing committed: the pause is stored
-                cp = paused_checkpoint(text, turn, trace_id, cps.graph_hash, result, prior)
+                steps = used + len(result.trace)
+                cp = paused_checkpoint(text, turn, trace_id, cps.graph_hash, result, prior, steps)
                 await cps.pause(cp)
                 return TurnResult("", "paused", turn, result.trace, result.error, trace_id)
             committed = await self._committer.commit(text, turn, trace_id, result, prior)
             if not committed.ok and on_step is not None:
-                await cps.keep_failed(str(committed.error))
+                await cps.keep_failed(str(committed.error), used + len(result.trace))
         # Only now, and never when nobody listens: the turn is in the store.
         hooks.committed(observers, trace_id, turn, committed.status)
         return committed
