@@ -164,3 +164,57 @@ async def test_a_pause_stored_without_a_step_count_still_goes_on(
         assert result.status == "paused" and len(result.trace) == 3
         done = await session.answer("go")
         assert (done.status, done.reply) == ("success", "shipped after 8")
+
+
+async def test_running_checkpoints_count_steps_and_resume_gets_the_rest(
+    store_url: str, shared: OpenStore, tmp_path: Path
+) -> None:
+    """With checkpoints on, each node's checkpoint counts the turn's visits so far; a
+    turn resumed from one (a process died) may make only what is left."""
+    dot = _dot(tmp_path, 10)
+    seen: list[tuple[str, int]] = []
+
+    async def peek(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        cp = (await shared.load("crash")).checkpoint
+        assert cp is not None
+        seen.append((cp.next_node, cp.steps))
+        return {}
+
+    registry = _registry()
+    registry.register("peek", peek)
+    limits = Limits(checkpoint=True)
+    peeking = tmp_path / "peek.dot"
+    peeking.write_text(dot.read_text().replace("b [handler=step]", "b [handler=peek]"))
+    async with _manager(store_url, shared, peeking, registry, limits=limits) as m:
+        assert (await (await m.create("crash")).send("x")).status == "paused"
+    assert seen == [("b", 2)]  # saved after start and a, before b ran
+    # A process that died at b after nine visits left this running checkpoint behind.
+    cp = (await shared.load("crash")).checkpoint
+    assert cp is not None
+    running = dataclasses.replace(cp, kind="running", last_node="a", next_node="b", steps=9)
+    token = await shared.acquire("crash", "test", 30.0)
+    await shared.save_checkpoint("crash", running, token=token)
+    await shared.release("crash", "test", token)
+    async with _manager(store_url, shared, peeking, registry, limits=limits) as m:
+        session = await m.get("crash")
+        assert session.resumable is not None
+        resumed = await session.resume()
+        assert resumed is not None and resumed.status == "fail"
+        assert [r.node_id for r in resumed.trace] == ["b"]
+        error = resumed.error
+        assert isinstance(error, MaxStepsExceeded)
+        assert (error.max_steps, error.node_id) == (10, "gate")
+    assert seen == [("b", 2), ("b", 9)]
+
+
+def test_the_step_count_round_trips_and_a_bad_one_is_refused() -> None:
+    """``steps`` survives the codec; a negative or non-integer count is refused."""
+    from sessions.store.base import Checkpoint
+    from sessions.store.codec import ShapeError, checkpoint_from_dict
+
+    cp = Checkpoint(2, "h", "s:2", "hi", "a", "gate", {}, ({"id": "a"},), 1.0, steps=7)
+    body = checkpoint_to_dict(cp)
+    assert body["steps"] == 7 and checkpoint_from_dict(body) == cp
+    for bad in (-1, "7", 1.5):
+        with pytest.raises(ShapeError, match="'steps' must be an integer"):
+            checkpoint_from_dict({**body, "steps": bad})
