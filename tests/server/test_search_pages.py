@@ -82,3 +82,17 @@ def test_the_api_walks_every_session_once_by_next(db: str) -> None:
         assert [s["id"] for s in old["sessions"]] == [f"s{i}" for i in range(2990, 2995)]
         bad = served.client.get("/sessions", params={"after": "s0001", "offset": "-1"})
         assert bad.status_code == 400 and "offset" in bad.text
+
+
+def test_the_viewer_pages_every_session_by_its_cursor(db: str) -> None:
+    """Without ``?q=`` each page links to the next by ``after``; the last has no link."""
+    _seed(db)
+    with Running(create_app(db, llm="echo")) as served:
+        url, found = "/", []
+        while url:
+            text = served.client.get(url).text
+            found += re.findall(r'<a href="/ui/sessions/([^"]+)"', text)
+            more = re.search(r'<a href="([^"]+)">next page</a>', text)
+            url = html.unescape(more.group(1)) if more else ""
+            assert not more or "after=" in url
+        assert found == [f"s{i:04d}" for i in range(N)]
