@@ -28,7 +28,7 @@ import anyio
 from bench.harness import BenchContext, BenchResult, Stats, bench_env
 
 NAME = "search"
-TITLE = "Sessions search and listing: one request each, before vs after (bounded window, keyset, index)"
+TITLE = "Sessions search and listing: one request each, before vs after"
 
 _QUERY = "zz-nothing"
 
