@@ -82,6 +82,8 @@ def test_the_api_walks_every_session_once_by_next(db: str) -> None:
         assert [s["id"] for s in old["sessions"]] == [f"s{i}" for i in range(2990, 2995)]
         bad = served.client.get("/sessions", params={"after": "s0001", "offset": "-1"})
         assert bad.status_code == 400 and "offset" in bad.text
+        empty = served.client.get("/sessions", params={"limit": "0"})
+        assert empty.status_code == 400 and "limit=0" in empty.text
 
 
 def test_the_viewer_pages_every_session_by_its_cursor(db: str) -> None:

@@ -61,6 +61,8 @@ async def list_sessions(request: Request) -> Response:
     (older clients page with it), but each request walks over them: to go deep, follow
     ``next``."""
     offset, limit = page(request)
+    if limit == 0:  # a page of nothing has no place to continue from
+        raise BadRequest("query parameter limit=0: expected an integer 1..1000")
     agent = request.query_params.get("agent")
     kind = request.query_params.get("type")
     if kind is not None and kind not in _TYPES:
