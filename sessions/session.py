@@ -35,7 +35,7 @@ from engine.graph import Graph
 from sessions.checkpoints import Checkpoints, graph_fingerprint
 from sessions.compaction import CompactionResult, Compactor, Summarizer
 from sessions.errors import Fenced, SessionClosed, SessionError
-from sessions.gates import Question, answer_plan, question_of, retry_plan
+from sessions.gates import Question, answer_plan, question_of, retry_plan, timeout_plan
 from sessions.heartbeat import Heartbeat, HeartbeatTrace, Spawn
 from sessions.history import HistoryView, MessagePage
 from sessions.limits import Limits
@@ -350,6 +350,18 @@ class Session:
         """
         cps = self.checkpoints
         return await self._turns.continue_turn(lambda: answer_plan(self.id, cps, choice), watch)
+
+    async def expire_gate(self, *, watch: Observer | None = None) -> TurnResult:
+        """Apply the waiting gate's timeout now that its deadline passed, as the next
+        use of the session would: the turn runs on with the gate's ``default`` (none:
+        the gate fails and is routed) and commits, or pauses at the next gate.  The
+        manager's gate timer calls this (:mod:`sessions.gate_timers`).
+
+        Raises :class:`~sessions.errors.NotPaused` when no question waits or its
+        deadline has not passed (an answer came first).  ``watch`` observes the turn.
+        """
+        cps = self.checkpoints
+        return await self._turns.continue_turn(lambda: timeout_plan(self.id, cps), watch)
 
     async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult:
         """Re-run the latest turn, which failed, from the node that failed with the
