@@ -8,13 +8,13 @@ the session's timer is cancelled and, when the new pause has a deadline, one tim
 armed for it: one sleeping task in the manager's task group, no polling.  A deadline
 that already passed (a session loaded after it) fires at once.
 
-At the deadline the timer calls :meth:`Session.expire_gate
-<sessions.Session.expire_gate>`, the path the next ``answer``/``send`` would take
-(:func:`sessions.gates.timeout_plan`): under the session lock, the turn runs on with the
-gate's ``default`` (none: the gate fails and is routed), logged and committed like an
-answered turn.  Races are settled by that lock: whoever takes it first wins and the
-other meets the existing typed errors (an answer after the timer's turn gets
-:class:`~sessions.errors.NotPaused`; a timer after an answer finds nothing to do).
+At the deadline the timer calls :func:`sessions.session.expire_gate`, the path the
+next ``answer``/``send`` would take (:func:`sessions.gates.timeout_plan`): under the
+session lock, the turn runs on with the gate's ``default`` (none: the gate fails and
+is routed), logged and committed like an answered turn.  Races are settled by that
+lock: whoever takes it first wins and the other meets the existing typed errors (an
+answer after the timer's turn gets :class:`~sessions.errors.NotPaused`; a timer after
+an answer finds nothing to do).
 Between processes the store's lease and fencing decide: only the lease holder hosts
 the session, and a timer of a process that lost its lease is fenced, writing nothing.
 
@@ -35,10 +35,10 @@ from engine.logs import log
 from sessions.errors import NotPaused, SessionClosed
 from sessions.gates import seconds_left
 from sessions.heartbeat import Spawn
+from sessions.session import Session, expire_gate
 
 if TYPE_CHECKING:
     from engine.events import Observer
-    from sessions.session import Session
     from sessions.store.base import Checkpoint
     from sessions.turns import TurnResult
 
@@ -50,6 +50,7 @@ TimeoutStep = Callable[["Observer | None"], Awaitable["TurnResult"]]
 TimeoutRunner = Callable[[str, TimeoutStep], Awaitable["TurnResult"]]
 """Runs the step of a timed-out gate of the session named: a host (the HTTP server)
 wraps it to publish the turn to the session's watchers."""
+
 
 async def _unwatched(session_id: str, step: TimeoutStep) -> TurnResult:
     return await step(None)
@@ -106,7 +107,10 @@ class GateTimers:
         with scope:
             # The deadline is wall-clock time (it outlives the process); anyio sleeps by
             # the monotonic clock, so a sleep may end a little early: sleep again then.
-            while (left := seconds_left(cp)) is not None and left > 0:
+            while True:
+                left = seconds_left(cp)
+                if left is None or left <= 0:
+                    break
                 await anyio.sleep(left)
         if scope.cancel_called or self._scopes.get(session.id) is not scope:
             return
@@ -119,7 +123,7 @@ class GateTimers:
         sid = session.id
         log("info", "gate.timed_out", session_id=sid, node=cp.next_node, default=cp.default)
         try:
-            result = await self.runner(sid, lambda watch: session.expire_gate(watch=watch))
+            result = await self.runner(sid, lambda watch: expire_gate(session, watch=watch))
         except (NotPaused, SessionClosed):
             return  # answered first, or the session closed: nothing to apply
         except Exception as exc:  # fenced, a store failure: the next use applies it

@@ -7,7 +7,8 @@
         result = await session.send("hello")
 
 One manager owns one anyio task group (heartbeats, lease renewal, background
-compaction, human gates' timers: :mod:`sessions.gate_timers`), one :class:`~engine.Engine` and the compiled graphs every session shares.
+compaction, human gates' timers: :mod:`sessions.gate_timers`), one
+:class:`~engine.Engine` and the compiled graphs every session shares.
 A session is plain data in the store; the manager holds a lease on each live session
 (renewed every ``lease_ttl / 3``) so two processes never both write one session.
 """

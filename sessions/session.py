@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from engine.runner import Engine
     from sessions.telemetry import Telemetry
 
-__all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult"]
+__all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult", "expire_gate"]
 
 
 HEARTBEAT_HISTORY = 64
@@ -351,18 +351,6 @@ class Session:
         cps = self.checkpoints
         return await self._turns.continue_turn(lambda: answer_plan(self.id, cps, choice), watch)
 
-    async def expire_gate(self, *, watch: Observer | None = None) -> TurnResult:
-        """Apply the waiting gate's timeout now that its deadline passed, as the next
-        use of the session would: the turn runs on with the gate's ``default`` (none:
-        the gate fails and is routed) and commits, or pauses at the next gate.  The
-        manager's gate timer calls this (:mod:`sessions.gate_timers`).
-
-        Raises :class:`~sessions.errors.NotPaused` when no question waits or its
-        deadline has not passed (an answer came first).  ``watch`` observes the turn.
-        """
-        cps = self.checkpoints
-        return await self._turns.continue_turn(lambda: timeout_plan(self.id, cps), watch)
-
     async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult:
         """Re-run the latest turn, which failed, from the node that failed with the
         context just before it, as the next turn (``Limits.checkpoint`` must have been on
@@ -427,6 +415,21 @@ class Session:
             await self._turns.drain()
         finally:
             closing.set()
+
+
+async def expire_gate(session: Session, *, watch: Observer | None = None) -> TurnResult:
+    """Apply ``session``'s waiting gate's timeout now that its deadline passed, as its
+    next use would: the turn runs on with the gate's ``default`` (none: the gate fails
+    and is routed) and commits, or pauses at the next gate.  The manager's gate timers
+    call this (:mod:`sessions.gate_timers`); a function, not a method, to keep the
+    session's public face to what callers use.
+
+    Raises :class:`~sessions.errors.NotPaused` when no question waits or its deadline
+    has not passed (an answer came first).  ``watch`` observes the turn.
+    """
+    cps = session.checkpoints
+    plan = lambda: timeout_plan(session.id, cps)  # noqa: E731 - read under the lock
+    return await session._turns.continue_turn(plan, watch)
 
 
 async def _run_heartbeat(
