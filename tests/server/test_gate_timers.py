@@ -5,6 +5,7 @@ turn; an answer after it gets 409 NotPaused."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,15 @@ def timed(tmp_path: Path) -> Iterator[Running]:
         yield running
 
 
+def _bounded(lines: Iterator[str]) -> Iterator[str]:
+    """``lines`` until :data:`GUARD` seconds have gone by (a hang guard: the stream
+    sends keepalive comments, so a read never times out on its own)."""
+    give_up = time.monotonic() + GUARD
+    for line in lines:
+        assert time.monotonic() < give_up, "the stream never showed what was awaited"
+        yield line
+
+
 def test_a_timeout_fires_on_the_server_and_reaches_live_watchers(timed: Running) -> None:
     """After the paused turn, with no other request, the watcher sees the timed-out
     turn from ``RunStarted`` to its ``result``; it is stored, and a late answer is
@@ -62,7 +72,7 @@ def test_a_timeout_fires_on_the_server_and_reaches_live_watchers(timed: Running)
         httpx.Client(base_url=timed.url, timeout=GUARD) as watcher,
         watcher.stream("GET", "/sessions/w1/live") as response,
     ):
-        frames = _frames(response.iter_lines())
+        frames = _frames(_bounded(response.iter_lines()))
         assert next(frames)[0] == "watching"
         paused = timed.client.post("/sessions/w1/turns", json={"text": "v1"}).json()
         assert paused["status"] == "paused"
