@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 import sessions.gates
 from engine.events import Event, TurnCommitted
@@ -128,7 +129,10 @@ async def test_a_timeout_fires_with_no_further_call(
         session = await m.create("t1")
         assert (await session.send("v1")).status == "paused"
         assert "t1" in m.gate_timers
-        committed = await commits.wait()
+        with capture_logs() as logs:
+            committed = await commits.wait()
+        timed_out = [e for e in logs if e["event"] == "gate.timed_out"]
+        assert timed_out and (timed_out[0]["node"], timed_out[0]["default"]) == ("approve", "no")
         assert (committed.session_id, committed.turn, committed.status) == ("t1", 1, "success")
         assert session.question is None and session.turn_count == 1
         assert [x.content for x in session.history] == ["v1", "held v1 (timed out)"]
