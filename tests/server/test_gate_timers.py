@@ -19,18 +19,10 @@ from engine.server import create_app
 from sessions import SessionManager
 
 from .serve_kit import GUARD, Running
+from .test_gates import GRAPH as GATED
 from .test_live import _frames, _until
 
-GRAPH = """digraph g {
-  start [shape=Mdiamond]; done [shape=Msquare]
-  approve [shape=hexagon, question="Deploy?", timeout="200ms", default=skip]
-  deploy [handler=deploy]; skip [handler=skip]
-  start -> approve
-  approve -> deploy [label=go]
-  approve -> skip [label=skip]
-  deploy -> done; skip -> done
-}
-"""
+GRAPH = GATED.replace('question="Deploy?"', 'question="Deploy?", timeout="200ms", default=skip')
 
 
 @pytest.fixture

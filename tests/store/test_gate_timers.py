@@ -98,12 +98,6 @@ async def _manager(
         yield m
 
 
-@pytest.fixture
-async def shared(store_url: str) -> AsyncIterator[OpenStore]:
-    async with open_store(store_url, secret=SECRET) as s:
-        yield s
-
-
 def _store(url: str, shared: OpenStore) -> str | OpenStore:
     """What a new manager opens: ``url``, except the one ``memory:`` store (shared)."""
     return shared if url == "memory:" else url

@@ -26,7 +26,7 @@ from sessions.errors import (
     SessionPaused,
     UnknownChoice,
 )
-from sessions.store import OpenStore, open_store
+from sessions.store import OpenStore
 
 from . import SECRET
 
@@ -79,12 +79,6 @@ async def _manager(
         store, registry=registry, turn_graph=dot, store_secret=SECRET, **kw
     ) as m:
         yield m
-
-
-@pytest.fixture
-async def shared(store_url: str) -> AsyncIterator[OpenStore]:
-    async with open_store(store_url, secret=SECRET) as s:
-        yield s
 
 
 async def test_a_gate_pauses_durably_and_a_new_manager_answers(
