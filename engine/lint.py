@@ -97,7 +97,12 @@ ENGINE_EDGE_ATTRS: tuple[Attr, ...] = (
 """Edge attributes the engine reads."""
 
 ENGINE_GRAPH_ATTRS: tuple[Attr, ...] = (
-    Attr("max_steps", "int", None, "most nodes one run may visit (bounds cycles)"),
+    Attr(
+        "max_steps",
+        "int",
+        None,
+        "most nodes one run may visit (bounds cycles); a session turn's runs share it",
+    ),
     Attr(
         "turn_timeout",
         "duration",

@@ -187,6 +187,7 @@ class Checkpoints:
         graph: Graph | None = None,
         *,
         store: bool = True,
+        steps: int = 0,
     ) -> OnStep:
         """An ``on_step`` hook saving turn ``turn`` (input ``text``) after every node
         outside parallel branches; ``prior`` is the trace of the nodes a resumed turn ran
@@ -195,6 +196,9 @@ class Checkpoints:
         asks again); ``graph`` the graph run (its fan-outs' edge order orders the
         branches' visits in the trace).  A retry point, like a checkpoint, is never
         inside a branch: a turn that failed in one is retried from before its fan-out.
+        ``steps``: the node visits the turn made in earlier runs; each checkpoint adds
+        this run's visits so far (a sub-graph node's inner visits are not heard here,
+        so a checkpoint may count fewer than the engine did).
 
         Not ``store``: the hook only tracks :attr:`point` and writes nothing.  A turn
         that goes on from a pause or a failure runs so: the stored pause (or failure)
@@ -207,8 +211,9 @@ class Checkpoints:
         save = self._writer.save_checkpoint if store else None
         kept = {k: v for k, v in durable_context(start[1]).items() if k != ANSWER_KEY}
         self.point = Checkpoint(
-            turn, graph_hash, trace_id, text, "", start[0], kept, prior, time.time()
+            turn, graph_hash, trace_id, text, "", start[0], kept, prior, time.time(), steps=steps
         )
+        before = steps - len(prior)  # + len(done): the visits of the turn so far
 
         async def on_step(
             record: NodeRecord, next_node: str | None, ctx: Mapping[str, Any]
@@ -235,6 +240,7 @@ class Checkpoints:
                 durable_context(ctx),
                 tuple(done),
                 time.time(),
+                steps=before + len(done),
             )
             if save is not None:
                 await save(cp)
@@ -247,11 +253,12 @@ class Checkpoints:
         await self._writer.save_checkpoint(cp)
         self.paused = cp
 
-    async def keep_failed(self, error: str) -> None:
-        """After a failed turn's commit: store where it failed, for ``retry_turn``."""
+    async def keep_failed(self, error: str, steps: int) -> None:
+        """After a failed turn's commit: store where it failed, for ``retry_turn``;
+        ``steps``: the node visits of the turn's runs, the failing one included."""
         point, self.point = self.point, None
         if point is not None:
-            cp = dataclasses.replace(point, kind="failed", error=error, ts=time.time())
+            cp = dataclasses.replace(point, kind="failed", error=error, ts=time.time(), steps=steps)
             await self._writer.save_checkpoint(cp)
             self.failed = cp
 

@@ -9,7 +9,9 @@ no table of their own and survive the process:
   stored is a ``paused`` checkpoint: the input, the gate, its question and choices,
   the context and node trace so far, and the deadline when the gate has a
   ``timeout``.  ``answer(choice)``, in this process or any later one, runs the turn on
-  from the gate; the turn then commits as one turn, input message included.
+  from the gate; the turn then commits as one turn, input message included.  Its runs
+  share one ``max_steps``: the visits made before the pause are stored with it, and
+  the run that goes on may make only what is left (:mod:`sessions.turn_budget`).
 * **Timeouts** are wall-clock deadlines, stored with the pause, so they hold across
   process exits.  A manager that hosts the session arms a timer for the deadline
   (:mod:`sessions.gate_timers`), which runs :func:`timeout_plan`.  Otherwise (no
@@ -22,11 +24,14 @@ no table of their own and survive the process:
   its commit: the node that failed and the context just before it.
   ``retry_turn()`` re-runs the turn from that node as the next turn (the failed turn's
   record stays: history is append-only), unless the turn graph changed since.  The
-  next turn of any kind supersedes it.
+  retry may visit only what the failed turn left of ``max_steps`` (its visits, the
+  failing one included, are stored with the failure).  The next turn of any kind
+  supersedes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,7 +91,8 @@ class Question:
 
 @dataclass(frozen=True, slots=True)
 class Continuation:
-    """A turn to run on from a node: ``after`` is raised once it has run."""
+    """A turn to run on from a node: ``after`` is raised once it has run; ``steps`` the
+    node visits the turn made before (its runs share one ``max_steps``)."""
 
     input: str
     turn: int
@@ -94,6 +100,7 @@ class Continuation:
     carried: Mapping[str, Any]
     prior: tuple[Mapping[str, Any], ...]
     after: Exception | None = None
+    steps: int = 0
 
 
 def question_of(session_id: str, cp: Checkpoint | None) -> Question | None:
@@ -124,8 +131,10 @@ def paused_checkpoint(
     graph_hash: str,
     result: RunResult,
     prior: tuple[Mapping[str, Any], ...],
+    steps: int,
 ) -> Checkpoint:
-    """What a turn that stopped at a gate (``result.status == "paused"``) stores."""
+    """What a turn that stopped at a gate (``result.status == "paused"``) stores;
+    ``steps``: the node visits of the turn's runs so far, this one's included."""
     gate = result.error
     assert isinstance(gate, GatePaused)  # the engine's only paused result
     now = time.time()
@@ -146,13 +155,14 @@ def paused_checkpoint(
         choices=gate.choices,
         default=gate.default,
         deadline=None if gate.timeout is None else now + gate.timeout,
+        steps=steps,
     )
 
 
 def _from_gate(cp: Checkpoint, choice: str | None, timed_out: bool) -> Continuation:
     answer = {"choice": choice, "timed_out": timed_out}
     carried = {**cp.context, ANSWER_KEY: answer}
-    return Continuation(cp.input, cp.turn, cp.next_node, carried, cp.trace)
+    return Continuation(cp.input, cp.turn, cp.next_node, carried, cp.trace, steps=cp.steps)
 
 
 def _expired(cp: Checkpoint, now: float) -> bool:
@@ -176,7 +186,7 @@ def answer_plan(session_id: str, cps: Checkpoints, choice: object) -> Continuati
     if _expired(cp, time.time()):
         after = GateTimedOut(session_id, cp.next_node, cp.default)
         plan = _from_gate(cp, cp.default, True)
-        return Continuation(plan.input, plan.turn, plan.start_at, plan.carried, plan.prior, after)
+        return dataclasses.replace(plan, after=after)
     if isinstance(choice, str):
         choice = str.__str__(choice)  # a str subclass as its plain value (its == may lie)
     if not isinstance(choice, str) or choice not in cp.choices:
@@ -242,4 +252,5 @@ def retry_plan(host: RetryHost, cps: Checkpoints, checkpointing: bool) -> Contin
             session_id,
             f"the turn graph changed since turn {cp.turn} failed (its fingerprint differs)",
         )
-    return Continuation(cp.input, host.turn_count + 1, cp.next_node, cp.context, cp.trace)
+    turn = host.turn_count + 1
+    return Continuation(cp.input, turn, cp.next_node, cp.context, cp.trace, steps=cp.steps)

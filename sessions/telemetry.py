@@ -64,7 +64,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 class TurnResult(Protocol):
-    """What :meth:`TurnSpans.end` reads of a :class:`~sessions.turns.TurnResult`."""
+    """What :meth:`TurnSpans.end` reads of a :class:`~sessions.turn_result.TurnResult`."""
 
     @property
     def ok(self) -> bool:

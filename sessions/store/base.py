@@ -197,6 +197,10 @@ class Checkpoint:
     ``next_node`` for one of ``choices`` (``question``; ``default`` taken once
     ``deadline``, Unix time, passes).  ``failed``: turn ``turn`` failed (``error``) at
     ``next_node``; ``context`` is the context just before it, for ``retry_turn``.
+
+    ``steps``: the node visits the turn has made so far, over all its runs; a run that
+    goes on from the checkpoint may visit only what is left of ``max_steps``.  A record
+    stored before the field existed has none and reads as 0.
     """
 
     turn: int
@@ -214,6 +218,7 @@ class Checkpoint:
     default: str | None = None
     deadline: float | None = None
     error: str | None = None
+    steps: int = 0
 
 
 @dataclass(frozen=True, slots=True)

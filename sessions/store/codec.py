@@ -781,6 +781,8 @@ def checkpoint_to_dict(cp: Checkpoint) -> dict[str, Any]:
         "trace": [dict(step) for step in cp.trace],
         "ts": cp.ts,
     }
+    if cp.steps:  # absent when 0, as in records stored before it was counted
+        d["steps"] = cp.steps
     if cp.kind != "running":
         d["kind"] = cp.kind
         d["question"] = cp.question
@@ -804,6 +806,7 @@ def checkpoint_from_dict(d: Any) -> Checkpoint:
         context=_frozen(d.get("context"), "context"),
         trace=_trace(d.get("trace")),
         ts=_num(d, "ts"),
+        steps=_int(d, "steps") if "steps" in d else 0,
         **_checkpoint_kind(d),
     )
 
