@@ -60,14 +60,14 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 class Terminal:
     """The program running on a pseudo-terminal: type into it, wait for its output."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, *args: str, env: dict[str, str], stderr: int | None = None) -> None:
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _LAUNCH, *args],
             stdin=slave,
             stdout=slave,
-            stderr=slave,
+            stderr=slave if stderr is None else stderr,
             cwd=ROOT,
             env=env,
             start_new_session=True,

@@ -15,8 +15,10 @@ Python's readline waits for a key in ``select()`` and looks for signals only whe
 wait is interrupted, so a Ctrl-C that lands after the prompt is drawn but before the
 wait starts would be noticed only at the next key (so would SIGTERM and SIGHUP).
 :class:`_Kicker` closes that gap: told of each signal through
-:func:`signal.set_wakeup_fd`, it interrupts the main thread's wait a few times with
-SIGUSR1 (whose handler does nothing), so the pending signal is handled at once.
+:func:`signal.set_wakeup_fd`, it interrupts the main thread with SIGUSR1 (whose handler
+only counts it) until the main thread has run its signal handlers twice, so the pending
+signal has been handled however long the main thread took to reach its wait (a loaded
+machine, a terminal whose output is stopped); it gives up after ``_Kicker.PATIENCE``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -108,7 +111,7 @@ class Prompt:
     def read(self, prompt: str) -> str | None:
         """The next line; ``None`` at end of input.  Ctrl-C raises :class:`Interrupted`."""
         try:
-            line = input(prompt)
+            line = _input(prompt)
         except EOFError:
             print(file=sys.stderr)
             return None
@@ -129,6 +132,21 @@ class Prompt:
                 rl.remove_history_item(n - 1)
 
 
+def _input(prompt: str) -> str:
+    """``input(prompt)``, raising what interrupted it.
+
+    When a kick is what woke readline, the signal's handler raises first and the kick
+    is still pending; ``input()`` then runs the kick's handler with that exception set,
+    which CPython reports as a :class:`SystemError` caused by it: the cause is raised."""
+    try:
+        return input(prompt)
+    except SystemError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, KeyboardInterrupt | SystemExit):  # Ctrl-C; Leave (SIGTERM, SIGHUP)
+            raise cause from None
+        raise
+
+
 def _import_readline() -> ModuleType | None:
     """:mod:`readline` when the platform has it (importing it is what makes ``input()``
     edit lines); ``None`` elsewhere, where the prompt still works without editing."""
@@ -143,14 +161,15 @@ class _Kicker:
     """Interrupts the main thread's wait for a key after each signal (see the module
     docstring), from a daemon thread; only while the prompt is in use."""
 
-    KICKS = 20
-    PAUSE = 0.01  # seconds between kicks: the gap it closes is far shorter
+    PAUSE = 0.01  # seconds between kicks
+    PATIENCE = 10.0  # seconds of kicking at most (a main thread stuck where no kick helps)
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         self._main = threading.main_thread().ident or 0
         self._old_fd = -1
         self._old_usr1: Any = None
+        self._handled = 0  # kicks whose handler the main thread has run
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="chat-sigint", daemon=True)
 
@@ -158,7 +177,7 @@ class _Kicker:
         """Take the wakeup fd and SIGUSR1 (main thread only); start watching."""
         os.set_blocking(self._write, False)
         self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        self._old_usr1 = signal.signal(signal.SIGUSR1, _ignore)
+        self._old_usr1 = signal.signal(signal.SIGUSR1, self._kicked)
         self._thread.start()
         return self
 
@@ -172,14 +191,28 @@ class _Kicker:
         os.close(self._read)
         signal.signal(signal.SIGUSR1, self._old_usr1)
 
+    def _kicked(self, signum: int, frame: FrameType | None) -> None:
+        """SIGUSR1 only interrupts a wait; counting it tells the watcher it got through."""
+        self._handled += 1
+
     def _watch(self) -> None:
         while data := os.read(self._read, 64):
             if data.strip(bytes([signal.SIGUSR1])):  # SIGINT, SIGTERM, SIGHUP: not a kick
-                for _ in range(self.KICKS):
-                    if self._stopped.wait(self.PAUSE):
-                        return
-                    signal.pthread_kill(self._main, signal.SIGUSR1)
+                self._kick()
 
+    def _kick(self) -> None:
+        """Kick until two kicks have been handled one after the other.
 
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    """SIGUSR1 only interrupts a wait; nothing to do."""
+        Python runs every pending handler in one pass, lowest signal number first.  A
+        pass that handled a kick sent now may have begun before the signal came in
+        (and readline may wait again after it); the pass handling a later kick began
+        after that one ended, so it ran the signal's handler.  A count of kicks would
+        not do: they are all spent if the main thread takes longer to reach its wait."""
+        deadline = time.monotonic() + self.PATIENCE
+        handled = 0
+        while handled < 2 and time.monotonic() < deadline:
+            before = self._handled
+            signal.pthread_kill(self._main, signal.SIGUSR1)
+            if self._stopped.wait(self.PAUSE):
+                return
+            handled += self._handled != before
