@@ -189,3 +189,63 @@ def test_the_readme_shows_the_object_the_program_prints(home: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     [shown] = [b for b in re.findall(r"```json\n(.*?)```", readme, re.S) if '"error"' in b]
     assert refused(program(home, "missing.dot", "-m", "hi", "--json")) == json.loads(shown)
+
+
+def _closed_stdout(home: Path, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    """The program with a standard output whose reader has already gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return program(home, *argv, stdout=write)
+    finally:
+        os.close(write)
+
+
+def test_a_closed_stdout_keeps_a_failed_turns_exit(home: Path, tmp_path: Path) -> None:
+    """A turn that failed at a node, its JSON object unread: still exit 1 (not 0), the
+    failure line on stderr, no traceback; a failing ``validate`` likewise keeps 2."""
+    path = tmp_path / "failing.dot"
+    path.write_text("digraph { start -> broken -> done; broken [handler=tool, tool=no_such_tool] }")
+    proc = _closed_stdout(home, str(path), "-m", "hi", "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.decode().count("\n") == 1 and "Traceback" not in proc.stderr.decode()
+    invalid = tmp_path / "invalid.dot"
+    invalid.write_text("digraph { start -> x -> done; x [handler=nope] }")
+    proc = _closed_stdout(home, "validate", str(invalid))
+    assert (proc.returncode, proc.stderr) == (2, b"")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--stroe", f"postgresql://me:{SECRET}@127.0.0.1:1/test"],
+        ["--llm-base-urll", f"http://127.0.0.1:1/v1?api_key={SECRET}"],
+        ["--dialect", f"x://me:{SECRET}@h"],
+    ],
+    ids=["unrecognized-store", "unrecognized-base-url-key", "invalid-choice"],
+)
+def test_an_argument_error_never_echoes_a_secret(
+    home: Path, tmp_path: Path, argv: list[str]
+) -> None:
+    """argparse repeats what it could not use; a URL's password or key in it is masked
+    on stderr and in the JSON object alike."""
+    graph = tmp_path / "g.dot"
+    graph.write_text("digraph { start -> done }")
+    proc = program(home, str(graph), "-m", "hi", *argv, "--json")
+    doc = refused(proc)
+    assert SECRET not in proc.stdout.decode() + proc.stderr.decode()
+    assert "***" in doc["error"] and doc["error_kind"] == "UsageError"
+
+
+@pytest.mark.parametrize("word", ["--js", "--jso"])
+def test_an_abbreviated_json_option_gets_the_error_object(home: Path, word: str) -> None:
+    """argparse takes ``--js`` for ``--json``: a refusal then prints the object too."""
+    doc = refused(program(home, "-m", "hi", "--session", "bad id!", word))
+    assert doc["error_kind"] == "InvalidSessionId"
+
+
+def test_json_after_double_dash_is_an_argument(home: Path) -> None:
+    """``-- --json`` names a graph file called ``--json``: no JSON object."""
+    proc = program(home, "-m", "hi", "--", "--json")
+    assert (proc.returncode, proc.stdout) == (2, b"")
+    assert "--json: error: no such file" in proc.stderr.decode()

@@ -47,6 +47,7 @@ __all__ = [
     "one_line",
     "print_json",
     "read_stdin_message",
+    "redact",
     "refuse_shell",
     "shell_allowed",
     "silence_stdout",
@@ -97,8 +98,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def err(line: str) -> None:
-    """Print one error line on stderr (newlines folded)."""
-    print(line.replace("\n", " "), file=sys.stderr)
+    """Print one error line on stderr (newlines folded, secrets hidden)."""
+    print(redact(line).replace("\n", " "), file=sys.stderr)
+
+
+def redact(line: str) -> str:
+    """``line`` with every password or key a URL in it holds as ``***`` (an error may
+    echo what was typed: ``unrecognized arguments: --stroe postgresql://me:pw@h/db``)."""
+    if "://" not in line and "password" not in line.lower():
+        return line
+    from sessions.store.redact import redact_text
+
+    return redact_text(line)
 
 
 def one_line(exc: BaseException) -> str:
@@ -141,16 +152,22 @@ def configure_logging(verbose: bool) -> None:
 
 
 def print_json(doc: Any) -> None:
-    """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON)."""
+    """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON).
+    A reader that has gone leaves stdout silenced, and the command's exit code stands."""
     utf = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    print(json.dumps(doc, ensure_ascii=not utf, default=str))
+    try:
+        print(json.dumps(doc, ensure_ascii=not utf, default=str))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
 
 
 def wants_json(argv: Sequence[str]) -> bool:
     """Whether the command line asks for ``--json`` (an option, not an argument after
-    ``--``), read from the words themselves: it holds even when parsing them failed."""
+    ``--``), read from the words themselves: it holds even when parsing them failed.
+    A word argparse takes for ``--json`` counts: its abbreviations (``--js``) too."""
     words = argv[: argv.index("--")] if "--" in argv else argv
-    return "--json" in words
+    return any(len(w) > 2 and "--json".startswith(w.split("=", 1)[0]) for w in words)
 
 
 def error_json(line: str, kind: str) -> None:
@@ -160,11 +177,7 @@ def error_json(line: str, kind: str) -> None:
     one object whatever happened.  A reader that has gone leaves stdout silenced."""
     doc: dict[str, Any] = dict.fromkeys(JSON_KEYS)
     doc.update(status="error", error=line, error_kind=kind)
-    try:
-        print_json(doc)
-        sys.stdout.flush()
-    except BrokenPipeError:  # the error line on stderr and the exit code still stand
-        silence_stdout()
+    print_json(doc)
 
 
 def check_output(path: str) -> None:

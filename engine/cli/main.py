@@ -51,7 +51,7 @@ empty, binary or malformed graph, a validation error, a bad or missing session i
 corrupt or tampered store or export, a store's optional extra not installed, Graphviz
 missing for images, a message with control characters or bytes that are not UTF-8);
 130 interrupted; 143 and 129 a chat ended by SIGTERM or SIGHUP; 70 an internal bug.
-A closed pipe on stdout is quiet (0).  ``--json`` prints the keys
+A closed pipe on stdout is quiet (0, or the code of a command that failed).  ``--json`` prints the keys
 :data:`~engine.cli.common.JSON_KEYS`, with or without a session, and for a command
 refused before it has a turn to report too (``status`` ``"error"``, ``error`` the
 stderr line; :func:`~engine.cli.common.error_json`);
@@ -95,6 +95,7 @@ from engine.cli.common import (
     one_line,
     print_json,
     read_stdin_message,
+    redact,
     refuse_shell,
     shell_allowed,
     silence_stdout,
@@ -152,7 +153,7 @@ def _exit_code(exc: BaseException, verbose: bool, as_json: bool = False) -> int:
         code, kind = EXIT_INTERNAL, "InternalError"
     else:
         raise exc
-    line = line.replace("\n", " ")
+    line = redact(line.replace("\n", " "))
     err(line)
     if verbose and code == EXIT_INTERNAL:
         import traceback
@@ -442,22 +443,23 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     from handlers import build_registry
 
     registry = build_registry()
+    out = QuietPipe(sys.stdout)  # a reader that has gone must not turn a failure into 0
     failed = False
     for path in args.graphs:
         try:
             checked = check_file(path, registry, args.dialect)
         except GraphError as exc:
             failed = True
-            print(one_line(exc))
+            print(one_line(exc), file=out)
             continue
         issues = strict(checked.issues) if args.strict else checked.issues
         for issue in issues:
-            print(issue)
+            print(issue, file=out)
         graph = checked.graph
         if graph is None or (args.strict and issues):
             failed = True
         else:
-            print(f"{path}: ok ({len(graph.nodes)} nodes, {len(graph.edges)} edges)")
+            print(f"{path}: ok ({len(graph.nodes)} nodes, {len(graph.edges)} edges)", file=out)
     return EXIT_BAD_INPUT if failed else 0
 
 
@@ -683,7 +685,6 @@ def program() -> int:
             reconfigure(errors="backslashreplace")
     try:
         code = main()
-        sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader left; say nothing
         code = 0
     if _stdout_closed():

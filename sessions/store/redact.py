@@ -13,7 +13,7 @@ import re
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "redact_url", "scrub"]
+__all__ = ["REDACTED", "redact_text", "redact_url", "scrub"]
 
 REDACTED: Final = "***"
 
@@ -58,6 +58,22 @@ def redact_url(url: str) -> str:
     host = parts.netloc.rsplit("@", 1)[1]
     parts = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}")
     return urlunsplit(parts._replace(query=query))
+
+
+# A URL anywhere in a line of text (up to a space or a quote).
+_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+# Query parameters of a model server's URL that carry a key (``?api_key=...``).
+_KEY_PARAM: Final = re.compile(
+    r"([?&;](?:api[_-]?key|key|token|access[_-]?token|secret)=)[^&#\s'\"]*", re.IGNORECASE
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error line that may echo what was typed, such as argparse's
+    "unrecognized arguments: ...") with the password of every URL in it, every
+    ``password=`` keyword and every ``api_key``/``token``-like query value as ``***``."""
+    text = _URL_IN_TEXT.sub(lambda m: _KEY_PARAM.sub(rf"\g<1>{REDACTED}", redact_url(m[0])), text)
+    return _KEYWORD.sub(rf"\g<1>{REDACTED}", text)
 
 
 def _hide_userinfo(url: str) -> str:
