@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,10 @@ def _syscall(pid: int) -> str:
     return Path(f"/proc/{pid}/syscall").read_text()
 
 
-def _wait_for(predicate: object, what: str) -> None:
+def _wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Wait until ``predicate()`` holds (a hang guard, not a speed check)."""
     deadline = time.monotonic() + LIMIT
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"never saw {what}")
         time.sleep(0.01)
@@ -71,13 +73,17 @@ def test_ctrl_c_while_readline_is_held_before_its_key_wait_is_not_lost(tmp_path:
         _wait_for(hinted, "the hint on stderr")
         # The next prompt is being written: the main thread is in write(1, ...), inside
         # readline, where only a signal gets it on (x86-64: 1, arm64: 64).
-        _wait_for(lambda: _syscall(t.proc.pid).split()[:2] in (["1", "0x1"], ["64", "0x1"]),
-                  "the main thread in readline's prompt writes")
+        _wait_for(
+            lambda: _syscall(t.proc.pid).split()[:2] in (["1", "0x1"], ["64", "0x1"]),
+            "the main thread in readline's prompt writes",
+        )
         t.proc.send_signal(signal.SIGINT)
         try:
             code = t.proc.wait(timeout=LIMIT)
         except subprocess.TimeoutExpired:
-            raise AssertionError("the second Ctrl-C was lost: the chat is still at its prompt")
+            raise AssertionError(
+                "the second Ctrl-C was lost: the chat is still at its prompt"
+            ) from None
         while chunk := os.read(read_err, 4096):
             errors += chunk
         assert code == 130
