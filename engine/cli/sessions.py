@@ -49,6 +49,10 @@ from engine.cli.common import (
 __all__ = ["ACTIONS", "cmd_sessions"]
 
 
+_LIST_LIMIT = 100
+"""``sessions list``'s page size unless ``--limit`` says."""
+
+
 def _sessions_parser() -> Parser:
     p = Parser(prog=f"{PROG} sessions", description="Inspect and manage stored sessions.")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
@@ -56,7 +60,7 @@ def _sessions_parser() -> Parser:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
     ls = sub.add_parser("list", help="every session, a page at a time")
     ls.add_argument("--json", action="store_true")
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--limit", type=int, default=_LIST_LIMIT)
     ls.add_argument("--after", metavar="ID", default="", help="list the sessions after ID")
     ls.add_argument("--agent", metavar="AGENT", help="only sessions of this agent")
     ls.add_argument(
@@ -160,8 +164,22 @@ async def _sessions_list(args: argparse.Namespace) -> int:
             f"{', '.join(tampered)} (`{PROG} sessions show ID` says why)"
         )
     if isinstance(metas, Listed) and metas.scanned_to is not None:
-        err(f"more sessions follow: `{PROG} sessions list --after {metas.scanned_to}`")
+        err(f"more sessions follow: `{_next_page(args, metas.scanned_to)}`")
     return 0
+
+
+def _next_page(args: argparse.Namespace, after: str) -> str:
+    """The ``list`` command of the page after ``after``: the same filters and page size
+    (else the hint would list other agents' sessions), each value one shell word, the
+    cursor as ``--after=ID`` (an id may start with ``-``).  The store URL is left out:
+    it may hold a password."""
+    import shlex
+
+    words = [f"--after={after}"]
+    words += [f"--{name}={value}" for name in ("agent", "type") if (value := getattr(args, name))]
+    words += ["--json"] if args.json else []
+    words += [f"--limit={args.limit}"] if args.limit != _LIST_LIMIT else []
+    return f"{PROG} sessions list " + " ".join(map(shlex.quote, words))
 
 
 def _listed_dict(meta: Any) -> dict[str, Any]:
