@@ -60,3 +60,14 @@ def test_the_hinted_command_lists_the_next_page_of_the_same_listing(
     assert pages == [["-b"], ["y"]]
     every = _walk(store, ["sessions", "list", "--json", "--limit", "2"], capsys)
     assert every == [["--c", "-a"], ["-b", "x"], ["y", "z"]]
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "many"])
+def test_a_page_of_no_sessions_is_refused_in_one_line(
+    store: str, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    """``--limit 0`` was listed as a page of one, with a hint to go on at ``--limit=0``."""
+    assert cli.main(["sessions", "list", "--limit", limit, "--store", store]) == 2
+    out, errs = capsys.readouterr()
+    assert out == "" and len(errs.splitlines()) == 1, errs
+    assert "--limit" in errs and "from 1" in errs and "Traceback" not in errs
