@@ -215,7 +215,7 @@ def test_the_step_count_round_trips_and_a_bad_one_is_refused() -> None:
     cp = Checkpoint(2, "h", "s:2", "hi", "a", "gate", {}, ({"id": "a"},), 1.0, steps=7)
     body = checkpoint_to_dict(cp)
     assert body["steps"] == 7 and checkpoint_from_dict(body) == cp
-    for bad in (-1, "7", 1.5):
+    for bad in (-1, "7", 1.5, True, None):
         with pytest.raises(ShapeError, match="'steps' must be an integer"):
             checkpoint_from_dict({**body, "steps": bad})
 
