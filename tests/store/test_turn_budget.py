@@ -290,3 +290,28 @@ async def test_a_branch_of_an_answered_run_is_bounded_as_in_an_unbroken_run(
     assert isinstance(error, MaxStepsExceeded), error
     assert (error.max_steps, error.node_id) == (9, "join")
     assert len([r for r in result.trace if r.branch == "a1"]) == 9
+
+
+async def test_answers_with_ever_less_left_compile_the_graph_once(
+    store_url: str, shared: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer of the loop runs with less left, on the graph the session holds: no
+    run compiles another plan (a graph copy per remainder did, and filled the engine's
+    bounded plan cache with copies no later turn could use, pushing out live plans)."""
+    from engine.runner import Engine
+
+    compiled: list[str] = []
+    compile_ = Engine._compile
+
+    def counting(self: Engine, graph: Any) -> Any:
+        compiled.append(graph.name)
+        return compile_(self, graph)
+
+    monkeypatch.setattr(Engine, "_compile", counting)
+    async with _manager(store_url, shared, _dot(tmp_path, 30), _registry()) as m:
+        session = await m.create("plans")
+        assert (await session.send("x")).status == "paused"
+        for _ in range(5):
+            assert (await session.answer("again")).status == "paused"
+        assert (await session.answer("go")).status == "success"
+    assert compiled.count("looping") == 1
