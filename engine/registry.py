@@ -165,7 +165,13 @@ HUMAN = Declaration(
     "follows that edge.",
     attrs=(
         Attr("question", "text", None, "what to ask; default: the node's label"),
-        Attr("default", "text", None, "the choice taken when ``timeout`` passes"),
+        Attr(
+            "default",
+            "text",
+            None,
+            "the choice taken when ``timeout`` passes (on time in a process holding the "
+            "session open; else on its next use)",
+        ),
     ),
     writes=("node.*",),
 )

@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -86,20 +86,45 @@ class Checkpoints:
 
     ``resumable``: a checkpoint found on load that ``Session.resume`` may continue.
     ``interrupted``: the last one given up on.  ``paused``: the turn waiting at a human
-    gate.  ``failed``: the latest turn, failed, for ``retry_turn``.  ``point``: where
-    the running turn is (its last checkpoint, or where it started).
+    gate (``on_paused`` is told each new value: the manager's gate timers listen).
+    ``failed``: the latest turn, failed, for ``retry_turn``.  ``point``: where the
+    running turn is (its last checkpoint, or where it started).
     """
 
-    __slots__ = ("_writer", "failed", "graph_hash", "interrupted", "paused", "point", "resumable")
+    __slots__ = (
+        "_paused",
+        "_writer",
+        "failed",
+        "graph_hash",
+        "interrupted",
+        "on_paused",
+        "point",
+        "resumable",
+    )
 
     def __init__(self, writer: SessionWriter, graph_hash: str) -> None:
         self._writer = writer
         self.graph_hash = graph_hash
         self.resumable: Checkpoint | None = None
         self.interrupted: Checkpoint | None = None
-        self.paused: Checkpoint | None = None
+        self._paused: Checkpoint | None = None
         self.failed: Checkpoint | None = None
         self.point: Checkpoint | None = None
+        self.on_paused: Callable[[Checkpoint | None], None] | None = None
+
+    @property
+    def paused(self) -> Checkpoint | None:
+        """The turn waiting at a human gate, if any."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, cp: Checkpoint | None) -> None:
+        # Every pause, answer, timeout and cancelled answer passes here, so a listener
+        # sees each one without the turn code knowing about it.
+        changed = cp is not self._paused
+        self._paused = cp
+        if changed and self.on_paused is not None:
+            self.on_paused(cp)
 
     async def adopt(self, cp: Checkpoint | None, turn_count: int) -> None:
         """Decide what to do with a checkpoint found on load.

@@ -14,11 +14,13 @@ no table of their own and survive the process:
   the run that goes on may make only what is left (``Engine.run``'s ``steps_used``),
   so a gate that loops back to itself cannot keep a turn going one answer at a time.
 * **Timeouts** are wall-clock deadlines, stored with the pause, so they hold across
-  process exits; nothing wakes up when one passes.  The first call that meets the
-  expired gate (``answer``, ``send``, or ``retry_turn``) first runs the turn on with the
-  gate's ``default`` (or, with no default, fails the gate: an ``outcome=fail`` edge may
-  route that, else the turn fails).  ``answer`` then raises :class:`GateTimedOut`;
-  ``send`` goes on with its own turn.
+  process exits.  A manager that hosts the session arms a timer for the deadline
+  (:mod:`sessions.gate_timers`), which runs :func:`timeout_plan`.  Otherwise (no
+  process held the session when it passed) the first call that meets the expired
+  gate (``answer``, ``send``, or ``retry_turn``) does the same first: it runs the turn
+  on with the gate's ``default`` (or, with no default, fails the gate: an
+  ``outcome=fail`` edge may route that, else the turn fails).  ``answer`` then raises
+  :class:`GateTimedOut`; ``send`` goes on with its own turn.
 * **A failed turn**, with ``Limits.checkpoint`` on, leaves a ``failed`` checkpoint after
   its commit: the node that failed and the context just before it.
   ``retry_turn()`` re-runs the turn from that node as the next turn (the failed turn's
@@ -54,6 +56,8 @@ __all__ = [
     "question_of",
     "refuse_paused",
     "retry_plan",
+    "seconds_left",
+    "timeout_plan",
     "waiting_of",
 ]
 
@@ -189,6 +193,22 @@ def answer_plan(session_id: str, cps: Checkpoints, choice: object) -> Continuati
     if not isinstance(choice, str) or choice not in cp.choices:
         raise UnknownChoice(session_id, cp.next_node, choice, cp.choices)
     return _from_gate(cp, choice, False)
+
+
+def seconds_left(cp: Checkpoint) -> float | None:
+    """How long the pause ``cp`` has until its deadline (``<= 0``: passed; ``None``:
+    it has no timeout), by the clock deadlines are written with."""
+    return None if cp.deadline is None else cp.deadline - time.time()
+
+
+def timeout_plan(session_id: str, cps: Checkpoints) -> Continuation:
+    """The turn a gate's timer runs: on from the gate with its default (no default:
+    the gate fails), as the next use of the session would.  :class:`NotPaused` when no
+    question waits or its deadline has not passed (it was answered first)."""
+    cp = cps.paused
+    if cp is None or not _expired(cp, time.time()):
+        raise NotPaused(session_id, "no timed-out question is waiting")
+    return _from_gate(cp, cp.default, True)
 
 
 def before_turn(session_id: str, cp: Checkpoint | None) -> Continuation | None:

@@ -7,7 +7,8 @@
         result = await session.send("hello")
 
 One manager owns one anyio task group (heartbeats, lease renewal, background
-compaction), one :class:`~engine.Engine` and the compiled graphs every session shares.
+compaction, human gates' timers: :mod:`sessions.gate_timers`), one
+:class:`~engine.Engine` and the compiled graphs every session shares.
 A session is plain data in the store; the manager holds a lease on each live session
 (renewed every ``lease_ttl / 3``) so two processes never both write one session.
 """
@@ -46,6 +47,7 @@ from sessions.errors import (
     SessionLimitReached,
     SessionNotFound,
 )
+from sessions.gate_timers import GateTimers
 from sessions.limits import Limits, validate_session_id
 from sessions.session import Session, SessionRuntime
 from sessions.store.base import SessionMatch, SessionMeta, SessionType, Store
@@ -136,6 +138,9 @@ class SessionManager:
     long a lease outlives its holder: a crashed owner's sessions can be taken over
     that long after its last renewal (it renews every ``lease_ttl / 3``).
     ``auto_resume`` continues an interrupted turn as soon as its session loads.
+    A hosted session paused at a gate with a ``timeout`` has a timer armed in
+    :attr:`gate_timers` (:class:`~sessions.gate_timers.GateTimers`): at the deadline
+    the gate's ``default`` is applied without any further call.
     ``summarizer`` replaces the compaction summariser (default: ``llm`` through
     :func:`~sessions.compaction.llm_summarizer`; with no ``llm``, the offline
     :func:`~sessions.compaction.extract_summarizer`); ``store_secret`` is the HMAC key
@@ -197,6 +202,7 @@ class SessionManager:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._runtime: SessionRuntime | None = None
+        self.gate_timers = GateTimers(self._spawn)
 
     def _heartbeat(self, source: GraphSource | None, registry: HandlerRegistry) -> Graph | None:
         """The heartbeat graph; the default one is skipped if ``registry`` cannot run it."""
@@ -245,6 +251,7 @@ class SessionManager:
             for session_id in tuple(self._live):
                 await self.close(session_id)
         finally:
+            self.gate_timers.close()
             stack, self._stack, tg = self._stack, None, self._tg
             self._runtime = None
             if tg is not None:
@@ -379,6 +386,7 @@ class SessionManager:
                 await store.release(sid, self.owner, token)
             raise
         self._live[sid] = session
+        self.gate_timers.track(session)  # a stored deadline: armed (passed: fires now)
         if self.auto_resume and session.resumable is not None:
             await session.resume()
         return session
@@ -388,6 +396,7 @@ class SessionManager:
         session = self._live.get(session_id)
         if session is None:
             return
+        self.gate_timers.cancel(session_id)
         try:
             await session.close()
         finally:
@@ -460,6 +469,7 @@ class SessionManager:
         if self._live.get(session.id) is not session:
             return  # already dropped (or never listed: fenced while opening)
         del self._live[session.id]
+        self.gate_timers.cancel(session.id)
         if self._active == session.id:
             self._active = None
         log("error", "session.fenced", session_id=session.id, error=str(exc))

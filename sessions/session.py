@@ -35,7 +35,7 @@ from engine.graph import Graph
 from sessions.checkpoints import Checkpoints, graph_fingerprint
 from sessions.compaction import CompactionResult, Compactor, Summarizer
 from sessions.errors import Fenced, SessionClosed, SessionError
-from sessions.gates import Question, answer_plan, question_of, retry_plan
+from sessions.gates import Question, answer_plan, question_of, retry_plan, timeout_plan
 from sessions.heartbeat import Heartbeat, HeartbeatTrace, Spawn
 from sessions.history import HistoryView, MessagePage
 from sessions.limits import Limits
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from engine.runner import Engine
     from sessions.telemetry import Telemetry
 
-__all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult"]
+__all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult", "expire_gate"]
 
 
 HEARTBEAT_HISTORY = 64
@@ -415,6 +415,21 @@ class Session:
             await self._turns.drain()
         finally:
             closing.set()
+
+
+async def expire_gate(session: Session, *, watch: Observer | None = None) -> TurnResult:
+    """Apply ``session``'s waiting gate's timeout now that its deadline passed, as its
+    next use would: the turn runs on with the gate's ``default`` (none: the gate fails
+    and is routed) and commits, or pauses at the next gate.  The manager's gate timers
+    call this (:mod:`sessions.gate_timers`); a function, not a method, to keep the
+    session's public face to what callers use.
+
+    Raises :class:`~sessions.errors.NotPaused` when no question waits or its deadline
+    has not passed (an answer came first).  ``watch`` observes the turn.
+    """
+    cps = session.checkpoints
+    plan = lambda: timeout_plan(session.id, cps)  # noqa: E731 - read under the lock
+    return await session._turns.continue_turn(plan, watch)
 
 
 async def _run_heartbeat(

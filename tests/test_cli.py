@@ -645,6 +645,43 @@ def test_sessions_list_survives_a_tampered_session(
     one_error(capsys, ["sessions", "show", "s2", "--store", store], "MAC mismatch")
 
 
+def test_sessions_list_pages_by_after_and_filters_by_agent(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``list --limit N`` says on stderr the ``--after`` that continues; following it
+    walks every session once; ``--agent``/``--type`` list only theirs; a bad type is one
+    line, exit 2."""
+    import anyio
+
+    from sessions.store import open_store
+    from sessions.store.base import SessionMeta
+
+    async def seed() -> None:
+        async with open_store(store) as s:
+            for i in range(7):
+                await s.create(SessionMeta(f"s{i}", agent_id="rare" if i in (1, 5) else "bot"))
+
+    anyio.run(seed)
+    seen: list[str] = []
+    base = ["sessions", "list", "--json", "--limit", "3", "--store", store]
+    argv = base
+    while True:
+        assert cli.main(argv) == 0
+        captured = capsys.readouterr()
+        seen += [s["id"] for s in json.loads(captured.out)]
+        more = re.search(r"--after (\S+)`", captured.err)
+        if more is None:
+            assert captured.err == ""
+            break
+        argv = [*base, "--after", more.group(1)]
+    assert seen == [f"s{i}" for i in range(7)]
+    assert cli.main(["sessions", "list", "--json", "--agent", "rare", "--store", store]) == 0
+    assert [s["id"] for s in json.loads(capsys.readouterr().out)] == ["s1", "s5"]
+    assert cli.main(["sessions", "list", "--json", "--type", "background", "--store", store]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    one_error(capsys, ["sessions", "list", "--type", "nope", "--store", store], "--type")
+
+
 def test_sessions_list_survives_rows_of_the_wrong_type_or_encoding(
     store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

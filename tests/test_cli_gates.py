@@ -5,11 +5,14 @@ one line and exit 2."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -111,6 +114,41 @@ def test_the_chat_asks_and_reads_the_answer(
     assert out.count("bot> Send the reply? [send / cancel]") == 2  # asked, then again
     assert "bot> sent: hello" in out
     assert "has no choice 'maybe'; choose one of: send, cancel" in errors
+
+
+def test_a_timeout_while_the_chat_waits_takes_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gate's timer fires while the ``answer>`` prompt waits: the turn goes on with
+    the default and is stored; the answer typed after it is refused in one line, not
+    sent as a new turn."""
+    gate = tmp_path / "timed.dot"
+    gate.write_text(
+        GATE.replace('"Send the reply?"', '"Send the reply?", timeout="200ms", default=cancel')
+    )
+    db = tmp_path / "chat.db"
+
+    def stored_turns() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            row = con.execute("SELECT turn_count FROM sessions WHERE id = 'c2'").fetchone()
+        return int(row[0]) if row else 0
+
+    def late_answer() -> str:
+        give_up = time.monotonic() + 60  # a hang guard, not a speed check
+        while stored_turns() == 0:  # the timer's turn, committed while the prompt waits
+            assert time.monotonic() < give_up, "the gate's timeout never fired"
+            time.sleep(0.02)
+        return "send"
+
+    lines: Iterator[Callable[[], str]] = iter([lambda: "hello", late_answer, lambda: "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines)())
+    assert cli.main([str(gate), "--session", "c2", "--store", f"sqlite:///{db}"]) == 0
+    out, errors = capsys.readouterr()
+    assert "bot> Send the reply? [send / cancel]" in out
+    assert "no question is waiting: the gate's timeout passed first" in errors
+    assert stored_turns() == 1 and "sent: send" not in out
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        assert con.execute("SELECT message_count FROM sessions").fetchone()[0] == 2
 
 
 @pytest.fixture

@@ -20,7 +20,9 @@ turn is not committed).  Lines that start with ``/`` are commands
 A turn that stops at a human gate prints its question and choices, and the prompt
 becomes ``answer>``: the next line is the answer (:meth:`Session.answer
 <sessions.Session.answer>`); a choice the gate does not offer is refused and the
-question asked again.  A session loaded with a question waiting asks it first.
+question asked again.  A session loaded with a question waiting asks it first.  A
+gate's ``timeout`` fires while the prompt waits (the manager's gate timers): an answer
+typed after it is refused in one line (``NotPaused``), never sent as a turn.
 """
 
 from __future__ import annotations
@@ -142,8 +144,11 @@ class _Chat:
         )
         self._ask()
         while True:
+            # What the prompt asked decides what the line is: a gate's timer may take
+            # the question while the user types, and an answer must not become a turn.
+            asking = session.question is not None
             try:
-                line = self.prompt.read(PROMPT if session.question is None else ANSWER)
+                line = self.prompt.read(ANSWER if asking else PROMPT)
             except Interrupted as exc:
                 if exc.leave:
                     print(file=sys.stderr)
@@ -154,13 +159,14 @@ class _Chat:
             if line is None:
                 return 0
             try:
-                if self._handle(line):
+                if self._handle(line, asking):
                     return 0
             except KeyboardInterrupt:  # between the prompt and a turn: as at the prompt
                 print("\n(interrupted)", file=sys.stderr)
 
-    def _handle(self, line: str) -> bool:
-        """Run the command or turn ``line`` asks for; whether the chat ends."""
+    def _handle(self, line: str, asking: bool = False) -> bool:
+        """Run the command or turn ``line`` asks for (``asking``: an answer to the
+        question the prompt showed); whether the chat ends."""
         if not line.strip():
             return False
         item = slash.parse(line)
@@ -176,7 +182,7 @@ class _Chat:
             self.prompt.forget_last()
             err(str(exc))
             return False
-        self._turn(text, self.session.question is not None)
+        self._turn(text, asking)
         return False
 
     def _ask(self) -> None:
@@ -205,6 +211,7 @@ class _Chat:
         """Run one turn (or ``answer`` the waiting question with ``text``) and print its
         reply; Ctrl-C cancels it, committing nothing."""
         from engine.cli.main import print_reply, run_failure_line
+        from sessions.errors import NotPaused
 
         live = self.live
         if live is not None:
@@ -219,7 +226,8 @@ class _Chat:
                 live.end_line()
             if self.session.closed:  # fenced out or closed: this chat cannot go on
                 raise
-            err(one_line(exc))
+            late = answer and isinstance(exc, NotPaused)  # the gate's timer came first
+            err(one_line(exc) + (": the gate's timeout passed first" if late else ""))
             self._ask()  # an unknown choice: the question still waits
             return
         if live is not None and (result is None or not result.ok):

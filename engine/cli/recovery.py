@@ -34,13 +34,15 @@ async def verify_sessions(store: Any, session_id: str | None, as_json: bool) -> 
 
 
 async def _all_ids(store: Any) -> list[str]:
+    from sessions.store.base import SessionMatch
+
     ids: list[str] = []
-    page = 1000
-    while True:
-        metas = await store.list_sessions(len(ids), page)
+    after: str | None = ""
+    while after is not None:  # by keyset cursor: each page one index range, not an offset
+        metas = await store.list_sessions(0, 1000, match=SessionMatch(after=after))
         ids.extend(m.id for m in metas)
-        if len(metas) < page:
-            return ids
+        after = metas.scanned_to
+    return ids
 
 
 async def _verify_one(store: Any, sid: str, *, named: bool) -> dict[str, Any]:

@@ -54,9 +54,14 @@ def _sessions_parser() -> Parser:
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
-    ls = sub.add_parser("list", help="every session")
+    ls = sub.add_parser("list", help="every session, a page at a time")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--after", metavar="ID", default="", help="list the sessions after ID")
+    ls.add_argument("--agent", metavar="AGENT", help="only sessions of this agent")
+    ls.add_argument(
+        "--type", choices=("primary", "background", "delegation", "consultation"), default=None
+    )
     show = sub.add_parser("show", help="a session's metadata, messages and turns (verified)")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
@@ -138,8 +143,11 @@ async def _sessions_list(args: argparse.Namespace) -> int:
         else:
             print("no sessions yet")
         return 0
+    from sessions.store.base import Listed, SessionMatch
+
+    match = SessionMatch(agent_id=args.agent, type=args.type, after=args.after)
     async with _existing_store(args) as store:
-        metas = await store.list_sessions(0, max(1, args.limit))
+        metas = await store.list_sessions(0, max(1, args.limit), match=match)
         url = store.url
     if args.json:
         print_json([_listed_dict(m) for m in metas])
@@ -151,6 +159,8 @@ async def _sessions_list(args: argparse.Namespace) -> int:
             f"warning: {len(tampered)} tampered session(s), metadata not verified: "
             f"{', '.join(tampered)} (`{PROG} sessions show ID` says why)"
         )
+    if isinstance(metas, Listed) and metas.scanned_to is not None:
+        err(f"more sessions follow: `{PROG} sessions list --after {metas.scanned_to}`")
     return 0
 
 

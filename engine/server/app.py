@@ -29,6 +29,7 @@ from engine.server.errors import error_body, status_of
 from engine.server.http import json
 from engine.server.routes import graphs, health, heartbeats, live, sessions, turns, ui
 from engine.server.state import Manager, ServerState
+from sessions.gate_timers import GateTimers
 
 if TYPE_CHECKING:
     from sessions import SessionManager
@@ -52,6 +53,15 @@ async def _on_error(request: Request, exc: Exception) -> Response:
         body = {"error": {"kind": kind, "message": f"{request.method} {request.url.path}"}}
         return json(body, exc.status_code)
     return json(error_body(exc), status_of(exc))
+
+
+def _publish_timeouts(st: ServerState) -> None:
+    """Run the turns of gates whose timeout fires like answered ones: counted in
+    flight and published to the session's live watchers (a manager hosting its
+    sessions here has gate timers; a cluster's hosts run their own)."""
+    timers = getattr(st.manager, "gate_timers", None)
+    if isinstance(timers, GateTimers):
+        timers.runner = lambda sid, step: turns.published(st, sid, step)
 
 
 def _manager(
@@ -112,6 +122,7 @@ def create_app(
         max_body=max_body,
         grace=grace,
     )
+    _publish_timeouts(st)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

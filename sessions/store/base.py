@@ -49,6 +49,7 @@ __all__ = [
     "Store",
     "TurnCommit",
     "TurnRecord",
+    "keyset_page",
 ]
 
 Role = Literal["user", "assistant", "tool", "system", "summary"]
@@ -118,10 +119,12 @@ class SessionMatch:
     """A filtered listing: which sessions :meth:`Store.list_sessions` keeps, and where it
     starts.
 
-    ``text`` matches a substring of the id or the agent id, any case (taken literally:
-    ``%``, ``_`` and ``\\`` are no wildcards); ``agent_id`` and ``type`` match exactly;
-    ``after`` is a keyset cursor (only ids above it).  A filtered listing examines at
-    most ``limit`` sessions, so a rare match costs a bounded read per call.
+    ``agent_id`` and ``type`` match exactly and ``after`` is a keyset cursor (only ids
+    above it): together one range of an index ordered by id (schema 6), so a page of
+    them costs its own length however rare the match.  ``text`` matches a substring of
+    the id or the agent id, any case (taken literally: ``%``, ``_`` and ``\\`` are no
+    wildcards); no index serves a substring, so a listing with ``text`` examines at
+    most ``limit`` sessions of that range per call, a bounded read however rare.
     """
 
     text: str = ""
@@ -170,9 +173,9 @@ class SessionMeta:
 
 
 class Listed(tuple[SessionMeta, ...]):
-    """A :meth:`Store.list_sessions` result; after a filtered listing ``scanned_to`` is
-    the last id examined (continue with ``SessionMatch(after=scanned_to)``), or ``None``
-    when the scan reached the end of the store."""
+    """A :meth:`Store.list_sessions` result.  ``scanned_to`` is the cursor to continue
+    from (``SessionMatch(after=scanned_to)``): the last id listed, or with ``text`` the
+    last id examined; ``None`` when the listing reached the end of its range."""
 
     scanned_to: str | None = None
 
@@ -182,6 +185,15 @@ class Listed(tuple[SessionMeta, ...]):
         out = cls(metas)
         out.scanned_to = scanned_to
         return out
+
+
+def keyset_page(metas: Sequence[SessionMeta], limit: int) -> Listed:
+    """A page of at most ``limit`` sessions out of ``metas``, read as one more than that:
+    the extra one says more remain, so ``scanned_to`` is ``None`` exactly at the end (no
+    request is spent to learn that the next page is empty)."""
+    if len(metas) > limit:
+        return Listed.of(metas[:limit], metas[limit - 1].id)
+    return Listed.of(metas, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,13 +316,16 @@ class Store(Protocol):
     async def list_sessions(
         self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
     ) -> tuple[SessionMeta, ...]:
-        """Sessions by id, metadata only (no chain is read).  A session whose row fails
-        its MAC is still listed, as ``SessionMeta(id, tampered=True)``: one edited row
-        must not hide the rest of the store from an operator.
+        """Sessions by id, metadata only (no chain is read), as a :class:`Listed`.  A
+        session whose row fails its MAC is still listed, as ``SessionMeta(id,
+        tampered=True)``: one edited row must not hide the rest of the store from an
+        operator.
 
-        With ``match``: the sessions passing it among the next ``limit`` ids after
-        ``match.after`` (``offset`` is ignored), as a :class:`Listed` whose
-        ``scanned_to`` says where to continue."""
+        The page is the sessions passing ``match`` (default: every session) above
+        ``match.after``, the first ``offset`` of them skipped, at most ``max(1, limit)``:
+        one index range scan in id order (``offset`` is walked over, so a client paging
+        deep continues from ``scanned_to`` instead).  With ``match.text`` at most
+        ``limit`` sessions are examined and those passing kept."""
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""

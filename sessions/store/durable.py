@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from sessions.errors import Fenced, SessionTampered, StoreError, Unstorable
 from sessions.store.base import (
@@ -50,6 +50,7 @@ from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
 
 __all__ = [
     "STATE_COLUMNS",
+    "ListingSQL",
     "StateRow",
     "check_index",
     "checkpoint_body",
@@ -416,33 +417,56 @@ def listed_meta(values: Sequence[Any], signer: Signer, url: str) -> SessionMeta:
         return SessionMeta(id=exc.session_id, tampered=True)
 
 
-def matched_sql(match: SessionMatch, limit: int, mark: str) -> tuple[str, str, tuple[Any, ...]]:
-    """The SQL of a filtered listing (``mark``: the driver's placeholder): the rows
-    passing ``match`` among the next ``limit`` ids after ``match.after``, and the count
-    and last id of that window.  The window is a primary-key range with a ``LIMIT``, so
-    a call reads at most ``limit`` rows however rare the match."""
-    window = f"FROM sessions WHERE id > {mark} ORDER BY id LIMIT {mark}"
-    where: list[str] = []
-    params: list[Any] = []
-    if match.text:
-        like = f"LIKE {mark} ESCAPE '\\'"
-        where.append(f"(lower(id) {like} OR lower(agent_id) {like})")
-        params += [match.like()] * 2
+class ListingSQL(NamedTuple):
+    """A listing page's SQL: ``rows`` and its ``params``; ``window`` (``FROM … LIMIT …
+    OFFSET …``) and its ``window_params``, the range the page is read from; and with
+    ``text``, ``span``: the count and last id of the window examined."""
+
+    rows: str
+    params: tuple[Any, ...]
+    window: str
+    window_params: tuple[Any, ...]
+    text: bool
+
+    @property
+    def span(self) -> str:
+        """The count and the last id of the window (``window_params``)."""
+        return f"SELECT count(*), max(id) FROM (SELECT id {self.window}) AS w"
+
+
+def matched_sql(match: SessionMatch, offset: int, limit: int, mark: str) -> ListingSQL:
+    """The SQL of a listing page (``mark``: the driver's placeholder).
+
+    The window is the sessions with ``match``'s exact ``agent_id`` and ``type`` above
+    ``match.after`` in id order, ``offset`` skipped: one range scan of the primary key
+    or of the index on ``(agent_id, id)``, ``(type, id)`` or ``(agent_id, type, id)``
+    (schema 6), read up to its ``LIMIT`` however rare the match.  Without ``text`` it
+    is ``limit + 1`` rows, all listed (see :func:`~sessions.store.base.keyset_page`);
+    with ``text`` it is ``limit`` rows, of which those whose id or agent id contains
+    the text are listed."""
+    where = [f"id > {mark}"]
+    params: list[Any] = [match.after]
     if match.agent_id is not None:
         where.append(f"agent_id = {mark}")
         params.append(match.agent_id)
     if match.type is not None:
         where.append(f"type = {mark}")
         params.append(match.type)
-    cond = " AND ".join(where) or "TRUE"
+    n = max(1, limit)
+    window = f"FROM sessions WHERE {' AND '.join(where)} ORDER BY id LIMIT {mark} OFFSET {mark}"
+    if not match.text:
+        keyset = (*params, n + 1, max(0, offset))
+        return ListingSQL(f"SELECT {STATE_COLUMNS} {window}", keyset, window, keyset, False)
+    keyset = (*params, n, max(0, offset))
+    like = f"LIKE {mark} ESCAPE '\\'"
+    cond = f"(lower(id) {like} OR lower(agent_id) {like})"
     rows = f"SELECT * FROM (SELECT {STATE_COLUMNS} {window}) AS w WHERE {cond} ORDER BY id"
-    span = f"SELECT count(*), max(id) FROM (SELECT id {window}) AS w"
-    return rows, span, (match.after, max(1, limit), *params)
+    return ListingSQL(rows, (*keyset, match.like(), match.like()), window, keyset, True)
 
 
 def scanned_to(span: Sequence[Any], limit: int) -> str | None:
-    """Where a filtered listing stopped: the window's last id when it was full, else
-    ``None`` (the end of the store)."""
+    """Where a listing with ``text`` stopped: the window's last id when it was full,
+    else ``None`` (the end of its range)."""
     count, last = span
     return str(last) if count >= max(1, limit) else None
 

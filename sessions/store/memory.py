@@ -9,7 +9,6 @@ export or import first needs it (so ``memory:`` never creates a key file otherwi
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType, TracebackType
@@ -26,10 +25,12 @@ from sessions.store.base import (
     SessionMeta,
     TurnCommit,
     TurnRecord,
+    keyset_page,
 )
 from sessions.store.codec import canonical_json, check_commit, validate_session_id
 from sessions.store.export import ImportLimits, already_exists, build_doc, parse_doc
 from sessions.store.lease import Clock, check_token, grant, lease_end, not_holder
+from sessions.store.memory_index import SessionIndex
 from sessions.store.signing import Signer, load_key
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class MemoryStore:
         self._limits = limits or ImportLimits()
         self._signer: Signer | None = None
         self._sessions: dict[str, _Session] = {}
+        self._index = SessionIndex()
         self._fences: dict[str, int] = {}
         """The last version of each deleted session id (see ``delete``)."""
 
@@ -203,6 +205,7 @@ class MemoryStore:
             working_memory=MappingProxyType(dict(meta.working_memory)),
         )
         self._sessions[meta.id] = _Session(stored)
+        self._index.add(meta.id, meta.agent_id, meta.type)
         return stored
 
     async def exists(self, session_id: str) -> bool:
@@ -212,23 +215,23 @@ class MemoryStore:
     async def list_sessions(
         self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
     ) -> tuple[SessionMeta, ...]:
-        """Sessions by id (never tampered: nothing outside the process can edit them).
-        ``match``: see :meth:`Store.list_sessions`."""
-        ids = sorted(self._sessions)
-        if match is None:
-            ids = ids[max(0, offset) : max(0, offset) + max(0, limit)]
-            return tuple(self._sessions[i].meta for i in ids)
-        start = bisect_right(ids, match.after)
-        window = ids[start : start + max(1, limit)]
+        """Sessions by id (never tampered: nothing outside the process can edit them),
+        paged over :class:`SessionIndex`.  See :meth:`Store.list_sessions`."""
+        match = match or SessionMatch()
+        n = max(1, limit)
+        if not match.text:
+            ids = self._index.page(match, offset, n + 1)
+            return keyset_page([self._sessions[i].meta for i in ids], n)
+        window = self._index.page(match, offset, n)
         metas = [m for m in (self._sessions[i].meta for i in window) if match.matches(m)]
-        full = len(window) == max(1, limit)
-        return Listed.of(metas, window[-1] if full else None)
+        return Listed.of(metas, window[-1] if len(window) == n else None)
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session; False if it did not exist.  Its last version is kept: a
         session made again under the id starts above it (no token is issued twice)."""
         s = self._sessions.pop(validate_session_id(session_id), None)
         if s is not None:
+            self._index.remove(session_id, s.meta.agent_id, s.meta.type)
             if self._memory is not None:
                 self._memory.forget(session_id)
             self._fences[session_id] = max(self._fences.get(session_id, -1), s.version)
@@ -389,13 +392,16 @@ class MemoryStore:
             raise already_exists(self.url, plan.meta.id)
         version = self._fences.get(plan.meta.id, -1) + 1 if old is None else old.version + 1
         meta = _replace(plan.meta, version)
-        if old is not None and self._memory is not None:
-            self._memory.forget(meta.id)  # a replaced session remembers nothing of the old
+        if old is not None:
+            self._index.remove(meta.id, old.meta.agent_id, old.meta.type)
+            if self._memory is not None:
+                self._memory.forget(meta.id)  # a replaced session remembers nothing of the old
         if plan.memory:
             await self.memory.remember(plan.memory, session_id=meta.id)
         self._sessions[meta.id] = _Session(
             meta, list(plan.messages), list(plan.turns), list(plan.summaries), plan.checkpoint
         )
+        self._index.add(meta.id, meta.agent_id, meta.type)
         return meta
 
 

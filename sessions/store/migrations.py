@@ -16,6 +16,10 @@ Tables (both backends):
                   summaries alone.  SQLite from version 5 keeps records in a rowid
                   table (appended at its end) with a unique index on
                   ``(session_id, rseq)``: see ``SQLITE[5]``.
+                  From version 6 both backends index ``sessions`` by ``(agent_id,
+                  id)``, ``(type, id)`` and ``(agent_id, type, id)``: a listing filtered
+                  by agent, type or both, in id order from a keyset cursor, is one range
+                  scan of an index (:func:`sessions.store.durable.matched_sql`).
 ``checkpoints``   at most one in-flight turn per session (replaced, then deleted).
 ``fences``        (version 3) the last version of each deleted session id: a session
                   made again under that id starts above it, so no lease token is ever
@@ -43,15 +47,26 @@ from typing import Final
 
 __all__ = ["POSTGRES", "SCHEMA_VERSION", "SQLITE", "SQLITE_READABLE", "SQLITE_VERSION"]
 
-SCHEMA_VERSION: Final = 4
-"""PostgreSQL's schema version."""
+SCHEMA_VERSION: Final = 6
+"""PostgreSQL's schema version (version 5 is SQLite's alone: no statement here)."""
 
-SQLITE_VERSION: Final = 5
+SQLITE_VERSION: Final = 6
 """SQLite's schema version (``PRAGMA user_version``)."""
 
 SQLITE_READABLE: Final = 4
 """The oldest SQLite schema a read-only open reads as it is (version 5 changed only
-how ``records`` is stored, not its columns)."""
+how ``records`` is stored, version 6 added indexes: the columns are those of 4)."""
+
+_SESSION_INDEXES: Final = (
+    "CREATE INDEX sessions_by_agent ON sessions (agent_id, id)",
+    "CREATE INDEX sessions_by_type ON sessions (type, id)",
+    "CREATE INDEX sessions_by_agent_type ON sessions (agent_id, type, id)",
+)
+"""Version 6, both backends: a listing by agent, type or both pages in id order over one
+index range instead of examining a bounded window of every session per request.  The
+three columns never change once a session is made, so a turn's update of its row
+writes no entry of these indexes (SQLite skips an index whose columns the ``UPDATE``
+does not set; PostgreSQL keeps such updates heap-only where the page has room)."""
 
 _SQLITE_MEMORY: Final = (
     "id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, agent_id TEXT NOT NULL, "
@@ -144,6 +159,7 @@ SQLITE: Final[dict[int, tuple[str, ...]]] = {
         "CREATE UNIQUE INDEX records_by_seq ON records (session_id, rseq)",
         "CREATE UNIQUE INDEX records_summaries ON records (session_id, key) WHERE kind = 'summary'",
     ),
+    6: _SESSION_INDEXES,
 }
 
 POSTGRES: Final[dict[int, tuple[str, ...]]] = {
@@ -201,4 +217,6 @@ POSTGRES: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX memory_by_session ON memory (session_id, id)",
         "CREATE INDEX memory_by_agent ON memory (agent_id, id)",
     ),
+    5: (),  # SQLite's records table change only: PostgreSQL's records keep their key
+    6: _SESSION_INDEXES,
 }

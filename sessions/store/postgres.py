@@ -40,10 +40,10 @@ from sessions.store.base import (
     SessionMeta,
     TurnCommit,
     TurnRecord,
+    keyset_page,
 )
 from sessions.store.codec import validate_session_id
 from sessions.store.durable import (
-    STATE_COLUMNS,
     StateRow,
     checkpoint_body,
     listed_meta,
@@ -372,22 +372,16 @@ class PostgresStore:
     async def list_sessions(
         self, offset: int = 0, limit: int = 100, *, match: SessionMatch | None = None
     ) -> tuple[SessionMeta, ...]:
-        """Sessions by id, each state MAC verified; a row that fails is listed as
-        ``SessionMeta(id, tampered=True)``.  ``match``: see :meth:`Store.list_sessions`."""
-        if match is not None:
-            rows_sql, span_sql, params = matched_sql(match, limit, "%s")
-            async with self._db.tx() as c:  # the window and its span from one snapshot
-                found = await (await c.execute(rows_sql, params)).fetchall()
-                span = await one(c, span_sql, params[:2])
-            metas = [listed_meta(r, self._r.signer, self.url) for r in found]
-            return Listed.of(metas, scanned_to(span or (0, None), limit))
-        async with self._db.tx() as c:
-            cur = await c.execute(
-                f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT %s OFFSET %s",
-                (max(0, limit), max(0, offset)),
-            )
-            rows = await cur.fetchall()
-        return tuple(listed_meta(r, self._r.signer, self.url) for r in rows)
+        """A page of sessions, each state MAC verified; a row that fails is listed as
+        ``SessionMeta(id, tampered=True)``.  See :meth:`Store.list_sessions`."""
+        q = matched_sql(match or SessionMatch(), offset, limit, "%s")
+        async with self._db.tx() as c:  # the page and its span from one snapshot
+            found = await (await c.execute(q.rows, q.params)).fetchall()
+            span = await one(c, q.span, q.window_params) if q.text else None
+        metas = [listed_meta(r, self._r.signer, self.url) for r in found]
+        if not q.text:
+            return keyset_page(metas, max(1, limit))
+        return Listed.of(metas, scanned_to(span or (0, None), limit))
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and all its records; False if it did not exist."""

@@ -22,10 +22,12 @@ from sessions.store.base import (
     SessionMatch,
     SessionMeta,
     TurnRecord,
+    keyset_page,
 )
 from sessions.store.codec import KIND_MESSAGE, KIND_SUMMARY, KIND_TURN, messages_of_bodies
 from sessions.store.durable import (
     STATE_COLUMNS,
+    ListingSQL,
     StateRow,
     check_index,
     latest_summary,
@@ -85,44 +87,35 @@ class SQLiteReader:
     def listing(
         self, offset: int, limit: int, match: SessionMatch | None = None
     ) -> tuple[SessionMeta, ...]:
-        """Sessions by id, each row's MAC checked (a failing row is listed as tampered);
-        with ``match``, a bounded filtered window (:func:`matched_sql`).
+        """A page of sessions (:meth:`Store.list_sessions`, :func:`matched_sql`), each
+        row's MAC checked (a failing row is listed as tampered).
 
         A row holding text that is not UTF-8 fails the whole fetch, so then the rows are
         read one by one and only the undecodable ones are listed as tampered.
         """
-        if match is not None:
-            rows_sql, span_sql, params = matched_sql(match, limit, "?")
-            try:
-                with tx(self.conn, immediate=False):  # the window and its span: one snapshot
-                    found = self.conn.execute(rows_sql, params).fetchall()
-                    span = self.conn.execute(span_sql, params[:2]).fetchone()
-            except sqlite3.OperationalError as exc:
-                if not _undecodable(exc):
-                    raise
-                window = self._listing_row_by_row(0, max(1, limit), match.after)
-                last = window[-1].id if len(window) == max(1, limit) else None
-                return Listed.of([m for m in window if match.matches(m)], last)
-            metas = [listed_meta(r, self.signer, self.url) for r in found]
-            return Listed.of(metas, scanned_to(span, limit))
-        sql = f"SELECT {STATE_COLUMNS} FROM sessions ORDER BY id LIMIT ? OFFSET ?"
+        match = match or SessionMatch()
+        q = matched_sql(match, offset, limit, "?")
         try:
-            rows = self.conn.execute(sql, (limit, offset)).fetchall()
+            with tx(self.conn, immediate=False):  # the page and its span: one snapshot
+                found = self.conn.execute(q.rows, q.params).fetchall()
+                span = self.conn.execute(q.span, q.window_params).fetchone() if q.text else None
         except sqlite3.OperationalError as exc:
             if not _undecodable(exc):
                 raise
-            return self._listing_row_by_row(offset, limit)
-        return tuple(listed_meta(r, self.signer, self.url) for r in rows)
+            window = self._listing_row_by_row(q)
+            if not q.text:
+                return keyset_page(window, max(1, limit))
+            last = window[-1].id if len(window) == max(1, limit) else None
+            return Listed.of([m for m in window if match.matches(m)], last)
+        metas = [listed_meta(r, self.signer, self.url) for r in found]
+        if span is None:
+            return keyset_page(metas, max(1, limit))
+        return Listed.of(metas, scanned_to(span, limit))
 
-    def _listing_row_by_row(
-        self, offset: int, limit: int, after: str | None = None
-    ) -> tuple[SessionMeta, ...]:
-        keys = self.conn.execute(
-            "SELECT CAST(id AS BLOB) FROM sessions WHERE id > ? ORDER BY id LIMIT ? OFFSET ?",
-            (after or "", limit, offset),
-        ).fetchall()
+    def _listing_row_by_row(self, q: ListingSQL) -> list[SessionMeta]:
+        keys = self.conn.execute(f"SELECT CAST(id AS BLOB) {q.window}", q.window_params)
         out = []
-        for (key,) in keys:
+        for (key,) in keys.fetchall():
             sid = bytes(key).decode(errors="backslashreplace")
             try:
                 row = self.conn.execute(
@@ -134,7 +127,7 @@ class SQLiteReader:
                 out.append(SessionMeta(id=sid, tampered=True))
                 continue
             out.append(listed_meta(row, self.signer, self.url))
-        return tuple(out)
+        return out
 
     def state(self, sid: str, *, check: bool = True) -> StateRow:
         """The session's row (``SessionNotFound``), its MAC verified unless not ``check``."""

@@ -1,6 +1,8 @@
-"""Searching many sessions over real HTTP (issue 14): the viewer's ``?q=`` and the API's
-``agent``/``type`` filters examine one bounded window per request and say where to
-continue, so a rare match among 3,000 sessions is found by following the cursor."""
+"""Listing and searching many sessions over real HTTP.  The viewer's ``?q=`` (a
+substring: no index) examines one bounded window per request and says where to
+continue; the API's pages, filtered by ``agent``/``type`` or not, are index ranges from
+the cursor ``after``: a rare agent among 3,000 sessions comes back in one request, and
+following ``next`` walks every session once."""
 
 from __future__ import annotations
 
@@ -49,18 +51,50 @@ def test_the_viewer_search_pages_through_a_bounded_window_per_request(db: str) -
         assert "/ui/sessions/" not in percent and "searched sessions up to s0999" in percent
 
 
-def test_the_api_agent_filter_continues_from_next(db: str) -> None:
+def test_the_api_finds_a_rare_agent_in_one_request_and_pages_by_next(db: str) -> None:
     _seed(db)
     with Running(create_app(db, llm="echo")) as served:
-        params, found, requests = {"agent": "RARE_agent"}, [], 0
+        body = served.client.get("/sessions", params={"agent": "RARE_agent"}).json()
+        assert [s["id"] for s in body["sessions"]] == ["s2801"] and body["next"] is None
+        first = served.client.get("/sessions", params={"type": "primary", "limit": 2}).json()
+        assert [s["id"] for s in first["sessions"]] == ["s0000", "s0001"]
+        assert first["next"] == "s0001"
+        params = {"type": "primary", "limit": "2", "after": "s0001"}
+        second = served.client.get("/sessions", params=params).json()
+        assert [s["id"] for s in second["sessions"]] == ["s0002", "s0003"]
+
+
+def test_the_api_walks_every_session_once_by_next(db: str) -> None:
+    """Unfiltered pages follow ``next`` to the end (null on the last page); ``offset``
+    still skips for older clients."""
+    _seed(db)
+    with Running(create_app(db, llm="echo")) as served:
+        params, found, requests = {"limit": "1000"}, [], 0
         while True:
             requests += 1
             body = served.client.get("/sessions", params=params).json()
             found += [s["id"] for s in body["sessions"]]
             if body["next"] is None:
                 break
-            params = {"agent": "RARE_agent", "after": body["next"]}
-        assert found == ["s2801"] and requests == N // SCAN + 1
-        first = served.client.get("/sessions", params={"type": "primary", "limit": 2}).json()
-        assert [s["id"] for s in first["sessions"]] == ["s0000", "s0001"]
-        assert first["next"] == "s0001"  # more matches in the window: resume after the last
+            params = {"limit": "1000", "after": body["next"]}
+        assert found == [f"s{i:04d}" for i in range(N)] and requests == 3
+        old = served.client.get("/sessions", params={"offset": 2990, "limit": 5}).json()
+        assert [s["id"] for s in old["sessions"]] == [f"s{i}" for i in range(2990, 2995)]
+        bad = served.client.get("/sessions", params={"after": "s0001", "offset": "-1"})
+        assert bad.status_code == 400 and "offset" in bad.text
+        empty = served.client.get("/sessions", params={"limit": "0"})
+        assert empty.status_code == 400 and "limit=0" in empty.text
+
+
+def test_the_viewer_pages_every_session_by_its_cursor(db: str) -> None:
+    """Without ``?q=`` each page links to the next by ``after``; the last has no link."""
+    _seed(db)
+    with Running(create_app(db, llm="echo")) as served:
+        url, found = "/", []
+        while url:
+            text = served.client.get(url).text
+            found += re.findall(r'<a href="/ui/sessions/([^"]+)"', text)
+            more = re.search(r'<a href="([^"]+)">next page</a>', text)
+            url = html.unescape(more.group(1)) if more else ""
+            assert not more or "after=" in url
+        assert found == [f"s{i:04d}" for i in range(N)]

@@ -122,3 +122,11 @@ class Raw:
 def raw(durable_url: str) -> Raw:
     """Raw SQL access to the ``durable`` store's database."""
     return Raw(durable_url)
+
+
+@pytest.fixture
+async def shared(store_url: str) -> AsyncIterator[OpenStore]:
+    """An open store of each backend, for tests whose managers open their own
+    connection by URL (``memory:`` lives in one process: its managers share this one)."""
+    async with open_store(store_url, secret=SECRET) as s:
+        yield s

@@ -125,13 +125,13 @@ async def test_sqlite_reads_a_window_not_the_store(tmp_path: Path) -> None:
     raw = Raw(url)
     path = url[len("sqlite:///") :]
     match = SessionMatch(text="rare_agent")
-    rows_sql, _, params = matched_sql(match, 100, "?")
+    rows_sql, params, *_ = matched_sql(match, 0, 100, "?")
     window = _sqlite_steps(path, rows_sql, params)
     whole = _sqlite_steps(
         path,
         "SELECT * FROM sessions WHERE lower(id) LIKE ? ESCAPE '\\' "
         "OR lower(agent_id) LIKE ? ESCAPE '\\' ORDER BY id",
-        params[2:],
+        params[-2:],
     )
     assert window * 5 < whole, (window, whole)  # a 100-row window of 3,000 rows
     plan = " ".join(str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN " + rows_sql, params))
@@ -152,7 +152,7 @@ async def test_postgres_reads_a_window_not_the_store(pg_url: str) -> None:
     through its primary key and no more than the window's rows."""
     async with open_store(pg_url, secret=SECRET) as store:
         await _seed(store)
-    rows_sql, _, params = matched_sql(SessionMatch(text="rare_agent"), 100, "%s")
+    rows_sql, params, *_ = matched_sql(SessionMatch(text="rare_agent"), 0, 100, "%s")
     with psycopg.connect(pg_url, autocommit=True) as pg:
         pg.execute("ANALYZE sessions")
         row = pg.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + rows_sql, params).fetchone()

@@ -24,7 +24,7 @@ __all__ = ["ROUTES", "SCAN", "Lister", "meta_json", "search", "session_id"]
 
 _TYPES = ("primary", "background", "delegation", "consultation")
 SCAN: Final = 1000
-"""Sessions one filtered listing request examines at most (a bounded store read)."""
+"""Sessions one text search request examines at most (a bounded store read)."""
 
 
 def session_id(request: Request) -> str:
@@ -53,22 +53,23 @@ def meta_json(meta: SessionMeta) -> dict[str, Any]:
 
 
 async def list_sessions(request: Request) -> Response:
-    """``GET /sessions?offset&limit&agent&type&after``: sessions by id, filtered, paged.
+    """``GET /sessions?after&limit&agent&type&offset``: sessions by id, a page at a time.
 
-    Filtered by ``agent`` or ``type``, one request examines at most ``SCAN`` sessions
-    after ``after``; ``next`` is the ``after`` to continue with (null: the end)."""
+    A page is the sessions (of ``agent``, of ``type``) above the cursor ``after``, read
+    as one range of an index; ``next`` is the ``after`` of the following page (null:
+    this page is the last).  ``offset`` still skips that many sessions after ``after``
+    (older clients page with it), but each request walks over them: to go deep, follow
+    ``next``."""
     offset, limit = page(request)
+    if limit == 0:  # a page of nothing has no place to continue from
+        raise BadRequest("query parameter limit=0: expected an integer 1..1000")
     agent = request.query_params.get("agent")
     kind = request.query_params.get("type")
     if kind is not None and kind not in _TYPES:
         raise BadRequest(f"query parameter type={kind!r}: expected one of {', '.join(_TYPES)}")
-    manager = state(request).manager
-    if agent is None and kind is None:
-        found = await manager.list_sessions(offset, limit)
-        return json({"offset": offset, "limit": limit, "sessions": [meta_json(m) for m in found]})
     after = request.query_params.get("after", "")
     match = SessionMatch(agent_id=agent, type=kind, after=after)
-    metas, next_ = await search(manager, match, offset, limit)
+    metas, next_ = await search(state(request).manager, match, offset, limit)
     sessions = [meta_json(m) for m in metas]
     return json({"offset": offset, "limit": limit, "sessions": sessions, "next": next_})
 
@@ -85,8 +86,17 @@ async def search(
     lister: Lister, match: SessionMatch, offset: int, limit: int
 ) -> tuple[list[SessionMeta], str | None]:
     """Up to ``limit`` sessions passing ``match`` (the first ``offset`` of them skipped)
-    among the ``SCAN`` sessions after ``match.after`` — one bounded store read however
-    rare the match — and the cursor to continue from (``None``: the store is done)."""
+    and the cursor to continue from (``None``: there are no more).
+
+    Without ``match.text`` that is one page of an index range (:meth:`Store.list_sessions`).
+    A substring ``text`` has no index: the ``SCAN`` sessions after ``match.after`` are
+    examined — one bounded store read however rare the match — and the cursor says
+    where the examination stopped."""
+    if limit <= 0:
+        return [], None
+    if not match.text:
+        found = await lister.list_sessions(offset, limit, match=match)
+        return list(found), found.scanned_to if isinstance(found, Listed) else None
     window = await lister.list_sessions(0, SCAN, match=match)
     kept = list(window[offset : offset + limit])
     if len(window) > offset + limit and kept:

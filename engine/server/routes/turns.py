@@ -34,7 +34,7 @@ from engine.server.sse import event_frame, frame, result_json
 from engine.server.state import ServerState, TurnEvents, TurnSession
 from sessions import TurnResult
 
-__all__ = ["ROUTES", "answer_turn", "item_frame", "open_for_turn", "run_turn"]
+__all__ = ["ROUTES", "answer_turn", "item_frame", "open_for_turn", "published", "run_turn"]
 
 Item = Event | TurnResult | BaseException
 
@@ -185,17 +185,26 @@ async def _go_on(
     if st.draining:
         raise ShuttingDown("the server is shutting down and takes no new turns")
     session = await st.open(sid, create=False)
+    return await published(st, sid, lambda watch: step(session, watch))
+
+
+async def published(
+    st: ServerState, sid: str, step: Callable[[Observer | None], Awaitable[TurnResult]]
+) -> TurnResult:
+    """Run ``step`` (a turn going on from a gate or a failure), counted in flight; when
+    someone watches ``sid`` its events, then its result (or error), are published to
+    them.  Answers and retries come here, and so do the turns of gates whose timeout
+    fired (the manager's gate timers: see :func:`engine.server.app.create_app`)."""
     with st.turn():
         if not st.live.watched(sid):
-            result = await step(session, None)
-        else:
-            publish = st.live.publish
-            try:
-                result = await step(session, lambda event: publish(sid, event))
-            except Exception as exc:
-                publish(sid, exc)
-                raise
-            publish(sid, result)
+            return await step(None)
+        publish = st.live.publish
+        try:
+            result = await step(lambda event: publish(sid, event))
+        except Exception as exc:
+            publish(sid, exc)
+            raise
+        publish(sid, result)
     return result
 
 

@@ -76,18 +76,15 @@ def _session_href(sid: str) -> str:
 
 @html_errors
 async def sessions_page(request: Request) -> Response:
-    """``GET /?q=&offset=&after=``: the sessions, filtered by ``q`` (id or agent, any
-    case).  A search examines at most ``SCAN`` sessions after ``after`` per request and
-    links to where it stopped, so a rare match never reads the whole store at once."""
+    """``GET /?q=&after=&offset=``: the sessions, filtered by ``q`` (id or agent, any
+    case), from the cursor ``after``.  A search examines at most ``SCAN`` sessions after
+    ``after`` per request and links to where it stopped, so a rare match never reads
+    the whole store at once; unfiltered, each page links to the next by its cursor."""
     offset, _ = paging(request)
     q = request.query_params.get("q", "").strip()
     store = state(request).manager.store
-    next_: str | None = None
     after = request.query_params.get("after", "")
-    if q:
-        metas, next_ = await search(store, SessionMatch(text=q, after=after), 0, _SHOWN)
-    else:
-        metas = list(await store.list_sessions(offset, _SHOWN))
+    metas, next_ = await search(store, SessionMatch(text=q, after=after), offset, _SHOWN)
     rows = [
         [
             link(_session_href(m.id), m.id),
@@ -106,16 +103,15 @@ async def sessions_page(request: Request) -> Response:
         f'value="{esc(q)}" placeholder="session id or agent"> <button>search</button></form>'
     )
     shown = table(["session", "agent", "type", "turns", "messages", "updated"], rows)
-    return page("sessions", form + shown + _more(q, offset, after, metas, next_))
+    return page("sessions", form + shown + _more(q, after, metas, next_))
 
 
-def _more(q: str, offset: int, after: str, metas: Sequence[SessionMeta], next_: str | None) -> str:
+def _more(q: str, after: str, metas: Sequence[SessionMeta], next_: str | None) -> str:
     """What follows the table: the next page's link, or where a search stopped."""
     if not q:
-        empty = '<p class="muted">no sessions</p>' if not metas else ""
-        if len(metas) < _SHOWN:
-            return empty
-        return link(f"/?offset={offset + _SHOWN}", "next page")
+        if next_ is not None:
+            return link(f"/?after={path_part(next_)}", "next page")
+        return '<p class="muted">no sessions</p>' if not metas else ""
     if next_ is None:
         if metas:
             return ""
