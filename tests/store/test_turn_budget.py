@@ -315,3 +315,27 @@ async def test_answers_with_ever_less_left_compile_the_graph_once(
             assert (await session.answer("again")).status == "paused"
         assert (await session.answer("go")).status == "success"
     assert compiled.count("looping") == 1
+
+
+async def test_a_gate_timer_whose_default_loops_back_stops_at_max_steps(
+    store_url: str, shared: OpenStore, tmp_path: Path
+) -> None:
+    """A gate whose timeout's default loops back to it is answered by the manager's
+    timer again and again, with no caller; the turn's one budget ends it: the third
+    lap fails with MaxStepsExceeded and the failed turn is committed (per-run budgets
+    would loop for ever)."""
+    from .test_gate_timers import Commits
+
+    looping = LOOP.replace('question="Again?"', 'question="Again?", timeout="10ms", default=again')
+    dot = tmp_path / "timed.dot"
+    dot.write_text(looping % 10)
+    commits = Commits()
+    async with _manager(store_url, shared, dot, _registry(), observers=[commits]) as m:
+        session = await m.create("timed")
+        assert (await session.send("x")).status == "paused"
+        committed = await commits.wait()
+        assert (committed.turn, committed.status) == (1, "fail")
+        assert "timed" not in m.gate_timers
+    (record,) = await shared.turns("timed", 0, 1)
+    assert len(record.trace) == 10
+    assert record.error == "run exceeded max_steps=10 at node 'a'"
