@@ -151,6 +151,54 @@ def test_a_timeout_while_the_chat_waits_takes_the_default(
         assert con.execute("SELECT message_count FROM sessions").fetchone()[0] == 2
 
 
+CHAINED = """digraph chained {
+  start [shape=Mdiamond]; done [shape=Msquare]
+  approve [shape=hexagon, question="Send the reply?", timeout="200ms", default=cancel]
+  confirm [shape=hexagon, question="Really drop it?"]
+  send [handler=format, template="sent: {session.input}"]
+  drop [handler=format, template="dropped"]
+  start -> approve
+  approve -> send [label=send]
+  approve -> confirm [label=cancel]
+  confirm -> send [label=send]
+  confirm -> drop [label=cancel]
+  send -> done; drop -> done
+}
+"""
+
+
+def test_an_answer_typed_for_a_question_a_timeout_took_never_answers_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gate's timer takes its default to a second gate while ``answer>`` waits:
+    the line typed for the first question is refused, not taken as the answer to a
+    question the user was never shown; the second question is asked."""
+    gate = tmp_path / "chained.dot"
+    gate.write_text(CHAINED)
+    db = tmp_path / "chat.db"
+
+    def waiting_at(node: str) -> bool:
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            row = con.execute("SELECT body FROM checkpoints WHERE session_id = 'c3'").fetchone()
+        return row is not None and json.loads(row[0])["checkpoint"]["next_node"] == node
+
+    def late_answer() -> str:
+        give_up = time.monotonic() + 60  # a hang guard, not a speed check
+        while not waiting_at("confirm"):  # the timer's turn paused at the second gate
+            assert time.monotonic() < give_up, "the gate's timeout never fired"
+            time.sleep(0.02)
+        return "send"
+
+    lines: Iterator[Callable[[], str]] = iter([lambda: "hello", late_answer, lambda: "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines)())
+    assert cli.main([str(gate), "--session", "c3", "--store", f"sqlite:///{db}"]) == 0
+    out, errors = capsys.readouterr()
+    assert "bot> Send the reply? [send / cancel]" in out
+    assert "the gate's timeout passed first" in errors
+    assert "sent: hello" not in out and "bot> Really drop it? [send / cancel]" in out
+    assert waiting_at("confirm")  # still waiting for an answer to the question shown
+
+
 @pytest.fixture
 def server() -> Iterator[LLMServer]:
     pytest.importorskip("openai")
