@@ -67,7 +67,9 @@ class GateTimers:
 
     def __init__(self, spawn: Spawn) -> None:
         self._spawn = spawn
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        # The session each timer is for, too: a closed or fenced copy of a session
+        # must never disarm the timer of the copy that hosts the id now.
+        self._scopes: dict[str, tuple[Session, anyio.CancelScope]] = {}
         self.runner: TimeoutRunner = _unwatched
 
     def __contains__(self, session_id: object) -> bool:
@@ -84,9 +86,9 @@ class GateTimers:
 
     def cancel(self, session_id: str) -> None:
         """Disarm ``session_id``'s timer, if any."""
-        scope = self._scopes.pop(session_id, None)
-        if scope is not None:
-            scope.cancel()
+        entry = self._scopes.pop(session_id, None)
+        if entry is not None:
+            entry[1].cancel()
 
     def close(self) -> None:
         """Disarm every timer."""
@@ -94,10 +96,16 @@ class GateTimers:
             self.cancel(session_id)
 
     def _changed(self, session: Session, cp: Checkpoint | None) -> None:
-        self.cancel(session.id)
-        if cp is None or cp.deadline is None or session.closed:
+        if session.closed:  # no longer hosted: the id may be hosted again, by a new copy
+            entry = self._scopes.get(session.id)
+            if entry is not None and entry[0] is session:
+                self.cancel(session.id)
             return
-        scope = self._scopes[session.id] = anyio.CancelScope()
+        self.cancel(session.id)
+        if cp is None or cp.deadline is None:
+            return
+        scope = anyio.CancelScope()
+        self._scopes[session.id] = (session, scope)
         try:
             self._spawn(lambda: self._wait(session, cp, scope))
         except SessionClosed:  # the manager is exiting: nothing more runs
@@ -112,7 +120,8 @@ class GateTimers:
                 if left is None or left <= 0:
                     break
                 await anyio.sleep(left)
-        if scope.cancel_called or self._scopes.get(session.id) is not scope:
+        entry = self._scopes.get(session.id)
+        if scope.cancel_called or entry is None or entry[1] is not scope:
             return
         # No longer this session's timer: the turn it runs clears the pause, which
         # must not cancel the turn itself.
