@@ -22,7 +22,9 @@ becomes ``answer>``: the next line is the answer (:meth:`Session.answer
 <sessions.Session.answer>`); a choice the gate does not offer is refused and the
 question asked again.  A session loaded with a question waiting asks it first.  A
 gate's ``timeout`` fires while the prompt waits (the manager's gate timers): an answer
-typed after it is refused in one line (``NotPaused``), never sent as a turn.
+typed after it is refused in one line (``NotPaused``), never sent as a turn, nor taken
+as the answer to the next gate's question (a default leading to another gate) before
+that question was shown.
 """
 
 from __future__ import annotations
