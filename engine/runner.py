@@ -371,6 +371,7 @@ class Engine:
         on_step: OnStep | None = None,
         on_enter: OnEnter | None = None,
         time_limit: float | None = None,
+        steps_used: int = 0,
     ) -> RunResult:
         """Run ``graph`` from its start (or ``start_at``) to an exit.
 
@@ -385,10 +386,20 @@ class Engine:
         ``turn_timeout`` attribute (the shorter wins: a graph may tighten the caller's
         bound, never lift it).  Past it the running node is cancelled where it waits
         and the run fails with :class:`~engine.errors.TurnTimeout`.
+
+        ``steps_used``: node visits that earlier runs of the same unit of work (a turn
+        that paused at a gate, failed or was interrupted) already made.  The run may
+        make only what is left of ``max_steps``, and past it fails with
+        :class:`~engine.errors.MaxStepsExceeded` naming the whole bound and the node it
+        did not enter, as one run that made every visit would; with nothing left it
+        fails at its first node.  A parallel branch's and a sub-graph's own walks keep
+        their own bound, as in any run (their visits count in the run's trace).
         """
         plan = self._plan(graph)
         if start_at is not None and start_at not in plan.steps:
             raise ValueError(f"start_at: graph {graph.path} has no node {start_at!r}")
+        if steps_used < 0:
+            raise ValueError(f"steps_used must be at least 0, not {steps_used}")
         obs = self.observers + tuple(observers) if observers else self.observers
         rid = run_id or f"{self._prefix}-{next(self._ids)}"
         ctx: dict[str, Any] = dict(context) if context else {}
@@ -405,12 +416,14 @@ class Engine:
             limit = _shorter(plan.turn_timeout, time_limit)
             if limit is None:
                 exit_id = await self._walk(
-                    plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter
+                    plan, first, ctx, trace, rid, obs, on_step, on_enter, emitter, used=steps_used
                 )
             else:
                 where = [first]  # the node running when the deadline passes
                 entered = _tracking(where, on_enter)
-                walk = self._walk(plan, first, ctx, trace, rid, obs, on_step, entered, emitter)
+                walk = self._walk(
+                    plan, first, ctx, trace, rid, obs, on_step, entered, emitter, used=steps_used
+                )
                 exit_id = await _within(limit, where, walk)
         except GatePaused as exc:  # before RunError: a pause is not a failure
             if obs:
@@ -458,20 +471,23 @@ class Engine:
         emitter: Emitter | None = None,
         stop: str | None = None,
         branch: str | None = None,
+        used: int = 0,
     ) -> str:
         """The loop: run a node, apply its outcome, choose the next; returns the exit id.
 
         A branch of a fan-out walks with ``stop`` (its fan-in: returns before entering
         it) and ``branch`` (its id, put in its records and events; a fan-out inside it
-        names its branches ``branch/first``).
+        names its branches ``branch/first``).  ``used``: visits made by earlier runs
+        (``Engine.run``'s ``steps_used``): the walk may make what is left of the bound.
         """
         view = MappingProxyType(ctx)
         steps = plan.steps
         max_steps = plan.max_steps
+        room = max_steps - used  # once per walk: the step check stays one comparison
         gate_tries: dict[str, int] | None = None
         via: int | None = None  # the edge taken into node_id, when its source has twins
         while True:
-            if len(trace) >= max_steps:
+            if len(trace) >= room:
                 raise MaxStepsExceeded(max_steps, node_id)
             step = steps[node_id]
             if step.gate is not None:

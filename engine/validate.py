@@ -31,7 +31,7 @@ with a unit, else a string.  Quotes do not matter: ``x="2"`` and ``x=2`` are bot
   of its own; a fan-in's ``join``/``merge`` are known and a quorum is at most the number
   of branches (:mod:`engine.branches`);
 * with a registry, every node's handler is registered (the error names the nearest
-  registered handler and lists them all, nearest first).
+  registered handler and lists them in alphabetical order).
 
 A node whose outgoing edges all carry conditions gets a *warning*: when none of the
 conditions holds, the run has no route out of it.  Warnings that need the handlers'
@@ -386,21 +386,27 @@ def names_by_nearness(name: str, names: Iterable[str]) -> list[str]:
     return sorted(names, key=key)
 
 
-_LISTED = 20
-"""Registered names shown after an unknown handler (nearest first)."""
+_LISTED = 30
+"""Registered names shown after an unknown handler (the nearest, when there are more)."""
 
 
 def _unknown_handler(name: str, known: Collection[str]) -> str:
     ranked = names_by_nearness(name, known)
     match = closest(name, ranked)
     hint = f" (did you mean {match!r}?)" if match else ""
-    shown = ", ".join(ranked[:_LISTED]) + (", ..." if len(ranked) > _LISTED else "")
+    # Alphabetical, so the list reads the same whatever the typo; a long registry is cut
+    # to the names nearest the typo, which are the ones worth reading.
+    shown = ", ".join(sorted(ranked[:_LISTED]))
+    more = len(ranked) - _LISTED
+    if more > 0:
+        shown += f", ... ({more} more)"
     return f"unknown handler {name!r}{hint}; registered: {shown or 'none'}"
 
 
 def handler_issues(path: str, nodes: Mapping[str, Node], known: Collection[str]) -> list[Issue]:
     """One error per node whose handler is not in ``known`` (a registry works), naming
-    the registered handlers nearest first."""
+    the nearest registered handler as a likely typo and the registered handlers in
+    alphabetical order (the 30 nearest when there are more)."""
     return [
         _node_issue(path, node, _unknown_handler(node.handler, known))
         for node in nodes.values()

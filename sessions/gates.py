@@ -11,7 +11,8 @@ no table of their own and survive the process:
   ``timeout``.  ``answer(choice)``, in this process or any later one, runs the turn on
   from the gate; the turn then commits as one turn, input message included.  Its runs
   share one ``max_steps``: the visits made before the pause are stored with it, and
-  the run that goes on may make only what is left (:mod:`sessions.turn_budget`).
+  the run that goes on may make only what is left (``Engine.run``'s ``steps_used``),
+  so a gate that loops back to itself cannot keep a turn going one answer at a time.
 * **Timeouts** are wall-clock deadlines, stored with the pause, so they hold across
   process exits.  A manager that hosts the session arms a timer for the deadline
   (:mod:`sessions.gate_timers`), which runs :func:`timeout_plan`.  Otherwise (no

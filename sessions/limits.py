@@ -40,7 +40,7 @@ class Limits:
     interactive use, raise it for servers). ``max_steps_per_turn`` bounds the nodes one turn
     may visit, so a cycle cannot run forever (a turn graph's own ``max_steps`` attribute may
     lower it, never raise it); a turn that pauses, fails or is resumed counts it over all
-    its runs (:mod:`sessions.turn_budget`).  ``turn_timeout`` (seconds; ``None``:
+    its runs (:mod:`sessions.gates`).  ``turn_timeout`` (seconds; ``None``:
     unbounded) bounds one turn's run: past it the running node is cancelled and the turn fails with
     :class:`~engine.errors.TurnTimeout`, the session idle again (a graph's own
     ``turn_timeout`` attribute may shorten it).  A plain handler run inline (no node

@@ -29,7 +29,6 @@ from sessions.gates import Continuation, before_turn, paused_checkpoint, refuse_
 from sessions.sessionlog import SessionLog
 from sessions.state import SessionState
 from sessions.store.base import Message
-from sessions.turn_budget import run_within
 from sessions.turn_commit import TurnCommitter
 from sessions.turn_host import Phase, TurnHost, TurnRuntime, Watch
 from sessions.turn_input import checked_input
@@ -213,10 +212,8 @@ class TurnPipeline:
         hooks = self._hooks
         observers = hooks.observers(turn, trace_id, spans, watch)
         try:
-            result = await run_within(
-                rt.engine,
+            result = await rt.engine.run(
                 host.turn_graph,
-                used,
                 context,
                 run_id=trace_id,
                 observers=observers,
@@ -224,6 +221,7 @@ class TurnPipeline:
                 start_at=start_at,
                 on_step=on_step,
                 time_limit=rt.limits.turn_timeout,
+                steps_used=used,
             )
         except _cancelled():
             await cps.cancelled(was, saves)

@@ -235,6 +235,7 @@ def test_ctrl_c_at_the_prompt_clears_the_line(terminals: list[Terminal], home: P
     t.expect("you> ")
     t.type("\x03")
     t.expect("(Ctrl-C again, Ctrl-D or /quit to leave)")
+    t.expect("you> ")  # the prompt is back: the next Ctrl-C is read at it
     t.type("\x03")
     assert t.wait() == 130
     assert "Traceback" not in t.screen()
@@ -347,6 +348,7 @@ def test_leaving_releases_the_lease(
     if how == "ctrl-c":
         t.type("\x03")
         t.expect("Ctrl-C again")
+        t.expect("you> ")
         t.type("\x03")
     else:
         t.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGHUP)
@@ -524,7 +526,10 @@ def test_a_closed_pipe_is_quiet(home: Path, model: LLMServer) -> None:
 
 def test_json_has_the_same_keys_with_or_without_a_session(home: Path) -> None:
     """One shape for scripts; absent values are null."""
-    keys = "status reply graph run_id session_id turn trace_id usage nodes error question".split()  # noqa: SIM905
+    keys = [
+        *("status", "reply", "graph", "run_id", "session_id", "turn", "trace_id", "usage"),
+        *("nodes", "error", "error_kind", "question"),
+    ]
     plain = json.loads(run(home, "-m", "hi", "--json").stdout)
     stored = json.loads(run(home, "-m", "hi", "--json", "--session", "s1").stdout)
     assert list(plain) == keys and list(stored) == keys

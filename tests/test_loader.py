@@ -191,8 +191,8 @@ def test_registry_is_checked_on_every_call() -> None:
         load_graph(TURN, registry=registry_of("start", "exit", "classify"))
     assert [str(i) for i in info.value.issues] == [
         "<string>:7:5: error: node 'llm_call': unknown handler 'llm'; "
-        "registered: parallel, parallel.fan_in, classify, wait.human, conditional, done, exit, "
-        "start, subgraph"
+        "registered: classify, conditional, done, exit, parallel, parallel.fan_in, start, "
+        "subgraph, wait.human"
     ]
 
 

@@ -29,6 +29,7 @@ from engine import (
     StructlogObserver,
     TransientAdapterError,
 )
+from engine.events import RunFailed
 from engine.graph import Condition, Graph
 from engine.testing import RecordingObserver, ScriptedHandler, build_graph
 
@@ -308,6 +309,31 @@ async def test_cycle_is_bounded_by_max_steps() -> None:
     # A graph may lower the engine's bound, never raise it.
     result = await Engine(registry(), max_steps=10).run(looping(500))
     assert isinstance(result.error, MaxStepsExceeded) and len(result.trace) == 10
+
+
+async def test_steps_used_leaves_the_run_what_is_left_and_names_the_whole_bound() -> None:
+    """A run going on from earlier runs of the same turn (``steps_used``) may make only
+    what is left of max_steps; its error and RunFailed event name the whole bound, as
+    one run would.  Nothing left: it fails at its first node; a negative count is a bug."""
+    graph = build_graph(
+        ["start", "a", "b", "done"],
+        extra_edges=[("b", "a", {"condition": Condition("true", lambda c: True)})],
+    )
+    engine = Engine(registry(), max_steps=10)
+    seen = RecordingObserver()
+    result = await engine.run(graph, start_at="a", steps_used=7, observers=[seen])
+    assert [r.node_id for r in result.trace] == ["a", "b", "a"]
+    error = result.error
+    assert isinstance(error, MaxStepsExceeded) and (error.max_steps, error.node_id) == (10, "b")
+    (failed,) = seen.of_type(RunFailed)
+    assert failed.error == "run exceeded max_steps=10 at node 'b'" and failed.steps == 3
+    spent = await engine.run(graph, start_at="b", steps_used=12)
+    assert spent.trace == () and isinstance(spent.error, MaxStepsExceeded)
+    assert (spent.error.max_steps, spent.error.node_id) == (10, "b")
+    with pytest.raises(ValueError, match="steps_used must be at least 0"):
+        await engine.run(graph, steps_used=-1)
+    # The plain run is untouched by an offset run before it (one plan per graph).
+    assert len((await engine.run(graph)).trace) == 10
 
 
 async def test_loop_ends_when_condition_changes() -> None:

@@ -103,14 +103,42 @@ def test_cycles_are_allowed() -> None:
 
 def test_unknown_handler_with_registry() -> None:
     """With a registry, an unregistered handler is an error naming node and line, the
-    nearest registered name, and every registered name, nearest first."""
+    nearest registered name, and every registered name in alphabetical order."""
     text = "digraph {\n start -> recall -> done\n recall [handler=recal]\n}"
     registry = registry_of("start", "done", "recall")
     assert messages(text, registry) == [
         "<string>:3:2: error: node 'recall': unknown handler 'recal' (did you mean 'recall'?); "
-        "registered: recall, parallel, conditional, subgraph, parallel.fan_in, done, exit, start, "
-        "wait.human",
+        "registered: conditional, done, exit, parallel, parallel.fan_in, recall, start, "
+        "subgraph, wait.human",
     ]
+
+
+def test_registered_handlers_are_listed_alphabetically_whatever_the_typo() -> None:
+    """The list after an unknown handler is in alphabetical order (not nearest first), so
+    it reads the same for every typo; the hint still names the nearest."""
+    registry = registry_of("start", "done", "zeta", "alpha", "mid")
+    for typo, hint in (("zeta_", " (did you mean 'zeta'?)"), ("alpah", " (did you mean 'alpha'?)")):
+        text = f"digraph {{ start -> x -> done; x [handler={typo}] }}"
+        [message] = messages(text, registry)
+        head, listed = message.split("; registered: ")
+        assert head.endswith(f"unknown handler {typo!r}{hint}")
+        names = listed.split(", ")
+        assert names == sorted(names) and {"alpha", "mid", "zeta"} <= set(names)
+
+
+def test_a_long_registry_lists_the_nearest_names_alphabetically() -> None:
+    """More than 30 registered names: the 30 nearest the typo, in alphabetical order,
+    then how many more there are."""
+    fillers = [f"zz{i:02}" for i in range(40)]
+    registry = registry_of("start", "done", "summary", "summarise", *fillers)
+    text = "digraph { start -> x -> done; x [handler=sumarise] }"
+    [message] = messages(text, registry)
+    listed = message.split("; registered: ")[1]
+    names, more = listed.split(", ... ")
+    shown = names.split(", ")
+    assert len(shown) == 30 and shown == sorted(shown)
+    assert {"summarise", "summary", "start", "done"} <= set(shown)
+    assert more == f"({len(registry) - 30} more)"
 
 
 def test_without_registry_any_handler_is_accepted() -> None:
@@ -124,8 +152,8 @@ def test_node_id_must_be_registered_when_it_is_the_handler() -> None:
     text = "digraph { start -> summarise -> done }"
     assert messages(text, registry_of("start", "done")) == [
         "<string>:1:20: error: node 'summarise': unknown handler 'summarise'; "
-        "registered: start, parallel, subgraph, wait.human, parallel.fan_in, done, exit, "
-        "conditional",
+        "registered: conditional, done, exit, parallel, parallel.fan_in, start, subgraph, "
+        "wait.human",
     ]
 
 
@@ -207,8 +235,8 @@ def test_every_problem_is_reported_at_once() -> None:
         (
             3,
             "node 'a': unknown handler 'nope'; "
-            "registered: done, orphan, parallel, exit, parallel.fan_in, subgraph, wait.human, "
-            "conditional, b, start",
+            "registered: b, conditional, done, exit, orphan, parallel, parallel.fan_in, start, "
+            "subgraph, wait.human",
         ),
         (4, "edge a -> b: condition '&&': expected a key, found '&&' at column 1"),
         (5, "edge b -> start: edge into the start node 'start'"),
@@ -506,7 +534,7 @@ def test_cli_validate_lints_a_graph_whose_only_errors_are_unknown_handlers(
     assert cli.main(["validate", str(path)]) == 2
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{path}:2:11: error: node 'clasify': unknown handler 'clasify' ")
-    assert "(did you mean 'classify'?); registered: classify," in out[0]
+    assert "(did you mean 'classify'?); registered: check_goals, choose_mode, classify," in out[0]
     assert out[1].startswith(f"{path}:2:11: warning: node 'clasify': every outgoing edge")
     assert out[2].startswith(f"{path}:3:12: warning: node 'llm_call': ")
     assert len(out) == 3

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO
 
 from engine.errors import GraphValidationError, TurngraphError
@@ -40,6 +41,7 @@ __all__ = [
     "configure_logging",
     "dialect_graph",
     "err",
+    "error_json",
     "lease_ttl",
     "model_of",
     "one_line",
@@ -49,6 +51,7 @@ __all__ = [
     "shell_allowed",
     "silence_stdout",
     "store_url",
+    "wants_json",
 ]
 
 EXIT_RUN_FAILED = 1
@@ -69,10 +72,13 @@ JSON_KEYS = (
     "usage",
     "nodes",
     "error",
+    "error_kind",
     "question",
 )
 """The keys of a turn's ``--json`` object, in order, with or without ``--session``
-(``question``: a paused turn's ``{node, question, choices}``, else null)."""
+(``error_kind``: the error's class name, as the HTTP API's ``kind``; ``question``: a
+paused turn's ``{node, question, choices}``, else null).  A command refused before it
+has a turn to report prints the same keys (:func:`error_json`)."""
 
 
 class UsageError(TurngraphError):
@@ -138,6 +144,27 @@ def print_json(doc: Any) -> None:
     """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON)."""
     utf = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
     print(json.dumps(doc, ensure_ascii=not utf, default=str))
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for ``--json`` (an option, not an argument after
+    ``--``), read from the words themselves: it holds even when parsing them failed."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in words
+
+
+def error_json(line: str, kind: str) -> None:
+    """Print the ``--json`` object of a command that ended with an error instead of a
+    turn: a turn's keys (:data:`JSON_KEYS`, null when absent) with ``status`` ``"error"``,
+    ``error`` the line printed on stderr and ``error_kind`` its class, so a script reads
+    one object whatever happened.  A reader that has gone leaves stdout silenced."""
+    doc: dict[str, Any] = dict.fromkeys(JSON_KEYS)
+    doc.update(status="error", error=line, error_kind=kind)
+    try:
+        print_json(doc)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the error line on stderr and the exit code still stand
+        silence_stdout()
 
 
 def check_output(path: str) -> None:

@@ -52,7 +52,9 @@ corrupt or tampered store or export, a store's optional extra not installed, Gra
 missing for images, a message with control characters or bytes that are not UTF-8);
 130 interrupted; 143 and 129 a chat ended by SIGTERM or SIGHUP; 70 an internal bug.
 A closed pipe on stdout is quiet (0).  ``--json`` prints the keys
-:data:`~engine.cli.common.JSON_KEYS`, with or without a session;
+:data:`~engine.cli.common.JSON_KEYS`, with or without a session, and for a command
+refused before it has a turn to report too (``status`` ``"error"``, ``error`` the
+stderr line; :func:`~engine.cli.common.error_json`);
 ``$TURNGRAPH_LEASE_TTL`` sets the lease of a stored session's turn or chat.  Errors
 are one line on stderr (``path:line:col: error: ...`` for graphs), never a traceback
 (``-v`` adds one for internal bugs, and node logs).
@@ -87,6 +89,7 @@ from engine.cli.common import (
     configure_logging,
     dialect_graph,
     err,
+    error_json,
     lease_ttl,
     model_of,
     one_line,
@@ -96,6 +99,7 @@ from engine.cli.common import (
     shell_allowed,
     silence_stdout,
     store_url,
+    wants_json,
 )
 from engine.errors import TurngraphError
 
@@ -116,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = _COMMANDS.get(args[0]) if args else None
         return command(args[1:]) if command else _cmd_run(args)
     except BaseException as exc:  # every way out becomes one line and an exit code
-        return _exit_code(_leaf(exc), verbose="-v" in args or "--verbose" in args)
+        verbose = "-v" in args or "--verbose" in args
+        return _exit_code(_leaf(exc), verbose=verbose, as_json=wants_json(args))
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -126,30 +131,36 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _exit_code(exc: BaseException, verbose: bool) -> int:
-    """Report ``exc`` as one stderr line and choose the exit code (re-raise the rest)."""
+def _exit_code(exc: BaseException, verbose: bool, as_json: bool = False) -> int:
+    """Report ``exc`` as one stderr line (and, with ``--json``, one JSON object on
+    stdout) and choose the exit code (re-raise the rest)."""
     if isinstance(exc, SystemExit):  # argparse's --help
         return exc.code if isinstance(exc.code, int) else 0
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(exc, BrokenPipeError):
         raise exc  # the process wrapper ends quietly
+    code, kind = EXIT_BAD_INPUT, type(exc).__name__
     if isinstance(exc, UsageError):
-        err(str(exc))
+        line = str(exc)
     elif isinstance(exc, TurngraphError):
-        err(one_line(exc))
+        line = one_line(exc)
     elif isinstance(exc, OSError | UnicodeError):
-        err(f"error: {exc}")
+        line = f"error: {exc}"
     elif isinstance(exc, Exception):  # a bug of ours: say so in one line, no traceback
-        err(f"error: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)")
-        if verbose:
-            import traceback
-
-            traceback.print_exception(exc)
-        return EXIT_INTERNAL
+        line = f"error: internal error: {kind}: {exc} (rerun with -v for details)"
+        code, kind = EXIT_INTERNAL, "InternalError"
     else:
         raise exc
-    return EXIT_BAD_INPUT
+    line = line.replace("\n", " ")
+    err(line)
+    if verbose and code == EXIT_INTERNAL:
+        import traceback
+
+        traceback.print_exception(exc)
+    if as_json:
+        error_json(line, kind)
+    return code
 
 
 # --------------------------------------------------------------------------- shared
@@ -262,6 +273,7 @@ def report_turn(
         doc["nodes"] = trace_rows(trace)
         if error is not None:
             doc["error"] = " ".join(str(error).split())
+            doc["error_kind"] = type(error).__name__
         if gate is not None:
             doc["question"] = {
                 "node": gate.node_id,

@@ -220,6 +220,28 @@ async def test_edited_checkpoint(durable: OpenStore, raw: Raw) -> None:
     assert "checkpoint" in err.reason
 
 
+async def test_a_checkpoints_step_count_is_signed(durable: OpenStore, raw: Raw) -> None:
+    """The visits a paused or failed turn has made (``steps``: what bounds the runs that
+    go on) cannot be lowered or dropped in the database: either is a MAC mismatch."""
+    import dataclasses
+
+    from .test_store_suite import checkpoint
+
+    token = await fill(durable, "s1", 1)
+    counted = dataclasses.replace(checkpoint(2), steps=9)
+    await durable.save_checkpoint("s1", counted, token=token)
+    assert (await durable.load("s1")).checkpoint == counted
+    for edit in (
+        "replace(body, '\"steps\":9', '\"steps\":0')",
+        "replace(body, '\"steps\":9,', '')",
+    ):
+        await durable.save_checkpoint("s1", counted, token=token)
+        raw.execute(f"UPDATE checkpoints SET body={edit}")
+        assert '"steps":9' not in raw.execute("SELECT body FROM checkpoints")[0][0]
+        err = await _tampered(durable, lambda s: s.load("s1"))
+        assert "checkpoint MAC mismatch" in err.reason
+
+
 async def test_record_in_a_newer_format_is_refused_as_such(durable: OpenStore, raw: Raw) -> None:
     """A body signed with the right key but naming a format this code does not know
     (written by newer code) is refused as an unsupported version, not read."""

@@ -215,6 +215,127 @@ def test_the_step_count_round_trips_and_a_bad_one_is_refused() -> None:
     cp = Checkpoint(2, "h", "s:2", "hi", "a", "gate", {}, ({"id": "a"},), 1.0, steps=7)
     body = checkpoint_to_dict(cp)
     assert body["steps"] == 7 and checkpoint_from_dict(body) == cp
-    for bad in (-1, "7", 1.5):
+    for bad in (-1, "7", 1.5, True, None):
         with pytest.raises(ShapeError, match="'steps' must be an integer"):
             checkpoint_from_dict({**body, "steps": bad})
+
+
+async def test_the_run_that_runs_out_tells_its_watchers_the_whole_bound(
+    store_url: str, shared: OpenStore, tmp_path: Path
+) -> None:
+    """The events of the answered run that passes the bound (a stream's, a span's, the
+    log's) name the graph's ``max_steps`` as its result does, not what was left of it;
+    an answer with nothing left at all still starts and fails a run its watchers hear."""
+    from engine.events import RunFailed, RunStarted
+
+    dot = _dot(tmp_path, 10)
+    heard: list[object] = []
+    async with _manager(store_url, shared, dot, _registry()) as m:
+        session = await m.create("events")
+        assert (await session.send("x")).status == "paused"
+        for _ in range(2):
+            assert (await session.answer("again")).status == "paused"
+        result = await session.answer("again", watch=heard.append)
+    assert result.status == "fail"
+    (failed,) = [e for e in heard if isinstance(e, RunFailed)]
+    assert failed.error == str(result.error) == "run exceeded max_steps=10 at node 'a'"
+    # Over the bound before the run starts: six visits paused, the engine's bound
+    # lowered to four since (a new process with other limits).
+    async with _manager(store_url, shared, dot, _registry()) as m:
+        session = await m.create("lowered")
+        assert (await session.send("x")).status == "paused"
+        assert (await session.answer("again")).status == "paused"
+    heard.clear()
+    limits = Limits(max_steps_per_turn=4)
+    async with _manager(store_url, shared, dot, _registry(), limits=limits) as m:
+        session = await m.get("lowered")
+        spent = await session.answer("go", watch=heard.append)
+    assert (spent.status, spent.trace) == ("fail", ())
+    assert [type(e) for e in heard[:2]] == [RunStarted, RunFailed]
+    assert heard[1].error == "run exceeded max_steps=4 at node 'gate'"  # type: ignore[attr-defined]
+
+
+FANNED = """digraph fanned {
+  graph [max_steps=9]
+  start [shape=Mdiamond]; done [shape=Msquare]
+  gate [shape=hexagon, question="Fan out?"]
+  fan [shape=component]; join [shape=tripleoctagon, merge=last_writer]
+  a1 [handler=step]; a2 [handler=step]; a3 [handler=step]; a4 [handler=step]
+  a5 [handler=step]; a6 [handler=step]; a7 [handler=step]; a8 [handler=step]
+  a9 [handler=step]; b [handler=step]
+  start -> gate
+  gate -> fan [label=go]
+  fan -> a1 -> a2 -> a3 -> a4 -> a5 -> a6 -> a7 -> a8 -> a9 -> join
+  fan -> b -> join
+  join -> done
+}
+"""
+
+
+async def test_a_branch_of_an_answered_run_is_bounded_as_in_an_unbroken_run(
+    store_url: str, shared: OpenStore, tmp_path: Path
+) -> None:
+    """max_steps=9, a pause after ``start``: the answered run's branch ``a1`` makes nine
+    visits, as a branch of a run that never paused may (a branch keeps the engine's own
+    bound); the turn then fails at the fan-in with MaxStepsExceeded naming 9, as the
+    same turn without the pause would, not with a JoinError from a branch cut to 8."""
+    dot = tmp_path / "fanned.dot"
+    dot.write_text(FANNED)
+    async with _manager(store_url, shared, dot, _registry()) as m:
+        session = await m.create("fanned")
+        assert (await session.send("x")).status == "paused"
+        result = await session.answer("go")
+    assert result.status == "fail"
+    error = result.error
+    assert isinstance(error, MaxStepsExceeded), error
+    assert (error.max_steps, error.node_id) == (9, "join")
+    assert len([r for r in result.trace if r.branch == "a1"]) == 9
+
+
+async def test_answers_with_ever_less_left_compile_the_graph_once(
+    store_url: str, shared: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every answer of the loop runs with less left, on the graph the session holds: no
+    run compiles another plan (a graph copy per remainder did, and filled the engine's
+    bounded plan cache with copies no later turn could use, pushing out live plans)."""
+    from engine.runner import Engine
+
+    compiled: list[str] = []
+    compile_ = Engine._compile
+
+    def counting(self: Engine, graph: Any) -> Any:
+        compiled.append(graph.name)
+        return compile_(self, graph)
+
+    monkeypatch.setattr(Engine, "_compile", counting)
+    async with _manager(store_url, shared, _dot(tmp_path, 30), _registry()) as m:
+        session = await m.create("plans")
+        assert (await session.send("x")).status == "paused"
+        for _ in range(5):
+            assert (await session.answer("again")).status == "paused"
+        assert (await session.answer("go")).status == "success"
+    assert compiled.count("looping") == 1
+
+
+async def test_a_gate_timer_whose_default_loops_back_stops_at_max_steps(
+    store_url: str, shared: OpenStore, tmp_path: Path
+) -> None:
+    """A gate whose timeout's default loops back to it is answered by the manager's
+    timer again and again, with no caller; the turn's one budget ends it: the third
+    lap fails with MaxStepsExceeded and the failed turn is committed (per-run budgets
+    would loop for ever)."""
+    from .test_gate_timers import Commits
+
+    looping = LOOP.replace('question="Again?"', 'question="Again?", timeout="10ms", default=again')
+    dot = tmp_path / "timed.dot"
+    dot.write_text(looping % 10)
+    commits = Commits()
+    async with _manager(store_url, shared, dot, _registry(), observers=[commits]) as m:
+        session = await m.create("timed")
+        assert (await session.send("x")).status == "paused"
+        committed = await commits.wait()
+        assert (committed.turn, committed.status) == (1, "fail")
+        assert "timed" not in m.gate_timers
+    (record,) = await shared.turns("timed", 0, 1)
+    assert len(record.trace) == 10
+    assert record.error == "run exceeded max_steps=10 at node 'a'"
