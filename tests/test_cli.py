@@ -669,7 +669,7 @@ def test_sessions_list_pages_by_after_and_filters_by_agent(
         assert cli.main(argv) == 0
         captured = capsys.readouterr()
         seen += [s["id"] for s in json.loads(captured.out)]
-        more = re.search(r"--after (\S+)`", captured.err)
+        more = re.search(r"--after=(\S+)", captured.err)
         if more is None:
             assert captured.err == ""
             break

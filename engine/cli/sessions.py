@@ -49,6 +49,22 @@ from engine.cli.common import (
 __all__ = ["ACTIONS", "cmd_sessions"]
 
 
+_LIST_LIMIT = 100
+"""``sessions list``'s page size unless ``--limit`` says."""
+
+
+def _page_size(text: str) -> int:
+    """``--limit``'s value: a page of at least one session (a page of none has no cursor
+    to continue from; ``GET /sessions`` refuses ``limit=0`` too)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of sessions from 1, not {text!r}")
+    return n
+
+
 def _sessions_parser() -> Parser:
     p = Parser(prog=f"{PROG} sessions", description="Inspect and manage stored sessions.")
     p.add_argument("--store", metavar="URL", help="store URL (default: $TURNGRAPH_STORE)")
@@ -56,7 +72,7 @@ def _sessions_parser() -> Parser:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
     ls = sub.add_parser("list", help="every session, a page at a time")
     ls.add_argument("--json", action="store_true")
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--limit", type=_page_size, default=_LIST_LIMIT, metavar="N")
     ls.add_argument("--after", metavar="ID", default="", help="list the sessions after ID")
     ls.add_argument("--agent", metavar="AGENT", help="only sessions of this agent")
     ls.add_argument(
@@ -147,7 +163,7 @@ async def _sessions_list(args: argparse.Namespace) -> int:
 
     match = SessionMatch(agent_id=args.agent, type=args.type, after=args.after)
     async with _existing_store(args) as store:
-        metas = await store.list_sessions(0, max(1, args.limit), match=match)
+        metas = await store.list_sessions(0, args.limit, match=match)
         url = store.url
     if args.json:
         print_json([_listed_dict(m) for m in metas])
@@ -160,8 +176,22 @@ async def _sessions_list(args: argparse.Namespace) -> int:
             f"{', '.join(tampered)} (`{PROG} sessions show ID` says why)"
         )
     if isinstance(metas, Listed) and metas.scanned_to is not None:
-        err(f"more sessions follow: `{PROG} sessions list --after {metas.scanned_to}`")
+        err(f"more sessions follow: `{_next_page(args, metas.scanned_to)}`")
     return 0
+
+
+def _next_page(args: argparse.Namespace, after: str) -> str:
+    """The ``list`` command of the page after ``after``: the same filters and page size
+    (else the hint would list other agents' sessions), each value one shell word, the
+    cursor as ``--after=ID`` (an id may start with ``-``).  The store URL is left out:
+    it may hold a password."""
+    import shlex
+
+    words = [f"--after={after}"]
+    words += [f"--{name}={value}" for name in ("agent", "type") if (value := getattr(args, name))]
+    words += ["--json"] if args.json else []
+    words += [f"--limit={args.limit}"] if args.limit != _LIST_LIMIT else []
+    return f"{PROG} sessions list " + " ".join(map(shlex.quote, words))
 
 
 def _listed_dict(meta: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from sessions.store.codec import (
     record_datas,
     turn_from_dict,
 )
+from sessions.store.cursor import sql_cursor, sqlite_cursor
 from sessions.store.export import ImportPlan, Parts, chain_items
 from sessions.store.signing import GENESIS, Chain, Row, Signer, verify_span
 
@@ -434,7 +435,9 @@ class ListingSQL(NamedTuple):
         return f"SELECT count(*), max(id) FROM (SELECT id {self.window}) AS w"
 
 
-def matched_sql(match: SessionMatch, offset: int, limit: int, mark: str) -> ListingSQL:
+def matched_sql(
+    match: SessionMatch, offset: int, limit: int, mark: str, *, sqlite: bool = False
+) -> ListingSQL:
     """The SQL of a listing page (``mark``: the driver's placeholder).
 
     The window is the sessions with ``match``'s exact ``agent_id`` and ``type`` above
@@ -443,9 +446,11 @@ def matched_sql(match: SessionMatch, offset: int, limit: int, mark: str) -> List
     (schema 6), read up to its ``LIMIT`` however rare the match.  Without ``text`` it
     is ``limit + 1`` rows, all listed (see :func:`~sessions.store.base.keyset_page`);
     with ``text`` it is ``limit`` rows, of which those whose id or agent id contains
-    the text are listed."""
-    where = [f"id > {mark}"]
-    params: list[Any] = [match.after]
+    the text are listed.  The cursor is bound as :mod:`sessions.store.cursor` says
+    (``sqlite``: as bytes, so an id that is not UTF-8 can be one)."""
+    cursor: str | bytes = sqlite_cursor(match.after) if sqlite else sql_cursor(match.after)
+    where = [f"id > CAST({mark} AS TEXT)" if sqlite else f"id > {mark}"]
+    params: list[Any] = [cursor]
     if match.agent_id is not None:
         where.append(f"agent_id = {mark}")
         params.append(match.agent_id)

@@ -94,7 +94,7 @@ class SQLiteReader:
         read one by one and only the undecodable ones are listed as tampered.
         """
         match = match or SessionMatch()
-        q = matched_sql(match, offset, limit, "?")
+        q = matched_sql(match, offset, limit, "?", sqlite=True)
         try:
             with tx(self.conn, immediate=False):  # the page and its span: one snapshot
                 found = self.conn.execute(q.rows, q.params).fetchall()

@@ -145,7 +145,7 @@ async def test_sqlite_pages_are_index_range_searches(
     url = f"sqlite:///{tmp_path / 'store.db'}"
     async with open_store(url, secret=SECRET) as store:
         await _seed(store, 300)
-    q = matched_sql(match, 0, 100, "?")
+    q = matched_sql(match, 0, 100, "?", sqlite=True)
     plan = " | ".join(
         str(r[-1]) for r in Raw(url).execute("EXPLAIN QUERY PLAN " + q.rows, q.params)
     )

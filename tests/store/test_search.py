@@ -125,7 +125,7 @@ async def test_sqlite_reads_a_window_not_the_store(tmp_path: Path) -> None:
     raw = Raw(url)
     path = url[len("sqlite:///") :]
     match = SessionMatch(text="rare_agent")
-    rows_sql, params, *_ = matched_sql(match, 0, 100, "?")
+    rows_sql, params, *_ = matched_sql(match, 0, 100, "?", sqlite=True)
     window = _sqlite_steps(path, rows_sql, params)
     whole = _sqlite_steps(
         path,
