@@ -250,6 +250,9 @@ def run(ctx: BenchContext) -> BenchResult:
         res.unavailable = why
         return res
     ray.init(
+        # Always a new local instance: without it Ray attaches to any cluster already
+        # running on the machine (another suite's, a `ray start`) and refuses num_cpus.
+        address="local",
         num_cpus=8,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,

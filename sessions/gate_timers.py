@@ -19,9 +19,11 @@ Between processes the store's lease and fencing decide: only the lease holder ho
 the session, and a timer of a process that lost its lease is fenced, writing nothing.
 
 A timer is cancelled when its session is answered, closed, evicted or fenced, and when
-the manager exits.  A process that does not host the session when the deadline passes
-arms nothing: the next process to load it applies the timeout on load (its timer fires
-at once) or on first use, as before.
+the manager exits (:meth:`GateTimers.close`, which also cancels the timed-out turns
+still running; a manager's exit first waits for them, as for any running turn, but a
+server past its shutdown's grace cancels them).  A process that does not host the
+session when the deadline passes arms nothing: the next process to load it applies the
+timeout on load (its timer fires at once) or on first use, as before.
 """
 
 from __future__ import annotations
@@ -63,11 +65,14 @@ class GateTimers:
     timed-out turn; a host replaces it to watch those turns (default: unwatched).
     """
 
-    __slots__ = ("_scopes", "_spawn", "runner")
+    __slots__ = ("_firing", "_scopes", "_spawn", "runner")
 
     def __init__(self, spawn: Spawn) -> None:
         self._spawn = spawn
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        # The session each timer is for, too: a closed or fenced copy of a session
+        # must never disarm the timer of the copy that hosts the id now.
+        self._scopes: dict[str, tuple[Session, anyio.CancelScope]] = {}
+        self._firing: set[anyio.CancelScope] = set()  # the timed-out turns running
         self.runner: TimeoutRunner = _unwatched
 
     def __contains__(self, session_id: object) -> bool:
@@ -84,20 +89,31 @@ class GateTimers:
 
     def cancel(self, session_id: str) -> None:
         """Disarm ``session_id``'s timer, if any."""
-        scope = self._scopes.pop(session_id, None)
-        if scope is not None:
-            scope.cancel()
+        entry = self._scopes.pop(session_id, None)
+        if entry is not None:
+            entry[1].cancel()
 
     def close(self) -> None:
-        """Disarm every timer."""
+        """Disarm every timer, and cancel the timed-out turns running (each stores
+        nothing, like any cancelled turn: the question stays stored, and the next
+        process to load the session applies the timeout).  A server calls this when
+        its shutdown's grace runs out, as it cancels its streamed turns."""
         for session_id in tuple(self._scopes):
             self.cancel(session_id)
+        for scope in tuple(self._firing):
+            scope.cancel()
 
     def _changed(self, session: Session, cp: Checkpoint | None) -> None:
-        self.cancel(session.id)
-        if cp is None or cp.deadline is None or session.closed:
+        if session.closed:  # no longer hosted: the id may be hosted again, by a new copy
+            entry = self._scopes.get(session.id)
+            if entry is not None and entry[0] is session:
+                self.cancel(session.id)
             return
-        scope = self._scopes[session.id] = anyio.CancelScope()
+        self.cancel(session.id)
+        if cp is None or cp.deadline is None:
+            return
+        scope = anyio.CancelScope()
+        self._scopes[session.id] = (session, scope)
         try:
             self._spawn(lambda: self._wait(session, cp, scope))
         except SessionClosed:  # the manager is exiting: nothing more runs
@@ -112,12 +128,18 @@ class GateTimers:
                 if left is None or left <= 0:
                     break
                 await anyio.sleep(left)
-        if scope.cancel_called or self._scopes.get(session.id) is not scope:
+        entry = self._scopes.get(session.id)
+        if scope.cancel_called or entry is None or entry[1] is not scope:
             return
         # No longer this session's timer: the turn it runs clears the pause, which
         # must not cancel the turn itself.
         del self._scopes[session.id]
-        await self._fire(session, cp)
+        with anyio.CancelScope() as firing:
+            self._firing.add(firing)
+            try:
+                await self._fire(session, cp)
+            finally:
+                self._firing.discard(firing)
 
     async def _fire(self, session: Session, cp: Checkpoint) -> None:
         sid = session.id

@@ -34,6 +34,14 @@ GATE = """digraph gate {
 }
 """
 
+TIMED = GATE.replace('"Send the reply?"', '"Send the reply?", timeout="200ms", default=cancel')
+CHAINED = TIMED.replace(
+    "approve -> cancel [label=cancel]",
+    'approve -> confirm [label=cancel]; confirm [shape=hexagon, question="Really drop it?"]\n'
+    "  confirm -> send [label=send]; confirm -> cancel [label=cancel]",
+)
+"""A timed gate whose default leads to a second gate, offering the same choices."""
+
 FLAKY = """digraph flaky {
   start [shape=Mdiamond]; done [shape=Msquare]
   classify [handler=classify]
@@ -116,6 +124,24 @@ def test_the_chat_asks_and_reads_the_answer(
     assert "has no choice 'maybe'; choose one of: send, cancel" in errors
 
 
+def _chat_answering_late(
+    monkeypatch: pytest.MonkeyPatch, gate: Path, sid: str, db: Path, fired: Callable[[], bool]
+) -> None:
+    """A chat on ``gate`` that says "hello", types the answer "send" once ``fired()``
+    (the gate's timer acted while the ``answer>`` prompt waited), then quits."""
+
+    def late_answer() -> str:
+        give_up = time.monotonic() + 60  # a hang guard, not a speed check
+        while not fired():
+            assert time.monotonic() < give_up, "the gate's timeout never fired"
+            time.sleep(0.02)
+        return "send"
+
+    lines: Iterator[Callable[[], str]] = iter([lambda: "hello", late_answer, lambda: "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines)())
+    assert cli.main([str(gate), "--session", sid, "--store", f"sqlite:///{db}"]) == 0
+
+
 def test_a_timeout_while_the_chat_waits_takes_the_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -123,9 +149,7 @@ def test_a_timeout_while_the_chat_waits_takes_the_default(
     the default and is stored; the answer typed after it is refused in one line, not
     sent as a new turn."""
     gate = tmp_path / "timed.dot"
-    gate.write_text(
-        GATE.replace('"Send the reply?"', '"Send the reply?", timeout="200ms", default=cancel')
-    )
+    gate.write_text(TIMED)
     db = tmp_path / "chat.db"
 
     def stored_turns() -> int:
@@ -133,22 +157,38 @@ def test_a_timeout_while_the_chat_waits_takes_the_default(
             row = con.execute("SELECT turn_count FROM sessions WHERE id = 'c2'").fetchone()
         return int(row[0]) if row else 0
 
-    def late_answer() -> str:
-        give_up = time.monotonic() + 60  # a hang guard, not a speed check
-        while stored_turns() == 0:  # the timer's turn, committed while the prompt waits
-            assert time.monotonic() < give_up, "the gate's timeout never fired"
-            time.sleep(0.02)
-        return "send"
-
-    lines: Iterator[Callable[[], str]] = iter([lambda: "hello", late_answer, lambda: "/quit"])
-    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines)())
-    assert cli.main([str(gate), "--session", "c2", "--store", f"sqlite:///{db}"]) == 0
+    # The answer is typed once the timer's turn committed while the prompt waited.
+    _chat_answering_late(monkeypatch, gate, "c2", db, lambda: stored_turns() > 0)
     out, errors = capsys.readouterr()
     assert "bot> Send the reply? [send / cancel]" in out
     assert "no question is waiting: the gate's timeout passed first" in errors
     assert stored_turns() == 1 and "sent: send" not in out
     with contextlib.closing(sqlite3.connect(db)) as con:
         assert con.execute("SELECT message_count FROM sessions").fetchone()[0] == 2
+
+
+def test_an_answer_typed_for_a_question_a_timeout_took_never_answers_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gate's timer takes its default to a second gate while ``answer>`` waits:
+    the line typed for the first question is refused, not taken as the answer to a
+    question the user was never shown; the second question is asked."""
+    gate = tmp_path / "chained.dot"
+    gate.write_text(CHAINED)
+    db = tmp_path / "chat.db"
+
+    def waiting_at(node: str) -> bool:
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            row = con.execute("SELECT body FROM checkpoints WHERE session_id = 'c3'").fetchone()
+        return row is not None and json.loads(row[0])["checkpoint"]["next_node"] == node
+
+    # The answer is typed once the timer's turn paused at the second gate.
+    _chat_answering_late(monkeypatch, gate, "c3", db, lambda: waiting_at("confirm"))
+    out, errors = capsys.readouterr()
+    assert "bot> Send the reply? [send / cancel]" in out
+    assert "the gate's timeout passed first" in errors
+    assert "sent: hello" not in out and "bot> Really drop it? [send / cancel]" in out
+    assert waiting_at("confirm")  # still waiting for an answer to the question shown
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ becomes ``answer>``: the next line is the answer (:meth:`Session.answer
 <sessions.Session.answer>`); a choice the gate does not offer is refused and the
 question asked again.  A session loaded with a question waiting asks it first.  A
 gate's ``timeout`` fires while the prompt waits (the manager's gate timers): an answer
-typed after it is refused in one line (``NotPaused``), never sent as a turn.
+typed after it is refused in one line (``NotPaused``), never sent as a turn, nor taken
+as the answer to the next gate's question (a default leading to another gate) before
+that question was shown.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from engine.errors import TurngraphError
 
 if TYPE_CHECKING:
     from engine.cli.views import LivePrinter
+    from sessions.gates import Question
 
 __all__ = ["Leave", "run_chat"]
 
@@ -145,10 +148,11 @@ class _Chat:
         self._ask()
         while True:
             # What the prompt asked decides what the line is: a gate's timer may take
-            # the question while the user types, and an answer must not become a turn.
-            asking = session.question is not None
+            # the question while the user types, and an answer must not become a turn
+            # (nor the answer to the next gate's question, which the user never saw).
+            shown = session.question
             try:
-                line = self.prompt.read(ANSWER if asking else PROMPT)
+                line = self.prompt.read(PROMPT if shown is None else ANSWER)
             except Interrupted as exc:
                 if exc.leave:
                     print(file=sys.stderr)
@@ -159,14 +163,14 @@ class _Chat:
             if line is None:
                 return 0
             try:
-                if self._handle(line, asking):
+                if self._handle(line, shown):
                     return 0
             except KeyboardInterrupt:  # between the prompt and a turn: as at the prompt
                 print("\n(interrupted)", file=sys.stderr)
 
-    def _handle(self, line: str, asking: bool = False) -> bool:
-        """Run the command or turn ``line`` asks for (``asking``: an answer to the
-        question the prompt showed); whether the chat ends."""
+    def _handle(self, line: str, shown: Question | None = None) -> bool:
+        """Run the command or turn ``line`` asks for (given ``shown``: the answer to
+        that question, which the prompt showed); whether the chat ends."""
         if not line.strip():
             return False
         item = slash.parse(line)
@@ -182,7 +186,7 @@ class _Chat:
             self.prompt.forget_last()
             err(str(exc))
             return False
-        self._turn(text, asking)
+        self._turn(text, shown)
         return False
 
     def _ask(self) -> None:
@@ -207,8 +211,8 @@ class _Chat:
                 raise
             return future.result()  # None, or its result if it finished first
 
-    def _turn(self, text: str, answer: bool = False) -> None:
-        """Run one turn (or ``answer`` the waiting question with ``text``) and print its
+    def _turn(self, text: str, shown: Question | None = None) -> None:
+        """Run one turn (or answer the question ``shown`` with ``text``) and print its
         reply; Ctrl-C cancels it, committing nothing."""
         from engine.cli.main import print_reply, run_failure_line
         from sessions.errors import NotPaused
@@ -216,9 +220,10 @@ class _Chat:
         live = self.live
         if live is not None:
             live.reset()
+        answer = shown is not None
         try:
-            if answer:
-                result = self._cancellable(self.session.answer, text)
+            if shown is not None:
+                result = self._cancellable(_answered, self.session, shown, text)
             else:
                 result = self._cancellable(_streamed, self.session, text, live)
         except TurngraphError as exc:  # the turn was refused or failed as a whole
@@ -240,6 +245,20 @@ class _Chat:
             self._ask()
         else:
             err(run_failure_line(self.session.turn_graph, result.error, result.status))
+
+
+async def _answered(session: Any, shown: Question, choice: str) -> Any:
+    """``session.answer(choice)`` if the question waiting is still ``shown``, else
+    :class:`~sessions.errors.NotPaused`: a gate's timer took it on to another gate,
+    whose question the user has not seen.  Checked on the loop the timers run on, so
+    none fires between the check and the answer's turn taking the session lock (unless
+    the lock is busy: then the lock's order decides, as between two answers)."""
+    from sessions.errors import NotPaused
+
+    waiting = session.question
+    if waiting is not None and waiting != shown:
+        raise NotPaused(session.id, "the question shown is no longer waiting")
+    return await session.answer(choice)
 
 
 async def _streamed(session: Any, text: str, live: LivePrinter | None) -> Any:

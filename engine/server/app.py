@@ -55,12 +55,18 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return json(error_body(exc), status_of(exc))
 
 
+def _gate_timers(st: ServerState) -> GateTimers | None:
+    """The manager's gate timers (a manager hosting its sessions here has them; a
+    cluster's hosts run their own)."""
+    timers = getattr(st.manager, "gate_timers", None)
+    return timers if isinstance(timers, GateTimers) else None
+
+
 def _publish_timeouts(st: ServerState) -> None:
     """Run the turns of gates whose timeout fires like answered ones: counted in
-    flight and published to the session's live watchers (a manager hosting its
-    sessions here has gate timers; a cluster's hosts run their own)."""
-    timers = getattr(st.manager, "gate_timers", None)
-    if isinstance(timers, GateTimers):
+    flight and published to the session's live watchers."""
+    timers = _gate_timers(st)
+    if timers is not None:
         timers.runner = lambda sid, step: turns.published(st, sid, step)
 
 
@@ -144,6 +150,9 @@ def create_app(
                     await st.wait_idle()
                 st.tg = None
                 tg.cancel_scope.cancel()  # past the grace: a cancelled turn stores nothing
+                timers = _gate_timers(st)
+                if timers is not None:  # and so do timed-out gates' turns (manager's tasks)
+                    timers.close()
 
     # A typed error is an answer; any other exception is a bug, answered with a fixed
     # message by Starlette's outermost layer, which also logs its traceback (server-side).

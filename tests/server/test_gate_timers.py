@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -17,6 +18,7 @@ from engine.graph import Node
 from engine.registry import HandlerRegistry
 from engine.server import create_app
 from sessions import SessionManager
+from sessions.store import open_store
 
 from .serve_kit import GUARD, Running
 from .test_gates import GRAPH as GATED
@@ -97,3 +99,36 @@ def test_a_timeout_fires_on_the_server_with_nobody_watching(timed: Running) -> N
     (turn,) = timed.client.get("/sessions/w2/turns").json()["turns"]
     assert turn["status"] == "success"
     assert timed.client.get("/sessions/w2").json()["question"] is None
+
+
+def test_a_timed_out_turn_past_the_grace_period_is_cancelled_whole(tmp_path: Path) -> None:
+    """A gate's timer runs a turn that outlasts the shutdown's grace: it is cancelled
+    like a streamed turn past the grace (the server stops), storing nothing; the
+    question stays stored for the next process to apply."""
+    started = threading.Event()
+
+    async def skip(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("never reached")
+
+    dot = tmp_path / "g.dot"
+    dot.write_text(GRAPH)
+    db = f"sqlite:///{tmp_path / 'grace.db'}"
+    registry = HandlerRegistry({"deploy": lambda node, ctx: {}, "skip": skip})
+    app = create_app(manager=SessionManager(db, registry=registry, turn_graph=dot), grace=0.2)
+    running = Running(app, grace=0.2).start()
+    try:
+        paused = running.client.post("/sessions/g1/turns", json={"text": "v1"}).json()
+        assert paused["status"] == "paused"
+        assert started.wait(GUARD), "the gate's timeout never fired"
+    finally:
+        running.stop()  # within GUARD, or the timer's turn held the exit up
+
+    async def stored() -> tuple[str | None, int]:
+        async with open_store(db) as store:
+            loaded = await store.load("g1")
+            cp = loaded.checkpoint
+            return (None if cp is None else cp.kind), loaded.meta.turn_count
+
+    assert anyio.run(stored) == ("paused", 0)

@@ -258,3 +258,37 @@ async def test_two_managers_on_one_store_write_the_timeout_once(
             (record,) = await store_b.turns("t8", 0, 10)
             assert record.status == "success"
             assert [x.content for x in await session_b.all()] == ["v1", "held v1 (timed out)"]
+
+
+async def test_a_fenced_session_never_touches_the_timer_of_its_successor(
+    durable_url: str, tmp_path: Path
+) -> None:
+    """A manager fenced out of a session while an answer runs, which hosts the session
+    again later, arms a timer for the new copy; the old copy's answer, cancelled
+    afterwards, puts its own question back but must leave the new copy's timer armed."""
+    started, release = anyio.Event(), anyio.Event()
+
+    async def ship(node: Node, ctx: Mapping[str, Any]) -> dict[str, Any]:
+        started.set()
+        await release.wait()
+        return {"reply": "shipped"}
+
+    registry = HandlerRegistry({"ship": ship, "hold": lambda node, ctx: {"reply": "held"}})
+    async with _manager(durable_url, _dot(tmp_path, "60s"), registry, lease_ttl=0.3) as m:
+        old = await m.create("t9")
+        assert (await old.send("v1")).status == "paused"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(old.answer, "yes")
+            with anyio.fail_after(GUARD):
+                await started.wait()
+            clock = ManualClock()
+            clock.advance(m.lease_ttl * 2)  # another process finds the lease expired
+            async with open_store(durable_url, secret=SECRET, clock=clock) as other:
+                token = await other.acquire("t9", "other", m.lease_ttl)
+                await wait_until(lambda: not m.live, limit=GUARD)  # renewal: fenced
+                await other.release("t9", "other", token)
+            new = await m.get("t9")  # the lease taken afresh; the question still stored
+            assert new is not old and new.question is not None and "t9" in m.gate_timers
+            tg.cancel_scope.cancel()  # the old copy's answer: cancelled, its question back
+        assert old.closed and old.question is not None
+        assert "t9" in m.gate_timers, "the new copy's timer was disarmed by the old copy"
