@@ -191,6 +191,7 @@ def test_a_timeout_while_the_chat_waits_takes_the_default(
     out, errors = capsys.readouterr()
     assert "bot> Send the reply? [send / cancel]" in out
     assert "no question is waiting: the gate's timeout passed first" in errors
+    assert "bot> cancelled" in out  # the reply of the turn the timer ran
     assert stored_turns() == 1 and "sent: send" not in out
     with contextlib.closing(sqlite3.connect(db)) as con:
         assert con.execute("SELECT message_count FROM sessions").fetchone()[0] == 2
