@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from engine.graph import Node
 from engine.registry import HandlerRegistry
 from sessions import SessionManager
-from sessions.errors import CommitUnknown, NotPaused, SessionPaused, StoreError
+from sessions.errors import CommitUnknown, NotPaused, SessionClosed, SessionPaused, StoreError
 from sessions.store.base import TurnCommit
 from sessions.store.sqlite import SQLiteStore
 
@@ -117,3 +117,24 @@ async def test_an_unknown_answer_commit_that_landed_drops_the_question(tmp_path:
         nxt = await session.send("v2")
         assert (nxt.status, nxt.turn) == ("paused", 2)
         assert [x.content for x in session.history] == ["v1", "shipped v1"]
+
+
+async def test_a_timer_armed_after_the_manager_exits_meets_session_closed(
+    tmp_path: Path,
+) -> None:
+    """A pause that changes after its manager's exit (interrupted here by an error in
+    the block) arms no timer: starting one is the typed SessionClosed the timers
+    expect, not the exited task group's RuntimeError."""
+    managers: list[SessionManager] = []
+
+    async def failing_block() -> None:
+        async with _manager(tmp_path, ', timeout="1h", default=no') as (m, _store):
+            managers.append(m)
+            assert (await (await m.create("f4")).send("v1")).status == "paused"
+            raise LookupError("the block fails")
+
+    with pytest.raises(LookupError):
+        await failing_block()
+    timers = managers[0].gate_timers
+    with pytest.raises(SessionClosed):
+        timers._spawn(anyio.sleep_forever)  # what arming a timer calls
