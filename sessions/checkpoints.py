@@ -262,13 +262,26 @@ class Checkpoints:
             await self._writer.save_checkpoint(cp)
             self.failed = cp
 
+    def restore(self, was: Checkpoint | None) -> None:
+        """Put back in memory the paused or failed turn ``was`` a turn went on from
+        (its run was cancelled or its commit failed: the store still holds ``was``)."""
+        self.paused = was if was is not None and was.kind == "paused" else None
+        self.failed = was if was is not None and was.kind == "failed" else None
+
+    def forget_stale(self, turn_count: int) -> None:
+        """Drop a pause or failure a commit of unknown outcome turned out to supersede
+        (the store caught up: the session has ``turn_count`` turns now)."""
+        if self.paused is not None and self.paused.turn != turn_count + 1:
+            self.paused = None
+        if self.failed is not None and self.failed.turn != turn_count:
+            self.failed = None
+
     async def cancelled(self, was: Checkpoint | None, saved: bool) -> None:
         """A cancelled turn stores nothing: its checkpoint is cleared (``saved``: it had
         one), shielded, and the paused or failed turn it went on from (``was``) is put
         back, so a cancelled answer leaves the question waiting.  ``Fenced`` here is
         handled (the session is closed); the caller re-raises the cancellation."""
-        self.paused = was if was is not None and was.kind == "paused" else None
-        self.failed = was if was is not None and was.kind == "failed" else None
+        self.restore(was)
         if not saved:
             return  # the store still holds ``was``
         with anyio.CancelScope(shield=True), contextlib.suppress(Fenced):

@@ -15,6 +15,7 @@ tree rooted at :class:`engine.errors.TurngraphError`.
     │   ├── SessionClosed
     │   ├── SessionPaused          a human gate's question waits: answer it first
     │   ├── NotPaused              answer() with no question waiting
+    │   │   └── QuestionChanged    answer(node=...) while another gate's question waits
     │   ├── UnknownChoice          answer() with a choice the gate does not offer
     │   ├── GateTimedOut           answer() after the gate's timeout: its default was taken
     │   └── RetryRefused           retry_turn() with nothing to retry, or a changed graph
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidInput",
     "InvalidSessionId",
     "NotPaused",
+    "QuestionChanged",
     "RetryRefused",
     "RolledBack",
     "SessionBusy",
@@ -137,6 +139,21 @@ class SessionPaused(SessionError):
 
 class NotPaused(SessionError):
     """``answer()`` on a session with no question waiting."""
+
+
+class QuestionChanged(NotPaused):
+    """``answer(choice, node=...)`` when the question waiting is not the gate's the
+    caller saw (a timeout took that one on to another gate): ``node`` is the gate that
+    waits now, ``expected`` the one named.  Nothing ran; the question still waits."""
+
+    def __init__(self, session_id: str, node: str, expected: str) -> None:
+        super().__init__(
+            session_id,
+            f"the question waiting is at node {node!r}, not {expected!r} "
+            "(the gate's timeout took it on): read the new question, then answer it",
+        )
+        self.node = node
+        self.expected = expected
 
 
 _CHOICE_SHOWN = 60

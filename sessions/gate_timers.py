@@ -149,6 +149,11 @@ class GateTimers:
         except (NotPaused, SessionClosed):
             return  # answered first, or the session closed: nothing to apply
         except Exception as exc:  # fenced, a store failure: the next use applies it
+            # The failed commit put the pause back, which re-armed its timer: its
+            # deadline has passed, so it would fire at once, again and again.
+            entry = self._scopes.get(sid)
+            if entry is not None and entry[0] is session:
+                self.cancel(sid)
             log("warning", "gate.timeout_failed", session_id=sid, error=str(exc))
             return
         log("info", "gate.timeout_applied", session_id=sid, turn=result.turn, status=result.status)

@@ -43,7 +43,14 @@ from engine.gates import ANSWER_KEY
 from engine.graph import Graph
 from engine.outcome import NodeRecord, RunResult
 from sessions.checkpoints import Checkpoints, durable_context, graph_fingerprint
-from sessions.errors import GateTimedOut, NotPaused, RetryRefused, SessionPaused, UnknownChoice
+from sessions.errors import (
+    GateTimedOut,
+    NotPaused,
+    QuestionChanged,
+    RetryRefused,
+    SessionPaused,
+    UnknownChoice,
+)
 from sessions.store.base import Checkpoint
 
 __all__ = [
@@ -170,9 +177,12 @@ def _expired(cp: Checkpoint, now: float) -> bool:
     return cp.deadline is not None and now >= cp.deadline
 
 
-def answer_plan(session_id: str, cps: Checkpoints, choice: object) -> Continuation:
+def answer_plan(
+    session_id: str, cps: Checkpoints, choice: object, node: str | None = None
+) -> Continuation:
     """The turn ``answer(choice)`` runs: on from the gate with ``choice``; after the
-    deadline, with the default and then :class:`GateTimedOut`."""
+    deadline, with the default and then :class:`GateTimedOut`.  ``node``: the gate
+    the caller saw; :class:`QuestionChanged` when another one waits now."""
     cp = cps.paused
     if cp is None:
         other = cps.interrupted
@@ -184,6 +194,8 @@ def answer_plan(session_id: str, cps: Checkpoints, choice: object) -> Continuati
                 "graph to answer it",
             )
         raise NotPaused(session_id, "no question is waiting")
+    if node is not None and node != cp.next_node:
+        raise QuestionChanged(session_id, cp.next_node, node)
     if _expired(cp, time.time()):
         after = GateTimedOut(session_id, cp.next_node, cp.default)
         plan = _from_gate(cp, cp.default, True)

@@ -252,7 +252,10 @@ class SessionManager:
                 await self.close(session_id)
         finally:
             self.gate_timers.close()
-            stack, self._stack, tg = self._stack, None, self._tg
+            # Cleared first: whatever tries to start a task from here on (a gate timer
+            # armed by a turn the exit interrupted) meets SessionClosed, not the task
+            # group's RuntimeError once it has exited.
+            stack, self._stack, tg, self._tg = self._stack, None, self._tg, None
             self._runtime = None
             if tg is not None:
                 tg.cancel_scope.cancel()

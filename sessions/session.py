@@ -337,7 +337,9 @@ class Session:
         """Continue the turn a crashed process left at its checkpoint; ``None`` if none."""
         return await self._turns.resume()
 
-    async def answer(self, choice: str, *, watch: Observer | None = None) -> TurnResult:
+    async def answer(
+        self, choice: str, *, node: str | None = None, watch: Observer | None = None
+    ) -> TurnResult:
         """Answer the question the paused turn waits on (:attr:`question`): the turn runs
         on from its gate along the edge labelled ``choice`` and commits (or pauses at
         the next gate).  Works in any process that loads the session.
@@ -346,10 +348,14 @@ class Session:
         :class:`~sessions.errors.UnknownChoice` (the question still waits) for a choice
         the gate does not offer, and :class:`~sessions.errors.GateTimedOut` when the
         gate's timeout passed first: the turn has then run on with its ``default``.
+        ``node`` names the gate whose question the caller saw: when another gate waits
+        now (a timeout took that one on), :class:`~sessions.errors.QuestionChanged`
+        (a :class:`~sessions.errors.NotPaused`) and nothing runs.
         ``watch`` observes the turn's events as :meth:`send`'s stream would.
         """
         cps = self.checkpoints
-        return await self._turns.continue_turn(lambda: answer_plan(self.id, cps, choice), watch)
+        plan = lambda: answer_plan(self.id, cps, choice, node)  # noqa: E731 - under the lock
+        return await self._turns.continue_turn(plan, watch)
 
     async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult:
         """Re-run the latest turn, which failed, from the node that failed with the

@@ -113,7 +113,7 @@ class TurnPipeline:
         text = checked_input(text, self._host.id)
         await self._lock.enter()
         try:
-            await self._committer.sync()
+            await self._sync()
             cp = self._checkpoints.resumable
             if cp is not None:
                 await self._checkpoints.abandon(cp, "superseded by a new turn")
@@ -133,7 +133,7 @@ class TurnPipeline:
             return None
         await self._lock.enter()
         try:
-            await self._committer.sync()
+            await self._sync()
             cp = self._checkpoints.take()
             if cp is None or cp.turn != self._host.turn_count + 1:
                 return None
@@ -147,10 +147,16 @@ class TurnPipeline:
         none): an answered gate's, a timed-out one's, a retried one's, watched by ``watch``."""
         await self._lock.enter()
         try:
-            await self._committer.sync()
+            await self._sync()
             return await self._go_on(plan(), watch)
         finally:
             await self._lock.leave()
+
+    async def _sync(self) -> None:
+        """Catch up after a commit of unknown outcome (a pause or failure it did
+        commit past is dropped)."""
+        await self._committer.sync()
+        self._checkpoints.forget_stale(self._host.turn_count)
 
     async def _go_on(self, c: Continuation, watch: Watch = None) -> TurnResult:
         result = await self._turn(c.input, c.turn, c, watch)
@@ -232,7 +238,12 @@ class TurnPipeline:
                 cp = paused_checkpoint(text, turn, trace_id, cps.graph_hash, result, prior, steps)
                 await cps.pause(cp)
                 return TurnResult("", "paused", turn, result.trace, result.error, trace_id)
-            committed = await self._committer.commit(text, turn, trace_id, result, prior)
+            try:
+                committed = await self._committer.commit(text, turn, trace_id, result, prior)
+            except BaseException:
+                if not saves:  # the store still holds the pause (or failure): keep it
+                    cps.restore(was)
+                raise
             if not committed.ok and on_step is not None:
                 await cps.keep_failed(str(committed.error), used + len(result.trace))
         # Only now, and never when nobody listens: the turn is in the store.

@@ -109,6 +109,35 @@ def test_a_pause_is_answered_by_another_process(tmp_path: Path, gate: Path) -> N
     assert again.stderr.strip() == "error: session 's1': no question is waiting"
 
 
+def test_answer_node_refuses_another_gates_question(tmp_path: Path) -> None:
+    """``sessions answer --node``: refused in one line (exit 2, nothing run) when a gate
+    other than the one named waits; answered when it is that gate."""
+    chained = tmp_path / "chained.dot"
+    chained.write_text(
+        GATE.replace(
+            "approve -> cancel [label=cancel]",
+            'approve -> confirm [label=cancel]; confirm [shape=hexagon, question="Really?"]\n'
+            "  confirm -> send [label=send]; confirm -> cancel [label=cancel]",
+        )
+    )
+    store = ("--store", f"sqlite:///{tmp_path / 's.db'}")
+    graph = ("--graph", str(chained))
+    assert program(tmp_path, str(chained), "-m", "hi", "--session", "n1", *store).returncode == 0
+    on = program(tmp_path, "sessions", *store, "answer", "n1", "cancel", *graph)
+    assert on.returncode == 0 and "waiting at node 'confirm'" in on.stdout, on.stderr
+    stale = program(
+        tmp_path, "sessions", *store, "answer", "n1", "send", "--node", "approve", *graph
+    )
+    assert stale.returncode == 2 and "Traceback" not in stale.stderr
+    assert stale.stderr.count("\n") == 1
+    assert "the question waiting is at node 'confirm', not 'approve'" in stale.stderr
+    good = program(
+        tmp_path, "sessions", *store, "answer", "n1", "send", "--node", "confirm", *graph, "--json"
+    )
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["reply"] == "sent: hi"
+
+
 def test_the_chat_asks_and_reads_the_answer(
     tmp_path: Path, gate: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,6 +191,7 @@ def test_a_timeout_while_the_chat_waits_takes_the_default(
     out, errors = capsys.readouterr()
     assert "bot> Send the reply? [send / cancel]" in out
     assert "no question is waiting: the gate's timeout passed first" in errors
+    assert "bot> cancelled" in out  # the reply of the turn the timer ran
     assert stored_turns() == 1 and "sent: send" not in out
     with contextlib.closing(sqlite3.connect(db)) as con:
         assert con.execute("SELECT message_count FROM sessions").fetchone()[0] == 2

@@ -24,7 +24,8 @@ question asked again.  A session loaded with a question waiting asks it first.  
 gate's ``timeout`` fires while the prompt waits (the manager's gate timers): an answer
 typed after it is refused in one line (``NotPaused``), never sent as a turn, nor taken
 as the answer to the next gate's question (a default leading to another gate) before
-that question was shown.
+that question was shown; the reply of the turn the timer ran is printed then (or the
+next gate's question asked).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ __all__ = ["Leave", "run_chat"]
 PROMPT = "you> "
 REPLY = "bot> "
 ANSWER = "answer> "
+_TIMED_OUT_SCAN = 8
+"""The latest messages searched for the reply of a turn a gate's timer ran (its reply
+is its last message, and later turns cannot have run: the chat is their only sender)."""
 
 
 class Leave(SystemExit):
@@ -214,7 +218,6 @@ class _Chat:
     def _turn(self, text: str, shown: Question | None = None) -> None:
         """Run one turn (or answer the question ``shown`` with ``text``) and print its
         reply; Ctrl-C cancels it, committing nothing."""
-        from engine.cli.main import print_reply, run_failure_line
         from sessions.errors import NotPaused
 
         live = self.live
@@ -233,8 +236,28 @@ class _Chat:
                 raise
             late = answer and isinstance(exc, NotPaused)  # the gate's timer came first
             err(one_line(exc) + (": the gate's timeout passed first" if late else ""))
+            if late and shown is not None:
+                self._timed_out_reply(shown)
             self._ask()  # an unknown choice: the question still waits
             return
+        self._show(result)
+
+    def _timed_out_reply(self, shown: Question) -> None:
+        """Print the reply of the turn the gate's timer ran on from ``shown`` (the chat
+        never saw that turn: it ran while the ``answer>`` prompt waited), if it
+        committed one (it may have paused at the next gate, or failed)."""
+        from engine.cli.main import print_reply
+
+        recent = self.portal.call(self.session.recent, _TIMED_OUT_SCAN)
+        reply = _reply_of(recent, shown.turn)
+        if reply is not None:
+            print_reply(reply, None, REPLY)
+
+    def _show(self, result: Any) -> None:
+        """Print a turn's result: its reply, its question, or why it failed."""
+        from engine.cli.main import print_reply, run_failure_line
+
+        live = self.live
         if live is not None and (result is None or not result.ok):
             live.end_line()
         if result is None:
@@ -245,6 +268,12 @@ class _Chat:
             self._ask()
         else:
             err(run_failure_line(self.session.turn_graph, result.error, result.status))
+
+
+def _reply_of(messages: tuple[Any, ...], turn: int) -> str | None:
+    """The reply turn ``turn`` committed among ``messages`` (``None``: none there)."""
+    replies = [m.content for m in messages if m.role == "assistant" and m.turn == turn]
+    return replies[-1] if replies else None
 
 
 async def _answered(session: Any, shown: Question, choice: str) -> Any:

@@ -15,7 +15,9 @@ to its first bad record and ``verify`` names that record (:mod:`engine.cli.recov
 ``import --key-file K`` takes an export signed on another machine: verified with that
 machine's key file, re-signed with the local key.
 
-``answer ID CHOICE`` runs a turn paused at a human gate on along ``CHOICE`` and ``retry
+``answer ID CHOICE [--node NODE]`` runs a turn paused at a human gate on along
+``CHOICE`` (refused when ``NODE``, the gate you saw asking, is not the one waiting now:
+a timeout took that question on) and ``retry
 ID`` re-runs a failed turn from the node that failed (kept when the turn ran with
 ``--checkpoint``); both run the turn graph ``--graph`` (default the shipped
 ``turn.dot``: the graph the turn ran with, or the retry is refused), read in
@@ -104,6 +106,11 @@ def _sessions_parser() -> Parser:
     answer = sub.add_parser("answer", help="answer the question a paused turn waits on")
     answer.add_argument("id")
     answer.add_argument("choice")
+    answer.add_argument(
+        "--node",
+        metavar="NODE",
+        help="the gate whose question you answer: refused if another gate waits now",
+    )
     retry = sub.add_parser("retry", help="re-run a failed turn from the node that failed")
     retry.add_argument("id")
     for going_on in (answer, retry):
@@ -411,7 +418,7 @@ async def _sessions_compact(args: argparse.Namespace) -> int:
 
 
 async def _sessions_answer(args: argparse.Namespace) -> int:
-    return await _go_on(args, lambda session: session.answer(args.choice))
+    return await _go_on(args, lambda session: session.answer(args.choice, node=args.node))
 
 
 async def _sessions_retry(args: argparse.Namespace) -> int:

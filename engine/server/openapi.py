@@ -85,9 +85,10 @@ def _watch(sid: list[Any]) -> Any:
     return op
 
 
-def _form(sid: list[Any], field: str = "text", what: str = "Run a turn") -> Any:
+def _form(sid: list[Any], field: str = "text", what: str = "Run a turn", *optional: str) -> Any:
     """``POST /ui/sessions/{id}/turns`` (``answer``): the viewer's forms without JavaScript."""
-    form = {"type": "object", "properties": {field: {"type": "string"}}, "required": [field]}
+    fields = {name: {"type": "string"} for name in (field, *optional)}
+    form = {"type": "object", "properties": fields, "required": [field]}
     body = {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}}
     op = _op(f"{what} from a form, then 303 to its page", "303", params=sid, requestBody=body)
     return op
@@ -118,12 +119,13 @@ def document() -> dict[str, Any]:
         turn_post["responses"][status] = {"description": what}
     answer = _op(
         "Answer the question a paused turn waits on: the turn runs on from its gate "
-        "(400 UnknownChoice; 409 NotPaused or GateTimedOut)",
+        "(400 UnknownChoice; 409 NotPaused, QuestionChanged (node is not the gate "
+        "waiting) or GateTimedOut)",
         params=sid,
         requestBody=_body(
             {
                 "type": "object",
-                "properties": {"choice": {"type": "string"}},
+                "properties": {"choice": {"type": "string"}, "node": {"type": "string"}},
                 "required": ["choice"],
             }
         ),
@@ -203,7 +205,7 @@ def document() -> dict[str, Any]:
             },
             "/ui/sessions/{session_id}/turns": {"post": _form(sid)},
             "/ui/sessions/{session_id}/answer": {
-                "post": _form(sid, "choice", "Answer the waiting question")
+                "post": _form(sid, "choice", "Answer the waiting question", "node")
             },
             "/sessions/{session_id}/heartbeats": {
                 "get": _op("A hosted session's latest heartbeat runs and traces", params=sid)

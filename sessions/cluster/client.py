@@ -327,10 +327,10 @@ class RaySessions:
             self._turns[sid] = result.turn
             return result
 
-    async def answer(self, session_id: str, choice: str) -> TurnResult:
+    async def answer(self, session_id: str, choice: str, node: str | None = None) -> TurnResult:
         """Answer the question the session's paused turn waits on, on its host
-        (:meth:`sessions.Session.answer`)."""
-        return await self._go_on(session_id, "answer", choice)
+        (:meth:`sessions.Session.answer`; ``node``: the gate whose question was seen)."""
+        return await self._go_on(session_id, "answer", choice, node)
 
     async def retry_turn(self, session_id: str) -> TurnResult:
         """Re-run the session's failed latest turn from the node that failed, on its

@@ -64,11 +64,13 @@ class ClusterSession:
         """Run one turn on the session's host (:meth:`RaySessions.send`)."""
         return await self._cluster.send(self.id, text)
 
-    async def answer(self, choice: str, *, watch: Observer | None = None) -> TurnResult:
-        """Answer the paused turn's question on the session's host.  ``watch`` hears
-        nothing: the turn's events stay on that host (watchers here see its result
-        only through the turn's page)."""
-        return await self._cluster.answer(self.id, choice)
+    async def answer(
+        self, choice: str, *, node: str | None = None, watch: Observer | None = None
+    ) -> TurnResult:
+        """Answer the paused turn's question on the session's host (``node``: as
+        :meth:`sessions.Session.answer`).  ``watch`` hears nothing: the turn's events
+        stay on that host (watchers here see its result only through the turn's page)."""
+        return await self._cluster.answer(self.id, choice, node)
 
     async def retry_turn(self, *, watch: Observer | None = None) -> TurnResult:
         """Re-run the failed latest turn on the session's host (``watch``: as

@@ -179,7 +179,8 @@ class SessionHost:
         return turn_reply(await session.send(text))
 
     async def go_on(self, session_id: str, step: str, args: tuple[Any, ...]) -> Reply:
-        """Run ``session.answer(choice)`` or ``session.retry_turn()`` (``step``): a turn
+        """Run ``session.answer(choice, node=node)`` (``args``: ``(choice, node)``) or
+        ``session.retry_turn()`` (``step``): a turn
         that goes on from a paused gate or a failed node.  Not re-sent after a host
         loss: the new host finds the gate answered or the retry done, and refuses."""
         if step not in ("answer", "retry_turn"):
@@ -188,7 +189,10 @@ class SessionHost:
 
     async def _go_on(self, session_id: str, step: str, args: tuple[Any, ...]) -> Reply:
         session = await self._session(session_id)
-        return turn_reply(await getattr(session, step)(*args))
+        if step == "answer":
+            choice, node = args
+            return turn_reply(await session.answer(choice, node=node))
+        return turn_reply(await session.retry_turn())
 
     async def stream(self, session_id: str, text: str, expect: int | None) -> AsyncIterator[Any]:
         """Run one turn like :meth:`send`, yielding its events as they happen

@@ -146,3 +146,30 @@ def test_a_paused_stream_and_odd_answers_over_http(gated: Running) -> None:
     status, kind, message = _error(client.post("/sessions/s3/answer", json={"choice": "g" * 10**5}))
     assert (status, kind) == (400, "UnknownChoice") and len(message) < 300
     assert client.post("/sessions/s3/answer", json={"choice": "skip"}).json()["reply"] == "skipped"
+
+
+def test_an_answer_for_another_gate_is_refused_over_http_and_the_viewer(gated: Running) -> None:
+    """``node`` names the gate whose question was seen: another gate waiting (a timeout
+    took that question on) answers 409 QuestionChanged, over the JSON API and the
+    viewer's form alike, and nothing runs; the viewer's form sends the gate it shows."""
+    client = gated.client
+    assert client.post("/sessions/s5/turns", json={"text": "v5"}).json()["status"] == "paused"
+    page = client.get("/ui/sessions/s5").text
+    assert '<input type="hidden" name="node" value="approve">' in page
+    assert "JSON.stringify({choice: c, node: q.node})" in client.get("/ui/sessions/s5/live").text
+    refused = client.post("/sessions/s5/answer", json={"choice": "go", "node": "confirm"})
+    status, kind, message = _error(refused)
+    assert (status, kind) == (409, "QuestionChanged")
+    assert "waiting is at node 'approve', not 'confirm'" in message
+    status, kind, _ = _error(client.post("/sessions/s5/answer", json={"choice": "go", "node": 1}))
+    assert (status, kind) == (400, "BadRequest")
+    form = client.post(
+        "/ui/sessions/s5/answer",
+        content="choice=go&node=confirm",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert form.status_code == 409 and "QuestionChanged" in form.text
+    assert client.get("/sessions/s5").json()["question"]["node"] == "approve"
+    done = client.post("/sessions/s5/answer", json={"choice": "go", "node": "approve"})
+    assert done.json()["reply"] == "deployed v5"

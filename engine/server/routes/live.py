@@ -137,7 +137,7 @@ _SCRIPT = """
       button.addEventListener("click", async () => {
         const r = await fetch(root.dataset.answer, {
           method: "POST", headers: {"content-type": "application/json"},
-          body: JSON.stringify({choice: c}),
+          body: JSON.stringify({choice: c, node: q.node}),
         });
         if (!r.ok) status.textContent = "error: " + (await r.json()).error.message;
       });
@@ -213,14 +213,16 @@ async def live_page(request: Request) -> Response:
 
 @html_errors
 async def form_answer(request: Request) -> Response:
-    """``POST /ui/sessions/{id}/answer`` (a form's ``choice``): answer the waiting
-    question, then 303 to the turn's page."""
+    """``POST /ui/sessions/{id}/answer`` (a form's ``choice``, and ``node``: the gate
+    the page showed): answer the waiting question, then 303 to the turn's page."""
     sid = session_id(request)
     _same_site(request)
     st = state(request)
     fields = parse_qs((await read_body(request, st.max_body)).decode(errors="replace"))
     choice = (fields.get("choice") or [""])[0]
-    result = await answer_turn(st, sid, choice)
+    shown = fields.get("node")  # the gate the page showed (none: whichever waits)
+    node = shown[0] if shown else None
+    result = await answer_turn(st, sid, choice, node)
     return RedirectResponse(f"/ui/sessions/{path_part(sid)}/turns/{result.turn}", 303)
 
 

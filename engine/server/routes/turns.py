@@ -150,21 +150,29 @@ def item_frame(sid: str, item: object) -> bytes:
 
 
 async def post_answer(request: Request) -> Response:
-    """``POST /sessions/{id}/answer`` ``{"choice": ...}``: answer the waiting question;
-    the turn runs on from its gate (400 ``UnknownChoice``, 409 ``NotPaused`` or
-    ``GateTimedOut``)."""
+    """``POST /sessions/{id}/answer`` ``{"choice": ..., "node": ...}``: answer the
+    waiting question; the turn runs on from its gate (400 ``UnknownChoice``, 409
+    ``NotPaused``, ``QuestionChanged`` (``node``, optional, is not the gate waiting)
+    or ``GateTimedOut``)."""
     sid = session_id(request)
     st = state(request)
     body = await read_json(request, st.max_body)
     choice = body.get("choice") if isinstance(body, dict) else None
-    if not isinstance(choice, str):
-        raise BadRequest('request body must be a JSON object like {"choice": "..."}')
-    return json(result_json(sid, await answer_turn(st, sid, choice)))
+    node = body.get("node") if isinstance(body, dict) else None
+    if not isinstance(choice, str) or not isinstance(node, str | None):
+        raise BadRequest(
+            'request body must be a JSON object like {"choice": "...", "node": "..."} '
+            "(node optional)"
+        )
+    return json(result_json(sid, await answer_turn(st, sid, choice, node)))
 
 
-async def answer_turn(st: ServerState, sid: str, choice: str) -> TurnResult:
-    """Answer ``sid``'s waiting question with ``choice`` and run its turn on."""
-    return await _go_on(st, sid, lambda session, watch: session.answer(choice, watch=watch))
+async def answer_turn(st: ServerState, sid: str, choice: str, node: str | None) -> TurnResult:
+    """Answer ``sid``'s waiting question with ``choice`` and run its turn on
+    (``node``: the gate the caller saw asking, ``None``: whichever waits)."""
+    return await _go_on(
+        st, sid, lambda session, watch: session.answer(choice, node=node, watch=watch)
+    )
 
 
 async def post_retry(request: Request) -> Response:

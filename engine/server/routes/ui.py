@@ -248,7 +248,8 @@ def waiting_box(sid: str, cp: Checkpoint | None) -> str:
         f'<div class="waiting msg" id="waiting"><b>waiting</b>: turn '
         f"{link(f'{base}/turns/{cp.turn}', cp.turn)} asks at gate <b>{esc(cp.next_node)}</b>: "
         f'<span class="question">{esc(cp.question)}</span>{default}'
-        f'<form method="post" action="{esc(base)}/answer">{buttons}</form></div>'
+        f'<form method="post" action="{esc(base)}/answer">'
+        f'<input type="hidden" name="node" value="{esc(cp.next_node)}">{buttons}</form></div>'
     )
 
 
