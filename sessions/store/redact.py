@@ -23,8 +23,12 @@ _KEYWORD: Final = re.compile(
 )
 # A URL query parameter (up to the next & or #): any name, matched once decoded.
 _QUERY: Final = re.compile(r"((?:^|[?&;])([^=&#;?]*)=)([^&#]*)")
-# The libpq parameters that hold a secret (``sslpassword`` unlocks the client's key).
-_SECRET_NAMES: Final = frozenset({"password", "sslpassword"})
+# Query parameters that hold a secret: libpq's (``sslpassword`` unlocks the client's
+# key) and a model server's key or token (``?api_key=...``).
+_SECRET_NAMES: Final = frozenset(
+    {"password", "sslpassword", "api_key", "api-key", "apikey", "key", "token",
+     "access_token", "access-token", "secret"}
+)  # fmt: skip
 
 
 def _is_secret(name: str) -> bool:
@@ -62,17 +66,13 @@ def redact_url(url: str) -> str:
 
 # A URL anywhere in a line of text (up to a space or a quote).
 _URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
-# Query parameters of a model server's URL that carry a key (``?api_key=...``).
-_KEY_PARAM: Final = re.compile(
-    r"([?&;](?:api[_-]?key|key|token|access[_-]?token|secret)=)[^&#\s'\"]*", re.IGNORECASE
-)
 
 
 def redact_text(text: str) -> str:
     """``text`` (an error line that may echo what was typed, such as argparse's
     "unrecognized arguments: ...") with the password of every URL in it, every
     ``password=`` keyword and every ``api_key``/``token``-like query value as ``***``."""
-    text = _URL_IN_TEXT.sub(lambda m: _KEY_PARAM.sub(rf"\g<1>{REDACTED}", redact_url(m[0])), text)
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m[0]), text)
     return _KEYWORD.sub(rf"\g<1>{REDACTED}", text)
 
 
