@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 import structlog
@@ -60,6 +60,8 @@ __all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult", 
 
 HEARTBEAT_HISTORY = 64
 """How many of the newest history entries a heartbeat run sees (``session.history``)."""
+
+_T = TypeVar("_T")
 
 _UNFILTERED = structlog.make_filtering_bound_logger(logging.NOTSET)
 
@@ -107,6 +109,32 @@ class SessionRuntime:
     def logging(self) -> bool:
         """Whether this turn should log its nodes."""
         return _info_enabled() if self.log_nodes is None else self.log_nodes
+
+
+class _InCore(Generic[_T]):
+    """A session attribute that lives in the session's
+    :class:`~sessions.turn_host.SessionCore` (its parts advance it there), read and
+    written through the session as if it were its own."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type[Session], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, session: None, owner: type[Session]) -> _InCore[_T]: ...
+
+    @overload
+    def __get__(self, session: Session, owner: type[Session]) -> _T: ...
+
+    def __get__(self, session: Session | None, owner: type[Session]) -> _T | _InCore[_T]:
+        if session is None:
+            return self
+        value: _T = getattr(session._core, self.name)
+        return value
+
+    def __set__(self, session: Session, value: _T) -> None:
+        setattr(session._core, self.name, value)
 
 
 class Session:
@@ -185,6 +213,13 @@ class Session:
         "working_memory",
     )
 
+    # Kept in the core, where the turns advance them (see the class docstring).
+    closed: _InCore[bool] = _InCore()
+    phase: _InCore[Phase] = _InCore()
+    trace_id: _InCore[str] = _InCore()
+    turn_count: _InCore[int] = _InCore()
+    updated_at: _InCore[float] = _InCore()
+
     def __init__(self, runtime: SessionRuntime, loaded: LoadedSession, *, token: int) -> None:
         meta, limits = loaded.meta, runtime.limits
         # The parts below get what they need (this core, each other), never the session:
@@ -230,35 +265,6 @@ class Session:
         return f"<Session {self.id!r} turns={self.turn_count} phase={self.phase}>"
 
     # ------------------------------------------------------------------ state
-
-    @property
-    def closed(self) -> bool:
-        """Whether the session is closed (or was fenced): turns are refused."""
-        return self._core.closed
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        self._core.closed = value
-
-    @property
-    def phase(self) -> Phase:
-        """``idle``, ``processing``, ``awaiting_llm`` or ``awaiting_tools``."""
-        return self._core.phase
-
-    @property
-    def turn_count(self) -> int:
-        """Finished turns, failed ones included."""
-        return self._core.turn_count
-
-    @property
-    def updated_at(self) -> float:
-        """When the latest turn was committed (or the session created)."""
-        return self._core.updated_at
-
-    @property
-    def trace_id(self) -> str:
-        """The trace id of the latest turn (``""`` before the first)."""
-        return self._core.trace_id
 
     @property
     def goals(self) -> tuple[str, ...]:
