@@ -304,9 +304,9 @@ class SessionManager:
 
         Not through the task group's cancel: a task that group cancels ends with an
         error that anyio's task group keeps in a reference cycle with the task's frame,
-        and so with this manager, freed only by the cyclic garbage collector.  A stopped
-        heartbeat's task, told before this, ends meanwhile.  Unshielded: an exit that is
-        itself cancelled goes on to cancel the task group at once.
+        and so with this manager, freed only by the cyclic garbage collector (closing
+        a session waits for its heartbeat's task likewise).  Unshielded: an exit that
+        is itself cancelled goes on to cancel the task group at once.
         """
         renewing, self._renewing = self._renewing, None
         if renewing is not None:

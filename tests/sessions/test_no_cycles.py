@@ -21,23 +21,12 @@ from sessions.errors import Fenced, SessionClosed
 from sessions.heartbeat import Heartbeat
 from sessions.store.memory import MemoryStore
 
-from .session_kit import (
-    SECRET,
-    chain_graph,
-    heartbeat_graph,
-    reply_registry,
-    running,
-    wait_until,
-)
+from .session_kit import SECRET, chain_graph, heartbeat_graph, reply_registry, running, wait_until
 
 GATE = """digraph gated {
   start [shape=Mdiamond]; done [shape=Msquare]
-  approve [shape=hexagon, question="Ship it?", timeout="1h", default=no]
-  ship [handler=ship]; hold [handler=hold]
-  start -> approve
-  approve -> ship [label=yes]
-  approve -> hold [label=no]
-  ship -> done; hold -> done
+  ask [shape=hexagon, question="Go on?", timeout="1h", default=yes]
+  start -> ask; ask -> done [label=yes]
 }
 """
 
@@ -83,7 +72,7 @@ def _url(kind: str, tmp_path: Path) -> str:
 def _manager(url: str, **kw: Any) -> SessionManager:
     return SessionManager(
         url,
-        registry=kw.pop("registry", None) or reply_registry(),
+        registry=reply_registry(),
         turn_graph=kw.pop("turn_graph", None) or chain_graph(),
         heartbeat_graph=heartbeat_graph(),
         store_secret=SECRET,
@@ -95,8 +84,7 @@ def _gated(tmp_path: Path) -> dict[str, Any]:
     """A manager's turn graph that pauses at a gate (its timer armed for an hour)."""
     path = tmp_path / "gated.dot"
     path.write_text(GATE)
-    registry = reply_registry(ship=lambda n, c: {"reply": "s"}, hold=lambda n, c: {})
-    return {"turn_graph": path, "registry": registry}
+    return {"turn_graph": path}
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
