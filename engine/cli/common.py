@@ -47,6 +47,7 @@ __all__ = [
     "model_of",
     "one_line",
     "print_json",
+    "printable",
     "quiet_std_streams",
     "read_stdin_message",
     "redact",
@@ -156,6 +157,15 @@ def print_json(doc: Any) -> None:
     """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON)."""
     utf = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
     print(json.dumps(doc, ensure_ascii=not utf, default=str))
+
+
+def printable(text: str) -> str:
+    """``text`` as a line may show it: each character that is not printable (an escape
+    sequence in an id edited in the database, say) as its escape, so what a store holds
+    never acts on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def wants_json(argv: Sequence[str]) -> bool:

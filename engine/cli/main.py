@@ -50,11 +50,12 @@ Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a miss
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
 corrupt or tampered store or export, a store's optional extra not installed, Graphviz
 missing for images, a message with control characters or bytes that are not UTF-8);
-130 interrupted; 143 and 129 a chat ended by SIGTERM or SIGHUP; 70 an internal bug.
-A closed pipe on stdout is quiet (0, or the code of a command that failed).
+130 interrupted (``error: interrupted``); 143 and 129 a chat ended by SIGTERM or SIGHUP;
+70 an internal bug.  A reader that leaves (``... | head -1``) is quiet, whatever the
+command: its output is dropped and the command ends with its own code.
 ``--json`` prints the keys :data:`~engine.cli.common.JSON_KEYS`, with or without a
-session, and for a command refused before it has a turn to report too (``status``
-``"error"``, ``error`` the stderr line; :func:`~engine.cli.common.error_json`);
+session, and for a command refused before it has a turn to report or interrupted too
+(``status`` ``"error"``, ``error`` the stderr line; :func:`~engine.cli.common.error_json`);
 ``$TURNGRAPH_LEASE_TTL`` sets the lease of a stored session's turn or chat.  Errors
 are one line on stderr (``path:line:col: error: ...`` for graphs), never a traceback
 (``-v`` adds one for internal bugs, and node logs).
