@@ -49,21 +49,18 @@ class FsyncFloorStore(MemoryStore):
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._group = GroupCommit(self._write)
-
-    @property
-    def is_open(self) -> bool:
-        """Whether :meth:`open` has run (and :meth:`close` not yet): a manager handed the
-        store unopened opens and closes it."""
-        return self._thread is not None
+        self.is_open = False  # a manager handed it unopened opens and closes it
 
     async def open(self) -> None:
         """Create the file and start the thread that writes and fsyncs it."""
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._thread = threading.Thread(target=self._sync_loop, name="fsync-floor", daemon=True)
         self._thread.start()
+        self.is_open = True
 
     async def close(self) -> None:
         """Stop the thread once the batches asked for have been synced; close the file."""
+        self.is_open = False
         if self._thread is not None:
             self._jobs.put(None)
             self._thread.join()
