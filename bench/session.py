@@ -59,7 +59,7 @@ from bench.session_stream import streaming
 
 if TYPE_CHECKING:
     from sessions import Session, SessionManager
-    from sessions.store.base import SessionType
+    from sessions.store.base import SessionType, Store
 
 NAME = "session"
 TITLE = "sessions: turn latency, growth, concurrency, heartbeats, memory (issue 3)"
@@ -69,8 +69,9 @@ MB = 1024 * 1024
 
 
 @asynccontextmanager
-async def manager(url: str = "memory:", **options: Any) -> AsyncIterator[SessionManager]:
-    """A running manager with room for many sessions and logging off."""
+async def manager(url: str | Store = "memory:", **options: Any) -> AsyncIterator[SessionManager]:
+    """A running manager on ``url`` (a store URL or a store) with room for many sessions
+    and logging off."""
     from sessions import Limits, SessionManager
 
     limits = options.pop("limits", None) or Limits(max_active_sessions=10_000)

@@ -8,6 +8,8 @@ next is sent) and all sessions run at once in one event loop, on the
   acknowledged turn), with group commit and, for comparison, without it;
 * turngraph with PostgreSQL (skipped when unreachable) and with the memory store
   (not durable: the ceiling the durable stores are measured against);
+* the fsync floor (:mod:`bench.fsync_floor`): the memory store whose turns each wait for
+  a group fsync and nothing else, the ceiling of any durable store in one event loop;
 * LangGraph with ``AsyncSqliteSaver`` (one connection, as its docs show) and
   ``durability="exit"`` (one checkpoint write per run, as turngraph commits once per
   turn: the like-for-like row) and ``durability="async"`` (per step, written in the
@@ -22,6 +24,7 @@ timed in alternating blocks.
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import tempfile
@@ -40,6 +43,7 @@ from bench.store import PG_URL, pg_reachable, pg_schema
 
 if TYPE_CHECKING:
     from sessions import Session, SessionManager
+    from sessions.store.base import Store
 
 NAME = "throughput"
 TITLE = "durable turns/s, 1 to 1,000 concurrent sessions: turngraph vs LangGraph (issue 17)"
@@ -48,6 +52,7 @@ SQLITE = "turngraph SQLite FULL (group commit)"
 SQLITE_ALONE = "turngraph SQLite FULL (group commit off)"
 POSTGRES = "turngraph PostgreSQL"
 MEMORY = "turngraph memory store (not durable)"
+FLOOR = "fsync floor: memory store + group fsync, no store work"
 LG_EXIT = 'LangGraph + AsyncSqliteSaver, durability="exit"'
 LG_ASYNC = 'LangGraph + AsyncSqliteSaver, durability="async"'
 
@@ -56,8 +61,9 @@ SendTurn = Callable[[int, str], Awaitable[None]]
 Setup = Callable[[AsyncExitStack, Path, int], Awaitable[SendTurn]]
 
 
-def _mock_manager(url: str) -> AbstractAsyncContextManager[SessionManager]:
-    """A manager on ``url`` running the mock workload's handlers."""
+def _mock_manager(url: str | Store) -> AbstractAsyncContextManager[SessionManager]:
+    """A manager on ``url`` (a store URL or an unopened store) running the mock
+    workload's handlers."""
     from bench.peers import session_mock_registry
     from bench.session import manager
 
@@ -65,9 +71,13 @@ def _mock_manager(url: str) -> AbstractAsyncContextManager[SessionManager]:
     return manager(url, registry=reg, turn_graph=turn_graph(reg))
 
 
-def _turngraph(url: str) -> Setup:
+def _turngraph(url: str | Callable[[Path], Store]) -> Setup:
+    """turngraph on the store at ``url`` (``{tmp}``: the round's folder), or on the
+    store ``url(folder)`` makes."""
+
     async def setup(stack: AsyncExitStack, tmp: Path, sessions: int) -> SendTurn:
-        m = await stack.enter_async_context(_mock_manager(url.format(tmp=tmp)))
+        store = url.format(tmp=tmp) if isinstance(url, str) else url(tmp)
+        m = await stack.enter_async_context(_mock_manager(store))
         live = [await m.get_or_create(f"tp-{i}") for i in range(sessions)]
 
         async def send(i: int, text: str) -> None:
@@ -125,11 +135,12 @@ async def rate(setup: Setup, sessions: int, turns: int, warmup: int = 1) -> floa
             send = await setup(stack, Path(d), sessions)
             await _drive(send, sessions, warmup, 0)
             os.sync()  # earlier writes must not be flushed inside the timed window
+            gc.collect()  # nor earlier measurements' garbage collected in it
             wall = await _drive(send, sessions, turns, warmup)
     return sessions * turns / wall
 
 
-SIDE_BY_SIDE: Final = (MEMORY, SQLITE, LG_EXIT)
+SIDE_BY_SIDE: Final = (MEMORY, SQLITE, LG_EXIT, FLOOR)
 """The implementations the targets compare, measured in turns at 100 sessions."""
 
 
@@ -145,7 +156,8 @@ async def side_by_side(
     got: dict[str, list[float]] = {label: [] for label in SIDE_BY_SIDE}
     with ctx.progress("100 sessions side by side", rounds * len(SIDE_BY_SIDE)) as advance:
         for r in range(rounds):
-            order = SIDE_BY_SIDE[r % 3 :] + SIDE_BY_SIDE[: r % 3]
+            k = r % len(SIDE_BY_SIDE)
+            order = SIDE_BY_SIDE[k:] + SIDE_BY_SIDE[:k]
             for label in order:
                 advance(1)
                 setup = impls[label]
@@ -210,10 +222,17 @@ async def one_session(ctx: BenchContext, res: BenchResult) -> None:
     )
 
 
+def _floor_store(tmp: Path) -> Store:
+    from bench.fsync_floor import FsyncFloorStore
+
+    return FsyncFloorStore(tmp / "fsync-floor.log")
+
+
 def implementations(pg: str) -> dict[str, Setup | str]:
     """Label → setup, or why it cannot run here."""
     out: dict[str, Setup | str] = {
         MEMORY: _turngraph("memory:"),
+        FLOOR: _turngraph(_floor_store),
         SQLITE: _turngraph("sqlite:///{tmp}/tg.db"),
         SQLITE_ALONE: _turngraph("sqlite:///{tmp}/tg.db?group_commit=off"),
     }
@@ -274,19 +293,27 @@ def _compare(
             row[f"{n} sessions turns/s"] = rates.get((label, n))
         res.comparison.append(row)
     full = not ctx.quick
-    for other, goal, what in ((LG_EXIT, 20.0, "LangGraph exit"), (MEMORY, 0.6, "memory store")):
-        name = f"100 sessions: SQLite FULL / {what} (median of rounds)"
-        if SQLITE in rounds and other in rounds:
-            ratios = round_ratios(rounds, SQLITE, other)
+    pairs = (
+        (SQLITE, LG_EXIT, 20.0, "SQLite FULL / LangGraph exit"),
+        (SQLITE, MEMORY, 0.6, "SQLite FULL / memory store"),
+        (FLOOR, MEMORY, None, "fsync floor / memory store"),
+        (SQLITE, FLOOR, None, "SQLite FULL / fsync floor"),
+    )
+    for a, b, goal, what in pairs:
+        name = f"100 sessions: {what} (median of rounds)"
+        if a in rounds and b in rounds:
+            ratios = round_ratios(rounds, a, b)
             spread = f"{ratios[0]:.3g}–{ratios[-1]:.3g} over {len(ratios)} rounds"
-            median = statistics.median(ratios)
-            res.add(name, median, "×", at_least(goal) if full else None, note=spread)
+            target = at_least(goal) if full and goal is not None else None
+            res.add(name, statistics.median(ratios), "×", target, note=spread)
         else:
             res.skip(name, "not measured")
     res.notes.append(
         "each session sends its turns one after another, all sessions at once; "
         "SQLite rows run WAL with synchronous=FULL (LangGraph's connection too); "
-        "LangGraph rows send a quarter of the turns (at least one per session)"
+        "LangGraph rows send a quarter of the turns (at least one per session); "
+        "the fsync floor is the memory store whose turns each wait for a group fsync and "
+        "nothing else (bench/fsync_floor.py): the ceiling of any durable store in one loop"
     )
 
 

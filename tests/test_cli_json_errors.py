@@ -9,30 +9,39 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.cli.common import JSON_KEYS
+from tests.llm_servers import Hang, LLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 60.0  # seconds before a run gives up: a hang guard, not a speed check
 SECRET = "s3cret-pw"
 
 
+def _env(home: Path) -> dict[str, str]:
+    """The environment of a run with its own data directory and no store set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNGRAPH_")}
+    env.update(PYTHONPATH=str(ROOT), TURNGRAPH_HOME=str(home))
+    return env
+
+
 def program(
     home: Path, *args: str, stdin: bytes = b"", stdout: Any = subprocess.PIPE
 ) -> subprocess.CompletedProcess[bytes]:
     """``python -m engine.run ARGS`` with its own data directory and no store set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNGRAPH_")}
-    env.update(PYTHONPATH=str(ROOT), TURNGRAPH_HOME=str(home))
     return subprocess.run(
         [sys.executable, "-m", "engine.run", *args],
         cwd=ROOT,
-        env=env,
+        env=_env(home),
         input=stdin,
         stdout=stdout,
         stderr=subprocess.PIPE,
@@ -249,3 +258,48 @@ def test_json_after_double_dash_is_an_argument(home: Path) -> None:
     proc = program(home, "-m", "hi", "--", "--json")
     assert (proc.returncode, proc.stdout) == (2, b"")
     assert "--json: error: no such file" in proc.stderr.decode()
+
+
+@pytest.fixture
+def slow_model() -> Iterator[LLMServer]:
+    """A loopback OpenAI server whose first answer does not come before the test ends."""
+    pytest.importorskip("openai")
+    with LLMServer("openai") as server:
+        yield server.script(Hang(LIMIT * 2))
+
+
+@pytest.mark.parametrize("session", [[], ["--session", "s1"]], ids=["plain", "session"])
+def test_ctrl_c_during_a_turn_prints_the_error_object(
+    home: Path, slow_model: LLMServer, session: list[str]
+) -> None:
+    """SIGINT while the model thinks: exit 130, one line on stderr, and with ``--json``
+    one object on stdout as for any other failure, ``error_kind`` naming the interrupt
+    (it printed nothing at all)."""
+    llm = ("--llm", "openai:m", "--llm-base-url", slow_model.url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.run", "-m", "hello", "--json", *llm, *session],
+        cwd=ROOT,
+        env=_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + LIMIT
+        while not slow_model.requests:  # the turn is running: its model call has begun
+            assert time.monotonic() < deadline and proc.poll() is None, "the model was never asked"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    line = errs.decode()
+    assert proc.returncode == 130, line
+    assert line == "error: interrupted\n"
+    [text] = out.decode().splitlines()
+    doc = json.loads(text)
+    assert list(doc) == list(JSON_KEYS)
+    assert (doc["status"], doc["error_kind"]) == ("error", "KeyboardInterrupt")
+    assert doc["error"] == line.rstrip("\n")

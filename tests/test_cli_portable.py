@@ -87,6 +87,42 @@ def test_verify_reports_each_session_and_exits_2_on_tampering(
     assert result["ok"] is False and result["record"] == 3 and "MAC" in result["reason"]
 
 
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [("CAST(x'62ff41' AS TEXT)", "b\\xffA"), ("'b d!'", "b d!"), ("'b\x1b[2J'", "b\\x1b[2J")],
+    ids=["not-utf8", "not-an-id", "escape-sequence"],
+)
+def test_verify_all_reports_an_unreadable_id_and_goes_on(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], stored: str, shown: str
+) -> None:
+    """A session row whose id was edited in the database into bytes that are not UTF-8,
+    or text no id may hold: ``verify`` of the whole store names that row (escaped, so
+    its bytes reach no terminal as they are) as failing and verifies the others (it
+    stopped at that row with the bad id as the command's error); exit 2.  ``list``
+    shows it escaped too."""
+    url = _url(tmp_path)
+    for sid in ("a", "b", "c"):
+        _turns(url, sid, 1, capsys)
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute(f"UPDATE sessions SET id={stored} WHERE id='b'")
+    conn.close()
+    assert cli.main(["sessions", "verify", "--store", url]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    ok_a, bad, ok_c = captured.out.splitlines()
+    assert (ok_a, ok_c) == ("ok        a (3 records)", "ok        c (3 records)")
+    assert bad.startswith(f"TAMPERED  {shown} (record unknown): ") and bad.isprintable()
+    assert "not a valid session id" in bad
+    assert cli.main(["sessions", "verify", "--json", "--store", url]) == 2
+    a, b, c = json.loads(capsys.readouterr().out)
+    assert (a["ok"], c["ok"], b["ok"], b["record"]) == (True, True, False, -1)
+    assert b["id"] == shown.replace("\\x1b", "\x1b") and "not a valid session id" in b["reason"]
+    assert cli.main(["sessions", "list", "--store", url]) == 0  # listed the same way
+    listed = capsys.readouterr()
+    assert "\x1b" not in listed.out + listed.err and "(TAMPERED)" in listed.out
+    assert f"metadata not verified: {shown} " in listed.err
+
+
 # --------------------------------------------------------------------------- salvage
 
 

@@ -14,11 +14,13 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from engine.errors import GraphValidationError, TurngraphError
 
 if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
     from engine.graph import Graph
 
 __all__ = [
@@ -32,7 +34,6 @@ __all__ = [
     "PROG",
     "BadMessage",
     "Parser",
-    "QuietPipe",
     "UsageError",
     "add_dialect_option",
     "add_llm_options",
@@ -46,11 +47,12 @@ __all__ = [
     "model_of",
     "one_line",
     "print_json",
+    "printable",
+    "quiet_std_streams",
     "read_stdin_message",
     "redact",
     "refuse_shell",
     "shell_allowed",
-    "silence_stdout",
     "store_url",
     "wants_json",
 ]
@@ -152,14 +154,18 @@ def configure_logging(verbose: bool) -> None:
 
 
 def print_json(doc: Any) -> None:
-    """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON).
-    A reader that has gone leaves stdout silenced, and the command's exit code stands."""
+    """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON)."""
     utf = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    try:
-        print(json.dumps(doc, ensure_ascii=not utf, default=str))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        silence_stdout()
+    print(json.dumps(doc, ensure_ascii=not utf, default=str))
+
+
+def printable(text: str) -> str:
+    """``text`` as a line may show it: each character that is not printable (an escape
+    sequence in an id edited in the database, say) as its escape, so what a store holds
+    never acts on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def wants_json(argv: Sequence[str]) -> bool:
@@ -174,7 +180,7 @@ def error_json(line: str, kind: str) -> None:
     """Print the ``--json`` object of a command that ended with an error instead of a
     turn: a turn's keys (:data:`JSON_KEYS`, null when absent) with ``status`` ``"error"``,
     ``error`` the line printed on stderr and ``error_kind`` its class, so a script reads
-    one object whatever happened.  A reader that has gone leaves stdout silenced."""
+    one object whatever happened."""
     doc: dict[str, Any] = dict.fromkeys(JSON_KEYS)
     doc.update(status="error", error=line, error_kind=kind)
     print_json(doc)
@@ -329,40 +335,45 @@ def lease_ttl() -> float | None:
     return ttl
 
 
-def silence_stdout() -> None:
-    """Point standard output at the null device: its reader has gone (``... | head -1``),
-    and what is still written (or buffered) must neither fail nor be reported."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, sys.stdout.fileno())
-    finally:
-        os.close(null)
+def quiet_std_streams() -> None:
+    """Make this process's standard output and error end quietly when their reader goes.
 
-
-class QuietPipe(io.TextIOBase):
-    """``stream`` (standard output) for text written from inside a run, such as a reply
-    printed by an observer as it streams: when the reader has gone, standard output is
-    silenced (:func:`silence_stdout`) instead of the write failing the observer."""
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
-        self._stream = stream
-
-    def writable(self) -> bool:
-        """Always: it is an output stream."""
-        return True
-
-    def write(self, text: str) -> int:
-        """Write ``text``; nothing fails when the reader has gone."""
+    A reader may leave in the middle of any command's output (``... | head -1``): the
+    stream is then pointed at the null device and the command runs on to its own exit
+    code (a tampered session still fails ``sessions verify``, a warning still reaches
+    stderr), instead of a broken pipe ending it early with 0 or a traceback.  Text the
+    stream cannot encode is escaped.  The process's entry point calls this once, before
+    anything is written: it replaces ``sys.stdout`` and ``sys.stderr``.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
         try:
-            self._stream.write(text)
-        except BrokenPipeError:
-            silence_stdout()
-        return len(text)
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # closed at start (``>&-``): None
+            continue
+        stream.flush()
+        quiet = io.TextIOWrapper(
+            io.BufferedWriter(_QuietFile(fd, "w", closefd=False)),
+            encoding=stream.encoding,
+            errors="backslashreplace",
+            line_buffering=stream.line_buffering,
+            write_through=getattr(stream, "write_through", False),
+        )
+        setattr(sys, name, quiet)
 
-    def flush(self) -> None:
-        """Flush; nothing fails when the reader has gone."""
+
+class _QuietFile(io.FileIO):
+    """A standard stream's file descriptor: when its reader has gone, the descriptor is
+    pointed at the null device and the write counts as done."""
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        """Write ``data``; nothing fails when the reader has gone."""
         try:
-            self._stream.flush()
+            return super().write(data)
         except BrokenPipeError:
-            silence_stdout()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self.fileno())
+            finally:
+                os.close(null)
+            return memoryview(data).nbytes

@@ -50,11 +50,12 @@ Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a miss
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
 corrupt or tampered store or export, a store's optional extra not installed, Graphviz
 missing for images, a message with control characters or bytes that are not UTF-8);
-130 interrupted; 143 and 129 a chat ended by SIGTERM or SIGHUP; 70 an internal bug.
-A closed pipe on stdout is quiet (0, or the code of a command that failed).
+130 interrupted (``error: interrupted``); 143 and 129 a chat ended by SIGTERM or SIGHUP;
+70 an internal bug.  A reader that leaves (``... | head -1``) is quiet, whatever the
+command: its output is dropped and the command ends with its own code.
 ``--json`` prints the keys :data:`~engine.cli.common.JSON_KEYS`, with or without a
-session, and for a command refused before it has a turn to report too (``status``
-``"error"``, ``error`` the stderr line; :func:`~engine.cli.common.error_json`);
+session, and for a command refused before it has a turn to report or interrupted too
+(``status`` ``"error"``, ``error`` the stderr line; :func:`~engine.cli.common.error_json`);
 ``$TURNGRAPH_LEASE_TTL`` sets the lease of a stored session's turn or chat.  Errors
 are one line on stderr (``path:line:col: error: ...`` for graphs), never a traceback
 (``-v`` adds one for internal bugs, and node logs).
@@ -80,7 +81,6 @@ from engine.cli.common import (
     PROG,
     BadMessage,
     Parser,
-    QuietPipe,
     UsageError,
     add_dialect_option,
     add_llm_options,
@@ -94,11 +94,11 @@ from engine.cli.common import (
     model_of,
     one_line,
     print_json,
+    quiet_std_streams,
     read_stdin_message,
     redact,
     refuse_shell,
     shell_allowed,
-    silence_stdout,
     store_url,
     wants_json,
 )
@@ -137,12 +137,10 @@ def _exit_code(exc: BaseException, verbose: bool, as_json: bool = False) -> int:
     stdout) and choose the exit code (re-raise the rest)."""
     if isinstance(exc, SystemExit):  # argparse's --help
         return exc.code if isinstance(exc.code, int) else 0
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(exc, BrokenPipeError):
-        raise exc  # the process wrapper ends quietly
     code, kind = EXIT_BAD_INPUT, type(exc).__name__
-    if isinstance(exc, UsageError):
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: a script still reads why it ended
+        line, code = "error: interrupted", EXIT_INTERRUPTED
+    elif isinstance(exc, UsageError):
         line = str(exc)
     elif isinstance(exc, TurngraphError):
         line = one_line(exc)
@@ -199,12 +197,9 @@ def live_printer(llm: Any, as_json: bool, prefix: str = "") -> LivePrinter | Non
     """A printer of streamed text, for a model that streams and output that is not JSON."""
     if llm is None or as_json or not hasattr(llm, "respond"):
         return None
-    from typing import TextIO, cast
-
     from engine.cli.views import LivePrinter
 
-    # A reader that leaves (`| head -1`) must not fail the observer: stdout goes quiet.
-    return LivePrinter(out=cast("TextIO", QuietPipe(sys.stdout)), prefix=prefix)
+    return LivePrinter(prefix=prefix)
 
 
 def print_reply(reply: Any, live: LivePrinter | None, prefix: str = "") -> None:
@@ -443,23 +438,22 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     from handlers import build_registry
 
     registry = build_registry()
-    out = QuietPipe(sys.stdout)  # a reader that has gone must not turn a failure into 0
     failed = False
     for path in args.graphs:
         try:
             checked = check_file(path, registry, args.dialect)
         except GraphError as exc:
             failed = True
-            print(one_line(exc), file=out)
+            print(one_line(exc))
             continue
         issues = strict(checked.issues) if args.strict else checked.issues
         for issue in issues:
-            print(issue, file=out)
+            print(issue)
         graph = checked.graph
         if graph is None or (args.strict and issues):
             failed = True
         else:
-            print(f"{path}: ok ({len(graph.nodes)} nodes, {len(graph.edges)} edges)", file=out)
+            print(f"{path}: ok ({len(graph.nodes)} nodes, {len(graph.edges)} edges)")
     return EXIT_BAD_INPUT if failed else 0
 
 
@@ -678,24 +672,8 @@ _COMMANDS: Mapping[str, Callable[[Sequence[str]], int]] = {
 
 
 def program() -> int:
-    """``main`` as a process: unencodable output is escaped, a closed pipe is quiet."""
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(errors="backslashreplace")
-    try:
-        code = main()
-    except BrokenPipeError:  # `... | head`: the reader left; say nothing
-        code = 0
-    if _stdout_closed():
-        # Python would report the unflushable stdout at exit; point it at /dev/null.
-        silence_stdout()
-    return code
-
-
-def _stdout_closed() -> bool:
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        return True
-    return False
+    """``main`` as a process: unencodable output is escaped, and a reader that leaves
+    (``... | head -1``) is quiet, whatever the command: it ends with its own exit code
+    (:func:`~engine.cli.common.quiet_std_streams`)."""
+    quiet_std_streams()
+    return main()

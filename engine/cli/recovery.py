@@ -2,8 +2,11 @@
 
 ``verify [ID]`` checks every session's chain (or one) and prints one line per session:
 ``ok ID (N records)`` or ``TAMPERED ID at record N: reason``; exit 0 when all are ok,
-2 otherwise.  ``show --salvage ID`` reads a tampered session read-only up to its first
-bad record (:mod:`sessions.store.salvage`) and marks where and why it stops.
+2 otherwise.  A listed row whose id no session can have (edited in the database: bytes
+that are not UTF-8, listed as their ``backslashreplace`` text, or characters outside
+an id's) is such a line too, its id escaped, and the others are still verified.
+``show --salvage ID`` reads a tampered session read-only up to its first bad record
+(:mod:`sessions.store.salvage`) and marks where and why it stops.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from engine.cli.common import EXIT_BAD_INPUT, PROG, print_json
+from engine.cli.common import EXIT_BAD_INPUT, PROG, print_json, printable
 
 __all__ = ["compaction_note", "salvage_show", "summary_turns", "verify_sessions"]
 
@@ -29,7 +32,7 @@ async def verify_sessions(store: Any, session_id: str | None, as_json: bool) -> 
         if r["ok"]:
             print(f"ok        {r['id']} ({r['records']} records)")
         else:
-            print(f"TAMPERED  {r['id']} {_where(r['record'])}: {r['reason']}")
+            print(f"TAMPERED  {printable(r['id'])} {_where(r['record'])}: {r['reason']}")
     return 0 if all(r["ok"] for r in results) else EXIT_BAD_INPUT
 
 
@@ -46,7 +49,7 @@ async def _all_ids(store: Any) -> list[str]:
 
 
 async def _verify_one(store: Any, sid: str, *, named: bool) -> dict[str, Any]:
-    from sessions.errors import SessionNotFound, SessionTampered, StoreCorrupt
+    from sessions.errors import InvalidSessionId, SessionNotFound, SessionTampered, StoreCorrupt
 
     try:
         return {"id": sid, "ok": True, "records": await store.verify(sid)}
@@ -54,6 +57,11 @@ async def _verify_one(store: Any, sid: str, *, named: bool) -> dict[str, Any]:
         if named:
             raise
         return {"id": sid, "ok": True, "records": 0}  # deleted since it was listed
+    except InvalidSessionId as exc:  # listed from the store: its row's id was edited
+        if named:
+            raise
+        reason = f"the stored id is not a valid session id ({exc.reason}; edited in the database)"
+        return {"id": sid, "ok": False, "record": -1, "reason": reason}
     except (SessionTampered, StoreCorrupt) as exc:  # a verdict on this session's data
         record = getattr(exc, "record", -1)
         return {"id": sid, "ok": False, "record": record, "reason": _reason(exc)}

@@ -43,6 +43,7 @@ from engine.cli.common import (
     err,
     model_of,
     print_json,
+    printable,
     refuse_shell,
     shell_allowed,
     store_url,
@@ -180,7 +181,7 @@ async def _sessions_list(args: argparse.Namespace) -> int:
     if tampered:
         err(
             f"warning: {len(tampered)} tampered session(s), metadata not verified: "
-            f"{', '.join(tampered)} (`{PROG} sessions show ID` says why)"
+            f"{', '.join(map(printable, tampered))} (`{PROG} sessions show ID` says why)"
         )
     if isinstance(metas, Listed) and metas.scanned_to is not None:
         err(f"more sessions follow: `{_next_page(args, metas.scanned_to)}`")
@@ -216,7 +217,7 @@ def _listed_row(meta: Any) -> Any:
 
     unknown = "?"
     return SimpleNamespace(
-        id=f"{meta.id} (TAMPERED)",
+        id=f"{printable(meta.id)} (TAMPERED)",
         type=unknown,
         turn_count=unknown,
         message_count=unknown,
