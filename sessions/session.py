@@ -200,20 +200,21 @@ class Session:
         "_state",
         "_token",
         "_turns",
-        "agent_id",
         "checkpoints",
-        "config",
         "created_at",
         "heartbeat",
-        "heartbeat_graph",
-        "id",
-        "turn_graph",
-        "type",
         "window",
         "working_memory",
     )
 
-    # Kept in the core, where the turns advance them (see the class docstring).
+    # Kept in the core, where the parts read them and the turns advance some (see the
+    # class docstring): one copy, so what is set on the session is what its parts use.
+    id: _InCore[str] = _InCore()
+    agent_id: _InCore[str] = _InCore()
+    type: _InCore[SessionType] = _InCore()
+    config: _InCore[Mapping[str, Any]] = _InCore()
+    turn_graph: _InCore[Graph] = _InCore()
+    heartbeat_graph: _InCore[Graph | None] = _InCore()
     closed: _InCore[bool] = _InCore()
     phase: _InCore[Phase] = _InCore()
     trace_id: _InCore[str] = _InCore()
@@ -224,16 +225,10 @@ class Session:
         meta, limits = loaded.meta, runtime.limits
         # The parts below get what they need (this core, each other), never the session:
         # a part holding its owner would make a reference cycle (see the class).
-        core = self._core = SessionCore(meta, runtime.turn_graph)
+        core = self._core = SessionCore(meta, runtime.turn_graph, runtime.heartbeat_graph)
         self._rt = runtime
         self._token = token
-        self.id = meta.id
-        self.agent_id = meta.agent_id
-        self.type: SessionType = meta.type
-        self.config: Mapping[str, Any] = meta.config
         self.created_at = meta.created_at
-        self.turn_graph = runtime.turn_graph
-        self.heartbeat_graph = runtime.heartbeat_graph
         self._closing: anyio.Event | None = None  # set when close() has finished
         writer = SessionWriter(runtime.store, self.id, token, _fence_notice(self))
         log = self._log = SessionLog(runtime.store, limits, loaded)
@@ -254,9 +249,7 @@ class Session:
         )
         self.heartbeat = Heartbeat(
             self.id,
-            functools.partial(
-                _run_heartbeat, core, runtime.engine, runtime.heartbeat_graph, state, log
-            ),
+            functools.partial(_run_heartbeat, core, runtime.engine, state, log),
             self._turns.offer_state,
             limits.heartbeat_max_backoff,
         )
@@ -507,7 +500,6 @@ def _fence_notice(session: Session) -> Callable[[Fenced], None]:
 async def _run_heartbeat(
     core: SessionCore,
     engine: Engine,
-    graph: Graph | None,
     state: SessionState,
     log: SessionLog,
     heartbeat: Heartbeat,
@@ -515,6 +507,7 @@ async def _run_heartbeat(
     """One heartbeat run of ``heartbeat`` on a snapshot of the session (``core``,
     ``state``; its history: the newest :data:`HEARTBEAT_HISTORY` entries of ``log``),
     outside the session lock."""
+    graph = core.heartbeat_graph
     assert graph is not None
     n = heartbeat.runs + 1
     sid = core.id

@@ -52,6 +52,7 @@ class SessionCore:
         "agent_id",
         "closed",
         "config",
+        "heartbeat_graph",
         "id",
         "phase",
         "trace_id",
@@ -61,12 +62,13 @@ class SessionCore:
         "updated_at",
     )
 
-    def __init__(self, meta: SessionMeta, turn_graph: Graph) -> None:
+    def __init__(self, meta: SessionMeta, turn_graph: Graph, heartbeat_graph: Graph | None) -> None:
         self.id = meta.id
         self.agent_id = meta.agent_id
         self.type: SessionType = meta.type
         self.config: Mapping[str, Any] = meta.config
         self.turn_graph = turn_graph
+        self.heartbeat_graph = heartbeat_graph
         self.turn_count = meta.turn_count
         self.updated_at = meta.updated_at
         self.trace_id = ""

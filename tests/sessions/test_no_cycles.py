@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from engine.testing import build_graph
 from sessions import Limits, Session, SessionManager
 from sessions.errors import Fenced, SessionClosed
 from sessions.heartbeat import Heartbeat
@@ -171,3 +172,36 @@ async def test_a_fenced_session_is_freed() -> None:
         assert session.closed and m.live == ()
         del session
         assert _alive(refs) == []
+
+
+async def test_what_is_set_on_a_session_is_what_its_turns_and_heartbeats_use() -> None:
+    """The session's attributes set from outside reach its parts, as when the parts read
+    the session itself: its turns see the new config, agent and turn graph, and its
+    heartbeat runs the new heartbeat graph."""
+    seen: list[tuple[str, Any, Any]] = []
+
+    def fmt(node: Any, ctx: Any) -> dict[str, Any]:
+        seen.append(("turn", ctx["session.config"], ctx["session.agent_id"]))
+        return {"reply": "ok"}
+
+    def beat(node: Any, ctx: Any) -> None:
+        seen.append((node.id, ctx["session.config"], ctx["session.type"]))
+
+    other_turn = build_graph(("start", "format", "done"))
+    other_beat = build_graph(
+        ("hb_start", "other_beat"),
+        nodes={"hb_start": {"handler": "start"}, "other_beat": {"handler": "beat"}},
+    )
+    registry = reply_registry(format=fmt, beat=beat)
+    async with MemoryStore(secret=SECRET) as store, running(store, registry) as m:
+        session = await m.create("s")
+        session.config = {"tone": "dry"}
+        session.agent_id = "other"
+        session.type = "subagent"
+        session.turn_graph = other_turn
+        session.heartbeat_graph = other_beat
+        result = await session.send("hi")
+        assert result.ok and len(session.steps()) == 3  # the three nodes of the new graph
+        assert seen == [("turn", {"tone": "dry"}, "other")]
+        assert await session.heartbeat.beat()
+        assert seen[1:] == [("other_beat", {"tone": "dry"}, "subagent")]
