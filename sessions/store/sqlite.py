@@ -24,7 +24,6 @@ checkpointed in the database thread, so no write runs a checkpoint in the loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -129,8 +128,8 @@ class SQLiteStore:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._inline = inline_writes
-        write = functools.partial(write_group, self)
-        self._group = GroupCommit(write) if group_commit else None
+        # Not a partial holding this store: the group is this store's (see GroupCommit).
+        self._group = GroupCommit(write_group) if group_commit else None
         # Commits a batch begun in the loop's thread (None: batches commit in the loop).
         self._committer: Committer | None = None
         # The session whose turn alone was the last batch (None: several; "": none yet).
@@ -311,7 +310,7 @@ class SQLiteStore:
         if self._group is None or not _on_asyncio():
             await self._run_write(self._c.append_turn, session_id, commit, token, now)
         else:
-            await self._group.commit(QueuedTurn(session_id, commit, token, now))
+            await self._group.commit(self, QueuedTurn(session_id, commit, token, now))
 
     async def append_summary(
         self, session_id: str, summary: Message, upto_seq: int, *, token: int

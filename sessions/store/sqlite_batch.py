@@ -170,7 +170,7 @@ def _committed(
             core.remembered.remember_all(rows)
     finally:  # whatever happened above, the batch ends (its callers must not hang)
         release()
-        group.settle(batch, None, failed)
+        group.settle(store, batch, None, failed)
 
 
 def _write_in_thread(
@@ -195,7 +195,7 @@ def _write_in_thread(
     except BaseException as exc:  # delivered to the batch's callers
         error = exc
     with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-        loop.call_soon_threadsafe(group.settle, batch, errors, error)
+        loop.call_soon_threadsafe(group.settle, store, batch, errors, error)
 
 
 def _failure(store: SQLiteStore, error: Exception) -> StoreError:

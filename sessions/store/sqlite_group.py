@@ -39,7 +39,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -79,9 +79,12 @@ class QueuedTurn:
             self.wake.set_result(None)
 
 
-Writer = Callable[[list[QueuedTurn]], bool]
-"""Writes a batch in the loop's thread.  ``True``: every turn of it is finished;
-``False``: it will call :meth:`GroupCommit.settle` in the loop when the batch ends."""
+_O = TypeVar("_O")
+
+Writer = Callable[[_O, list[QueuedTurn]], bool]
+"""Writes a batch (its second argument) for the owner given (its first) in the loop's
+thread.  ``True``: every turn of it is finished; ``False``: it will call
+:meth:`GroupCommit.settle` in the loop when the batch ends."""
 
 
 def batch_limit(queued: Sequence[QueuedTurn], last: frozenset[str]) -> int:
@@ -96,11 +99,14 @@ def _commit(conn: sqlite3.Connection) -> object:
     return conn.execute("COMMIT")
 
 
-class GroupCommit:
+class GroupCommit(Generic[_O]):
     """The queue of turns and the rule for when the next batch is written (see the
-    module).  ``write`` writes one batch."""
+    module).  ``write`` writes one batch for the owner (the store) that each call hands
+    in: the group never keeps it, since the store keeps the group, and each holding the
+    other would make a reference cycle (a closed store left for the cyclic garbage
+    collector)."""
 
-    def __init__(self, write: Writer) -> None:
+    def __init__(self, write: Writer[_O]) -> None:
         self._write = write
         self._queue: deque[QueuedTurn] = deque()
         self._busy = False
@@ -108,8 +114,8 @@ class GroupCommit:
         self.batches = 0
         """Batches written (tests compare it with the number of turns)."""
 
-    async def commit(self, turn: QueuedTurn) -> None:
-        """Queue ``turn`` and return once it is durable, or raise its error."""
+    async def commit(self, owner: _O, turn: QueuedTurn) -> None:
+        """Queue ``turn`` of ``owner`` and return once it is durable, or raise its error."""
         self._queue.append(turn)
         try:
             if not self._busy:
@@ -123,7 +129,7 @@ class GroupCommit:
                         self._queue.remove(turn)
                     raise
                 finally:
-                    self._next()
+                    self._next(owner)
             if not turn.done:
                 # A bare future: the cheapest wake-up (group commit runs on asyncio only).
                 turn.wake = asyncio.get_running_loop().create_future()
@@ -137,6 +143,7 @@ class GroupCommit:
 
     def settle(
         self,
+        owner: _O,
         batch: list[QueuedTurn],
         errors: Sequence[BaseException | None] | None,
         error: BaseException | None = None,
@@ -148,14 +155,14 @@ class GroupCommit:
             if not turn.done:
                 turn.finish(error if error is not None or errors is None else errors[i])
         self.batches += 1
-        self._next()
+        self._next(owner)
 
-    def _next(self) -> None:
+    def _next(self, owner: _O) -> None:
         """Write batches while some are waiting and each ends at once; else free the
         writer (nothing waits) or leave it busy until :meth:`settle`."""
         while batch := self._take():
             try:
-                if not self._write(batch):
+                if not self._write(owner, batch):
                     return
             except BaseException as exc:  # the whole batch failed: each caller gets it
                 for turn in batch:
