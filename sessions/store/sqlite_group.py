@@ -150,7 +150,7 @@ class GroupCommit(Generic[_O]):
     ) -> None:
         """In the loop: the batch written by a deferred write has ended.  Its unfinished
         turns get ``error``, else their entry in ``errors`` (``None``: committed);
-        then the next batch is written."""
+        then the next batch is written, for ``owner``."""
         for i, turn in enumerate(batch):
             if not turn.done:
                 turn.finish(error if error is not None or errors is None else errors[i])
