@@ -48,7 +48,7 @@ class FsyncFloorStore(MemoryStore):
         self._fd = -1
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._group = GroupCommit(self._write)
+        self._group = GroupCommit(FsyncFloorStore._write)
         self.is_open = False  # a manager handed it unopened opens and closes it
 
     async def open(self) -> None:
@@ -72,7 +72,7 @@ class FsyncFloorStore(MemoryStore):
     async def append_turn(self, session_id: str, commit: TurnCommit, *, token: int) -> None:
         """Append the turn as the memory store does, then wait for the fsync covering it."""
         await super().append_turn(session_id, commit, token=token)
-        await self._group.commit(QueuedTurn(session_id, commit, token, 0.0))
+        await self._group.commit(self, QueuedTurn(session_id, commit, token, 0.0))
 
     def _write(self, batch: list[QueuedTurn]) -> bool:
         self._jobs.put((asyncio.get_running_loop(), batch))
@@ -88,6 +88,6 @@ class FsyncFloorStore(MemoryStore):
             except OSError as exc:  # each waiting turn gets it
                 error = exc
             try:
-                loop.call_soon_threadsafe(self._group.settle, batch, None, error)
+                loop.call_soon_threadsafe(self._group.settle, self, batch, None, error)
             except RuntimeError:  # the loop closed: nobody waits any more
                 return

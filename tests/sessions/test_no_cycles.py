@@ -197,11 +197,11 @@ async def test_what_is_set_on_a_session_is_what_its_turns_and_heartbeats_use() -
         session = await m.create("s")
         session.config = {"tone": "dry"}
         session.agent_id = "other"
-        session.type = "subagent"
+        session.type = "background"
         session.turn_graph = other_turn
         session.heartbeat_graph = other_beat
         result = await session.send("hi")
         assert result.ok and len(session.steps()) == 3  # the three nodes of the new graph
         assert seen == [("turn", {"tone": "dry"}, "other")]
         assert await session.heartbeat.beat()
-        assert seen[1:] == [("other_beat", {"tone": "dry"}, "subagent")]
+        assert seen[1:] == [("other_beat", {"tone": "dry"}, "background")]
