@@ -363,11 +363,12 @@ class Session:
         """Run one turn like :meth:`send`, as an async iterator of its events, the
         :class:`TurnResult` last (see :mod:`sessions.stream` for the buffer of ``buffer``
         events and leaving early).  The turn starts when iteration starts."""
-        if self.closed:
-            raise SessionClosed(self.id, "closed")
-        text = checked_input(text, self.id)  # refused here, before the stream exists
+        core = self._core  # read once: the session's own attributes are read through it
+        if core.closed:
+            raise SessionClosed(core.id, "closed")
+        text = checked_input(text, core.id)  # refused here, before the stream exists
         turns = self._turns
-        return TurnStream(self.id, lambda watch: turns.send(text, watch), self._rt.spawn, buffer)
+        return TurnStream(core.id, lambda watch: turns.send(text, watch), self._rt.spawn, buffer)
 
     async def usage(self) -> UsageTotals:
         """Model tokens of every stored turn, by model; read from the store, so it counts
