@@ -7,8 +7,9 @@ Kept out of ``conftest.py`` on purpose: a test module must never import a confte
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+import gc
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -82,3 +83,17 @@ async def wait_until(predicate: Callable[[], bool], *, limit: float = 5.0) -> No
     with anyio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110 - polling state that has no event to wait on
             await anyio.sleep(0.001)
+
+
+@contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """The cyclic garbage collector off inside (after one collection, so nothing made
+    before is counted): only reference counting frees anything."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

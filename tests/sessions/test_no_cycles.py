@@ -8,7 +8,6 @@ counted) and checks weak references to the session and its parts, never collecti
 
 from __future__ import annotations
 
-import gc
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,15 @@ from sessions.errors import Fenced, SessionClosed
 from sessions.heartbeat import Heartbeat
 from sessions.store.memory import MemoryStore
 
-from .session_kit import SECRET, chain_graph, heartbeat_graph, reply_registry, running, wait_until
+from .session_kit import (
+    SECRET,
+    chain_graph,
+    cyclic_gc_off,
+    heartbeat_graph,
+    reply_registry,
+    running,
+    wait_until,
+)
 
 GATE = """digraph gated {
   start [shape=Mdiamond]; done [shape=Msquare]
@@ -35,14 +42,8 @@ GATE = """digraph gated {
 @pytest.fixture(autouse=True)
 def _no_cyclic_gc() -> Iterator[None]:
     """The cyclic collector off for the test: only reference counting frees anything."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
+    with cyclic_gc_off():
         yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 Refs = dict[str, weakref.ReferenceType[Any]]

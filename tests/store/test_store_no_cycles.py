@@ -8,7 +8,6 @@ counted) and checks a weak reference to the store, never collecting.
 
 from __future__ import annotations
 
-import gc
 import weakref
 from collections.abc import Iterator
 
@@ -18,21 +17,15 @@ import pytest
 from sessions import Session, SessionManager
 from sessions.store import open_store
 
-from ..sessions.session_kit import chain_graph, heartbeat_graph, reply_registry
+from ..sessions.session_kit import chain_graph, cyclic_gc_off, heartbeat_graph, reply_registry
 from . import SECRET
 
 
 @pytest.fixture(autouse=True)
 def _no_cyclic_gc() -> Iterator[None]:
     """The cyclic collector off for the test: only reference counting frees anything."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
+    with cyclic_gc_off():
         yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 async def _turns(session: Session, n: int) -> None:
