@@ -67,7 +67,9 @@ in the commands that use them.  Only this module configures structlog.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -99,6 +101,7 @@ from engine.cli.common import (
     redact,
     refuse_shell,
     shell_allowed,
+    stdout_error,
     store_url,
     wants_json,
 )
@@ -676,4 +679,16 @@ def program() -> int:
     (``... | head -1``) is quiet, whatever the command: it ends with its own exit code
     (:func:`~engine.cli.common.quiet_std_streams`)."""
     quiet_std_streams()
-    return main()
+    code = main()
+    # What is still buffered is written now, not at the interpreter's exit (where a
+    # full disk would be a traceback and exit 120); a failure the command did not
+    # report (input() swallows its flush's) fails it with one line.
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    failed = stdout_error()
+    if failed is not None and code == 0:
+        code = _exit_code(failed, verbose=False)
+    # Its report is out: a later Ctrl-C (while the interpreter waits for a worker thread
+    # still in a busy SQLite open, say) ends the process at once, not with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return code
