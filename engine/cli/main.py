@@ -49,7 +49,8 @@ whatever tracer provider the process has (``opentelemetry-instrument`` configure
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
 corrupt or tampered store or export, a store's optional extra not installed, Graphviz
-missing for images, a message with control characters or bytes that are not UTF-8);
+missing for images, a message with control characters or bytes that are not UTF-8,
+output that cannot be written: a full disk, with one line naming the stream);
 130 interrupted (``error: interrupted``); 143 and 129 a chat ended by SIGTERM or SIGHUP;
 70 an internal bug.  A reader that leaves (``... | head -1``) is quiet, whatever the
 command: its output is dropped and the command ends with its own code.
