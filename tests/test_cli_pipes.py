@@ -1,5 +1,6 @@
 """A reader that leaves in the middle of a command's output (``... | head -1``): the
-command ends quietly with its own exit code, whichever command it is.
+command ends quietly with its own exit code, whichever command it is.  One that stops
+reading while Ctrl-C is pressed gets no second JSON document.
 
 Every test runs the real program in a subprocess whose standard output is a real pipe:
 the reader takes the first line and closes its end while the command still has far
@@ -9,6 +10,7 @@ more to write than the pipe holds, so the command meets the closed pipe mid-outp
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -99,3 +101,39 @@ def test_list_still_warns_of_tampering_when_the_reader_leaves(
     code, errs = _reader_leaves(tmp_path, "sessions", "list", "--limit", limit, "--store", url)
     assert code == 0, errs
     assert errs.startswith("warning: 1 tampered session(s)") and "s9999" in errs
+
+
+def test_ctrl_c_while_the_json_document_is_written_adds_no_second_object(
+    tmp_path: Path, store: tuple[str, Path]
+) -> None:
+    """SIGINT while ``sessions list --json`` is blocked writing its document into a pipe
+    the reader has stopped reading: ``error: interrupted``, exit 130, and no error
+    object after the document (it was appended, so what stdout held was no JSON at all,
+    even when the whole listing had been written)."""
+    url, _ = store
+    env = {k: v for k, v in os.environ.items() if k != "TURNGRAPH_STORE"}
+    env.update(PYTHONPATH=str(ROOT), TURNGRAPH_HOME=str(tmp_path))
+    limit = str(SESSIONS + 1)
+    listing = ("sessions", "list", "--json", "--limit", limit, "--store", url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.run", *listing],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.read(1)  # the document has begun; the rest fills the pipe
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = errs.decode().splitlines()  # the tampered session's warning may come first
+    assert (first, proc.returncode, lines[-1]) == (b"[", 130, "error: interrupted"), lines
+    assert "Traceback" not in errs.decode()
+    assert b"KeyboardInterrupt" not in out

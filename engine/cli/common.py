@@ -43,6 +43,7 @@ __all__ = [
     "dialect_graph",
     "err",
     "error_json",
+    "forget_printed",
     "lease_ttl",
     "model_of",
     "one_line",
@@ -154,10 +155,23 @@ def configure_logging(verbose: bool) -> None:
     )
 
 
+class _Printed:
+    """Whether this run of the command line has begun a JSON document on stdout."""
+
+    json = False
+
+
 def print_json(doc: Any) -> None:
     """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON)."""
     utf = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    print(json.dumps(doc, ensure_ascii=not utf, default=str))
+    text = json.dumps(doc, ensure_ascii=not utf, default=str)
+    _Printed.json = True  # before writing: a Ctrl-C may cut the document short
+    print(text)
+
+
+def forget_printed() -> None:
+    """A new run of the command line: no JSON document printed yet (:func:`error_json`)."""
+    _Printed.json = False
 
 
 def printable(text: str) -> str:
@@ -181,7 +195,10 @@ def error_json(line: str, kind: str) -> None:
     """Print the ``--json`` object of a command that ended with an error instead of a
     turn: a turn's keys (:data:`JSON_KEYS`, null when absent) with ``status`` ``"error"``,
     ``error`` the line printed on stderr and ``error_kind`` its class, so a script reads
-    one object whatever happened."""
+    one object whatever happened.  Nothing when this run had already begun a document
+    (Ctrl-C while a long one was written): a second would leave no object at all to read."""
+    if _Printed.json:
+        return
     doc: dict[str, Any] = dict.fromkeys(JSON_KEYS)
     doc.update(status="error", error=line, error_kind=kind)
     print_json(doc)

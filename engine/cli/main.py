@@ -93,6 +93,7 @@ from engine.cli.common import (
     dialect_graph,
     err,
     error_json,
+    forget_printed,
     lease_ttl,
     model_of,
     one_line,
@@ -121,6 +122,7 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_RUN_FAILED", "main", "one
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    forget_printed()
     try:
         command = _COMMANDS.get(args[0]) if args else None
         return command(args[1:]) if command else _cmd_run(args)
