@@ -52,7 +52,7 @@ SQLITE = "turngraph SQLite FULL (group commit)"
 SQLITE_ALONE = "turngraph SQLite FULL (group commit off)"
 POSTGRES = "turngraph PostgreSQL"
 MEMORY = "turngraph memory store (not durable)"
-FLOOR = "fsync floor: memory store + a group fsync a turn, no store work"
+FLOOR = "fsync floor: memory store + group fsync, no store work"
 LG_EXIT = 'LangGraph + AsyncSqliteSaver, durability="exit"'
 LG_ASYNC = 'LangGraph + AsyncSqliteSaver, durability="async"'
 

@@ -16,8 +16,9 @@ than those of what it replaces (the covered messages and the previous summary) i
 dropped, and the result says why (``reason``) with ``messages_compacted == 0``.
 
 Compaction works on a :class:`Compactable`: a window of messages and a way to apply a
-summary, which :class:`~sessions.Session` implements (this module never imports it).
-A :class:`Compactor` runs one session's compactions one at a time.
+summary, which :class:`~sessions.Session` implements (this module never imports it), and
+so does :class:`SessionParts`, made of the session's parts, which is what a session's
+:class:`Compactor` (one compaction at a time) holds.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sessions.heartbeat import Spawn
 from sessions.history import MessageWindow
 from sessions.limits import Limits
 from sessions.store.base import Message
+from sessions.turn_host import TurnHost
 
 if TYPE_CHECKING:
     from handlers.adapters.llm import LLM
@@ -42,6 +44,7 @@ __all__ = [
     "Compactable",
     "CompactionResult",
     "Compactor",
+    "SessionParts",
     "Summarizer",
     "compact_session",
     "extract_summarizer",
@@ -166,6 +169,29 @@ class Compactable(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SessionParts:
+    """A :class:`Compactable` made of one session's parts rather than the session: its
+    ``window``, its ``host`` (for ``turn_count``) and ``apply``, which applies a summary
+    under the session lock.  A compactor holds this: holding the session that holds the
+    compactor would make a reference cycle, and a closed session would then wait for
+    the cyclic garbage collector instead of being freed at once."""
+
+    window: MessageWindow
+    host: TurnHost
+    apply: Callable[[Message, int], Awaitable[bool]]
+
+    @property
+    def turn_count(self) -> int:
+        """The session's finished turns."""
+        return self.host.turn_count
+
+    async def apply_summary(self, summary: Message, upto_seq: int) -> bool:
+        """Archive ``summary`` and drop what it covers from memory (locked); False when
+        the session closed first."""
+        return await self.apply(summary, upto_seq)
+
+
 async def compact_session(
     session: Compactable, summarize: Summarizer, keep: int
 ) -> CompactionResult:
@@ -196,7 +222,7 @@ class Compactor:
     """One session's compactions, one at a time: on request, or in the background when
     the window's estimated tokens pass ``threshold`` (``None``: never automatically).
 
-    ``target`` is the session (``session_id``, for log lines); ``limits`` give the
+    ``target`` is what it compacts (``session_id``, for log lines); ``limits`` give the
     threshold (``compaction_threshold_tokens``) and ``keep_recent_turns``; ``spawn``
     starts the background compactions.
     """

@@ -28,6 +28,7 @@ timeout on load (its timer fires at once) or on first use, as before.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -84,7 +85,18 @@ class GateTimers:
 
     def track(self, session: Session) -> None:
         """Keep ``session``'s timer in step with its pause, arming it now if it waits."""
-        session.checkpoints.on_paused = lambda cp: self._changed(session, cp)
+        # Weakly: the listener is kept by the session's own checkpoints, and holding the
+        # session would make a cycle (a closed session left for the cyclic garbage
+        # collector).  Read when a pause changes, never per node.  A session nobody holds
+        # is not hosted (the manager holds every hosted one): its timer was cancelled.
+        ref = weakref.ref(session)
+
+        def changed(cp: Checkpoint | None) -> None:
+            live = ref()
+            if live is not None:
+                self._changed(live, cp)
+
+        session.checkpoints.on_paused = changed
         self._changed(session, session.checkpoints.paused)
 
     def cancel(self, session_id: str) -> None:
@@ -114,12 +126,17 @@ class GateTimers:
             return
         scope = anyio.CancelScope()
         self._scopes[session.id] = (session, scope)
+        sid = session.id  # the task reads the session from its entry, when it fires
         try:
-            self._spawn(lambda: self._wait(session, cp, scope))
+            self._spawn(lambda: self._wait(sid, cp, scope))
         except SessionClosed:  # the manager is exiting: nothing more runs
             self._scopes.pop(session.id, None)
 
-    async def _wait(self, session: Session, cp: Checkpoint, scope: anyio.CancelScope) -> None:
+    async def _wait(self, sid: str, cp: Checkpoint, scope: anyio.CancelScope) -> None:
+        # Its frame never holds the session while it sleeps: a task still asleep when
+        # the manager's task group is cancelled ends with an error that anyio's task
+        # group keeps in a reference cycle with the frame (freed only by the cyclic
+        # garbage collector), and a closed session must not wait for that.
         with scope:
             # The deadline is wall-clock time (it outlives the process); anyio sleeps by
             # the monotonic clock, so a sleep may end a little early: sleep again then.
@@ -128,12 +145,13 @@ class GateTimers:
                 if left is None or left <= 0:
                     break
                 await anyio.sleep(left)
-        entry = self._scopes.get(session.id)
+        entry = self._scopes.get(sid)
         if scope.cancel_called or entry is None or entry[1] is not scope:
             return
         # No longer this session's timer: the turn it runs clears the pause, which
         # must not cancel the turn itself.
-        del self._scopes[session.id]
+        session = entry[0]
+        del self._scopes[sid]
         with anyio.CancelScope() as firing:
             self._firing.add(firing)
             try:

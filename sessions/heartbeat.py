@@ -31,8 +31,10 @@ HEARTBEAT_RUNS_KEPT = 20
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 """Starts a background task (the manager's task group ``start_soon``)."""
 
-HeartbeatRun = Callable[[], Awaitable[Mapping[str, Any]]]
-"""Runs the heartbeat graph once; returns the run's context, raises on failure."""
+HeartbeatRun = Callable[["Heartbeat"], Awaitable[Mapping[str, Any]]]
+"""Runs the heartbeat graph once for the heartbeat given (its run number and kept traces
+are read there, not from a reference the run holds back to it); returns the run's
+context, raises on failure."""
 
 HeartbeatApply = Callable[[Mapping[str, Any]], Awaitable[None]]
 """Offers a successful heartbeat's context to the session (applied between turns)."""
@@ -68,7 +70,9 @@ class Heartbeat:
     """
 
     __slots__ = (
+        "__weakref__",  # tests check a closed session's heartbeat is freed
         "_apply",
+        "_ended",
         "_run",
         "_scope",
         "error_count",
@@ -96,6 +100,7 @@ class Heartbeat:
         self.runs = 0
         self.last_error: BaseException | None = None
         self._scope: anyio.CancelScope | None = None
+        self._ended: anyio.Event | None = None  # set when the latest timer's task ends
         self.recent: deque[HeartbeatTrace] = deque(maxlen=HEARTBEAT_RUNS_KEPT)
 
     @property
@@ -110,7 +115,12 @@ class Heartbeat:
         self.stop()
         self.interval = float(interval)
         scope = self._scope = anyio.CancelScope()
-        spawn(lambda: self._loop(scope))
+        ended = self._ended = anyio.Event()
+        try:
+            spawn(lambda: self._loop(scope, ended))
+        except BaseException:
+            ended.set()  # no task: nothing to wait for
+            raise
 
     def stop(self) -> None:
         """Stop the timer (a beat in flight is cancelled; nothing of it is applied)."""
@@ -119,6 +129,17 @@ class Heartbeat:
             self._scope = None
         self.interval = None
 
+    async def stopped(self) -> None:
+        """Wait until the task of a timer :meth:`stop` ended has finished.
+
+        A session's close waits for it: a task still running when its task group is
+        cancelled ends with an error that anyio's task group keeps in a reference
+        cycle with the task's frame (and so with this heartbeat and the session's
+        parts), freed only by the cyclic garbage collector.
+        """
+        if self._ended is not None:
+            await self._ended.wait()
+
     def next_delay(self) -> float:
         """Seconds until the next beat: the interval, doubled per consecutive failure."""
         base = self.interval or 0.0
@@ -126,15 +147,18 @@ class Heartbeat:
             return base
         return min(max(base, self.max_backoff), base * 2.0 ** min(self.failures, 30))
 
-    async def _loop(self, scope: anyio.CancelScope) -> None:
-        with scope:
-            while True:
-                await anyio.sleep(self.next_delay())
-                if scope.cancel_called:
-                    # The sleep may have finished just as stop() ran: asyncio delivers
-                    # the cancellation at the next suspension, which would be too late.
-                    return
-                await self.beat()
+    async def _loop(self, scope: anyio.CancelScope, ended: anyio.Event) -> None:
+        try:
+            with scope:
+                while True:
+                    await anyio.sleep(self.next_delay())
+                    if scope.cancel_called:
+                        # The sleep may have finished just as stop() ran: asyncio
+                        # delivers the cancellation at the next suspension, too late.
+                        return
+                    await self.beat()
+        finally:
+            ended.set()
 
     async def beat(self) -> bool:
         """Run one heartbeat now unless one is in flight; True if it succeeded."""
@@ -142,7 +166,7 @@ class Heartbeat:
             return False
         self.in_flight = True
         try:
-            context = await self._run()
+            context = await self._run(self)
         except Exception as exc:  # reported and backed off, never raised to the session
             self._failed(exc)
             return False

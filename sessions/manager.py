@@ -72,6 +72,26 @@ def _owner(configured: str | None) -> str:
     return f"{configured}~{suffix}"
 
 
+class _Spawner:
+    """Starts background tasks in the manager's task group while it runs
+    (:data:`~sessions.heartbeat.Spawn`); after exit, :class:`SessionClosed`.
+
+    An object of its own, not a method of the manager: the gate timers and every
+    session's runtime keep it, and a bound method would hold the manager that holds
+    them, a reference cycle that only the cyclic garbage collector frees.
+    """
+
+    __slots__ = ("tg",)
+
+    def __init__(self) -> None:
+        self.tg: anyio.abc.TaskGroup | None = None
+
+    def __call__(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self.tg is None:
+            raise SessionClosed("*", "the session manager is not running")
+        self.tg.start_soon(fn)
+
+
 def _load(source: GraphSource | None, default: str, registry: HandlerRegistry) -> Graph:
     """A compiled graph from a Graph, a path or DOT text; else the shipped ``default``."""
     if isinstance(source, Graph):
@@ -200,7 +220,9 @@ class SessionManager:
         self._pending: dict[str, anyio.Event] = {}
         self._active: str | None = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._spawn = _Spawner()
+        # The lease loop's own scope, and the event it sets once it has ended.
+        self._renewing: tuple[anyio.CancelScope, anyio.Event] | None = None
         self._runtime: SessionRuntime | None = None
         self.gate_timers = GateTimers(self._spawn)
 
@@ -223,7 +245,7 @@ class SessionManager:
         if self._close_store:
             await self.store.open()
         stack = contextlib.AsyncExitStack()
-        self._tg = await stack.enter_async_context(anyio.create_task_group())
+        tg = self._spawn.tg = await stack.enter_async_context(anyio.create_task_group())
         self._stack = stack
         self._runtime = SessionRuntime(
             self.engine,
@@ -237,7 +259,8 @@ class SessionManager:
             self._lost,
             self.telemetry,
         )
-        self._tg.start_soon(self._renew_leases)
+        renewing = self._renewing = (anyio.CancelScope(), anyio.Event())
+        tg.start_soon(self._renew_leases, *renewing)
         return self
 
     async def __aexit__(
@@ -255,28 +278,41 @@ class SessionManager:
             # Cleared first: whatever tries to start a task from here on (a gate timer
             # armed by a turn the exit interrupted) meets SessionClosed, not the task
             # group's RuntimeError once it has exited.
-            stack, self._stack, tg, self._tg = self._stack, None, self._tg, None
-            self._runtime = None
-            if tg is not None:
-                tg.cancel_scope.cancel()
-            if stack is not None:
-                # The block's own error is not handed to the task group (already
-                # cancelled): it would come back wrapped in an ExceptionGroup, and
-                # `except SessionNotFound:` around the block would miss it.  Python
-                # re-raises it as itself once this returns.
-                await stack.__aexit__(None, None, None)
+            stack, self._stack, tg, self._spawn.tg = self._stack, None, self._spawn.tg, None
+            self._runtime = None  # it holds this manager (on_fenced): no cycle once closed
             try:
-                if self._close_store:
-                    await self.store.close()
+                await self._stop_renewing()
             finally:
-                if self._owns_llm:
-                    await _aclose(self.llm)
+                if tg is not None:
+                    tg.cancel_scope.cancel()
+                if stack is not None:
+                    # The block's own error is not handed to the task group (already
+                    # cancelled): it would come back wrapped in an ExceptionGroup, and
+                    # `except SessionNotFound:` around the block would miss it.  Python
+                    # re-raises it as itself once this returns.
+                    await stack.__aexit__(None, None, None)
+                try:
+                    if self._close_store:
+                        await self.store.close()
+                finally:
+                    if self._owns_llm:
+                        await _aclose(self.llm)
         return None
 
-    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        if self._tg is None:
-            raise SessionClosed("*", "the session manager is not running")
-        self._tg.start_soon(fn)
+    async def _stop_renewing(self) -> None:
+        """End the lease loop through its own scope and wait until it has ended.
+
+        Not through the task group's cancel: a task that group cancels ends with an
+        error that anyio's task group keeps in a reference cycle with the task's frame,
+        and so with this manager, freed only by the cyclic garbage collector (closing
+        a session waits for its heartbeat's task likewise).  Unshielded: an exit that
+        is itself cancelled goes on to cancel the task group at once.
+        """
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            scope, ended = renewing
+            scope.cancel()
+            await ended.wait()
 
     def _rt(self) -> SessionRuntime:
         if self._runtime is None:
@@ -448,17 +484,27 @@ class SessionManager:
 
     # ------------------------------------------------------------------ leases
 
-    async def _renew_leases(self) -> None:
-        """Every ``lease_ttl / 3``: renew each live session's lease; drop fenced ones."""
-        while True:
-            await anyio.sleep(self.lease_ttl / 3)
-            for session in tuple(self._live.values()):
-                try:
-                    await self.store.renew(session.id, self.owner, session.token, self.lease_ttl)
-                except Fenced as exc:
-                    self._lost(session, exc)
-                except Exception as exc:  # a store hiccup: try again next round
-                    log("warning", "lease.renew_failed", session_id=session.id, error=str(exc))
+    async def _renew_leases(self, scope: anyio.CancelScope, ended: anyio.Event) -> None:
+        """Every ``lease_ttl / 3``: renew each live session's lease; drop fenced ones.
+        Runs until ``scope`` is cancelled (the manager's exit), then sets ``ended``."""
+        try:
+            with scope:
+                while True:
+                    await anyio.sleep(self.lease_ttl / 3)
+                    await self._renew_all()
+        finally:
+            ended.set()
+
+    async def _renew_all(self) -> None:
+        # A function of its own: the loop above sleeps without a session in its frame,
+        # so a closed session is not kept alive until the next round.
+        for session in tuple(self._live.values()):
+            try:
+                await self.store.renew(session.id, self.owner, session.token, self.lease_ttl)
+            except Fenced as exc:
+                self._lost(session, exc)
+            except Exception as exc:  # a store hiccup: try again next round
+                log("warning", "lease.renew_failed", session_id=session.id, error=str(exc))
 
     def _lost(self, session: Session, exc: Fenced) -> None:
         """Another process owns ``session`` now: stop hosting it here.

@@ -21,11 +21,13 @@ together:
 
 from __future__ import annotations
 
+import functools
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 import structlog
@@ -33,7 +35,7 @@ import structlog
 from engine.events import Observer
 from engine.graph import Graph
 from sessions.checkpoints import Checkpoints, graph_fingerprint
-from sessions.compaction import CompactionResult, Compactor, Summarizer
+from sessions.compaction import CompactionResult, Compactor, SessionParts, Summarizer
 from sessions.errors import Fenced, SessionClosed, SessionError
 from sessions.gates import Question, answer_plan, question_of, retry_plan, timeout_plan
 from sessions.heartbeat import Heartbeat, HeartbeatTrace, Spawn
@@ -43,6 +45,8 @@ from sessions.sessionlog import ReasoningStep, SessionLog
 from sessions.state import SessionState
 from sessions.store.base import Checkpoint, LoadedSession, Message, SessionType, Store, TurnRecord
 from sessions.stream import STREAM_BUFFER, TurnStream
+from sessions.turn_host import SessionCore
+from sessions.turn_lock import TurnLock
 from sessions.turns import Phase, TurnPipeline, TurnResult, checked_input
 from sessions.usage import UsageTotals, stored_usage
 from sessions.writer import SessionWriter
@@ -56,6 +60,8 @@ __all__ = ["Phase", "ReasoningStep", "Session", "SessionRuntime", "TurnResult", 
 
 HEARTBEAT_HISTORY = 64
 """How many of the newest history entries a heartbeat run sees (``session.history``)."""
+
+_T = TypeVar("_T")
 
 _UNFILTERED = structlog.make_filtering_bound_logger(logging.NOTSET)
 
@@ -105,6 +111,32 @@ class SessionRuntime:
         return _info_enabled() if self.log_nodes is None else self.log_nodes
 
 
+class _InCore(Generic[_T]):
+    """A session attribute that lives in the session's
+    :class:`~sessions.turn_host.SessionCore` (its parts advance it there), read and
+    written through the session as if it were its own."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type[Session], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, session: None, owner: type[Session]) -> _InCore[_T]: ...
+
+    @overload
+    def __get__(self, session: Session, owner: type[Session]) -> _T: ...
+
+    def __get__(self, session: Session | None, owner: type[Session]) -> _T | _InCore[_T]:
+        if session is None:
+            return self
+        value: _T = getattr(session._core, self.name)
+        return value
+
+    def __set__(self, session: Session, value: _T) -> None:
+        setattr(session._core, self.name, value)
+
+
 class Session:
     """One conversation.  Create it through :class:`~sessions.SessionManager`.
 
@@ -151,12 +183,18 @@ class Session:
     A heartbeat's result (working memory, goals, cognitive mode) is applied between
     turns, never between a turn's commit and its apply, and stored under the session
     lock (see :mod:`sessions.state`); one not yet stored is stored by :meth:`close`.
+
+    No part of a session refers back to it (they hold its
+    :class:`~sessions.turn_host.SessionCore` and each other), so a closed session that
+    nobody holds is freed at once by reference counting, never left for the cyclic
+    garbage collector's pauses.
     """
 
     __slots__ = (
         "__weakref__",
         "_closing",
         "_compactor",
+        "_core",
         "_log",
         "_rt",
         "_state",
@@ -164,51 +202,61 @@ class Session:
         "_turns",
         "agent_id",
         "checkpoints",
-        "closed",
         "config",
         "created_at",
         "heartbeat",
         "heartbeat_graph",
         "id",
-        "phase",
-        "trace_id",
-        "turn_count",
         "turn_graph",
         "type",
-        "updated_at",
         "window",
         "working_memory",
     )
 
+    # Kept in the core, where the turns advance them (see the class docstring).
+    closed: _InCore[bool] = _InCore()
+    phase: _InCore[Phase] = _InCore()
+    trace_id: _InCore[str] = _InCore()
+    turn_count: _InCore[int] = _InCore()
+    updated_at: _InCore[float] = _InCore()
+
     def __init__(self, runtime: SessionRuntime, loaded: LoadedSession, *, token: int) -> None:
         meta, limits = loaded.meta, runtime.limits
+        # The parts below get what they need (this core, each other), never the session:
+        # a part holding its owner would make a reference cycle (see the class).
+        core = self._core = SessionCore(meta, runtime.turn_graph)
         self._rt = runtime
         self._token = token
         self.id = meta.id
         self.agent_id = meta.agent_id
         self.type: SessionType = meta.type
         self.config: Mapping[str, Any] = meta.config
-        self.created_at, self.updated_at = meta.created_at, meta.updated_at
-        self.turn_count = meta.turn_count
-        self.phase: Phase = "idle"
-        self.trace_id = ""
+        self.created_at = meta.created_at
         self.turn_graph = runtime.turn_graph
         self.heartbeat_graph = runtime.heartbeat_graph
-        self.closed = False
         self._closing: anyio.Event | None = None  # set when close() has finished
-        writer = SessionWriter(runtime.store, self.id, token, self._fenced)
+        writer = SessionWriter(runtime.store, self.id, token, _fence_notice(self))
         log = self._log = SessionLog(runtime.store, limits, loaded)
         self.window = log.window
         state = self._state = SessionState(meta)
         self.working_memory = state.working_memory  # one dict, changed in place
         self.checkpoints = Checkpoints(writer, graph_fingerprint(self.turn_graph))
-        self._compactor = Compactor(self.id, self, runtime.summarize, limits, runtime.spawn)
+        lock = TurnLock(core, runtime, writer, log, state)
+        self._compactor = Compactor(
+            self.id,
+            SessionParts(log.window, core, lock.apply_summary),
+            runtime.summarize,
+            limits,
+            runtime.spawn,
+        )
         self._turns = TurnPipeline(
-            self, runtime, writer, log, state, self.checkpoints, self._compactor
+            core, runtime, lock, writer, log, state, self.checkpoints, self._compactor
         )
         self.heartbeat = Heartbeat(
             self.id,
-            lambda: _run_heartbeat(self, runtime.engine, state, log),
+            functools.partial(
+                _run_heartbeat, core, runtime.engine, runtime.heartbeat_graph, state, log
+            ),
             self._turns.offer_state,
             limits.heartbeat_max_backoff,
         )
@@ -364,9 +412,8 @@ class Session:
         turn or the turn graph changed since; :class:`~sessions.errors.SessionPaused`
         while a question waits.  ``watch`` observes the turn's events."""
         checkpointing = self._rt.limits.checkpoint
-        return await self._turns.continue_turn(
-            lambda: retry_plan(self, self.checkpoints, checkpointing), watch
-        )
+        core, cps = self._core, self.checkpoints
+        return await self._turns.continue_turn(lambda: retry_plan(core, cps, checkpointing), watch)
 
     # ------------------------------------------------------------------ compaction
 
@@ -401,7 +448,7 @@ class Session:
 
     def _fenced(self, exc: Fenced) -> None:
         """Another process owns the session now: anything more we wrote would be lost."""
-        self.closed = True
+        self._core.closed = True
         self.heartbeat.stop()
         if self._rt.on_fenced is not None:
             self._rt.on_fenced(self, exc)
@@ -419,6 +466,7 @@ class Session:
         self.heartbeat.stop()
         try:
             await self._turns.drain()
+            await self.heartbeat.stopped()  # its task has let go of the session's parts
         finally:
             closing.set()
 
@@ -438,32 +486,55 @@ async def expire_gate(session: Session, *, watch: Observer | None = None) -> Tur
     return await session._turns.continue_turn(plan, watch)
 
 
+def _fence_notice(session: Session) -> Callable[[Fenced], None]:
+    """What the session's writer calls when a write was fenced: ``session._fenced``.
+
+    Held weakly: the writer is the session's own part, and a strong reference back
+    would make a cycle (a closed session left for the cyclic garbage collector).  It is
+    read only after a fenced write, never on a turn's path.  A session nobody holds any
+    more is not hosted (its manager holds every hosted one): there is no one to tell.
+    """
+    ref = weakref.ref(session)
+
+    def fenced(exc: Fenced) -> None:
+        live = ref()
+        if live is not None:
+            live._fenced(exc)
+
+    return fenced
+
+
 async def _run_heartbeat(
-    session: Session, engine: Engine, state: SessionState, log: SessionLog
+    core: SessionCore,
+    engine: Engine,
+    graph: Graph | None,
+    state: SessionState,
+    log: SessionLog,
+    heartbeat: Heartbeat,
 ) -> Mapping[str, Any]:
-    """One heartbeat run on a snapshot of ``session`` (its history: the newest
-    :data:`HEARTBEAT_HISTORY` entries), outside the session lock."""
-    graph = session.heartbeat_graph
+    """One heartbeat run of ``heartbeat`` on a snapshot of the session (``core``,
+    ``state``; its history: the newest :data:`HEARTBEAT_HISTORY` entries of ``log``),
+    outside the session lock."""
     assert graph is not None
-    n = session.heartbeat.runs + 1
-    sid = session.id
+    n = heartbeat.runs + 1
+    sid = core.id
     context = {
         "session.id": sid,
-        "session.agent_id": session.agent_id,
-        "session.type": session.type,
-        "session.turn_count": session.turn_count,
-        "session.phase": session.phase,
+        "session.agent_id": core.agent_id,
+        "session.type": core.type,
+        "session.turn_count": core.turn_count,
+        "session.phase": core.phase,
         "session.goals": state.goals,
         "session.working_memory": MappingProxyType(dict(state.working_memory)),
         "session.cognitive_mode": state.cognitive_mode,
         # A snapshot (turns may append meanwhile), of the newest entries only: a
         # heartbeat must cost the same at message 20 and message 20,000.
         "session.history": log.history[-HEARTBEAT_HISTORY:],
-        "session.config": session.config,
+        "session.config": core.config,
         "session.trace_id": f"{sid}:hb:{n}",
     }
     result = await engine.run(graph, context, run_id=f"{sid}:hb:{n}")
-    session.heartbeat.recent.append(HeartbeatTrace.of(n, result, graph.source_hash))
+    heartbeat.recent.append(HeartbeatTrace.of(n, result, graph.source_hash))
     if not result.ok:
         raise result.error or RuntimeError(f"heartbeat {result.status}")
     return result.context

@@ -57,6 +57,7 @@ class SessionLog:
     """
 
     __slots__ = (
+        "__weakref__",  # tests check a closed session's log is freed
         "_id",
         "_limits",
         "_store",

@@ -55,16 +55,29 @@ class TurnPipeline:
     Its FIFO lock (:class:`~sessions.turn_lock.TurnLock`) also serialises what must
     never land inside a turn: storing a heartbeat's result (:meth:`offer_state`),
     applying a compaction summary (:meth:`apply_summary`) and the last writes of a
-    closing session (:meth:`drain`).  ``host`` is the session whose counters the turns
-    advance; the other parts are the session's (see :class:`~sessions.Session`).
+    closing session (:meth:`drain`).  ``host`` holds the counters the turns advance
+    (:class:`~sessions.turn_host.SessionCore`); ``lock`` is the session's
+    :class:`~sessions.turn_lock.TurnLock` (its compactor applies summaries through it);
+    the other parts are the session's too (see :class:`~sessions.Session`).
     """
 
-    __slots__ = ("_checkpoints", "_committer", "_hooks", "_host", "_lock", "_log", "_rt", "_state")
+    __slots__ = (
+        "__weakref__",  # tests check a closed session's pipeline is freed
+        "_checkpoints",
+        "_committer",
+        "_hooks",
+        "_host",
+        "_lock",
+        "_log",
+        "_rt",
+        "_state",
+    )
 
     def __init__(
         self,
         host: TurnHost,
         runtime: TurnRuntime,
+        lock: TurnLock,
         writer: SessionWriter,
         log: SessionLog,
         state: SessionState,
@@ -76,7 +89,7 @@ class TurnPipeline:
         self._log = log
         self._state = state
         self._checkpoints = checkpoints
-        self._lock = TurnLock(host, runtime, writer, log, state)
+        self._lock = lock
         self._committer = TurnCommitter(host, writer, log, state, compactor)
         self._hooks = TurnHooks(host, runtime, log)
 

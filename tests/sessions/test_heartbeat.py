@@ -151,7 +151,7 @@ async def test_failures_back_off_and_are_reported(store: Store) -> None:
 def test_backoff_doubles_per_failure_up_to_the_cap() -> None:
     """next_delay is interval * 2**failures, capped at max_backoff (never below interval)."""
 
-    async def run() -> Mapping[str, Any]:
+    async def run(hb: Heartbeat) -> Mapping[str, Any]:
         return {}
 
     async def apply(ctx: Mapping[str, Any]) -> None:
