@@ -28,12 +28,11 @@ SESSIONS = 4000
 """Enough sessions that a listing or a verification is several times a pipe's 64 KiB."""
 
 
-def _reader_leaves(home: Path, *args: str) -> tuple[int, str]:
-    """Run ``python -m engine.run ARGS``, read its first line of output, close the pipe;
-    its exit code and standard error."""
+def _started(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m engine.run ARGS`` started, its output and errors unbuffered pipes."""
     env = {k: v for k, v in os.environ.items() if k != "TURNGRAPH_STORE"}
     env.update(PYTHONPATH=str(ROOT), TURNGRAPH_HOME=str(home))
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "engine.run", *args],
         cwd=ROOT,
         env=env,
@@ -42,6 +41,12 @@ def _reader_leaves(home: Path, *args: str) -> tuple[int, str]:
         stderr=subprocess.PIPE,
         bufsize=0,
     )
+
+
+def _reader_leaves(home: Path, *args: str) -> tuple[int, str]:
+    """Run ``python -m engine.run ARGS``, read its first line of output, close the pipe;
+    its exit code and standard error."""
+    proc = _started(home, *args)
     try:
         assert proc.stdout is not None and proc.stderr is not None
         first = proc.stdout.readline()
@@ -111,19 +116,8 @@ def test_ctrl_c_while_the_json_document_is_written_adds_no_second_object(
     object after the document (it was appended, so what stdout held was no JSON at all,
     even when the whole listing had been written)."""
     url, _ = store
-    env = {k: v for k, v in os.environ.items() if k != "TURNGRAPH_STORE"}
-    env.update(PYTHONPATH=str(ROOT), TURNGRAPH_HOME=str(tmp_path))
     limit = str(SESSIONS + 1)
-    listing = ("sessions", "list", "--json", "--limit", limit, "--store", url)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.run", *listing],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-    )
+    proc = _started(tmp_path, "sessions", "list", "--json", "--limit", limit, "--store", url)
     try:
         assert proc.stdout is not None
         first = proc.stdout.read(1)  # the document has begun; the rest fills the pipe
