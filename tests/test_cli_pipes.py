@@ -1,5 +1,6 @@
 """A reader that leaves in the middle of a command's output (``... | head -1``): the
-command ends quietly with its own exit code, whichever command it is.
+command ends quietly with its own exit code, whichever command it is.  One that stops
+reading while Ctrl-C is pressed gets no second JSON document.
 
 Every test runs the real program in a subprocess whose standard output is a real pipe:
 the reader takes the first line and closes its end while the command still has far
@@ -9,6 +10,7 @@ more to write than the pipe holds, so the command meets the closed pipe mid-outp
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,12 +28,11 @@ SESSIONS = 4000
 """Enough sessions that a listing or a verification is several times a pipe's 64 KiB."""
 
 
-def _reader_leaves(home: Path, *args: str) -> tuple[int, str]:
-    """Run ``python -m engine.run ARGS``, read its first line of output, close the pipe;
-    its exit code and standard error."""
+def _started(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m engine.run ARGS`` started, its output and errors unbuffered pipes."""
     env = {k: v for k, v in os.environ.items() if k != "TURNGRAPH_STORE"}
     env.update(PYTHONPATH=str(ROOT), TURNGRAPH_HOME=str(home))
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "engine.run", *args],
         cwd=ROOT,
         env=env,
@@ -40,6 +41,12 @@ def _reader_leaves(home: Path, *args: str) -> tuple[int, str]:
         stderr=subprocess.PIPE,
         bufsize=0,
     )
+
+
+def _reader_leaves(home: Path, *args: str) -> tuple[int, str]:
+    """Run ``python -m engine.run ARGS``, read its first line of output, close the pipe;
+    its exit code and standard error."""
+    proc = _started(home, *args)
     try:
         assert proc.stdout is not None and proc.stderr is not None
         first = proc.stdout.readline()
@@ -99,3 +106,28 @@ def test_list_still_warns_of_tampering_when_the_reader_leaves(
     code, errs = _reader_leaves(tmp_path, "sessions", "list", "--limit", limit, "--store", url)
     assert code == 0, errs
     assert errs.startswith("warning: 1 tampered session(s)") and "s9999" in errs
+
+
+def test_ctrl_c_while_the_json_document_is_written_adds_no_second_object(
+    tmp_path: Path, store: tuple[str, Path]
+) -> None:
+    """SIGINT while ``sessions list --json`` is blocked writing its document into a pipe
+    the reader has stopped reading: ``error: interrupted``, exit 130, and no error
+    object after the document (it was appended, so what stdout held was no JSON at all,
+    even when the whole listing had been written)."""
+    url, _ = store
+    limit = str(SESSIONS + 1)
+    proc = _started(tmp_path, "sessions", "list", "--json", "--limit", limit, "--store", url)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.read(1)  # the document has begun; the rest fills the pipe
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=LIMIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = errs.decode().splitlines()  # the tampered session's warning may come first
+    assert (first, proc.returncode, lines[-1]) == (b"[", 130, "error: interrupted"), lines
+    assert "Traceback" not in errs.decode()
+    assert b"KeyboardInterrupt" not in out

@@ -43,6 +43,7 @@ __all__ = [
     "dialect_graph",
     "err",
     "error_json",
+    "forget_printed",
     "lease_ttl",
     "model_of",
     "one_line",
@@ -53,6 +54,7 @@ __all__ = [
     "redact",
     "refuse_shell",
     "shell_allowed",
+    "stdout_error",
     "store_url",
     "wants_json",
 ]
@@ -153,10 +155,23 @@ def configure_logging(verbose: bool) -> None:
     )
 
 
+class _Printed:
+    """Whether this run of the command line has begun a JSON document on stdout."""
+
+    json = False
+
+
 def print_json(doc: Any) -> None:
     """One JSON document on stdout: UTF-8 as is, else ASCII escapes (still valid JSON)."""
     utf = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-    print(json.dumps(doc, ensure_ascii=not utf, default=str))
+    text = json.dumps(doc, ensure_ascii=not utf, default=str)
+    _Printed.json = True  # before writing: a Ctrl-C may cut the document short
+    print(text)
+
+
+def forget_printed() -> None:
+    """A new run of the command line: no JSON document printed yet (:func:`error_json`)."""
+    _Printed.json = False
 
 
 def printable(text: str) -> str:
@@ -180,7 +195,10 @@ def error_json(line: str, kind: str) -> None:
     """Print the ``--json`` object of a command that ended with an error instead of a
     turn: a turn's keys (:data:`JSON_KEYS`, null when absent) with ``status`` ``"error"``,
     ``error`` the line printed on stderr and ``error_kind`` its class, so a script reads
-    one object whatever happened."""
+    one object whatever happened.  Nothing when this run had already begun a document
+    (Ctrl-C while a long one was written): a second would leave no object at all to read."""
+    if _Printed.json:
+        return
     doc: dict[str, Any] = dict.fromkeys(JSON_KEYS)
     doc.update(status="error", error=line, error_kind=kind)
     print_json(doc)
@@ -341,19 +359,32 @@ def quiet_std_streams() -> None:
     A reader may leave in the middle of any command's output (``... | head -1``): the
     stream is then pointed at the null device and the command runs on to its own exit
     code (a tampered session still fails ``sessions verify``, a warning still reaches
-    stderr), instead of a broken pipe ending it early with 0 or a traceback.  Text the
-    stream cannot encode is escaped.  The process's entry point calls this once, before
-    anything is written: it replaces ``sys.stdout`` and ``sys.stderr``.
+    stderr), instead of a broken pipe ending it early with 0 or a traceback.  Any other
+    failure to write (a full disk, ``> /dev/full``) is the command's error, reported once:
+    the descriptor is then pointed at the null device too, so that the text still
+    buffered does not fail again when the interpreter exits (a traceback and exit 120).
+    A stream closed at start (``2>&-``) writes to the null device, so that an error line
+    meant for it does not land on stdout (``print(file=None)``), inside ``--json``'s
+    object.  Text the stream cannot encode is escaped.  The process's entry point calls
+    this once, before anything is written: it replaces ``sys.stdout`` and ``sys.stderr``.
     """
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
+        if stream is None:  # closed at start (``2>&-``)
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+            continue
         try:
             fd = stream.fileno()
-        except (AttributeError, OSError, ValueError):  # closed at start (``>&-``): None
+        except (AttributeError, OSError, ValueError):  # not a file (captured): as it is
             continue
         stream.flush()
+        raw = _QuietFile(fd, "w", closefd=False)
+        raw.label = "standard output" if name == "stdout" else "standard error"
+        # Unbuffered as the stream was (``python -u``, ``PYTHONUNBUFFERED``): a buffer
+        # would hold back what a user or a log waits for, and lose it if the process is killed.
+        unbuffered = not isinstance(getattr(stream, "buffer", None), io.BufferedIOBase)
         quiet = io.TextIOWrapper(
-            io.BufferedWriter(_QuietFile(fd, "w", closefd=False)),
+            raw if unbuffered else io.BufferedWriter(raw),
             encoding=stream.encoding,
             errors="backslashreplace",
             line_buffering=stream.line_buffering,
@@ -362,18 +393,41 @@ def quiet_std_streams() -> None:
         setattr(sys, name, quiet)
 
 
+def stdout_error() -> OSError | None:
+    """The first failure to write standard output other than its reader leaving (a
+    full disk), after :func:`quiet_std_streams`; ``None`` when there was none."""
+    binary = getattr(sys.stdout, "buffer", None)
+    raw = getattr(binary, "raw", binary)
+    return raw.error if isinstance(raw, _QuietFile) else None
+
+
 class _QuietFile(io.FileIO):
     """A standard stream's file descriptor: when its reader has gone, the descriptor is
-    pointed at the null device and the write counts as done."""
+    pointed at the null device and the write counts as done; when the write fails
+    otherwise, it is pointed there too and the write fails, once (:attr:`error`)."""
+
+    label = "a standard stream"
+    """What an error calls it (``standard output``)."""
+    error: OSError | None = None
+    """The first failure to write, other than the reader leaving."""
 
     def write(self, data: ReadableBuffer, /) -> int:
         """Write ``data``; nothing fails when the reader has gone."""
         try:
             return super().write(data)
         except BrokenPipeError:
-            null = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(null, self.fileno())
-            finally:
-                os.close(null)
+            self._to_null()
             return memoryview(data).nbytes
+        except OSError as exc:
+            self._to_null()
+            failed = OSError(exc.errno, exc.strerror, self.label)  # which stream: one line
+            if self.error is None:
+                self.error = failed
+            raise failed from exc
+
+    def _to_null(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self.fileno())
+        finally:
+            os.close(null)

@@ -49,7 +49,8 @@ whatever tracer provider the process has (``opentelemetry-instrument`` configure
 Exit status: 0 success; 1 a run failed at a node; 2 bad input (arguments, a missing,
 empty, binary or malformed graph, a validation error, a bad or missing session id, a
 corrupt or tampered store or export, a store's optional extra not installed, Graphviz
-missing for images, a message with control characters or bytes that are not UTF-8);
+missing for images, a message with control characters or bytes that are not UTF-8,
+output that cannot be written: a full disk, with one line naming the stream);
 130 interrupted (``error: interrupted``); 143 and 129 a chat ended by SIGTERM or SIGHUP;
 70 an internal bug.  A reader that leaves (``... | head -1``) is quiet, whatever the
 command: its output is dropped and the command ends with its own code.
@@ -67,7 +68,9 @@ in the commands that use them.  Only this module configures structlog.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -90,6 +93,7 @@ from engine.cli.common import (
     dialect_graph,
     err,
     error_json,
+    forget_printed,
     lease_ttl,
     model_of,
     one_line,
@@ -99,6 +103,7 @@ from engine.cli.common import (
     redact,
     refuse_shell,
     shell_allowed,
+    stdout_error,
     store_url,
     wants_json,
 )
@@ -117,6 +122,7 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_RUN_FAILED", "main", "one
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    forget_printed()
     try:
         command = _COMMANDS.get(args[0]) if args else None
         return command(args[1:]) if command else _cmd_run(args)
@@ -676,4 +682,16 @@ def program() -> int:
     (``... | head -1``) is quiet, whatever the command: it ends with its own exit code
     (:func:`~engine.cli.common.quiet_std_streams`)."""
     quiet_std_streams()
-    return main()
+    code = main()
+    # What is still buffered is written now, not at the interpreter's exit (where a
+    # full disk would be a traceback and exit 120); a failure the command did not
+    # report (input() swallows its flush's) fails it with one line.
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    failed = stdout_error()
+    if failed is not None and code == 0:
+        code = _exit_code(failed, verbose=False)
+    # Its report is out: a later Ctrl-C (while the interpreter waits for a worker thread
+    # still in a busy SQLite open, say) ends the process at once, not with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return code
