@@ -16,8 +16,12 @@ holds); the thread's calls and claimed uses exclude each other through one lock.
 Cancellation: a caller cancelled while its call is still queued removes it (it never
 runs); a caller cancelled while its call runs stops waiting at once and the call
 finishes in the thread, so a transaction always commits or rolls back whole, never half.
-Either way the cancellation propagates.  Outside asyncio (anyio on trio), callers wait
-through ``anyio.to_thread`` instead: slower, same order and atomicity.
+Either way the cancellation propagates.  Such an abandoned call may be waiting for a lock
+held by another process; :meth:`DBThread.interrupt_abandoned` (used when the resource is
+closed) lets its owner cut that wait short, without touching a call somebody waits for.
+
+Outside asyncio (anyio on trio), callers wait through ``anyio.to_thread`` instead:
+slower, same order and atomicity.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class _Shared:
     """What the thread and its :class:`DBThread` share (the thread holds no reference
     to the :class:`DBThread` itself, so an abandoned one can be collected)."""
 
-    __slots__ = ("lock", "outstanding", "use")
+    __slots__ = ("lock", "outstanding", "running", "use")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -69,17 +73,23 @@ class _Shared:
         """Held by whoever uses the connection: a running call or a claim."""
         self.outstanding = 0
         """Calls submitted by :meth:`DBThread.run` and not yet finished or skipped."""
+        self.running: _Job[Any] | None = None
+        """The call running now (guarded by ``lock``)."""
 
 
 class _Job(Generic[T]):
     """One submitted call, its state, and how to report its end."""
 
-    __slots__ = ("args", "error", "event", "fn", "fut", "loop", "posted", "result", "state")
+    __slots__ = (
+        "abandoned", "args", "error", "event", "fn", "fut", "loop", "posted", "result", "state",
+    )  # fmt: skip
 
     def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], posted: bool = False) -> None:
         self.fn, self.args = fn, args
         self.posted = posted
         self.state = _QUEUED
+        self.abandoned = False
+        """Its caller stopped waiting while it ran (guarded by the shared lock)."""
         self.result: T | None = None
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -116,6 +126,7 @@ def _run_job(job: _Job[Any], shared: _Shared) -> None:
             shared.outstanding -= 1
             return  # its caller was cancelled before it started
         job.state = _RUNNING
+        shared.running = job
     try:
         with shared.use:
             job.result = job.fn(*job.args)
@@ -123,6 +134,7 @@ def _run_job(job: _Job[Any], shared: _Shared) -> None:
         job.error = exc
     with shared.lock:
         job.state = _DONE
+        shared.running = None
         shared.outstanding -= 1
     if job.event is not None:
         job.event.set()
@@ -202,10 +214,30 @@ class DBThread:
             self._jobs.put(_Job(fn, (), posted=True))
 
     def _abandon(self, job: _Job[Any]) -> None:
-        """The caller was cancelled: a queued job is skipped, a running one finishes."""
+        """The caller was cancelled: a queued job is skipped, a running one finishes
+        (unless :meth:`interrupt_abandoned` cuts it short)."""
         with self._shared.lock:
             if job.state == _QUEUED:
                 job.state = _SKIPPED
+            elif job.state == _RUNNING:
+                job.abandoned = True
+
+    def interrupt_abandoned(self, interrupt: Callable[[], object]) -> bool:
+        """Call ``interrupt()`` if the call running now is one whose caller was
+        cancelled (nobody waits for it); ``True`` if it was called.
+
+        ``interrupt`` must be safe to call from another thread and should make the
+        running call end soon (``sqlite3.Connection.interrupt``).  It is called under
+        the lock the thread takes to end one call and start the next, so it reaches
+        the abandoned call, never a call queued after it; posted work and calls someone
+        still waits for are never interrupted.
+        """
+        with self._shared.lock:
+            job = self._shared.running
+            if job is None or not job.abandoned:
+                return False
+            interrupt()
+            return True
 
     async def _run_elsewhere(self, job: _Job[T]) -> T:
         job.event = threading.Event()

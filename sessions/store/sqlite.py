@@ -24,12 +24,14 @@ checkpointed in the database thread, so no write runs a checkpoint in the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -55,7 +57,7 @@ from sessions.store.sqlite_batch import write_group
 from sessions.store.sqlite_core import SQLiteCore
 from sessions.store.sqlite_group import Committer, GroupCommit, QueuedTurn
 from sessions.store.sqlite_memory import recall, remember
-from sessions.store.sqlite_open import connect, translate
+from sessions.store.sqlite_open import Opened, busy, connect, translate
 from sessions.store.witness import Witness, witness_path
 
 __all__ = ["SQLiteStore", "check_sqlite_folder"]
@@ -63,14 +65,42 @@ __all__ = ["SQLiteStore", "check_sqlite_folder"]
 T = TypeVar("T")
 
 
+_OPEN_SLICE_MS: Final = 100
+"""An open waits for another process's lock in slices this long, so that a cancelled
+open stops waiting within one: SQLite's busy wait ignores ``interrupt()``."""
+
+
 def _connect(
-    url: str, path: Path, create: bool, synchronous: str, busy_ms: int
+    url: str,
+    path: Path,
+    create: bool,
+    synchronous: str,
+    busy_ms: int,
+    opened: Opened,
+    stop: threading.Event,
 ) -> sqlite3.Connection:
-    """Open the file (in the database thread), SQLite's errors as typed store errors."""
-    try:
-        return connect(url, path, create=create, synchronous=synchronous, busy_ms=busy_ms)
-    except sqlite3.Error as exc:
-        raise translate(url, path, exc) from exc
+    """Open the file (in the database thread), SQLite's errors as typed store errors.
+
+    While another process holds the lock, it tries again (each try is whole: a
+    migration rolled back, the connection closed) until ``busy_ms`` have passed or
+    ``stop`` is set (nobody waits for the open any more).
+    """
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        wait_ms = max(0, min(_OPEN_SLICE_MS, int((deadline - time.monotonic()) * 1000)))
+        try:
+            conn = connect(
+                url, path, create=create, synchronous=synchronous, busy_ms=wait_ms, opened=opened
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        except sqlite3.Error as exc:
+            if not busy(exc) or stop.is_set() or time.monotonic() >= deadline:
+                raise translate(url, path, exc) from exc
 
 
 class SQLiteStore:
@@ -163,13 +193,20 @@ class SQLiteStore:
         existing = self.path.is_file() and self.path.stat().st_size > 0
         signer = Signer(load_key(self._secret, existing_store=self.url if existing else None))
         db = self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
+        opening: list[sqlite3.Connection] = []  # filled in the database thread
+        stop = threading.Event()
         try:
             conn = await db.run(
-                _connect, self.url, self.path, self._may_create, self._synchronous, self._busy_ms
-            )
+                _connect, self.url, self.path, self._may_create, self._synchronous,
+                self._busy_ms, opening.append, stop,
+            )  # fmt: skip
             witness = self._open_witness()
         except BaseException:
             self._db = None
+            # Cancelled (Ctrl-C) while the open waits for another process's lock: cut
+            # the wait short (SQLite rolls the migration back whole), else ending the
+            # thread would wait out the busy timeout.
+            db.interrupt_abandoned(lambda: _interrupt(opening, stop))
             await db.stop()
             raise
         self._core = SQLiteCore(
@@ -189,7 +226,13 @@ class SQLiteStore:
         return witness
 
     async def close(self) -> None:
-        """Let pending calls finish, close the connection, end the thread.  Idempotent."""
+        """Let pending calls finish, close the connection, end the thread.  Idempotent.
+
+        A call whose caller was cancelled while it ran (Ctrl-C while it waits for
+        another process's lock, say) is interrupted instead: nobody waits for it, and
+        SQLite rolls its statement and transaction back whole.  Calls queued after it
+        and calls somebody still waits for are never interrupted.
+        """
         db, self._db = self._db, None
         core, self._core = self._core, None
         committer, self._committer = self._committer, None
@@ -200,6 +243,7 @@ class SQLiteStore:
             with anyio.CancelScope(shield=True):
                 try:
                     if core is not None:
+                        db.interrupt_abandoned(lambda: _interrupt([core.conn]))
                         await db.run(core.close)
                 finally:
                     await db.stop()
@@ -421,6 +465,17 @@ def check_sqlite_folder(url: str, path: Path) -> None:
     if folder.absolute() == data_dir().absolute() and not folder.exists():
         return  # the data directory: made on first use
     raise StorePathInvalid(url, f"folder {folder} does not exist (create it first)")
+
+
+def _interrupt(conns: Sequence[sqlite3.Connection], stop: threading.Event | None = None) -> None:
+    """Interrupt the statement running on each connection (from any thread; one closed
+    meanwhile has nothing left to interrupt), and set ``stop``: SQLite's wait for a
+    lock does not end on ``interrupt()``, so a wait in slices checks it."""
+    if stop is not None:
+        stop.set()
+    for conn in conns:
+        with contextlib.suppress(sqlite3.ProgrammingError):
+            conn.interrupt()
 
 
 def _on_asyncio() -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
@@ -29,22 +29,38 @@ _HEADER: Final = b"SQLite format 3\x00"
 AUTOCHECKPOINT_PAGES: Final = 4000
 """SQLite's automatic checkpoint, a backstop: the background ones keep the log far below."""
 
+Opened = Callable[[sqlite3.Connection], object]
+"""Told each connection as soon as it exists, before any statement that may wait for a
+lock: the opener may then ``interrupt()`` it from another thread (a cancelled open)."""
+
+
+def _unseen(conn: sqlite3.Connection) -> None:
+    """The default :data:`Opened`: nobody needs the connection early."""
+
 
 def connect(
-    url: str, path: Path, *, create: bool, synchronous: str, busy_ms: int
+    url: str,
+    path: Path,
+    *,
+    create: bool,
+    synchronous: str,
+    busy_ms: int,
+    opened: Opened = _unseen,
 ) -> sqlite3.Connection:
     """Open (with ``create``, make) the database at ``path``, set its pragmas, migrate.
 
     Without ``create`` the file must exist (``mode=rw``): one deleted since the caller
-    checked is an error, not made again.
+    checked is an error, not made again.  ``opened``: see :data:`Opened`.
     """
     _precheck(url, path)
     try:
-        return _connect_rw(url, path, create=create, synchronous=synchronous, busy_ms=busy_ms)
+        return _connect_rw(
+            url, path, create=create, synchronous=synchronous, busy_ms=busy_ms, opened=opened
+        )
     except (sqlite3.OperationalError, PermissionError, OSError) as exc:
         if not _on_read_only(path, exc):
             raise
-    return connect_read_only(url, path, busy_ms=busy_ms)
+    return connect_read_only(url, path, busy_ms=busy_ms, opened=opened)
 
 
 def _on_read_only(path: Path, exc: BaseException) -> bool:
@@ -57,7 +73,9 @@ def _on_read_only(path: Path, exc: BaseException) -> bool:
     return not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK)
 
 
-def connect_read_only(url: str, path: Path, *, busy_ms: int) -> sqlite3.Connection:
+def connect_read_only(
+    url: str, path: Path, *, busy_ms: int, opened: Opened = _unseen
+) -> sqlite3.Connection:
     """Open the existing database at ``path`` for reading only.
 
     ``mode=ro`` first: it reads the write-ahead log too, but needs its ``-shm`` file
@@ -65,6 +83,7 @@ def connect_read_only(url: str, path: Path, *, busy_ms: int) -> sqlite3.Connecti
     ``immutable=1``: SQLite then reads the main file alone, so only when no log with
     unmerged commits sits beside it (else those commits would silently be missing).
     Every write on the connection fails (:class:`~sessions.errors.StoreReadOnly`).
+    ``opened``: see :data:`Opened`.
     """
     base = path.absolute().as_uri()
     wal = path.with_name(path.name + "-wal")
@@ -77,6 +96,7 @@ def connect_read_only(url: str, path: Path, *, busy_ms: int) -> sqlite3.Connecti
             f"{base}?{mode}", isolation_level=None, check_same_thread=False,
             timeout=busy_ms / 1000, uri=True,
         )  # fmt: skip
+        opened(conn)
         try:
             conn.execute(f"PRAGMA busy_timeout={busy_ms}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -111,7 +131,7 @@ def _check_read_only_version(url: str, path: Path, version: int) -> None:
 
 
 def _connect_rw(
-    url: str, path: Path, *, create: bool, synchronous: str, busy_ms: int
+    url: str, path: Path, *, create: bool, synchronous: str, busy_ms: int, opened: Opened
 ) -> sqlite3.Connection:
     """:func:`connect` for reading and writing."""
     if create:
@@ -126,6 +146,7 @@ def _connect_rw(
         timeout=busy_ms / 1000,
         uri=not create,
     )
+    opened(conn)
     try:
         conn.execute(f"PRAGMA busy_timeout={busy_ms}")
         conn.execute("PRAGMA journal_mode=WAL")
