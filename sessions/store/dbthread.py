@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 import weakref
@@ -64,7 +65,7 @@ class _Shared:
     """What the thread and its :class:`DBThread` share (the thread holds no reference
     to the :class:`DBThread` itself, so an abandoned one can be collected)."""
 
-    __slots__ = ("lock", "outstanding", "running", "use")
+    __slots__ = ("interrupted", "lock", "outstanding", "running", "use")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -75,6 +76,8 @@ class _Shared:
         """Calls submitted by :meth:`DBThread.run` and not yet finished or skipped."""
         self.running: _Job[Any] | None = None
         """The call running now (guarded by ``lock``)."""
+        self.interrupted = False
+        """:meth:`DBThread.interrupt_abandoned` reached the call running now."""
 
 
 class _Job(Generic[T]):
@@ -109,6 +112,10 @@ def _resolve(job: _Job[Any]) -> None:
         fut.set_result(job.result)
 
 
+def _interrupted(shared: _Shared) -> bool:
+    return shared.interrupted
+
+
 def _serve(jobs: queue.SimpleQueue[_Job[Any] | None], shared: _Shared) -> None:
     """The thread's body: run jobs until the ``None`` sentinel."""
     while (job := jobs.get()) is not None:
@@ -134,7 +141,7 @@ def _run_job(job: _Job[Any], shared: _Shared) -> None:
         job.error = exc
     with shared.lock:
         job.state = _DONE
-        shared.running = None
+        shared.running, shared.interrupted = None, False
         shared.outstanding -= 1
     if job.event is not None:
         job.event.set()
@@ -236,8 +243,16 @@ class DBThread:
             job = self._shared.running
             if job is None or not job.abandoned:
                 return False
+            self._shared.interrupted = True
             interrupt()
             return True
+
+    @property
+    def interrupted(self) -> Callable[[], bool]:
+        """A callable (for use in the thread, holding no reference to this object):
+        whether :meth:`interrupt_abandoned` reached the call running now, which should
+        then stop waiting (for a lock, say) as soon as it can."""
+        return functools.partial(_interrupted, self._shared)
 
     async def _run_elsewhere(self, job: _Job[T]) -> T:
         job.event = threading.Event()

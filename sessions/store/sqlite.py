@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -57,17 +57,13 @@ from sessions.store.sqlite_batch import write_group
 from sessions.store.sqlite_core import SQLiteCore
 from sessions.store.sqlite_group import Committer, GroupCommit, QueuedTurn
 from sessions.store.sqlite_memory import recall, remember
-from sessions.store.sqlite_open import Opened, busy, connect, translate
+from sessions.store.sqlite_open import Opened, connect, translate
+from sessions.store.sqlite_wait import SLICE_MS, WaitingConnection, busy, set_busy
 from sessions.store.witness import Witness, witness_path
 
 __all__ = ["SQLiteStore", "check_sqlite_folder"]
 
 T = TypeVar("T")
-
-
-_OPEN_SLICE_MS: Final = 100
-"""An open waits for another process's lock in slices this long, so that a cancelled
-open stops waiting within one: SQLite's busy wait ignores ``interrupt()``."""
 
 
 def _connect(
@@ -77,29 +73,29 @@ def _connect(
     synchronous: str,
     busy_ms: int,
     opened: Opened,
-    stop: threading.Event,
+    stop: Callable[[], bool],
 ) -> sqlite3.Connection:
     """Open the file (in the database thread), SQLite's errors as typed store errors.
 
     While another process holds the lock, it tries again (each try is whole: a
     migration rolled back, the connection closed) until ``busy_ms`` have passed or
-    ``stop`` is set (nobody waits for the open any more).
+    ``stop()`` says so (nobody waits for the open any more).
     """
     deadline = time.monotonic() + busy_ms / 1000
     while True:
-        wait_ms = max(0, min(_OPEN_SLICE_MS, int((deadline - time.monotonic()) * 1000)))
+        wait_ms = max(0, min(SLICE_MS, int((deadline - time.monotonic()) * 1000)))
         try:
             conn = connect(
                 url, path, create=create, synchronous=synchronous, busy_ms=wait_ms, opened=opened
             )
             try:
-                conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+                set_busy(conn, busy_ms)
             except BaseException:
                 conn.close()
                 raise
             return conn
         except sqlite3.Error as exc:
-            if not busy(exc) or stop.is_set() or time.monotonic() >= deadline:
+            if not busy(exc) or stop() or time.monotonic() >= deadline:
                 raise translate(url, path, exc) from exc
 
 
@@ -193,21 +189,24 @@ class SQLiteStore:
         existing = self.path.is_file() and self.path.stat().st_size > 0
         signer = Signer(load_key(self._secret, existing_store=self.url if existing else None))
         db = self._db = DBThread(f"turngraph-sqlite:{self.path.name}")
-        opening: list[sqlite3.Connection] = []  # filled in the database thread
-        stop = threading.Event()
+        opening: dict[str, sqlite3.Connection] = {}  # the latest try's, set in the thread
         try:
             conn = await db.run(
                 _connect, self.url, self.path, self._may_create, self._synchronous,
-                self._busy_ms, opening.append, stop,
+                self._busy_ms, functools.partial(opening.__setitem__, "conn"),
+                db.interrupted,
             )  # fmt: skip
+            if isinstance(conn, WaitingConnection):
+                conn.should_stop = db.interrupted  # a call cancelled at close stops waiting
             witness = self._open_witness()
         except BaseException:
             self._db = None
             # Cancelled (Ctrl-C) while the open waits for another process's lock: cut
             # the wait short (SQLite rolls the migration back whole), else ending the
             # thread would wait out the busy timeout.
-            db.interrupt_abandoned(lambda: _interrupt(opening, stop))
-            await db.stop()
+            db.interrupt_abandoned(lambda: _interrupt(opening.values()))
+            with anyio.CancelScope(shield=True):  # the thread has ended when open raises
+                await db.stop()
             raise
         self._core = SQLiteCore(
             self.url, self.path, conn, signer, busy_ms=self._busy_ms, clock=self._clock,
@@ -467,12 +466,10 @@ def check_sqlite_folder(url: str, path: Path) -> None:
     raise StorePathInvalid(url, f"folder {folder} does not exist (create it first)")
 
 
-def _interrupt(conns: Sequence[sqlite3.Connection], stop: threading.Event | None = None) -> None:
-    """Interrupt the statement running on each connection (from any thread; one closed
-    meanwhile has nothing left to interrupt), and set ``stop``: SQLite's wait for a
-    lock does not end on ``interrupt()``, so a wait in slices checks it."""
-    if stop is not None:
-        stop.set()
+def _interrupt(conns: Iterable[sqlite3.Connection]) -> None:
+    """Interrupt the statement running on each connection, from any thread (one closed
+    meanwhile has nothing left to interrupt).  A wait for a lock ends on
+    :meth:`DBThread.interrupted` instead (SQLite's does not end on ``interrupt()``)."""
     for conn in conns:
         with contextlib.suppress(sqlite3.ProgrammingError):
             conn.interrupt()

@@ -44,6 +44,7 @@ from sessions.store.sqlite_memory import queue as queue_memory
 from sessions.store.sqlite_memory import wipe as wipe_memory
 from sessions.store.sqlite_open import busy, translate, tx
 from sessions.store.sqlite_read import SQLiteReader
+from sessions.store.sqlite_wait import set_busy
 from sessions.store.witness import Witness
 
 __all__ = [
@@ -155,7 +156,7 @@ class SQLiteCore:
         SQLite's errors become the store's."""
         try:
             if self._busy_now != self._busy_ms:
-                self.conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+                set_busy(self.conn, self._busy_ms)
                 self._busy_now = self._busy_ms
             return fn(*args)
         except sqlite3.Error as exc:
@@ -167,7 +168,7 @@ class SQLiteCore:
         transaction, rolled back on error)."""
         conn = self.conn
         if self._busy_now:
-            conn.execute("PRAGMA busy_timeout=0")  # never wait for a lock in the loop
+            set_busy(conn, 0)  # never wait for a lock in the loop
             self._busy_now = 0
         try:
             return True, fn(*args)

@@ -22,6 +22,7 @@ from sessions.errors import (
     StoreVersionUnsupported,
 )
 from sessions.store.migrations import SQLITE, SQLITE_READABLE, SQLITE_VERSION
+from sessions.store.sqlite_wait import WaitingConnection, begin_immediate, busy, set_busy
 
 __all__ = ["AUTOCHECKPOINT_PAGES", "busy", "connect", "connect_read_only", "translate", "tx"]
 
@@ -94,11 +95,11 @@ def connect_read_only(
     for mode in modes:
         conn = sqlite3.connect(
             f"{base}?{mode}", isolation_level=None, check_same_thread=False,
-            timeout=busy_ms / 1000, uri=True,
+            timeout=busy_ms / 1000, uri=True, factory=WaitingConnection,
         )  # fmt: skip
         opened(conn)
         try:
-            conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+            set_busy(conn, busy_ms)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
             conn.close()
@@ -145,10 +146,11 @@ def _connect_rw(
         check_same_thread=False,
         timeout=busy_ms / 1000,
         uri=not create,
+        factory=WaitingConnection,
     )
     opened(conn)
     try:
-        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+        set_busy(conn, busy_ms)
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: fsync the WAL at each commit so a committed turn is durable.
         conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -211,12 +213,6 @@ def _migrate(url: str, path: Path, conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version={SQLITE_VERSION}")
 
 
-def busy(exc: sqlite3.Error) -> bool:
-    """Whether ``exc`` is SQLite's "database is locked" / "busy" (another writer)."""
-    text = str(exc)
-    return "locked" in text or "busy" in text
-
-
 def translate(url: str, path: Path, exc: sqlite3.Error) -> StoreError:
     """SQLite's error ``exc`` as the store's: locked, corrupt, or another store error,
     each naming the file."""
@@ -237,8 +233,12 @@ def translate(url: str, path: Path, exc: sqlite3.Error) -> StoreError:
 
 @contextmanager
 def tx(conn: sqlite3.Connection, *, immediate: bool) -> Iterator[None]:
-    """One transaction: ``BEGIN IMMEDIATE`` for writes (take the write lock up front)."""
-    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    """One transaction: ``BEGIN IMMEDIATE`` for writes (take the write lock up front,
+    :func:`~sessions.store.sqlite_wait.begin_immediate`)."""
+    if immediate:
+        begin_immediate(conn)
+    else:
+        conn.execute("BEGIN")
     try:
         yield
         conn.execute("COMMIT")
