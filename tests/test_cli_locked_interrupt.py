@@ -23,9 +23,12 @@ import pytest
 
 from engine.cli.common import JSON_KEYS
 from sessions.store import SQLiteStore
+from tests.test_cli_json_errors import _env, home, program
+
+__all__ = ["home"]  # the fixture: a data directory whose store holds session ``s1``
 
 ROOT = Path(__file__).resolve().parent.parent
-HOLD = 60.0  # seconds the helper holds the lock at most: a hang guard, not a speed check
+HOLD = 60.0  # seconds any one wait may take: a hang guard, not a speed check
 BUSY = float(inspect.signature(SQLiteStore).parameters["busy_timeout"].default)
 
 pytestmark = pytest.mark.skipif(
@@ -40,29 +43,6 @@ print("locked", flush=True)
 sys.stdin.readline()  # until the test lets go (or its pipe closes)
 conn.execute("ROLLBACK")
 """
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNGRAPH_")}
-    env.update(PYTHONPATH=str(ROOT), TURNGRAPH_HOME=str(home))
-    return env
-
-
-def _run(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "engine.run", *args],
-        cwd=ROOT, env=_env(home), capture_output=True, timeout=HOLD, check=False,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """A data directory whose default store holds session ``s1`` (one turn)."""
-    folder = tmp_path / "home"
-    folder.mkdir()
-    made = _run(folder, "-m", "hi", "--session", "s1")
-    assert made.returncode == 0, made.stderr
-    return folder
 
 
 @pytest.fixture
@@ -143,8 +123,8 @@ def test_ctrl_c_while_the_store_is_locked_ends_the_command_at_once(
     locked.stdin.write(b"\n")
     locked.stdin.close()
     assert locked.wait(HOLD) == 0
-    verified = _run(home, "sessions", "verify")
+    verified = program(home, "sessions", "verify")
     assert verified.returncode == 0, verified.stderr
     assert b"s1" in verified.stdout
-    listed = _run(home, "sessions", "list", "--json")
+    listed = program(home, "sessions", "list", "--json")
     assert [s["id"] for s in json.loads(listed.stdout)] == ["s1"]  # the delete never ran
