@@ -295,9 +295,18 @@ def test_ctrl_c_during_a_turn_prints_the_error_object(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    interrupted(proc.returncode, out, errs, as_json=True)
+
+
+def interrupted(code: int, out: bytes, errs: bytes, *, as_json: bool) -> None:
+    """The report of a command ended by Ctrl-C: exit 130, the one stderr line, and with
+    ``--json`` one error object naming the interrupt (else nothing on stdout)."""
     line = errs.decode()
-    assert proc.returncode == 130, line
+    assert code == 130, line
     assert line == "error: interrupted\n"
+    if not as_json:
+        assert out == b""
+        return
     [text] = out.decode().splitlines()
     doc = json.loads(text)
     assert list(doc) == list(JSON_KEYS)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli.common import JSON_KEYS
 from sessions.store import SQLiteStore
-from tests.test_cli_json_errors import _env, home, program
+from tests.test_cli_json_errors import _env, home, interrupted, program
 
 __all__ = ["home"]  # the fixture: a data directory whose store holds session ``s1``
 
@@ -108,17 +107,7 @@ def test_ctrl_c_while_the_store_is_locked_ends_the_command_at_once(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    line = errs.decode()
-    assert proc.returncode == 130, line
-    assert line == "error: interrupted\n"
-    if "--json" in argv:
-        [text] = out.decode().splitlines()
-        doc = json.loads(text)
-        assert list(doc) == list(JSON_KEYS)
-        assert (doc["status"], doc["error_kind"]) == ("error", "KeyboardInterrupt")
-        assert doc["error"] == "error: interrupted"
-    else:
-        assert out == b""
+    interrupted(proc.returncode, out, errs, as_json="--json" in argv)
     assert locked.stdin is not None
     locked.stdin.write(b"\n")
     locked.stdin.close()
