@@ -111,6 +111,8 @@ def connect_read_only(
             conn.close()
             raise
         return conn
+    if last is not None and busy(last):
+        raise last  # another process's lock, not an unreadable log: the opener may wait
     raise StoreReadOnly(
         url,
         f"{path}: read-only, and its write-ahead log cannot be read here ({last}); "
