@@ -65,7 +65,7 @@ class _Shared:
     """What the thread and its :class:`DBThread` share (the thread holds no reference
     to the :class:`DBThread` itself, so an abandoned one can be collected)."""
 
-    __slots__ = ("interrupted", "lock", "outstanding", "running", "use")
+    __slots__ = ("interrupted", "lock", "outstanding", "running", "use", "using")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -78,6 +78,9 @@ class _Shared:
         """The call running now (guarded by ``lock``)."""
         self.interrupted = False
         """:meth:`DBThread.interrupt_abandoned` reached the call running now."""
+        self.using = False
+        """The running call holds ``use`` (guarded by ``lock``): until then a claim
+        may be using the connection in another thread (a batch's commit)."""
 
 
 class _Job(Generic[T]):
@@ -136,7 +139,13 @@ def _run_job(job: _Job[Any], shared: _Shared) -> None:
         shared.running = job
     try:
         with shared.use:
-            job.result = job.fn(*job.args)
+            with shared.lock:
+                shared.using = True
+            try:
+                job.result = job.fn(*job.args)
+            finally:
+                with shared.lock:  # before ``use`` is free: a claim may take it next
+                    shared.using = False
     except BaseException as exc:  # delivered to the caller, never lost in the thread
         job.error = exc
     with shared.lock:
@@ -237,14 +246,17 @@ class DBThread:
         running call end soon (``sqlite3.Connection.interrupt``).  It is called under
         the lock the thread takes to end one call and start the next, so it reaches
         the abandoned call, never a call queued after it; posted work and calls someone
-        still waits for are never interrupted.
+        still waits for are never interrupted.  A call still waiting for a claim (its
+        resource in use in another thread) is not interrupted, only told to stop
+        waiting (:attr:`interrupted`) once it runs.
         """
         with self._shared.lock:
             job = self._shared.running
             if job is None or not job.abandoned:
                 return False
             self._shared.interrupted = True
-            interrupt()
+            if self._shared.using:
+                interrupt()
             return True
 
     @property

@@ -167,3 +167,26 @@ async def test_interrupting_reaches_only_an_abandoned_running_call() -> None:
     assert seen == [True, False]
     assert not db.interrupt_abandoned(lambda: calls.append("idle"))
     await db.stop()
+
+
+async def test_an_abandoned_call_waiting_for_a_claim_is_not_interrupted() -> None:
+    """While a claim holds the resource in another thread (a batch's ``COMMIT`` in the
+    committer thread), the call queued behind it is not running yet: interrupting the
+    resource then would hit the claim's work.  The call is only told to stop waiting."""
+    db = DBThread("t")
+    assert db.claim()  # the resource is in use elsewhere
+    seen: list[bool] = []
+    interrupted = db.interrupted
+    calls: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(db.run, lambda: seen.append(interrupted()))
+        # The thread took the call (it waits for use); no event says so.
+        while db._shared.running is None:  # noqa: ASYNC110 - polling the thread's state
+            await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert db.interrupt_abandoned(lambda: calls.append("interrupted"))
+    assert calls == []
+    db.release()
+    await db.run(lambda: seen.append(interrupted()))
+    assert seen == [True, False]
+    await db.stop()
