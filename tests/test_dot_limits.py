@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -68,6 +71,36 @@ def _once_written(read: Callable[[], T]) -> T:
                 raise
 
 
+def _fed(fifo: Path, data: bytes) -> int:
+    """``data`` waiting in ``fifo`` with a writer present, so a reader opening it now reads
+    ``data`` (never an empty pipe), then waits for the end: the returned descriptor, which
+    :func:`_end_once_read` closes.  Linux opens a FIFO read-write without blocking."""
+    fd = os.open(fifo, os.O_RDWR)
+    os.write(fd, data)
+    return fd
+
+
+def _end_once_read(fifo: Path, fd: int) -> threading.Thread:
+    """Close ``fd`` once another descriptor of this process has ``fifo`` open (the
+    reader's, which keeps the data alive), so the reader gets its end of file."""
+
+    def close_when_opened() -> None:
+        inode = fifo.stat().st_ino
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for name in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):
+                    if int(name) != fd and os.stat(f"/proc/self/fd/{name}").st_ino == inode:
+                        os.close(fd)
+                        return
+            time.sleep(0.001)
+        os.close(fd)  # the reader never came: it reads to the end of what was written
+
+    closer = threading.Thread(target=close_when_opened, daemon=True)
+    closer.start()
+    return closer
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_an_endless_fifo_is_refused_after_the_limit(tmp_path: Path) -> None:
     """A FIFO whose writer never stops costs at most ``limit + 1`` bytes, then an error."""
@@ -95,18 +128,20 @@ def test_a_fifo_nobody_writes_to_is_empty_not_a_hang(tmp_path: Path) -> None:
         load_graph(fifo)
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux FIFOs and /proc")
 def test_a_pipe_is_read_again_each_time(tmp_path: Path) -> None:
-    """A pipe's stat says nothing about its next contents: each load reads it anew."""
+    """A pipe's stat says nothing about its next contents: each load reads it anew.
+
+    The data is in the pipe before each load opens it (a writer thread racing the load's
+    open could find it already gone, its data lost, and the load retrying forever)."""
     fifo = tmp_path / "pipe.dot"
     os.mkfifo(fifo)
     names = []
     for label in ("one", "two"):
-        text = GRAPH.replace(b"digraph", b"digraph " + label.encode())
-        writer = threading.Thread(target=lambda t=text: fifo.write_bytes(t))
-        writer.start()
-        names.append(_once_written(lambda: load_graph(fifo)).name)
-        writer.join(timeout=30)
+        fd = _fed(fifo, GRAPH.replace(b"digraph", b"digraph " + label.encode()))
+        closer = _end_once_read(fifo, fd)
+        names.append(load_graph(fifo).name)
+        closer.join(timeout=30)
     assert names == ["one", "two"]
 
 
